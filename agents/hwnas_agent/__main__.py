@@ -1,0 +1,3 @@
+from hwnas_agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""The `hwnas` command: one small command class per verb."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hwnas import __version__
+from hwnas.errors import HwnasError
+
+DEFAULT_SPACE = Path("search_spaces/fashion_mnist.yaml")
+DEFAULT_DEVICE = Path("device_profiles/local.yaml")
+
+
+class Command:
+    name = ""
+    help = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        raise NotImplementedError
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+class SearchCommand(Command):
+    name = "search"
+    help = "search compressions of a model under budgets measured on a device"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("space", nargs="?", type=Path, default=DEFAULT_SPACE,
+                            help=f"search space YAML (default: {DEFAULT_SPACE})")
+        parser.add_argument("--device", type=Path, default=DEFAULT_DEVICE,
+                            help=f"device profile YAML (default: {DEFAULT_DEVICE})")
+        parser.add_argument("--run-dir", type=Path, default=None,
+                            help="where the study, artifacts and report go "
+                                 "(default: runs/<space>--<device>)")
+        parser.add_argument("--trials", type=int, default=None,
+                            help="total completed trials wanted (overrides search.n_trials); "
+                                 "running again continues the same study")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.report import best_feasible, text_table, trial_rows, write_report
+        from hwnas.search import run_search
+
+        outcome = run_search(args.space, args.device, args.run_dir, args.trials,
+                             progress=not args.no_progress)
+        rows = trial_rows(outcome.study)
+        front = [r for r in rows if r.on_front]
+        print("\nPareto front (meets every budget):" if front else
+              "\nNo trial meets every budget yet; all trials:")
+        print(text_table(front or rows))
+        best = best_feasible(outcome.study)
+        if best is not None:
+            print(f"\nbest feasible: trial {best.number}: validation accuracy {best.values[0]:.4f}, "
+                  f"test accuracy {best.user_attrs['accuracy_test']:.4f}, latency p90 "
+                  f"{best.user_attrs['measurement']['latency_ms']['p90']:.3f} ms")
+            print(f"export it: hwnas export {outcome.info.run_dir} --trial {best.number}")
+        paths = write_report(outcome.study, outcome.info.run_dir / "report")
+        print(f"report: {paths['html']} (plot {paths['plot']})")
+        return 0
+
+
+class ProfileCommand(Command):
+    name = "profile"
+    help = "measure one ONNX model on a device (one-off)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", type=Path, help="an .onnx file")
+        parser.add_argument("--device", type=Path, default=DEFAULT_DEVICE,
+                            help=f"device profile YAML (default: {DEFAULT_DEVICE})")
+        parser.add_argument("--json", action="store_true", help="print the full measurement as JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.config import load_device_profile
+        from hwnas.errors import ConfigError
+        from hwnas.records import Artifact
+        from hwnas.remote.device import measure_request, open_device
+
+        profile = load_device_profile(args.device)
+        if not args.model.is_file():
+            raise ConfigError(f"{args.model}: no such ONNX file")
+        artifact = Artifact.from_file(args.model, {}, 0)
+        with open_device(profile) as client:
+            client.ensure_model(artifact)
+            measurement = client.measure(measure_request(profile, artifact.sha256))
+        if args.json:
+            print(json.dumps(measurement.to_dict(), indent=1, sort_keys=True))
+        else:
+            low, high = measurement.latency_ms_p50_ci95
+            print(f"{args.model} on {profile.name} ({', '.join(measurement.execution_providers)}):\n"
+                  f"  latency ms  p50 {measurement.latency_ms_p50:.4f} (95% CI {low:.4f}-{high:.4f})"
+                  f"  p90 {measurement.latency_ms_p90:.4f}  p99 {measurement.latency_ms_p99:.4f}"
+                  f"  mean {measurement.latency_ms_mean:.4f}  CV {measurement.latency_cv:.3f}\n"
+                  f"  iterations {measurement.iterations}"
+                  f"{'  UNSTABLE (CV above threshold)' if measurement.unstable else ''}")
+        return 0
+
+
+class ReportCommand(Command):
+    name = "report"
+    help = "Pareto table, plot (PNG) and Markdown/HTML report of a search"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("study", type=Path, help="the run folder of a search (holds run.json)")
+        parser.add_argument("--out", type=Path, default=None,
+                            help="output folder (default: <run folder>/report)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.report import text_table, trial_rows, write_report
+        from hwnas.search import RunInfo
+
+        info = RunInfo.load(args.study)
+        study = info.open_study()
+        rows = trial_rows(study)
+        print(text_table([r for r in rows if r.on_front] or rows))
+        paths = write_report(study, args.out or info.run_dir / "report")
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
+        return 0
+
+
+class ExportCommand(Command):
+    name = "export"
+    help = "write a trial's ONNX bytes and its model card (JSON)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("study", type=Path, help="the run folder of a search (holds run.json)")
+        parser.add_argument("--trial", type=int, required=True, help="trial number to export")
+        parser.add_argument("--out", type=Path, default=Path("exported"), help="output folder")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.report.card import export_trial
+        from hwnas.search import RunInfo
+
+        paths = export_trial(RunInfo.load(args.study), args.trial, args.out)
+        print(f"model: {paths['model']}\ncard:  {paths['card']}")
+        return 0
+
+
+COMMANDS = [SearchCommand(), ProfileCommand(), ReportCommand(), ExportCommand()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hwnas", description="Hardware-aware compression search, measured on the real device.")
+    parser.add_argument("--version", action="version", version=f"hwnas {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for command in COMMANDS:
+        sub = verbs.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(command=command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.command.run(args)
+    except HwnasError as exc:
+        print(f"hwnas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nhwnas: interrupted; finished trials are saved: run the same command to continue",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Compressions of a trained model: width and pruning (torch-pruning), fine-tune, precision."""

@@ -1,0 +1,49 @@
+"""A short, bounded fine-tune of a pruned model, distilling from its unpruned parent."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwnas.config.models import FineTuneSettings
+from hwnas.data import TaskData
+
+
+def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: FineTuneSettings,
+             seed: int = 0) -> dict[str, float]:
+    """Stops at ``max_steps`` or ``max_seconds``, whichever comes first."""
+    if settings.max_steps == 0 or settings.max_seconds == 0:
+        return {"steps": 0, "seconds": 0.0}
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    teacher.eval()
+    student.train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.max_steps)
+    temperature, alpha = settings.temperature, settings.distill_weight
+    started = time.perf_counter()
+    steps = 0
+    loss_value = float("nan")
+    while steps < settings.max_steps and time.perf_counter() - started < settings.max_seconds:
+        batch = rng.integers(0, len(task.train_x), settings.batch_size)
+        x = torch.from_numpy(task.train_x[batch])
+        y = torch.from_numpy(task.train_y[batch])
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        logits = student(x)
+        distill = F.kl_div(F.log_softmax(logits / temperature, dim=1),
+                           F.softmax(teacher_logits / temperature, dim=1),
+                           reduction="batchmean") * temperature ** 2
+        loss = (1 - alpha) * F.cross_entropy(logits, y) + alpha * distill
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        steps += 1
+        loss_value = float(loss.detach())
+    student.eval()
+    return {"steps": steps, "seconds": time.perf_counter() - started, "final_loss": loss_value}

@@ -1,0 +1,217 @@
+"""Validated, frozen records for search spaces and device profiles.
+
+Every model forbids unknown keys: a typo in a YAML file is an error, never ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PRECISIONS = ("fp32", "int8")
+Precision = Literal["fp32", "int8"]
+ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_entry_point(value: str) -> str:
+    if not ENTRY_POINT.match(value):
+        raise ValueError(f"{value!r} is not an entry point; write it as 'package.module:function'")
+    return value
+
+
+def _check_name(value: str) -> str:
+    if not NAME.match(value):
+        raise ValueError(f"{value!r}: use letters, digits, '.', '_' and '-' (it names files)")
+    return value
+
+
+EntryPoint = Annotated[str, AfterValidator(_check_entry_point)]
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+# --- search spaces --------------------------------------------------------------------------
+
+
+class TrainSettings(Frozen):
+    """How the base model is trained when no weights are given (once; cached by content)."""
+
+    epochs: Annotated[int, Field(ge=1, le=200)] = 3
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    learning_rate: Annotated[float, Field(gt=0)] = 2e-3
+    seed: int = 0
+
+
+class BaseModelSpec(Frozen):
+    builtin: Literal["small_cnn"] | None = None
+    factory: EntryPoint | None = None
+    weights: Path | None = None
+    # stage name -> module-name prefixes; required for a user factory whose model has no stages()
+    stages: dict[str, list[str]] | None = None
+    train: TrainSettings = TrainSettings()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BaseModelSpec":
+        if (self.builtin is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'builtin' (allowed: small_cnn) or 'factory' "
+                             "('package.module:function')")
+        if self.weights is not None and self.factory is None:
+            raise ValueError("'weights' goes with 'factory'; builtin models are trained and cached")
+        return self
+
+
+class DatasetSpec(Frozen):
+    builtin: Literal["fashion-mnist", "digits"] | None = None
+    entry_point: EntryPoint | None = None
+    path: Path | None = None  # folder of the idx files for fashion-mnist
+    download: bool = False  # torchvision download, only where a network exists
+    validation_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    calibration_samples: Annotated[int, Field(ge=8, le=10000)] = 256
+    train_limit: Annotated[int, Field(ge=100)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetSpec":
+        if (self.builtin is None) == (self.entry_point is None):
+            raise ValueError("give exactly one of 'builtin' (allowed: fashion-mnist, digits) or "
+                             "'entry_point' ('package.module:function')")
+        return self
+
+
+class WidthKnob(Frozen):
+    keep_ratios: list[Fraction] = [0.25, 0.5, 0.75, 1.0]
+    stages: list[str] | None = None  # default: every stage of the model
+
+
+class PruningKnob(Frozen):
+    criteria: list[Literal["l1", "saliency"]] = ["l1", "saliency"]
+    global_ratios: list[Annotated[float, Field(ge=0.0, le=0.9)]] = [0.0, 0.1, 0.2, 0.3]
+    saliency_batches: Annotated[int, Field(ge=1, le=100)] = 4
+
+
+class PrecisionKnob(Frozen):
+    granularity: Literal["stage", "layer"] = "stage"
+    choices: list[Precision] | None = None  # default: every precision the device supports
+
+
+class Knobs(Frozen):
+    width: WidthKnob | None = WidthKnob()
+    pruning: PruningKnob | None = PruningKnob()
+    precision: PrecisionKnob | None = PrecisionKnob()
+
+    @model_validator(mode="after")
+    def _some_knob(self) -> "Knobs":
+        if self.width is None and self.pruning is None and self.precision is None:
+            raise ValueError("enable at least one knob: width, pruning or precision")
+        return self
+
+
+class FineTuneSettings(Frozen):
+    max_steps: Annotated[int, Field(ge=0)] = 300
+    max_seconds: Annotated[float, Field(ge=0)] = 60.0
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    temperature: Annotated[float, Field(gt=0)] = 4.0
+    distill_weight: Annotated[float, Field(ge=0, le=1)] = 0.7
+
+
+class Budgets(Frozen):
+    latency_p90_ms: Annotated[float, Field(gt=0)] | None = None
+    model_size_mb: Annotated[float, Field(gt=0)] | None = None
+
+
+class SearchSettings(Frozen):
+    n_trials: Annotated[int, Field(ge=1, le=100000)] = 20
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    storage: str | None = None  # any Optuna storage URL; default: SQLite in the run folder
+    study_name: str | None = None
+    run_dir: Path | None = None  # default: runs/<space>--<device>
+    # candidates to try first in a new study (e.g. a known-good configuration), as Optuna
+    # parameters: keep_<stage>, pruning_criterion, global_pruning_ratio, precision_<unit>
+    enqueue: list[dict[str, float | str]] = []
+
+
+class SearchSpace(Frozen):
+    name: Name
+    base_model: BaseModelSpec
+    dataset: DatasetSpec
+    knobs: Knobs = Knobs()
+    finetune: FineTuneSettings = FineTuneSettings()
+    objectives: list[Literal["accuracy", "latency_p90_ms", "latency_p50_ms", "model_size_mb"]] = [
+        "accuracy", "latency_p90_ms"]
+    budgets: Budgets = Budgets()
+    search: SearchSettings = SearchSettings()
+
+    @field_validator("objectives")
+    @classmethod
+    def _accuracy_first(cls, value: list[str]) -> list[str]:
+        if not value or value[0] != "accuracy" or len(set(value)) != len(value):
+            raise ValueError("objectives start with 'accuracy' and name each metric once")
+        return value
+
+
+# --- device profiles ------------------------------------------------------------------------
+
+
+class LocalConnection(Frozen):
+    """The agent runs on this machine, started by the controller on a free loopback port."""
+
+    kind: Literal["local"]
+
+
+class RuntimeSpec(Frozen):
+    name: Literal["onnxruntime"] = "onnxruntime"
+    execution_providers: list[str] = ["CPUExecutionProvider"]
+    provider_options: list[dict[str, str]] = []
+    disable_cpu_fallback: bool = False
+    intra_op_threads: Annotated[int, Field(ge=0, le=1024)] = 1
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> "RuntimeSpec":
+        if not self.execution_providers:
+            raise ValueError("name at least one execution provider")
+        if len(self.provider_options) > len(self.execution_providers):
+            raise ValueError("provider_options has more entries than execution_providers")
+        return self
+
+
+class MeasurementSpec(Frozen):
+    batch_size: Annotated[int, Field(ge=1)] = 1
+    warmup_iterations: Annotated[int, Field(ge=0)] = 10
+    warmup_seconds: Annotated[float, Field(ge=0)] = 0.5
+    min_iterations: Annotated[int, Field(ge=1)] = 100
+    min_seconds: Annotated[float, Field(ge=0)] = 2.0
+    rounds: Annotated[int, Field(ge=1)] = 5
+    unstable_cv: Annotated[float, Field(gt=0)] = 0.10
+    timeout_s: Annotated[float, Field(ge=1)] = 600.0
+
+
+class PowerSpec(Frozen):
+    source: Literal["none"] = "none"
+
+
+class DeviceProfile(Frozen):
+    name: Name
+    description: str = ""
+    connection: LocalConnection
+    runtime: RuntimeSpec = RuntimeSpec()
+    precisions: list[Precision] = ["fp32", "int8"]
+    channel_multiple: Annotated[int, Field(ge=1, le=256)] = 8
+    power: PowerSpec = PowerSpec()
+    budgets: Budgets = Budgets()
+    measurement: MeasurementSpec = MeasurementSpec()
+
+    @field_validator("precisions")
+    @classmethod
+    def _fp32_included(cls, value: list[str]) -> list[str]:
+        if "fp32" not in value:
+            raise ValueError("precisions must include fp32 (the reference every plan starts from)")
+        return value

@@ -1,0 +1,32 @@
+"""scikit-learn's 8x8 digits (ships with scikit-learn): small and fast, for tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwnas.config.models import DatasetSpec
+
+TEST_FRACTION = 0.2
+
+
+def load_digits_task(spec: DatasetSpec) -> "TaskData":
+    from sklearn.datasets import load_digits
+
+    from hwnas.data import TaskData, split_train_validation
+
+    digits = load_digits()
+    x = ((digits.images.astype(np.float32) / 16.0 - 0.5) / 0.5)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(1234).permutation(len(x))
+    n_test = int(round(len(x) * TEST_FRACTION))
+    test, rest = order[:n_test], order[n_test:]
+    rest_x, rest_y = x[rest], y[rest]
+    if spec.train_limit is not None:
+        rest_x, rest_y = rest_x[:spec.train_limit], rest_y[:spec.train_limit]
+    train_x, train_y, val_x, val_y = split_train_validation(rest_x, rest_y, spec.validation_fraction)
+    return TaskData(
+        name="digits", train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y,
+        test_x=x[test], test_y=y[test], num_classes=10,
+        preprocessing={"layout": "NCHW", "scale": 1 / 16.0, "mean": 0.5, "std": 0.5,
+                       "formula": "(pixel/16 - mean) / std"},
+    )

@@ -1,0 +1,21 @@
+"""One root exception with a few meaningful children; messages say what to do next."""
+
+
+class HwnasError(Exception):
+    """Root of every error hwnas raises on purpose."""
+
+
+class ConfigError(HwnasError):
+    """A YAML file or an argument is wrong; the message names file, key and what is allowed."""
+
+
+class DeviceError(HwnasError):
+    """The device or its agent cannot be reached or refused a request."""
+
+
+class MeasurementError(HwnasError):
+    """The agent ran the job but it failed (runtime crash, timeout, unsupported provider)."""
+
+
+class ExportError(HwnasError):
+    """A candidate could not be built, exported or quantized."""

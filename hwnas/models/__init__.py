@@ -1,0 +1,78 @@
+"""Base models: the built-in small CNN, or a user factory with weights.
+
+A model exposes its stages (named groups of layers the width knob scales) either through a
+``stages()`` method or through ``base_model.stages`` in the search space.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hwnas.config.models import BaseModelSpec
+from hwnas.errors import ConfigError
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+class SmallCNN(nn.Module):
+    """Three conv stages and a linear head; stages are what the width knob scales."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10,
+                 widths: tuple[int, int, int] = (32, 64, 128)) -> None:
+        super().__init__()
+        w1, w2, w3 = widths
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                    nn.ReLU(inplace=True)]
+
+        self.stage1 = nn.Sequential(*block(in_channels, w1), *block(w1, w1), nn.MaxPool2d(2))
+        self.stage2 = nn.Sequential(*block(w1, w2), *block(w2, w2), nn.MaxPool2d(2))
+        self.stage3 = nn.Sequential(*block(w2, w3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(w3, num_classes)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.classifier(self.stage3(self.stage2(self.stage1(x))))
+
+    def stages(self) -> dict[str, nn.Module]:
+        return {"stage1": self.stage1, "stage2": self.stage2, "stage3": self.stage3}
+
+
+def build_builtin(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    if name == "small_cnn":
+        return SmallCNN(in_channels, num_classes)
+    raise ConfigError(f"base_model.builtin: unknown model {name!r}; allowed: small_cnn")
+
+
+def model_stages(model: nn.Module, spec: BaseModelSpec) -> dict[str, list[nn.Module]]:
+    """Stage name -> modules in that stage."""
+    if spec.stages is not None:
+        named = dict(model.named_modules())
+        stages: dict[str, list[nn.Module]] = {}
+        for stage, prefixes in spec.stages.items():
+            modules = [named[p] for p in prefixes if p in named]
+            missing = [p for p in prefixes if p not in named]
+            if missing:
+                raise ConfigError(f"base_model.stages.{stage}: no module named {missing[0]!r} in "
+                                  f"the model; modules are e.g. {', '.join(list(named)[1:8])}")
+            stages[stage] = modules
+        return stages
+    if hasattr(model, "stages"):
+        return {name: [module] for name, module in model.stages().items()}
+    raise ConfigError("base_model.stages: the model has no stages() method; map stage names to "
+                      "module names in the search space, e.g. stages: {stem: [features.0]}")
+
+
+def output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """Layers whose outputs are the class scores: never pruned."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.Linear) and m.out_features == num_classes]
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def output_channels(model: nn.Module) -> dict[str, int]:
+    return {name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for name, m in prunable_layers(model).items()}

@@ -1,0 +1,1 @@
+"""Reaching agents: transports (local loopback now; SSH next), the client, device sessions."""

@@ -1,0 +1,103 @@
+"""AgentClient: the controller's side of the protocol, over any transport."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from hwnas_agent.protocol import (
+    FINISHED_STATES,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    MeasureRequest,
+    error_message,
+)
+
+from hwnas.errors import DeviceError, MeasurementError
+from hwnas.records import Artifact, Measurement
+from hwnas.remote.transport import Response, Transport
+
+POLL_INTERVAL_S = 0.1
+
+
+class AgentClient:
+    def __init__(self, transport: Transport, device: str) -> None:
+        self.transport = transport
+        self.device = device
+
+    def _call(self, method: str, path: str, body: bytes | None = None,
+              content_type: str = "application/json", timeout: float = 60.0) -> Response:
+        headers = {PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        response = self.transport.request(method, path, body, headers, timeout)
+        if response.status == 409:
+            raise DeviceError(f"{self.device}: {error_message(response.json())}")
+        return response
+
+    def hello(self) -> dict[str, Any]:
+        response = self._call("GET", "/v1/hello")
+        payload = response.json()
+        if response.status != 200 or payload.get("agent") != "hwnas-agent":
+            raise DeviceError(f"{self.device}: the process answering is not an hwnas agent "
+                              f"(HTTP {response.status}: {error_message(payload)})")
+        if payload.get("protocol_version") != PROTOCOL_VERSION:
+            raise DeviceError(f"{self.device}: agent speaks protocol {payload.get('protocol_version')}"
+                              f", hwnas speaks {PROTOCOL_VERSION}: install matching versions")
+        return payload
+
+    def facts(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/facts").json()
+
+    def has_model(self, sha256: str) -> bool:
+        response = self._call("GET", f"/v1/models/{sha256}")
+        if response.status == 200:
+            return True
+        if response.status == 404:
+            return False
+        raise DeviceError(f"{self.device}: model lookup failed: {error_message(response.json())}")
+
+    def ensure_model(self, artifact: Artifact) -> bool:
+        """Ship the artifact unless the agent already holds its sha256; True if shipped."""
+        if self.has_model(artifact.sha256):
+            return False
+        response = self._call("PUT", f"/v1/models/{artifact.sha256}", artifact.read_bytes(),
+                              "application/octet-stream", timeout=600.0)
+        if response.status not in (200, 201):
+            raise MeasurementError(f"{self.device} refused model {artifact.sha256[:12]}: "
+                                   f"{error_message(response.json())}")
+        return True
+
+    def submit(self, request: MeasureRequest) -> str:
+        response = self._call("POST", "/v1/jobs", json.dumps(request.to_dict()).encode())
+        if response.status != 202:
+            raise MeasurementError(f"{self.device} refused the measure job: "
+                                   f"{error_message(response.json())}")
+        return response.json()["job_id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self._call("GET", f"/v1/jobs/{job_id}")
+        if response.status != 200:
+            raise DeviceError(f"{self.device}: job {job_id}: {error_message(response.json())}")
+        return response.json()
+
+    def wait(self, job_id: str, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = self.job(job_id)
+            if record["state"] in FINISHED_STATES:
+                return record
+            if time.monotonic() > deadline:
+                raise MeasurementError(f"{self.device}: job {job_id} still {record['state']} "
+                                       f"after {timeout_s:.0f} s")
+            time.sleep(POLL_INTERVAL_S)
+
+    def measure(self, request: MeasureRequest) -> Measurement:
+        job_id = self.submit(request)
+        # the agent enforces timeout_s on the run; allow for queueing and start-up on top
+        record = self.wait(job_id, request.timeout_s * 2 + 60)
+        if record["state"] != "done":
+            raise MeasurementError(f"{self.device}: measurement {record['state']}: "
+                                   f"{record.get('error', 'no reason given')}")
+        return Measurement.from_agent(self.device, record["measurement"])

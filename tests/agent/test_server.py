@@ -1,0 +1,197 @@
+"""The real agent daemon over HTTP: protocol errors are clear 4xx and it keeps serving."""
+
+import hashlib
+import http.client
+import json
+import socket
+import time
+
+import pytest
+
+from hwnas_agent.protocol import PROTOCOL_HEADER
+
+from hwnas.errors import DeviceError, MeasurementError
+from hwnas.records import Artifact
+
+
+def raw(process, method, path, body=None, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", process.port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def still_serving(process):
+    status, payload = raw(process, "GET", "/v1/hello")
+    assert status == 200 and payload["agent"] == "hwnas-agent"
+
+
+def test_hello_reports_versions_and_runtimes(local_agent):
+    client, _ = local_agent
+    hello = client.hello()
+    assert hello["protocol_version"] == 1
+    assert "CPUExecutionProvider" in hello["runtimes"]["onnxruntime"]["execution_providers"]
+
+
+def test_protocol_version_mismatch_is_409_with_advice(local_agent):
+    _, process = local_agent
+    status, payload = raw(process, "GET", "/v1/hello", headers={PROTOCOL_HEADER: "99"})
+    assert status == 409
+    assert payload["error"]["code"] == "version_mismatch"
+    assert "install matching versions" in payload["error"]["message"]
+    still_serving(process)
+
+
+def test_model_is_uploaded_only_when_missing(local_agent, models_dir):
+    client, _ = local_agent
+    artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
+    assert client.has_model(artifact.sha256) is False
+    assert client.ensure_model(artifact) is True
+    assert client.has_model(artifact.sha256) is True
+    assert client.ensure_model(artifact) is False
+
+
+@pytest.mark.parametrize("method, path, body, status, code", [
+    ("POST", "/v1/jobs", b"{not json", 400, "bad_json"),
+    ("POST", "/v1/jobs", b'{"model_sha256": "' + b"b" * 64 + b'"}', 404, "unknown_model"),
+    ("POST", "/v1/jobs", b'{"model_sha256": "' + b"b" * 64 + b'", "iters": 1}', 400, "unknown_field"),
+    ("GET", "/v1/frobnicate", None, 404, "unknown_operation"),
+    ("GET", "/etc/passwd", None, 404, "unknown_operation"),
+    ("DELETE", "/v1/jobs", None, 405, "method_not_allowed"),
+    ("GET", "/v1/jobs/0123abcd", None, 404, "unknown_job"),
+    ("GET", "/v1/models/not-a-sha", None, 400, "bad_sha256"),
+])
+def test_bad_requests_get_clear_4xx_and_the_agent_keeps_serving(local_agent, method, path, body,
+                                                                 status, code):
+    _, process = local_agent
+    got_status, payload = raw(process, method, path, body)
+    assert got_status == status
+    assert payload["error"]["code"] == code
+    assert payload["error"]["message"]
+    still_serving(process)
+
+
+def test_sha256_mismatch_is_refused_and_nothing_stored(local_agent, models_dir):
+    client, process = local_agent
+    data = (models_dir / "small.onnx").read_bytes()
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    status, payload = raw(process, "PUT", f"/v1/models/{wrong}", data)
+    assert status == 422 and payload["error"]["code"] == "sha256_mismatch"
+    assert client.has_model(wrong) is False
+    still_serving(process)
+
+
+def test_corrupt_onnx_is_refused_with_the_runtime_message(local_agent, models_dir):
+    client, process = local_agent
+    data = (models_dir / "medium.onnx").read_bytes()[:-400] + b"\x00garbage"
+    sha = hashlib.sha256(data).hexdigest()
+    status, payload = raw(process, "PUT", f"/v1/models/{sha}", data)
+    assert status == 422 and payload["error"]["code"] == "invalid_model"
+    assert "not a loadable ONNX model" in payload["error"]["message"]
+    assert client.has_model(sha) is False
+    still_serving(process)
+
+
+def test_truncated_body_does_not_hang_or_kill_the_agent(local_agent):
+    _, process = local_agent
+    with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
+        sock.sendall(b"PUT /v1/models/" + b"c" * 64 + b" HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 100000\r\n\r\npartial")
+        sock.shutdown(socket.SHUT_WR)
+        reply = sock.recv(4096)
+    assert b" 400 " in reply.split(b"\r\n")[0]
+    still_serving(process)
+
+
+def test_oversized_body_is_413(local_agent):
+    _, process = local_agent
+    with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n")
+        reply = sock.recv(4096)
+    assert b" 413 " in reply.split(b"\r\n")[0]
+    still_serving(process)
+
+
+def test_measure_job_reports_statistics_and_provenance(local_agent, models_dir):
+    from hwnas_agent.protocol import MeasureRequest
+
+    client, _ = local_agent
+    artifact = Artifact.from_file(models_dir / "medium.onnx", {}, 0)
+    client.ensure_model(artifact)
+    request = MeasureRequest(model_sha256=artifact.sha256, warmup_iterations=5, warmup_seconds=0.05,
+                             min_iterations=60, min_seconds=0.2, rounds=3)
+    measurement = client.measure(request)
+    assert measurement.model_sha256 == artifact.sha256
+    assert measurement.iterations >= 60
+    assert 0 < measurement.latency_ms_p50 <= measurement.latency_ms_p90 <= measurement.latency_ms_p99
+    low, high = measurement.latency_ms_p50_ci95
+    assert low <= measurement.latency_ms_p50 <= high
+    report = measurement.agent_report
+    assert report["runtime"]["execution_providers"] == ["CPUExecutionProvider"]
+    assert report["runtime"]["intra_op_threads"] == 1
+    assert len(report["rounds"]) == 3
+    assert report["provenance"]["before"]["agent_version"]
+    assert report["timed_seconds"] >= 0.2
+
+
+def test_unavailable_execution_provider_fails_the_job_not_the_agent(local_agent, models_dir):
+    from hwnas_agent.protocol import MeasureRequest
+
+    client, process = local_agent
+    artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
+    client.ensure_model(artifact)
+    request = MeasureRequest(model_sha256=artifact.sha256,
+                             execution_providers=["NoSuchExecutionProvider"])
+    with pytest.raises(MeasurementError, match="not available on this device"):
+        client.measure(request)
+    still_serving(process)
+
+
+def test_finished_results_survive_an_agent_restart(tmp_path, models_dir):
+    from hwnas_agent.protocol import MeasureRequest
+
+    from hwnas.remote.client import AgentClient
+    from hwnas.remote.local import LocalAgentProcess
+    from hwnas.remote.transport import LoopbackTransport
+
+    state = tmp_path / "state"
+    first = LocalAgentProcess(state)
+    client = AgentClient(LoopbackTransport(first.start()), "restart")
+    artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
+    client.ensure_model(artifact)
+    job_id = client.submit(MeasureRequest(model_sha256=artifact.sha256, min_seconds=0.05,
+                                          min_iterations=10, warmup_seconds=0.0))
+    done = client.wait(job_id, 60)
+    first.stop()
+    second = LocalAgentProcess(state)
+    client = AgentClient(LoopbackTransport(second.start()), "restart")
+    try:
+        again = client.job(job_id)
+        assert again["state"] == "done"
+        assert again["measurement"]["latency_ms"] == done["measurement"]["latency_ms"]
+        assert client.has_model(artifact.sha256)
+    finally:
+        second.stop()
+
+
+def test_client_error_when_no_agent_listens():
+    from hwnas.remote.client import AgentClient
+    from hwnas.remote.transport import LoopbackTransport
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DeviceError, match="is the agent running"):
+        AgentClient(LoopbackTransport(port), "nowhere").hello()
+
+
+def test_agent_refuses_non_loopback_address_by_default():
+    from hwnas_agent.server import check_host
+
+    check_host("127.0.0.1", allow_remote=False)
+    check_host("::1", allow_remote=False)
+    with pytest.raises(SystemExit, match="127.0.0.1 only"):
+        check_host("0.0.0.0", allow_remote=False)

@@ -1,0 +1,94 @@
+"""Width and pruning through torch-pruning on a real trained model."""
+
+import numpy as np
+import pytest
+import torch
+
+from hwnas.compress.finetune import finetune
+from hwnas.compress.prune import prune_model
+from hwnas.config.models import BaseModelSpec, DatasetSpec, FineTuneSettings, TrainSettings
+from hwnas.data import load_task
+from hwnas.models import model_stages, output_channels, output_layers
+from hwnas.records import Candidate
+from hwnas.train import load_base_model, torch_accuracy
+
+SPEC = BaseModelSpec(builtin="small_cnn", train=TrainSettings(epochs=8, batch_size=64,
+                                                               learning_rate=0.003))
+FULL_PLAN = {"stage1": "fp32", "stage2": "fp32", "stage3": "fp32", "head": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    task = load_task(DatasetSpec(builtin="digits"))
+    base = load_base_model(SPEC, task, log=lambda _: None)
+    assert base.test_accuracy > 0.9
+    return task, base
+
+
+def prune(trained, keep, criterion="l1", global_ratio=0.0, round_to=8):
+    task, base = trained
+    x, y = task.calibration_labels(128)
+    candidate = Candidate.build(keep, criterion, global_ratio, FULL_PLAN)
+    return prune_model(base.module, candidate, model_stages(base.module, SPEC),
+                       torch.zeros(1, *task.input_shape), output_layers(base.module, 10), round_to,
+                       [(x[:64], y[:64]), (x[64:], y[64:])])
+
+
+def test_base_model_is_cached_by_content(trained):
+    task, base = trained
+    again = load_base_model(SPEC, task, log=lambda _: None)
+    assert again.cached and again.key == base.key
+    other = load_base_model(SPEC.model_copy(update={"train": TrainSettings(epochs=1)}), task,
+                            log=lambda _: None)
+    assert other.key != base.key and not other.cached
+
+
+def test_width_keeps_per_stage_fraction_rounded_to_the_multiple(trained):
+    model = prune(trained, {"stage1": 0.25, "stage2": 0.5, "stage3": 0.75})
+    channels = output_channels(model)
+    assert channels["stage1.0"] == 8 and channels["stage1.3"] == 8  # 32 * 0.25
+    assert channels["stage2.0"] == 32 and channels["stage2.3"] == 32  # 64 * 0.5
+    assert channels["stage3.0"] == 96  # 128 * 0.75
+    assert channels["classifier"] == 10  # the output layer is never pruned
+    assert all(c % 8 == 0 for name, c in channels.items() if name != "classifier")
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_base_model_is_not_modified(trained):
+    _, base = trained
+    before = output_channels(base.module)
+    prune(trained, {"stage1": 0.5, "stage2": 0.5, "stage3": 0.5}, global_ratio=0.2)
+    assert output_channels(base.module) == before
+
+
+def test_rounding_multiple_comes_from_the_device(trained):
+    channels = output_channels(prune(trained, {"stage1": 0.6, "stage2": 1.0, "stage3": 1.0},
+                                     round_to=16))
+    assert channels["stage1.0"] % 16 == 0
+
+
+def test_global_ratio_removes_more_channels(trained):
+    keep = {"stage1": 1.0, "stage2": 1.0, "stage3": 1.0}
+    plain = sum(p.numel() for p in prune(trained, keep).parameters())
+    pruned = sum(p.numel() for p in prune(trained, keep, global_ratio=0.3).parameters())
+    assert pruned < 0.8 * plain
+
+
+def test_saliency_uses_the_data_and_chooses_other_channels_than_l1(trained):
+    keep = {"stage1": 0.5, "stage2": 0.5, "stage3": 0.5}
+    l1 = prune(trained, keep, "l1")
+    saliency = prune(trained, keep, "saliency")
+    assert output_channels(l1) == output_channels(saliency)
+    assert not torch.equal(l1.stage2[0].weight, saliency.stage2[0].weight)
+
+
+def test_finetune_recovers_accuracy_and_is_bounded(trained):
+    task, base = trained
+    model = prune(trained, {"stage1": 0.25, "stage2": 0.25, "stage3": 0.25}, global_ratio=0.2)
+    before = torch_accuracy(model, task.val_x, task.val_y)
+    stats = finetune(model, base.module, task, FineTuneSettings(max_steps=200, batch_size=64, learning_rate=3e-3))
+    after = torch_accuracy(model, task.val_x, task.val_y)
+    assert stats["steps"] == 200
+    assert after > before + 0.5 and after > 0.8
+    capped = finetune(model, base.module, task, FineTuneSettings(max_steps=10**6, max_seconds=0.5))
+    assert capped["seconds"] < 5 and capped["steps"] < 10**6

@@ -1,0 +1,126 @@
+"""Config errors name the file, the key and what is allowed; typos are never ignored."""
+
+import textwrap
+
+import pytest
+
+from hwnas.config import effective_budgets, load_device_profile, load_search_space
+from hwnas.errors import ConfigError
+from hwnas.space import space_shape
+from tests.conftest import REPO
+
+
+def write(tmp_path, text, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+GOOD_SPACE = """\
+name: ok
+base_model: {builtin: small_cnn}
+dataset: {builtin: digits}
+"""
+
+
+def test_shipped_configs_load():
+    space = load_search_space(REPO / "search_spaces" / "fashion_mnist.yaml")
+    device = load_device_profile(REPO / "device_profiles" / "local.yaml")
+    assert space.dataset.builtin == "fashion-mnist"
+    assert device.connection.kind == "local" and "int8" in device.precisions
+    budgets = effective_budgets(space, device)
+    assert budgets.latency_p90_ms == space.budgets.latency_p90_ms
+
+
+def test_records_are_frozen(tmp_path):
+    space = load_search_space(write(tmp_path, GOOD_SPACE))
+    with pytest.raises(Exception):
+        space.name = "other"
+
+
+def test_unknown_key_names_file_key_and_allowed_keys(tmp_path):
+    path = write(tmp_path, GOOD_SPACE + "knobs:\n  width: {keep_ratio: [0.5]}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_search_space(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "knobs.width.keep_ratio" in message and "unknown key" in message
+    assert "keep_ratios" in message and "stages" in message  # the allowed keys
+
+
+def test_top_level_typo_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'budget': unknown key; allowed keys here: .*budgets"):
+        load_search_space(write(tmp_path, GOOD_SPACE + "budget: {latency_p90_ms: 1}\n"))
+
+
+def test_bad_choice_lists_allowed_values(tmp_path):
+    text = GOOD_SPACE + "knobs:\n  pruning: {criteria: [l1, taylor]}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_search_space(write(tmp_path, text))
+    assert "knobs.pruning.criteria.1" in str(caught.value)
+    assert "'l1' or 'saliency'" in str(caught.value)
+
+
+def test_out_of_range_value(tmp_path):
+    text = GOOD_SPACE + "knobs:\n  width: {keep_ratios: [0.5, 1.5]}\n"
+    with pytest.raises(ConfigError, match=r"knobs.width.keep_ratios.1.*less than or equal to 1"):
+        load_search_space(write(tmp_path, text))
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'dataset': required but missing"):
+        load_search_space(write(tmp_path, "name: x\nbase_model: {builtin: small_cnn}\n"))
+
+
+def test_exactly_one_model_source(tmp_path):
+    text = "name: x\nbase_model: {builtin: small_cnn, factory: 'a.b:c'}\ndataset: {builtin: digits}\n"
+    with pytest.raises(ConfigError, match="exactly one of 'builtin'"):
+        load_search_space(write(tmp_path, text))
+
+
+def test_bad_entry_point(tmp_path):
+    text = "name: x\nbase_model: {factory: not-an-entry}\ndataset: {builtin: digits}\n"
+    with pytest.raises(ConfigError, match="package.module:function"):
+        load_search_space(write(tmp_path, text))
+
+
+def test_yaml_syntax_error_gives_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+ is not valid YAML"):
+        load_search_space(write(tmp_path, "name: x\nbase_model: {builtin: small_cnn\n"))
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="YAML mapping"):
+        load_search_space(write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="cannot read search space"):
+        load_search_space("/nonexistent/space.yaml")
+
+
+DEVICE = """\
+name: dev
+connection: {kind: local}
+"""
+
+
+def test_device_profile_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"connection.kind.*'local'"):
+        load_device_profile(write(tmp_path, "name: d\nconnection: {kind: telnet}\n", "d.yaml"))
+    with pytest.raises(ConfigError, match=r"precisions.*include fp32"):
+        load_device_profile(write(tmp_path, DEVICE + "precisions: [int8]\n", "d.yaml"))
+    with pytest.raises(ConfigError, match=r"precisions.0.*'fp32' or 'int8'"):
+        load_device_profile(write(tmp_path, DEVICE + "precisions: [fp64]\n", "d.yaml"))
+    with pytest.raises(ConfigError, match=r"key 'password': unknown key"):
+        load_device_profile(write(tmp_path, DEVICE + "password: hunter2\n", "d.yaml"))
+
+
+def test_space_checked_against_model_and_device(tmp_path):
+    device = load_device_profile(write(tmp_path, DEVICE + "precisions: [fp32]\n", "d.yaml"))
+    space = load_search_space(write(tmp_path, GOOD_SPACE + "knobs: {precision: {choices: [int8]}}\n"))
+    with pytest.raises(ConfigError, match=r"\['int8'\] not supported by device dev"):
+        space_shape(space, device, ["stage1"], ["stage1"])
+    space = load_search_space(write(tmp_path, GOOD_SPACE + "knobs: {width: {stages: [stem]}}\n"))
+    with pytest.raises(ConfigError, match=r"\['stem'\] are not stages of the model; allowed: stage1"):
+        space_shape(space, device, ["stage1"], ["stage1"])

@@ -1,0 +1,109 @@
+"""Shared fixtures: real ONNX models, a real agent subprocess, a small digits search."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["HWNAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("hwnas-cache"))
+
+
+def export_onnx(module, input_shape, path: Path) -> Path:
+    import torch
+
+    module.eval()
+    torch.onnx.export(module, (torch.zeros((1, *input_shape)),), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}}, dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three real ONNX models of different sizes."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models")
+    small = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    medium = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(16 * 8 * 8, 10))
+    large = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64 * 8 * 8, 10))
+    for name, module in (("small", small), ("medium", medium), ("large", large)):
+        export_onnx(module, (1, 8, 8), folder / f"{name}.onnx")
+    return folder
+
+
+@pytest.fixture()
+def local_agent(tmp_path: Path):
+    """The real agent as a subprocess on a free loopback port; yields (client, process)."""
+    from hwnas.remote.client import AgentClient
+    from hwnas.remote.local import LocalAgentProcess
+    from hwnas.remote.transport import LoopbackTransport
+
+    process = LocalAgentProcess(tmp_path / "agent-state")
+    port = process.start()
+    try:
+        yield AgentClient(LoopbackTransport(port), "test-agent"), process
+    finally:
+        process.stop()
+
+
+FAST_DEVICE = """\
+name: test-local
+connection: {kind: local}
+runtime: {execution_providers: [CPUExecutionProvider], intra_op_threads: 1}
+precisions: [fp32, int8]
+channel_multiple: 8
+budgets: {latency_p90_ms: 2.0, model_size_mb: 1.0}
+measurement: {warmup_iterations: 5, warmup_seconds: 0.05, min_iterations: 50,
+              min_seconds: 0.2, rounds: 2}
+"""
+
+DIGITS_SPACE = """\
+name: digits-test
+base_model:
+  builtin: small_cnn
+  train: {epochs: 8, batch_size: 64, learning_rate: 0.003}
+dataset: {builtin: digits, validation_fraction: 0.15, calibration_samples: 64}
+knobs:
+  width: {keep_ratios: [0.25, 0.5, 1.0]}
+  pruning: {criteria: [l1, saliency], global_ratios: [0.0, 0.2]}
+  precision: {granularity: stage}
+finetune: {max_steps: 60, max_seconds: 10, batch_size: 64, learning_rate: 0.003}
+budgets: {latency_p90_ms: 2.0, model_size_mb: 0.1}
+"""
+
+
+@pytest.fixture()
+def digits_config(tmp_path: Path) -> tuple[Path, Path]:
+    space = tmp_path / "digits.yaml"
+    device = tmp_path / "device.yaml"
+    space.write_text(textwrap.dedent(DIGITS_SPACE) + ENQUEUED)
+    device.write_text(FAST_DEVICE)
+    return space, device
+
+
+# one candidate that meets the 0.1 MB budget for sure, one that cannot
+ENQUEUED = """\
+search:
+  n_trials: 5
+  seed: 3
+  enqueue:
+    - {keep_stage1: 0.25, keep_stage2: 0.25, keep_stage3: 0.25, pruning_criterion: saliency,
+       global_pruning_ratio: 0.0, precision_stage1: int8, precision_stage2: int8,
+       precision_stage3: int8, precision_head: int8}
+    - {keep_stage1: 1.0, keep_stage2: 1.0, keep_stage3: 1.0, pruning_criterion: l1,
+       global_pruning_ratio: 0.0, precision_stage1: fp32, precision_stage2: fp32,
+       precision_stage3: fp32, precision_head: fp32}
+"""

@@ -1,0 +1,56 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["hwnas", "--help"], ["search", "profile", "report", "export"]),
+    (["hwnas", "search", "--help"], ["--device", "--trials", "--run-dir"]),
+    (["hwnas", "profile", "--help"], ["--device", "--json"]),
+    (["hwnas", "report", "--help"], ["study", "--out"]),
+    (["hwnas", "export", "--help"], ["--trial", "--out"]),
+    (["hwnas-agent", "--help"], ["serve", "measure", "facts", "version"]),
+    (["hwnas-agent", "serve", "--help"], ["--state-dir", "--port"]),
+    (["hwnas-agent", "measure", "--help"], ["--providers", "--threads", "--min-seconds"]),
+])
+def test_every_verb_has_help(argv, words):
+    done = subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True)
+    assert done.returncode == 0
+    for word in words:
+        assert word in done.stdout
+
+
+def test_config_error_is_one_clear_line_and_exit_2(tmp_path):
+    space = tmp_path / "s.yaml"
+    space.write_text("name: x\nbase_model: {builtin: small_cnn}\ndataset: {builtin: digits}\n"
+                     "serch: {n_trials: 3}\n")
+    done = subprocess.run([str(BIN / "hwnas"), "search", str(space)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"{space}: invalid search space" in done.stderr and "key 'serch'" in done.stderr
+
+
+def test_agent_one_shot_measure_prints_json(tmp_path, models_dir):
+    import json
+
+    done = subprocess.run([str(BIN / "hwnas-agent"), "measure", str(models_dir / "small.onnx"),
+                           "--min-seconds", "0.1", "--min-iterations", "20"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["iterations"] >= 20 and result["latency_ms"]["p50"] > 0
+
+
+def test_agent_facts_and_version():
+    import json
+
+    facts = json.loads(subprocess.run([str(BIN / "hwnas-agent"), "facts"], capture_output=True,
+                                      text=True).stdout)
+    assert facts["cpu_count"] >= 1 and "onnxruntime" in facts["runtimes"]
+    version = json.loads(subprocess.run([str(BIN / "hwnas-agent"), "version"], capture_output=True,
+                                        text=True).stdout)
+    assert version["protocol_version"] == 1
