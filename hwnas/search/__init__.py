@@ -7,7 +7,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import optuna
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
@@ -21,6 +21,14 @@ from hwnas.export.onnx import plan_units, precision_units
 from hwnas.models import model_stages
 from hwnas.remote.device import open_device
 from hwnas.space import check_enqueued, space_shape
+
+if TYPE_CHECKING:
+    from hwnas.config.models import Budgets
+    from hwnas.data import TaskData
+    from hwnas.remote.client import AgentClient
+    from hwnas.search.objective import TrialContext
+    from hwnas.space import SpaceShape
+    from hwnas.train import BaseModel
 
 RUN_FILE = "run.json"
 # heartbeats, stale-trial recovery and metric names are "experimental" in Optuna 5 but are
@@ -95,23 +103,28 @@ class SearchOutcome:
     trials_run: int
 
 
-def run_search(space_path: str | Path, device_path: str | Path, run_dir: Path | None = None,
-               n_trials: int | None = None, progress: bool = True,
-               log: Callable[[str], None] = print) -> SearchOutcome:
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Everything a trial needs that does not change between trials."""
+
+    space: SearchSpace
+    device: DeviceProfile
+    budgets: "Budgets"
+    task: "TaskData"
+    base: "BaseModel"
+    shape: "SpaceShape"
+
+
+def prepare(space_path: str | Path, device_path: str | Path, n_trials: int | None = None,
+            log: Callable[[str], None] = print) -> Prepared:
+    """Load and cross-check the configs, the data and the base model (trained once, cached)."""
     from hwnas.data import load_task
-    from hwnas.search.objective import Objective, TrialContext, seed_everything
-    from hwnas.search.progress import ProgressCallback
     from hwnas.train import load_base_model
 
     space, device = load_search_space(space_path), load_device_profile(device_path)
     if n_trials is not None:
         space = space.model_copy(update={"search": space.search.model_copy(
             update={"n_trials": n_trials})})
-    budgets = effective_budgets(space, device)
-    info = run_location(space, device, run_dir)
-    _snapshot_config(info, Path(space_path), Path(device_path))
-    seed_everything(space.search.seed)
-
     task = load_task(space.dataset)
     base = load_base_model(space.base_model, task, log=log)
     stages = model_stages(base.module, space.base_model)
@@ -119,6 +132,27 @@ def run_search(space_path: str | Path, device_path: str | Path, run_dir: Path | 
     units = plan_units(precision_units(base.module, stages, granularity))
     shape = space_shape(space, device, list(stages), units)
     check_enqueued(space, shape)
+    return Prepared(space, device, effective_budgets(space, device), task, base, shape)
+
+
+def trial_context(prepared: Prepared, client: "AgentClient", run_dir: Path) -> "TrialContext":
+    from hwnas.search.objective import TrialContext
+
+    return TrialContext(prepared.space, prepared.device, prepared.budgets, prepared.task,
+                        prepared.base.module, prepared.shape, client, run_dir)
+
+
+def run_search(space_path: str | Path, device_path: str | Path, run_dir: Path | None = None,
+               n_trials: int | None = None, progress: bool = True,
+               log: Callable[[str], None] = print) -> SearchOutcome:
+    from hwnas.search.objective import Objective, seed_everything
+    from hwnas.search.progress import ProgressCallback
+
+    prepared = prepare(space_path, device_path, n_trials, log)
+    space, device, task, base = prepared.space, prepared.device, prepared.task, prepared.base
+    info = run_location(space, device, run_dir)
+    _snapshot_config(info, Path(space_path), Path(device_path))
+    seed_everything(space.search.seed)
 
     storage = make_storage(info.storage)
     directions = ["maximize"] + ["minimize"] * (len(space.objectives) - 1)
@@ -134,7 +168,7 @@ def run_search(space_path: str | Path, device_path: str | Path, run_dir: Path | 
         for params in space.search.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
     study.set_metric_names(list(space.objectives))
-    study.set_user_attr("budgets", budgets.model_dump())
+    study.set_user_attr("budgets", prepared.budgets.model_dump())
     study.set_user_attr("base_model", {"key": base.key, "test_accuracy": base.test_accuracy})
     study.set_user_attr("preprocessing", task.preprocessing)
     study.set_user_attr("input_shape", list(task.input_shape))
@@ -145,10 +179,10 @@ def run_search(space_path: str | Path, device_path: str | Path, run_dir: Path | 
         return SearchOutcome(info, study, 0)
 
     with open_device(device) as client:
-        ctx = TrialContext(space, device, budgets, task, base.module, shape, client, info.run_dir)
         callbacks = [ProgressCallback(remaining, enabled=progress)]
         try:
-            study.optimize(Objective(ctx), n_trials=remaining, callbacks=callbacks,
+            study.optimize(Objective(trial_context(prepared, client, info.run_dir)),
+                           n_trials=remaining, callbacks=callbacks,
                            catch=(MeasurementError, ExportError), gc_after_trial=True)
         finally:
             callbacks[0].close()
