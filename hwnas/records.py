@@ -104,6 +104,9 @@ class Measurement:
     unstable: bool
     execution_providers: tuple[str, ...]
     agent_report: Mapping[str, Any]  # the agent's full JSON: provenance, rounds, runtime
+    # None where the device has no power source, or too few samples were taken
+    power_mean_w: float | None = None
+    energy_mj_per_inference: float | None = None
 
     @classmethod
     def from_agent(cls, device: str, report: Mapping[str, Any]) -> "Measurement":
@@ -123,6 +126,8 @@ class Measurement:
                 unstable=bool(report["unstable"]),
                 execution_providers=tuple(report["runtime"]["execution_providers"]),
                 agent_report=dict(report),
+                power_mean_w=(report.get("power") or {}).get("mean_w"),
+                energy_mj_per_inference=(report.get("power") or {}).get("energy_mj_per_inference"),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise MeasurementError(f"the agent on {device} sent a malformed measurement "

@@ -29,6 +29,8 @@ pick_python() {  # the newest Python >= $1 on this machine
 }
 
 stamp() { cat pyproject.toml agents/pyproject.toml | sha256sum | cut -c1-16; }
+# .venv-py38 holds a real (non-editable) install of the agent: its stamp covers the sources
+agent_stamp() { find agents -name '*.py' -o -name '*.toml' -o -name '*.service' | sort | xargs cat | sha256sum | cut -c1-16; }
 
 PYTHON=$(pick_python 3.10) || { echo "setup: hwnas needs Python >= 3.10" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
@@ -49,10 +51,11 @@ for candidate in python3.8 "$(pyenv root 2>/dev/null)"/versions/3.8*/bin/python3
 done
 if [ -n "$PY38" ]; then
   [ -x .venv-py38/bin/python ] || "$PY38" -m venv .venv-py38
-  if [ "$(cat .venv-py38/.hwnas-stamp 2>/dev/null)" != "$(stamp)" ]; then
-    echo "setup: installing hwnas-agent alone into .venv-py38 ($("$PY38" --version))"
+  if [ "$(cat .venv-py38/.hwnas-stamp 2>/dev/null)" != "$(agent_stamp)" ]; then
+    echo "setup: installing hwnas-agent alone into .venv-py38 ($("$PY38" --version 2>&1))"
+    .venv-py38/bin/python -m pip install -q --force-reinstall --no-deps ./agents
     .venv-py38/bin/python -m pip install -q ./agents
-    stamp > .venv-py38/.hwnas-stamp
+    agent_stamp > .venv-py38/.hwnas-stamp
   fi
 else
   echo "setup: no Python 3.8 found; the agent's Python 3.8 test will be skipped"

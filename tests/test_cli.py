@@ -13,7 +13,7 @@ BIN = Path(sys.executable).parent
     (["hwnas", "profile", "--help"], ["--device", "--json"]),
     (["hwnas", "report", "--help"], ["study", "--out"]),
     (["hwnas", "export", "--help"], ["--trial", "--out"]),
-    (["hwnas-agent", "--help"], ["serve", "measure", "facts", "version"]),
+    (["hwnas-agent", "--help"], ["serve", "measure", "facts", "version", "unit"]),
     (["hwnas-agent", "serve", "--help"], ["--state-dir", "--port"]),
     (["hwnas-agent", "measure", "--help"], ["--providers", "--threads", "--min-seconds"]),
 ])
@@ -54,3 +54,16 @@ def test_agent_facts_and_version():
     version = json.loads(subprocess.run([str(BIN / "hwnas-agent"), "version"], capture_output=True,
                                         text=True).stdout)
     assert version["protocol_version"] == 1
+
+
+def test_systemd_unit_restarts_on_failure_and_serves_loopback_only():
+    import configparser
+
+    done = subprocess.run([str(BIN / "hwnas-agent"), "unit"], capture_output=True, text=True)
+    assert done.returncode == 0
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string(done.stdout)
+    assert unit["Service"]["Restart"] == "on-failure"
+    exec_start = unit["Service"]["ExecStart"]
+    assert exec_start.startswith(sys.executable) and "--host 127.0.0.1" in exec_start
+    assert " serve " in exec_start and unit["Install"]["WantedBy"] == "default.target"

@@ -1,4 +1,4 @@
-"""hwnas-agent serve | measure MODEL.onnx | facts | version"""
+"""hwnas-agent serve | measure MODEL.onnx | facts | version | unit"""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765, help="0 picks a free port (announced on stdout)")
     serve.add_argument("--state-dir", default=default_state_dir(), help="models and jobs live here")
-    serve.add_argument("--max-queue", type=int, default=16)
+    serve.add_argument("--max-queue", type=int, default=16, help="jobs waiting at most")
+    serve.add_argument("--max-store-mb", type=float, default=2000.0,
+                       help="model store size cap; least recently used models are evicted")
     serve.add_argument("--allow-remote", action="store_true",
                        help="allow a non-loopback address (not recommended: use SSH)")
     measure = verbs.add_parser("measure", help="measure one ONNX file now; JSON on stdout")
@@ -45,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_options(measure)
     verbs.add_parser("facts", help="print what this device is and has, as JSON")
     verbs.add_parser("version", help="print the agent and protocol versions")
+    verbs.add_parser("unit", help="print a systemd user unit (restart on failure) for this install")
     return parser
+
+
+def systemd_unit(python: str = sys.executable) -> str:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hwnas-agent.service")
+    with open(path) as handle:
+        return handle.read().replace("@PYTHON@", python)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -53,7 +62,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.verb == "serve":
         from hwnas_agent.server import serve
 
-        return serve(args.state_dir, args.host, args.port, args.allow_remote, args.max_queue)
+        return serve(args.state_dir, args.host, args.port, args.allow_remote, args.max_queue,
+                     args.max_store_mb)
     if args.verb == "measure":
         from hwnas_agent.protocol import MeasureRequest, ProtocolError
         from hwnas_agent.storage import sha256_hex
@@ -74,6 +84,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("hwnas-agent: %s" % exc.message, file=sys.stderr)
             return 2
         print(json.dumps(measure_file(args.model, request), indent=1, sort_keys=True))
+        return 0
+    if args.verb == "unit":
+        print(systemd_unit(), end="")
         return 0
     if args.verb == "facts":
         from hwnas_agent.facts import device_facts

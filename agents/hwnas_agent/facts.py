@@ -8,7 +8,10 @@ from __future__ import annotations
 import glob
 import os
 import platform
+import re
+import shutil
 import socket
+import subprocess
 import time
 from typing import Any, Dict, List, Optional
 
@@ -44,7 +47,11 @@ def cpu_frequencies(sysfs_root: str = "/sys") -> List[Dict[str, Any]]:
     """Per-CPU governor and clocks (kHz in sysfs, MHz here)."""
     result = []
     pattern = os.path.join(sysfs_root, "devices/system/cpu/cpu[0-9]*/cpufreq")
-    for path in sorted(glob.glob(pattern), key=lambda p: int(p.split("/cpu")[-1].split("/")[0])):
+    def number(path: str) -> int:
+        match = re.search(r"/cpu(\d+)/cpufreq$", path)
+        return int(match.group(1)) if match else -1
+
+    for path in sorted(glob.glob(pattern), key=number):
         def mhz(name: str) -> Optional[float]:
             value = _read(os.path.join(path, name))
             return int(value) / 1000.0 if value and value.isdigit() else None
@@ -79,6 +86,57 @@ def runtimes() -> Dict[str, Any]:
     return found
 
 
+def parse_nvpmodel(text: str) -> Optional[Dict[str, Any]]:
+    """`nvpmodel -q`: 'NV Power Mode: MAXN' then the mode id on the next line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.startswith("NV Power Mode:"):
+            mode_id = lines[index + 1] if index + 1 < len(lines) else ""
+            return {"mode": line.split(":", 1)[1].strip(),
+                    "id": int(mode_id) if mode_id.isdigit() else None}
+    return None
+
+
+def parse_jetson_clocks(text: str) -> Dict[str, Any]:
+    """`jetson_clocks --show`: per-CPU governor and frequencies, GPU, EMC, power mode.
+    Clocks count as locked when every listed unit runs at its maximum."""
+    units: Dict[str, Dict[str, str]] = {}
+    power_mode = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("NV Power Mode:"):
+            power_mode = line.split(":", 1)[1].strip()
+            continue
+        match = re.match(r"^(cpu\d+|GPU|EMC):?\s+(.*)$", line)
+        if match:
+            units[match.group(1)] = dict(re.findall(r"(\w+)=(\S+)", match.group(2)))
+    locked = bool(units) and all(
+        u.get("MinFreq") == u.get("MaxFreq") == u.get("CurrentFreq") for name, u in units.items()
+        if name != "EMC" and u.get("Online", "1") == "1")
+    return {"units": units, "power_mode": power_mode, "clocks_locked": locked}
+
+
+def _run(argv: List[str]) -> Optional[str]:
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def jetson_state(nvpmodel: str = "nvpmodel", jetson_clocks: str = "jetson_clocks"
+                 ) -> Optional[Dict[str, Any]]:
+    """Power mode and clock state of a Jetson; None elsewhere."""
+    mode_text = _run([nvpmodel, "-q"])
+    clocks_text = _run([jetson_clocks, "--show"])
+    if mode_text is None and clocks_text is None:
+        return None
+    return {"nvpmodel": parse_nvpmodel(mode_text or ""),
+            "jetson_clocks": parse_jetson_clocks(clocks_text) if clocks_text else None}
+
+
 def device_facts(proc_root: str = "/proc", sysfs_root: str = "/sys") -> Dict[str, Any]:
     return {
         "hostname": socket.gethostname(),
@@ -90,8 +148,16 @@ def device_facts(proc_root: str = "/proc", sysfs_root: str = "/sys") -> Dict[str
         "cpu_count": os.cpu_count(),
         "memory_total_mb": memory_total_mb(proc_root),
         "runtimes": runtimes(),
+        "power_sources": _power_sources(sysfs_root),
+        "jetson": jetson_state(),
         "agent_version": __version__,
     }
+
+
+def _power_sources(sysfs_root: str) -> List[Dict[str, Any]]:
+    from hwnas_agent.power import detect
+
+    return detect(sysfs_root)
 
 
 def provenance(sysfs_root: str = "/sys", proc_root: str = "/proc") -> Dict[str, Any]:
@@ -102,6 +168,7 @@ def provenance(sysfs_root: str = "/sys", proc_root: str = "/proc") -> Dict[str, 
         "cpu_model": cpu_model(proc_root),
         "cpu_frequencies": cpu_frequencies(sysfs_root),
         "temperatures_c": temperatures_c(sysfs_root),
+        "jetson": jetson_state(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "unix_time": time.time(),
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -47,8 +47,16 @@ def latency_statistics(latencies_ms: Sequence[float]) -> Dict[str, Any]:
 
 
 def run_timed(run_once: Callable[[], None], request: Any,
-              clock: Callable[[], int] = time.perf_counter_ns) -> Dict[str, Any]:
-    """Warm up, then time single inferences in rounds; returns latencies and statistics."""
+              clock: Callable[[], int] = time.perf_counter_ns,
+              before_timed: Optional[Callable[[], None]] = None,
+              enough: Optional[Callable[[], bool]] = None,
+              after_round: Optional[Callable[[], Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Warm up, then time single inferences in rounds; returns latencies and statistics.
+
+    ``before_timed`` runs between warm-up and the timed phase (a power sampler starts
+    there); after the configured rounds, further rounds run while ``enough()`` is false;
+    ``after_round`` returns what to record with each round (clocks, temperatures).
+    """
     warmup_start = clock()
     warmup_deadline = warmup_start + int(request.warmup_seconds * 1e9)
     warmup_iterations = 0
@@ -60,16 +68,21 @@ def run_timed(run_once: Callable[[], None], request: Any,
     per_round_iterations = int(math.ceil(request.min_iterations / float(request.rounds)))
     per_round_ns = int(request.min_seconds * 1e9 / request.rounds)
     latencies_ms: List[float] = []
-    rounds = []
+    rounds: List[Dict[str, Any]] = []
+    if before_timed is not None:
+        before_timed()
     timed_start = clock()
-    for _ in range(request.rounds):
+    while len(rounds) < request.rounds or (enough is not None and not enough()):
         round_ms: List[float] = []
         round_start = clock()
         while len(round_ms) < per_round_iterations or clock() - round_start < per_round_ns:
             begin = clock()
             run_once()
             round_ms.append((clock() - begin) / 1e6)
-        rounds.append({"iterations": len(round_ms), "p50_ms": float(np.median(round_ms))})
+        record = {"iterations": len(round_ms), "p50_ms": float(np.median(round_ms))}
+        if after_round is not None:
+            record.update(after_round())
+        rounds.append(record)
         latencies_ms.extend(round_ms)
     timed_seconds = (clock() - timed_start) / 1e9
 

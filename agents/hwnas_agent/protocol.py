@@ -17,8 +17,11 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 JOB_STATES = ("queued", "running", "done", "failed", "interrupted")
 FINISHED_STATES = ("done", "failed", "interrupted")
-RUNTIMES = ("onnxruntime",)
+RUNTIMES = ("onnxruntime", "tensorrt")
+TENSORRT_FLAGS = ("fp16", "int8")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+POWER_SOURCES = ("none", "ina3221", "tegrastats", "pi5_pmic", "hwmon", "rapl", "nvml",
+                 "power_supply", "command")
 
 
 class ProtocolError(Exception):
@@ -51,6 +54,8 @@ class MeasureRequest:
     provider_options: List[Dict[str, str]] = dataclasses.field(default_factory=list)
     # an NPU/GPU figure must never silently be a CPU figure
     disable_cpu_fallback: bool = False
+    # native TensorRT builder precision flags (the ONNX's Q/DQ nodes fix int8 placement)
+    tensorrt_flags: List[str] = dataclasses.field(default_factory=list)
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     graph_optimization: str = "all"
@@ -63,6 +68,19 @@ class MeasureRequest:
     unstable_cv: float = 0.10
     timeout_s: float = 600.0
     seed: int = 0
+    # power: sampled during the timed phase, which extends until power_min_samples exist
+    power_source: str = "none"
+    power_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    power_min_samples: int = 20
+    idle_seconds: float = 2.0
+    # pin the measuring process to these CPUs (empty: the OS decides)
+    cpu_affinity: List[int] = dataclasses.field(default_factory=list)
+    # wait until every thermal zone is below this before starting (None: do not wait)
+    cooldown_below_c: Optional[float] = None
+    cooldown_timeout_s: float = 300.0
+    # a rise of this many degrees, or a clock drop of this fraction, flags throttling
+    thermal_rise_c: float = 10.0
+    clock_drop: float = 0.10
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,6 +121,20 @@ class MeasureRequest:
                 and len(self.provider_options) <= len(self.execution_providers)
                 and all(isinstance(o, dict) for o in self.provider_options)):
             raise bad("provider_options", "a list of objects, at most one per provider")
+        if not (isinstance(self.tensorrt_flags, list)
+                and all(flag in TENSORRT_FLAGS for flag in self.tensorrt_flags)):
+            raise bad("tensorrt_flags", "a list of " + ", ".join(TENSORRT_FLAGS))
+        if self.power_source not in POWER_SOURCES:
+            raise bad("power_source", "one of " + ", ".join(POWER_SOURCES))
+        if not isinstance(self.power_options, dict):
+            raise bad("power_options", "an object of the source's options")
+        if not (isinstance(self.cpu_affinity, list) and all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 4096
+                for c in self.cpu_affinity)):
+            raise bad("cpu_affinity", "a list of CPU numbers")
+        if self.cooldown_below_c is not None and not (
+                isinstance(self.cooldown_below_c, (int, float)) and 0 < self.cooldown_below_c < 150):
+            raise bad("cooldown_below_c", "null or a temperature in °C between 0 and 150")
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
             raise bad("graph_optimization", "one of " + ", ".join(GRAPH_OPTIMIZATION_LEVELS))
         if not isinstance(self.disable_cpu_fallback, bool):
@@ -112,12 +144,15 @@ class MeasureRequest:
             if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1024):
                 raise bad(name, "an integer 0..1024 (0 = runtime default)")
         for name, low, high in (("batch_size", 1, 65536), ("warmup_iterations", 0, 10**7),
-                                ("min_iterations", 1, 10**8), ("rounds", 1, 1000), ("seed", 0, 2**31)):
+                                ("min_iterations", 1, 10**8), ("rounds", 1, 1000), ("seed", 0, 2**31),
+                                ("power_min_samples", 2, 10**6)):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
                 raise bad(name, "an integer %d..%d" % (low, high))
         for name, low, high in (("warmup_seconds", 0.0, 3600.0), ("min_seconds", 0.0, 36000.0),
-                                ("unstable_cv", 0.0, 10.0), ("timeout_s", 1.0, 86400.0)):
+                                ("unstable_cv", 0.0, 10.0), ("timeout_s", 1.0, 86400.0),
+                                ("idle_seconds", 0.0, 3600.0), ("cooldown_timeout_s", 0.0, 86400.0),
+                                ("thermal_rise_c", 0.0, 200.0), ("clock_drop", 0.0, 1.0)):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool)
                     and low <= float(value) <= high):

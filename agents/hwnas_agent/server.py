@@ -51,9 +51,11 @@ class Agent:
     """Model store, persisted jobs and the single measuring thread."""
 
     def __init__(self, state_dir: str, max_queue: int = 16, python: str = sys.executable,
-                 max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> None:
+                 max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+                 max_store_bytes: Optional[int] = None) -> None:
         self.state_dir = state_dir
-        self.models = ModelStore(os.path.join(state_dir, "models"))
+        self.models = ModelStore(os.path.join(state_dir, "models"), max_store_bytes)
+        self._in_use: Dict[str, int] = {}  # sha256 -> queued or running jobs using it
         self.jobs = JobStore(os.path.join(state_dir, "jobs"))
         self.python = python
         self.max_model_bytes = max_model_bytes
@@ -75,6 +77,7 @@ class Agent:
                                     error="the agent stopped while this job was running")
             elif record.get("state") == "queued":
                 try:
+                    self._use(self._job_model(job_id), +1)
                     self._queue.put_nowait(job_id)
                 except queue.Full:
                     self.jobs.set_state(job_id, "failed", error="queue full when the agent restarted")
@@ -91,8 +94,21 @@ class Agent:
                                     % self._queue.maxsize)
             job_id = uuid.uuid4().hex
             record = self.jobs.create(job_id, request.to_dict())
+            self._use(request.model_sha256, +1)
+            self.models.touch(request.model_sha256)
             self._queue.put_nowait(job_id)
         return record
+
+    def _job_model(self, job_id: str) -> str:
+        request = read_json(os.path.join(self.jobs.job_dir(job_id), "request.json")) or {}
+        return str(request.get("model_sha256", ""))
+
+    def _use(self, sha256: str, delta: int) -> None:
+        count = self._in_use.get(sha256, 0) + delta
+        if count > 0:
+            self._in_use[sha256] = count
+        else:
+            self._in_use.pop(sha256, None)
 
     def job(self, job_id: str) -> Dict[str, Any]:
         record = self.jobs.get(job_id) if job_id.isalnum() else None
@@ -110,6 +126,9 @@ class Agent:
                 self._execute(job_id)
             except Exception as exc:  # a job fails; the agent keeps serving
                 self.jobs.set_state(job_id, "failed", error="agent error: %s" % exc)
+            finally:
+                with self._submit_lock:
+                    self._use(self._job_model(job_id), -1)
 
     def _execute(self, job_id: str) -> None:
         job_dir = self.jobs.job_dir(job_id)
@@ -159,7 +178,10 @@ class Agent:
         tmp = self.models.stage(data)
         try:
             signature = self._inspect(tmp)
-            return 201, self.models.commit(tmp, sha256, signature)
+            meta = self.models.commit(tmp, sha256, signature)
+            with self._submit_lock:
+                meta["evicted"] = self.models.evict(set(self._in_use) | {sha256})
+            return 201, meta
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -266,6 +288,7 @@ class Handler(BaseHTTPRequestHandler):
         meta = self.agent.models.meta(sha256)
         if meta is None:
             raise ProtocolError(404, "unknown_model", "model %s is not stored here" % sha256)
+        self.agent.models.touch(sha256)
         return 200, meta
 
     def _put_model(self, sha256: str) -> Tuple[int, Dict[str, Any]]:
@@ -334,9 +357,10 @@ def make_server(agent: Agent, host: str = "127.0.0.1", port: int = 0) -> Threadi
 
 
 def serve(state_dir: str, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False,
-          max_queue: int = 16) -> int:
+          max_queue: int = 16, max_store_mb: Optional[float] = None) -> int:
     check_host(host, allow_remote)
-    agent = Agent(state_dir, max_queue=max_queue)
+    agent = Agent(state_dir, max_queue=max_queue,
+                  max_store_bytes=int(max_store_mb * 1e6) if max_store_mb else None)
     server = make_server(agent, host, port)
 
     def stop(signum: int, frame: Any) -> None:

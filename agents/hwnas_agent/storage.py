@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
@@ -35,11 +35,51 @@ def read_json(path: str) -> Optional[Any]:
 
 
 class ModelStore:
-    """Models stored as ``<sha256>.onnx`` with ``<sha256>.json`` (their signature)."""
+    """Models stored as ``<sha256>.onnx`` with ``<sha256>.json`` (their signature).
 
-    def __init__(self, root: str) -> None:
+    With ``max_bytes``, storing a model evicts the least recently used others until the
+    store fits; models in use by a queued or running job (``protected``) are never evicted.
+    """
+
+    def __init__(self, root: str, max_bytes: Optional[int] = None) -> None:
         self.root = root
+        self.max_bytes = max_bytes
         os.makedirs(root, exist_ok=True)
+
+    def touch(self, sha256: str) -> None:
+        """Mark as used now (the model file's mtime is its last use)."""
+        try:
+            os.utime(self.path(sha256))
+        except OSError:
+            pass
+
+    def stored(self) -> List[Tuple[float, int, str]]:
+        entries = []
+        for name in os.listdir(self.root):
+            if name.endswith(".onnx") and not name.startswith("."):
+                stat = os.stat(os.path.join(self.root, name))
+                entries.append((stat.st_mtime, stat.st_size, name[:-len(".onnx")]))
+        return sorted(entries)
+
+    def evict(self, protected: Set[str]) -> List[str]:
+        if self.max_bytes is None:
+            return []
+        entries = self.stored()
+        total = sum(size for _, size, _ in entries)
+        evicted = []
+        for _, size, sha256 in entries:
+            if total <= self.max_bytes:
+                break
+            if sha256 in protected:
+                continue
+            for suffix in (".onnx", ".json"):
+                try:
+                    os.unlink(os.path.join(self.root, sha256 + suffix))
+                except FileNotFoundError:
+                    pass
+            total -= size
+            evicted.append(sha256)
+        return evicted
 
     def path(self, sha256: str) -> str:
         return os.path.join(self.root, sha256 + ".onnx")

@@ -11,22 +11,39 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
-from hwnas_agent import facts, runtimes
+from hwnas_agent import facts, power, runtimes, thermal
 from hwnas_agent.measure import run_timed
+from hwnas_agent.power.sampler import PowerSampler, summarize
 from hwnas_agent.protocol import MeasureRequest
 from hwnas_agent.storage import write_json_atomic
 
 
 def measure_file(model_path: str, request: MeasureRequest) -> Dict[str, Any]:
     started = time.perf_counter()
+    if request.cpu_affinity and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, request.cpu_affinity)
+    cooldown = None
+    if request.cooldown_below_c is not None:
+        cooldown = thermal.cool_down(request.cooldown_below_c, request.cooldown_timeout_s)
     before = facts.provenance()
     load_start = time.perf_counter()
     model = runtimes.load(model_path, request)
     load_seconds = time.perf_counter() - load_start
-    result = run_timed(model.run_once, request)
+    start_probe = thermal.round_probe()
+    source = None
+    if request.power_source != "none":
+        source = power.open_source(request.power_source, request.power_options)
+    try:
+        result, power_result = _timed_with_power(model, request, source)
+    finally:
+        if source is not None:
+            source.close()
     result.update({
+        "thermal": dict(thermal.throttling(result["rounds"], start_probe, request.thermal_rise_c,
+                                           request.clock_drop), cooldown=cooldown),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "model_sha256": request.model_sha256,
         "batch_size": request.batch_size,
         "inputs": model.inputs,
@@ -34,12 +51,33 @@ def measure_file(model_path: str, request: MeasureRequest) -> Dict[str, Any]:
         "session_load_seconds": load_seconds,
         # ru_maxrss is in KiB on Linux
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "power": None,
+        "power": power_result,
         "provenance": {"before": before, "after": facts.provenance()},
         "request": request.to_dict(),
     })
     result["worker_seconds"] = time.perf_counter() - started
     return result
+
+
+def _timed_with_power(model: Any, request: MeasureRequest,
+                      source: Optional[power.PowerSource]) -> Tuple[Dict[str, Any], Any]:
+    if source is None:
+        return run_timed(model.run_once, request, after_round=thermal.round_probe), None
+    # idle baseline: the model is loaded, nothing runs
+    idle_sampler = PowerSampler(source).start()
+    time.sleep(request.idle_seconds)
+    deadline = time.monotonic() + 10 * idle_sampler.period_s  # an idle figure needs two samples
+    while idle_sampler.count() < 2 and time.monotonic() < deadline:
+        time.sleep(idle_sampler.period_s)
+    idle = idle_sampler.stop()
+    sampler = PowerSampler(source)
+    result = run_timed(model.run_once, request, before_timed=sampler.start,
+                       enough=lambda: sampler.count() >= request.power_min_samples,
+                       after_round=thermal.round_probe)
+    timed = sampler.stop()
+    inferences = result["iterations"]
+    return result, summarize(source, idle, timed, result["timed_seconds"], inferences,
+                             request.power_min_samples)
 
 
 def main(argv: Any = None) -> int:

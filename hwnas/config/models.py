@@ -195,7 +195,14 @@ class MeasurementSpec(Frozen):
 
 
 class PowerSpec(Frozen):
-    source: Literal["none"] = "none"
+    """Which sensor the agent samples during the timed phase (see hwnas-agent facts)."""
+
+    source: Literal["none", "ina3221", "tegrastats", "pi5_pmic", "hwmon", "rapl", "nvml",
+                    "power_supply", "command"] = "none"
+    # the source's own options, e.g. {command: "my-meter --watts"} or {name: ina219}
+    options: dict[str, str | int | float | list[str]] = {}
+    min_samples: Annotated[int, Field(ge=2)] = 20
+    idle_seconds: Annotated[float, Field(ge=0)] = 2.0
 
 
 class DeviceProfile(Frozen):

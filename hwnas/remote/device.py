@@ -39,4 +39,6 @@ def measure_request(profile: DeviceProfile, sha256: str) -> MeasureRequest:
         warmup_iterations=method.warmup_iterations, warmup_seconds=method.warmup_seconds,
         min_iterations=method.min_iterations, min_seconds=method.min_seconds,
         rounds=method.rounds, unstable_cv=method.unstable_cv, timeout_s=method.timeout_s,
+        power_source=profile.power.source, power_options=dict(profile.power.options),
+        power_min_samples=profile.power.min_samples, idle_seconds=profile.power.idle_seconds,
     )

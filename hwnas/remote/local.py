@@ -20,8 +20,10 @@ START_TIMEOUT_S = 60.0
 
 
 class LocalAgentProcess:
-    def __init__(self, state_dir: Path | None = None, python: str = sys.executable) -> None:
+    def __init__(self, state_dir: Path | None = None, python: str = sys.executable,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.python = python
+        self.extra_args = tuple(extra_args)
         self._tmp = None
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="hwnas-agent-")
@@ -33,7 +35,7 @@ class LocalAgentProcess:
     def start(self) -> int:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         command = [self.python, "-m", "hwnas_agent", "serve", "--host", "127.0.0.1",
-                   "--port", "0", "--state-dir", str(self.state_dir)]
+                   "--port", "0", "--state-dir", str(self.state_dir), *self.extra_args]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from hwnas import __version__
@@ -67,7 +67,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage | str:
     if url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql"):
         # heartbeats let a resumed search find trials a killed controller left RUNNING
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     return url
 
 

@@ -24,7 +24,8 @@ class ProgressCallback:
         if is_feasible(trial) and trial.values and (self.best is None or trial.values[0] > self.best):
             self.best = trial.values[0]
         best = "-" if self.best is None else f"{self.best:.4f}"
-        self.bar.set_postfix_str(f"best feasible acc {best} | rejected early {self.rejected}")
+        self.bar.set_postfix_str(f"best feasible acc {best} | rejected early {self.rejected}",
+                                 refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:

@@ -195,3 +195,37 @@ def test_agent_refuses_non_loopback_address_by_default():
     check_host("::1", allow_remote=False)
     with pytest.raises(SystemExit, match="127.0.0.1 only"):
         check_host("0.0.0.0", allow_remote=False)
+
+
+def test_measure_job_samples_power_and_extends_the_timed_phase(local_agent, models_dir, tmp_path):
+    from hwnas_agent.protocol import MeasureRequest
+
+    from tests.agent import power_fixtures as fx
+
+    watts = fx.ina219_hwmon(tmp_path)  # a Pi 4's INA219 meter, 10 Hz
+    client, _ = local_agent
+    artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
+    client.ensure_model(artifact)
+    request = MeasureRequest(model_sha256=artifact.sha256, warmup_seconds=0.0, min_iterations=10,
+                             min_seconds=0.05, rounds=2, power_source="hwmon",
+                             power_options={"sysfs_root": str(tmp_path)}, idle_seconds=0.3)
+    measurement = client.measure(request)
+    report = measurement.agent_report
+    assert report["power"]["samples"] >= 20  # 0.05 s asked; extended to get 20 samples at 10 Hz
+    assert report["timed_seconds"] >= 1.5 and len(report["rounds"]) > 2
+    assert measurement.power_mean_w == pytest.approx(watts)
+    assert report["power"]["idle_w"] == pytest.approx(watts)
+    expected = watts * report["timed_seconds"] / report["iterations"] * 1000
+    assert measurement.energy_mj_per_inference == pytest.approx(expected)
+    assert report["power"]["covers"].startswith("hwmon meter 'ina219'")
+
+
+def test_missing_power_sensor_fails_the_job_with_its_reason(local_agent, models_dir, tmp_path):
+    from hwnas_agent.protocol import MeasureRequest
+
+    client, _ = local_agent
+    artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
+    client.ensure_model(artifact)
+    with pytest.raises(MeasurementError, match="no INA3221 found"):
+        client.measure(MeasureRequest(model_sha256=artifact.sha256, power_source="ina3221",
+                                      power_options={"sysfs_root": str(tmp_path)}))

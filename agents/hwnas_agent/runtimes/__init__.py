@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_MODULES = {"onnxruntime": "hwnas_agent.runtimes.onnxruntime"}
+_MODULES = {"onnxruntime": "hwnas_agent.runtimes.onnxruntime",
+            "tensorrt": "hwnas_agent.runtimes.tensorrt"}
 
 
 class RuntimeUnavailable(Exception):

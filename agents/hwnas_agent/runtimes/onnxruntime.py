@@ -30,10 +30,21 @@ def _optimization_level(ort: Any, name: str) -> Any:
     }[name]
 
 
-def make_inputs(session_inputs: List[Any], batch_size: int, seed: int) -> Dict[str, np.ndarray]:
-    """Deterministic random inputs; the first dynamic dimension is the batch."""
+def make_feeds_for_shapes(specs: Dict[str, Any], seed: int) -> Dict[str, np.ndarray]:
+    """name -> (shape, numpy dtype): deterministic random floats, zero integers."""
     rng = np.random.default_rng(seed)
     feeds = {}
+    for name, (shape, dtype) in specs.items():
+        if np.issubdtype(dtype, np.floating):
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[name] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+def make_inputs(session_inputs: List[Any], batch_size: int, seed: int) -> Dict[str, np.ndarray]:
+    """Deterministic random inputs; the first dynamic dimension is the batch."""
+    specs = {}
     for meta in session_inputs:
         dtype = _NUMPY_TYPES.get(meta.type)
         if dtype is None:
@@ -49,11 +60,8 @@ def make_inputs(session_inputs: List[Any], batch_size: int, seed: int) -> Dict[s
                 raise RuntimeUnavailable(
                     "input %r has a dynamic dimension %r at position %d; export the model with "
                     "static shapes except the batch" % (meta.name, dim, position))
-        if np.issubdtype(dtype, np.floating):
-            feeds[meta.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[meta.name] = np.zeros(shape, dtype=dtype)
-    return feeds
+        specs[meta.name] = (shape, dtype)
+    return make_feeds_for_shapes(specs, seed)
 
 
 class OnnxRuntimeModel:
