@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/uniform_baseline.py [RUN_DIR]
 
-The baseline: the same keep ratio in every stage, L1 magnitude, no global pruning, every
-stage int8 (the usual "prune uniformly, then quantize" recipe), fine-tuned with the same
-distillation budget and evaluated the same way. Every model, the search's winner included,
+The baseline: the same keep ratio in every stage, L1 magnitude, no global pruning, and every
+stage at one precision, int8 (the usual "prune uniformly, then quantize" recipe) or fp32,
+fine-tuned with the same distillation budget and evaluated the same way; the baseline
+reported is the uniform model whose measured latency is closest to the search's best. Every model, the search's winner included,
 is measured again in this one run by the same agent, so latencies are compared side by side.
 """
 
@@ -20,12 +21,12 @@ from _common import save, table  # noqa: E402
 from hwnas.compress.finetune import finetune  # noqa: E402
 from hwnas.evaluate import onnx_accuracy  # noqa: E402
 from hwnas.records import Artifact, Candidate  # noqa: E402
-from hwnas.remote.device import open_device  # noqa: E402
 from hwnas.report import best_feasible  # noqa: E402
-from hwnas.search import RunInfo, prepare, trial_context  # noqa: E402
-from hwnas.search.objective import CandidateBuilder, Timings  # noqa: E402
+from hwnas.search import RunInfo, open_pool, prepare, trial_context  # noqa: E402
+from hwnas.search.objective import CandidateBuilder, DeviceLease, Timings  # noqa: E402
 
-KEEP_RATIOS = [0.25, 0.375, 0.5, 0.625, 0.75, 1.0]
+KEEP_RATIOS = [0.25, 0.375, 0.5, 0.75]
+PRECISIONS = ["fp32", "int8"]
 
 
 def main() -> int:
@@ -39,12 +40,13 @@ def main() -> int:
     prepared = prepare(run_dir / "search_space.yaml", run_dir / "device_profile.yaml")
     work = run_dir / "benchmark-uniform"
     rows = []
-    with open_device(prepared.device) as client:
-        builder = CandidateBuilder(trial_context(prepared, client, work))
+    with open_pool(prepared.devices) as pool:
+        builder = CandidateBuilder(trial_context(prepared, pool, work))
+        lease = DeviceLease(pool)
         best_artifact = Artifact.from_file(run_dir / "artifacts" / f"{best.user_attrs['artifact']['sha256']}.onnx",
                                            best.user_attrs["artifact"]["channels"],
                                            best.user_attrs["artifact"]["parameters"])
-        best_measured = builder.measure(best_artifact, Timings())
+        best_measured = builder.measure(best_artifact, Timings(), lease)
         search_row = {"model": f"search trial {best.number}",
                       "candidate": Candidate.from_dict(best.user_attrs["candidate"]).summary(),
                       "accuracy_val": best.user_attrs["accuracy_val"],
@@ -52,15 +54,15 @@ def main() -> int:
                       "latency_ms_p50": best_measured.latency_ms_p50,
                       "latency_ms_p90": best_measured.latency_ms_p90,
                       "size_mb": best_artifact.size_mb}
-        for keep in KEEP_RATIOS:
+        for keep, precision in [(k, p) for p in PRECISIONS for k in KEEP_RATIOS]:
             stages = prepared.shape.stages
             candidate = Candidate.build({s: keep for s in stages}, "l1", 0.0,
-                                        {u: "int8" for u in prepared.shape.precision_units})
+                                        {u: precision for u in prepared.shape.precision_units})
             model = builder.prune(candidate)
             finetune(model, prepared.base.module, prepared.task, prepared.space.finetune, seed=0)
-            artifact = builder.export(model, candidate, work / f"uniform-{keep}.onnx")
-            measured = builder.measure(artifact, Timings())
-            rows.append({"model": f"uniform keep {keep:g} int8", "candidate": candidate.summary(),
+            artifact = builder.export(model, candidate, work / f"uniform-{keep}-{precision}.onnx")
+            measured = builder.measure(artifact, Timings(), lease)
+            rows.append({"model": f"uniform keep {keep:g} {precision}", "candidate": candidate.summary(),
                          "accuracy_val": onnx_accuracy(artifact, prepared.task.val_x, prepared.task.val_y),
                          "accuracy_test": onnx_accuracy(artifact, prepared.task.test_x, prepared.task.test_y),
                          "latency_ms_p50": measured.latency_ms_p50,

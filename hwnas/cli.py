@@ -32,8 +32,9 @@ class SearchCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("space", nargs="?", type=Path, default=DEFAULT_SPACE,
                             help=f"search space YAML (default: {DEFAULT_SPACE})")
-        parser.add_argument("--device", type=Path, default=DEFAULT_DEVICE,
-                            help=f"device profile YAML (default: {DEFAULT_DEVICE})")
+        parser.add_argument("--device", type=Path, action="append", default=None,
+                            help=f"device profile YAML; repeat it to measure on several devices "
+                                 f"in parallel (default: {DEFAULT_DEVICE})")
         parser.add_argument("--run-dir", type=Path, default=None,
                             help="where the study, artifacts and report go "
                                  "(default: runs/<space>--<device>)")
@@ -46,8 +47,8 @@ class SearchCommand(Command):
         from hwnas.report import best_feasible, text_table, trial_rows, write_report
         from hwnas.search import run_search
 
-        outcome = run_search(args.space, args.device, args.run_dir, args.trials,
-                             progress=not args.no_progress)
+        outcome = run_search(args.space, args.device or [DEFAULT_DEVICE], args.run_dir,
+                             args.trials, progress=not args.no_progress)
         rows = trial_rows(outcome.study)
         front = [r for r in rows if r.on_front]
         print("\nPareto front (meets every budget):" if front else
@@ -141,7 +142,64 @@ class ExportCommand(Command):
         return 0
 
 
-COMMANDS = [SearchCommand(), ProfileCommand(), ReportCommand(), ExportCommand()]
+class DevicesCommand(Command):
+    name = "devices"
+    help = "check devices: reachability, host key, agent, facts, a calibration measurement"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("action", choices=["check"], help="what to do")
+        parser.add_argument("profiles", type=Path, nargs="+", help="device profile YAML files")
+        parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.config import load_device_profile
+        from hwnas.remote.check import check_device, check_table
+
+        results = [check_device(load_device_profile(path)) for path in args.profiles]
+        print(json.dumps(results, indent=1, sort_keys=True) if args.json else check_table(results))
+        return 0 if all(r["ok"] for r in results) else 1
+
+
+class AgentCommand(Command):
+    name = "agent"
+    help = "install, inspect or remove the agent on an SSH device"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("action", choices=["install", "status", "logs", "stop", "uninstall"])
+        parser.add_argument("profile", type=Path, help="device profile YAML (connection.kind: ssh)")
+        parser.add_argument("--lines", type=int, default=50, help="log lines to show (logs)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.config import load_device_profile
+        from hwnas.remote.install import RemoteAgent
+        from hwnas.train import cache_dir
+
+        remote = RemoteAgent(load_device_profile(args.profile))
+        try:
+            if args.action == "install":
+                status = remote.install(cache_dir())
+            elif args.action == "logs":
+                print(remote.logs(args.lines), end="")
+                return 0
+            elif args.action == "stop":
+                remote.stop()
+                status = remote.status()
+            elif args.action == "uninstall":
+                remote.uninstall()
+                print(f"{remote.profile.name}: hwnas-agent removed")
+                return 0
+            else:
+                status = remote.status()
+        finally:
+            remote.close()
+        print(f"{remote.profile.name}: manager {status.manager}, "
+              f"{'running' if status.running else 'not running'}, "
+              f"agent {status.agent_version or '-'} ({status.detail})")
+        return 0 if args.action == "stop" or status.agent_version else 1
+
+
+COMMANDS = [SearchCommand(), ProfileCommand(), ReportCommand(), ExportCommand(), DevicesCommand(),
+            AgentCommand()]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,14 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_options(measure)
     verbs.add_parser("facts", help="print what this device is and has, as JSON")
     verbs.add_parser("version", help="print the agent and protocol versions")
-    verbs.add_parser("unit", help="print a systemd user unit (restart on failure) for this install")
+    unit = verbs.add_parser("unit", help="print a systemd user unit (restart on failure) for "
+                                         "this install")
+    unit.add_argument("--port", type=int, default=8765)
+    unit.add_argument("--state-dir", default="%h/.local/state/hwnas-agent")
     return parser
 
 
-def systemd_unit(python: str = sys.executable) -> str:
+def systemd_unit(python: str = sys.executable, port: int = 8765,
+                 state_dir: str = "%h/.local/state/hwnas-agent") -> str:
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hwnas-agent.service")
     with open(path) as handle:
-        return handle.read().replace("@PYTHON@", python)
+        text = handle.read()
+    return (text.replace("@PYTHON@", python).replace("@PORT@", str(port))
+            .replace("@STATE_DIR@", state_dir))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -86,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(measure_file(args.model, request), indent=1, sort_keys=True))
         return 0
     if args.verb == "unit":
-        print(systemd_unit(), end="")
+        print(systemd_unit(port=args.port, state_dir=args.state_dir), end="")
         return 0
     if args.verb == "facts":
         from hwnas_agent.facts import device_facts

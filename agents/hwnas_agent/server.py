@@ -7,7 +7,8 @@ Routes (all JSON, errors as {"error": {"code", "message"}} with a 4xx/5xx status
   PUT  /v1/models/<sha256>     raw ONNX bytes; verified against the sha256, loaded once to
                                prove they are a model, stored content-addressed
   POST /v1/jobs                a MeasureRequest; 202 with the queued job
-  GET  /v1/jobs/<id>           the job's state, and its measurement once done
+  GET  /v1/jobs/<id>[?wait=S]  the job's state, and its measurement once done; with wait,
+                               held up to S seconds (<= 60) until the job finishes
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from hwnas_agent import __version__, facts
 from hwnas_agent.protocol import (
+    FINISHED_STATES,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     MeasureRequest,
@@ -38,6 +40,7 @@ from hwnas_agent.storage import JobStore, ModelStore, read_json, sha256_hex
 DEFAULT_MAX_MODEL_BYTES = 1 << 30
 DEFAULT_MAX_JSON_BYTES = 1 << 20
 INSPECT_TIMEOUT_S = 120.0
+MAX_WAIT_S = 60.0
 
 
 def _signal_name(returncode: int) -> str:
@@ -63,6 +66,7 @@ class Agent:
         self._submit_lock = threading.Lock()
         self._current: Optional[subprocess.Popen] = None
         self._stopping = threading.Event()
+        self._finished = threading.Condition()  # notified whenever a job finishes
         self._recover()
         self._thread = threading.Thread(target=self._run_jobs, name="measure", daemon=True)
         self._thread.start()
@@ -110,10 +114,17 @@ class Agent:
         else:
             self._in_use.pop(sha256, None)
 
-    def job(self, job_id: str) -> Dict[str, Any]:
+    def job(self, job_id: str, wait_s: float = 0.0) -> Dict[str, Any]:
+        """The job's record; with ``wait_s``, held until it finishes or the time is up, so that
+        a client waits without polling (nothing disturbs the measurement under way)."""
         record = self.jobs.get(job_id) if job_id.isalnum() else None
         if record is None:
             raise ProtocolError(404, "unknown_job", "no job %r on this agent" % job_id)
+        deadline = time.monotonic() + wait_s
+        with self._finished:
+            while record["state"] not in FINISHED_STATES and time.monotonic() < deadline:
+                self._finished.wait(timeout=max(0.0, deadline - time.monotonic()))
+                record = self.jobs.get(job_id) or record
         return record
 
     def _run_jobs(self) -> None:
@@ -129,6 +140,8 @@ class Agent:
             finally:
                 with self._submit_lock:
                     self._use(self._job_model(job_id), -1)
+                with self._finished:
+                    self._finished.notify_all()
 
     def _execute(self, job_id: str) -> None:
         job_dir = self.jobs.job_dir(job_id)
@@ -267,7 +280,7 @@ class Handler(BaseHTTPRequestHandler):
             ("models", 1): {"GET": lambda: self._get_model(rest[0]),
                             "PUT": lambda: self._put_model(rest[0])},
             ("jobs", 0): {"POST": lambda: (202, self.agent.submit(self._read_json()))},
-            ("jobs", 1): {"GET": lambda: (200, self.agent.job(rest[0]))},
+            ("jobs", 1): {"GET": lambda: (200, self.agent.job(rest[0], self._wait_s()))},
         }
         handlers = routes.get((resource, len(rest)))
         if handlers is None:
@@ -276,6 +289,18 @@ class Handler(BaseHTTPRequestHandler):
             raise ProtocolError(405, "method_not_allowed", "%s is not allowed on %s; allowed: %s"
                                 % (method, path, ", ".join(sorted(handlers))))
         return handlers[method]()
+
+    def _wait_s(self) -> float:
+        query = self.path.split("?", 1)[1] if "?" in self.path else ""
+        for part in query.split("&"):
+            key, _, value = part.partition("=")
+            if key == "wait":
+                try:
+                    return min(max(float(value), 0.0), MAX_WAIT_S)
+                except ValueError:
+                    raise ProtocolError(400, "bad_request", "wait=%r is not a number of seconds"
+                                        % value)
+        return 0.0
 
     def _hello(self) -> Dict[str, Any]:
         return {"agent": "hwnas-agent", "agent_version": __version__,

@@ -23,37 +23,52 @@ __all__ = ["Budgets", "DeviceProfile", "SearchSpace", "load_device_profile", "lo
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as ``X | None`` or ``list[X]``."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside an annotation such as ``X | None``, ``list[X]``, ``A | B``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    found: list[type[BaseModel]] = []
     if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, typing.Annotated):
         for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
+            found += _models_in(arg)
+    return found
 
 
-def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the model that holds the key at ``loc`` (loc ends with that key)."""
-    model: type[BaseModel] | None = root
-    for part in loc[:-1]:
-        if model is None:
-            return []
-        if isinstance(part, str) and part in model.model_fields:
-            model = _model_in(model.model_fields[part].annotation)
-    return sorted(model.model_fields) if model is not None else []
+def _tag(model: type[BaseModel]) -> Any:
+    """The discriminator value of a union member (its ``kind`` literal), if it has one."""
+    field = model.model_fields.get("kind")
+    args = typing.get_args(field.annotation) if field is not None else ()
+    return args[0] if len(args) == 1 else None
+
+
+def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+    """The key as the user wrote it (without pydantic's union tags) and the keys allowed
+    beside its last part."""
+    models, shown = [root], []
+    for index, part in enumerate(loc):
+        tagged = [m for m in models if _tag(m) == part]
+        if tagged:  # pydantic names the union member it tried: not a key of the file
+            models = tagged
+            continue
+        shown.append(str(part))
+        if index == len(loc) - 1 or not isinstance(part, str):
+            continue
+        models = [m for model in models if part in model.model_fields
+                  for m in _models_in(model.model_fields[part].annotation)] or models
+    allowed = sorted(models[0].model_fields) if len(models) == 1 else []
+    return ".".join(shown) or "(top level)", allowed
 
 
 def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
     loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
-    key = ".".join(str(part) for part in loc) or "(top level)"
+    key, allowed = _walk(root, loc)
     if error["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(root, loc))
-        return f"key '{key}': unknown key; allowed keys here: {allowed}"
+        return f"key '{key}': unknown key; allowed keys here: {', '.join(allowed)}"
     if error["type"] == "missing":
         return f"key '{key}': required but missing"
+    if error["type"] == "union_tag_invalid":
+        return f"key '{key}.kind': {error['msg']} (got {error.get('input', {}).get('kind')!r})" \
+            if isinstance(error.get("input"), dict) else f"key '{key}': {error['msg']}"
     message = error["msg"].removeprefix("Value error, ")
     return f"key '{key}': {message} (got {error.get('input')!r})"
 

@@ -167,6 +167,29 @@ class LocalConnection(Frozen):
     kind: Literal["local"]
 
 
+class SSHConnection(Frozen):
+    """The agent listens on the device's 127.0.0.1 and is reached through SSH (direct-tcpip).
+
+    ``host`` may be a Host alias of ~/.ssh/config (HostName, Port, User, IdentityFile and
+    ProxyJump are taken from it). Host keys are checked strictly against ``known_hosts``.
+    Keys come from ``identity_file`` or the ssh-agent; passwords are not accepted.
+    """
+
+    kind: Literal["ssh"]
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    user: str | None = None
+    identity_file: Path | None = None
+    use_ssh_agent: bool = True
+    jump_host: str | None = None  # [user@]host[:port] or a Host alias
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    ssh_config: Path | None = Path("~/.ssh/config")
+    agent_port: Annotated[int, Field(ge=1, le=65535)] = 8765
+    remote_dir: str = ".local/share/hwnas-agent"  # relative to the remote home
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 4
+
+
 class RuntimeSpec(Frozen):
     name: Literal["onnxruntime"] = "onnxruntime"
     execution_providers: list[str] = ["CPUExecutionProvider"]
@@ -208,7 +231,10 @@ class PowerSpec(Frozen):
 class DeviceProfile(Frozen):
     name: Name
     description: str = ""
-    connection: LocalConnection
+    connection: Annotated[LocalConnection | SSHConnection, Field(discriminator="kind")]
+    # devices in the same pool are interchangeable: a trial whose device drops is measured
+    # again on another one of its pool (default: the profile's own name)
+    pool: str | None = None
     runtime: RuntimeSpec = RuntimeSpec()
     precisions: list[Precision] = ["fp32", "int8"]
     channel_multiple: Annotated[int, Field(ge=1, le=256)] = 8

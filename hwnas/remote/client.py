@@ -18,7 +18,7 @@ from hwnas.errors import DeviceError, MeasurementError
 from hwnas.records import Artifact, Measurement
 from hwnas.remote.transport import Response, Transport
 
-POLL_INTERVAL_S = 0.1
+LONG_POLL_S = 20.0  # the agent holds the request until the job ends: no polling traffic
 
 
 class AgentClient:
@@ -76,8 +76,9 @@ class AgentClient:
                                    f"{error_message(response.json())}")
         return response.json()["job_id"]
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        response = self._call("GET", f"/v1/jobs/{job_id}")
+    def job(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        path = f"/v1/jobs/{job_id}" + (f"?wait={wait_s:g}" if wait_s else "")
+        response = self._call("GET", path, timeout=wait_s + 60.0)
         if response.status != 200:
             raise DeviceError(f"{self.device}: job {job_id}: {error_message(response.json())}")
         return response.json()
@@ -85,13 +86,13 @@ class AgentClient:
     def wait(self, job_id: str, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
-            record = self.job(job_id)
+            left = deadline - time.monotonic()
+            record = self.job(job_id, wait_s=max(0.0, min(LONG_POLL_S, left)))
             if record["state"] in FINISHED_STATES:
                 return record
             if time.monotonic() > deadline:
                 raise MeasurementError(f"{self.device}: job {job_id} still {record['state']} "
                                        f"after {timeout_s:.0f} s")
-            time.sleep(POLL_INTERVAL_S)
 
     def measure(self, request: MeasureRequest) -> Measurement:
         job_id = self.submit(request)

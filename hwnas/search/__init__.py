@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -16,7 +17,7 @@ from optuna.trial import TrialState
 from hwnas import __version__
 from hwnas.config import effective_budgets, load_device_profile, load_search_space
 from hwnas.config.models import DeviceProfile, SearchSpace
-from hwnas.errors import ExportError, MeasurementError
+from hwnas.errors import ConfigError, DeviceError, ExportError, MeasurementError
 from hwnas.export.onnx import plan_units, precision_units
 from hwnas.models import model_stages
 from hwnas.remote.device import open_device
@@ -25,7 +26,7 @@ from hwnas.space import check_enqueued, space_shape
 if TYPE_CHECKING:
     from hwnas.config.models import Budgets
     from hwnas.data import TaskData
-    from hwnas.remote.client import AgentClient
+    from hwnas.remote.pool import DevicePool
     from hwnas.search.objective import TrialContext
     from hwnas.space import SpaceShape
     from hwnas.train import BaseModel
@@ -87,13 +88,17 @@ def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
 
 
-def _snapshot_config(info: RunInfo, space_path: Path, device_path: Path) -> None:
+def _snapshot_config(info: RunInfo, space_path: Path, device_paths: list[Path]) -> None:
+    """Copies of the configs beside the study: a run folder explains itself."""
     info.run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(space_path, info.run_dir / "search_space.yaml")
-    shutil.copyfile(device_path, info.run_dir / "device_profile.yaml")
+    shutil.copyfile(device_paths[0], info.run_dir / "device_profile.yaml")
+    for index, path in enumerate(device_paths[1:], start=2):
+        shutil.copyfile(path, info.run_dir / f"device_profile.{index}.yaml")
     (info.run_dir / RUN_FILE).write_text(json.dumps(
         {"storage": info.storage, "study_name": info.study_name, "hwnas_version": __version__,
-         "search_space": str(space_path), "device_profile": str(device_path)}, indent=1))
+         "search_space": str(space_path), "device_profiles": [str(p) for p in device_paths]},
+        indent=1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,20 +113,31 @@ class Prepared:
     """Everything a trial needs that does not change between trials."""
 
     space: SearchSpace
-    device: DeviceProfile
+    device: DeviceProfile  # the first device: its budgets and channel multiple apply
     budgets: "Budgets"
     task: "TaskData"
     base: "BaseModel"
     shape: "SpaceShape"
+    devices: tuple[DeviceProfile, ...] = ()
 
 
-def prepare(space_path: str | Path, device_path: str | Path, n_trials: int | None = None,
+def _device_paths(device_path: str | Path | list[str | Path] | tuple) -> list[Path]:
+    return [Path(p) for p in device_path] if isinstance(device_path, (list, tuple)) \
+        else [Path(device_path)]
+
+
+def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: int | None = None,
             log: Callable[[str], None] = print) -> Prepared:
     """Load and cross-check the configs, the data and the base model (trained once, cached)."""
     from hwnas.data import load_task
     from hwnas.train import load_base_model
 
-    space, device = load_search_space(space_path), load_device_profile(device_path)
+    space = load_search_space(space_path)
+    devices = tuple(load_device_profile(p) for p in _device_paths(device_path))
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--device: each device profile must have its own name; got {names}")
+    device = devices[0]
     if n_trials is not None:
         space = space.model_copy(update={"search": space.search.model_copy(
             update={"n_trials": n_trials})})
@@ -130,19 +146,32 @@ def prepare(space_path: str | Path, device_path: str | Path, n_trials: int | Non
     stages = model_stages(base.module, space.base_model)
     granularity = space.knobs.precision.granularity if space.knobs.precision else "stage"
     units = plan_units(precision_units(base.module, stages, granularity))
+    for other in devices[1:]:  # every device must run every precision the search may pick
+        space_shape(space, other, list(stages), units)
     shape = space_shape(space, device, list(stages), units)
     check_enqueued(space, shape)
-    return Prepared(space, device, effective_budgets(space, device), task, base, shape)
+    return Prepared(space, device, effective_budgets(space, device), task, base, shape, devices)
 
 
-def trial_context(prepared: Prepared, client: "AgentClient", run_dir: Path) -> "TrialContext":
+def trial_context(prepared: Prepared, pool: "DevicePool", run_dir: Path) -> "TrialContext":
     from hwnas.search.objective import TrialContext
 
     return TrialContext(prepared.space, prepared.device, prepared.budgets, prepared.task,
-                        prepared.base.module, prepared.shape, client, run_dir)
+                        prepared.base.module, prepared.shape, pool, run_dir)
 
 
-def run_search(space_path: str | Path, device_path: str | Path, run_dir: Path | None = None,
+@contextlib.contextmanager
+def open_pool(profiles: tuple[DeviceProfile, ...]) -> Iterator["DevicePool"]:
+    """Every device connected and version-checked, or a clear error naming the one that is not."""
+    from hwnas.remote.pool import Device, DevicePool
+
+    with contextlib.ExitStack() as stack:
+        devices = [Device(profile, stack.enter_context(open_device(profile)))
+                   for profile in profiles]
+        yield DevicePool(devices)
+
+
+def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: Path | None = None,
                n_trials: int | None = None, progress: bool = True,
                log: Callable[[str], None] = print) -> SearchOutcome:
     from hwnas.search.objective import Objective, seed_everything
@@ -151,7 +180,7 @@ def run_search(space_path: str | Path, device_path: str | Path, run_dir: Path | 
     prepared = prepare(space_path, device_path, n_trials, log)
     space, device, task, base = prepared.space, prepared.device, prepared.task, prepared.base
     info = run_location(space, device, run_dir)
-    _snapshot_config(info, Path(space_path), Path(device_path))
+    _snapshot_config(info, Path(space_path), _device_paths(device_path))
     seed_everything(space.search.seed)
 
     storage = make_storage(info.storage)
@@ -178,12 +207,17 @@ def run_search(space_path: str | Path, device_path: str | Path, run_dir: Path | 
     if remaining == 0:
         return SearchOutcome(info, study, 0)
 
-    with open_device(device) as client:
+    with open_pool(prepared.devices) as pool:
         callbacks = [ProgressCallback(remaining, enabled=progress)]
         try:
-            study.optimize(Objective(trial_context(prepared, client, info.run_dir)),
-                           n_trials=remaining, callbacks=callbacks,
-                           catch=(MeasurementError, ExportError), gc_after_trial=True)
+            # one trial per device at a time; a lost device fails its trial, not the study
+            study.optimize(Objective(trial_context(prepared, pool, info.run_dir)),
+                           n_trials=remaining, n_jobs=len(pool), callbacks=callbacks,
+                           catch=(MeasurementError, ExportError, DeviceError), gc_after_trial=True)
         finally:
             callbacks[0].close()
+        if not pool.alive:
+            done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+            raise DeviceError(f"every device was lost; the study keeps its {done} completed "
+                              f"trials: run the same command again to continue")
     return SearchOutcome(info, study, remaining)

@@ -27,8 +27,9 @@ from hwnas.evaluate import onnx_accuracy
 from hwnas.export.onnx import build_onnx, precision_units
 from hwnas.models import model_stages, output_channels, output_layers
 from hwnas.records import Artifact, Candidate, Measurement
-from hwnas.remote.client import AgentClient
+from hwnas.errors import DeviceError
 from hwnas.remote.device import measure_request
+from hwnas.remote.pool import Device, DevicePool
 from hwnas.space import SpaceShape, suggest
 
 STAGE_REJECTED = "rejected_before_finetune"
@@ -59,7 +60,7 @@ class TrialContext:
     task: TaskData
     base_model: nn.Module
     shape: SpaceShape
-    client: AgentClient
+    devices: DevicePool
     run_dir: Path
 
 
@@ -107,11 +108,35 @@ class CandidateBuilder:
         return Artifact.from_file(path, output_channels(model),
                                   sum(p.numel() for p in model.parameters()))
 
-    def measure(self, artifact: Artifact, timings: Timings) -> Measurement:
-        with timings.phase("ship"):
-            self.ctx.client.ensure_model(artifact)
-        with timings.phase("measure"):
-            return self.ctx.client.measure(measure_request(self.ctx.device, artifact.sha256))
+    def measure(self, artifact: Artifact, timings: Timings, lease: "DeviceLease") -> Measurement:
+        """Measure on the leased device; if it is lost, on another device of its pool."""
+        while True:
+            device = lease.device
+            try:
+                with timings.phase("ship"):
+                    device.client.ensure_model(artifact)
+                with timings.phase("measure"):
+                    return device.client.measure(measure_request(device.profile, artifact.sha256))
+            except DeviceError:
+                # the transport already reconnected and retried with back-off: it is gone
+                lease.replace()
+
+
+class DeviceLease:
+    """The device a trial holds; replaced by another of its pool if it is lost."""
+
+    def __init__(self, pool: DevicePool) -> None:
+        self.pool = pool
+        self.device: Device = pool.acquire()
+        self.lost: list[str] = []
+
+    def replace(self) -> None:
+        self.lost.append(self.device.name)
+        self.pool.mark_down(self.device)
+        self.device = self.pool.acquire(self.device.pool)
+
+    def release(self) -> None:
+        self.pool.release(self.device)
 
 
 def keep_artifact(artifact: Artifact, run_dir: Path) -> Artifact:
@@ -136,19 +161,34 @@ class Objective:
         trial.set_user_attr("candidate", candidate.to_dict())
         work = ctx.run_dir / "work" / f"trial-{trial.number}"
         try:
-            return self._run(trial, candidate, timings, work)
+            lease = DeviceLease(ctx.devices)
+        except DeviceError:
+            trial.study.stop()
+            raise
+        try:
+            return self._run(trial, candidate, timings, work, lease)
+        except DeviceError:
+            # no device of its pool is left: try this candidate again when the search resumes
+            trial.study.enqueue_trial(trial.params, skip_if_exists=False)
+            if not ctx.devices.alive:
+                trial.study.stop()
+            raise
         finally:
             trial.set_user_attr("timings_s", timings.seconds)
+            trial.set_user_attr("device", lease.device.name)
+            if lease.lost:
+                trial.set_user_attr("devices_lost", lease.lost)
+            lease.release()
             shutil.rmtree(work, ignore_errors=True)
 
     def _run(self, trial: optuna.Trial, candidate: Candidate, timings: Timings,
-             work: Path) -> tuple[float, ...]:
+             work: Path, lease: DeviceLease) -> tuple[float, ...]:
         ctx, builder = self.ctx, self.builder
         with timings.phase("prune"):
             model = builder.prune(candidate)
         with timings.phase("quantize_export"):
             screen = builder.export(model, candidate, work / "screen.onnx")
-        screen_measurement = builder.measure(screen, timings)
+        screen_measurement = builder.measure(screen, timings, lease)
         trial.set_user_attr("screen_measurement", screen_measurement.to_dict())
         screen_constraints = constraint_values(ctx.budgets, screen_measurement.latency_ms_p90,
                                                screen.size_mb)
@@ -171,7 +211,7 @@ class Objective:
             accuracy_val = onnx_accuracy(artifact, ctx.task.val_x, ctx.task.val_y)
             accuracy_test = onnx_accuracy(artifact, ctx.task.test_x, ctx.task.test_y)
         # the deployed bytes are what gets reported: measure them, not the screening copy
-        measurement = builder.measure(artifact, timings)
+        measurement = builder.measure(artifact, timings, lease)
         for key, value in constraint_values(ctx.budgets, measurement.latency_ms_p90,
                                             artifact.size_mb).items():
             trial.set_constraint(key, value)

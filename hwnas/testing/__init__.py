@@ -1,0 +1,1 @@
+"""Helpers for hwnas's own tests and benchmarks (real servers on loopback, never mocks)."""

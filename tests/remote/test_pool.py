@@ -1,0 +1,89 @@
+"""Searches over several SSH devices: parallel trials, a device lost mid-search, all lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from hwnas.errors import DeviceError
+from hwnas.remote.local import LocalAgentProcess
+from hwnas.search import RunInfo, run_search
+from tests.conftest import DIGITS_SPACE
+
+SPACE = DIGITS_SPACE + "search: {n_trials: %d, sampler: random, seed: 1}\n"
+
+
+@pytest.fixture()
+def second_agent(ssh_world):
+    agent = LocalAgentProcess(ssh_world.folder / "agent-b")
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+def test_two_devices_measure_trials_in_parallel(ssh_world, second_agent, tmp_path):
+    a = ssh_world.profile("dev-a", pool="cpu-x86")
+    b = ssh_world.profile("dev-b", agent_port=second_agent.port, pool="cpu-x86")
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE % 6)
+    run_search(space, [a, b], tmp_path / "run", progress=False, log=lambda _: None)
+    trials = RunInfo.load(tmp_path / "run").open_study().get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert {t.user_attrs["device"] for t in trials} == {"dev-a", "dev-b"}
+    # trials overlapped in time: one per device at a time, both devices busy together
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
+def test_a_lost_device_hands_its_measurements_to_its_pool(ssh_world, second_agent, tmp_path):
+    a = ssh_world.profile("dev-a", pool="cpu-x86", retries=1)
+    b = ssh_world.profile("dev-b", agent_port=second_agent.port, pool="cpu-x86", retries=1)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE % 6)
+
+    def lose_device_b() -> None:
+        time.sleep(4)
+        second_agent.stop()
+
+    killer = threading.Thread(target=lose_device_b)
+    killer.start()
+    run_search(space, [a, b], tmp_path / "run", progress=False, log=lambda _: None)
+    killer.join()
+    trials = RunInfo.load(tmp_path / "run").open_study().get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6
+    for trial in complete:  # never complete without its measurement
+        assert trial.user_attrs["measurement"]["latency_ms"]["p50"] > 0
+    assert complete[-1].user_attrs["device"] == "dev-a"
+
+
+def test_losing_every_device_stops_cleanly_and_the_search_resumes(ssh_world, tmp_path):
+    profile = ssh_world.profile("dev-a", retries=1)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE % 4)
+    run_search(space, [profile], tmp_path / "run", n_trials=1, progress=False, log=lambda _: None)
+
+    def lose_it() -> None:
+        time.sleep(2)
+        ssh_world.agent.stop()
+
+    killer = threading.Thread(target=lose_it)
+    killer.start()
+    with pytest.raises(DeviceError, match="every device was lost.*run the same command again"):
+        run_search(space, [profile], tmp_path / "run", progress=False, log=lambda _: None)
+    killer.join()
+    study = RunInfo.load(tmp_path / "run").open_study()
+    states = [t.state for t in study.get_trials()]
+    assert TrialState.RUNNING not in states
+    completed = states.count(TrialState.COMPLETE)
+    assert completed >= 1
+    # the device comes back: the same command continues and finishes the study
+    ssh_world.agent.start()
+    port = ssh_world.agent.port
+    profile = ssh_world.profile("dev-a", agent_port=port, retries=1)
+    run_search(space, [profile], tmp_path / "run", progress=False, log=lambda _: None)
+    states = [t.state for t in RunInfo.load(tmp_path / "run").open_study().get_trials()]
+    assert states.count(TrialState.COMPLETE) == 4
