@@ -20,9 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save, table  # noqa: E402
 
-from hwnas.remote.local import LocalAgentProcess  # noqa: E402
 from hwnas.search import run_search  # noqa: E402
-from hwnas.testing.sshd import SSHServer, keygen, profile_yaml  # noqa: E402
+from hwnas.testing.sshd import LoopbackDevice, keygen  # noqa: E402
 
 SPACE = """\
 name: scaling
@@ -43,22 +42,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         key = keygen(folder / "id_ed25519")
-        servers, agents, profiles = [], [], []
+        devices = []
         try:
             for index in range(4):
-                sub = folder / f"dev{index}"
-                sub.mkdir()
-                server = SSHServer(sub, key).start()
-                known_hosts = sub / "known_hosts"
-                known_hosts.write_text(server.known_hosts_line())
-                agent = LocalAgentProcess(sub / "state")
-                agent.start()
-                path = sub / "profile.yaml"
-                path.write_text(profile_yaml(f"dev{index}", server, key, known_hosts, agent.port,
-                                             pool="loopback"))
-                servers.append(server)
-                agents.append(agent)
-                profiles.append(path)
+                devices.append(LoopbackDevice(folder / f"dev{index}", key))
+            profiles = [d.profile(f"dev{i}", pool="loopback") for i, d in enumerate(devices)]
             for count in (1, 2, 4):
                 trials = TRIALS_PER_DEVICE * count
                 space = folder / f"space{count}.yaml"
@@ -71,10 +59,8 @@ def main() -> int:
                                 "trials_per_hour": trials / seconds * 3600})
                 print(f"  {count} device(s): {trials} trials in {seconds:.1f} s", flush=True)
         finally:
-            for agent in agents:
-                agent.stop()
-            for server in servers:
-                server.stop()
+            for device in devices:
+                device.stop()
     base = results[0]["trials_per_hour"]
     for result in results:
         result["speedup"] = result["trials_per_hour"] / base

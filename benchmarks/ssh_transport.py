@@ -20,32 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import median, save, table  # noqa: E402
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
 from hwnas_agent.protocol import MeasureRequest  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from hwnas.config import load_device_profile  # noqa: E402
 from hwnas.records import Artifact  # noqa: E402
 from hwnas.remote.client import AgentClient  # noqa: E402
-from hwnas.remote.local import LocalAgentProcess  # noqa: E402
 from hwnas.remote.ssh import SSHSession, SSHTransport  # noqa: E402
-from hwnas.testing.sshd import SSHServer, keygen, profile_yaml  # noqa: E402
+from hwnas.testing.models import matmul_onnx  # noqa: E402
+from hwnas.testing.sshd import LoopbackDevice, keygen  # noqa: E402
 
 RUNS = 5
-
-
-def model_of(path: Path, megabytes: float, seed: int) -> Path:
-    side = int((megabytes * 1e6 / 4) ** 0.5)
-    weight = np.random.default_rng(seed).standard_normal((side, side)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "m",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, side])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, side])],
-                              [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # loadable by the onnxruntime of older devices too
-    onnx.save(model, str(path))
-    return path
 
 
 def main() -> int:
@@ -53,20 +37,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         key = keygen(folder / "id_ed25519")
-        server = SSHServer(folder, key).start()
-        known_hosts = folder / "known_hosts"
-        known_hosts.write_text(server.known_hosts_line())
-        agent = LocalAgentProcess(folder / "state")
-        agent.start()
-        profile_path = folder / "dev.yaml"
-        profile_path.write_text(profile_yaml("dev", server, key, known_hosts, agent.port))
-        profile = load_device_profile(profile_path)
+        device = LoopbackDevice(folder, key)
+        server, known_hosts = device.server, device.known_hosts
+        profile = load_device_profile(device.profile("dev"))
         try:
             for megabytes in (10, 50):
                 phases: dict[str, list[float]] = {"connect": [], "ship": [], "submit_collect": [],
                                                   "total": [], "scp": []}
                 for run in range(RUNS):
-                    path = model_of(folder / f"m{megabytes}-{run}.onnx", megabytes, run)
+                    path = matmul_onnx(folder / f"m{megabytes}-{run}.onnx", megabytes, run)
                     artifact = Artifact.from_file(path, {}, 0)  # new bytes: really shipped
                     started = time.perf_counter()
                     session = SSHSession(profile.name, profile.connection)
@@ -101,8 +80,7 @@ def main() -> int:
                              f"{med['total']:.3f}", f"{med['scp']:.3f}",
                              f"{med['ship'] / med['scp']:.2f}", f"{med['total'] / med['scp']:.2f}"])
         finally:
-            agent.stop()
-            server.stop()
+            device.stop()
     print(table(["model", "connect s", "ship s", "submit+collect s", "total s", "scp s",
                  "ship/scp", "total/scp"], rows))
     save("ssh_transport", {"command": ".venv/bin/python benchmarks/ssh_transport.py",

@@ -8,6 +8,7 @@ training images of the task.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +24,10 @@ from hwnas.models import prunable_layers
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 HEAD_UNIT = "head"
 CALIBRATION_BATCH = 32
+# torch's ONNX exporters keep process-wide state (the TorchScript one asserts it is not
+# already exporting; dynamo's tracing context is global): with several devices, trials run
+# in threads, and two exports at once corrupt each other and the other threads' autograd
+_EXPORT_LOCK = threading.Lock()
 
 
 def precision_units(model: nn.Module, stages: dict[str, list[nn.Module]],
@@ -75,7 +80,7 @@ def node_units(graph: onnx.GraphProto, module_units: dict[str, str]) -> dict[str
 def export_fp32(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
     model.eval()
     example = torch.zeros((1, *input_shape))
-    with warnings.catch_warnings():
+    with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             # the TorchScript exporter: ~50x faster than dynamo here and keeps module scopes

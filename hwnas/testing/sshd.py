@@ -138,3 +138,32 @@ def profile_yaml(name: str, server: SSHServer, identity: Path, known_hosts: Path
               "measurement: {warmup_iterations: 5, warmup_seconds: 0.05, min_iterations: 50,",
               "              min_seconds: 0.2, rounds: 2}"]
     return "\n".join(lines) + "\n"
+
+
+class LoopbackDevice:
+    """A 'device' on this machine: the real agent behind its own real sshd, and a trusted
+    known_hosts file; ``profile()`` writes a device profile that reaches it over SSH."""
+
+    def __init__(self, folder: Path, user_key: Path) -> None:
+        from hwnas.remote.local import LocalAgentProcess
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.user_key = folder, user_key
+        self.server = SSHServer(folder, user_key).start()
+        self.known_hosts = folder / "known_hosts"
+        self.known_hosts.write_text(self.server.known_hosts_line())
+        self.agent = LocalAgentProcess(folder / "agent-state")
+        self.agent.start()
+
+    def profile(self, name: str = "sshdev", **overrides) -> Path:
+        values = dict(identity=self.user_key, known_hosts=self.known_hosts,
+                      agent_port=self.agent.port)
+        values.update(overrides)
+        path = self.folder / f"{name}.yaml"
+        path.write_text(profile_yaml(name, self.server, values.pop("identity"),
+                                     values.pop("known_hosts"), values.pop("agent_port"), **values))
+        return path
+
+    def stop(self) -> None:
+        self.agent.stop()
+        self.server.stop()

@@ -89,3 +89,16 @@ def test_artifact_detects_changed_bytes(base, tmp_path):
         handle.write(b"x")
     with pytest.raises(ExportError, match="sha256 mismatch"):
         artifact.read_bytes()
+
+
+def test_exports_from_several_threads_at_once(base, tmp_path):
+    """Trials on several devices run in threads; torch's exporters share global state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, units = base
+    plans = [dict.fromkeys(plan_units(units), p) for p in ("fp32", "int8", "fp32", "int8")]
+    with ThreadPoolExecutor(4) as pool:
+        artifacts = list(pool.map(lambda i: build(base, plans[i], tmp_path, f"t{i}.onnx"), range(4)))
+    assert len({a.sha256 for a in artifacts}) == 2  # same plan, same bytes
+    for artifact in artifacts:
+        onnx.checker.check_model(artifact.path)

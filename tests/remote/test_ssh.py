@@ -9,10 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from hwnas.config import load_device_profile
 from hwnas.errors import DeviceError
@@ -20,7 +17,8 @@ from hwnas.records import Artifact
 from hwnas.remote.client import AgentClient
 from hwnas.remote.device import measure_request, open_device
 from hwnas.remote.ssh import AgentNotRunning, SSHSession, SSHTransport
-from hwnas.testing.sshd import SSHServer, free_port, keygen
+from hwnas.testing.models import matmul_onnx
+from hwnas.testing.sshd import free_port, keygen
 
 HWNAS = str(Path(sys.executable).parent / "hwnas")
 
@@ -119,21 +117,9 @@ connection:
         assert client.hello()["agent"] == "hwnas-agent"
 
 
-def big_model(path: Path, side: int = 3600) -> Path:
-    weight = np.random.default_rng(1).standard_normal((side, side)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, side])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, side])],
-                              [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # loadable by the onnxruntime of older devices too
-    onnx.save(model, str(path))
-    return path
-
-
 def test_connection_killed_mid_upload_is_recovered(ssh_world):
     profile = load_device_profile(ssh_world.profile())
-    artifact = Artifact.from_file(big_model(ssh_world.folder / "big.onnx"), {}, 0)
+    artifact = Artifact.from_file(matmul_onnx(ssh_world.folder / "big.onnx", 52), {}, 0)
     assert artifact.size_bytes > 50e6
     transport = SSHTransport(SSHSession(profile.name, profile.connection), profile.connection.agent_port,
                              retries=3)
@@ -171,3 +157,43 @@ def test_devices_check_reports_key_agent_facts_and_calibration(ssh_world):
     table = subprocess.run([HWNAS, "devices", "check", str(ssh_world.profile(agent_port=free_port()))],
                            capture_output=True, text=True, timeout=120)
     assert table.returncode == 1 and "FAILED" in table.stdout and "hwnas agent install" in table.stdout
+
+
+def test_key_from_the_ssh_agent(ssh_world, monkeypatch):
+    """No identity_file: the key is offered by a real ssh-agent, as on a developer laptop."""
+    socket_path = ssh_world.folder / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {"SSH_AUTH_SOCK": str(socket_path), "PATH": "/usr/bin:/bin"}
+        subprocess.run(["ssh-add", "-q", str(ssh_world.user_key)], env=env, check=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        path = ssh_world.folder / "agentkey.yaml"
+        path.write_text(f"""\
+name: via-agent
+connection:
+  kind: ssh
+  host: 127.0.0.1
+  port: {ssh_world.server.port}
+  user: {ssh_world.server.user}
+  known_hosts: {ssh_world.known_hosts}
+  ssh_config: null
+  agent_port: {ssh_world.agent.port}
+""")
+        with open_device(load_device_profile(path)) as client:
+            assert client.hello()["agent"] == "hwnas-agent"
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+def test_profiles_hold_no_passwords(tmp_path):
+    from hwnas.errors import ConfigError
+
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nconnection: {kind: ssh, host: h, password: hunter2}\n")
+    with pytest.raises(ConfigError, match="key 'connection.password': unknown key"):
+        load_device_profile(path)
