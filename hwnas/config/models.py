@@ -191,11 +191,12 @@ class SSHConnection(Frozen):
 
 
 class RuntimeSpec(Frozen):
-    name: Literal["onnxruntime"] = "onnxruntime"
+    name: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     execution_providers: list[str] = ["CPUExecutionProvider"]
     provider_options: list[dict[str, str]] = []
     disable_cpu_fallback: bool = False
     intra_op_threads: Annotated[int, Field(ge=0, le=1024)] = 1
+    tensorrt_flags: list[Literal["fp16", "int8"]] = []  # native TensorRT builder flags
 
     @model_validator(mode="after")
     def _options_fit(self) -> "RuntimeSpec":
@@ -215,6 +216,8 @@ class MeasurementSpec(Frozen):
     rounds: Annotated[int, Field(ge=1)] = 5
     unstable_cv: Annotated[float, Field(gt=0)] = 0.10
     timeout_s: Annotated[float, Field(ge=1)] = 600.0
+    cpu_affinity: list[Annotated[int, Field(ge=0)]] = []  # pin the measuring process
+    cooldown_below_c: Annotated[float, Field(gt=0, lt=150)] | None = None
 
 
 class PowerSpec(Frozen):

@@ -54,4 +54,6 @@ def measure_request(profile: DeviceProfile, sha256: str) -> MeasureRequest:
         rounds=method.rounds, unstable_cv=method.unstable_cv, timeout_s=method.timeout_s,
         power_source=profile.power.source, power_options=dict(profile.power.options),
         power_min_samples=profile.power.min_samples, idle_seconds=profile.power.idle_seconds,
+        tensorrt_flags=list(runtime.tensorrt_flags), cpu_affinity=list(method.cpu_affinity),
+        cooldown_below_c=method.cooldown_below_c,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -144,7 +145,8 @@ def keep_artifact(artifact: Artifact, run_dir: Path) -> Artifact:
     target = run_dir / "artifacts" / f"{artifact.sha256}.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
-        tmp = target.with_suffix(".tmp")
+        # unique per writer: trials on several devices run in threads
+        tmp = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
         shutil.copyfile(artifact.path, tmp)
         tmp.replace(target)
     return dataclasses.replace(artifact, path=str(target))

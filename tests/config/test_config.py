@@ -124,3 +124,19 @@ def test_space_checked_against_model_and_device(tmp_path):
     space = load_search_space(write(tmp_path, GOOD_SPACE + "knobs: {width: {stages: [stem]}}\n"))
     with pytest.raises(ConfigError, match=r"\['stem'\] are not stages of the model; allowed: stage1"):
         space_shape(space, device, ["stage1"], ["stage1"])
+
+
+def test_device_profile_becomes_the_agent_request(tmp_path):
+    from hwnas.remote.device import measure_request
+
+    path = write(tmp_path, DEVICE + """\
+runtime: {name: tensorrt, tensorrt_flags: [fp16, int8], intra_op_threads: 2}
+measurement: {cpu_affinity: [1], cooldown_below_c: 55, min_seconds: 3}
+power: {source: command, options: {command: "meter --watts"}, min_samples: 30}
+""", "d.yaml")
+    request = measure_request(load_device_profile(path), "f" * 64)
+    assert request.runtime == "tensorrt" and request.tensorrt_flags == ["fp16", "int8"]
+    assert request.cpu_affinity == [1] and request.cooldown_below_c == 55
+    assert request.power_source == "command" and request.power_options == {"command": "meter --watts"}
+    assert request.power_min_samples == 30 and request.min_seconds == 3
+    assert type(request).from_dict(request.to_dict()) == request  # what the agent accepts
