@@ -13,7 +13,6 @@ Jobs and loops alternate per model so that drift of this shared machine hits bot
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile

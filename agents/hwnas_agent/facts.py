@@ -43,6 +43,12 @@ def memory_total_mb(proc_root: str = "/proc") -> Optional[float]:
     return None
 
 
+def _mhz(path: str) -> Optional[float]:
+    """A cpufreq file (kHz) in MHz."""
+    value = _read(path)
+    return int(value) / 1000.0 if value and value.isdigit() else None
+
+
 def cpu_frequencies(sysfs_root: str = "/sys") -> List[Dict[str, Any]]:
     """Per-CPU governor and clocks (kHz in sysfs, MHz here)."""
     result = []
@@ -52,14 +58,11 @@ def cpu_frequencies(sysfs_root: str = "/sys") -> List[Dict[str, Any]]:
         return int(match.group(1)) if match else -1
 
     for path in sorted(glob.glob(pattern), key=number):
-        def mhz(name: str) -> Optional[float]:
-            value = _read(os.path.join(path, name))
-            return int(value) / 1000.0 if value and value.isdigit() else None
         result.append({
             "cpu": os.path.basename(os.path.dirname(path)),
             "governor": _read(os.path.join(path, "scaling_governor")),
-            "cur_mhz": mhz("scaling_cur_freq"),
-            "max_mhz": mhz("scaling_max_freq"),
+            "cur_mhz": _mhz(os.path.join(path, "scaling_cur_freq")),
+            "max_mhz": _mhz(os.path.join(path, "scaling_max_freq")),
         })
     return result
 

@@ -42,11 +42,11 @@ class TaskData:
         return digest.hexdigest()
 
     def calibration(self, count: int, seed: int = 0) -> np.ndarray:
-        """Real training images for quantization calibration and saliency."""
-        order = np.random.default_rng(seed).permutation(len(self.train_x))[:count]
-        return self.train_x[order]
+        """Real training images for quantization calibration."""
+        return self.calibration_labels(count, seed)[0]
 
     def calibration_labels(self, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Real labelled training samples (saliency needs the labels)."""
         order = np.random.default_rng(seed).permutation(len(self.train_x))[:count]
         return self.train_x[order], self.train_y[order]
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from hwnas.config.models import DatasetSpec
+
+if TYPE_CHECKING:
+    from hwnas.data import TaskData
 
 TEST_FRACTION = 0.2
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gzip
 import struct
 from pathlib import Path
@@ -9,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.config.models import DatasetSpec
+
+if TYPE_CHECKING:
+    from hwnas.data import TaskData
 from hwnas.errors import ConfigError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

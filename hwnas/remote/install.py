@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from hwnas_agent import __version__ as AGENT_VERSION
 from hwnas.config.models import DeviceProfile, SSHConnection
 from hwnas.errors import ConfigError, DeviceError
 from hwnas.remote.client import AgentClient
-from hwnas.remote.ssh import AgentNotRunning, SSHSession, SSHTransport, quote
+from hwnas.remote.ssh import AgentNotRunning, SSHSession, SSHTransport
 
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agents"
 PYTHONS = ("python3", "python3.13", "python3.12", "python3.11", "python3.10", "python3.9",
@@ -101,11 +102,15 @@ class RemoteAgent:
         probe = "; ".join(f"command -v {p} >/dev/null 2>&1 && {p} -c 'import sys; "
                           f"sys.exit(sys.version_info < (3, 8))' 2>/dev/null && echo {p} && exit 0"
                           for p in PYTHONS)
-        found = self._run(f"sh -c {quote(probe + '; exit 1')}", check=False).strip()
+        found = self._run(f"sh -c {shlex.quote(probe + '; exit 1')}", check=False).strip()
         if not found:
             raise DeviceError(f"{self.profile.name}: no Python >= 3.8 on the device; install "
                               f"python3 and python3-venv there")
         return found.splitlines()[0]
+
+    def _has_unit(self) -> bool:
+        """Whether install put the agent under a systemd user unit."""
+        return self._run(f"test -f {UNIT} && echo yes", check=False).strip() == "yes"
 
     def _has_systemd(self) -> bool:
         code, _, _ = self.session.run("systemctl --user show-environment >/dev/null 2>&1", 30)
@@ -114,7 +119,7 @@ class RemoteAgent:
     def install(self, cache: Path, log=print) -> AgentStatus:
         wheel = agent_wheel(cache)
         wheel_sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        d = quote(self.dir)
+        d = shlex.quote(self.dir)
         installed = self._run(f"cat {d}/dist/installed.sha256 2>/dev/null", check=False).strip()
         if installed != wheel_sha:
             python = self.python()
@@ -127,7 +132,7 @@ class RemoteAgent:
                 sftp.close()
             self._run(f"test -x {d}/venv/bin/python || {python} -m venv {d}/venv", 300)
             self._run(f"{d}/venv/bin/python -m pip install -q --upgrade "
-                      f"{d}/dist/{quote(wheel.name)}", 1800)
+                      f"{d}/dist/{shlex.quote(wheel.name)}", 1800)
             self._run(f"echo {wheel_sha} > {d}/dist/installed.sha256")
             self.stop()
         else:
@@ -138,7 +143,7 @@ class RemoteAgent:
         return self.wait_ready()
 
     def start(self) -> None:
-        d, port = quote(self.dir), self.connection.agent_port
+        d, port = shlex.quote(self.dir), self.connection.agent_port
         if self._has_systemd():
             unit = self._run(f"{d}/venv/bin/python -m hwnas_agent unit --port {port} "
                              f"--state-dir \"$HOME\"/{d}/state")
@@ -151,16 +156,16 @@ class RemoteAgent:
                   f"echo $! > {d}/supervisor.pid")
 
     def stop(self) -> None:
-        d = quote(self.dir)
-        if self._run(f"test -f {UNIT} && echo yes", check=False).strip() == "yes":
+        d = shlex.quote(self.dir)
+        if self._has_unit():
             self._run("systemctl --user stop hwnas-agent", check=False)
         self._run(f"if test -f {d}/supervisor.pid; then touch {d}/stop; "
                   f"kill -TERM -- -$(cat {d}/supervisor.pid) 2>/dev/null; "
                   f"rm -f {d}/supervisor.pid; fi", check=False)
 
     def status(self) -> AgentStatus:
-        d = quote(self.dir)
-        if self._run(f"test -f {UNIT} && echo yes", check=False).strip() == "yes":
+        d = shlex.quote(self.dir)
+        if self._has_unit():
             manager = "systemd"
             running = self._run("systemctl --user is-active hwnas-agent",
                                 check=False).strip() == "active"
@@ -193,15 +198,15 @@ class RemoteAgent:
                           f" see `hwnas agent logs {self.profile.name}`")
 
     def logs(self, lines: int = 50) -> str:
-        d = quote(self.dir)
-        if self._run(f"test -f {UNIT} && echo yes", check=False).strip() == "yes":
+        d = shlex.quote(self.dir)
+        if self._has_unit():
             return self._run(f"journalctl --user -u hwnas-agent -n {lines} --no-pager", check=False)
         return self._run(f"tail -n {lines} {d}/agent.log 2>/dev/null || echo 'no log yet'",
                          check=False)
 
     def uninstall(self) -> None:
         self.stop()
-        if self._run(f"test -f {UNIT} && echo yes", check=False).strip() == "yes":
+        if self._has_unit():
             self._run(f"systemctl --user disable hwnas-agent; rm -f {UNIT}; "
                       "systemctl --user daemon-reload", check=False)
-        self._run(f"rm -rf {quote(self.dir)}")
+        self._run(f"rm -rf {shlex.quote(self.dir)}")

@@ -11,7 +11,6 @@ import getpass
 import hashlib
 import http.client
 import logging
-import shlex
 import socket
 import threading
 import time
@@ -270,6 +269,3 @@ class SSHTransport(Transport):
     def close(self) -> None:
         self.session.close()
 
-
-def quote(text: str) -> str:
-    return shlex.quote(text)

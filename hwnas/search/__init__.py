@@ -50,8 +50,6 @@ class RunInfo:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "RunInfo":
-        from hwnas.errors import ConfigError
-
         path = Path(run_dir) / RUN_FILE
         try:
             data = json.loads(path.read_text())

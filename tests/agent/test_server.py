@@ -4,7 +4,6 @@ import hashlib
 import http.client
 import json
 import socket
-import time
 
 import pytest
 

@@ -1,6 +1,5 @@
 """Width and pruning through torch-pruning on a real trained model."""
 
-import numpy as np
 import pytest
 import torch
 

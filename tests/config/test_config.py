@@ -34,7 +34,9 @@ def test_shipped_configs_load():
 
 def test_records_are_frozen(tmp_path):
     space = load_search_space(write(tmp_path, GOOD_SPACE))
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         space.name = "other"
 
 

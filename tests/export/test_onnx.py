@@ -1,6 +1,5 @@
 """Precision plans become one QDQ ONNX; accuracy is computed on the exact bytes."""
 
-import numpy as np
 import onnx
 import pytest
 
