@@ -79,7 +79,7 @@ class ProfileCommand(Command):
         from hwnas.config import load_device_profile
         from hwnas.errors import ConfigError
         from hwnas.records import Artifact
-        from hwnas.remote.device import measure_request, open_device
+        from hwnas.remote.device import open_device
 
         profile = load_device_profile(args.device)
         if not args.model.is_file():
@@ -87,7 +87,7 @@ class ProfileCommand(Command):
         artifact = Artifact.from_file(args.model, {}, 0)
         with open_device(profile) as client:
             client.ensure_model(artifact)
-            measurement = client.measure(measure_request(profile, artifact.sha256))
+            measurement = client.measure(profile.measure_request(artifact.sha256))
         if args.json:
             print(json.dumps(measurement.to_dict(), indent=1, sort_keys=True))
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 PROTOCOL_VERSION = 1
 PROTOCOL_HEADER = "X-Hwnas-Protocol"
@@ -27,11 +27,12 @@ POWER_SOURCES = ("none", "ina3221", "tegrastats", "pi5_pmic", "hwmon", "rapl", "
 class ProtocolError(Exception):
     """A request the agent refuses; carries the HTTP status and a stable error code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, field: Optional[str] = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.field = field  # the request field at fault, where one is
 
     def to_dict(self) -> Dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
@@ -41,46 +42,131 @@ def is_sha256(text: Any) -> bool:
     return isinstance(text, str) and bool(SHA256_RE.match(text))
 
 
+# -- one definition of every measurement setting ---------------------------------------------
+# Each field of MeasureRequest names the device-profile section it is configured in and its
+# key there, and carries its own check. The controller validates a profile's YAML with these
+# very checks and builds requests from them: no second, hand-kept copy of the settings.
+SECTIONS = ("runtime", "measurement", "power")
+
+
+def _one_of(*allowed: str) -> Callable[[Any], Optional[str]]:
+    def check(value: Any) -> Optional[str]:
+        return None if value in allowed else "one of " + ", ".join(allowed)
+    return check
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int_range(low: int, high: int, note: str = "") -> Callable[[Any], Optional[str]]:
+    def check(value: Any) -> Optional[str]:
+        return None if _is_int(value) and low <= value <= high else \
+            "an integer %d..%d%s" % (low, high, note)
+    return check
+
+
+def _number_range(low: float, high: float) -> Callable[[Any], Optional[str]]:
+    def check(value: Any) -> Optional[str]:
+        return None if _is_number(value) and low <= float(value) <= high else \
+            "a number %g..%g" % (low, high)
+    return check
+
+
+def _bool(value: Any) -> Optional[str]:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _sha256(value: Any) -> Optional[str]:
+    return None if is_sha256(value) else "64 lowercase hex digits"
+
+
+def _provider_names(value: Any) -> Optional[str]:
+    ok = isinstance(value, list) and value and all(isinstance(p, str) and p for p in value)
+    return None if ok else "a non-empty list of provider names"
+
+
+def _provider_options(value: Any) -> Optional[str]:
+    ok = isinstance(value, list) and all(
+        isinstance(o, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in o.items())
+        for o in value)
+    return None if ok else "a list of objects of strings, at most one per provider"
+
+
+def _tensorrt_flags(value: Any) -> Optional[str]:
+    ok = isinstance(value, list) and all(flag in TENSORRT_FLAGS for flag in value)
+    return None if ok else "a list of " + ", ".join(TENSORRT_FLAGS)
+
+
+def _object(value: Any) -> Optional[str]:
+    return None if isinstance(value, dict) else "an object of the source's options"
+
+
+def _cpu_list(value: Any) -> Optional[str]:
+    ok = isinstance(value, list) and all(_is_int(c) and 0 <= c < 4096 for c in value)
+    return None if ok else "a list of CPU numbers"
+
+
+def _temperature_or_null(value: Any) -> Optional[str]:
+    ok = value is None or (_is_number(value) and 0 < value < 150)
+    return None if ok else "null or a temperature in °C between 0 and 150"
+
+
+def _setting(section: Optional[str], check: Callable[[Any], Optional[str]], default: Any = None,
+             key: Optional[str] = None, factory: Optional[Callable[[], Any]] = None) -> Any:
+    """A request field: where a device profile configures it (section, key) and its check."""
+    metadata = {"section": section, "key": key, "check": check}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class MeasureRequest:
     """How to measure one model. Defaults follow trtexec/TFLite practice (see docs)."""
 
-    model_sha256: str
-    runtime: str = "onnxruntime"
-    execution_providers: List[str] = dataclasses.field(
-        default_factory=lambda: ["CPUExecutionProvider"]
-    )
+    model_sha256: str = _setting(None, _sha256, "")
+    # -- runtime: section `runtime` of a device profile
+    runtime: str = _setting("runtime", _one_of(*RUNTIMES), "onnxruntime", key="name")
+    execution_providers: List[str] = _setting("runtime", _provider_names,
+                                              factory=lambda: ["CPUExecutionProvider"])
     # one options dict per execution provider, same order (may be shorter)
-    provider_options: List[Dict[str, str]] = dataclasses.field(default_factory=list)
+    provider_options: List[Dict[str, str]] = _setting("runtime", _provider_options, factory=list)
     # an NPU/GPU figure must never silently be a CPU figure
-    disable_cpu_fallback: bool = False
+    disable_cpu_fallback: bool = _setting("runtime", _bool, False)
     # native TensorRT builder precision flags (the ONNX's Q/DQ nodes fix int8 placement)
-    tensorrt_flags: List[str] = dataclasses.field(default_factory=list)
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    graph_optimization: str = "all"
-    batch_size: int = 1
-    warmup_iterations: int = 10
-    warmup_seconds: float = 0.5
-    min_iterations: int = 100
-    min_seconds: float = 2.0
-    rounds: int = 5
-    unstable_cv: float = 0.10
-    timeout_s: float = 600.0
-    seed: int = 0
-    # power: sampled during the timed phase, which extends until power_min_samples exist
-    power_source: str = "none"
-    power_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    power_min_samples: int = 20
-    idle_seconds: float = 2.0
+    tensorrt_flags: List[str] = _setting("runtime", _tensorrt_flags, factory=list)
+    intra_op_threads: int = _setting("runtime", _int_range(0, 1024, " (0 = runtime default)"), 1)
+    inter_op_threads: int = _setting("runtime", _int_range(0, 1024, " (0 = runtime default)"), 1)
+    graph_optimization: str = _setting("runtime", _one_of(*GRAPH_OPTIMIZATION_LEVELS), "all")
+    # -- methodology: section `measurement`
+    batch_size: int = _setting("measurement", _int_range(1, 65536), 1)
+    warmup_iterations: int = _setting("measurement", _int_range(0, 10 ** 7), 10)
+    warmup_seconds: float = _setting("measurement", _number_range(0.0, 3600.0), 0.5)
+    min_iterations: int = _setting("measurement", _int_range(1, 10 ** 8), 100)
+    min_seconds: float = _setting("measurement", _number_range(0.0, 36000.0), 2.0)
+    rounds: int = _setting("measurement", _int_range(1, 1000), 5)
+    unstable_cv: float = _setting("measurement", _number_range(0.0, 10.0), 0.10)
+    timeout_s: float = _setting("measurement", _number_range(1.0, 86400.0), 600.0)
+    seed: int = _setting("measurement", _int_range(0, 2 ** 31), 0)
     # pin the measuring process to these CPUs (empty: the OS decides)
-    cpu_affinity: List[int] = dataclasses.field(default_factory=list)
+    cpu_affinity: List[int] = _setting("measurement", _cpu_list, factory=list)
     # wait until every thermal zone is below this before starting (None: do not wait)
-    cooldown_below_c: Optional[float] = None
-    cooldown_timeout_s: float = 300.0
+    cooldown_below_c: Optional[float] = _setting("measurement", _temperature_or_null, None)
+    cooldown_timeout_s: float = _setting("measurement", _number_range(0.0, 86400.0), 300.0)
     # a rise of this many degrees, or a clock drop of this fraction, flags throttling
-    thermal_rise_c: float = 10.0
-    clock_drop: float = 0.10
+    thermal_rise_c: float = _setting("measurement", _number_range(0.0, 200.0), 10.0)
+    clock_drop: float = _setting("measurement", _number_range(0.0, 1.0), 0.10)
+    # -- power: section `power`; sampled during the timed phase, which extends until
+    # power_min_samples exist
+    power_source: str = _setting("power", _one_of(*POWER_SOURCES), "none", key="source")
+    power_options: Dict[str, Any] = _setting("power", _object, factory=dict, key="options")
+    power_min_samples: int = _setting("power", _int_range(2, 10 ** 6), 20, key="min_samples")
+    idle_seconds: float = _setting("power", _number_range(0.0, 3600.0), 2.0)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,60 +189,49 @@ class MeasureRequest:
         request._validate()
         return request
 
-    def _validate(self) -> None:
-        def bad(field: str, allowed: str) -> ProtocolError:
-            return ProtocolError(
-                400, "bad_field", "field '%s' = %r is not allowed; expected %s" % (
-                    field, getattr(self, field), allowed)
-            )
+    @classmethod
+    def from_sections(cls, model_sha256: str, sections: Dict[str, Dict[str, Any]]
+                      ) -> "MeasureRequest":
+        """A request from a device profile's sections ({section: {key: value}})."""
+        values: Dict[str, Any] = {"model_sha256": model_sha256}
+        for section, settings in sections.items():
+            keys = {setting_key(f): f.name for f in section_fields(section)}
+            for key, value in settings.items():
+                if key not in keys:
+                    raise ProtocolError(400, "unknown_field", "unknown setting %s.%s; allowed: %s"
+                                        % (section, key, ", ".join(sorted(keys))))
+                values[keys[key]] = value
+        return cls.from_dict(values)
 
-        if not is_sha256(self.model_sha256):
-            raise bad("model_sha256", "64 lowercase hex digits")
-        if self.runtime not in RUNTIMES:
-            raise bad("runtime", "one of " + ", ".join(RUNTIMES))
-        if not (isinstance(self.execution_providers, list) and self.execution_providers
-                and all(isinstance(p, str) for p in self.execution_providers)):
-            raise bad("execution_providers", "a non-empty list of provider names")
-        if not (isinstance(self.provider_options, list)
-                and len(self.provider_options) <= len(self.execution_providers)
-                and all(isinstance(o, dict) for o in self.provider_options)):
-            raise bad("provider_options", "a list of objects, at most one per provider")
-        if not (isinstance(self.tensorrt_flags, list)
-                and all(flag in TENSORRT_FLAGS for flag in self.tensorrt_flags)):
-            raise bad("tensorrt_flags", "a list of " + ", ".join(TENSORRT_FLAGS))
-        if self.power_source not in POWER_SOURCES:
-            raise bad("power_source", "one of " + ", ".join(POWER_SOURCES))
-        if not isinstance(self.power_options, dict):
-            raise bad("power_options", "an object of the source's options")
-        if not (isinstance(self.cpu_affinity, list) and all(
-                isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 4096
-                for c in self.cpu_affinity)):
-            raise bad("cpu_affinity", "a list of CPU numbers")
-        if self.cooldown_below_c is not None and not (
-                isinstance(self.cooldown_below_c, (int, float)) and 0 < self.cooldown_below_c < 150):
-            raise bad("cooldown_below_c", "null or a temperature in °C between 0 and 150")
-        if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
-            raise bad("graph_optimization", "one of " + ", ".join(GRAPH_OPTIMIZATION_LEVELS))
-        if not isinstance(self.disable_cpu_fallback, bool):
-            raise bad("disable_cpu_fallback", "true or false")
-        for name in ("intra_op_threads", "inter_op_threads"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1024):
-                raise bad(name, "an integer 0..1024 (0 = runtime default)")
-        for name, low, high in (("batch_size", 1, 65536), ("warmup_iterations", 0, 10**7),
-                                ("min_iterations", 1, 10**8), ("rounds", 1, 1000), ("seed", 0, 2**31),
-                                ("power_min_samples", 2, 10**6)):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
-                raise bad(name, "an integer %d..%d" % (low, high))
-        for name, low, high in (("warmup_seconds", 0.0, 3600.0), ("min_seconds", 0.0, 36000.0),
-                                ("unstable_cv", 0.0, 10.0), ("timeout_s", 1.0, 86400.0),
-                                ("idle_seconds", 0.0, 3600.0), ("cooldown_timeout_s", 0.0, 86400.0),
-                                ("thermal_rise_c", 0.0, 200.0), ("clock_drop", 0.0, 1.0)):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and low <= float(value) <= high):
-                raise bad(name, "a number %g..%g" % (low, high))
+    def _validate(self) -> None:
+        for f in dataclasses.fields(self):
+            expected = f.metadata["check"](getattr(self, f.name))
+            if expected is not None:
+                raise ProtocolError(400, "bad_field", "field '%s' = %r is not allowed; expected %s"
+                                    % (f.name, getattr(self, f.name), expected), field=f.name)
+        if len(self.provider_options) > len(self.execution_providers):
+            raise ProtocolError(400, "bad_field", "field 'provider_options' has %d entries for %d "
+                                "execution providers; at most one per provider"
+                                % (len(self.provider_options), len(self.execution_providers)),
+                                field="provider_options")
+
+
+def section_fields(section: str) -> List["dataclasses.Field[Any]"]:
+    """The request fields a device profile configures in ``section``, in order."""
+    if section not in SECTIONS:
+        raise ValueError("unknown section %r; sections: %s" % (section, ", ".join(SECTIONS)))
+    return [f for f in dataclasses.fields(MeasureRequest) if f.metadata["section"] == section]
+
+
+def setting_key(field: "dataclasses.Field[Any]") -> str:
+    """The key of a request field in its device-profile section."""
+    return field.metadata["key"] or field.name
+
+
+def check_setting(field_name: str, value: Any) -> Optional[str]:
+    """None if ``value`` is allowed for the field, else what is expected."""
+    field = next(f for f in dataclasses.fields(MeasureRequest) if f.name == field_name)
+    return field.metadata["check"](value)
 
 
 def error_message(payload: Optional[Dict[str, Any]]) -> str:

@@ -5,11 +5,16 @@ Every model forbids unknown keys: a typo in a YAML file is an error, never ignor
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Callable, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from hwnas_agent.protocol import (MeasureRequest, ProtocolError, check_setting, section_fields,
+                                  setting_key)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator,
+                      model_validator)
 
 PRECISIONS = ("fp32", "int8")
 Precision = Literal["fp32", "int8"]
@@ -190,45 +195,36 @@ class SSHConnection(Frozen):
     retries: Annotated[int, Field(ge=0, le=20)] = 4
 
 
-class RuntimeSpec(Frozen):
-    name: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
-    execution_providers: list[str] = ["CPUExecutionProvider"]
-    provider_options: list[dict[str, str]] = []
-    disable_cpu_fallback: bool = False
-    intra_op_threads: Annotated[int, Field(ge=0, le=1024)] = 1
-    tensorrt_flags: list[Literal["fp16", "int8"]] = []  # native TensorRT builder flags
-
-    @model_validator(mode="after")
-    def _options_fit(self) -> "RuntimeSpec":
-        if not self.execution_providers:
-            raise ValueError("name at least one execution provider")
-        if len(self.provider_options) > len(self.execution_providers):
-            raise ValueError("provider_options has more entries than execution_providers")
-        return self
+def _protocol_check(field_name: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        expected = check_setting(field_name, value)
+        if expected is not None:
+            raise ValueError(f"expected {expected}")
+        return value
+    return check
 
 
-class MeasurementSpec(Frozen):
-    batch_size: Annotated[int, Field(ge=1)] = 1
-    warmup_iterations: Annotated[int, Field(ge=0)] = 10
-    warmup_seconds: Annotated[float, Field(ge=0)] = 0.5
-    min_iterations: Annotated[int, Field(ge=1)] = 100
-    min_seconds: Annotated[float, Field(ge=0)] = 2.0
-    rounds: Annotated[int, Field(ge=1)] = 5
-    unstable_cv: Annotated[float, Field(gt=0)] = 0.10
-    timeout_s: Annotated[float, Field(ge=1)] = 600.0
-    cpu_affinity: list[Annotated[int, Field(ge=0)]] = []  # pin the measuring process
-    cooldown_below_c: Annotated[float, Field(gt=0, lt=150)] | None = None
+def _request_section(section: str, doc: str) -> type[Frozen]:
+    """A profile section whose keys are exactly the agent protocol's settings of that section:
+    types, defaults and checks come from MeasureRequest, the one definition of them."""
+    hints = typing.get_type_hints(MeasureRequest)
+    fields: dict[str, Any] = {}
+    for field in section_fields(section):
+        default = (Field(default_factory=field.default_factory)
+                   if field.default_factory is not dataclasses.MISSING else field.default)
+        fields[setting_key(field)] = (
+            Annotated[hints[field.name], AfterValidator(_protocol_check(field.name))], default)
+    model = create_model(f"{section.title()}Spec", __base__=Frozen, __doc__=doc, **fields)
+    model.__module__ = __name__
+    return model
 
 
-class PowerSpec(Frozen):
-    """Which sensor the agent samples during the timed phase (see hwnas-agent facts)."""
-
-    source: Literal["none", "ina3221", "tegrastats", "pi5_pmic", "hwmon", "rapl", "nvml",
-                    "power_supply", "command"] = "none"
-    # the source's own options, e.g. {command: "my-meter --watts"} or {name: ina219}
-    options: dict[str, str | int | float | list[str]] = {}
-    min_samples: Annotated[int, Field(ge=2)] = 20
-    idle_seconds: Annotated[float, Field(ge=0)] = 2.0
+RuntimeSpec = _request_section(
+    "runtime", "The runtime and execution providers the agent measures with (see MeasureRequest).")
+MeasurementSpec = _request_section(
+    "measurement", "Measurement methodology: warm-up, timed rounds, thermal checks.")
+PowerSpec = _request_section(
+    "power", "Which sensor the agent samples during the timed phase (see hwnas-agent facts).")
 
 
 class DeviceProfile(Frozen):
@@ -251,3 +247,23 @@ class DeviceProfile(Frozen):
         if "fp32" not in value:
             raise ValueError("precisions must include fp32 (the reference every plan starts from)")
         return value
+
+    @model_validator(mode="after")
+    def _agent_accepts_it(self) -> "DeviceProfile":
+        """Checks across settings (e.g. one provider_options entry per provider) are the
+        agent's own: a profile that loads is a request the agent accepts."""
+        try:
+            self.measure_request("0" * 64)
+        except ProtocolError as exc:
+            where = next((f"{f.metadata['section']}.{setting_key(f)}: " for f in
+                          dataclasses.fields(MeasureRequest) if f.name == exc.field), "")
+            raise ValueError(where + exc.message) from None
+        return self
+
+    def measure_request(self, model_sha256: str) -> MeasureRequest:
+        """The agent request for one model: every setting of the runtime, measurement and
+        power sections, by the protocol's own names (no hand-kept mapping)."""
+        return MeasureRequest.from_sections(model_sha256, {
+            section: {setting_key(f): getattr(getattr(self, section), setting_key(f))
+                      for f in section_fields(section)}
+            for section in ("runtime", "measurement", "power")})

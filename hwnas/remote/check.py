@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from hwnas.config.models import DeviceProfile, SSHConnection
 from hwnas.errors import HwnasError
 from hwnas.records import Artifact
-from hwnas.remote.device import measure_request, open_device
+from hwnas.remote.device import open_device
 from hwnas.remote.ssh import SSHSession, fingerprint
 
 CALIBRATION_SECONDS = 0.5
@@ -60,7 +60,7 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as folder:
                 artifact = Artifact.from_file(calibration_model(Path(folder) / "cal.onnx"), {}, 0)
                 client.ensure_model(artifact)
-                request = measure_request(profile, artifact.sha256)
+                request = profile.measure_request(artifact.sha256)
                 request = type(request)(**{**request.to_dict(), "min_seconds": CALIBRATION_SECONDS,
                                            "min_iterations": 20, "warmup_seconds": 0.1,
                                            "power_source": "none"})

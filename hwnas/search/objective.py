@@ -29,7 +29,6 @@ from hwnas.export.onnx import build_onnx, precision_units
 from hwnas.models import model_stages, output_channels, output_layers
 from hwnas.records import Artifact, Candidate, Measurement
 from hwnas.errors import DeviceError
-from hwnas.remote.device import measure_request
 from hwnas.remote.pool import Device, DevicePool
 from hwnas.space import SpaceShape, suggest
 
@@ -117,7 +116,7 @@ class CandidateBuilder:
                 with timings.phase("ship"):
                     device.client.ensure_model(artifact)
                 with timings.phase("measure"):
-                    return device.client.measure(measure_request(device.profile, artifact.sha256))
+                    return device.client.measure(device.profile.measure_request(artifact.sha256))
             except DeviceError:
                 # the transport already reconnected and retried with back-off: it is gone
                 lease.replace()

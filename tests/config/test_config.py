@@ -128,17 +128,61 @@ def test_space_checked_against_model_and_device(tmp_path):
         space_shape(space, device, ["stage1"], ["stage1"])
 
 
-def test_device_profile_becomes_the_agent_request(tmp_path):
-    from hwnas.remote.device import measure_request
+# a non-default value for every setting of the agent protocol: a field added to MeasureRequest
+# without a value here fails test_every_setting_travels_from_yaml_to_the_agent
+NON_DEFAULT = {
+    "runtime": "tensorrt", "execution_providers": ["TensorrtExecutionProvider", "CPUExecutionProvider"],
+    "provider_options": [{"trt_fp16_enable": "1"}], "disable_cpu_fallback": True,
+    "tensorrt_flags": ["fp16", "int8"], "intra_op_threads": 2, "inter_op_threads": 3,
+    "graph_optimization": "basic", "batch_size": 4, "warmup_iterations": 7, "warmup_seconds": 0.25,
+    "min_iterations": 33, "min_seconds": 1.5, "rounds": 3, "unstable_cv": 0.2, "timeout_s": 99.0,
+    "seed": 5, "cpu_affinity": [0], "cooldown_below_c": 55.0, "cooldown_timeout_s": 30.0,
+    "thermal_rise_c": 7.5, "clock_drop": 0.2, "power_source": "command",
+    "power_options": {"command": "meter --watts"}, "power_min_samples": 30, "idle_seconds": 1.0,
+}
 
-    path = write(tmp_path, DEVICE + """\
-runtime: {name: tensorrt, tensorrt_flags: [fp16, int8], intra_op_threads: 2}
-measurement: {cpu_affinity: [1], cooldown_below_c: 55, min_seconds: 3}
-power: {source: command, options: {command: "meter --watts"}, min_samples: 30}
-""", "d.yaml")
-    request = measure_request(load_device_profile(path), "f" * 64)
-    assert request.runtime == "tensorrt" and request.tensorrt_flags == ["fp16", "int8"]
-    assert request.cpu_affinity == [1] and request.cooldown_below_c == 55
-    assert request.power_source == "command" and request.power_options == {"command": "meter --watts"}
-    assert request.power_min_samples == 30 and request.min_seconds == 3
-    assert type(request).from_dict(request.to_dict()) == request  # what the agent accepts
+
+def test_every_setting_travels_from_yaml_to_the_agent(tmp_path, local_agent, models_dir):
+    """Each MeasureRequest field, written in the device profile's YAML, reaches the agent's
+    persisted request unchanged: nothing the agent accepts is dropped on the way."""
+    import dataclasses
+    import json
+
+    import yaml
+    from hwnas_agent.protocol import MeasureRequest, section_fields, setting_key
+
+    from hwnas.records import Artifact
+
+    fields = {f.name for f in dataclasses.fields(MeasureRequest)} - {"model_sha256"}
+    assert set(NON_DEFAULT) == fields
+    defaults = MeasureRequest(model_sha256="0" * 64).to_dict()
+    assert all(NON_DEFAULT[name] != defaults[name] for name in fields)
+    sections = {section: {setting_key(f): NON_DEFAULT[f.name] for f in section_fields(section)}
+                for section in ("runtime", "measurement", "power")}
+    path = write(tmp_path, DEVICE + yaml.safe_dump(sections), "d.yaml")
+
+    client, process = local_agent
+    artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
+    client.ensure_model(artifact)
+    request = load_device_profile(path).measure_request(artifact.sha256)
+    job_id = client.submit(request)
+    stored = json.loads((process.state_dir / "jobs" / job_id / "request.json").read_text())
+    assert stored == dict(NON_DEFAULT, model_sha256=artifact.sha256)
+
+
+@pytest.mark.parametrize("section, error", [
+    ("measurement: {rounds: 0}", "key 'measurement.rounds': expected an integer 1..1000 (got 0)"),
+    ("measurement: {graph_optimization: all}", "key 'measurement.graph_optimization': unknown key"),
+    ("runtime: {graph_optimization: fast}", "key 'runtime.graph_optimization': expected one of "
+                                            "disable, basic, extended, all (got 'fast')"),
+    ("measurement: {cooldown_below_c: 200}", "key 'measurement.cooldown_below_c': expected null or "
+                                             "a temperature"),
+    ("runtime: {provider_options: [{}, {}]}", "runtime.provider_options: field 'provider_options' "
+                                              "has 2 entries for 1 execution providers"),
+    ("power: {source: thermocouple}", "key 'power.source': expected one of none, ina3221"),
+])
+def test_measurement_settings_are_checked_by_the_agent_protocol(tmp_path, section, error):
+    with pytest.raises(ConfigError) as caught:
+        load_device_profile(write(tmp_path, DEVICE + section + "\n", "d.yaml"))
+    assert str(tmp_path / "d.yaml") in str(caught.value)
+    assert error in str(caught.value)

@@ -15,7 +15,7 @@ from hwnas.config import load_device_profile
 from hwnas.errors import DeviceError
 from hwnas.records import Artifact
 from hwnas.remote.client import AgentClient
-from hwnas.remote.device import measure_request, open_device
+from hwnas.remote.device import open_device
 from hwnas.remote.ssh import AgentNotRunning, SSHSession, SSHTransport
 from hwnas.testing.models import matmul_onnx
 from hwnas.testing.sshd import free_port, keygen
@@ -30,7 +30,7 @@ def test_measures_through_the_ssh_tunnel(ssh_world, models_dir):
         artifact = Artifact.from_file(models_dir / "medium.onnx", {}, 0)
         assert client.ensure_model(artifact) is True
         assert client.ensure_model(artifact) is False  # shipped only when missing
-        measured = client.measure(measure_request(profile, artifact.sha256))
+        measured = client.measure(profile.measure_request(artifact.sha256))
     assert measured.device == "sshdev" and measured.iterations >= 50
 
 
