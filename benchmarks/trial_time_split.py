@@ -15,37 +15,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import median, save, table  # noqa: E402
 
-from hwnas.search import RunInfo  # noqa: E402
+from hwnas.records import StudyRecord, TrialStage  # noqa: E402
+from hwnas.run import RunFolder, outcomes  # noqa: E402
 
 PHASES = ["prune", "finetune", "quantize_export", "evaluate", "ship", "measure"]
 
 
 def main() -> int:
     run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/fashion-mnist-cnn--local")
-    study = RunInfo.load(run_dir).open_study()
-    trials = [t for t in study.get_trials() if t.user_attrs.get("timings_s")]
-    rejected = [t for t in trials if t.user_attrs.get("stage") == "rejected_before_finetune"]
-    evaluated = [t for t in trials if t.user_attrs.get("stage") == "evaluated"]
+    study = RunFolder.load(run_dir).open_study()
+    trials = [o for o in outcomes(study) if o.timings_s]
+    rejected = [o for o in trials if o.stage == TrialStage.REJECTED]
+    evaluated = [o for o in trials if o.stage == TrialStage.EVALUATED]
+
+    def total(outcome) -> float:  # type: ignore[no-untyped-def]
+        return sum(seconds for _, seconds in outcome.timings_s)
+
     rows, figures = [], {}
     for group_name, group in (("evaluated", evaluated), ("rejected", rejected)):
         figures[group_name] = {}
         for phase in PHASES:
-            values = [t.user_attrs["timings_s"].get(phase, 0.0) for t in group]
-            totals = [sum(t.user_attrs["timings_s"].values()) for t in group]
+            values = [dict(o.timings_s).get(phase, 0.0) for o in group]
+            totals = [total(o) for o in group]
             share = sum(values) / sum(totals) if sum(totals) else 0.0
             figures[group_name][phase] = {"median_s": median(values), "total_s": sum(values),
                                           "share_of_trial_time": share}
             rows.append([group_name, phase, f"{median(values):.3f}", f"{sum(values):.1f}",
                          f"{100 * share:.1f}%"])
-    per_trial = [sum(t.user_attrs["timings_s"].values()) for t in trials]
+    per_trial = [total(o) for o in trials]
     print(f"study {study.study_name}: {len(trials)} trials, {len(evaluated)} evaluated, "
           f"{len(rejected)} rejected before fine-tuning "
           f"({100 * len(rejected) / max(1, len(trials)):.0f}%)\n")
     print(table(["trials", "phase", "median s", "total s", "share"], rows))
-    saved_s = (median([sum(t.user_attrs['timings_s'].values()) for t in evaluated])
-               - median([sum(t.user_attrs['timings_s'].values()) for t in rejected])) if rejected else 0.0
-    print(f"\nmedian trial: evaluated {median([sum(t.user_attrs['timings_s'].values()) for t in evaluated]):.1f} s, "
-          f"rejected {median([sum(t.user_attrs['timings_s'].values()) for t in rejected]):.1f} s "
+    evaluated_s, rejected_s = median([total(o) for o in evaluated]), median([total(o) for o in rejected])
+    saved_s = evaluated_s - rejected_s if rejected else 0.0
+    print(f"\nmedian trial: evaluated {evaluated_s:.1f} s, rejected {rejected_s:.1f} s "
           f"(early rejection saves ~{saved_s:.1f} s per rejected candidate)")
     save("trial_time_split", {
         "command": f".venv/bin/python benchmarks/trial_time_split.py {run_dir}",
@@ -53,7 +57,7 @@ def main() -> int:
         "rejected_before_finetune": len(rejected),
         "rejected_share": len(rejected) / max(1, len(trials)),
         "median_trial_s": median(per_trial), "phases": figures,
-        "budgets": study.user_attrs.get("budgets"),
+        "budgets": dict(StudyRecord.from_study(study).budgets),
     })
     return 0
 

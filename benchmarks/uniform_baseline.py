@@ -20,9 +20,9 @@ from _common import save, table  # noqa: E402
 
 from hwnas.compress.finetune import finetune  # noqa: E402
 from hwnas.evaluate import onnx_accuracy  # noqa: E402
-from hwnas.records import Artifact, Candidate  # noqa: E402
-from hwnas.report import best_feasible  # noqa: E402
-from hwnas.search import RunInfo, open_pool, prepare, trial_context  # noqa: E402
+from hwnas.records import Candidate, StudyRecord  # noqa: E402
+from hwnas.run import RunFolder, best_feasible, device_file, outcomes  # noqa: E402
+from hwnas.search import open_pool, prepare, trial_context  # noqa: E402
 from hwnas.search.objective import CandidateBuilder, DeviceLease, Timings  # noqa: E402
 
 KEEP_RATIOS = [0.25, 0.375, 0.5, 0.75]
@@ -31,26 +31,23 @@ PRECISIONS = ["fp32", "int8"]
 
 def main() -> int:
     run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/fashion-mnist-cnn--local")
-    info = RunInfo.load(run_dir)
-    study = info.open_study()
-    best = best_feasible(study)
+    run = RunFolder.load(run_dir)
+    study = run.open_study()
+    best = best_feasible(outcomes(study))
     if best is None:
         print("no feasible trial in this study yet")
         return 1
-    prepared = prepare(run_dir / "search_space.yaml", run_dir / "device_profile.yaml")
-    work = run_dir / "benchmark-uniform"
+    configs = run_dir / "configs" / best.config_version
+    prepared = prepare(configs / "search_space.yaml", configs / device_file(0))
+    work = RunFolder(run_dir / "benchmark-uniform", run.storage_url, run.study_name)
     rows = []
     with open_pool(prepared.devices) as pool:
         builder = CandidateBuilder(trial_context(prepared, pool, work))
         lease = DeviceLease(pool)
-        best_artifact = Artifact.from_file(run_dir / "artifacts" / f"{best.user_attrs['artifact']['sha256']}.onnx",
-                                           best.user_attrs["artifact"]["channels"],
-                                           best.user_attrs["artifact"]["parameters"])
+        best_artifact = run.kept_artifact(best)
         best_measured = builder.measure(best_artifact, Timings(), lease)
-        search_row = {"model": f"search trial {best.number}",
-                      "candidate": Candidate.from_dict(best.user_attrs["candidate"]).summary(),
-                      "accuracy_val": best.user_attrs["accuracy_val"],
-                      "accuracy_test": best.user_attrs["accuracy_test"],
+        search_row = {"model": f"search trial {best.number}", "candidate": best.summary(),
+                      "accuracy_val": best.accuracy_val, "accuracy_test": best.accuracy_test,
                       "latency_ms_p50": best_measured.latency_ms_p50,
                       "latency_ms_p90": best_measured.latency_ms_p90,
                       "size_mb": best_artifact.size_mb}
@@ -60,7 +57,7 @@ def main() -> int:
                                         {u: precision for u in prepared.shape.precision_units})
             model = builder.prune(candidate)
             finetune(model, prepared.base.module, prepared.task, prepared.space.finetune, seed=0)
-            artifact = builder.export(model, candidate, work / f"uniform-{keep}-{precision}.onnx")
+            artifact = builder.export(model, candidate, work.path / f"uniform-{keep}-{precision}.onnx")
             measured = builder.measure(artifact, Timings(), lease)
             rows.append({"model": f"uniform keep {keep:g} {precision}", "candidate": candidate.summary(),
                          "accuracy_val": onnx_accuracy(artifact, prepared.task.val_x, prepared.task.val_y),
@@ -81,7 +78,7 @@ def main() -> int:
           f"(latency ratio {matched['latency_ms_p90'] / search_row['latency_ms_p90']:.2f})")
     save("uniform_baseline", {
         "command": f".venv/bin/python benchmarks/uniform_baseline.py {run_dir}",
-        "budgets": study.user_attrs.get("budgets"), "search_best": search_row,
+        "budgets": dict(StudyRecord.from_study(study).budgets), "search_best": search_row,
         "uniform": rows, "latency_matched_uniform": matched["model"],
         "accuracy_test_difference": search_row["accuracy_test"] - matched["accuracy_test"],
         "latency_p90_ratio_uniform_over_search": matched["latency_ms_p90"] / search_row["latency_ms_p90"],

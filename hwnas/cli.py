@@ -44,23 +44,22 @@ class SearchCommand(Command):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
-        from hwnas.report import best_feasible, text_table, trial_rows, write_report
+        from hwnas.report import Report, text_table, write_report
         from hwnas.search import run_search
 
         outcome = run_search(args.space, args.device or [DEFAULT_DEVICE], args.run_dir,
                              args.trials, progress=not args.no_progress)
-        rows = trial_rows(outcome.study)
-        front = [r for r in rows if r.on_front]
-        print("\nPareto front (meets every budget):" if front else
+        report = Report.of(outcome.study)
+        print("\nPareto front (meets every budget):" if report.front else
               "\nNo trial meets every budget yet; all trials:")
-        print(text_table(front or rows))
-        best = best_feasible(outcome.study)
-        if best is not None:
-            print(f"\nbest feasible: trial {best.number}: validation accuracy {best.values[0]:.4f}, "
-                  f"test accuracy {best.user_attrs['accuracy_test']:.4f}, latency p90 "
-                  f"{best.user_attrs['measurement']['latency_ms']['p90']:.3f} ms")
-            print(f"export it: hwnas export {outcome.info.run_dir} --trial {best.number}")
-        paths = write_report(outcome.study, outcome.info.run_dir / "report")
+        print(text_table(report.front or report.outcomes))
+        best = report.best
+        if best is not None and best.measurement is not None:
+            print(f"\nbest feasible: trial {best.number}: validation accuracy {best.accuracy_val:.4f}, "
+                  f"test accuracy {best.accuracy_test:.4f}, latency p90 "
+                  f"{best.measurement.latency_ms_p90:.3f} ms")
+            print(f"export it: hwnas export {outcome.run.path} --trial {best.number}")
+        paths = write_report(outcome.study, outcome.run.report_dir)
         print(f"report: {paths['html']} (plot {paths['plot']})")
         return 0
 
@@ -111,14 +110,14 @@ class ReportCommand(Command):
                             help="output folder (default: <run folder>/report)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from hwnas.report import text_table, trial_rows, write_report
-        from hwnas.search import RunInfo
+        from hwnas.report import Report, text_table, write_report
+        from hwnas.run import RunFolder
 
-        info = RunInfo.load(args.study)
-        study = info.open_study()
-        rows = trial_rows(study)
-        print(text_table([r for r in rows if r.on_front] or rows))
-        paths = write_report(study, args.out or info.run_dir / "report")
+        run = RunFolder.load(args.study)
+        study = run.open_study()
+        report = Report.of(study)
+        print(text_table(report.front or report.outcomes))
+        paths = write_report(study, args.out or run.report_dir)
         for kind, path in paths.items():
             print(f"{kind}: {path}")
         return 0
@@ -135,9 +134,9 @@ class ExportCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.report.card import export_trial
-        from hwnas.search import RunInfo
+        from hwnas.run import RunFolder
 
-        paths = export_trial(RunInfo.load(args.study), args.trial, args.out)
+        paths = export_trial(RunFolder.load(args.study), args.trial, args.out)
         print(f"model: {paths['model']}\ncard:  {paths['card']}")
         return 0
 
@@ -215,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hwnas.logs import quiet_terminal
+
     args = build_parser().parse_args(argv)
+    quiet_terminal()
     try:
         return args.command.run(args)
     except HwnasError as exc:

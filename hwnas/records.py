@@ -1,14 +1,22 @@
-"""The central chain: Candidate -> Artifact -> Measurement, each frozen and JSON-able.
+"""The central chain: Candidate -> Artifact -> Measurement -> TrialOutcome, each frozen and
+JSON-able, and the StudyRecord that holds what a whole study shares.
 
-Everything else in hwnas is a function between these records.
+Everything else in hwnas is a function between these records. TrialOutcome alone writes a
+trial's attributes to the Optuna study and reads them back; StudyRecord does the same for the
+study's. No other module knows their keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # optuna is only needed to write; reading takes any FrozenTrial-like object
+    import optuna
+    from optuna.trial import FrozenTrial
 
 from hwnas.errors import ExportError, MeasurementError
 
@@ -86,6 +94,12 @@ class Artifact:
         return {"sha256": self.sha256, "size_bytes": self.size_bytes,
                 "channels": dict(self.channels), "parameters": self.parameters}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str | Path = "") -> "Artifact":
+        """As stored with a trial; ``path`` is where the bytes are now (the run folder knows)."""
+        return cls(str(path), data["sha256"], int(data["size_bytes"]), _pairs(data["channels"]),
+                   int(data["parameters"]))
+
 
 @dataclasses.dataclass(frozen=True)
 class Measurement:
@@ -140,3 +154,155 @@ class Measurement:
     def from_dict(cls, data: Mapping[str, Any]) -> "Measurement":
         report = {k: v for k, v in data.items() if k != "device"}
         return cls.from_agent(data["device"], report)
+
+
+class TrialStage(str, enum.Enum):
+    """Where a trial ended: the one closed set every report, card and progress bar reads."""
+
+    EVALUATED = "evaluated"  # fine-tuned, accuracy of the deployed bytes, measured again
+    REJECTED = "rejected_before_finetune"  # broke a budget (or could not run) at screening
+    FAILED = "failed"  # an error: see TrialOutcome.failure
+    RUNNING = "running"  # not finished (or left by a controller that died: retried on resume)
+    WAITING = "waiting"  # enqueued, not started
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneReport:
+    steps: int
+    seconds: float
+    final_loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FineTuneReport":
+        return cls(int(data["steps"]), float(data["seconds"]), data.get("final_loss"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialOutcome:
+    """Everything one trial found, in the order it was found; partial while it runs."""
+
+    stage: TrialStage
+    candidate: Candidate | None = None
+    artifact: Artifact | None = None
+    screen_measurement: Measurement | None = None  # the candidate before fine-tuning
+    measurement: Measurement | None = None  # the deployed bytes (or the screen, if rejected)
+    accuracy_val: float | None = None  # exported bytes, validation split: what the search uses
+    accuracy_test: float | None = None  # held-out test split: what is reported
+    finetune: FineTuneReport | None = None
+    timings_s: tuple[tuple[str, float], ...] = ()
+    device: str | None = None
+    devices_lost: tuple[str, ...] = ()
+    rejection: str | None = None  # why screening stopped it
+    failure: str | None = None  # error class and message of a failed trial
+    config_version: str | None = None  # the search space's content hash (run folder configs/)
+    # read back from the study, never written through the attributes:
+    number: int | None = None
+    constraints: tuple[tuple[str, float], ...] = ()  # Optuna convention: <= 0 meets the budget
+    values: tuple[float, ...] | None = None
+
+    @property
+    def feasible(self) -> bool:
+        """Evaluated, and every budget met on the deployed bytes. A rejected candidate is never
+        feasible: it was never fine-tuned, and its accuracy is unknown."""
+        return self.stage == TrialStage.EVALUATED and self.values is not None and \
+            all(v <= 0 for _, v in self.constraints)
+
+    @property
+    def deployable(self) -> bool:
+        """Has bytes worth deploying: evaluated (a rejected candidate was never fine-tuned)."""
+        return self.stage == TrialStage.EVALUATED and self.artifact is not None
+
+    def summary(self) -> str:
+        return self.candidate.summary() if self.candidate is not None else ""
+
+    # -- the study side: the only place that knows the attribute keys ----------------------
+    def write(self, trial: "optuna.Trial") -> None:
+        """Store as user attributes of a running trial (safe to call again as it progresses)."""
+        for key, value in self._attributes().items():
+            trial.set_user_attr(key, value)
+
+    def _attributes(self) -> dict[str, Any]:
+        attributes: dict[str, Any] = {"stage": self.stage.value}
+        records = {"candidate": self.candidate, "artifact": self.artifact,
+                   "screen_measurement": self.screen_measurement, "measurement": self.measurement,
+                   "finetune": self.finetune}
+        for key, record in records.items():
+            if record is not None:
+                attributes[key] = record.to_dict()
+        plain = {"accuracy_val": self.accuracy_val, "accuracy_test": self.accuracy_test,
+                 "device": self.device, "rejection": self.rejection, "failure": self.failure,
+                 "config_version": self.config_version}
+        attributes.update({key: value for key, value in plain.items() if value is not None})
+        if self.timings_s:
+            attributes["timings_s"] = dict(self.timings_s)
+        if self.devices_lost:
+            attributes["devices_lost"] = list(self.devices_lost)
+        return attributes
+
+    @classmethod
+    def from_trial(cls, trial: "FrozenTrial") -> "TrialOutcome":
+        attrs = trial.user_attrs
+        state = trial.state.name
+        if state == "COMPLETE":
+            stage = TrialStage(attrs.get("stage", TrialStage.EVALUATED.value))
+        elif state in ("RUNNING", "WAITING"):
+            stage = TrialStage[state]
+        else:  # FAIL, and PRUNED which hwnas does not use: neither has a result
+            stage = TrialStage.FAILED
+
+        def record(key: str, kind: Any) -> Any:
+            return kind.from_dict(attrs[key]) if key in attrs else None
+
+        return cls(
+            stage=stage, candidate=record("candidate", Candidate),
+            artifact=record("artifact", Artifact),
+            screen_measurement=record("screen_measurement", Measurement),
+            measurement=record("measurement", Measurement),
+            accuracy_val=attrs.get("accuracy_val"), accuracy_test=attrs.get("accuracy_test"),
+            finetune=record("finetune", FineTuneReport),
+            timings_s=_pairs(attrs.get("timings_s") or {}), device=attrs.get("device"),
+            devices_lost=tuple(attrs.get("devices_lost") or ()), rejection=attrs.get("rejection"),
+            failure=attrs.get("failure") or (
+                "the trial failed without a recorded reason" if stage == TrialStage.FAILED else None),
+            config_version=attrs.get("config_version"), number=trial.number,
+            constraints=_pairs(trial.constraints or {}),
+            values=tuple(trial.values) if trial.values is not None else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRecord:
+    """What every trial of a study shares: budgets, the base model, the data's preprocessing."""
+
+    budgets: tuple[tuple[str, float], ...]  # budget name -> limit (only the budgets set)
+    base_model_key: str  # content hash of the parent's weights
+    base_model_test_accuracy: float
+    input_shape: tuple[int, ...]  # one sample, without the batch
+    preprocessing: Mapping[str, Any]  # what deployment must apply to inputs
+    objectives: tuple[str, ...] = ("accuracy", "latency_p90_ms")
+
+    def budget(self, name: str) -> float | None:
+        return dict(self.budgets).get(name)
+
+    def write(self, study: "optuna.Study") -> None:
+        study.set_user_attr("budgets", dict(self.budgets))
+        study.set_user_attr("base_model", {"key": self.base_model_key,
+                                           "test_accuracy": self.base_model_test_accuracy})
+        study.set_user_attr("input_shape", list(self.input_shape))
+        study.set_user_attr("preprocessing", dict(self.preprocessing))
+        study.set_metric_names(list(self.objectives))
+
+    @classmethod
+    def from_study(cls, study: "optuna.Study") -> "StudyRecord":
+        attrs = study.user_attrs
+        base = attrs.get("base_model") or {}
+        budgets = {k: v for k, v in (attrs.get("budgets") or {}).items() if v is not None}
+        return cls(_pairs(budgets), str(base.get("key", "")),
+                   float(base.get("test_accuracy", float("nan"))),
+                   tuple(attrs.get("input_shape") or ()), dict(attrs.get("preprocessing") or {}),
+                   tuple(study.metric_names or ("accuracy", "latency_p90_ms")))

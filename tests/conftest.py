@@ -80,7 +80,7 @@ knobs:
   width: {keep_ratios: [0.25, 0.5, 1.0]}
   pruning: {criteria: [l1, saliency], global_ratios: [0.0, 0.2]}
   precision: {granularity: stage}
-finetune: {max_steps: 60, max_seconds: 10, batch_size: 64, learning_rate: 0.003}
+finetune: {max_steps: 60, max_seconds: 60, batch_size: 64, learning_rate: 0.003}
 budgets: {latency_p90_ms: 2.0, model_size_mb: 0.1}
 """
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -27,13 +26,13 @@ from hwnas.data import TaskData
 from hwnas.evaluate import onnx_accuracy
 from hwnas.export.onnx import build_onnx, precision_units
 from hwnas.models import model_stages, output_channels, output_layers
-from hwnas.records import Artifact, Candidate, Measurement
+from hwnas.budgets import breaks_a_budget, constraint_values, describe_excess
 from hwnas.errors import DeviceError
+from hwnas.records import Artifact, Candidate, FineTuneReport, Measurement, TrialOutcome, TrialStage
 from hwnas.remote.pool import Device, DevicePool
+from hwnas.run import RunFolder
 from hwnas.space import SpaceShape, suggest
 
-STAGE_REJECTED = "rejected_before_finetune"
-STAGE_EVALUATED = "evaluated"
 # a rejected candidate was never evaluated: this stands in for its accuracy so that the
 # sampler sees it as bad; reports show it as "not evaluated", never as a real accuracy
 NOT_EVALUATED = 0.0
@@ -61,17 +60,8 @@ class TrialContext:
     base_model: nn.Module
     shape: SpaceShape
     devices: DevicePool
-    run_dir: Path
-
-
-def constraint_values(budgets: Budgets, latency_p90_ms: float, size_mb: float) -> dict[str, float]:
-    """Optuna convention: <= 0 is feasible. Relative excess, so both budgets weigh alike."""
-    values = {}
-    if budgets.latency_p90_ms is not None:
-        values["latency_p90_ms"] = latency_p90_ms / budgets.latency_p90_ms - 1.0
-    if budgets.model_size_mb is not None:
-        values["model_size_mb"] = size_mb / budgets.model_size_mb - 1.0
-    return values
+    run: RunFolder
+    config_version: str | None = None
 
 
 def objective_values(space: SearchSpace, accuracy: float, measurement: Measurement,
@@ -139,18 +129,6 @@ class DeviceLease:
         self.pool.release(self.device)
 
 
-def keep_artifact(artifact: Artifact, run_dir: Path) -> Artifact:
-    """Store the bytes content-addressed in the run folder: what export hands out later."""
-    target = run_dir / "artifacts" / f"{artifact.sha256}.onnx"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        # unique per writer: trials on several devices run in threads
-        tmp = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
-        shutil.copyfile(artifact.path, tmp)
-        tmp.replace(target)
-    return dataclasses.replace(artifact, path=str(target))
-
-
 class Objective:
     def __init__(self, ctx: TrialContext) -> None:
         self.ctx = ctx
@@ -159,70 +137,89 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         ctx, timings = self.ctx, Timings()
         candidate = suggest(trial, ctx.space, ctx.shape)
-        trial.set_user_attr("candidate", candidate.to_dict())
-        work = ctx.run_dir / "work" / f"trial-{trial.number}"
+        progress = Progress(TrialOutcome(TrialStage.RUNNING, candidate=candidate,
+                                         config_version=ctx.config_version))
+        progress.outcome.write(trial)
+        work = ctx.run.work_dir(trial.number)
         try:
             lease = DeviceLease(ctx.devices)
         except DeviceError:
             trial.study.stop()
             raise
         try:
-            return self._run(trial, candidate, timings, work, lease)
-        except DeviceError:
+            return self._run(trial, progress, timings, work, lease)
+        except DeviceError as exc:
+            progress.failed(exc)
             # no device of its pool is left: try this candidate again when the search resumes
             trial.study.enqueue_trial(trial.params, skip_if_exists=False)
             if not ctx.devices.alive:
                 trial.study.stop()
             raise
+        except Exception as exc:
+            progress.failed(exc)
+            raise
         finally:
-            trial.set_user_attr("timings_s", timings.seconds)
-            trial.set_user_attr("device", lease.device.name)
-            if lease.lost:
-                trial.set_user_attr("devices_lost", lease.lost)
+            dataclasses.replace(progress.outcome, timings_s=tuple(timings.seconds.items()),
+                                device=lease.device.name,
+                                devices_lost=tuple(lease.lost)).write(trial)
             lease.release()
             shutil.rmtree(work, ignore_errors=True)
 
-    def _run(self, trial: optuna.Trial, candidate: Candidate, timings: Timings,
-             work: Path, lease: DeviceLease) -> tuple[float, ...]:
+    def _run(self, trial: optuna.Trial, progress: "Progress", timings: Timings, work: Path,
+             lease: DeviceLease) -> tuple[float, ...]:
         ctx, builder = self.ctx, self.builder
+        candidate = progress.outcome.candidate
+        assert candidate is not None
         with timings.phase("prune"):
             model = builder.prune(candidate)
         with timings.phase("quantize_export"):
             screen = builder.export(model, candidate, work / "screen.onnx")
         screen_measurement = builder.measure(screen, timings, lease)
-        trial.set_user_attr("screen_measurement", screen_measurement.to_dict())
-        screen_constraints = constraint_values(ctx.budgets, screen_measurement.latency_ms_p90,
-                                               screen.size_mb)
-        if any(value > 0 for value in screen_constraints.values()):
+        progress.update(screen_measurement=screen_measurement)
+        screen_constraints = constraint_values(ctx.budgets, screen_measurement, screen)
+        if breaks_a_budget(screen_constraints):
             # structure and precision fix latency and size; fine-tuning cannot rescue them
             for key, value in screen_constraints.items():
                 trial.set_constraint(key, value)
-            trial.set_user_attr("stage", STAGE_REJECTED)
-            trial.set_user_attr("artifact", screen.to_dict())
-            trial.set_user_attr("measurement", screen_measurement.to_dict())
+            progress.update(stage=TrialStage.REJECTED, artifact=screen,
+                            measurement=screen_measurement,
+                            rejection=describe_excess(screen_constraints))
             return objective_values(ctx.space, NOT_EVALUATED, screen_measurement, screen)
 
         with timings.phase("finetune"):
             tune = finetune(model, ctx.base_model, ctx.task, ctx.space.finetune,
                             seed=ctx.space.search.seed + trial.number)
+        progress.update(finetune=FineTuneReport.from_dict(tune))
         with timings.phase("quantize_export"):
-            artifact = keep_artifact(builder.export(model, candidate, work / "model.onnx"),
-                                     ctx.run_dir)
+            artifact = ctx.run.keep_artifact(builder.export(model, candidate, work / "model.onnx"))
         with timings.phase("evaluate"):
             accuracy_val = onnx_accuracy(artifact, ctx.task.val_x, ctx.task.val_y)
             accuracy_test = onnx_accuracy(artifact, ctx.task.test_x, ctx.task.test_y)
+        progress.update(artifact=artifact, accuracy_val=accuracy_val, accuracy_test=accuracy_test)
         # the deployed bytes are what gets reported: measure them, not the screening copy
         measurement = builder.measure(artifact, timings, lease)
-        for key, value in constraint_values(ctx.budgets, measurement.latency_ms_p90,
-                                            artifact.size_mb).items():
+        for key, value in constraint_values(ctx.budgets, measurement, artifact).items():
             trial.set_constraint(key, value)
-        trial.set_user_attr("stage", STAGE_EVALUATED)
-        trial.set_user_attr("finetune", tune)
-        trial.set_user_attr("artifact", artifact.to_dict())
-        trial.set_user_attr("measurement", measurement.to_dict())
-        trial.set_user_attr("accuracy_val", accuracy_val)
-        trial.set_user_attr("accuracy_test", accuracy_test)
+        progress.update(stage=TrialStage.EVALUATED, measurement=measurement)
         return objective_values(ctx.space, accuracy_val, measurement, artifact)
+
+
+@dataclasses.dataclass
+class Progress:
+    """A trial's outcome as far as it got: what a failure still records."""
+
+    outcome: TrialOutcome
+
+    def update(self, **changes: object) -> None:
+        self.outcome = dataclasses.replace(self.outcome, **changes)  # type: ignore[arg-type]
+
+    def failed(self, exc: BaseException) -> None:
+        self.update(stage=TrialStage.FAILED, failure=failure(exc))
+
+
+def failure(exc: BaseException) -> str:
+    """What a failed trial stores: the error's class and message."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def seed_everything(seed: int) -> None:

@@ -1,14 +1,12 @@
-"""Progress bar for a search: trials done, best feasible accuracy so far, ETA."""
+"""Progress bar for a search: trials done, best feasible accuracy so far, rejections, failures."""
 
 from __future__ import annotations
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from tqdm import tqdm
 
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.constraints.values())
+from hwnas.records import TrialOutcome, TrialStage
 
 
 class ProgressCallback:
@@ -17,15 +15,23 @@ class ProgressCallback:
                         dynamic_ncols=True)
         self.best: float | None = None
         self.rejected = 0
+        self.failed = 0
+        self.last_failure: str | None = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.user_attrs.get("stage") == "rejected_before_finetune":
+        outcome = TrialOutcome.from_trial(trial)
+        if outcome.stage == TrialStage.REJECTED:
             self.rejected += 1
-        if is_feasible(trial) and trial.values and (self.best is None or trial.values[0] > self.best):
-            self.best = trial.values[0]
+        elif outcome.stage == TrialStage.FAILED:
+            self.failed += 1
+            self.last_failure = outcome.failure
+        if outcome.feasible and outcome.values and (self.best is None or outcome.values[0] > self.best):
+            self.best = outcome.values[0]
         best = "-" if self.best is None else f"{self.best:.4f}"
-        self.bar.set_postfix_str(f"best feasible acc {best} | rejected early {self.rejected}",
-                                 refresh=False)
+        text = f"best feasible acc {best} | rejected early {self.rejected}"
+        if self.failed:
+            text += f" | failed {self.failed} (last: {(self.last_failure or '')[:60]})"
+        self.bar.set_postfix_str(text, refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:

@@ -4,7 +4,8 @@ import textwrap
 
 import pytest
 
-from hwnas.config import effective_budgets, load_device_profile, load_search_space
+from hwnas.budgets import effective_budgets
+from hwnas.config import load_device_profile, load_search_space
 from hwnas.errors import ConfigError
 from hwnas.space import space_shape
 from tests.conftest import REPO

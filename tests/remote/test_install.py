@@ -8,7 +8,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from hwnas.search import RunInfo
+from hwnas.run import RunFolder
 from tests.conftest import DIGITS_SPACE
 from hwnas.testing.sshd import free_port
 
@@ -43,7 +43,7 @@ def test_install_then_search_then_stop_and_uninstall(ssh_world, tmp_path):
     searched = hwnas("search", space, "--device", profile, "--run-dir", tmp_path / "run",
                      "--no-progress")
     assert searched.returncode == 0, searched.stderr[-2000:]
-    study = RunInfo.load(tmp_path / "run").open_study()
+    study = RunFolder.load(tmp_path / "run").open_study()
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert all(t.user_attrs["device"] == "jetson-sim" for t in trials)

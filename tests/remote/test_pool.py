@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from hwnas.errors import DeviceError
 from hwnas.remote.local import LocalAgentProcess
-from hwnas.search import RunInfo, run_search
+from hwnas.run import RunFolder
+from hwnas.search import run_search
 from tests.conftest import DIGITS_SPACE
 
 SPACE = DIGITS_SPACE + "search: {n_trials: %d, sampler: random, seed: 1}\n"
@@ -30,7 +31,7 @@ def test_two_devices_measure_trials_in_parallel(ssh_world, second_agent, tmp_pat
     space = tmp_path / "space.yaml"
     space.write_text(SPACE % 6)
     run_search(space, [a, b], tmp_path / "run", progress=False, log=lambda _: None)
-    trials = RunInfo.load(tmp_path / "run").open_study().get_trials()
+    trials = RunFolder.load(tmp_path / "run").open_study().get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert {t.user_attrs["device"] for t in trials} == {"dev-a", "dev-b"}
     # trials overlapped in time: one per device at a time, both devices busy together
@@ -52,7 +53,7 @@ def test_a_lost_device_hands_its_measurements_to_its_pool(ssh_world, second_agen
     killer.start()
     run_search(space, [a, b], tmp_path / "run", progress=False, log=lambda _: None)
     killer.join()
-    trials = RunInfo.load(tmp_path / "run").open_study().get_trials()
+    trials = RunFolder.load(tmp_path / "run").open_study().get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 6
     for trial in complete:  # never complete without its measurement
@@ -75,7 +76,7 @@ def test_losing_every_device_stops_cleanly_and_the_search_resumes(ssh_world, tmp
     with pytest.raises(DeviceError, match="every device was lost.*run the same command again"):
         run_search(space, [profile], tmp_path / "run", progress=False, log=lambda _: None)
     killer.join()
-    study = RunInfo.load(tmp_path / "run").open_study()
+    study = RunFolder.load(tmp_path / "run").open_study()
     states = [t.state for t in study.get_trials()]
     assert TrialState.RUNNING not in states
     completed = states.count(TrialState.COMPLETE)
@@ -85,5 +86,5 @@ def test_losing_every_device_stops_cleanly_and_the_search_resumes(ssh_world, tmp
     port = ssh_world.agent.port
     profile = ssh_world.profile("dev-a", agent_port=port, retries=1)
     run_search(space, [profile], tmp_path / "run", progress=False, log=lambda _: None)
-    states = [t.state for t in RunInfo.load(tmp_path / "run").open_study().get_trials()]
+    states = [t.state for t in RunFolder.load(tmp_path / "run").open_study().get_trials()]
     assert states.count(TrialState.COMPLETE) == 4

@@ -1,5 +1,6 @@
 """A short real search on digits through the real agent subprocess, end to end via the CLI."""
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -9,9 +10,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from hwnas.records import Candidate
-from hwnas.report import best_feasible
-from hwnas.search import RunInfo
+from hwnas.records import StudyRecord, TrialOutcome, TrialStage
+from hwnas.run import RunFolder, best_feasible, outcomes
 
 HWNAS = str(Path(sys.executable).parent / "hwnas")
 
@@ -37,48 +37,70 @@ def searched(tmp_path_factory):
 
 def test_every_trial_records_candidate_artifact_and_measurement(searched):
     _, _, run_dir, output = searched
-    study = RunInfo.load(run_dir).open_study()
+    study = RunFolder.load(run_dir).open_study()
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
     for trial in trials:
-        Candidate.from_dict(trial.user_attrs["candidate"])  # rebuildable
-        assert len(trial.user_attrs["artifact"]["sha256"]) == 64
-        assert trial.user_attrs["measurement"]["latency_ms"]["p90"] > 0
-        assert trial.user_attrs["measurement"]["model_sha256"] == trial.user_attrs["artifact"]["sha256"]
-        assert set(trial.constraints) == {"latency_p90_ms", "model_size_mb"}
+        outcome = TrialOutcome.from_trial(trial)
+        assert outcome.candidate is not None and outcome.candidate.precision_plan
+        assert len(outcome.artifact.sha256) == 64
+        assert outcome.measurement.latency_ms_p90 > 0
+        assert outcome.measurement.model_sha256 == outcome.artifact.sha256
+        assert outcome.screen_measurement is not None and outcome.device == "test-local"
+        assert {name for name, _ in outcome.constraints} == {"latency_p90_ms", "model_size_mb"}
+        assert outcome.config_version and (run_dir / "configs" / outcome.config_version).is_dir()
     assert "Pareto front" in output and "best feasible: trial" in output
+
+
+def test_the_trial_record_round_trips_through_the_study(searched):
+    """TrialOutcome alone writes the attributes: what it writes, it reads back unchanged."""
+    import optuna
+
+    _, _, run_dir, _ = searched
+    study = RunFolder.load(run_dir).open_study()
+    for trial in study.get_trials():
+        outcome = TrialOutcome.from_trial(trial)
+        copy = optuna.create_study(directions=["maximize", "minimize"])
+        fresh = copy.ask()
+        outcome.write(fresh)
+        copy.tell(fresh, list(trial.values))
+        again = TrialOutcome.from_trial(copy.trials[0])
+        assert again == dataclasses.replace(outcome, number=0, constraints=())
 
 
 def test_over_budget_candidates_are_rejected_before_finetuning(searched):
     _, _, run_dir, _ = searched
-    study = RunInfo.load(run_dir).open_study()
-    full_width = study.trials[1]  # the enqueued unpruned fp32 model: 0.5 MB > 0.1 MB
-    assert full_width.user_attrs["stage"] == "rejected_before_finetune"
-    assert full_width.constraints["model_size_mb"] > 0
-    assert "finetune" not in full_width.user_attrs["timings_s"]
-    assert "accuracy_val" not in full_width.user_attrs
-    evaluated = [t for t in study.trials if t.user_attrs["stage"] == "evaluated"]
+    found = outcomes(RunFolder.load(run_dir).open_study())
+    full_width = found[1]  # the enqueued unpruned fp32 model: 0.5 MB > 0.1 MB
+    assert full_width.stage == TrialStage.REJECTED
+    assert "model_size_mb over budget" in full_width.rejection
+    assert dict(full_width.constraints)["model_size_mb"] > 0
+    assert "finetune" not in dict(full_width.timings_s)
+    assert full_width.accuracy_val is None and full_width.finetune is None
+    assert not full_width.feasible and not full_width.deployable
+    evaluated = [o for o in found if o.stage == TrialStage.EVALUATED]
     assert evaluated
-    for trial in evaluated:
-        assert trial.user_attrs["timings_s"]["finetune"] > 0
-        assert trial.values[0] == trial.user_attrs["accuracy_val"]
-        assert 0.3 < trial.user_attrs["accuracy_test"] <= 1.0  # chance is 0.1
+    for outcome in evaluated:
+        assert dict(outcome.timings_s)["finetune"] > 0 and outcome.finetune.steps > 0
+        assert outcome.values[0] == outcome.accuracy_val
+        assert 0.3 < outcome.accuracy_test <= 1.0  # chance is 0.1
 
 
 def test_reported_winner_meets_the_budget_when_re_measured(searched, tmp_path):
     _, device, run_dir, _ = searched
-    study = RunInfo.load(run_dir).open_study()
-    best = best_feasible(study)
-    assert best is not None and all(v <= 0 for v in best.constraints.values())
+    study = RunFolder.load(run_dir).open_study()
+    best = best_feasible(outcomes(study))
+    assert best is not None and all(v <= 0 for _, v in best.constraints)
     output = hwnas("export", run_dir, "--trial", best.number, "--out", tmp_path)
     model = next(tmp_path.glob("*.onnx"))
     card = json.loads(next(tmp_path.glob("*.card.json")).read_text())
     assert card["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
-    assert card["accuracy"]["test"] == best.user_attrs["accuracy_test"]
-    assert card["candidate"] == best.user_attrs["candidate"]
+    assert card["accuracy"]["test"] == best.accuracy_test
+    assert card["candidate"] == best.candidate.to_dict()
     assert card["device_profile"]["name"] == "test-local"
+    assert card["search_space"]["name"] == "digits-test"
     assert "model:" in output
-    budgets = study.user_attrs["budgets"]
+    budgets = dict(StudyRecord.from_study(study).budgets)
     assert model.stat().st_size / 1e6 <= budgets["model_size_mb"]
     remeasured = json.loads(hwnas("profile", model, "--device", device, "--json"))
     assert remeasured["model_sha256"] == card["model_sha256"]
@@ -106,13 +128,31 @@ def test_export_refuses_a_rejected_trial(searched, tmp_path):
 
 def test_running_again_continues_the_same_study(searched):
     space, device, run_dir, _ = searched
-    before = RunInfo.load(run_dir).open_study().get_trials()
+    before = RunFolder.load(run_dir).open_study().get_trials()
     output = hwnas("search", space, "--device", device, "--run-dir", run_dir, "--no-progress",
                    "--trials", 7)
     assert "5 trials done, 2 to go" in output
-    after = RunInfo.load(run_dir).open_study().get_trials()
+    after = RunFolder.load(run_dir).open_study().get_trials()
     assert len(after) == 7
     assert [(t.params, t.values) for t in after[:5]] == [(t.params, t.values) for t in before]
     output = hwnas("search", space, "--device", device, "--run-dir", run_dir, "--no-progress",
                    "--trials", 7)
     assert "7 trials done, 0 to go" in output
+
+
+@pytest.mark.parametrize("verb", ["report", "export"])
+def test_report_and_export_start_without_torch_paramiko_or_the_search(searched, tmp_path, verb):
+    """Reading a run is cheap: neither verb imports torch, paramiko or hwnas.search."""
+    _, _, run_dir, _ = searched
+    best = best_feasible(outcomes(RunFolder.load(run_dir).open_study()))
+    argv = [verb, str(run_dir), "--out", str(tmp_path)] + (
+        ["--trial", str(best.number)] if verb == "export" else [])
+    code = ("import sys\nfrom hwnas.cli import main\n"
+            f"code = main({argv!r})\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'paramiko', "
+            "'torch_pruning') or m.startswith('hwnas.search'))\n"
+            "print('HEAVY', heavy)\nsys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout
+    assert any(tmp_path.iterdir())  # it did its work

@@ -6,7 +6,8 @@ import textwrap
 import torch
 from optuna.trial import TrialState
 
-from hwnas.search import RunInfo, run_search
+from hwnas.run import RunFolder
+from hwnas.search import run_search
 from tests.conftest import FAST_DEVICE
 
 USER_MODULE = '''
@@ -64,7 +65,7 @@ def test_search_with_user_factory_weights_and_dataset(tmp_path, monkeypatch):
     device = tmp_path / "device.yaml"
     device.write_text(FAST_DEVICE)
     outcome = run_search(space, device, tmp_path / "run", progress=False, log=lambda _: None)
-    study = RunInfo.load(tmp_path / "run").open_study()
+    study = RunFolder.load(tmp_path / "run").open_study()
     assert outcome.trials_run == 2
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2

@@ -1,0 +1,98 @@
+"""Loading YAML into validated frozen records; every error names the file, the key and what
+is allowed."""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from hwnas.config.models import DeviceProfile, SearchSpace
+from hwnas.errors import ConfigError
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside an annotation such as ``X | None``, ``list[X]``, ``A | B``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            found += _models_in(arg)
+    return found
+
+
+def _tag(model: type[BaseModel]) -> Any:
+    """The discriminator value of a union member (its ``kind`` literal), if it has one."""
+    field = model.model_fields.get("kind")
+    args = typing.get_args(field.annotation) if field is not None else ()
+    return args[0] if len(args) == 1 else None
+
+
+def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+    """The key as the user wrote it (without pydantic's union tags) and the keys allowed
+    beside its last part."""
+    models, shown = [root], []
+    for index, part in enumerate(loc):
+        tagged = [m for m in models if _tag(m) == part]
+        if tagged:  # pydantic names the union member it tried: not a key of the file
+            models = tagged
+            continue
+        shown.append(str(part))
+        if index == len(loc) - 1 or not isinstance(part, str):
+            continue
+        models = [m for model in models if part in model.model_fields
+                  for m in _models_in(model.model_fields[part].annotation)] or models
+    allowed = sorted(models[0].model_fields) if len(models) == 1 else []
+    return ".".join(shown) or "(top level)", allowed
+
+
+def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
+    loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
+    key, allowed = _walk(root, loc)
+    if error["type"] == "extra_forbidden":
+        return f"key '{key}': unknown key; allowed keys here: {', '.join(allowed)}"
+    if error["type"] == "missing":
+        return f"key '{key}': required but missing"
+    if error["type"] == "union_tag_invalid":
+        return f"key '{key}.kind': {error['msg']} (got {error.get('input', {}).get('kind')!r})" \
+            if isinstance(error.get("input"), dict) else f"key '{key}': {error['msg']}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"key '{key}': {message} (got {error.get('input')!r})"
+
+
+def load_record(path: str | Path, record: type[RecordT], what: str) -> RecordT:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML: "
+                          f"{getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} is a YAML mapping of keys "
+                          f"({', '.join(sorted(record.model_fields))}), not {type(data).__name__}")
+    try:
+        return record.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(error, record) for error in exc.errors()]
+        raise ConfigError(f"{path}: invalid {what}:\n  " + "\n  ".join(lines)) from None
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    return load_record(path, SearchSpace, "search space")
+
+
+def load_device_profile(path: str | Path) -> DeviceProfile:
+    return load_record(path, DeviceProfile, "device profile")

@@ -1,0 +1,53 @@
+"""Where log lines go. Nothing here runs at import: the CLI calls quiet_terminal() once, and a
+search keeps its libraries' lines in the run folder's log while it runs (run_log)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+# loggers whose lines belong in the run's log, not on the user's terminal
+LIBRARY_LOGGERS = ("hwnas", "optuna", "torch", "torch_pruning", "onnxruntime", "onnx",
+                   "onnxscript", "paramiko", "py.warnings")
+
+
+def quiet_terminal() -> None:
+    """The `hwnas` command's terminal: progress and results, not the libraries' chatter."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats, stale-trial recovery and metric names are "experimental" in Optuna 5 but
+    # are exactly the documented mechanisms hwnas relies on
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@contextlib.contextmanager
+def run_log(path: Path) -> Iterator[logging.Handler]:
+    """Append library log lines and Python warnings to ``path`` while the block runs; the
+    terminal gets none of them. Restores the logging state afterwards."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.addHandler(handler)
+        logger.propagate = False
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # each warning once per place, into the log
+            yield handler
+    finally:
+        logging.captureWarnings(False)
+        for logger, level, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+        handler.close()

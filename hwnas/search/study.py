@@ -1,0 +1,194 @@
+"""Study wiring: configs, sampler, storage, resume, and the devices a search measures on."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+from hwnas.budgets import effective_budgets
+from hwnas.config import load_device_profile, load_search_space
+from hwnas.config.models import DeviceProfile, SearchSpace
+from hwnas.errors import ConfigError, DeviceError, HwnasError
+from hwnas.export.onnx import plan_units, precision_units
+from hwnas.logs import run_log
+from hwnas.models import model_stages
+from hwnas.records import StudyRecord, TrialOutcome, TrialStage
+from hwnas.run import RunFolder, make_storage, outcomes
+from hwnas.space import check_enqueued, space_shape
+
+if TYPE_CHECKING:
+    from hwnas.config.models import Budgets
+    from hwnas.data import TaskData
+    from hwnas.remote.pool import DevicePool
+    from hwnas.search.objective import TrialContext
+    from hwnas.space import SpaceShape
+    from hwnas.train import BaseModel
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOutcome:
+    run: RunFolder
+    study: optuna.Study
+    trials_run: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Everything a trial needs that does not change between trials."""
+
+    space: SearchSpace
+    device: DeviceProfile  # the first device: its budgets and channel multiple apply
+    budgets: "Budgets"
+    task: "TaskData"
+    base: "BaseModel"
+    shape: "SpaceShape"
+    devices: tuple[DeviceProfile, ...] = ()
+
+
+def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    if space.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if space.search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    startup = min(10, max(3, space.search.n_trials // 3))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+
+
+def device_paths(device_path: str | Path | list[str | Path] | tuple) -> list[Path]:
+    return [Path(p) for p in device_path] if isinstance(device_path, (list, tuple)) \
+        else [Path(device_path)]
+
+
+def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: int | None = None,
+            log: Callable[[str], None] = print) -> Prepared:
+    """Load and cross-check the configs, the data and the base model (trained once, cached)."""
+    from hwnas.data import load_task
+    from hwnas.train import load_base_model
+
+    space = load_search_space(space_path)
+    devices = tuple(load_device_profile(p) for p in device_paths(device_path))
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--device: each device profile must have its own name; got {names}")
+    device = devices[0]
+    if n_trials is not None:
+        if n_trials < 1:
+            raise ConfigError(f"--trials {n_trials}: give the total number of trials wanted (>= 1)")
+        space = space.model_copy(update={"search": space.search.model_copy(
+            update={"n_trials": n_trials})})
+    task = load_task(space.dataset)
+    base = load_base_model(space.base_model, task, log=log)
+    stages = model_stages(base.module, space.base_model)
+    granularity = space.knobs.precision.granularity if space.knobs.precision else "stage"
+    units = plan_units(precision_units(base.module, stages, granularity))
+    for other in devices[1:]:  # every device must run every precision the search may pick
+        space_shape(space, other, list(stages), units)
+    shape = space_shape(space, device, list(stages), units)
+    check_enqueued(space, shape)
+    return Prepared(space, device, effective_budgets(space, device), task, base, shape, devices)
+
+
+def trial_context(prepared: Prepared, pool: "DevicePool", run: RunFolder,
+                  config_version: str | None = None) -> "TrialContext":
+    from hwnas.search.objective import TrialContext
+
+    return TrialContext(prepared.space, prepared.device, prepared.budgets, prepared.task,
+                        prepared.base.module, prepared.shape, pool, run, config_version)
+
+
+@contextlib.contextmanager
+def open_pool(profiles: tuple[DeviceProfile, ...]) -> Iterator["DevicePool"]:
+    """Every device connected and version-checked, or a clear error naming the one that is not."""
+    from hwnas.remote.device import open_device
+    from hwnas.remote.pool import Device, DevicePool
+
+    with contextlib.ExitStack() as stack:
+        devices = [Device(profile, stack.enter_context(open_device(profile)))
+                   for profile in profiles]
+        yield DevicePool(devices)
+
+
+def study_record(prepared: Prepared) -> StudyRecord:
+    budgets = {k: v for k, v in prepared.budgets.model_dump().items() if v is not None}
+    return StudyRecord(tuple(sorted(budgets.items())), prepared.base.key,
+                       prepared.base.test_accuracy, tuple(prepared.task.input_shape),
+                       prepared.task.preprocessing, tuple(prepared.space.objectives))
+
+
+def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: Path | None = None,
+               n_trials: int | None = None, progress: bool = True,
+               log: Callable[[str], None] = print) -> SearchOutcome:
+    paths = device_paths(device_path)
+    run = RunFolder.locate(load_search_space(space_path), load_device_profile(paths[0]), run_dir)
+    with run_log(run.log_path):
+        prepared = prepare(space_path, paths, n_trials, log)
+        config_version = run.record_configs(Path(space_path), paths)
+        return _optimize(prepared, run, config_version, progress, log)
+
+
+def _optimize(prepared: Prepared, run: RunFolder, config_version: str, progress: bool,
+              log: Callable[[str], None]) -> SearchOutcome:
+    from hwnas.search.objective import Objective, seed_everything
+    from hwnas.search.progress import ProgressCallback
+
+    space = prepared.space
+    seed_everything(space.search.seed)
+    storage = make_storage(run.storage_url)
+    directions = ["maximize"] + ["minimize"] * (len(space.objectives) - 1)
+    probe = optuna.create_study(storage=storage, study_name=run.study_name,
+                                directions=directions, load_if_exists=True)
+    optuna.storages.fail_stale_trials(probe)
+    trials = probe.get_trials(deepcopy=False)
+    completed = sum(t.state == TrialState.COMPLETE for t in trials)
+    # a fresh seed per resumption: the same seed would replay the same random start-up trials
+    study = optuna.load_study(study_name=run.study_name, storage=storage,
+                              sampler=make_sampler(space, space.search.seed + len(trials)))
+    if not trials:
+        for params in space.search.enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
+    study_record(prepared).write(study)
+    remaining = max(0, space.search.n_trials - completed)
+    log(f"study {run.study_name}: {completed} trials done, {remaining} to go "
+        f"(storage {run.storage_url})")
+    if remaining == 0:
+        return SearchOutcome(run, study, 0)
+
+    with open_pool(prepared.devices) as pool:
+        callbacks = [ProgressCallback(remaining, enabled=progress)]
+        try:
+            # one trial per device at a time; a failing trial (lost device, a candidate that
+            # cannot be built) records its reason and fails alone, not the study
+            study.optimize(Objective(trial_context(prepared, pool, run, config_version)),
+                           n_trials=remaining, n_jobs=len(pool), callbacks=callbacks,
+                           catch=(Exception,), gc_after_trial=True)
+        finally:
+            callbacks[0].close()
+        if not pool.alive:
+            done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+            raise DeviceError(f"every device was lost; the study keeps its {done} completed "
+                              f"trials: run the same command again to continue")
+    _refuse_all_failed(study, remaining)
+    return SearchOutcome(run, study, remaining)
+
+
+class AllTrialsFailed(HwnasError):
+    """Every trial of this run failed: the search found nothing, and says why."""
+
+
+def _refuse_all_failed(study: optuna.Study, ran: int) -> None:
+    latest = outcomes(study)[-ran:]
+    failed = [o for o in latest if o.stage == TrialStage.FAILED]
+    if latest and len(failed) == len(latest):
+        reason, count = collections.Counter(o.failure for o in failed).most_common(1)[0]
+        raise AllTrialsFailed(f"all {len(latest)} trials of this run failed; most common reason "
+                              f"({count} of {len(latest)}): {reason}")
+
+
+def failed_reasons(found: list[TrialOutcome]) -> collections.Counter:
+    return collections.Counter(o.failure for o in found if o.stage == TrialStage.FAILED)
