@@ -23,7 +23,7 @@ from hwnas.evaluate import onnx_accuracy  # noqa: E402
 from hwnas.records import Candidate, StudyRecord  # noqa: E402
 from hwnas.run import RunFolder, best_feasible, device_file, outcomes  # noqa: E402
 from hwnas.search import open_pool, prepare, trial_context  # noqa: E402
-from hwnas.search.objective import CandidateBuilder, DeviceLease, Timings  # noqa: E402
+from hwnas.search.objective import CandidateBuilder, DeviceLease, Timings, TrialMeasurer  # noqa: E402
 
 KEEP_RATIOS = [0.25, 0.375, 0.5, 0.75]
 PRECISIONS = ["fp32", "int8"]
@@ -43,9 +43,9 @@ def main() -> int:
     rows = []
     with open_pool(prepared.devices) as pool:
         builder = CandidateBuilder(trial_context(prepared, pool, work))
-        lease = DeviceLease(pool)
+        measurer = TrialMeasurer(DeviceLease(pool), Timings())
         best_artifact = run.kept_artifact(best)
-        best_measured = builder.measure(best_artifact, Timings(), lease)
+        best_measured = measurer.measure(best_artifact)
         search_row = {"model": f"search trial {best.number}", "candidate": best.summary(),
                       "accuracy_val": best.accuracy_val, "accuracy_test": best.accuracy_test,
                       "latency_ms_p50": best_measured.latency_ms_p50,
@@ -58,7 +58,7 @@ def main() -> int:
             model = builder.prune(candidate)
             finetune(model, prepared.base.module, prepared.task, prepared.space.finetune, seed=0)
             artifact = builder.export(model, candidate, work.path / f"uniform-{keep}-{precision}.onnx")
-            measured = builder.measure(artifact, Timings(), lease)
+            measured = measurer.measure(artifact)
             rows.append({"model": f"uniform keep {keep:g} {precision}", "candidate": candidate.summary(),
                          "accuracy_val": onnx_accuracy(artifact, prepared.task.val_x, prepared.task.val_y),
                          "accuracy_test": onnx_accuracy(artifact, prepared.task.test_x, prepared.task.test_y),

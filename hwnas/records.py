@@ -201,6 +201,10 @@ class TrialOutcome:
     rejection: str | None = None  # why screening stopped it
     failure: str | None = None  # error class and message of a failed trial
     config_version: str | None = None  # the search space's content hash (run folder configs/)
+    origin: int | None = None  # the trial whose candidate this one is (itself, or the one
+    # a dead controller left behind and this retries): fine-tuning is seeded by it
+    controller: str | None = None  # host:pid:start of the process that runs it
+    pending_job: tuple[str, str, str] | None = None  # (device, job id, model sha256) being measured
     # read back from the study, never written through the attributes:
     number: int | None = None
     constraints: tuple[tuple[str, float], ...] = ()  # Optuna convention: <= 0 meets the budget
@@ -237,18 +241,33 @@ class TrialOutcome:
                 attributes[key] = record.to_dict()
         plain = {"accuracy_val": self.accuracy_val, "accuracy_test": self.accuracy_test,
                  "device": self.device, "rejection": self.rejection, "failure": self.failure,
-                 "config_version": self.config_version}
+                 "config_version": self.config_version, "origin": self.origin,
+                 "controller": self.controller}
         attributes.update({key: value for key, value in plain.items() if value is not None})
         if self.timings_s:
             attributes["timings_s"] = dict(self.timings_s)
         if self.devices_lost:
             attributes["devices_lost"] = list(self.devices_lost)
+        # written even when empty: a finished measurement must clear the one it replaces
+        attributes["pending_job"] = list(self.pending_job) if self.pending_job else None
         return attributes
 
     @classmethod
     def from_trial(cls, trial: "FrozenTrial") -> "TrialOutcome":
-        attrs = trial.user_attrs
         state = trial.state.name
+        outcome = cls.from_attributes(trial.user_attrs, state)
+        if state == "FAIL" and outcome.failure is None:
+            outcome = dataclasses.replace(outcome, failure=(
+                "its controller stopped (killed, or its heartbeat was lost) before it finished; "
+                "the candidate is retried as a new trial" if trial.user_attrs.get("stage") ==
+                TrialStage.RUNNING.value else "the trial failed without a recorded reason"))
+        return dataclasses.replace(outcome, number=trial.number,
+                                   constraints=_pairs(trial.constraints or {}),
+                                   values=tuple(trial.values) if trial.values is not None else None)
+
+    @classmethod
+    def from_attributes(cls, attrs: Mapping[str, Any], state: str = "COMPLETE") -> "TrialOutcome":
+        """From a trial's user attributes (``state``: the Optuna state name)."""
         if state == "COMPLETE":
             stage = TrialStage(attrs.get("stage", TrialStage.EVALUATED.value))
         elif state in ("RUNNING", "WAITING"):
@@ -257,7 +276,7 @@ class TrialOutcome:
             stage = TrialStage.FAILED
 
         def record(key: str, kind: Any) -> Any:
-            return kind.from_dict(attrs[key]) if key in attrs else None
+            return kind.from_dict(attrs[key]) if attrs.get(key) is not None else None
 
         return cls(
             stage=stage, candidate=record("candidate", Candidate),
@@ -268,11 +287,9 @@ class TrialOutcome:
             finetune=record("finetune", FineTuneReport),
             timings_s=_pairs(attrs.get("timings_s") or {}), device=attrs.get("device"),
             devices_lost=tuple(attrs.get("devices_lost") or ()), rejection=attrs.get("rejection"),
-            failure=attrs.get("failure") or (
-                "the trial failed without a recorded reason" if stage == TrialStage.FAILED else None),
-            config_version=attrs.get("config_version"), number=trial.number,
-            constraints=_pairs(trial.constraints or {}),
-            values=tuple(trial.values) if trial.values is not None else None)
+            failure=attrs.get("failure"), config_version=attrs.get("config_version"),
+            origin=attrs.get("origin"), controller=attrs.get("controller"),
+            pending_job=tuple(attrs["pending_job"]) if attrs.get("pending_job") else None)  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from hwnas_agent.protocol import (
     FINISHED_STATES,
@@ -94,10 +94,19 @@ class AgentClient:
                 raise MeasurementError(f"{self.device}: job {job_id} still {record['state']} "
                                        f"after {timeout_s:.0f} s")
 
-    def measure(self, request: MeasureRequest) -> Measurement:
+    def measure(self, request: MeasureRequest,
+                on_submitted: Callable[[str], None] | None = None) -> Measurement:
+        """Submit and wait; ``on_submitted(job_id)`` lets the caller record the job first, so
+        that a controller killed while it waits can collect the finished result later."""
         job_id = self.submit(request)
+        if on_submitted is not None:
+            on_submitted(job_id)
+        return self.collect(job_id, request.timeout_s)
+
+    def collect(self, job_id: str, timeout_s: float) -> Measurement:
+        """The measurement of a job submitted earlier (waiting for it if it still runs)."""
         # the agent enforces timeout_s on the run; allow for queueing and start-up on top
-        record = self.wait(job_id, request.timeout_s * 2 + 60)
+        record = self.wait(job_id, timeout_s * 2 + 60)
         if record["state"] != "done":
             raise MeasurementError(f"{self.device}: measurement {record['state']}: "
                                    f"{record.get('error', 'no reason given')}")

@@ -27,10 +27,11 @@ from hwnas.evaluate import onnx_accuracy
 from hwnas.export.onnx import build_onnx, precision_units
 from hwnas.models import model_stages, output_channels, output_layers
 from hwnas.budgets import breaks_a_budget, constraint_values, describe_excess
-from hwnas.errors import DeviceError
+from hwnas.errors import DeviceError, MeasurementError
 from hwnas.records import Artifact, Candidate, FineTuneReport, Measurement, TrialOutcome, TrialStage
 from hwnas.remote.pool import Device, DevicePool
 from hwnas.run import RunFolder
+from hwnas.search.controllers import controller_id
 from hwnas.space import SpaceShape, suggest
 
 # a rejected candidate was never evaluated: this stands in for its accuracy so that the
@@ -98,19 +99,6 @@ class CandidateBuilder:
         return Artifact.from_file(path, output_channels(model),
                                   sum(p.numel() for p in model.parameters()))
 
-    def measure(self, artifact: Artifact, timings: Timings, lease: "DeviceLease") -> Measurement:
-        """Measure on the leased device; if it is lost, on another device of its pool."""
-        while True:
-            device = lease.device
-            try:
-                with timings.phase("ship"):
-                    device.client.ensure_model(artifact)
-                with timings.phase("measure"):
-                    return device.client.measure(device.profile.measure_request(artifact.sha256))
-            except DeviceError:
-                # the transport already reconnected and retried with back-off: it is gone
-                lease.replace()
-
 
 class DeviceLease:
     """The device a trial holds; replaced by another of its pool if it is lost."""
@@ -129,6 +117,56 @@ class DeviceLease:
         self.pool.release(self.device)
 
 
+class TrialMeasurer:
+    """Measures a trial's artifacts on its leased device (on another of its pool if the device
+    is lost). A trial retried after its controller died measures nothing twice: bytes its
+    predecessor measured are reused, and a job it left on the agent is collected."""
+
+    def __init__(self, lease: DeviceLease, timings: Timings, progress: "Progress | None" = None,
+                 inherited: TrialOutcome | None = None) -> None:
+        self.lease, self.timings, self.progress = lease, timings, progress
+        self.known = {m.model_sha256: m for m in (inherited.screen_measurement, inherited.measurement)
+                      if m is not None} if inherited else {}
+        self.pending = inherited.pending_job if inherited else None
+        self.reused: list[str] = []
+
+    def measure(self, artifact: Artifact) -> Measurement:
+        while True:
+            device = self.lease.device
+            same_pool = {d.name for d in self.lease.pool.alive if d.pool == device.pool}
+            known = self.known.get(artifact.sha256)
+            if known is not None and known.device in same_pool:
+                self.reused.append(artifact.sha256)
+                return known
+            try:
+                with self.timings.phase("ship"):
+                    device.client.ensure_model(artifact)
+                with self.timings.phase("measure"):
+                    measurement = self._collect_pending(device, artifact) or device.client.measure(
+                        device.profile.measure_request(artifact.sha256),
+                        on_submitted=lambda job: self._note(device.name, job, artifact.sha256))
+                self._note(None)
+                return measurement
+            except DeviceError:
+                # the transport already reconnected and retried with back-off: it is gone
+                self.lease.replace()
+
+    def _collect_pending(self, device: Device, artifact: Artifact) -> Measurement | None:
+        pending, self.pending = self.pending, None
+        if pending is None or tuple(pending[::2]) != (device.name, artifact.sha256):
+            return None
+        try:
+            measurement = device.client.collect(pending[1], device.profile.measurement.timeout_s)
+        except (MeasurementError, DeviceError):  # interrupted, failed or forgotten: measure anew
+            return None
+        self.reused.append(artifact.sha256)
+        return measurement
+
+    def _note(self, device: str | None, job: str = "", sha256: str = "") -> None:
+        if self.progress is not None:
+            self.progress.update(pending_job=(device, job, sha256) if device else None)
+
+
 class Objective:
     def __init__(self, ctx: TrialContext) -> None:
         self.ctx = ctx
@@ -137,17 +175,22 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         ctx, timings = self.ctx, Timings()
         candidate = suggest(trial, ctx.space, ctx.shape)
-        progress = Progress(TrialOutcome(TrialStage.RUNNING, candidate=candidate,
-                                         config_version=ctx.config_version))
-        progress.outcome.write(trial)
+        # a retry of a trial whose controller died inherits its attributes: what it measured
+        inherited = TrialOutcome.from_attributes(trial.user_attrs, "RUNNING") \
+            if trial.user_attrs.get("candidate") == candidate.to_dict() else None
+        origin = inherited.origin if inherited and inherited.origin is not None else trial.number
+        progress = Progress(trial, TrialOutcome(
+            TrialStage.RUNNING, candidate=candidate, config_version=ctx.config_version,
+            origin=origin, controller=controller_id()))
         work = ctx.run.work_dir(trial.number)
         try:
             lease = DeviceLease(ctx.devices)
         except DeviceError:
             trial.study.stop()
             raise
+        measurer = TrialMeasurer(lease, timings, progress, inherited)
         try:
-            return self._run(trial, progress, timings, work, lease)
+            return self._run(trial, progress, measurer, work)
         except DeviceError as exc:
             progress.failed(exc)
             # no device of its pool is left: try this candidate again when the search resumes
@@ -159,22 +202,21 @@ class Objective:
             progress.failed(exc)
             raise
         finally:
-            dataclasses.replace(progress.outcome, timings_s=tuple(timings.seconds.items()),
-                                device=lease.device.name,
-                                devices_lost=tuple(lease.lost)).write(trial)
+            progress.update(timings_s=tuple(timings.seconds.items()), device=lease.device.name,
+                            devices_lost=tuple(lease.lost))
             lease.release()
             shutil.rmtree(work, ignore_errors=True)
 
-    def _run(self, trial: optuna.Trial, progress: "Progress", timings: Timings, work: Path,
-             lease: DeviceLease) -> tuple[float, ...]:
-        ctx, builder = self.ctx, self.builder
+    def _run(self, trial: optuna.Trial, progress: "Progress", measurer: TrialMeasurer,
+             work: Path) -> tuple[float, ...]:
+        ctx, builder, timings = self.ctx, self.builder, measurer.timings
         candidate = progress.outcome.candidate
-        assert candidate is not None
+        assert candidate is not None and progress.outcome.origin is not None
         with timings.phase("prune"):
             model = builder.prune(candidate)
         with timings.phase("quantize_export"):
             screen = builder.export(model, candidate, work / "screen.onnx")
-        screen_measurement = builder.measure(screen, timings, lease)
+        screen_measurement = measurer.measure(screen)
         progress.update(screen_measurement=screen_measurement)
         screen_constraints = constraint_values(ctx.budgets, screen_measurement, screen)
         if breaks_a_budget(screen_constraints):
@@ -188,7 +230,7 @@ class Objective:
 
         with timings.phase("finetune"):
             tune = finetune(model, ctx.base_model, ctx.task, ctx.space.finetune,
-                            seed=ctx.space.search.seed + trial.number)
+                            seed=ctx.space.search.seed + progress.outcome.origin)
         progress.update(finetune=FineTuneReport.from_dict(tune))
         with timings.phase("quantize_export"):
             artifact = ctx.run.keep_artifact(builder.export(model, candidate, work / "model.onnx"))
@@ -197,21 +239,25 @@ class Objective:
             accuracy_test = onnx_accuracy(artifact, ctx.task.test_x, ctx.task.test_y)
         progress.update(artifact=artifact, accuracy_val=accuracy_val, accuracy_test=accuracy_test)
         # the deployed bytes are what gets reported: measure them, not the screening copy
-        measurement = builder.measure(artifact, timings, lease)
+        measurement = measurer.measure(artifact)
         for key, value in constraint_values(ctx.budgets, measurement, artifact).items():
             trial.set_constraint(key, value)
         progress.update(stage=TrialStage.EVALUATED, measurement=measurement)
         return objective_values(ctx.space, accuracy_val, measurement, artifact)
 
 
-@dataclasses.dataclass
 class Progress:
-    """A trial's outcome as far as it got: what a failure still records."""
+    """A trial's outcome as far as it got, written to the study at every step: a failure, or
+    a controller killed mid-trial, still leaves what was found."""
 
-    outcome: TrialOutcome
+    def __init__(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        self.trial = trial
+        self.outcome = outcome
+        outcome.write(trial)
 
     def update(self, **changes: object) -> None:
         self.outcome = dataclasses.replace(self.outcome, **changes)  # type: ignore[arg-type]
+        self.outcome.write(self.trial)
 
     def failed(self, exc: BaseException) -> None:
         self.update(stage=TrialStage.FAILED, failure=failure(exc))

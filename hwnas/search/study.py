@@ -20,6 +20,7 @@ from hwnas.logs import run_log
 from hwnas.models import model_stages
 from hwnas.records import StudyRecord, TrialOutcome, TrialStage
 from hwnas.run import RunFolder, make_storage, outcomes
+from hwnas.search.controllers import fail_abandoned_trials
 from hwnas.space import check_enqueued, space_shape
 
 if TYPE_CHECKING:
@@ -143,7 +144,10 @@ def _optimize(prepared: Prepared, run: RunFolder, config_version: str, progress:
     directions = ["maximize"] + ["minimize"] * (len(space.objectives) - 1)
     probe = optuna.create_study(storage=storage, study_name=run.study_name,
                                 directions=directions, load_if_exists=True)
-    optuna.storages.fail_stale_trials(probe)
+    abandoned = fail_abandoned_trials(probe)
+    if abandoned:
+        log(f"trials {abandoned} were left running by a controller that stopped: their "
+            f"candidates are retried first, reusing what was already measured")
     trials = probe.get_trials(deepcopy=False)
     completed = sum(t.state == TrialState.COMPLETE for t in trials)
     # a fresh seed per resumption: the same seed would replay the same random start-up trials
@@ -173,6 +177,7 @@ def _optimize(prepared: Prepared, run: RunFolder, config_version: str, progress:
             done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
             raise DeviceError(f"every device was lost; the study keeps its {done} completed "
                               f"trials: run the same command again to continue")
+    fail_abandoned_trials(study)  # none left RUNNING by a controller that died meanwhile
     _refuse_all_failed(study, remaining)
     return SearchOutcome(run, study, remaining)
 

@@ -1,0 +1,61 @@
+"""Which controller runs a trial, and whether it still lives.
+
+A controller killed mid-trial leaves the trial RUNNING. Optuna's heartbeats find it only
+after a grace period, which a quick re-run would not wait out; on the controller's own host
+the answer is immediate: its process is gone (or its pid now belongs to another process).
+Trials of other hosts are left to the heartbeats.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+from hwnas.records import TrialOutcome
+
+
+def controller_id() -> str:
+    """host:pid:start-time of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{process_start_time(os.getpid())}"
+
+
+def process_start_time(pid: int) -> str:
+    """The kernel's start time of a process (clock ticks since boot), '' if there is none;
+    a pid reused by another process has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return ""
+
+
+def is_gone(controller: str | None) -> bool:
+    """True only where it is certain: a controller of this host whose process has ended."""
+    if not controller or controller.count(":") < 2:
+        return False
+    host, pid, start = controller.rsplit(":", 2)
+    return host == socket.gethostname() and pid.isdigit() and process_start_time(int(pid)) != start
+
+
+def fail_abandoned_trials(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials no live controller runs, and retry their candidates: stale
+    heartbeats (any host), and controllers of this host that are gone (at once)."""
+    fail_stale_trials(study)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_gone(TrialOutcome.from_trial(trial).controller):
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        frozen = study.get_trials(deepcopy=True)[trial.number]
+        if frozen.state != TrialState.FAIL:
+            continue
+        failed.append(trial.number)
+        get_callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)
+        retry = get_callback() if get_callback is not None else None
+        if retry is not None:  # the same retry the heartbeat would have made
+            retry(study, frozen)
+    return failed

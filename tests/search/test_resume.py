@@ -1,0 +1,64 @@
+"""A controller killed mid-trial: the re-run leaves no trial RUNNING and measures nothing twice."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+
+from hwnas.records import TrialOutcome, TrialStage
+from hwnas.run import RunFolder, outcomes
+from tests.conftest import DIGITS_SPACE, ENQUEUED, FAST_DEVICE
+from tests.search.test_search_e2e import HWNAS, hwnas
+
+
+def running_with_screen(run_dir) -> TrialOutcome | None:
+    try:
+        study = RunFolder.load(run_dir).open_study()
+    except Exception:  # not created yet
+        return None
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        outcome = TrialOutcome.from_trial(trial)
+        if outcome.screen_measurement is not None and outcome.finetune is None:
+            return outcome
+    return None
+
+
+def test_killed_controller_is_retried_at_once_reusing_its_measurement(tmp_path):
+    space, device, run_dir = tmp_path / "s.yaml", tmp_path / "d.yaml", tmp_path / "run"
+    # fine-tuning takes a while here, so that the kill lands after the screening measurement
+    space.write_text(DIGITS_SPACE.replace("max_steps: 60", "max_steps: 3000") + ENQUEUED)
+    device.write_text(FAST_DEVICE)
+    controller = subprocess.Popen([HWNAS, "search", str(space), "--device", str(device),
+                                   "--run-dir", str(run_dir), "--no-progress", "--trials", "1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        victim = None
+        while victim is None and time.monotonic() < deadline and controller.poll() is None:
+            time.sleep(0.2)
+            victim = running_with_screen(run_dir)
+        assert victim is not None, "the first trial never reached fine-tuning"
+    finally:
+        os.killpg(controller.pid, signal.SIGKILL)  # the controller and its local agent
+        controller.wait()
+
+    # at once: well inside Optuna's heartbeat grace period
+    space.write_text(DIGITS_SPACE + ENQUEUED)
+    output = hwnas("search", space, "--device", device, "--run-dir", run_dir, "--no-progress",
+                   "--trials", "2")
+    assert f"trials [{victim.number}] were left running" in output
+    found = outcomes(RunFolder.load(run_dir).open_study())
+    assert not [o for o in found if o.stage in (TrialStage.RUNNING, TrialStage.WAITING)]
+    killed = found[victim.number]
+    assert killed.stage == TrialStage.FAILED and "controller stopped" in killed.failure
+    retry = next(o for o in found if o.number != victim.number and o.origin == victim.number)
+    assert retry.candidate == victim.candidate
+    assert retry.stage in (TrialStage.EVALUATED, TrialStage.REJECTED)
+    # the same measurement, not a second one: the agent's own timestamps are identical
+    assert retry.screen_measurement == victim.screen_measurement
+    assert dataclasses.asdict(retry.screen_measurement)["agent_report"]["provenance"] == \
+        dataclasses.asdict(victim.screen_measurement)["agent_report"]["provenance"]
