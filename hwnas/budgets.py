@@ -13,6 +13,10 @@ from hwnas.records import Artifact, Measurement
 if TYPE_CHECKING:
     from hwnas.config.models import Budgets, DeviceProfile, SearchSpace
 
+# a rejected candidate was never evaluated: this stands in for its accuracy so that the
+# sampler sees it as bad; reports show it as "not evaluated", never as a real accuracy
+NOT_EVALUATED = 0.0
+
 
 def effective_budgets(space: "SearchSpace", device: "DeviceProfile") -> "Budgets":
     """The search space's budgets win; the device profile's defaults fill the gaps."""
@@ -38,3 +42,11 @@ def describe_excess(constraints: dict[str, float]) -> str:
     """'latency_p90_ms over budget by 12%, ...' for the budgets broken."""
     return ", ".join(f"{name} over budget by {value:.0%}"
                      for name, value in constraints.items() if value > 0)
+
+
+def objective_values(space: "SearchSpace", accuracy: float, measurement: Measurement,
+                     artifact: Artifact) -> tuple[float, ...]:
+    """The study's objectives, in the order the search space names them."""
+    metrics = {"accuracy": accuracy, "latency_p90_ms": measurement.latency_ms_p90,
+               "latency_p50_ms": measurement.latency_ms_p50, "model_size_mb": artifact.size_mb}
+    return tuple(metrics[name] for name in space.objectives)

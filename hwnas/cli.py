@@ -41,6 +41,10 @@ class SearchCommand(Command):
         parser.add_argument("--trials", type=int, default=None,
                             help="total completed trials wanted (overrides search.n_trials); "
                                  "running again continues the same study")
+        parser.add_argument("--fork", action="store_true",
+                            help="the configuration changed since the study ran: continue in a "
+                                 "new study of the same run folder that keeps the old trials as "
+                                 "history where they fit")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -48,7 +52,7 @@ class SearchCommand(Command):
         from hwnas.search import run_search
 
         outcome = run_search(args.space, args.device or [DEFAULT_DEVICE], args.run_dir,
-                             args.trials, progress=not args.no_progress)
+                             args.trials, progress=not args.no_progress, fork=args.fork)
         report = Report.of(outcome.study)
         print("\nPareto front (meets every budget):" if report.front else
               "\nNo trial meets every budget yet; all trials:")

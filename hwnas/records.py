@@ -205,6 +205,7 @@ class TrialOutcome:
     # a dead controller left behind and this retries): fine-tuning is seeded by it
     controller: str | None = None  # host:pid:start of the process that runs it
     pending_job: tuple[str, str, str] | None = None  # (device, job id, model sha256) being measured
+    copied_from: str | None = None  # "study#trial": history kept by a fork of another study
     # read back from the study, never written through the attributes:
     number: int | None = None
     constraints: tuple[tuple[str, float], ...] = ()  # Optuna convention: <= 0 meets the budget
@@ -228,10 +229,11 @@ class TrialOutcome:
     # -- the study side: the only place that knows the attribute keys ----------------------
     def write(self, trial: "optuna.Trial") -> None:
         """Store as user attributes of a running trial (safe to call again as it progresses)."""
-        for key, value in self._attributes().items():
+        for key, value in self.attributes().items():
             trial.set_user_attr(key, value)
 
-    def _attributes(self) -> dict[str, Any]:
+    def attributes(self) -> dict[str, Any]:
+        """The user attributes that hold this outcome (for a trial made with create_trial)."""
         attributes: dict[str, Any] = {"stage": self.stage.value}
         records = {"candidate": self.candidate, "artifact": self.artifact,
                    "screen_measurement": self.screen_measurement, "measurement": self.measurement,
@@ -242,7 +244,7 @@ class TrialOutcome:
         plain = {"accuracy_val": self.accuracy_val, "accuracy_test": self.accuracy_test,
                  "device": self.device, "rejection": self.rejection, "failure": self.failure,
                  "config_version": self.config_version, "origin": self.origin,
-                 "controller": self.controller}
+                 "controller": self.controller, "copied_from": self.copied_from}
         attributes.update({key: value for key, value in plain.items() if value is not None})
         if self.timings_s:
             attributes["timings_s"] = dict(self.timings_s)
@@ -289,6 +291,7 @@ class TrialOutcome:
             devices_lost=tuple(attrs.get("devices_lost") or ()), rejection=attrs.get("rejection"),
             failure=attrs.get("failure"), config_version=attrs.get("config_version"),
             origin=attrs.get("origin"), controller=attrs.get("controller"),
+            copied_from=attrs.get("copied_from"),
             pending_job=tuple(attrs["pending_job"]) if attrs.get("pending_job") else None)  # type: ignore[arg-type]
 
 

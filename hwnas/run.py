@@ -116,15 +116,28 @@ class RunFolder:
         except (OSError, ValueError):
             return {}
 
+    @staticmethod
+    def _config_files(space_path: Path, device_paths: Sequence[Path]) -> list[tuple[str, Path]]:
+        return [(SPACE_FILE, Path(space_path))] + [
+            (device_file(i), Path(p)) for i, p in enumerate(device_paths)]
+
+    @classmethod
+    def config_version(cls, space_path: Path, device_paths: Sequence[Path]) -> str:
+        """The content hash of a set of config files: a run's config version."""
+        digest = hashlib.sha256()
+        for name, source in cls._config_files(space_path, device_paths):
+            digest.update(name.encode() + b"\0" + source.read_bytes() + b"\0")
+        return digest.hexdigest()[:12]
+
+    def current_config(self) -> str | None:
+        """The version the study last ran under (None for a new run folder)."""
+        return self._info().get("current_config")
+
     def record_configs(self, space_path: Path, device_paths: Sequence[Path]) -> str:
         """Keep this run's configs under their content hash and note the version in run.json;
         returns the version. Earlier versions stay: their trials' cards still point at them."""
-        files = [(SPACE_FILE, Path(space_path))] + [
-            (device_file(i), Path(p)) for i, p in enumerate(device_paths)]
-        digest = hashlib.sha256()
-        for name, source in files:
-            digest.update(name.encode() + b"\0" + source.read_bytes() + b"\0")
-        version = digest.hexdigest()[:12]
+        files = self._config_files(space_path, device_paths)
+        version = self.config_version(space_path, device_paths)
         folder = self.path / "configs" / version
         if not folder.is_dir():
             tmp = folder.with_name(f".{version}.tmp")
@@ -139,9 +152,12 @@ class RunFolder:
             versions.append({"version": version, "first_used_unix_time": time.time(),
                              "search_space": str(space_path),
                              "device_profiles": [str(p) for p in device_paths]})
+        studies = info.get("studies", [])
+        if self.study_name not in studies:
+            studies.append(self.study_name)
         info.update({"storage": self.storage_url, "study_name": self.study_name,
                      "hwnas_version": __version__, "config_versions": versions,
-                     "current_config": version})
+                     "current_config": version, "studies": studies})
         _write_json_atomic(self.path / RUN_FILE, info)
         return version
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import optuna
+from optuna.distributions import CategoricalDistribution
 
 from hwnas.config.models import DeviceProfile, SearchSpace
 from hwnas.errors import ConfigError
@@ -40,17 +41,26 @@ def space_shape(space: SearchSpace, device: DeviceProfile, stages: list[str],
     return SpaceShape(tuple(stages), tuple(precision_units), precisions)
 
 
-def parameter_names(space: SearchSpace, shape: SpaceShape) -> set[str]:
+def distributions(space: SearchSpace, shape: SpaceShape) -> dict[str, CategoricalDistribution]:
+    """Every Optuna parameter of this space and its choices: what suggest() asks for, and what
+    a trial of another study must fit to be kept as history."""
     knobs = space.knobs
-    names: set[str] = set()
+    found: dict[str, CategoricalDistribution] = {}
     if knobs.width is not None:
-        names |= {f"keep_{s}" for s in shape.stages
-                  if knobs.width.stages is None or s in knobs.width.stages}
+        for stage in shape.stages:
+            if knobs.width.stages is None or stage in knobs.width.stages:
+                found[f"keep_{stage}"] = CategoricalDistribution(knobs.width.keep_ratios)
     if knobs.pruning is not None:
-        names |= {"pruning_criterion", "global_pruning_ratio"}
+        found["pruning_criterion"] = CategoricalDistribution(knobs.pruning.criteria)
+        found["global_pruning_ratio"] = CategoricalDistribution(knobs.pruning.global_ratios)
     if knobs.precision is not None:
-        names |= {f"precision_{u}" for u in shape.precision_units}
-    return names
+        for unit in shape.precision_units:
+            found[f"precision_{unit}"] = CategoricalDistribution(list(shape.precisions))
+    return found
+
+
+def parameter_names(space: SearchSpace, shape: SpaceShape) -> set[str]:
+    return set(distributions(space, shape))
 
 
 def check_enqueued(space: SearchSpace, shape: SpaceShape) -> None:
@@ -63,18 +73,12 @@ def check_enqueued(space: SearchSpace, shape: SpaceShape) -> None:
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace, shape: SpaceShape) -> Candidate:
-    knobs = space.knobs
-    keep_ratios = {}
-    for stage in shape.stages:
-        searched = knobs.width is not None and (knobs.width.stages is None
-                                                or stage in knobs.width.stages)
-        keep_ratios[stage] = (trial.suggest_categorical(f"keep_{stage}", knobs.width.keep_ratios)
-                              if searched else 1.0)
-    criterion, global_ratio = "l1", 0.0
-    if knobs.pruning is not None:
-        criterion = trial.suggest_categorical("pruning_criterion", knobs.pruning.criteria)
-        global_ratio = trial.suggest_categorical("global_pruning_ratio", knobs.pruning.global_ratios)
-    plan = {unit: (trial.suggest_categorical(f"precision_{unit}", list(shape.precisions))
-                   if knobs.precision is not None else "fp32")
-            for unit in shape.precision_units}
-    return Candidate.build(keep_ratios, criterion, global_ratio, plan)
+    choices = {name: list(d.choices) for name, d in distributions(space, shape).items()}
+
+    def pick(name: str, default: float | str) -> float | str:
+        return trial.suggest_categorical(name, choices[name]) if name in choices else default
+
+    keep_ratios = {stage: float(pick(f"keep_{stage}", 1.0)) for stage in shape.stages}
+    plan = {unit: str(pick(f"precision_{unit}", "fp32")) for unit in shape.precision_units}
+    return Candidate.build(keep_ratios, str(pick("pruning_criterion", "l1")),
+                           float(pick("global_pruning_ratio", 0.0)), plan)

@@ -26,18 +26,14 @@ from hwnas.data import TaskData
 from hwnas.evaluate import onnx_accuracy
 from hwnas.export.onnx import build_onnx, precision_units
 from hwnas.models import model_stages, output_channels, output_layers
-from hwnas.budgets import breaks_a_budget, constraint_values, describe_excess
+from hwnas.budgets import (NOT_EVALUATED, breaks_a_budget, constraint_values, describe_excess,
+                           objective_values)
 from hwnas.errors import DeviceError, MeasurementError
 from hwnas.records import Artifact, Candidate, FineTuneReport, Measurement, TrialOutcome, TrialStage
 from hwnas.remote.pool import Device, DevicePool
 from hwnas.run import RunFolder
 from hwnas.search.controllers import controller_id
 from hwnas.space import SpaceShape, suggest
-
-# a rejected candidate was never evaluated: this stands in for its accuracy so that the
-# sampler sees it as bad; reports show it as "not evaluated", never as a real accuracy
-NOT_EVALUATED = 0.0
-
 
 @dataclasses.dataclass
 class Timings:
@@ -63,13 +59,6 @@ class TrialContext:
     devices: DevicePool
     run: RunFolder
     config_version: str | None = None
-
-
-def objective_values(space: SearchSpace, accuracy: float, measurement: Measurement,
-                     artifact: Artifact) -> tuple[float, ...]:
-    metrics = {"accuracy": accuracy, "latency_p90_ms": measurement.latency_ms_p90,
-               "latency_p50_ms": measurement.latency_ms_p50, "model_size_mb": artifact.size_mb}
-    return tuple(metrics[name] for name in space.objectives)
 
 
 class CandidateBuilder:

@@ -124,11 +124,18 @@ def study_record(prepared: Prepared) -> StudyRecord:
 
 def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: Path | None = None,
                n_trials: int | None = None, progress: bool = True,
-               log: Callable[[str], None] = print) -> SearchOutcome:
+               log: Callable[[str], None] = print, fork: bool = False) -> SearchOutcome:
+    """Run (or continue) a search. A study continues only under the configuration it ran
+    under; with ``fork`` a changed configuration gets a new study that keeps the old trials
+    as history where they fit (see resume.py)."""
+    from hwnas.search.resume import guard_resume
+
     paths = device_paths(device_path)
     run = RunFolder.locate(load_search_space(space_path), load_device_profile(paths[0]), run_dir)
     with run_log(run.log_path):
         prepared = prepare(space_path, paths, n_trials, log)
+        run = guard_resume(run, prepared.space, prepared.shape, prepared.budgets, Path(space_path),
+                           paths, fork, log)
         config_version = run.record_configs(Path(space_path), paths)
         return _optimize(prepared, run, config_version, progress, log)
 

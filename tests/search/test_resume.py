@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import optuna
+import pytest
 
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.run import RunFolder, outcomes
@@ -62,3 +63,47 @@ def test_killed_controller_is_retried_at_once_reusing_its_measurement(tmp_path):
     assert retry.screen_measurement == victim.screen_measurement
     assert dataclasses.asdict(retry.screen_measurement)["agent_report"]["provenance"] == \
         dataclasses.asdict(victim.screen_measurement)["agent_report"]["provenance"]
+
+
+def test_a_changed_search_space_is_refused_with_its_diff_then_forked(tmp_path):
+    space, device, run_dir = tmp_path / "s.yaml", tmp_path / "d.yaml", tmp_path / "run"
+    space.write_text(DIGITS_SPACE + ENQUEUED)
+    device.write_text(FAST_DEVICE)
+    hwnas("search", space, "--device", device, "--run-dir", run_dir, "--no-progress",
+          "--trials", "2")
+    old = RunFolder.load(run_dir)
+    before = outcomes(old.open_study())
+
+    # only the trial count changed: the same study simply continues
+    space.write_text(DIGITS_SPACE + ENQUEUED.replace("n_trials: 5", "n_trials: 9"))
+    assert "2 trials done, 0 to go" in hwnas("search", space, "--device", device, "--run-dir",
+                                             run_dir, "--no-progress", "--trials", "2")
+
+    changed = DIGITS_SPACE.replace("keep_ratios: [0.25, 0.5, 1.0]", "keep_ratios: [0.25, 0.375, 0.5, 1.0]")
+    changed = changed.replace("budgets: {latency_p90_ms: 2.0, model_size_mb: 0.1}",
+                              "budgets: {latency_p90_ms: 1.5, model_size_mb: 0.1}")
+    space.write_text(changed + ENQUEUED)
+    done = subprocess.run([HWNAS, "search", str(space), "--device", str(device), "--run-dir",
+                           str(run_dir), "--no-progress", "--trials", "3"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "knobs.width.keep_ratios: [0.25, 0.5, 1.0] -> [0.25, 0.375, 0.5, 1.0]" in done.stderr
+    assert "budgets.latency_p90_ms: 2.0 -> 1.5" in done.stderr
+    assert "--run-dir" in done.stderr and "--fork" in done.stderr
+    assert outcomes(old.open_study()) == before  # nothing was touched
+
+    output = hwnas("search", space, "--device", device, "--run-dir", run_dir, "--no-progress",
+                   "--trials", "3", "--fork")
+    assert "2 of 2 trials kept as history" in output and "2 trials done, 1 to go" in output
+    forked = RunFolder.load(run_dir)
+    assert forked.study_name != old.study_name and forked.storage_url == old.storage_url
+    found = outcomes(forked.open_study())
+    assert len(found) == 3
+    for kept, original in zip(found[:2], before):
+        assert kept.copied_from == f"{old.study_name}#{original.number}"
+        assert kept.candidate == original.candidate and kept.measurement == original.measurement
+        assert kept.config_version == original.config_version != found[2].config_version
+        assert dict(kept.constraints)["latency_p90_ms"] == pytest.approx(
+            kept.measurement.latency_ms_p90 / 1.5 - 1)  # re-scored under the new budget
+    assert outcomes(old.open_study()) == before  # the old study is kept as it was
+    assert len(list((run_dir / "configs").iterdir())) == 3  # every version kept

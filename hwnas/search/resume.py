@@ -1,0 +1,172 @@
+"""Resuming safely: a study continues only under the configuration its trials ran under.
+
+A changed search space or device profile would mix trials scored under different rules in
+one study (and Optuna itself refuses changed parameter choices). The search refuses, shows
+what changed, and offers two ways out: a new run folder, or `--fork`: a new study in the
+same run folder that keeps the old trials as history where they still fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from hwnas.budgets import breaks_a_budget, constraint_values, objective_values
+from hwnas.errors import ConfigError
+from hwnas.records import TrialOutcome, TrialStage
+from hwnas.run import SPACE_FILE, RunFolder, device_file, make_storage, outcomes
+from hwnas.space import distributions
+
+# changes that leave every finished trial's figures valid
+SPACE_HARMLESS = ("search.n_trials", "search.enqueue")
+DEVICE_HARMLESS = ("description",)
+# what must be unchanged for an old trial's accuracy and measurements to mean the same
+ACCURACY_SECTIONS = ("base_model", "dataset", "finetune")
+MEASUREMENT_SECTIONS = ("runtime", "measurement", "power", "precisions", "channel_multiple",
+                        "name")
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): data}
+
+
+def config_changes(before: Any, after: Any) -> list[tuple[str, Any, Any]]:
+    """(key, old, new) for every setting that differs (YAML meaning, not formatting)."""
+    old, new = flatten(before or {}), flatten(after or {})
+    return [(key, old.get(key, "(unset)"), new.get(key, "(unset)"))
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigDiff:
+    space: list[tuple[str, Any, Any]]
+    devices: list[tuple[str, Any, Any]]  # keys prefixed with the device file
+
+    def significant(self) -> list[tuple[str, Any, Any]]:
+        return [c for c in self.space if not _under(_key(c), SPACE_HARMLESS)] + \
+            [c for c in self.devices if not _under(_key(c), DEVICE_HARMLESS)]
+
+    def touches(self, sections: Sequence[str], devices: bool = False) -> bool:
+        return any(_key(c).split(".")[0] in sections for c in (self.devices if devices else self.space))
+
+
+def _key(change: tuple[str, Any, Any]) -> str:
+    return change[0].split(":", 1)[-1]  # without the device file's name
+
+
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def diff(run: RunFolder, version: str, space_path: Path, device_paths: Sequence[Path]) -> ConfigDiff:
+    def read(path: Path) -> Any:
+        return yaml.safe_load(path.read_text())
+
+    space = config_changes(run.config(version, SPACE_FILE), read(space_path))
+    devices: list[tuple[str, Any, Any]] = []
+    for index in range(max(len(device_paths), 1)):
+        before = run.config(version, device_file(index))
+        after = read(device_paths[index]) if index < len(device_paths) else None
+        devices += [(f"{device_file(index)}:{key}", old, new)
+                    for key, old, new in config_changes(before, after)]
+    return ConfigDiff(space, devices)
+
+
+def refusal(run: RunFolder, previous: str, changes: list[tuple[str, Any, Any]]) -> ConfigError:
+    shown = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, old, new in changes[:30])
+    more = f"\n  ... and {len(changes) - 30} more" if len(changes) > 30 else ""
+    return ConfigError(
+        f"{run.path}: the configuration changed since this study's trials ran (config "
+        f"{previous} in {run.path / 'configs' / previous}):\n{shown}{more}\n"
+        f"Its trials were built, measured and scored under the old one. Either\n"
+        f"  - start a new study: the same command with --run-dir <a new folder>, or\n"
+        f"  - fork this one: the same command with --fork (a new study in this run folder that "
+        f"keeps the old trials as history where they fit the new configuration)")
+
+
+def fork_study(run: RunFolder, change: ConfigDiff, new_version: str, space: Any,
+               shape: Any, budgets: Any, log: Callable[[str], None]) -> RunFolder:
+    """A new study beside the old one, seeded with the old trials that still mean the same."""
+    base_name = run.study_name.split("@", 1)[0]
+    forked = dataclasses.replace(run, study_name=f"{base_name}@{new_version}")
+    old = run.open_study()
+    directions = ["maximize"] + ["minimize"] * (len(space.objectives) - 1)
+    study = optuna.create_study(storage=make_storage(forked.storage_url),
+                                study_name=forked.study_name, directions=directions,
+                                load_if_exists=True)
+    if study.get_trials(deepcopy=False):
+        log(f"fork {forked.study_name} exists already: continuing it")
+        return forked
+    comparable = not change.touches(ACCURACY_SECTIONS) and \
+        not change.touches(MEASUREMENT_SECTIONS, devices=True)
+    kept = 0
+    if comparable:
+        wanted = distributions(space, shape)
+        for trial, outcome in zip(old.get_trials(deepcopy=False), outcomes(old)):
+            copy = _as_history(trial, outcome, wanted, space, budgets, old.study_name)
+            if copy is not None:
+                study.add_trial(copy)
+                kept += 1
+    why = "" if comparable else (" (none kept: the model, data, fine-tuning or the device's "
+                                 "measurement settings changed, so old figures mean other things)")
+    log(f"forked {run.study_name} into {forked.study_name}: {kept} of "
+        f"{len(old.get_trials(deepcopy=False))} trials kept as history{why}")
+    return forked
+
+
+def _as_history(trial: optuna.trial.FrozenTrial, outcome: TrialOutcome, wanted: dict[str, Any],
+                space: Any, budgets: Any, source: str) -> optuna.trial.FrozenTrial | None:
+    if trial.state != TrialState.COMPLETE or set(trial.params) != set(wanted):
+        return None
+    if any(value not in wanted[name].choices for name, value in trial.params.items()):
+        return None
+    if outcome.measurement is None or outcome.artifact is None:
+        return None
+    constraints = constraint_values(budgets, outcome.measurement, outcome.artifact)
+    if outcome.stage == TrialStage.REJECTED:
+        if not breaks_a_budget(constraints):
+            return None  # within the new budgets, but never fine-tuned: it needs a real trial
+        accuracy = 0.0
+    elif outcome.stage == TrialStage.EVALUATED and outcome.accuracy_val is not None:
+        accuracy = outcome.accuracy_val
+    else:
+        return None
+    copied = dataclasses.replace(outcome, copied_from=f"{source}#{trial.number}")
+    return optuna.trial.create_trial(
+        state=TrialState.COMPLETE, params=trial.params,
+        distributions={name: wanted[name] for name in trial.params},
+        values=objective_values(space, accuracy, outcome.measurement, outcome.artifact),
+        user_attrs=copied.attributes(), constraints=constraints)
+
+
+def guard_resume(run: RunFolder, space: Any, shape: Any, budgets: Any, space_path: Path,
+                 device_paths: Sequence[Path], fork: bool, log: Callable[[str], None]) -> RunFolder:
+    """The run folder to continue in: this one if its configuration is unchanged (or it has no
+    trials yet), a fork if asked for; otherwise a refusal that shows the changes."""
+    previous = run.current_config()
+    if previous is None:
+        return run
+    try:
+        has_trials = bool(run.open_study().get_trials(deepcopy=False))
+    except ConfigError:  # no study in the storage yet
+        has_trials = False
+    new_version = RunFolder.config_version(space_path, device_paths)
+    if not has_trials or new_version == previous:
+        return run
+    change = diff(run, previous, space_path, device_paths)
+    significant = change.significant()
+    if not significant:
+        return run
+    if not fork:
+        raise refusal(run, previous, significant)
+    return fork_study(run, change, new_version, space, shape, budgets, log)
