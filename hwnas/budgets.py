@@ -1,13 +1,17 @@
-"""Budgets -> Optuna constraints, in one place.
+"""Budgets -> Optuna constraints, and measurements -> objective values, in one place.
 
 Optuna's convention: a constraint value <= 0 is met. Each is the relative excess over its
-budget (measured / budget - 1), so that budgets of different units weigh alike.
+budget (measured / budget - 1), so that budgets of different units weigh alike. Power and
+energy come only from the device's sensor: a budget on a figure the measurement does not
+have fails the measurement, it is never guessed or skipped.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hwnas.errors import ConfigError, MeasurementError
 from hwnas.records import Artifact, Measurement
 
 if TYPE_CHECKING:
@@ -26,12 +30,56 @@ def effective_budgets(space: "SearchSpace", device: "DeviceProfile") -> "Budgets
                       else getattr(device.budgets, name) for name in Budgets.model_fields})
 
 
+def check_power_is_measured(space: "SearchSpace", space_path: Path, device: "DeviceProfile",
+                            device_path: Path) -> None:
+    """A power budget or objective needs a sensor on the device: refused before any trial."""
+    from hwnas.config.models import POWER_METRICS
+
+    if device.power.source != "none":
+        return
+    wanted = [(f"budgets.{name}", space_path) for name in POWER_METRICS
+              if getattr(space.budgets, name) is not None]
+    wanted += [(f"budgets.{name}", device_path) for name in POWER_METRICS
+               if getattr(device.budgets, name) is not None and getattr(space.budgets, name) is None]
+    wanted += [(f"objectives: {name}", space_path) for name in space.objectives
+               if name in POWER_METRICS]
+    if wanted:
+        key, path = wanted[0]
+        raise ConfigError(
+            f"{path}: key '{key}' needs a measured watt figure, but device {device.name} "
+            f"({device_path}) has power.source: none. Set power.source in {device_path} to the "
+            f"device's sensor (`hwnas-agent facts` on the device lists them), or remove '{key}': "
+            f"hwnas never guesses a power figure")
+
+
+def measured(measurement: Measurement, artifact: Artifact, basis: str = "total",
+             wanted: tuple[str, ...] = ()) -> dict[str, float]:
+    """Every figure a budget or objective can name, from one measurement of one artifact."""
+    figures = {"latency_p90_ms": measurement.latency_ms_p90,
+               "latency_p50_ms": measurement.latency_ms_p50, "model_size_mb": artifact.size_mb}
+    power = measurement.power
+    if power is not None:
+        figures["power_mean_w"] = power.mean_w
+        if power.peak_w is not None:
+            figures["power_peak_w"] = power.peak_w
+        energy = power.energy(basis)
+        if energy is not None:
+            figures["energy_mj_per_inference"] = energy
+    missing = [name for name in wanted if name not in figures]
+    if missing:
+        why = measurement.power_error or ("the device measured no power (power.source: none)"
+                                          if power is None else f"the sensor gave no {missing[0]}")
+        raise MeasurementError(f"{measurement.device}: {', '.join(missing)} needed, but the "
+                               f"measurement has none: {why}")
+    return figures
+
+
 def constraint_values(budgets: "Budgets", measurement: Measurement,
                       artifact: Artifact) -> dict[str, float]:
     """Budget name -> relative excess, for the budgets that are set."""
-    measured = {"latency_p90_ms": measurement.latency_ms_p90, "model_size_mb": artifact.size_mb}
-    return {name: measured[name] / limit - 1.0
-            for name, limit in budgets.model_dump().items() if limit is not None}
+    limits = budgets.limits()
+    figures = measured(measurement, artifact, budgets.basis, tuple(limits))
+    return {name: figures[name] / limit - 1.0 for name, limit in limits.items()}
 
 
 def breaks_a_budget(constraints: dict[str, float]) -> bool:
@@ -45,8 +93,7 @@ def describe_excess(constraints: dict[str, float]) -> str:
 
 
 def objective_values(space: "SearchSpace", accuracy: float, measurement: Measurement,
-                     artifact: Artifact) -> tuple[float, ...]:
+                     artifact: Artifact, basis: str = "total") -> tuple[float, ...]:
     """The study's objectives, in the order the search space names them."""
-    metrics = {"accuracy": accuracy, "latency_p90_ms": measurement.latency_ms_p90,
-               "latency_p50_ms": measurement.latency_ms_p50, "model_size_mb": artifact.size_mb}
-    return tuple(metrics[name] for name in space.objectives)
+    figures = measured(measurement, artifact, basis, tuple(space.objectives[1:]))
+    return (accuracy, *(figures[name] for name in space.objectives[1:]))

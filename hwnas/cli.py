@@ -48,15 +48,15 @@ class SearchCommand(Command):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
-        from hwnas.report import Report, text_table, write_report
+        from hwnas.report import Report, text_table, why_nothing_fits, write_report
         from hwnas.search import run_search
 
         outcome = run_search(args.space, args.device or [DEFAULT_DEVICE], args.run_dir,
                              args.trials, progress=not args.no_progress, fork=args.fork)
         report = Report.of(outcome.study)
         print("\nPareto front (meets every budget):" if report.front else
-              "\nNo trial meets every budget yet; all trials:")
-        print(text_table(report.front or report.outcomes))
+              f"\nNo trial meets every budget yet ({why_nothing_fits(report)}); all trials:")
+        print(text_table(report.front or report.outcomes, report))
         best = report.best
         if best is not None and best.measurement is not None:
             print(f"\nbest feasible: trial {best.number}: validation accuracy {best.accuracy_val:.4f}, "
@@ -120,7 +120,7 @@ class ReportCommand(Command):
         run = RunFolder.load(args.study)
         study = run.open_study()
         report = Report.of(study)
-        print(text_table(report.front or report.outcomes))
+        print(text_table(report.front or report.outcomes, report))
         paths = write_report(study, args.out or run.report_dir)
         for kind, path in paths.items():
             print(f"{kind}: {path}")

@@ -101,6 +101,54 @@ class Artifact:
                    int(data["parameters"]))
 
 
+ENERGY_BASES = ("total", "above_idle")
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerReading:
+    """The power figures of one measurement, and how they were obtained: a figure is never
+    shown without its sensor, what it covers, its rate, sample count and idle baseline."""
+
+    source: str  # the sensor kind (ina3221, tegrastats, rapl, nvml, command, ...)
+    covers: str  # what the figure measures: board input, module rails, CPU package, ...
+    rate_hz: float
+    samples: int  # samples in the timed phase
+    mean_w: float
+    peak_w: float | None
+    idle_w: float | None  # the idle baseline, sampled before the timed phase
+    idle_samples: int
+    energy_mj_per_inference: float  # total: mean power x time per inference
+    energy_mj_per_inference_above_idle: float | None
+    method: str | None = None  # how energy was obtained (the sensor's counter, or integration)
+
+    def energy(self, basis: str) -> float | None:
+        return self.energy_mj_per_inference if basis == "total" \
+            else self.energy_mj_per_inference_above_idle
+
+    @classmethod
+    def from_agent(cls, power: Mapping[str, Any]) -> "PowerReading":
+        method = power.get("energy_method") or power.get("integration") or power.get("method")
+        return cls(
+            source=str(power["kind"]), covers=str(power.get("covers", "")),
+            rate_hz=float(power.get("rate_hz") or 0.0), samples=int(power["samples"]),
+            mean_w=float(power["mean_w"]), peak_w=_float(power.get("peak_w")),
+            idle_w=_float(power.get("idle_w")), idle_samples=int(power.get("idle_samples", 0)),
+            energy_mj_per_inference=float(power["energy_mj_per_inference"]),
+            energy_mj_per_inference_above_idle=_float(
+                power.get("energy_mj_per_inference_above_idle")),
+            method=str(method) if method is not None else None)
+
+    def describe(self) -> str:
+        idle = f", idle {self.idle_w:.2f} W over {self.idle_samples} samples" \
+            if self.idle_w is not None else ""
+        return (f"{self.source} ({self.covers}), {self.samples} samples at {self.rate_hz:g} Hz"
+                f"{idle}")
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Measurement:
     """What the agent measured for one artifact on one device, with its provenance."""
@@ -118,14 +166,28 @@ class Measurement:
     unstable: bool
     execution_providers: tuple[str, ...]
     agent_report: Mapping[str, Any]  # the agent's full JSON: provenance, rounds, runtime
-    # None where the device has no power source, or too few samples were taken
-    power_mean_w: float | None = None
-    energy_mj_per_inference: float | None = None
+    # None where the request asked for no power (power.source: none)
+    power: PowerReading | None = None
+    power_error: str | None = None  # why a power figure that was asked for is missing
+
+    @property
+    def power_mean_w(self) -> float | None:
+        return self.power.mean_w if self.power else None
+
+    @property
+    def energy_mj_per_inference(self) -> float | None:
+        return self.power.energy_mj_per_inference if self.power else None
 
     @classmethod
     def from_agent(cls, device: str, report: Mapping[str, Any]) -> "Measurement":
         try:
             latency = report["latency_ms"]
+            power, power_error = None, None
+            if report.get("power"):
+                if report["power"].get("mean_w") is None or report["power"].get("error"):
+                    power_error = str(report["power"].get("error") or "no mean power reported")
+                else:
+                    power = PowerReading.from_agent(report["power"])
             return cls(
                 device=device,
                 model_sha256=report["model_sha256"],
@@ -140,8 +202,7 @@ class Measurement:
                 unstable=bool(report["unstable"]),
                 execution_providers=tuple(report["runtime"]["execution_providers"]),
                 agent_report=dict(report),
-                power_mean_w=(report.get("power") or {}).get("mean_w"),
-                energy_mj_per_inference=(report.get("power") or {}).get("energy_mj_per_inference"),
+                power=power, power_error=power_error,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise MeasurementError(f"the agent on {device} sent a malformed measurement "
@@ -305,6 +366,7 @@ class StudyRecord:
     input_shape: tuple[int, ...]  # one sample, without the batch
     preprocessing: Mapping[str, Any]  # what deployment must apply to inputs
     objectives: tuple[str, ...] = ("accuracy", "latency_p90_ms")
+    energy_basis: str = "total"  # energy budgets and objectives: "total" or "above_idle"
 
     def budget(self, name: str) -> float | None:
         return dict(self.budgets).get(name)
@@ -315,6 +377,7 @@ class StudyRecord:
                                            "test_accuracy": self.base_model_test_accuracy})
         study.set_user_attr("input_shape", list(self.input_shape))
         study.set_user_attr("preprocessing", dict(self.preprocessing))
+        study.set_user_attr("energy_basis", self.energy_basis)
         study.set_metric_names(list(self.objectives))
 
     @classmethod
@@ -325,4 +388,5 @@ class StudyRecord:
         return cls(_pairs(budgets), str(base.get("key", "")),
                    float(base.get("test_accuracy", float("nan"))),
                    tuple(attrs.get("input_shape") or ()), dict(attrs.get("preprocessing") or {}),
-                   tuple(study.metric_names or ("accuracy", "latency_p90_ms")))
+                   tuple(study.metric_names or ("accuracy", "latency_p90_ms")),
+                   str(attrs.get("energy_basis") or "total"))

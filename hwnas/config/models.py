@@ -127,9 +127,33 @@ class FineTuneSettings(Frozen):
     distill_weight: Annotated[float, Field(ge=0, le=1)] = 0.7
 
 
+Positive = Annotated[float, Field(gt=0)]
+
+
 class Budgets(Frozen):
-    latency_p90_ms: Annotated[float, Field(gt=0)] | None = None
-    model_size_mb: Annotated[float, Field(gt=0)] | None = None
+    """Limits a deployable model must meet, each measured on the device (none is estimated)."""
+
+    latency_p90_ms: Positive | None = None
+    model_size_mb: Positive | None = None
+    # mean and peak board power during sustained inference (the device's power source)
+    power_mean_w: Positive | None = None
+    power_peak_w: Positive | None = None
+    energy_mj_per_inference: Positive | None = None
+    # the energy figure budgets and objectives use: all of it, or only what inference adds
+    # above the idle baseline
+    energy_basis: Literal["total", "above_idle"] | None = None
+
+    def limits(self) -> dict[str, float]:
+        """Budget name -> limit, for the budgets that are set."""
+        return {name: value for name, value in self.model_dump().items()
+                if value is not None and name != "energy_basis"}
+
+    @property
+    def basis(self) -> str:
+        return self.energy_basis or "total"
+
+
+POWER_METRICS = ("power_mean_w", "power_peak_w", "energy_mj_per_inference")
 
 
 class SearchSettings(Frozen):
@@ -150,7 +174,8 @@ class SearchSpace(Frozen):
     dataset: DatasetSpec
     knobs: Knobs = Knobs()
     finetune: FineTuneSettings = FineTuneSettings()
-    objectives: list[Literal["accuracy", "latency_p90_ms", "latency_p50_ms", "model_size_mb"]] = [
+    objectives: list[Literal["accuracy", "latency_p90_ms", "latency_p50_ms", "model_size_mb",
+                             "power_mean_w", "energy_mj_per_inference"]] = [
         "accuracy", "latency_p90_ms"]
     budgets: Budgets = Budgets()
     search: SearchSettings = SearchSettings()

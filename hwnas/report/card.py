@@ -50,8 +50,9 @@ def model_card(run: RunFolder, study: optuna.Study, outcome: TrialOutcome) -> di
                      "how": "exported ONNX bytes, onnxruntime CPU, held-out splits"},
         "objectives": dict(zip(record.objectives, outcome.values or ())),
         "constraints": dict(outcome.constraints),
-        "budgets": dict(record.budgets),
+        "budgets": dict(record.budgets, energy_basis=record.energy_basis),
         "measurement": outcome.measurement.to_dict() if outcome.measurement else None,
+        "power": power_card(outcome, record.energy_basis),
         "base_model": {"key": record.base_model_key,
                        "test_accuracy": record.base_model_test_accuracy},
         "input": {"name": "input", "shape": ["batch", *record.input_shape],
@@ -61,4 +62,24 @@ def model_card(run: RunFolder, study: optuna.Study, outcome: TrialOutcome) -> di
         "device_profile": run.device_config(outcome.config_version, outcome.device),
         "device": outcome.device,
         "timings_s": dict(outcome.timings_s),
+    }
+
+
+def power_card(outcome: TrialOutcome, basis: str) -> dict[str, Any] | None:
+    """How the power figures were obtained: sensor, what it covers, rate, samples, idle."""
+    measurement = outcome.measurement
+    if measurement is None or measurement.power is None:
+        return None
+    power = measurement.power
+    return {
+        "device": measurement.device, "sensor": power.source, "covers": power.covers,
+        "rate_hz": power.rate_hz, "samples": power.samples,
+        "idle_baseline": {"mean_w": power.idle_w, "samples": power.idle_samples},
+        "mean_w": power.mean_w, "peak_w": power.peak_w,
+        "energy_mj_per_inference": power.energy(basis), "energy_basis": basis,
+        "energy_mj_per_inference_total": power.energy_mj_per_inference,
+        "energy_mj_per_inference_above_idle": power.energy_mj_per_inference_above_idle,
+        "energy_method": power.method,
+        "how": "sampled by hwnas-agent on the device during the timed phase of sustained "
+               "inference, after an idle baseline with the model loaded",
     }

@@ -1,49 +1,70 @@
-"""The Pareto plot (PNG): measured latency vs validation accuracy, budgets as lines."""
+"""Pareto plots (PNG): validation accuracy against each measured objective, budgets as lines."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hwnas.records import TrialStage
+from hwnas.records import TrialOutcome, TrialStage
 
 if TYPE_CHECKING:
     from hwnas.report.tables import Report
 
+LABELS = {"latency_p90_ms": "measured latency p90 (ms)", "latency_p50_ms": "measured latency p50 (ms)",
+          "model_size_mb": "model size (MB)", "power_mean_w": "measured mean power (W)",
+          "power_peak_w": "measured peak power (W)",
+          "energy_mj_per_inference": "measured energy per inference (mJ, {basis})"}
 
-def pareto_plot(report: "Report", path: Path) -> Path:
+
+def plot_metrics(report: "Report") -> list[str]:
+    """The objectives after accuracy, then every budgeted metric the trials have figures for."""
+    metrics = list(report.study.objectives[1:]) or ["latency_p90_ms"]
+    for name, _ in report.study.budgets:
+        if name not in metrics and any(report.figure(o, name) is not None for o in report.outcomes):
+            metrics.append(name)
+    return metrics
+
+
+def pareto_plots(report: "Report", out_dir: Path) -> list[Path]:
+    """pareto.png for the first objective pair, pareto_<metric>.png for the others."""
+    return [pareto_plot(report, metric, out_dir / ("pareto.png" if index == 0 else
+                                                    f"pareto_{metric}.png"))
+            for index, metric in enumerate(plot_metrics(report))]
+
+
+def pareto_plot(report: "Report", metric: str, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def p90(outcome) -> float:  # type: ignore[no-untyped-def]
-        return outcome.measurement.latency_ms_p90
+    def x(outcome: TrialOutcome) -> float:
+        return report.figure(outcome, metric)  # type: ignore[return-value]
 
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
     evaluated = [o for o in report.outcomes
-                 if o.stage == TrialStage.EVALUATED and o.measurement is not None]
-    front = sorted((o for o in evaluated if report.on_front(o)), key=p90)
+                 if o.stage == TrialStage.EVALUATED and report.figure(o, metric) is not None]
+    front = sorted((o for o in evaluated if report.on_front(o)), key=x)
     groups = [("meets budgets", [o for o in evaluated if o.feasible and not report.on_front(o)],
                "tab:blue", "o"),
               ("breaks a budget", [o for o in evaluated if not o.feasible], "tab:red", "x"),
               ("Pareto front", front, "tab:green", "D")]
     for label, members, color, marker in groups:
         if members:
-            axes.scatter([p90(o) for o in members], [o.accuracy_val for o in members],
+            axes.scatter([x(o) for o in members], [o.accuracy_val for o in members],
                          c=color, marker=marker, label=label, zorder=3)
     if len(front) > 1:
-        axes.plot([p90(o) for o in front], [o.accuracy_val for o in front], c="tab:green", zorder=2)
+        axes.plot([x(o) for o in front], [o.accuracy_val for o in front], c="tab:green", zorder=2)
     rejected = [o for o in report.outcomes
-                if o.stage == TrialStage.REJECTED and o.measurement is not None]
+                if o.stage == TrialStage.REJECTED and report.figure(o, metric) is not None]
     if rejected:
-        low = min([o.accuracy_val for o in evaluated] or [0.0])
-        axes.scatter([p90(o) for o in rejected], [low] * len(rejected), c="grey",
-                     marker="|", label="rejected before fine-tune (latency only)", zorder=1)
-    budget = report.study.budget("latency_p90_ms")
+        low = min([o.accuracy_val for o in evaluated] or [0.0])  # type: ignore[type-var]
+        axes.scatter([x(o) for o in rejected], [low] * len(rejected), c="grey", marker="|",
+                     label="rejected before fine-tune (measured only)", zorder=1)
+    budget = report.study.budget(metric)
     if budget:
-        axes.axvline(budget, color="tab:red", linestyle="--", label="latency budget")
-    axes.set_xlabel("measured latency p90 (ms)")
+        axes.axvline(budget, color="tab:red", linestyle="--", label=f"{metric} budget")
+    axes.set_xlabel(LABELS.get(metric, metric).format(basis=report.study.energy_basis))
     axes.set_ylabel("validation accuracy (exported ONNX)")
     axes.set_title(report.name, fontsize=10)
     axes.grid(alpha=0.3)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 
+from hwnas.budgets import measured
 from hwnas.records import StudyRecord, TrialOutcome, TrialStage
 from hwnas.run import best_feasible, outcomes, pareto_front, study_directions
 
@@ -36,44 +37,79 @@ class Report:
     def count(self, stage: TrialStage) -> int:
         return sum(o.stage == stage for o in self.outcomes)
 
+    def figure(self, outcome: TrialOutcome, metric: str) -> float | None:
+        """A measured figure of a trial (None where it was not measured)."""
+        if outcome.measurement is None or outcome.artifact is None:
+            return None
+        return measured(outcome.measurement, outcome.artifact, self.study.energy_basis).get(metric)
+
+    @property
+    def has_power(self) -> bool:
+        return any(o.measurement is not None and o.measurement.power is not None
+                   for o in self.outcomes)
+
+    def power_sources(self) -> list[str]:
+        """How the power figures were obtained, one line per device and sensor."""
+        seen: dict[tuple[str, str], str] = {}
+        for o in self.outcomes:
+            if o.measurement is not None and o.measurement.power is not None:
+                power = o.measurement.power
+                seen.setdefault((o.measurement.device, power.source),
+                                f"{o.measurement.device}: {power.describe()}")
+        return list(seen.values())
+
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-HEADERS = ["trial", "stage", "budget", "val acc", "test acc", "p50 ms", "p90 ms", "MB", "candidate",
-           "note"]
+HEADERS = ["trial", "stage", "budget", "val acc", "test acc", "p50 ms", "p90 ms", "MB"]
+POWER_HEADERS = ["W mean", "W peak", "mJ/inf"]
+TAIL_HEADERS = ["candidate", "note"]
 
 
-def _cells(outcome: TrialOutcome) -> list[str]:
+def headers(report: "Report | None") -> list[str]:
+    power = POWER_HEADERS[:2] + [f"mJ/inf ({report.study.energy_basis})"] \
+        if report is not None and report.has_power else []
+    return HEADERS + power + TAIL_HEADERS
+
+
+def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
     measurement = outcome.measurement
     budget = "meets" if outcome.feasible else (
         "-" if outcome.stage in (TrialStage.FAILED, TrialStage.RUNNING, TrialStage.WAITING)
         else "breaks")
     note = outcome.failure or outcome.rejection or ""
-    return [str(outcome.number), outcome.stage.value, budget,
-            _fmt(outcome.accuracy_val, ".4f"), _fmt(outcome.accuracy_test, ".4f"),
-            _fmt(measurement.latency_ms_p50 if measurement else None, ".3f"),
-            _fmt(measurement.latency_ms_p90 if measurement else None, ".3f"),
-            _fmt(outcome.artifact.size_mb if outcome.artifact else None, ".3f"),
-            outcome.summary(), note[:120]]
+    cells = [str(outcome.number), outcome.stage.value, budget,
+             _fmt(outcome.accuracy_val, ".4f"), _fmt(outcome.accuracy_test, ".4f"),
+             _fmt(measurement.latency_ms_p50 if measurement else None, ".3f"),
+             _fmt(measurement.latency_ms_p90 if measurement else None, ".3f"),
+             _fmt(outcome.artifact.size_mb if outcome.artifact else None, ".3f")]
+    if report is not None and report.has_power:
+        cells += [_fmt(report.figure(outcome, name), spec) for name, spec in
+                  (("power_mean_w", ".3f"), ("power_peak_w", ".3f"),
+                   ("energy_mj_per_inference", ".4f"))]
+    return cells + [outcome.summary(), note[:120]]
 
 
-def text_table(rows: list[TrialOutcome] | tuple[TrialOutcome, ...]) -> str:
-    table = [HEADERS] + [_cells(r) for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
+def text_table(rows: list[TrialOutcome] | tuple[TrialOutcome, ...],
+               report: "Report | None" = None) -> str:
+    names = headers(report)
+    table = [names] + [_cells(r, report) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(names))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def _markdown_table(rows: tuple[TrialOutcome, ...] | list[TrialOutcome]) -> list[str]:
-    out = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    out += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |" for r in rows]
+def _markdown_table(rows: tuple[TrialOutcome, ...] | list[TrialOutcome], report: "Report") -> list[str]:
+    names = headers(report)
+    out = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r, report)) + " |" for r in rows]
     return out
 
 
-def markdown_report(report: Report, plot_name: str) -> str:
+def markdown_report(report: Report, plots: list[Path]) -> str:
     record, best = report.study, report.best
     budgets = ", ".join(f"{name} <= {limit:g}" for name, limit in record.budgets) or "none"
     lines = [f"# hwnas report: {report.name}", "",
@@ -82,28 +118,55 @@ def markdown_report(report: Report, plot_name: str) -> str:
              f"- trials: {len(report.outcomes)}, evaluated: {report.count(TrialStage.EVALUATED)}, "
              f"rejected before fine-tune: {report.count(TrialStage.REJECTED)}, "
              f"failed: {report.count(TrialStage.FAILED)}"]
+    if report.has_power:
+        lines.append(f"- power: measured by the device's sensor during sustained inference; "
+                     f"energy per inference basis: {record.energy_basis}")
+        lines += [f"- power source of {line}" for line in report.power_sources()]
     if best is not None:
         lines.append(f"- best feasible: trial {best.number}, validation accuracy "
                      f"{best.accuracy_val:.4f}, test accuracy {best.accuracy_test:.4f}")
-    lines += ["", f"![Pareto front]({plot_name})", "", "## Pareto front (meets every budget)", ""]
-    lines += _markdown_table(report.front) + ["", "## All trials", ""]
-    lines += _markdown_table(report.outcomes)
-    lines += ["", "Accuracy is measured on the exported ONNX bytes with onnxruntime; latency by "
-              "hwnas-agent on the device. Rejected candidates were never fine-tuned or "
+    elif any(o.stage == TrialStage.EVALUATED for o in report.outcomes) or \
+            report.count(TrialStage.REJECTED):
+        lines.append(f"- no trial meets every budget: {why_nothing_fits(report)}")
+    lines.append("")
+    lines += [f"![Pareto front]({plot.name})" for plot in plots]
+    lines += ["", "## Pareto front (meets every budget)", ""]
+    lines += _markdown_table(report.front, report) + ["", "## All trials", ""]
+    lines += _markdown_table(report.outcomes, report)
+    lines += ["", "Accuracy is measured on the exported ONNX bytes with onnxruntime; latency and "
+              "power by hwnas-agent on the device. Rejected candidates were never fine-tuned or "
               "evaluated: their accuracy is unknown, not zero."]
     return "\n".join(lines) + "\n"
 
 
+def why_nothing_fits(report: Report) -> str:
+    """Which budgets the trials broke, and the best figure reached for each."""
+    broken: dict[str, float] = {}
+    for outcome in report.outcomes:
+        for name, value in outcome.constraints:
+            if value > 0:
+                broken[name] = min(broken.get(name, float("inf")), value)
+    if not broken:
+        return "no trial was evaluated within the budgets yet"
+    limits = dict(report.study.budgets)
+    parts = []
+    for name, excess in sorted(broken.items()):
+        parts.append(f"{name} (budget {limits.get(name, float('nan')):g}; the closest trial is "
+                     f"{excess:.0%} over)")
+    return "budgets broken: " + ", ".join(parts)
+
+
 def write_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     from hwnas.report.html import html_report
-    from hwnas.report.plot import pareto_plot
+    from hwnas.report.plot import pareto_plots
 
     report = Report.of(study)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot = pareto_plot(report, out_dir / "pareto.png")
-    markdown = markdown_report(report, plot.name)
+    plots = pareto_plots(report, out_dir)
+    markdown = markdown_report(report, plots)
     md_path = out_dir / "report.md"
     md_path.write_text(markdown)
     html_path = out_dir / "report.html"
     html_path.write_text(html_report(markdown, report.name))
-    return {"plot": plot, "markdown": md_path, "html": html_path}
+    return {"plot": plots[0], "markdown": md_path, "html": html_path,
+            **{f"plot_{p.stem}": p for p in plots[1:]}}

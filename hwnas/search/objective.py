@@ -59,6 +59,11 @@ class TrialContext:
     devices: DevicePool
     run: RunFolder
     config_version: str | None = None
+    device_budgets: dict[str, Budgets] | None = None  # device name -> its budgets
+
+    def budgets_for(self, measurement: Measurement) -> Budgets:
+        """A figure is judged by the budgets of the device that measured it."""
+        return (self.device_budgets or {}).get(measurement.device, self.budgets)
 
 
 class CandidateBuilder:
@@ -207,7 +212,8 @@ class Objective:
             screen = builder.export(model, candidate, work / "screen.onnx")
         screen_measurement = measurer.measure(screen)
         progress.update(screen_measurement=screen_measurement)
-        screen_constraints = constraint_values(ctx.budgets, screen_measurement, screen)
+        budgets = ctx.budgets_for(screen_measurement)
+        screen_constraints = constraint_values(budgets, screen_measurement, screen)
         if breaks_a_budget(screen_constraints):
             # structure and precision fix latency and size; fine-tuning cannot rescue them
             for key, value in screen_constraints.items():
@@ -215,7 +221,8 @@ class Objective:
             progress.update(stage=TrialStage.REJECTED, artifact=screen,
                             measurement=screen_measurement,
                             rejection=describe_excess(screen_constraints))
-            return objective_values(ctx.space, NOT_EVALUATED, screen_measurement, screen)
+            return objective_values(ctx.space, NOT_EVALUATED, screen_measurement, screen,
+                                    budgets.basis)
 
         with timings.phase("finetune"):
             tune = finetune(model, ctx.base_model, ctx.task, ctx.space.finetune,
@@ -229,10 +236,11 @@ class Objective:
         progress.update(artifact=artifact, accuracy_val=accuracy_val, accuracy_test=accuracy_test)
         # the deployed bytes are what gets reported: measure them, not the screening copy
         measurement = measurer.measure(artifact)
-        for key, value in constraint_values(ctx.budgets, measurement, artifact).items():
+        budgets = ctx.budgets_for(measurement)
+        for key, value in constraint_values(budgets, measurement, artifact).items():
             trial.set_constraint(key, value)
         progress.update(stage=TrialStage.EVALUATED, measurement=measurement)
-        return objective_values(ctx.space, accuracy_val, measurement, artifact)
+        return objective_values(ctx.space, accuracy_val, measurement, artifact, budgets.basis)
 
 
 class Progress:

@@ -145,7 +145,8 @@ def _as_history(trial: optuna.trial.FrozenTrial, outcome: TrialOutcome, wanted: 
     return optuna.trial.create_trial(
         state=TrialState.COMPLETE, params=trial.params,
         distributions={name: wanted[name] for name in trial.params},
-        values=objective_values(space, accuracy, outcome.measurement, outcome.artifact),
+        values=objective_values(space, accuracy, outcome.measurement, outcome.artifact,
+                                budgets.basis),
         user_attrs=copied.attributes(), constraints=constraints)
 
 

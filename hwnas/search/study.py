@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from hwnas.budgets import effective_budgets
+from hwnas.budgets import check_power_is_measured, effective_budgets
 from hwnas.config import load_device_profile, load_search_space
 from hwnas.config.models import DeviceProfile, SearchSpace
 from hwnas.errors import ConfigError, DeviceError, HwnasError
@@ -51,6 +51,10 @@ class Prepared:
     shape: "SpaceShape"
     devices: tuple[DeviceProfile, ...] = ()
 
+    def device_budgets(self) -> dict[str, "Budgets"]:
+        """A figure is judged by the budgets of the device that measured it."""
+        return {d.name: effective_budgets(self.space, d) for d in self.devices or (self.device,)}
+
 
 def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     if space.search.sampler == "random":
@@ -73,10 +77,13 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
     from hwnas.train import load_base_model
 
     space = load_search_space(space_path)
-    devices = tuple(load_device_profile(p) for p in device_paths(device_path))
+    paths = device_paths(device_path)
+    devices = tuple(load_device_profile(p) for p in paths)
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise ConfigError(f"--device: each device profile must have its own name; got {names}")
+    for profile, path in zip(devices, paths):
+        check_power_is_measured(space, Path(space_path), profile, path)
     device = devices[0]
     if n_trials is not None:
         if n_trials < 1:
@@ -100,7 +107,8 @@ def trial_context(prepared: Prepared, pool: "DevicePool", run: RunFolder,
     from hwnas.search.objective import TrialContext
 
     return TrialContext(prepared.space, prepared.device, prepared.budgets, prepared.task,
-                        prepared.base.module, prepared.shape, pool, run, config_version)
+                        prepared.base.module, prepared.shape, pool, run, config_version,
+                        prepared.device_budgets())
 
 
 @contextlib.contextmanager
@@ -116,10 +124,10 @@ def open_pool(profiles: tuple[DeviceProfile, ...]) -> Iterator["DevicePool"]:
 
 
 def study_record(prepared: Prepared) -> StudyRecord:
-    budgets = {k: v for k, v in prepared.budgets.model_dump().items() if v is not None}
-    return StudyRecord(tuple(sorted(budgets.items())), prepared.base.key,
+    return StudyRecord(tuple(sorted(prepared.budgets.limits().items())), prepared.base.key,
                        prepared.base.test_accuracy, tuple(prepared.task.input_shape),
-                       prepared.task.preprocessing, tuple(prepared.space.objectives))
+                       prepared.task.preprocessing, tuple(prepared.space.objectives),
+                       prepared.budgets.basis)
 
 
 def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: Path | None = None,

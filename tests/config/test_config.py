@@ -187,3 +187,31 @@ def test_measurement_settings_are_checked_by_the_agent_protocol(tmp_path, sectio
         load_device_profile(write(tmp_path, DEVICE + section + "\n", "d.yaml"))
     assert str(tmp_path / "d.yaml") in str(caught.value)
     assert error in str(caught.value)
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("budgets: {power_mean_w: 5}\n", "budgets.power_mean_w"),
+    ("budgets: {energy_mj_per_inference: 2, energy_basis: above_idle}\n",
+     "budgets.energy_mj_per_inference"),
+    ("objectives: [accuracy, energy_mj_per_inference]\n", "objectives: energy_mj_per_inference"),
+])
+def test_a_power_budget_on_a_device_without_a_sensor_is_refused_before_any_trial(
+        tmp_path, extra, key):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    space = write(tmp_path, GOOD_SPACE + extra)
+    device = write(tmp_path, DEVICE, "d.yaml")
+    done = subprocess.run([str(Path(sys.executable).parent / "hwnas"), "search", str(space),
+                           "--device", str(device), "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{space}: key '{key}' needs a measured watt figure" in done.stderr
+    assert f"{device}) has power.source: none" in done.stderr and "Set power.source" in done.stderr
+    assert not (tmp_path / "run" / "study.db").exists()  # refused before any trial
+
+
+def test_energy_basis_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"budgets.energy_basis.*'total' or 'above_idle'"):
+        load_search_space(write(tmp_path, GOOD_SPACE + "budgets: {energy_basis: marginal}\n"))

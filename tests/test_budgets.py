@@ -1,0 +1,54 @@
+"""Budgets -> constraints: power and energy come from the sensor or the measurement fails."""
+
+import pytest
+
+from hwnas.budgets import constraint_values, objective_values
+from hwnas.config.models import Budgets
+from hwnas.errors import MeasurementError
+from hwnas.records import Artifact, Measurement
+
+REPORT = {"model_sha256": "a" * 64, "iterations": 100, "unstable": False,
+          "latency_ms": {"p50": 1.0, "p90": 1.2, "p99": 1.5, "mean": 1.05, "std": 0.1, "cv": 0.1,
+                         "ci95_p50": [0.98, 1.02]},
+          "runtime": {"execution_providers": ["CPUExecutionProvider"]}}
+POWER = {"kind": "command", "covers": "external meter (usbmeter)", "rate_hz": 10.0, "samples": 40,
+         "idle_samples": 20, "mean_w": 6.0, "peak_w": 7.5, "idle_w": 2.0,
+         "energy_mj_per_inference": 6.0, "energy_mj_per_inference_above_idle": 4.0}
+ARTIFACT = Artifact("", "a" * 64, 200_000, (), 1000)
+
+
+def test_power_and_energy_budgets_are_relative_excess_on_the_chosen_basis():
+    measurement = Measurement.from_agent("dev", dict(REPORT, power=POWER))
+    budgets = Budgets(latency_p90_ms=1.0, power_mean_w=5.0, power_peak_w=10.0,
+                      energy_mj_per_inference=5.0)
+    values = constraint_values(budgets, measurement, ARTIFACT)
+    assert values == pytest.approx({"latency_p90_ms": 0.2, "power_mean_w": 0.2,
+                                    "power_peak_w": -0.25, "energy_mj_per_inference": 0.2})
+    above_idle = budgets.model_copy(update={"energy_basis": "above_idle"})
+    assert constraint_values(above_idle, measurement, ARTIFACT)["energy_mj_per_inference"] == \
+        pytest.approx(-0.2)
+
+
+def test_a_power_budget_without_a_power_figure_fails_the_measurement_with_the_agents_reason():
+    lost = Measurement.from_agent("dev", dict(REPORT, power=dict(
+        POWER, mean_w=None, error="only 3 samples in the timed phase (at least 20 needed)")))
+    assert lost.power is None and lost.power_mean_w is None
+    with pytest.raises(MeasurementError, match="power_mean_w needed.*only 3 samples"):
+        constraint_values(Budgets(power_mean_w=5.0), lost, ARTIFACT)
+    no_sensor = Measurement.from_agent("dev", REPORT)
+    with pytest.raises(MeasurementError, match="measured no power"):
+        constraint_values(Budgets(energy_mj_per_inference=1.0), no_sensor, ARTIFACT)
+    # latency alone needs no power figure
+    assert constraint_values(Budgets(latency_p90_ms=2.0), no_sensor, ARTIFACT) == \
+        pytest.approx({"latency_p90_ms": -0.4})
+
+
+def test_energy_can_be_an_objective():
+    from hwnas.config.models import SearchSpace
+
+    space = SearchSpace.model_validate({"name": "s", "base_model": {"builtin": "small_cnn"},
+                                        "dataset": {"builtin": "digits"},
+                                        "objectives": ["accuracy", "energy_mj_per_inference"]})
+    measurement = Measurement.from_agent("dev", dict(REPORT, power=POWER))
+    assert objective_values(space, 0.9, measurement, ARTIFACT) == (0.9, 6.0)
+    assert objective_values(space, 0.9, measurement, ARTIFACT, "above_idle") == (0.9, 4.0)
