@@ -44,7 +44,7 @@ def main() -> int:
     with open_pool(prepared.devices) as pool:
         builder = CandidateBuilder(trial_context(prepared, pool, work))
         measurer = TrialMeasurer(DeviceLease(pool), Timings())
-        best_artifact = run.kept_artifact(best)
+        best_artifact = run.kept_artifact(best, study)
         best_measured = measurer.measure(best_artifact)
         search_row = {"model": f"search trial {best.number}", "candidate": best.summary(),
                       "accuracy_val": best.accuracy_val, "accuracy_test": best.accuracy_test,

@@ -41,6 +41,14 @@ class SearchCommand(Command):
         parser.add_argument("--trials", type=int, default=None,
                             help="total completed trials wanted (overrides search.n_trials); "
                                  "running again continues the same study")
+        parser.add_argument("--storage", default=None,
+                            help="Optuna storage URL of the study (e.g. postgresql://user@host/db "
+                                 "for several machines); default: search.storage, else SQLite in "
+                                 "the run folder")
+        parser.add_argument("--artifact-store", default=None,
+                            help="where kept bytes and the parent's weights go: file:///shared/"
+                                 "path or s3://bucket/prefix (default: search.artifact_store, "
+                                 "else the run folder)")
         parser.add_argument("--fork", action="store_true",
                             help="the configuration changed since the study ran: continue in a "
                                  "new study of the same run folder that keeps the old trials as "
@@ -48,23 +56,76 @@ class SearchCommand(Command):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
-        from hwnas.report import Report, text_table, why_nothing_fits, write_report
         from hwnas.search import run_search
 
         outcome = run_search(args.space, args.device or [DEFAULT_DEVICE], args.run_dir,
-                             args.trials, progress=not args.no_progress, fork=args.fork)
-        report = Report.of(outcome.study)
-        print("\nPareto front (meets every budget):" if report.front else
-              f"\nNo trial meets every budget yet ({why_nothing_fits(report)}); all trials:")
-        print(text_table(report.front or report.outcomes, report))
-        best = report.best
-        if best is not None and best.measurement is not None:
-            print(f"\nbest feasible: trial {best.number}: validation accuracy {best.accuracy_val:.4f}, "
-                  f"test accuracy {best.accuracy_test:.4f}, latency p90 "
-                  f"{best.measurement.latency_ms_p90:.3f} ms")
-            print(f"export it: hwnas export {outcome.run.path} --trial {best.number}")
-        paths = write_report(outcome.study, outcome.run.report_dir)
-        print(f"report: {paths['html']} (plot {paths['plot']})")
+                             args.trials, progress=not args.no_progress, fork=args.fork,
+                             storage=args.storage, artifact_store=args.artifact_store)
+        return print_outcome(outcome)
+
+
+def print_outcome(outcome) -> int:  # type: ignore[no-untyped-def]
+    from hwnas.report import Report, text_table, why_nothing_fits, write_report
+
+    report = Report.of(outcome.study)
+    print("\nPareto front (meets every budget):" if report.front else
+          f"\nNo trial meets every budget yet ({why_nothing_fits(report)}); all trials:")
+    print(text_table(report.front or report.outcomes, report))
+    best = report.best
+    if best is not None and best.measurement is not None:
+        print(f"\nbest feasible: trial {best.number}: validation accuracy {best.accuracy_val:.4f}, "
+              f"test accuracy {best.accuracy_test:.4f}, latency p90 "
+              f"{best.measurement.latency_ms_p90:.3f} ms")
+        print(f"export it: hwnas export {outcome.run.path} --trial {best.number}")
+    paths = write_report(outcome.study, outcome.run.report_dir)
+    print(f"report: {paths['html']} (plot {paths['plot']})")
+    return 0
+
+
+class WorkerCommand(Command):
+    name = "worker"
+    help = "join a study on a shared storage and run its trials with this machine's devices"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--storage", required=True,
+                            help="the study's storage URL, e.g. postgresql://hwnas@db-host/hwnas")
+        parser.add_argument("--study", required=True, help="the study name `hwnas search` printed")
+        parser.add_argument("--device", type=Path, action="append", default=None,
+                            help=f"this machine's device profile YAML (repeat for several; "
+                                 f"default: {DEFAULT_DEVICE})")
+        parser.add_argument("--run-dir", type=Path, default=None,
+                            help="this worker's local folder: log, configs, fetched artifacts "
+                                 "(default: runs/<study>--worker)")
+        parser.add_argument("--artifact-store", default=None,
+                            help="override the study's artifact store location on this machine")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.search import run_worker
+
+        outcome = run_worker(args.storage, args.study, args.device or [DEFAULT_DEVICE],
+                             args.run_dir, progress=not args.no_progress,
+                             artifact_store=args.artifact_store)
+        print(f"worker done: {outcome.trials_run} trials run here; the study "
+              f"{outcome.run.study_name} has its trials (see `hwnas status {outcome.run.path}`)")
+        return 0
+
+
+class StatusCommand(Command):
+    name = "status"
+    help = "progress of a study across workers: trials done, running, by worker and device"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("study", help="a run folder, or a storage URL (with --study)")
+        parser.add_argument("--study", dest="study_name", default=None,
+                            help="the study name (needed with a storage URL holding several)")
+        parser.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.report.status import study_status, status_text
+
+        status = study_status(args.study, args.study_name)
+        print(json.dumps(status, indent=1, sort_keys=True) if args.json else status_text(status))
         return 0
 
 
@@ -201,7 +262,7 @@ class AgentCommand(Command):
         return 0 if args.action == "stop" or status.agent_version else 1
 
 
-COMMANDS = [SearchCommand(), ProfileCommand(), ReportCommand(), ExportCommand(), DevicesCommand(),
+COMMANDS = [SearchCommand(), WorkerCommand(), StatusCommand(), ProfileCommand(), ReportCommand(), ExportCommand(), DevicesCommand(),
             AgentCommand()]
 
 

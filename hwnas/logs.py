@@ -34,7 +34,10 @@ def run_log(path: Path) -> Iterator[logging.Handler]:
     saved = []
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
-        saved.append((logger, logger.level, logger.propagate))
+        # their own terminal handlers (optuna's, torch's) step aside while the run lasts
+        saved.append((logger, logger.level, logger.propagate, list(logger.handlers)))
+        for own in list(logger.handlers):
+            logger.removeHandler(own)
         logger.addHandler(handler)
         logger.propagate = False
         if logger.level == logging.NOTSET or logger.level > logging.INFO:
@@ -46,8 +49,10 @@ def run_log(path: Path) -> Iterator[logging.Handler]:
             yield handler
     finally:
         logging.captureWarnings(False)
-        for logger, level, propagate in saved:
+        for logger, level, propagate, handlers in saved:
             logger.removeHandler(handler)
+            for own in handlers:
+                logger.addHandler(own)
             logger.setLevel(level)
             logger.propagate = propagate
         handler.close()

@@ -367,6 +367,13 @@ class StudyRecord:
     preprocessing: Mapping[str, Any]  # what deployment must apply to inputs
     objectives: tuple[str, ...] = ("accuracy", "latency_p90_ms")
     energy_basis: str = "total"  # energy budgets and objectives: "total" or "above_idle"
+    # fixed once per study, so that every controller and worker fine-tunes the same parent on
+    # the same split (the weights are an artifact of the study, found by their sha256)
+    parent_weights_sha256: str | None = None
+    data_fingerprint: str | None = None
+    search_space_yaml: str | None = None  # the search space every worker runs
+    config_version: str | None = None
+    n_trials: int | None = None  # completed trials the study asks for
 
     def budget(self, name: str) -> float | None:
         return dict(self.budgets).get(name)
@@ -378,6 +385,11 @@ class StudyRecord:
         study.set_user_attr("input_shape", list(self.input_shape))
         study.set_user_attr("preprocessing", dict(self.preprocessing))
         study.set_user_attr("energy_basis", self.energy_basis)
+        study.set_user_attr("parent", {"weights_sha256": self.parent_weights_sha256,
+                                       "data_fingerprint": self.data_fingerprint})
+        study.set_user_attr("search_space", {"yaml": self.search_space_yaml,
+                                             "config_version": self.config_version,
+                                             "n_trials": self.n_trials})
         study.set_metric_names(list(self.objectives))
 
     @classmethod
@@ -385,8 +397,12 @@ class StudyRecord:
         attrs = study.user_attrs
         base = attrs.get("base_model") or {}
         budgets = {k: v for k, v in (attrs.get("budgets") or {}).items() if v is not None}
+        parent = attrs.get("parent") or {}
+        space = attrs.get("search_space") or {}
         return cls(_pairs(budgets), str(base.get("key", "")),
                    float(base.get("test_accuracy", float("nan"))),
                    tuple(attrs.get("input_shape") or ()), dict(attrs.get("preprocessing") or {}),
                    tuple(study.metric_names or ("accuracy", "latency_p90_ms")),
-                   str(attrs.get("energy_basis") or "total"))
+                   str(attrs.get("energy_basis") or "total"), parent.get("weights_sha256"),
+                   parent.get("data_fingerprint"), space.get("yaml"), space.get("config_version"),
+                   space.get("n_trials"))

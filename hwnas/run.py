@@ -5,7 +5,11 @@
       configs/<version>/       every version of the search space and device profiles used,
                                by content hash: a trial's card shows the config it ran under
       study.db                 the Optuna study (SQLite default; any storage URL in run.json)
-      artifacts/<sha256>.onnx  the exact bytes of evaluated trials (what `export` hands out)
+      artifacts/               the default artifact store (see artifacts.py): the exact ONNX
+                               bytes of evaluated trials, their model cards, the parent's
+                               weights; a shared store (file:// on a shared path, s3://) when
+                               several machines work on one study
+      cache/                   artifacts fetched from the store, by sha256
       work/trial-N/            a trial's scratch files, removed when it ends
       report/                  report.md, report.html, pareto.png
       run.log                  library log lines (onnxruntime, torch, optuna), kept out of the
@@ -18,8 +22,10 @@ Nothing here imports torch, paramiko or the search package: reading a run is che
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import logging
 import shutil
 import threading
 import time
@@ -47,17 +53,93 @@ def device_file(index: int) -> str:
     return "device_profile.yaml" if index == 0 else f"device_profile.{index + 1}.yaml"
 
 
+OUTAGE_S = 600.0  # how long a controller waits out a lost database before it gives up
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A lost connection (database restarted, network down), not a bad request."""
+    import sqlalchemy.exc
+
+    lost = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+            sqlalchemy.exc.DisconnectionError)
+    return isinstance(exc, lost) or isinstance(exc.__cause__, lost)
+
+
+def _retrying(method: Any, name: str) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.outage_s
+        attempt = 0
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # an earlier attempt was committed before the link dropped: done, not twice
+                if attempt and name == "set_trial_state_values":
+                    return True
+                raise
+            except Exception as exc:
+                if not _transient(exc) or time.monotonic() > deadline:
+                    raise
+                logging.getLogger("hwnas.storage").warning(
+                    "database unreachable (%s); retrying %s", type(exc).__name__, name)
+                time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                attempt += 1
+    call.__name__ = name
+    return call
+
+
+@functools.cache
+def _retrying_storage_class() -> type:
+    from optuna.storages import RDBStorage
+
+    methods = ("create_new_study", "set_study_user_attr", "set_study_system_attr",
+               "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+               "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",
+               "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_state_values",
+               "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+               "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
+               "get_best_trial", "record_heartbeat", "_get_stale_trial_ids")
+    namespace: dict[str, Any] = {
+        "__doc__": "Optuna's RDB storage that waits out a lost database with back-off.",
+        "outage_s": OUTAGE_S}
+    for name in methods:
+        namespace[name] = _retrying(getattr(RDBStorage, name), name)
+    return type("RetryingRDBStorage", (RDBStorage,), namespace)
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage | str:
-    """Optuna storage for a URL; RDB storages get heartbeats so that a resumed search finds
-    the trials a killed controller left RUNNING (failed, then retried)."""
+    """Optuna storage for a URL. RDB storages get heartbeats (a resumed search finds the trials
+    a killed controller left RUNNING: failed, then retried) and wait out a lost database
+    connection with back-off (a worker that loses the database continues when it is back)."""
     if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql"):
         return url
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
     with warnings.catch_warnings():  # heartbeats are documented but marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        return _retrying_storage_class()(
+            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            heartbeat_stale_trial_callback=RetryAbandoned(max_retry=2))
+
+
+class RetryAbandoned:
+    """Re-enqueue the candidate of a trial whose controller is gone (Optuna's heartbeat retry,
+    but the copy carries what was found and not who ran it: its new runner claims it)."""
+
+    def __init__(self, max_retry: int = 2) -> None:
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
+        if len(history) > self.max_retry:
+            return
+        found = TrialOutcome.from_attributes(trial.user_attrs, "RUNNING")
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING, params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=dataclasses.replace(found, controller=None).attributes(),
+            system_attrs={**trial.system_attrs, "failed_trial": history[0],
+                          "retry_history": history}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +147,7 @@ class RunFolder:
     path: Path
     storage_url: str
     study_name: str
+    artifact_store_url: str = ""  # empty: the run folder's own artifacts/
 
     # -- finding one -------------------------------------------------------------------------
     @classmethod
@@ -78,14 +161,16 @@ class RunFolder:
             if parent.exists() and not parent.is_dir():
                 raise ConfigError(f"--run-dir {path}: {parent} is a file, not a folder")
         storage = space.search.storage or f"sqlite:///{path.resolve() / 'study.db'}"
-        return cls(path, storage, space.search.study_name or f"{space.name}--{device.name}")
+        return cls(path, storage, space.search.study_name or f"{space.name}--{device.name}",
+                   space.search.artifact_store or "")
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "RunFolder":
         path = Path(run_dir) / RUN_FILE
         try:
             data = json.loads(path.read_text())
-            return cls(Path(run_dir), data["storage"], data["study_name"])
+            return cls(Path(run_dir), data["storage"], data["study_name"],
+                       data.get("artifact_store", ""))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}: not a search run folder ({exc}); pass the folder that "
                               f"`hwnas search` printed") from None
@@ -94,6 +179,10 @@ class RunFolder:
     @property
     def artifacts_dir(self) -> Path:
         return self.path / "artifacts"
+
+    @property
+    def store_url(self) -> str:
+        return self.artifact_store_url or f"file://{self.artifacts_dir.resolve()}"
 
     @property
     def report_dir(self) -> Path:
@@ -106,8 +195,8 @@ class RunFolder:
     def work_dir(self, trial_number: int) -> Path:
         return self.path / "work" / f"trial-{trial_number}"
 
-    def artifact_path(self, sha256: str) -> Path:
-        return self.artifacts_dir / f"{sha256}.onnx"
+    def cached_path(self, sha256: str, suffix: str = ".onnx") -> Path:
+        return self.path / "cache" / f"{sha256}{suffix}"
 
     # -- configs: every version kept ---------------------------------------------------------
     def _info(self) -> dict[str, Any]:
@@ -157,7 +246,8 @@ class RunFolder:
             studies.append(self.study_name)
         info.update({"storage": self.storage_url, "study_name": self.study_name,
                      "hwnas_version": __version__, "config_versions": versions,
-                     "current_config": version, "studies": studies})
+                     "current_config": version, "studies": studies,
+                     "artifact_store": self.artifact_store_url})
         _write_json_atomic(self.path / RUN_FILE, info)
         return version
 
@@ -191,28 +281,35 @@ class RunFolder:
                               f"{self.storage_url}") from None
 
     # -- artifacts ---------------------------------------------------------------------------
-    def keep_artifact(self, artifact: Artifact) -> Artifact:
-        """Store the bytes content-addressed in the run folder: what export hands out later."""
-        target = self.artifact_path(artifact.sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            # unique per writer: trials on several devices run in threads
-            tmp = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
-            shutil.copyfile(artifact.path, tmp)
-            tmp.replace(target)
-        return dataclasses.replace(artifact, path=str(target))
+    def store(self) -> Any:
+        from hwnas.artifacts import open_store
 
-    def kept_artifact(self, outcome: TrialOutcome) -> Artifact:
-        """The kept bytes of a trial, verified against the sha256 the study recorded."""
-        if outcome.artifact is None:
+        return open_store(self.store_url)
+
+    def keep_artifact(self, artifact: Artifact, trial: Any) -> str:
+        """Put the exact bytes in the artifact store, attached to the trial; returns the id."""
+        from hwnas.artifacts import upload
+
+        return upload(self.store(), trial, Path(artifact.path), f"{artifact.sha256}.onnx")
+
+    def kept_artifact(self, outcome: TrialOutcome, study: optuna.Study) -> Artifact:
+        """The kept bytes of a trial, fetched from the store and verified against the sha256
+        the study recorded."""
+        from hwnas.artifacts import fetch, find
+
+        if outcome.artifact is None or outcome.number is None:
             raise ExportError(f"trial {outcome.number} has no artifact")
-        artifact = dataclasses.replace(outcome.artifact,
-                                       path=str(self.artifact_path(outcome.artifact.sha256)))
-        try:
-            artifact.read_bytes()
-        except OSError:
-            raise ExportError(f"{artifact.path} is missing: the artifact was not kept in this "
-                              f"run folder") from None
+        sha256 = outcome.artifact.sha256
+        target = self.cached_path(sha256)
+        if not target.exists():
+            trial = study.get_trials(deepcopy=False)[outcome.number]
+            artifact_id = find(trial, f"{sha256}.onnx", storage=study._storage)
+            if artifact_id is None:
+                raise ExportError(f"trial {outcome.number}: its bytes ({sha256[:12]}) were not "
+                                  f"kept in the artifact store {self.store_url}")
+            fetch(self.store(), artifact_id, target, sha256)
+        artifact = dataclasses.replace(outcome.artifact, path=str(target))
+        artifact.read_bytes()  # verified again: the cache is a plain folder
         return artifact
 
 

@@ -78,6 +78,17 @@ def _cache_key(spec: BaseModelSpec, task: TaskData) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
+def load_parent(spec: BaseModelSpec, task: TaskData, weights: Path, test_accuracy: float,
+                key: str) -> BaseModel:
+    """The parent a study already fixed (its weights fetched from the artifact store): the
+    architecture from the search space, these weights, no training."""
+    model = (load_entry_point(spec.factory, "base_model.factory")() if spec.factory is not None
+             else build_builtin(spec.builtin, task.input_shape[0], task.num_classes))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    return BaseModel(model, key, test_accuracy, 0.0, True)
+
+
 def load_base_model(spec: BaseModelSpec, task: TaskData, log=print) -> BaseModel:
     if spec.factory is not None:
         model = load_entry_point(spec.factory, "base_model.factory")()

@@ -163,6 +163,9 @@ class SearchSettings(Frozen):
     storage: str | None = None  # any Optuna storage URL; default: SQLite in the run folder
     study_name: str | None = None
     run_dir: Path | None = None  # default: runs/<space>--<device>
+    # where kept ONNX bytes, model cards and the parent's weights go: file:///shared/path or
+    # s3://bucket/prefix; default: the run folder's artifacts/ (one machine)
+    artifact_store: str | None = None
     # candidates to try first in a new study (e.g. a known-good configuration), as Optuna
     # parameters: keep_<stage>, pruning_criterion, global_pruning_ratio, precision_<unit>
     enqueue: list[dict[str, float | str]] = []

@@ -25,7 +25,7 @@ def export_trial(run: RunFolder, trial_number: int, out_dir: Path) -> dict[str, 
         why = f" ({outcome.failure or outcome.rejection})" if outcome.failure or outcome.rejection else ""
         raise ConfigError(f"--trial {trial_number}: {outcome.stage}{why}; only evaluated trials "
                           f"have deployable bytes")
-    artifact = run.kept_artifact(outcome)
+    artifact = run.kept_artifact(outcome, study)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / f"{run.study_name}-trial{trial_number}.onnx"
     model_path.write_bytes(artifact.read_bytes())

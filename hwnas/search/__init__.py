@@ -8,8 +8,9 @@ from hwnas.search.study import (
     open_pool,
     prepare,
     run_search,
+    run_worker,
     trial_context,
 )
 
 __all__ = ["AllTrialsFailed", "Prepared", "SearchOutcome", "make_sampler", "open_pool", "prepare",
-           "run_search", "trial_context"]
+           "run_search", "run_worker", "trial_context"]

@@ -8,6 +8,7 @@ Trials of other hosts are left to the heartbeats.
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
@@ -41,13 +42,27 @@ def is_gone(controller: str | None) -> bool:
     return host == socket.gethostname() and pid.isdigit() and process_start_time(int(pid)) != start
 
 
+ORPHAN_AFTER_S = 600.0
+
+
+def abandoned(trial: optuna.trial.FrozenTrial) -> bool:
+    """Run by a controller of this host that is gone; or an orphan: created, but no controller
+    ever claimed it (its creator died at once, or lost the database while creating it)."""
+    controller = TrialOutcome.from_trial(trial).controller
+    if controller is not None:
+        return is_gone(controller)
+    started = trial.datetime_start
+    return started is not None and \
+        (datetime.datetime.now() - started).total_seconds() > ORPHAN_AFTER_S
+
+
 def fail_abandoned_trials(study: optuna.Study) -> list[int]:
     """Fail the RUNNING trials no live controller runs, and retry their candidates: stale
-    heartbeats (any host), and controllers of this host that are gone (at once)."""
+    heartbeats (any host), controllers of this host that are gone (at once), orphans."""
     fail_stale_trials(study)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_gone(TrialOutcome.from_trial(trial).controller):
+        if not abandoned(trial):
             continue
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         frozen = study.get_trials(deepcopy=True)[trial.number]

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import optuna
 import torch
+from optuna.trial import TrialState
 from torch import nn
 
 from hwnas.compress.finetune import finetune
@@ -32,7 +33,7 @@ from hwnas.errors import DeviceError, MeasurementError
 from hwnas.records import Artifact, Candidate, FineTuneReport, Measurement, TrialOutcome, TrialStage
 from hwnas.remote.pool import Device, DevicePool
 from hwnas.run import RunFolder
-from hwnas.search.controllers import controller_id
+from hwnas.search.controllers import controller_id, fail_abandoned_trials
 from hwnas.space import SpaceShape, suggest
 
 @dataclasses.dataclass
@@ -176,12 +177,18 @@ class Objective:
         progress = Progress(trial, TrialOutcome(
             TrialStage.RUNNING, candidate=candidate, config_version=ctx.config_version,
             origin=origin, controller=controller_id()))
+        # other controllers' dead trials are retried now, not after a heartbeat grace period
+        fail_abandoned_trials(trial.study)
+        twin = finished_twin(trial)
+        if twin is not None:  # this very candidate was measured already: never twice
+            return reuse(trial, twin, ctx.config_version)
         work = ctx.run.work_dir(trial.number)
         try:
             lease = DeviceLease(ctx.devices)
         except DeviceError:
             trial.study.stop()
             raise
+        progress.update(device=lease.device.name)
         measurer = TrialMeasurer(lease, timings, progress, inherited)
         try:
             return self._run(trial, progress, measurer, work)
@@ -229,7 +236,8 @@ class Objective:
                             seed=ctx.space.search.seed + progress.outcome.origin)
         progress.update(finetune=FineTuneReport.from_dict(tune))
         with timings.phase("quantize_export"):
-            artifact = ctx.run.keep_artifact(builder.export(model, candidate, work / "model.onnx"))
+            artifact = builder.export(model, candidate, work / "model.onnx")
+            ctx.run.keep_artifact(artifact, trial)
         with timings.phase("evaluate"):
             accuracy_val = onnx_accuracy(artifact, ctx.task.val_x, ctx.task.val_y)
             accuracy_test = onnx_accuracy(artifact, ctx.task.test_x, ctx.task.test_y)
@@ -258,6 +266,39 @@ class Progress:
 
     def failed(self, exc: BaseException) -> None:
         self.update(stage=TrialStage.FAILED, failure=failure(exc))
+
+
+TWIN_WAIT_S = 3600.0
+
+
+def finished_twin(trial: optuna.Trial, poll_s: float = 2.0) -> optuna.trial.FrozenTrial | None:
+    """A finished trial of the same candidate (same parameters), waiting for one that another
+    controller is running; None if there is none, or it failed (then this trial runs it)."""
+    deadline = time.monotonic() + TWIN_WAIT_S
+    while True:
+        twins = [t for t in trial.study.get_trials(deepcopy=False)
+                 if t.number != trial.number and t.params == trial.params
+                 and t.state in (TrialState.COMPLETE, TrialState.RUNNING)]
+        done = [t for t in twins if t.state == TrialState.COMPLETE]
+        if done:
+            return done[0]
+        running = [t for t in twins if t.number < trial.number]  # the earlier one measures
+        if not running or time.monotonic() > deadline:
+            return None
+        time.sleep(poll_s)
+        fail_abandoned_trials(trial.study)  # a twin whose controller died will not finish
+
+
+def reuse(trial: optuna.Trial, twin: optuna.trial.FrozenTrial,
+          config_version: str | None) -> tuple[float, ...]:
+    """Record the twin's outcome as this trial's (marked as a copy) instead of measuring."""
+    outcome = TrialOutcome.from_trial(twin)
+    dataclasses.replace(outcome, copied_from=f"{trial.study.study_name}#{twin.number}",
+                        controller=controller_id(), pending_job=None,
+                        config_version=outcome.config_version or config_version).write(trial)
+    for key, value in twin.constraints.items():
+        trial.set_constraint(key, value)
+    return tuple(twin.values)
 
 
 def failure(exc: BaseException) -> str:

@@ -16,10 +16,12 @@ class ProgressCallback:
         self.best: float | None = None
         self.rejected = 0
         self.failed = 0
+        self.done = 0  # trials this controller finished (counted even with the bar disabled)
         self.last_failure: str | None = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         outcome = TrialOutcome.from_trial(trial)
+        self.done += 1
         if outcome.stage == TrialStage.REJECTED:
             self.rejected += 1
         elif outcome.stage == TrialStage.FAILED:

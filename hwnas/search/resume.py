@@ -147,7 +147,9 @@ def _as_history(trial: optuna.trial.FrozenTrial, outcome: TrialOutcome, wanted: 
         distributions={name: wanted[name] for name in trial.params},
         values=objective_values(space, accuracy, outcome.measurement, outcome.artifact,
                                 budgets.basis),
-        user_attrs=copied.attributes(), constraints=constraints)
+        user_attrs=copied.attributes(), constraints=constraints,
+        # the kept bytes stay where they are: the copy points at the same artifacts
+        system_attrs={k: v for k, v in trial.system_attrs.items() if k.startswith("artifacts:")})
 
 
 def guard_resume(run: RunFolder, space: Any, shape: Any, budgets: Any, space_path: Path,

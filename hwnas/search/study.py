@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -71,12 +72,16 @@ def device_paths(device_path: str | Path | list[str | Path] | tuple) -> list[Pat
 
 
 def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: int | None = None,
-            log: Callable[[str], None] = print) -> Prepared:
-    """Load and cross-check the configs, the data and the base model (trained once, cached)."""
+            log: Callable[[str], None] = print,
+            parent: tuple[Path, StudyRecord] | None = None,
+            space: SearchSpace | None = None) -> Prepared:
+    """Load and cross-check the configs, the data and the base model: the study's own parent
+    where it has one (``parent``: its fetched weights and the study record), else trained
+    once and cached, or the user's weights."""
     from hwnas.data import load_task
-    from hwnas.train import load_base_model
+    from hwnas.train import load_base_model, load_parent
 
-    space = load_search_space(space_path)
+    space = space or load_search_space(space_path)
     paths = device_paths(device_path)
     devices = tuple(load_device_profile(p) for p in paths)
     names = [d.name for d in devices]
@@ -91,7 +96,12 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
         space = space.model_copy(update={"search": space.search.model_copy(
             update={"n_trials": n_trials})})
     task = load_task(space.dataset)
-    base = load_base_model(space.base_model, task, log=log)
+    if parent is not None:
+        weights, record = parent
+        base = load_parent(space.base_model, task, weights, record.base_model_test_accuracy,
+                           record.base_model_key)
+    else:
+        base = load_base_model(space.base_model, task, log=log)
     stages = model_stages(base.module, space.base_model)
     granularity = space.knobs.precision.granularity if space.knobs.precision else "stage"
     units = plan_units(precision_units(base.module, stages, granularity))
@@ -132,29 +142,80 @@ def study_record(prepared: Prepared) -> StudyRecord:
 
 def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: Path | None = None,
                n_trials: int | None = None, progress: bool = True,
-               log: Callable[[str], None] = print, fork: bool = False) -> SearchOutcome:
-    """Run (or continue) a search. A study continues only under the configuration it ran
-    under; with ``fork`` a changed configuration gets a new study that keeps the old trials
-    as history where they fit (see resume.py)."""
+               log: Callable[[str], None] = print, fork: bool = False,
+               storage: str | None = None, study_name: str | None = None,
+               artifact_store: str | None = None, worker: bool = False) -> SearchOutcome:
+    """Run (or continue, or join) a search. A study continues only under the configuration it
+    ran under (with ``fork``, a changed one gets a new study that keeps the old trials as
+    history where they fit: resume.py). Every controller of a study fine-tunes the study's
+    one parent on its one split (shared.py); a ``worker`` only joins, it never creates."""
     from hwnas.search.resume import guard_resume
+    from hwnas.search.shared import (
+        PARENT_SECTIONS,
+        existing_study,
+        fetch_parent,
+        refuse_other_space,
+        same_sections,
+    )
 
     paths = device_paths(device_path)
-    run = RunFolder.locate(load_search_space(space_path), load_device_profile(paths[0]), run_dir)
+    space_text = Path(space_path).read_text()
+    space = with_locations(load_search_space(space_path), storage, study_name, artifact_store)
+    run = RunFolder.locate(space, load_device_profile(paths[0]), run_dir)
     with run_log(run.log_path):
-        prepared = prepare(space_path, paths, n_trials, log)
+        joined = existing_study(run)
+        if worker and (joined is None or joined[1].search_space_yaml is None):
+            raise ConfigError(f"no hwnas study {run.study_name!r} in {run.storage_url}: start "
+                              f"it with `hwnas search SPACE.yaml --storage URL` first")
+        parent = None
+        if joined is not None:
+            study, record = joined
+            if run.current_config() is None:  # joining from another run folder or machine
+                refuse_other_space(study, record, space_text)
+            if record.parent_weights_sha256 and same_sections(record, space_text, PARENT_SECTIONS):
+                parent = (fetch_parent(run, study, record), record)
+        prepared = prepare(space_path, paths, n_trials or (joined[1].n_trials if worker and joined
+                                                           else None), log, parent, space)
         run = guard_resume(run, prepared.space, prepared.shape, prepared.budgets, Path(space_path),
                            paths, fork, log)
         config_version = run.record_configs(Path(space_path), paths)
-        return _optimize(prepared, run, config_version, progress, log)
+        study = _open_study(run, prepared, log, worker)
+        _share(run, study, prepared, space_text, config_version, writer=not worker)
+        return _optimize(prepared, run, study, config_version, progress, log)
 
 
-def _optimize(prepared: Prepared, run: RunFolder, config_version: str, progress: bool,
-              log: Callable[[str], None]) -> SearchOutcome:
-    from hwnas.search.objective import Objective, seed_everything
-    from hwnas.search.progress import ProgressCallback
+def run_worker(storage: str, study_name: str, device_path: str | Path | list,
+               run_dir: Path | None = None, progress: bool = True,
+               log: Callable[[str], None] = print, artifact_store: str | None = None) -> SearchOutcome:
+    """Join a study on a shared storage: run its recorded search space with this machine's
+    devices until the study has the trials it asked for."""
+    from hwnas.search.shared import existing_study
 
+    probe = RunFolder(Path("."), storage, study_name)
+    joined = existing_study(probe)
+    if joined is None or joined[1].search_space_yaml is None:
+        raise ConfigError(f"no hwnas study {study_name!r} in {storage}: start it with "
+                          f"`hwnas search SPACE.yaml --storage URL` first")
+    run_dir = Path(run_dir or Path("runs") / f"{study_name}--worker")
+    space_path = run_dir / "study-search-space.yaml"
+    space_path.parent.mkdir(parents=True, exist_ok=True)
+    space_path.write_text(joined[1].search_space_yaml)
+    return run_search(space_path, device_path, run_dir, None, progress, log, storage=storage,
+                      study_name=study_name, artifact_store=artifact_store, worker=True)
+
+
+def with_locations(space: SearchSpace, storage: str | None, study_name: str | None,
+                   artifact_store: str | None) -> SearchSpace:
+    """The search space with where-things-live overrides from the command line."""
+    changes = {key: value for key, value in (("storage", storage), ("study_name", study_name),
+                                             ("artifact_store", artifact_store)) if value}
+    return space.model_copy(update={"search": space.search.model_copy(update=changes)}) \
+        if changes else space
+
+
+def _open_study(run: RunFolder, prepared: Prepared, log: Callable[[str], None],
+                worker: bool) -> optuna.Study:
     space = prepared.space
-    seed_everything(space.search.seed)
     storage = make_storage(run.storage_url)
     directions = ["maximize"] + ["minimize"] * (len(space.objectives) - 1)
     probe = optuna.create_study(storage=storage, study_name=run.study_name,
@@ -164,14 +225,42 @@ def _optimize(prepared: Prepared, run: RunFolder, config_version: str, progress:
         log(f"trials {abandoned} were left running by a controller that stopped: their "
             f"candidates are retried first, reusing what was already measured")
     trials = probe.get_trials(deepcopy=False)
-    completed = sum(t.state == TrialState.COMPLETE for t in trials)
-    # a fresh seed per resumption: the same seed would replay the same random start-up trials
+    # a fresh seed per resumption, and per worker: the same seed would replay the same random
+    # start-up trials (and several workers would propose the same candidates)
+    seed = space.search.seed + len(trials) + (os.getpid() if worker else 0)
     study = optuna.load_study(study_name=run.study_name, storage=storage,
-                              sampler=make_sampler(space, space.search.seed + len(trials)))
+                              sampler=make_sampler(space, seed))
     if not trials:
         for params in space.search.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
-    study_record(prepared).write(study)
+    return study
+
+
+def _share(run: RunFolder, study: optuna.Study, prepared: Prepared, space_text: str,
+           config_version: str, writer: bool) -> None:
+    """Fix the study's shared record (the first controller), or check against it (the rest)."""
+    from hwnas.search.shared import check_same_parent, publish_parent
+
+    record = StudyRecord.from_study(study)
+    weights = publish_parent(run, study, prepared.base,
+                             lambda sha256: check_same_parent(study, record, sha256, prepared.task))
+    if writer:
+        dataclasses.replace(
+            study_record(prepared), parent_weights_sha256=weights,
+            data_fingerprint=prepared.task.fingerprint, search_space_yaml=space_text,
+            config_version=config_version, n_trials=prepared.space.search.n_trials).write(study)
+
+
+def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_version: str,
+              progress: bool, log: Callable[[str], None]) -> SearchOutcome:
+    from optuna.study import MaxTrialsCallback
+
+    from hwnas.search.objective import Objective, seed_everything
+    from hwnas.search.progress import ProgressCallback
+
+    space = prepared.space
+    seed_everything(space.search.seed)
+    completed = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     remaining = max(0, space.search.n_trials - completed)
     log(f"study {run.study_name}: {completed} trials done, {remaining} to go "
         f"(storage {run.storage_url})")
@@ -179,7 +268,9 @@ def _optimize(prepared: Prepared, run: RunFolder, config_version: str, progress:
         return SearchOutcome(run, study, 0)
 
     with open_pool(prepared.devices) as pool:
-        callbacks = [ProgressCallback(remaining, enabled=progress)]
+        callbacks = [ProgressCallback(remaining, enabled=progress),
+                     # several controllers on one study: stop when the study has its trials
+                     MaxTrialsCallback(space.search.n_trials, states=(TrialState.COMPLETE,))]
         try:
             # one trial per device at a time; a failing trial (lost device, a candidate that
             # cannot be built) records its reason and fails alone, not the study
@@ -193,8 +284,9 @@ def _optimize(prepared: Prepared, run: RunFolder, config_version: str, progress:
             raise DeviceError(f"every device was lost; the study keeps its {done} completed "
                               f"trials: run the same command again to continue")
     fail_abandoned_trials(study)  # none left RUNNING by a controller that died meanwhile
-    _refuse_all_failed(study, remaining)
-    return SearchOutcome(run, study, remaining)
+    ran = callbacks[0].done
+    _refuse_all_failed(study, ran)
+    return SearchOutcome(run, study, ran)
 
 
 class AllTrialsFailed(HwnasError):
@@ -202,7 +294,7 @@ class AllTrialsFailed(HwnasError):
 
 
 def _refuse_all_failed(study: optuna.Study, ran: int) -> None:
-    latest = outcomes(study)[-ran:]
+    latest = outcomes(study)[-ran:] if ran else []
     failed = [o for o in latest if o.stage == TrialStage.FAILED]
     if latest and len(failed) == len(latest):
         reason, count = collections.Counter(o.failure for o in failed).most_common(1)[0]

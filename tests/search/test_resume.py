@@ -30,7 +30,8 @@ def running_with_screen(run_dir) -> TrialOutcome | None:
 def test_killed_controller_is_retried_at_once_reusing_its_measurement(tmp_path):
     space, device, run_dir = tmp_path / "s.yaml", tmp_path / "d.yaml", tmp_path / "run"
     # fine-tuning takes a while here, so that the kill lands after the screening measurement
-    space.write_text(DIGITS_SPACE.replace("max_steps: 60", "max_steps: 3000") + ENQUEUED)
+    space.write_text(DIGITS_SPACE.replace("max_steps: 60, max_seconds: 60",
+                                          "max_steps: 100000, max_seconds: 12") + ENQUEUED)
     device.write_text(FAST_DEVICE)
     controller = subprocess.Popen([HWNAS, "search", str(space), "--device", str(device),
                                    "--run-dir", str(run_dir), "--no-progress", "--trials", "1"],
@@ -48,7 +49,6 @@ def test_killed_controller_is_retried_at_once_reusing_its_measurement(tmp_path):
         controller.wait()
 
     # at once: well inside Optuna's heartbeat grace period
-    space.write_text(DIGITS_SPACE + ENQUEUED)
     output = hwnas("search", space, "--device", device, "--run-dir", run_dir, "--no-progress",
                    "--trials", "2")
     assert f"trials [{victim.number}] were left running" in output

@@ -1,0 +1,85 @@
+"""`hwnas status`: a study's progress across controllers and workers."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hwnas.errors import ConfigError
+from hwnas.records import StudyRecord, TrialStage
+from hwnas.run import RunFolder, best_feasible, make_storage, outcomes
+
+
+def _locate(target: str, study_name: str | None) -> tuple[str, str]:
+    if Path(target).is_dir():
+        run = RunFolder.load(target)
+        return run.storage_url, study_name or run.study_name
+    storage = make_storage(target)
+    if study_name is not None:
+        return target, study_name
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if len(names) != 1:
+        raise ConfigError(f"{target}: holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                          f"name one with --study")
+    return target, names[0]
+
+
+def study_status(target: str, study_name: str | None = None) -> dict[str, Any]:
+    from hwnas.search.controllers import is_gone
+
+    storage_url, name = _locate(target, study_name)
+    storage = make_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ConfigError(f"{storage_url}: no study named {name!r}") from None
+    record = StudyRecord.from_study(study)
+    found = outcomes(study)
+    stale_ids = set(getattr(study._storage, "_get_stale_trial_ids", lambda _: [])(study._study_id))
+    trials = study.get_trials(deepcopy=False)
+    workers: dict[str, dict[str, Any]] = collections.defaultdict(
+        lambda: {"stages": collections.Counter(), "devices": set(), "stale": False})
+    for trial, outcome in zip(trials, found):
+        who = outcome.controller.rsplit(":", 1)[0] if outcome.controller else "unknown"
+        entry = workers[who]
+        entry["stages"][outcome.stage.value] += 1
+        if outcome.device:
+            entry["devices"].add(outcome.device)
+        if outcome.stage == TrialStage.RUNNING and (trial._trial_id in stale_ids
+                                                    or is_gone(outcome.controller)):
+            entry["stale"] = True
+    best = best_feasible(found)
+    stages = collections.Counter(o.stage.value for o in found)
+    return {
+        "study": name, "storage": storage_url, "trials_wanted": record.n_trials,
+        "trials": len(found), "stages": dict(stages),
+        "best_feasible": None if best is None else {
+            "trial": best.number, "accuracy_val": best.accuracy_val,
+            "accuracy_test": best.accuracy_test, "device": best.device,
+            "latency_ms_p90": best.measurement.latency_ms_p90 if best.measurement else None},
+        "workers": {who: {"stages": dict(w["stages"]), "devices": sorted(w["devices"]),
+                          "stale": w["stale"]} for who, w in sorted(workers.items())},
+    }
+
+
+def status_text(status: dict[str, Any]) -> str:
+    stages = status["stages"]
+    wanted = status["trials_wanted"]
+    lines = [f"study {status['study']} ({status['storage']})",
+             f"  trials: {stages.get('evaluated', 0) + stages.get('rejected_before_finetune', 0)}"
+             f" done of {wanted if wanted is not None else '?'} wanted; "
+             + ", ".join(f"{k} {v}" for k, v in sorted(stages.items()))]
+    best = status["best_feasible"]
+    lines.append("  best feasible so far: " + ("none" if best is None else
+                 f"trial {best['trial']}, validation accuracy {best['accuracy_val']:.4f}, "
+                 f"test accuracy {best['accuracy_test']:.4f}, p90 {best['latency_ms_p90']:.3f} ms "
+                 f"on {best['device']}"))
+    lines.append("  workers (host:pid):")
+    for who, worker in status["workers"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(worker["stages"].items()))
+        stale = "  STALE: running trials but the worker is gone or silent" if worker["stale"] else ""
+        lines.append(f"    {who}: {counts}; devices {', '.join(worker['devices']) or '-'}{stale}")
+    return "\n".join(lines)
