@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from typing import List, Optional
 
 from hwnas_agent.power import PowerSample, PowerSource, SensorUnavailable, check_scope
@@ -58,9 +59,10 @@ class HwmonSource(PowerSource):
         return sum(values) / scale  # type: ignore[arg-type]
 
     def read(self) -> PowerSample:
+        started = time.monotonic()
         watts = self._sum(self._power, 1e6) if self._power else None  # µW
         energy = self._sum(self._energy, 1e6) if self._energy else None  # µJ
-        return PowerSample(watts, energy_j=energy)
+        return PowerSample(watts, energy_j=energy, time_s=(started + time.monotonic()) / 2.0)
 
 
 def open_source(sysfs_root: str = "/sys", name: Optional[str] = None,

@@ -11,6 +11,7 @@ The figure is the GPU board's power, not the host's.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from hwnas_agent.power import PowerSample, PowerSource, SensorUnavailable
@@ -60,13 +61,14 @@ class NvmlSource(PowerSource):
         self.covers = "GPU %d board power (%s, NVML); excludes the host" % (index, name)
 
     def read(self) -> PowerSample:
+        started = time.monotonic()
         try:
             watts = self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
             energy = (self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1000.0
                       if self.has_energy_counter else None)
         except self._nvml.NVMLError as exc:
             raise SensorUnavailable("NVML %s: %s" % (self.figure, exc))
-        return PowerSample(watts, energy_j=energy)
+        return PowerSample(watts, energy_j=energy, time_s=(started + time.monotonic()) / 2.0)
 
     def close(self) -> None:
         try:
