@@ -86,8 +86,8 @@ class Ina3221Source(PowerSource):
         self._iio = [] if self._hwmon else iio_channels(sysfs_root)
         self._ina238 = ina238_channels(sysfs_root)
         if not self._hwmon and not self._iio and not self._ina238:
-            raise SensorUnavailable("no INA3221/INA238 found under %s/bus/i2c/drivers (not a "
-                                    "Jetson?)" % sysfs_root)
+            raise SensorUnavailable("no INA3221 found under %s/bus/i2c/drivers, nor an INA238 "
+                                    "(not a Jetson?)" % sysfs_root)
         self.driver = "hwmon" if self._hwmon or self._ina238 else "iio"
         interval = None
         if self._hwmon:
