@@ -458,37 +458,73 @@ def test_nvml_without_a_driver_is_unavailable_not_an_error():
 # What libnvidia-ml answers on a Jetson (JetPack 6/7): init, count and name succeed, every
 # power and energy query is NVML_ERROR_NOT_SUPPORTED (3) (HazyResearch/intelligence-per-watt
 # issue #40: "Orin (nvgpu)", nvmlDeviceGetPowerUsage -> NVMLError_NotSupported). Built from
-# this source so that the real pynvml meets those answers through its real ctypes path.
-JETSON_NVML = r"""
+# this source so that the real pynvml meets those answers through its real ctypes path; with
+# -DPOWER_MW it answers like a discrete GPU instead, until it is lost (NVML_ERROR_GPU_IS_LOST,
+# 15) after LOST_AFTER power queries. It stands in for the C library only where no NVIDIA
+# driver exists; the agent's code and pynvml are the real ones.
+NVML_ANSWERS = r"""
 #include <string.h>
 typedef struct { int unused; } *handle_t;
 static struct { int unused; } gpu;
+static int calls = 0;
 int nvmlInitWithFlags(unsigned int flags) { return 0; }
 int nvmlInit_v2(void) { return 0; }
 int nvmlShutdown(void) { return 0; }
 int nvmlDeviceGetCount_v2(unsigned int *count) { *count = 1; return 0; }
 int nvmlDeviceGetHandleByIndex_v2(unsigned int i, handle_t *h) { *h = (handle_t)&gpu; return 0; }
-int nvmlDeviceGetName(handle_t h, char *name, unsigned int n) { strncpy(name, "Orin (nvgpu)", n); return 0; }
-int nvmlDeviceGetPowerUsage(handle_t h, unsigned int *mw) { return 3; }
-int nvmlDeviceGetTotalEnergyConsumption(handle_t h, unsigned long long *mj) { return 3; }
+int nvmlDeviceGetName(handle_t h, char *name, unsigned int n) { strncpy(name, NAME, n); return 0; }
+int nvmlDeviceGetPowerUsage(handle_t h, unsigned int *mw) {
+#ifdef POWER_MW
+    if (++calls > LOST_AFTER) return 15;
+    *mw = POWER_MW; return 0;
+#else
+    return 3;
+#endif
+}
+int nvmlDeviceGetTotalEnergyConsumption(handle_t h, unsigned long long *mj) {
+#ifdef POWER_MW
+    *mj = 86400000ULL + 500ULL * calls; return 0;
+#else
+    return 3;
+#endif
+}
 """
 
 
-def test_nvml_on_jetson_is_unavailable_at_open_with_the_reason(tmp_path):
+def _with_nvml_library(tmp_path, code, *defines):
     pytest.importorskip("pynvml")
     if shutil.which("cc") is None:
-        pytest.skip("no C compiler to build the Jetson-answering NVML library")
-    (tmp_path / "nvml.c").write_text(JETSON_NVML)
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / "libnvidia-ml.so.1"),
+        pytest.skip("no C compiler to build the NVML answers")
+    (tmp_path / "nvml.c").write_text(NVML_ANSWERS)
+    subprocess.run(["cc", "-shared", "-fPIC", *defines, "-o", str(tmp_path / "libnvidia-ml.so.1"),
                     str(tmp_path / "nvml.c")], check=True)
-    code = ("from hwnas_agent.power import open_source, SensorUnavailable\n"
-            "try:\n    open_source('nvml')\nexcept SensorUnavailable as exc:\n    print(exc)\n")
     env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "NVML answers 'Not Supported' to the power query of GPU 0 (Orin (nvgpu))" in done.stdout
-    assert "use the 'ina3221' or 'tegrastats' source" in done.stdout
+    return done.stdout
+
+
+def test_nvml_on_jetson_is_unavailable_at_open_with_the_reason(tmp_path):
+    code = ("from hwnas_agent.power import open_source, SensorUnavailable\n"
+            "try:\n    open_source('nvml')\nexcept SensorUnavailable as exc:\n    print(exc)\n")
+    out = _with_nvml_library(tmp_path, code, '-DNAME="Orin (nvgpu)"')
+    assert "NVML answers 'Not Supported' to the power query of GPU 0 (Orin (nvgpu))" in out
+    assert "use the 'ina3221' or 'tegrastats' source" in out
+
+
+def test_nvml_counter_and_a_gpu_lost_mid_job_is_a_sensor_error(tmp_path):
+    code = ("from hwnas_agent.power import open_source, SensorUnavailable\n"
+            "source = open_source('nvml')\n"
+            "print(source.has_energy_counter, source.covers)\n"
+            "sample = source.read()\nprint(sample.watts, sample.energy_j)\n"
+            "try:\n    source.read(); source.read()\nexcept SensorUnavailable as exc:\n"
+            "    print('lost:', exc)\n")
+    out = _with_nvml_library(tmp_path, code, '-DNAME="NVIDIA H100 80GB HBM3"', "-DPOWER_MW=123456",
+                             "-DLOST_AFTER=3").splitlines()
+    assert out[0] == "True GPU 0 board power (NVIDIA H100 80GB HBM3, NVML); excludes the host"
+    assert out[1] == "123.456 86401.0"  # mW -> W, mJ -> J (two power queries so far)
+    assert out[2] == "lost: NVML GPU 0: GPU is lost"
 
 
 # -- discovery ------------------------------------------------------------------------------

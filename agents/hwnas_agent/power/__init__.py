@@ -19,6 +19,7 @@ reason and what to do, at open time where it can know, else at read time.
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from typing import Any, Dict, List, Optional
 
@@ -88,11 +89,12 @@ def open_source(kind: str, options: Optional[Dict[str, Any]] = None) -> PowerSou
     if module_name is None:
         raise SensorUnavailable("unknown power source %r; allowed: %s" % (kind, ", ".join(KINDS)))
     module = importlib.import_module(module_name)
-    try:
-        return module.open_source(**(options or {}))
-    except TypeError as exc:  # an option the source does not have: say which are allowed
-        raise SensorUnavailable("power source %r: bad options %s (%s)"
-                                % (kind, sorted(options or {}), exc))
+    allowed = inspect.signature(module.open_source).parameters
+    unknown = sorted(set(options or {}) - set(allowed))
+    if unknown:
+        raise SensorUnavailable("power source %r: bad options %s; allowed: %s"
+                                % (kind, ", ".join(unknown), ", ".join(allowed)))
+    return module.open_source(**(options or {}))
 
 
 def detect(sysfs_root: str = "/sys") -> List[Dict[str, Any]]:
