@@ -66,17 +66,15 @@ def _timed_with_power(model: Any, request: MeasureRequest,
     # idle baseline: the model is loaded, nothing runs
     idle_sampler = PowerSampler(source).start()
     time.sleep(request.idle_seconds)
-    deadline = time.monotonic() + 10 * idle_sampler.period_s  # an idle figure needs two samples
-    while idle_sampler.count() < 2 and time.monotonic() < deadline:
-        time.sleep(idle_sampler.period_s)
     idle = idle_sampler.stop()
     sampler = PowerSampler(source)
     result = run_timed(model.run_once, request, before_timed=sampler.start,
-                       enough=lambda: sampler.count() >= request.power_min_samples,
+                       enough=lambda: sampler.enough(request.power_min_samples),
                        after_round=thermal.round_probe)
     timed = sampler.stop()
-    inferences = result["iterations"]
-    return result, summarize(source, idle, timed, result["timed_seconds"], inferences,
+    # raises PowerUnavailable (the job fails with the sensor's reason) rather than report
+    # a measurement without the power it was asked for
+    return result, summarize(source, idle, timed, result["timed_seconds"], result["iterations"],
                              request.power_min_samples)
 
 

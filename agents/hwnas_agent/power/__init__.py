@@ -1,15 +1,25 @@
 """Power sensors: one small module per kind, one contract.
 
 A source is built from its options (sysfs root, command path: parameters, never test
-switches) and offers ``read() -> PowerSample``: instantaneous watts, and where the hardware
-has one, a cumulative energy counter in joules (RAPL, hwmon energy, NVML) which gives
-energy exactly instead of integrating samples. ``describe()`` says what the figure covers
-(board input, PMIC rails, CPU package...), so a result is labelled honestly.
+switches) and offers ``read() -> PowerSample``: watts at a monotonic time, and where the
+hardware has one, the figure's cumulative energy counter in joules (RAPL, hwmon energy,
+NVML), which gives energy exactly instead of integrating samples.
+
+Every source states what its figure is, so that a result is labelled honestly:
+``covers`` (a sentence), ``scope`` (one of SCOPES: the whole board's input, a part of the
+board, or a model that is not a sensor at all), ``figure`` (the rail or domain the watts
+and energy are, e.g. ``VIN``, ``psys``, ``package-0+package-0:dram``) and whether the
+figure has an energy counter. Other rails or domains the sensor shows come in
+``PowerSample.rails_w``, each with its own name, for comparison only.
+
+A source that cannot give a figure it can stand behind raises SensorUnavailable with the
+reason and what to do, at open time where it can know, else at read time.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from typing import Any, Dict, List, Optional
 
@@ -23,6 +33,11 @@ KINDS = {
     "power_supply": "hwnas_agent.power.power_supply",
     "command": "hwnas_agent.power.command",
 }
+
+# board_input: everything the board draws at its input (VDD_IN, VIN, a meter at the plug);
+# partial: some rails or domains only (CPU package, GPU, PMIC outputs, a sum of module rails);
+# model: a figure computed from something else (scripts/cpu_meter.py): never a measurement.
+SCOPES = ("board_input", "partial", "model")
 
 
 class SensorUnavailable(Exception):
@@ -41,11 +56,14 @@ class PowerSample:
 
 
 class PowerSource:
-    """Contract: kind, covers (what the figure measures), rate_hz, read(), close()."""
+    """Contract: kind, covers, scope, figure, rate_hz, has_energy_counter, read(), close()."""
 
     kind = ""
     covers = ""
+    scope = "partial"
+    figure = ""
     rate_hz = 10.0
+    has_energy_counter = False
 
     def read(self) -> PowerSample:
         raise NotImplementedError
@@ -54,7 +72,16 @@ class PowerSource:
         pass
 
     def describe(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "covers": self.covers, "rate_hz": self.rate_hz}
+        return {"kind": self.kind, "covers": self.covers, "scope": self.scope,
+                "figure": self.figure, "rate_hz": self.rate_hz,
+                "energy_counter": self.has_energy_counter}
+
+
+def check_scope(scope: Any, where: str) -> str:
+    if scope not in SCOPES:
+        raise SensorUnavailable("%s: scope %r is not allowed; expected one of %s"
+                                % (where, scope, ", ".join(SCOPES)))
+    return str(scope)
 
 
 def open_source(kind: str, options: Optional[Dict[str, Any]] = None) -> PowerSource:
@@ -62,6 +89,11 @@ def open_source(kind: str, options: Optional[Dict[str, Any]] = None) -> PowerSou
     if module_name is None:
         raise SensorUnavailable("unknown power source %r; allowed: %s" % (kind, ", ".join(KINDS)))
     module = importlib.import_module(module_name)
+    allowed = inspect.signature(module.open_source).parameters
+    unknown = sorted(set(options or {}) - set(allowed))
+    if unknown:
+        raise SensorUnavailable("power source %r: bad options %s; allowed: %s"
+                                % (kind, ", ".join(unknown), ", ".join(allowed)))
     return module.open_source(**(options or {}))
 
 

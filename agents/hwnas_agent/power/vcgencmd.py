@@ -41,6 +41,8 @@ def parse_pmic(text: str) -> Tuple[float, Dict[str, float]]:
 class PmicSource(PowerSource):
     kind = "pi5_pmic"
     covers = COVERS
+    scope = "partial"
+    figure = "sum of PMIC rails"
     rate_hz = 5.0  # one call takes about 0.1 s
 
     def __init__(self, command: Optional[List[str]] = None) -> None:
