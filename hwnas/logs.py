@@ -9,6 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+# what a run's log keeps at INFO: the search's own story (trials finished, storage retries)
+VERBOSE_LOGGERS = ("hwnas", "optuna")
 # loggers whose lines belong in the run's log, not on the user's terminal
 LIBRARY_LOGGERS = ("hwnas", "optuna", "torch", "torch_pruning", "onnxruntime", "onnx",
                    "onnxscript", "paramiko", "py.warnings")
@@ -40,7 +42,7 @@ def run_log(path: Path) -> Iterator[logging.Handler]:
             logger.removeHandler(own)
         logger.addHandler(handler)
         logger.propagate = False
-        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        if name in VERBOSE_LOGGERS:  # the others keep their level (children may print)
             logger.setLevel(logging.INFO)
     logging.captureWarnings(True)
     try:

@@ -258,6 +258,7 @@ class TrialOutcome:
     finetune: FineTuneReport | None = None
     timings_s: tuple[tuple[str, float], ...] = ()
     device: str | None = None
+    device_pool: str | None = None  # devices of one pool are interchangeable
     devices_lost: tuple[str, ...] = ()
     rejection: str | None = None  # why screening stopped it
     failure: str | None = None  # error class and message of a failed trial
@@ -303,7 +304,8 @@ class TrialOutcome:
             if record is not None:
                 attributes[key] = record.to_dict()
         plain = {"accuracy_val": self.accuracy_val, "accuracy_test": self.accuracy_test,
-                 "device": self.device, "rejection": self.rejection, "failure": self.failure,
+                 "device": self.device, "device_pool": self.device_pool,
+                 "rejection": self.rejection, "failure": self.failure,
                  "config_version": self.config_version, "origin": self.origin,
                  "controller": self.controller, "copied_from": self.copied_from}
         attributes.update({key: value for key, value in plain.items() if value is not None})
@@ -320,10 +322,11 @@ class TrialOutcome:
         state = trial.state.name
         outcome = cls.from_attributes(trial.user_attrs, state)
         if state == "FAIL" and outcome.failure is None:
+            # hwnas records the reason of every failure it sees: none means its controller
+            # stopped before it could tell the study (killed, or heartbeats lost)
             outcome = dataclasses.replace(outcome, failure=(
                 "its controller stopped (killed, or its heartbeat was lost) before it finished; "
-                "the candidate is retried as a new trial" if trial.user_attrs.get("stage") ==
-                TrialStage.RUNNING.value else "the trial failed without a recorded reason"))
+                "the candidate is retried as a new trial"))
         return dataclasses.replace(outcome, number=trial.number,
                                    constraints=_pairs(trial.constraints or {}),
                                    values=tuple(trial.values) if trial.values is not None else None)
@@ -349,6 +352,7 @@ class TrialOutcome:
             accuracy_val=attrs.get("accuracy_val"), accuracy_test=attrs.get("accuracy_test"),
             finetune=record("finetune", FineTuneReport),
             timings_s=_pairs(attrs.get("timings_s") or {}), device=attrs.get("device"),
+            device_pool=attrs.get("device_pool"),
             devices_lost=tuple(attrs.get("devices_lost") or ()), rejection=attrs.get("rejection"),
             failure=attrs.get("failure"), config_version=attrs.get("config_version"),
             origin=attrs.get("origin"), controller=attrs.get("controller"),
@@ -374,6 +378,7 @@ class StudyRecord:
     search_space_yaml: str | None = None  # the search space every worker runs
     config_version: str | None = None
     n_trials: int | None = None  # completed trials the study asks for
+    artifact_store: str | None = None  # where the parent, kept bytes and cards are
 
     def budget(self, name: str) -> float | None:
         return dict(self.budgets).get(name)
@@ -389,7 +394,8 @@ class StudyRecord:
                                        "data_fingerprint": self.data_fingerprint})
         study.set_user_attr("search_space", {"yaml": self.search_space_yaml,
                                              "config_version": self.config_version,
-                                             "n_trials": self.n_trials})
+                                             "n_trials": self.n_trials,
+                                             "artifact_store": self.artifact_store})
         study.set_metric_names(list(self.objectives))
 
     @classmethod
@@ -405,4 +411,4 @@ class StudyRecord:
                    tuple(study.metric_names or ("accuracy", "latency_p90_ms")),
                    str(attrs.get("energy_basis") or "total"), parent.get("weights_sha256"),
                    parent.get("data_fingerprint"), space.get("yaml"), space.get("config_version"),
-                   space.get("n_trials"))
+                   space.get("n_trials"), space.get("artifact_store"))

@@ -122,15 +122,16 @@ class TrialMeasurer:
         self.lease, self.timings, self.progress = lease, timings, progress
         self.known = {m.model_sha256: m for m in (inherited.screen_measurement, inherited.measurement)
                       if m is not None} if inherited else {}
+        self.known_pool = inherited.device_pool if inherited else None
         self.pending = inherited.pending_job if inherited else None
         self.reused: list[str] = []
 
     def measure(self, artifact: Artifact) -> Measurement:
         while True:
             device = self.lease.device
-            same_pool = {d.name for d in self.lease.pool.alive if d.pool == device.pool}
             known = self.known.get(artifact.sha256)
-            if known is not None and known.device in same_pool:
+            # measured on a device of this one's pool (interchangeable ones): not again
+            if known is not None and device.pool in (self.known_pool, known.device):
                 self.reused.append(artifact.sha256)
                 return known
             try:
@@ -179,7 +180,7 @@ class Objective:
             origin=origin, controller=controller_id()))
         # other controllers' dead trials are retried now, not after a heartbeat grace period
         fail_abandoned_trials(trial.study)
-        twin = finished_twin(trial)
+        twin = finished_twin(trial, {d.pool for d in ctx.devices.alive})
         if twin is not None:  # this very candidate was measured already: never twice
             return reuse(trial, twin, ctx.config_version)
         work = ctx.run.work_dir(trial.number)
@@ -188,7 +189,7 @@ class Objective:
         except DeviceError:
             trial.study.stop()
             raise
-        progress.update(device=lease.device.name)
+        progress.update(device=lease.device.name, device_pool=lease.device.pool)
         measurer = TrialMeasurer(lease, timings, progress, inherited)
         try:
             return self._run(trial, progress, measurer, work)
@@ -204,7 +205,7 @@ class Objective:
             raise
         finally:
             progress.update(timings_s=tuple(timings.seconds.items()), device=lease.device.name,
-                            devices_lost=tuple(lease.lost))
+                            device_pool=lease.device.pool, devices_lost=tuple(lease.lost))
             lease.release()
             shutil.rmtree(work, ignore_errors=True)
 
@@ -271,14 +272,17 @@ class Progress:
 TWIN_WAIT_S = 3600.0
 
 
-def finished_twin(trial: optuna.Trial, poll_s: float = 2.0) -> optuna.trial.FrozenTrial | None:
-    """A finished trial of the same candidate (same parameters), waiting for one that another
-    controller is running; None if there is none, or it failed (then this trial runs it)."""
+def finished_twin(trial: optuna.Trial, pools: set[str],
+                  poll_s: float = 2.0) -> optuna.trial.FrozenTrial | None:
+    """A finished trial of the same candidate (same parameters) on a device of one of these
+    pools, waiting for one that another controller is running; None if there is none, or it
+    failed (then this trial runs it)."""
     deadline = time.monotonic() + TWIN_WAIT_S
     while True:
         twins = [t for t in trial.study.get_trials(deepcopy=False)
                  if t.number != trial.number and t.params == trial.params
-                 and t.state in (TrialState.COMPLETE, TrialState.RUNNING)]
+                 and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+                 and TrialOutcome.from_trial(t).device_pool in pools | {None}]
         done = [t for t in twins if t.state == TrialState.COMPLETE]
         if done:
             return done[0]

@@ -200,8 +200,10 @@ def run_worker(storage: str, study_name: str, device_path: str | Path | list,
     space_path = run_dir / "study-search-space.yaml"
     space_path.parent.mkdir(parents=True, exist_ok=True)
     space_path.write_text(joined[1].search_space_yaml)
+    # the study's store unless this machine reaches it elsewhere (another mount point)
     return run_search(space_path, device_path, run_dir, None, progress, log, storage=storage,
-                      study_name=study_name, artifact_store=artifact_store, worker=True)
+                      study_name=study_name, worker=True,
+                      artifact_store=artifact_store or joined[1].artifact_store)
 
 
 def with_locations(space: SearchSpace, storage: str | None, study_name: str | None,
@@ -248,7 +250,8 @@ def _share(run: RunFolder, study: optuna.Study, prepared: Prepared, space_text: 
         dataclasses.replace(
             study_record(prepared), parent_weights_sha256=weights,
             data_fingerprint=prepared.task.fingerprint, search_space_yaml=space_text,
-            config_version=config_version, n_trials=prepared.space.search.n_trials).write(study)
+            config_version=config_version, n_trials=prepared.space.search.n_trials,
+            artifact_store=run.store_url).write(study)
 
 
 def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_version: str,

@@ -66,11 +66,16 @@ class PostgresCluster:
         self._pg_ctl("start", "-w", "-t", "60", "-o",
                      f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 "
                      f"-c fsync=off -c max_connections=200")
+        self.createdb(self.database)
+        return self
+
+    def createdb(self, name: str) -> str:
+        """A new database in this cluster; its URL."""
         created = self._run(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                            "-U", self.user, self.database, check=False)
+                            "-U", self.user, name, check=False)
         if created.returncode != 0 and "already exists" not in created.stderr:
             raise RuntimeError(f"createdb failed: {created.stderr}")
-        return self
+        return self.url.rsplit("/", 1)[0] + "/" + name
 
     def _pg_ctl(self, *args: str) -> None:
         done = self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), *args,

@@ -51,9 +51,9 @@ def configs(tmp_path: Path, n_trials: int, finetune: str = "") -> tuple[Path, li
         text = text.replace("max_steps: 60, max_seconds: 60", finetune)
     space.write_text(text)
     devices = []
-    for index in range(3):  # each controller measures on its own (local) device
+    for index in range(3):  # each controller measures on its own (local) device, all alike
         path = tmp_path / f"dev{index}.yaml"
-        path.write_text(FAST_DEVICE.replace("name: test-local", f"name: dev{index}"))
+        path.write_text(FAST_DEVICE.replace("name: test-local", f"name: dev{index}\npool: cpu"))
         devices.append(path)
     return space, devices
 
@@ -147,7 +147,8 @@ def test_a_worker_killed_mid_trial_is_retried_by_another_and_nothing_is_lost(tmp
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             outcome = TrialOutcome.from_trial(trial)
             if outcome.controller and outcome.controller.split(":")[1] == str(victim_pid) \
-                    and outcome.screen_measurement is not None and outcome.finetune is None:
+                    and outcome.screen_measurement is not None and outcome.finetune is None \
+                    and outcome.rejection is None:
                 return outcome
         return None
 
