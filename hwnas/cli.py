@@ -45,6 +45,9 @@ class SearchCommand(Command):
                             help="Optuna storage URL of the study (e.g. postgresql://user@host/db "
                                  "for several machines); default: search.storage, else SQLite in "
                                  "the run folder")
+        parser.add_argument("--study", default=None,
+                            help="the study's name in the storage (default: search.study_name, "
+                                 "else <space>--<device>); name an existing one to join it")
         parser.add_argument("--artifact-store", default=None,
                             help="where kept bytes and the parent's weights go: file:///shared/"
                                  "path or s3://bucket/prefix (default: search.artifact_store, "
@@ -60,7 +63,8 @@ class SearchCommand(Command):
 
         outcome = run_search(args.space, args.device or [DEFAULT_DEVICE], args.run_dir,
                              args.trials, progress=not args.no_progress, fork=args.fork,
-                             storage=args.storage, artifact_store=args.artifact_store)
+                             storage=args.storage, study_name=args.study,
+                             artifact_store=args.artifact_store)
         return print_outcome(outcome)
 
 

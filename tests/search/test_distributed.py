@@ -214,7 +214,8 @@ def test_another_search_space_cannot_join_a_study(tmp_path, study_url):
     space.write_text(space.read_text().replace("validation_fraction: 0.15",
                                                "validation_fraction: 0.2"))
     done = subprocess.run([HWNAS, "search", str(space), "--device", str(devices[1]), "--storage",
-                           study_url, "--run-dir", str(tmp_path / "other"), "--trials", "3"],
+                           study_url, "--study", STUDY, "--run-dir", str(tmp_path / "other"),
+                           "--trials", "3"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "dataset.validation_fraction: 0.15 -> 0.2" in done.stderr
