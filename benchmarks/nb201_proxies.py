@@ -1,0 +1,68 @@
+"""Zero-cost proxies of every NAS-Bench-201 cell in the accuracy table, computed from the
+real architectures (torch, C=16, N=5, untrained, seed 0) -> benchmarks/nb201_proxies.csv.
+
+The replay benchmark reads this cache instead of spending ~1 CPU-hour (3 with --backward) at every start. It
+never reads an accuracy: the accuracy table is used only for its list of cells (`net`).
+Resumable: cells already in the output are skipped. Cheap cells (fewest convolutions) are
+computed first.
+
+    .venv/bin/python benchmarks/nb201_proxies.py \
+        --accuracy ../shared/data/hw-nas-bench/nb201_valid_nets.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from hwnas.search.nb201 import CellProxies, cell_proxies, fashion_mnist_batch, parse_net
+
+OUT = Path(__file__).resolve().parent / "nb201_proxies.csv"
+COLUMNS = ["net"] + [f.name for f in dataclasses.fields(CellProxies)]
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accuracy", required=True, type=Path,
+                        help="nb201_valid_nets.csv (only its `net` column is read)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backward", action="store_true",
+                        help="also jacob_cov, grad_norm, snip (about 3x the time)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with args.accuracy.open() as handle:
+        nets = [parse_net(row["net"]) for row in csv.DictReader(handle)]
+    done = set()
+    if args.out.exists():
+        with args.out.open() as handle:
+            done = {parse_net(row["net"]) for row in csv.DictReader(handle)}
+    todo = sorted((n for n in nets if n not in done), key=lambda n: (n.count(2), n.count(3), n))
+    images, labels = fashion_mnist_batch()
+    new_file = not args.out.exists()
+    started = time.perf_counter()
+    with args.out.open("a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new_file:
+            writer.writerow(COLUMNS)
+        for index, net in enumerate(todo, 1):
+            proxies = cell_proxies(net, images, labels, backward=args.backward)
+            writer.writerow([str(net)] + [_cell(getattr(proxies, c)) for c in COLUMNS[1:]])
+            if index % 200 == 0:
+                handle.flush()
+                rate = index / (time.perf_counter() - started)
+                print(f"{index}/{len(todo)} cells, {rate:.2f}/s", flush=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

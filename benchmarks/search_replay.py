@@ -1,0 +1,219 @@
+"""Replay benchmark: search strategies on NAS-Bench-201 cells with real device figures.
+
+Every strategy runs through the same engine (hwnas/search/engine.py) on a real Optuna
+study against the replay evaluator; only the policy differs. The true feasible optimum is
+known from the tables, so we count accuracy evaluations until the best-so-far feasible
+accuracy is within 0.3 points of it (capped), and the regret after 25/50/100 evaluations.
+Hardware look-ups are counted separately. A strategy never sees an accuracy it did not pay
+an evaluation for; proxies come from the real architectures (benchmarks/nb201_proxies.py).
+
+    .venv/bin/python benchmarks/search_replay.py \\
+        --accuracy ../shared/data/hw-nas-bench/nb201_valid_nets.csv \\
+        --hardware ../shared/data/hw-nas-bench/hw_cifar10.csv \\
+        --metric raspi4_latency --budget-quantile 0.1 --seeds 30 --json results/x.json
+"""
+
+from __future__ import annotations
+
+import os
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small matrices: threads only contend
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, table  # noqa: E402
+
+from hwnas.config.cells import load_cell_space  # noqa: E402
+from hwnas.errors import HwnasError  # noqa: E402
+from hwnas.search.engine import Evaluation, Policy, SearchEngine  # noqa: E402
+from hwnas.search.replay import ReplayEvaluator, ReplayTable, load_proxies  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WITHIN = 0.3  # accuracy points from the true feasible optimum
+REGRET_AT = (25, 50, 100)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    policy: Policy
+    sampler: Callable[[int], optuna.samplers.BaseSampler]
+    what: str
+
+
+def _tpe(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _random(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _gp(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed)
+
+
+def strategies(cap: int) -> dict[str, Strategy]:
+    sampler = Policy(acquisition="sampler", predictor=False, use_proxies=False,
+                     max_evaluations=cap)
+    model = Policy(acquisition="model", max_evaluations=cap)
+    return {
+        "hwnas": Strategy(model, _random, "engine default: GP over params + proxies, EI x "
+                          "P(feasible), hardware first, figure predictor"),
+        "tpe": Strategy(dataclasses.replace(sampler, screening=False), _tpe,
+                        "plain Optuna TPE, budgets as constraints, every trial evaluated"),
+        "random": Strategy(dataclasses.replace(sampler, screening=False), _random,
+                           "random, every trial evaluated"),
+        "hardware_first_random": Strategy(sampler, _random, "random, hardware screened first"),
+        # what makes it fast: each idea on or off
+        "hardware_first_tpe": Strategy(sampler, _tpe, "TPE with constraints, screened first "
+                                       "(today's compression search)"),
+        "hardware_first_gp": Strategy(sampler, _gp, "Optuna GPSampler with constraints, "
+                                      "screened first"),
+        "hwnas_no_proxies": Strategy(dataclasses.replace(model, use_proxies=False), _random,
+                                     "hwnas without zero-cost proxies"),
+        "hwnas_no_predictor": Strategy(dataclasses.replace(model, predictor=False), _random,
+                                       "hwnas without the figure predictor"),
+    }
+
+
+CACHE: dict = {}  # params -> (candidate, encoding): the same for every run of one space
+
+
+def run_one(strategy: Strategy, evaluator: ReplayEvaluator, seed: int, optimum: float,
+            feasible: dict[tuple[int, ...], float]) -> dict[str, Any]:
+    study = optuna.create_study(direction="maximize", sampler=strategy.sampler(seed))
+    engine = SearchEngine(evaluator, study, strategy.policy, seed=seed, candidate_cache=CACHE)
+
+    def done(evaluations: tuple[Evaluation, ...]) -> bool:
+        best = max((e.accuracy for e in evaluations if e.candidate.ops in feasible), default=None)
+        return len(evaluations) >= max(REGRET_AT) and best is not None and \
+            best >= optimum - WITHIN
+
+    started = time.perf_counter()
+    result = engine.run(stop_when=done)
+    best, curve = -np.inf, []
+    for evaluation in result.evaluations:  # best-so-far feasible by the table's truth
+        if evaluation.candidate.ops in feasible:
+            best = max(best, evaluation.accuracy)
+        curve.append(best)
+    reached = next((i + 1 for i, b in enumerate(curve) if b >= optimum - WITHIN), None)
+
+    def regret(n: int) -> float:
+        # no feasible candidate evaluated yet: nothing usable, the whole optimum is lost
+        value = curve[min(n, len(curve)) - 1] if curve else -np.inf
+        return float(optimum - value) if np.isfinite(value) else float(optimum)
+
+    return {"evaluations_to_target": reached, "evaluations": len(result.evaluations),
+            "infeasible_evaluations": sum(e.candidate.ops not in feasible
+                                          for e in result.evaluations),
+            "measurements": result.measurements, "skipped_by_prediction":
+            result.skipped_by_prediction, "regret": {str(n): regret(n) for n in REGRET_AT},
+            "rank_accuracy": result.rank_accuracy, "seconds": time.perf_counter() - started,
+            "trials": len(study.trials)}
+
+
+def summarise(runs: list[dict[str, Any]], cap: int) -> dict[str, Any]:
+    counts = [r["evaluations_to_target"] or cap for r in runs]
+    q1, median, q3 = np.percentile(counts, [25, 50, 75])
+    return {
+        "median_evaluations": float(median), "iqr": [float(q1), float(q3)], "cap": cap,
+        "capped_runs": sum(r["evaluations_to_target"] is None for r in runs),
+        "regret": {str(n): float(np.median([r["regret"][str(n)] for r in runs]))
+                   for n in REGRET_AT},
+        "median_hardware_measurements": float(np.median([r["measurements"] for r in runs])),
+        "median_skipped_by_prediction": float(np.median([r["skipped_by_prediction"]
+                                                          for r in runs])),
+        "median_infeasible_evaluations": float(np.median([r["infeasible_evaluations"]
+                                                           for r in runs])),
+        "median_seconds": float(np.median([r["seconds"] for r in runs])),
+        "runs": runs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accuracy", required=True, type=Path)
+    parser.add_argument("--hardware", required=True, type=Path)
+    parser.add_argument("--metric", required=True, action="append",
+                        help="hardware column under a budget; repeat for several budgets")
+    parser.add_argument("--budget-quantile", required=True, action="append", type=float,
+                        help="one per --metric: the budget is this quantile of the column")
+    parser.add_argument("--seeds", type=int, default=30)
+    parser.add_argument("--json", required=True, type=Path)
+    parser.add_argument("--cap", type=int, default=500,
+                        help="accuracy evaluations after which a run counts as not reaching "
+                             "the target (reported as the cap)")
+    parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "nb201.yaml")
+    parser.add_argument("--proxies", type=Path, default=HERE / "nb201_proxies.csv")
+    parser.add_argument("--strategies", nargs="+", default=None,
+                        help="subset to run (default: all)")
+    args = parser.parse_args(argv)
+    if len(args.metric) != len(args.budget_quantile):
+        parser.error("give one --budget-quantile per --metric")
+    if args.cap < max(REGRET_AT):
+        parser.error(f"--cap must be at least {max(REGRET_AT)} (regret is read there)")
+    try:
+        space = load_cell_space(args.space)
+        data = ReplayTable.load(args.accuracy, args.hardware, args.metric)
+        budgets = [data.budget(m, q) for m, q in zip(args.metric, args.budget_quantile)]
+        proxies = load_proxies(args.proxies)
+    except HwnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    feasible = data.feasible(budgets)
+    optimum = max(feasible.values())
+    within = sum(a >= optimum - WITHIN for a in feasible.values())
+    print(f"budgets: {', '.join(f'{b.figure} <= {b.limit:.4g}' for b in budgets)}; "
+          f"{len(feasible)} of {len(data.accuracy)} cells feasible; optimum {optimum:.2f}%, "
+          f"{within} cells within {WITHIN} points")
+    chosen = strategies(args.cap)
+    names = args.strategies or list(chosen)
+    unknown = sorted(set(names) - set(chosen))
+    if unknown:
+        print(f"error: --strategies: unknown {unknown}; allowed: {', '.join(chosen)}",
+              file=sys.stderr)
+        return 2
+    results: dict[str, Any] = {}
+    rows = []
+    for name in names:
+        runs = []
+        for seed in range(args.seeds):
+            evaluator = ReplayEvaluator(space, data, budgets, proxies, seed=seed)
+            runs.append(run_one(chosen[name], evaluator, seed, optimum, feasible))
+        results[name] = summarise(runs, args.cap) | {"what": chosen[name].what}
+        s = results[name]
+        rows.append([name, f"{s['median_evaluations']:g}", f"{s['iqr'][0]:g}-{s['iqr'][1]:g}",
+                     f"{s['capped_runs']}/{args.seeds}",
+                     *[f"{s['regret'][str(n)]:.2f}" for n in REGRET_AT],
+                     f"{s['median_hardware_measurements']:g}",
+                     f"{s['median_seconds']:.1f}"])
+        print(f"  {name}: median {s['median_evaluations']:g} evaluations", flush=True)
+    print()
+    print(table(["strategy", "median evals", "IQR", f"capped ({args.cap})", "regret@25",
+                 "regret@50", "regret@100", "hw look-ups", "s/run"], rows))
+    payload = {"strategies": results, "machine": machine(),
+               "setting": {"accuracy": str(args.accuracy), "hardware": str(args.hardware),
+                           "budgets": [dataclasses.asdict(b) for b in budgets],
+                           "quantiles": args.budget_quantile, "feasible_cells": len(feasible),
+                           "optimum": optimum, "cells_within": within, "within": WITHIN,
+                           "seeds": args.seeds, "cap": args.cap, "proxies": str(args.proxies)}}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    print(f"\nsaved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

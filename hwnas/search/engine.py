@@ -1,0 +1,408 @@
+"""The search policy, apart from what it searches: sampler, hardware-first screening,
+fidelity schedule, stopping. It talks to an `Evaluator` and keeps its books in an Optuna
+study (ask/tell), so a killed search resumes from its storage.
+
+One trial per candidate the engine acts on:
+
+| stage | state | values | constraints |
+|---|---|---|---|
+| evaluated | COMPLETE | accuracy (+ objective figures) | from the measured figures |
+| rejected_before_finetune | COMPLETE | NOT_EVALUATED | measured, > 0 (breaks a budget) |
+| skipped_predicted_over_budget | PRUNED | - | none: the figure was predicted, not measured |
+| stopped_at_fidelity | PRUNED | - (accuracies per fidelity in user attrs) | measured |
+| duplicate | COMPLETE | copied from the trial it repeats | copied |
+
+Policies: ``acquisition="model"`` scores a pool of candidates (random draws plus every
+one-parameter change of the best ones) by expected improvement of a GP over parameters and
+proxies times the predicted probability of meeting the budgets, then measures the best and
+evaluates it if it is feasible. ``acquisition="sampler"`` asks an Optuna sampler (TPE, GP,
+random) for each trial instead; with ``screening`` off, every trial is evaluated, as a
+plain Optuna search with constraints would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Hashable, Literal
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from hwnas.search.evaluator import Evaluator, HardwareReport
+from hwnas.search.screening import BudgetDecision, FigurePredictor, screen
+from hwnas.search.surrogate import (AccuracyModel, ParameterEncoder, expected_improvement,
+                                    proxy_matrix, proxy_vote)
+
+STAGE_EVALUATED = "evaluated"
+STAGE_REJECTED = "rejected_before_finetune"
+STAGE_SKIPPED = "skipped_predicted_over_budget"
+STAGE_STOPPED = "stopped_at_fidelity"
+STAGE_DUPLICATE = "duplicate"
+# a rejected candidate was never evaluated: this stands in for its accuracy so that a
+# sampler sees it as bad; reports show it as "not evaluated" (same as search/objective.py)
+NOT_EVALUATED = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    acquisition: Literal["model", "sampler"] = "model"
+    screening: bool = True  # measure hardware before any accuracy evaluation
+    use_proxies: bool = True  # zero-cost proxies as model features and start-up order
+    startup_evaluations: int = 4  # before the accuracy model is fit
+    pool_size: int = 1000  # random candidates scored per step
+    neighbours_of: int = 3  # plus every one-parameter change of the best k evaluated
+    max_rounds: int = 8  # noise-aware screening: re-measure up to this many rounds
+    predictor: bool = True  # per-device figure predictor: feasibility odds and skipping
+    predictor_min_measurements: int = 20
+    skip_margin: float = 0.25  # skip measuring only if predicted >= (1 + margin) * budget ...
+    skip_probability: float = 0.01  # ... and the odds of meeting it are below this
+    rerank_after: int = 8  # candidates acted on before the pool is ranked again
+    max_evaluations: int = 50
+    max_measurements: int | None = None
+    prune_fidelities: bool = True  # stop a candidate at a low fidelity per the study's pruner
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    trial: int
+    candidate: Hashable
+    accuracy: float
+    feasible: bool  # as measured (the engine's decision)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineResult:
+    evaluations: tuple[Evaluation, ...]  # in the order they were paid for
+    measurements: int  # hardware measurements (each re-measurement counts)
+    measurement_rounds: int
+    skipped_by_prediction: int
+    rank_accuracy: dict[str, dict[str, Any]]
+
+
+class SearchEngine:
+    def __init__(self, evaluator: Evaluator, study: optuna.Study, policy: Policy = Policy(),
+                 seed: int = 0, objectives: tuple[str, ...] = (),
+                 log: Callable[[str], None] | None = None,
+                 candidate_cache: dict | None = None) -> None:
+        """``objectives``: hardware figures reported as further study values after accuracy.
+        ``candidate_cache``: params -> (candidate, encoding), shareable between engines on
+        the same evaluator and space (a benchmark's seeds)."""
+        self.evaluator, self.study, self.policy = evaluator, study, policy
+        self.objectives, self.log = objectives, log or (lambda _message: None)
+        self.budgets = evaluator.budgets
+        self._distributions: dict[str, BaseDistribution] | None = None
+        self._encoder: ParameterEncoder | None = None
+        self._seen: dict[Hashable, FrozenTrial] = {}
+        self._evaluations: list[Evaluation] = []
+        self._feasible_evaluated: list[tuple[Hashable, dict[str, Any], float]] = []
+        self._predictors = {b.figure: FigurePredictor(b.figure, policy.predictor_min_measurements)
+                            for b in self.budgets} if policy.predictor else {}
+        self.measurements = self.rounds = self.skipped = 0
+        self._model: AccuracyModel | None = None
+        self._candidates: dict[tuple[tuple[str, Any], ...], tuple[Hashable, np.ndarray]] = \
+            candidate_cache if candidate_cache is not None else {}
+        self._resume()
+        self._rng = np.random.default_rng(seed + len(study.trials))
+
+    # --- books --------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        """Rebuild the policy's state from the study: what was seen, measured, evaluated."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                   TrialState.PRUNED)):
+            if "stage" not in trial.user_attrs:
+                continue
+            candidate = self.evaluator.suggest(optuna.trial.FixedTrial(trial.params))
+            self._learn_distributions(trial.distributions)
+            self._seen.setdefault(candidate, trial)
+            attrs = trial.user_attrs
+            self.measurements += attrs.get("measurements", 0)
+            self.rounds += attrs.get("measurement_rounds", 0)
+            self.skipped += attrs["stage"] == STAGE_SKIPPED
+            if "hardware" in attrs:
+                self._teach_predictors(candidate, trial.params, attrs["hardware"]["figures"])
+            if attrs["stage"] == STAGE_EVALUATED:
+                feasible = all(v <= 0 for v in trial.constraints.values())
+                self._evaluations.append(Evaluation(trial.number, candidate, trial.values[0],
+                                                    feasible))
+                if feasible:
+                    self._feasible_evaluated.append(
+                        (candidate, self.evaluator.parameters(candidate) or dict(trial.params),
+                         trial.values[0]))
+
+    def _learn_distributions(self, distributions: dict[str, BaseDistribution]) -> None:
+        if self._distributions is None and distributions:
+            self._distributions = dict(distributions)
+            self._encoder = ParameterEncoder(distributions)
+
+    def _features(self, candidate: Hashable, params: dict[str, Any]) -> np.ndarray:
+        assert self._encoder is not None
+        proxies = self.evaluator.proxies(candidate) if self.policy.use_proxies else {}
+        params = self.evaluator.parameters(candidate) or params
+        return np.concatenate([self._encoder.encode(params),
+                               np.asarray([proxies[k] for k in sorted(proxies)], dtype=float)])
+
+    def _teach_predictors(self, candidate: Hashable, params: dict[str, Any],
+                          figures: dict[str, dict[str, Any]]) -> None:
+        if not self._predictors or self._encoder is None:
+            return
+        features = self._features(candidate, params)
+        for name, predictor in self._predictors.items():
+            predictor.add(features, figures[name]["value"])
+
+    def _values(self, accuracy: float, report: HardwareReport | None) -> list[float]:
+        figures = [report.figure(n).value if report else math.nan for n in self.objectives]
+        return [accuracy, *figures]
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self, stop_when: Callable[[tuple[Evaluation, ...]], bool] | None = None
+            ) -> EngineResult:
+        """Search until ``max_evaluations``, the measurement budget, or ``stop_when`` says so."""
+        policy = self.policy
+        while len(self._evaluations) < policy.max_evaluations:
+            if stop_when is not None and stop_when(tuple(self._evaluations)):
+                break
+            if policy.max_measurements is not None and self.measurements >= policy.max_measurements:
+                self.log("stopping: measurement budget spent")
+                break
+            if not self._step():
+                self.log("stopping: no candidate left to try")
+                break
+        self.study.set_user_attr("engine", self._summary())
+        return EngineResult(tuple(self._evaluations), self.measurements, self.rounds,
+                            self.skipped, {n: p.rank_accuracy().to_dict()
+                                           for n, p in self._predictors.items()})
+
+    def _summary(self) -> dict[str, Any]:
+        return {"evaluations": len(self._evaluations), "measurements": self.measurements,
+                "measurement_rounds": self.rounds, "skipped_by_prediction": self.skipped,
+                "predictor_rank_accuracy": {n: p.rank_accuracy().to_dict()
+                                            for n, p in self._predictors.items()},
+                "policy": dataclasses.asdict(self.policy)}
+
+    def _step(self) -> bool:
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if self.policy.acquisition == "sampler" or waiting or self._distributions is None:
+            # a user's enqueued trial first; the model needs one trial to learn the space
+            trial = self.study.ask()
+            self._act(trial, self.evaluator.suggest(trial))
+            return True
+        ranked = self._ranked_pool()
+        if not ranked:
+            return False
+        evaluations, acted = len(self._evaluations), 0
+        for candidate, params, predicted in ranked:
+            # after an evaluation (the model learnt) or a few rejections (the predictor
+            # learnt), rank again
+            if len(self._evaluations) > evaluations or acted >= self.policy.rerank_after:
+                break
+            acted += 1
+            if self.policy.max_measurements is not None and \
+                    self.measurements >= self.policy.max_measurements:
+                break
+            self.study.enqueue_trial(params, skip_if_exists=False)
+            trial = self.study.ask()
+            self._act(trial, self.evaluator.suggest(trial), predicted)
+        return True
+
+    def _act(self, trial: optuna.Trial, candidate: Hashable,
+             predicted: dict[str, float] | None = None) -> None:
+        self._learn_distributions(trial.distributions)
+        trial.set_user_attr("candidate", self.evaluator.describe(candidate))
+        if candidate in self._seen:
+            return self._repeat(trial, self._seen[candidate])
+        if predicted:
+            trial.set_user_attr("predicted", predicted)  # never a measurement
+            if self._skip(predicted):
+                self.skipped += 1
+                trial.set_user_attr("stage", STAGE_SKIPPED)
+                self._finish(trial, None, TrialState.PRUNED, candidate)
+                return None
+        report, decisions, history = None, (), ()
+        if self.policy.screening:
+            report, decisions, history = self._measure(trial, candidate)
+            if not all(d.feasible for d in decisions):
+                trial.set_user_attr("stage", STAGE_REJECTED)
+                return self._finish(trial, self._values(NOT_EVALUATED, report),
+                                    TrialState.COMPLETE, candidate)
+        accuracy = self._evaluate(trial, candidate)
+        if accuracy is None:
+            trial.set_user_attr("stage", STAGE_STOPPED)
+            return self._finish(trial, None, TrialState.PRUNED, candidate)
+        if not self.policy.screening:  # plain search: the figures come after the accuracy
+            report, decisions, history = self._measure(trial, candidate)
+        feasible = all(d.feasible for d in decisions)
+        self._evaluations.append(Evaluation(trial.number, candidate, accuracy, feasible))
+        if feasible:
+            self._feasible_evaluated.append(
+                (candidate, self.evaluator.parameters(candidate) or dict(trial.params), accuracy))
+        trial.set_user_attr("stage", STAGE_EVALUATED)
+        return self._finish(trial, self._values(accuracy, report), TrialState.COMPLETE, candidate)
+
+    def _measure(self, trial: optuna.Trial, candidate: Hashable
+                 ) -> tuple[HardwareReport, tuple[BudgetDecision, ...], tuple[HardwareReport, ...]]:
+        report, decisions, history = screen(self.evaluator, candidate, self.budgets,
+                                            self.policy.max_rounds)
+        taken = len(history) + 1
+        rounds = sum(max(f.rounds for f in r.figures) for r in (*history, report))
+        self.measurements += taken
+        self.rounds += rounds
+        trial.set_user_attr("hardware", report.to_dict())
+        trial.set_user_attr("measurements", taken)
+        trial.set_user_attr("measurement_rounds", rounds)
+        trial.set_user_attr("budget_decisions", [d.to_dict() for d in decisions])
+        if history:
+            trial.set_user_attr("hardware_before_remeasuring", [r.to_dict() for r in history])
+        for budget in self.budgets:
+            trial.set_constraint(budget.figure, budget.constraint(report.figure(budget.figure).value))
+        self._teach_predictors(candidate, trial.params, report.to_dict()["figures"])
+        if self._predictors:
+            self.study.set_user_attr("predictor_rank_accuracy", {
+                n: p.rank_accuracy().to_dict() for n, p in self._predictors.items()})
+        return report, decisions, history
+
+    def _evaluate(self, trial: optuna.Trial, candidate: Hashable) -> float | None:
+        """Accuracy along the fidelity schedule; None if the study's pruner stops it early."""
+        fidelities = self.evaluator.fidelities
+        accuracy = math.nan
+        by_fidelity = {}
+        for step, fidelity in enumerate(fidelities):
+            accuracy = self.evaluator.evaluate(candidate, fidelity)
+            by_fidelity[str(fidelity)] = accuracy
+            trial.set_user_attr("accuracy_by_fidelity", by_fidelity)
+            if step < len(fidelities) - 1:
+                trial.report(accuracy, step)
+                if self.policy.prune_fidelities and trial.should_prune():
+                    return None
+        return accuracy
+
+    def _skip(self, predicted: dict[str, float]) -> bool:
+        """Skip measuring only where every guard holds: the predictor is trained, the figure is
+        predicted at least (1 + margin) over its budget, and the odds it fits are tiny."""
+        for budget in self.budgets:
+            if budget.figure in predicted and \
+                    predicted[budget.figure] >= (1 + self.policy.skip_margin) * budget.limit and \
+                    predicted.get(f"{budget.figure}_probability_within", 1.0) < \
+                    self.policy.skip_probability:
+                return True
+        return False
+
+    def _repeat(self, trial: optuna.Trial, earlier: FrozenTrial) -> None:
+        """The same model again (e.g. an equivalent encoding): nothing is paid twice."""
+        trial.set_user_attr("stage", STAGE_DUPLICATE)
+        trial.set_user_attr("same_as_trial", earlier.number)
+        for key, value in earlier.constraints.items():
+            trial.set_constraint(key, value)
+        if earlier.state == TrialState.COMPLETE:
+            self.study.tell(trial, earlier.values)
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED)
+
+    def _finish(self, trial: optuna.Trial, values: list[float] | None, state: TrialState,
+                candidate: Hashable) -> None:
+        frozen = self.study.tell(trial, values, state=state)
+        self._seen[candidate] = frozen
+
+    # --- the model's pool ---------------------------------------------------------------
+
+    def _draw(self, count: int) -> list[dict[str, Any]]:
+        """Uniform random parameters (numbers uniform in their range, log or not)."""
+        assert self._distributions is not None
+        columns = {}
+        for name, dist in self._distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                columns[name] = [dist.choices[i] for i in
+                                 self._rng.integers(len(dist.choices), size=count)]
+            else:
+                low, high = dist.low, dist.high  # type: ignore[attr-defined]
+                log = getattr(dist, "log", False)
+                u = self._rng.uniform(math.log(low) if log else low,
+                                      math.log(high) if log else high, size=count)
+                values = np.exp(u) if log else u
+                if isinstance(dist, optuna.distributions.IntDistribution):
+                    columns[name] = [int(round(v)) for v in values]
+                else:
+                    columns[name] = [float(v) for v in values]
+        return [{name: columns[name][i] for name in columns} for i in range(count)]
+
+    def _neighbours(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self._distributions is not None
+        found = []
+        for name, dist in self._distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                found += [params | {name: choice} for choice in dist.choices
+                          if choice != params[name]]
+        return found
+
+    def _candidate(self, params: dict[str, Any]) -> tuple[Hashable, np.ndarray]:
+        key = tuple(sorted(params.items()))
+        if key not in self._candidates:
+            assert self._encoder is not None
+            candidate = self.evaluator.suggest(optuna.trial.FixedTrial(params))
+            canonical = self.evaluator.parameters(candidate) or params
+            self._candidates[key] = (candidate, self._encoder.encode(canonical))
+        return self._candidates[key]
+
+    def _ranked_pool(self) -> list[tuple[Hashable, dict[str, Any], dict[str, float]]]:
+        """Unseen candidates, best acquisition first, each with its predicted figures."""
+        policy = self.policy
+        drafts = self._draw(policy.pool_size)
+        best = sorted(self._feasible_evaluated, key=lambda item: -item[2])[:policy.neighbours_of]
+        for _candidate, params, _accuracy in best:
+            drafts += self._neighbours(params)
+        pool: dict[Hashable, dict[str, Any]] = {}
+        encoded: dict[Hashable, np.ndarray] = {}
+        for params in drafts:
+            candidate, encoding = self._candidate(params)
+            if candidate not in self._seen and candidate not in pool:
+                pool[candidate] = self.evaluator.parameters(candidate) or params
+                encoded[candidate] = encoding
+        if not pool:
+            return []
+        candidates = list(pool)
+        assert self._encoder is not None
+        onehot = np.array([encoded[c] for c in candidates])
+        evaluated = [c for c, _p, _a in self._feasible_evaluated]
+        proxies = proxy_matrix([self.evaluator.proxies(c) for c in candidates + evaluated]) \
+            if policy.use_proxies else np.zeros((len(candidates) + len(evaluated), 0))
+
+        predicted: list[dict[str, float]] = [{} for _ in candidates]
+        feasible_odds = np.ones(len(candidates))
+        raw = None
+        if self._predictors:
+            raw_proxies = np.array([[p[k] for k in sorted(p)] for p in
+                                    (self.evaluator.proxies(c) if policy.use_proxies else {}
+                                     for c in candidates)], dtype=float).reshape(len(candidates), -1)
+            raw = np.hstack([onehot, raw_proxies])
+        for budget in self.budgets:
+            predictor = self._predictors.get(budget.figure)
+            if predictor is None or not predictor.ready or raw is None:
+                continue
+            log_values = predictor.predict(raw)
+            odds = predictor.probability_within(raw, budget.limit)
+            feasible_odds *= odds
+            for row, (log_value, p) in enumerate(zip(log_values, odds)):
+                predicted[row][budget.figure] = float(math.exp(log_value))
+                predicted[row][f"{budget.figure}_probability_within"] = float(p)
+
+        if len(self._feasible_evaluated) < policy.startup_evaluations:
+            # zero-cost start: the proxies' vote (or chance), weighed by the feasibility odds
+            prior = proxy_vote(proxies[:len(candidates)]) if proxies.shape[1] else \
+                self._rng.random(len(candidates))
+            score = (prior / max(1.0, prior.max())) * feasible_odds
+        else:
+            features = np.hstack([np.vstack([onehot, [self._encoder.encode(p) for _c, p, _a in
+                                                      self._feasible_evaluated]]), proxies])
+            if self._model is None:
+                self._model = AccuracyModel(self._encoder.width)
+            model = self._model
+            accuracy = np.array([a for _c, _p, a in self._feasible_evaluated])
+            model.fit(features[len(candidates):], accuracy)
+            mean, std = model.predict(features[:len(candidates)])
+            score = expected_improvement(mean, std, accuracy.max()) * feasible_odds
+        order = np.argsort(-score, kind="stable")
+        return [(candidates[i], pool[candidates[i]], predicted[i]) for i in order]

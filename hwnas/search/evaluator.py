@@ -1,0 +1,107 @@
+"""What the search engine needs from whatever it searches: three methods, one small base.
+
+An evaluator turns an Optuna trial into a candidate (define-by-run, like `hwnas.space`),
+measures a candidate's hardware figures cheaply, and evaluates its accuracy expensively at
+a fidelity. Proxies (cheap accuracy hints computed from the real architecture) are
+optional. The compression search is one evaluator; a replay of a benchmark table another.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from typing import Any, Hashable, Mapping
+
+import optuna
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareFigure:
+    """One measured figure (e.g. ``latency_ms_p90``) with what the measurement knows of its noise."""
+
+    name: str
+    value: float
+    # where the true figure lies with 95% confidence; (value, value) for an exact figure
+    ci95: tuple[float, float]
+    rounds: int  # independent measurement rounds behind ``value``
+    cv: float | None = None  # coefficient of variation of single inferences, if known
+
+    @classmethod
+    def exact(cls, name: str, value: float) -> "HardwareFigure":
+        return cls(name, float(value), (float(value), float(value)), 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "ci95": list(self.ci95), "rounds": self.rounds, "cv": self.cv}
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareReport:
+    """Every figure of one measurement of one candidate; ``detail`` is JSON provenance."""
+
+    figures: tuple[HardwareFigure, ...]
+    detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def figure(self, name: str) -> HardwareFigure:
+        for figure in self.figures:
+            if figure.name == name:
+                return figure
+        raise KeyError(f"no figure {name!r} measured; have {[f.name for f in self.figures]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"figures": {f.name: f.to_dict() for f in self.figures}, "detail": dict(self.detail)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """A hardware figure must be at most ``limit`` (Optuna constraint: value / limit - 1 <= 0)."""
+
+    figure: str
+    limit: float
+
+    def __post_init__(self) -> None:
+        if not (self.limit > 0 and math.isfinite(self.limit)):
+            raise ValueError(f"budget on {self.figure}: limit must be a positive number, "
+                             f"got {self.limit}")
+
+    def constraint(self, value: float) -> float:
+        return value / self.limit - 1.0
+
+
+class Evaluator(abc.ABC):
+    """The contract between the search policy and what it searches.
+
+    Candidates are frozen, hashable records; equal candidates are the same model (an
+    evaluator maps equivalent encodings to one candidate, so the engine never pays twice).
+    """
+
+    #: the budgets the engine screens against, each on a figure ``measure`` returns
+    budgets: tuple[Budget, ...] = ()
+    #: fractions of a full accuracy evaluation the engine may ask for, cheapest first
+    fidelities: tuple[float, ...] = (1.0,)
+
+    @abc.abstractmethod
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Hashable:
+        """The candidate for a trial's parameters (define-by-run; also called on FixedTrial)."""
+
+    @abc.abstractmethod
+    def measure(self, candidate: Hashable, rounds: int | None = None) -> HardwareReport:
+        """Cheap: the candidate's hardware figures, from ``rounds`` rounds (None: default)."""
+
+    @abc.abstractmethod
+    def evaluate(self, candidate: Hashable, fidelity: float) -> float:
+        """Expensive: accuracy after training/fine-tuning at ``fidelity`` (1.0 = full)."""
+
+    def proxies(self, candidate: Hashable) -> Mapping[str, float]:
+        """Cheap accuracy hints from the real architecture (no training); none by default."""
+        return {}
+
+    def parameters(self, candidate: Hashable) -> dict[str, Any] | None:
+        """The canonical trial parameters of a candidate, where several encodings give the
+        same model (models and records then use these); None: use the trial's own."""
+        return None
+
+    def describe(self, candidate: Hashable) -> dict[str, Any]:
+        """The candidate as JSON, for the trial record."""
+        to_dict = getattr(candidate, "to_dict", None)
+        return to_dict() if callable(to_dict) else {"repr": repr(candidate)}

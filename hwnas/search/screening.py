@@ -1,0 +1,132 @@
+"""Hardware-first screening: noise-aware budget decisions and a per-device figure predictor.
+
+A measured figure whose 95% interval contains the budget cannot be called feasible or
+infeasible yet: the candidate is measured again with more rounds (doubling, up to a cap),
+and every decision records its rounds. A predictor trained on the study's own
+measurements may skip measuring a candidate predicted far over budget; what it predicts
+is stored as a prediction, never as a measurement, and its rank accuracy on candidates
+measured afterwards is kept as the study goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+from scipy import stats
+
+from hwnas.search.evaluator import Budget, Evaluator, HardwareReport
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetDecision:
+    figure: str
+    limit: float
+    value: float
+    ci95: tuple[float, float]
+    rounds: int  # rounds behind the deciding measurement
+    extra_rounds: int  # rounds spent re-measuring because the interval held the budget
+    feasible: bool
+    settled: bool  # False: the interval still held the budget at the round cap
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"ci95": list(self.ci95)}
+
+
+def _ambiguous(report: HardwareReport, budget: Budget) -> bool:
+    low, high = report.figure(budget.figure).ci95
+    return low <= budget.limit <= high and low < high
+
+
+def screen(evaluator: Evaluator, candidate: Hashable, budgets: Sequence[Budget],
+           max_rounds: int) -> tuple[HardwareReport, tuple[BudgetDecision, ...],
+                                     tuple[HardwareReport, ...]]:
+    """Measure; while some figure's interval holds its budget, measure again with twice the
+    rounds (up to ``max_rounds``). Returns the deciding report, the decisions and every
+    report taken (the first ones are the re-measured history)."""
+    reports = [evaluator.measure(candidate)]
+    while True:
+        unsure = [b for b in budgets if _ambiguous(reports[-1], b)]
+        rounds = max((reports[-1].figure(b.figure).rounds for b in unsure), default=0)
+        if not unsure or rounds >= max_rounds:
+            break
+        reports.append(evaluator.measure(candidate, rounds=min(max_rounds, 2 * rounds)))
+    final = reports[-1]
+    extra = sum(max(f.rounds for f in r.figures) for r in reports[1:])
+    decisions = tuple(BudgetDecision(
+        b.figure, b.limit, final.figure(b.figure).value, final.figure(b.figure).ci95,
+        final.figure(b.figure).rounds, extra, final.figure(b.figure).value <= b.limit,
+        not _ambiguous(final, b)) for b in budgets)
+    return final, decisions, tuple(reports[:-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class RankAccuracy:
+    """How well predictions ranked candidates measured after they were predicted."""
+
+    pairs: int
+    spearman: float | None
+    kendall: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class FigurePredictor:
+    """Ridge regression of log(figure) on the candidate's features, fit on this study's
+    measurements of one device. Latency and energy are close to additive over operations,
+    so a linear model of one-hot parameters plus size proxies ranks them well."""
+
+    def __init__(self, figure: str, min_measurements: int = 20, ridge: float = 1.0) -> None:
+        self.figure, self.min_measurements, self.ridge = figure, min_measurements, ridge
+        self._x: list[np.ndarray] = []
+        self._y: list[float] = []
+        self._weights: np.ndarray | None = None
+        self.residual_std = math.inf
+        self._predicted: list[float] = []  # predictions made before the measurement came
+        self._measured: list[float] = []
+
+    @property
+    def ready(self) -> bool:
+        return self._weights is not None
+
+    def add(self, features: np.ndarray, value: float) -> None:
+        if self.ready:  # scored before it was refit on this very measurement
+            self._predicted.append(self.predict(features[None, :])[0])
+            self._measured.append(math.log(value))
+        self._x.append(features)
+        self._y.append(math.log(value))
+        if len(self._y) >= self.min_measurements:
+            self._fit()
+
+    def _fit(self) -> None:
+        x = np.column_stack([np.ones(len(self._x)), np.asarray(self._x)])
+        y = np.asarray(self._y)
+        penalty = self.ridge * np.eye(x.shape[1])
+        penalty[0, 0] = 0.0
+        inverse = np.linalg.pinv(x.T @ x + penalty)
+        self._weights = inverse @ x.T @ y
+        # leave-one-out residuals of ridge regression, in closed form: honest error bars
+        leverage = np.einsum("ij,jk,ik->i", x, inverse, x)
+        residuals = (y - x @ self._weights) / np.maximum(1e-6, 1 - leverage)
+        self.residual_std = float(max(1e-3, np.sqrt(np.mean(residuals ** 2))))
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """log(figure) predicted for each row of ``features``."""
+        assert self._weights is not None
+        return self._weights[0] + features @ self._weights[1:]
+
+    def probability_within(self, features: np.ndarray, limit: float) -> np.ndarray:
+        if not self.ready:
+            return np.ones(len(features))
+        z = (math.log(limit) - self.predict(features)) / self.residual_std
+        return stats.norm.cdf(z)
+
+    def rank_accuracy(self) -> RankAccuracy:
+        n = len(self._predicted)
+        if n < 3 or len(set(self._measured)) < 2:
+            return RankAccuracy(n, None, None)
+        return RankAccuracy(n, float(stats.spearmanr(self._predicted, self._measured)[0]),
+                            float(stats.kendalltau(self._predicted, self._measured)[0]))
