@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -26,6 +27,20 @@ OUT = Path(__file__).resolve().parent / "nb201_proxies.csv"
 COLUMNS = ["net"] + [f.name for f in dataclasses.fields(CellProxies)]
 
 
+_WORKER: dict = {}
+
+
+def _start(threads: int, backward: bool) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["batch"] = fashion_mnist_batch()
+    _WORKER["backward"] = backward
+
+
+def _one(net: tuple[int, ...]) -> tuple[tuple[int, ...], CellProxies]:
+    images, labels = _WORKER["batch"]
+    return net, cell_proxies(net, images, labels, backward=_WORKER["backward"])
+
+
 def _cell(value: float | None) -> str:
     return "" if value is None else repr(value)
 
@@ -35,11 +50,11 @@ def main() -> None:
     parser.add_argument("--accuracy", required=True, type=Path,
                         help="nb201_valid_nets.csv (only its `net` column is read)")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--backward", action="store_true",
                         help="also jacob_cov, grad_norm, snip (about 3x the time)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     with args.accuracy.open() as handle:
         nets = [parse_net(row["net"]) for row in csv.DictReader(handle)]
     done = set()
@@ -47,20 +62,19 @@ def main() -> None:
         with args.out.open() as handle:
             done = {parse_net(row["net"]) for row in csv.DictReader(handle)}
     todo = sorted((n for n in nets if n not in done), key=lambda n: (n.count(2), n.count(3), n))
-    images, labels = fashion_mnist_batch()
     new_file = not args.out.exists()
     started = time.perf_counter()
     with args.out.open("a", newline="") as handle:
         writer = csv.writer(handle)
         if new_file:
             writer.writerow(COLUMNS)
-        for index, net in enumerate(todo, 1):
-            proxies = cell_proxies(net, images, labels, backward=args.backward)
-            writer.writerow([str(net)] + [_cell(getattr(proxies, c)) for c in COLUMNS[1:]])
-            if index % 200 == 0:
-                handle.flush()
-                rate = index / (time.perf_counter() - started)
-                print(f"{index}/{len(todo)} cells, {rate:.2f}/s", flush=True)
+        with multiprocessing.Pool(args.jobs, _start, (args.threads, args.backward)) as pool:
+            for index, (net, proxies) in enumerate(pool.imap(_one, todo, chunksize=4), 1):
+                writer.writerow([str(net)] + [_cell(getattr(proxies, c)) for c in COLUMNS[1:]])
+                if index % 200 == 0:
+                    handle.flush()
+                    rate = index / (time.perf_counter() - started)
+                    print(f"{index}/{len(todo)} cells, {rate:.2f}/s", flush=True)
     print(f"wrote {args.out}")
 
 

@@ -58,7 +58,8 @@ class Policy:
     predictor: bool = True  # per-device figure predictor: feasibility odds and skipping
     predictor_min_measurements: int = 20
     skip_margin: float = 0.25  # skip measuring only if predicted >= (1 + margin) * budget ...
-    skip_probability: float = 0.01  # ... and the odds of meeting it are below this
+    skip_probability: float = 0.01  # ... and the odds of meeting it are below this ...
+    skip_min_kendall: float = 0.5  # ... and its predictions ranked measured ones this well
     rerank_after: int = 8  # candidates acted on before the pool is ranked again
     max_evaluations: int = 50
     max_measurements: int | None = None
@@ -215,6 +216,8 @@ class SearchEngine:
         trial.set_user_attr("candidate", self.evaluator.describe(candidate))
         if candidate in self._seen:
             return self._repeat(trial, self._seen[candidate])
+        if predicted is None:
+            predicted = self._predict(candidate, trial.params)
         if predicted:
             trial.set_user_attr("predicted", predicted)  # never a measurement
             if self._skip(predicted):
@@ -280,10 +283,30 @@ class SearchEngine:
                     return None
         return accuracy
 
-    def _skip(self, predicted: dict[str, float]) -> bool:
-        """Skip measuring only where every guard holds: the predictor is trained, the figure is
-        predicted at least (1 + margin) over its budget, and the odds it fits are tiny."""
+    def _predict(self, candidate: Hashable, params: dict[str, Any]) -> dict[str, float]:
+        predicted: dict[str, float] = {}
+        if not self.policy.screening:
+            return predicted
         for budget in self.budgets:
+            predictor = self._predictors.get(budget.figure)
+            if predictor is not None and predictor.ready:
+                features = self._features(candidate, params)[None, :]
+                predicted[budget.figure] = float(math.exp(predictor.predict(features)[0]))
+                predicted[f"{budget.figure}_probability_within"] = float(
+                    predictor.probability_within(features, budget.limit)[0])
+        return predicted
+
+    def _skip(self, predicted: dict[str, float]) -> bool:
+        """Skip measuring only where every guard holds: the predictor has shown its rank
+        accuracy on candidates measured after it predicted them (Kendall tau >= the policy's
+        floor over >= 10 of them), the figure is predicted at least (1 + margin) over its
+        budget, and the odds that it fits are below ``skip_probability``."""
+        for budget in self.budgets:
+            predictor = self._predictors.get(budget.figure)
+            rank = predictor.rank_accuracy() if predictor is not None else None
+            if rank is None or rank.pairs < 10 or rank.kendall is None or \
+                    rank.kendall < self.policy.skip_min_kendall:
+                continue
             if budget.figure in predicted and \
                     predicted[budget.figure] >= (1 + self.policy.skip_margin) * budget.limit and \
                     predicted.get(f"{budget.figure}_probability_within", 1.0) < \
