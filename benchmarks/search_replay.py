@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,16 @@ def run_one(strategy: Strategy, evaluator: ReplayEvaluator, seed: int, optimum: 
             "trials": len(study.trials)}
 
 
+_SHARED: dict[str, Any] = {}
+
+
+def _run_seed(job: tuple[str, int]) -> dict[str, Any]:
+    name, seed = job
+    s = _SHARED
+    evaluator = ReplayEvaluator(s["space"], s["data"], s["budgets"], s["proxies"], seed=seed)
+    return run_one(s["strategies"][name], evaluator, seed, s["optimum"], s["feasible"])
+
+
 def summarise(runs: list[dict[str, Any]], cap: int) -> dict[str, Any]:
     counts = [r["evaluations_to_target"] or cap for r in runs]
     q1, median, q3 = np.percentile(counts, [25, 50, 75])
@@ -159,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxies", type=Path, default=HERE / "nb201_proxies.csv")
     parser.add_argument("--strategies", nargs="+", default=None,
                         help="subset to run (default: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other strategies already in --json (same setting only)")
     args = parser.parse_args(argv)
     if len(args.metric) != len(args.budget_quantile):
         parser.error("give one --budget-quantile per --metric")
@@ -187,11 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results: dict[str, Any] = {}
     rows = []
+    _SHARED.update(space=space, data=data, budgets=budgets, proxies=proxies, optimum=optimum,
+                   feasible=feasible, strategies=chosen)
     for name in names:
-        runs = []
-        for seed in range(args.seeds):
-            evaluator = ReplayEvaluator(space, data, budgets, proxies, seed=seed)
-            runs.append(run_one(chosen[name], evaluator, seed, optimum, feasible))
+        jobs = [(name, seed) for seed in range(args.seeds)]
+        if args.jobs > 1:  # fork: the workers inherit the loaded tables
+            with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+                runs = pool.map(_run_seed, jobs, chunksize=1)
+        else:
+            runs = [_run_seed(job) for job in jobs]
         results[name] = summarise(runs, args.cap) | {"what": chosen[name].what}
         s = results[name]
         rows.append([name, f"{s['median_evaluations']:g}", f"{s['iqr'][0]:g}-{s['iqr'][1]:g}",
@@ -209,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
                            "quantiles": args.budget_quantile, "feasible_cells": len(feasible),
                            "optimum": optimum, "cells_within": within, "within": WITHIN,
                            "seeds": args.seeds, "cap": args.cap, "proxies": str(args.proxies)}}
+    if args.update and args.json.exists():
+        old = json.loads(args.json.read_text())
+        same = {k: old["setting"].get(k) for k in ("budgets", "seeds", "cap")} == \
+            {k: payload["setting"][k] for k in ("budgets", "seeds", "cap")}
+        if not same:
+            print(f"error: --update: {args.json} holds another setting", file=sys.stderr)
+            return 2
+        payload["strategies"] = {**old["strategies"], **results}
+        payload["runs_of"] = {**old.get("runs_of", {}), **{n: payload["machine"] for n in results}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(payload, indent=1, sort_keys=True))
     print(f"\nsaved {args.json}")

@@ -191,13 +191,14 @@ def _log_synflow(network: nn.Module, shape: tuple[int, ...]) -> float:
 
 
 def cell_proxies(ops: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
-                 seed: int = 0, backward: bool = False) -> CellProxies:
+                 seed: int = 0, backward: bool = False, channels: int = 16,
+                 cells_per_stage: int = 5, num_classes: int = 10) -> CellProxies:
     """Proxies of one cell from one freshly initialised network (seeded).
 
     ``backward`` adds jacob_cov, grad_norm and snip, which need backward passes.
     """
     torch.manual_seed(seed)
-    network = CellNetwork(ops)
+    network = CellNetwork(ops, channels, cells_per_stage, num_classes)
     parameters = sum(p.numel() for p in network.parameters())
     flops = _flops(network.eval(), images[:1])
     # before any batch has moved the batch-norm statistics: synflow stays data-free

@@ -182,12 +182,16 @@ class ReplayEvaluator(Evaluator):
             return {}
         if candidate.ops not in self._proxies:
             self._proxies = dict(self._proxies)
-            self._proxies[candidate.ops] = _compute_proxies(candidate.ops)
+            self._proxies[candidate.ops] = _compute_proxies(candidate.ops, self.space)
         return self._proxies[candidate.ops]
 
 
-def _compute_proxies(ops: tuple[int, ...]) -> dict[str, float]:
+def _compute_proxies(ops: tuple[int, ...], space: CellSpace) -> dict[str, float]:
+    """A cell missing from the cache: built and scored now (about a second on a CPU)."""
     from hwnas.search.nb201 import cell_proxies, fashion_mnist_batch
 
     images, labels = fashion_mnist_batch()
-    return cell_proxies(ops, images, labels).as_features()
+    net = space.network
+    return cell_proxies(ops, images, labels, channels=net.channels,
+                        cells_per_stage=net.cells_per_stage,
+                        num_classes=net.num_classes).as_features()

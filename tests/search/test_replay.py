@@ -1,0 +1,98 @@
+"""The replay evaluator, its tables and the NAS-Bench-201 cells built in torch."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from hwnas.config.cells import load_cell_space
+from hwnas.errors import ConfigError
+from hwnas.search.nb201 import CellNetwork, canonical_cell, cell_proxies, fashion_mnist_batch
+from hwnas.search.replay import ReplayEvaluator, ReplayTable, load_proxies
+from tests.conftest import REPO
+from tests.search.test_engine import DATA, METRIC, needs_data, space, table  # noqa: F401
+
+
+@needs_data
+def test_every_cell_maps_to_one_valid_candidate(table):
+    """The 15,625 encodings fall into the 9,445 table cells; each table cell is canonical."""
+    images = {canonical_cell(ops) for ops in itertools.product(range(5), repeat=6)}
+    assert images == set(table.accuracy)
+    assert len(table.accuracy) == 9445
+
+
+@needs_data
+def test_budget_quantile_and_ground_truth(table):
+    budget = table.budget(METRIC, 0.1)
+    feasible = table.feasible([budget])
+    assert len(feasible) == 945
+    assert max(feasible.values()) == 88.08  # the issue's Raspberry Pi 4 setting
+
+
+@needs_data
+def test_missing_measurements_are_refused_with_the_column_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"edgetpu_latency: .*-1 marks a missing"):
+        ReplayTable.load(DATA / "nb201_valid_nets.csv", DATA / "hw_cifar10.csv",
+                         ["edgetpu_latency"])
+    with pytest.raises(ConfigError, match=r"no column raspi5_latency; columns: net, "):
+        ReplayTable.load(DATA / "nb201_valid_nets.csv", DATA / "hw_cifar10.csv",
+                         ["raspi5_latency"])
+    with pytest.raises(ConfigError, match="--budget-quantile: 1.5"):
+        ReplayTable.load(DATA / "nb201_valid_nets.csv", DATA / "hw_cifar10.csv",
+                         [METRIC]).budget(METRIC, 1.5)
+
+
+@needs_data
+def test_operations_must_follow_the_table_encoding(tmp_path, table):
+    text = (REPO / "search_spaces" / "nb201.yaml").read_text().replace(
+        "[skip_connect, none,", "[none, skip_connect,")
+    (tmp_path / "swapped.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="operations .* in this order"):
+        ReplayEvaluator(load_cell_space(tmp_path / "swapped.yaml"), table,
+                        [table.budget(METRIC, 0.5)])
+
+
+def test_cell_space_errors_name_file_key_and_allowed(tmp_path):
+    path = tmp_path / "cells.yaml"
+    path.write_text("name: x\nedges: [[0, 1], [3, 2]]\noperations: [skip_connect, conv5]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_cell_space(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "key 'edges': entry 1: (3, 2) is not an edge" in message
+    assert "key 'operations.1'" in message and "'nor_conv_3x3'" in message
+
+
+def test_network_and_proxies_from_the_real_architecture():
+    images, labels = fashion_mnist_batch(8)
+    assert images.shape == (8, 3, 32, 32)
+    best = (2, 2, 2, 2, 2, 2)  # every edge a 3x3 convolution
+    network = CellNetwork(best)
+    assert network(images).shape == (8, 10)
+    # 15 cells x 6 edges of ReLU-Conv3x3-BN, the stem, two reductions, the head
+    assert sum(p.numel() for p in network.parameters()) == 1_531_546
+    dense = cell_proxies(best, images, labels, backward=True)
+    sparse = cell_proxies(canonical_cell((0, 1, 1, 1, 1, 4)), images, labels, backward=True)
+    for proxies in (dense, sparse):
+        assert all(math.isfinite(v) for v in proxies.as_features().values())
+    assert dense.parameters > sparse.parameters and dense.flops > sparse.flops
+    assert dense.log_synflow > sparse.log_synflow
+    # no path from input to output: the worst score a proxy can give
+    dead = cell_proxies(canonical_cell((1,) * 6), images, labels)
+    assert dead.naswot == -1e6 and dead.log_synflow == -1e3
+
+
+def test_proxy_cache_matches_a_fresh_computation():
+    cache = REPO / "benchmarks" / "nb201_proxies.csv"
+    if not cache.exists():
+        pytest.skip("no proxy cache")
+    cached = load_proxies(cache)
+    images, labels = fashion_mnist_batch()
+    torch.set_num_threads(1)
+    for ops in list(cached)[:2]:
+        fresh = cell_proxies(ops, images, labels).as_features()
+        for key, value in fresh.items():
+            assert cached[ops][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
