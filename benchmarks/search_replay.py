@@ -135,6 +135,24 @@ def _run_seed(job: tuple[str, int]) -> dict[str, Any]:
     return run_one(s["strategies"][name], evaluator, seed, s["optimum"], s["feasible"])
 
 
+def proxy_rank_correlation(proxies: dict, feasible: dict[tuple[int, ...], float]
+                           ) -> dict[str, dict[str, float]]:
+    """Reporting only (the search never sees this): how each proxy ranks the accuracy of
+    the feasible cells, where the search has to choose."""
+    from scipy import stats
+
+    cells = [c for c in feasible if c in proxies]
+    if len(cells) < 3:
+        return {}
+    accuracy = [feasible[c] for c in cells]
+    return {name: {"spearman": float(stats.spearmanr([proxies[c][name] for c in cells],
+                                                     accuracy)[0]),
+                   "kendall": float(stats.kendalltau([proxies[c][name] for c in cells],
+                                                     accuracy)[0]),
+                   "cells": len(cells)}
+            for name in proxies[cells[0]]}
+
+
 def summarise(runs: list[dict[str, Any]], cap: int) -> dict[str, Any]:
     counts = [r["evaluations_to_target"] or cap for r in runs]
     q1, median, q3 = np.percentile(counts, [25, 50, 75])
@@ -192,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"budgets: {', '.join(f'{b.figure} <= {b.limit:.4g}' for b in budgets)}; "
           f"{len(feasible)} of {len(data.accuracy)} cells feasible; optimum {optimum:.2f}%, "
           f"{within} cells within {WITHIN} points")
+    correlation = proxy_rank_correlation(proxies, feasible)
+    for name, figures in correlation.items():
+        print(f"  proxy {name}: Spearman {figures['spearman']:.3f}, Kendall "
+              f"{figures['kendall']:.3f} over the {figures['cells']} feasible cells")
     chosen = strategies(args.cap)
     names = args.strategies or list(chosen)
     unknown = sorted(set(names) - set(chosen))
@@ -226,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                            "budgets": [dataclasses.asdict(b) for b in budgets],
                            "quantiles": args.budget_quantile, "feasible_cells": len(feasible),
                            "optimum": optimum, "cells_within": within, "within": WITHIN,
-                           "seeds": args.seeds, "cap": args.cap, "proxies": str(args.proxies)}}
+                           "seeds": args.seeds, "cap": args.cap, "proxies": str(args.proxies)},
+               "proxy_rank_correlation_feasible": correlation}
     if args.update and args.json.exists():
         old = json.loads(args.json.read_text())
         same = {k: old["setting"].get(k) for k in ("budgets", "seeds", "cap")} == \

@@ -11,9 +11,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Any, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Hashable, Mapping
 
 import optuna
+
+if TYPE_CHECKING:
+    from hwnas.records import Measurement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,3 +108,33 @@ class Evaluator(abc.ABC):
         """The candidate as JSON, for the trial record."""
         to_dict = getattr(candidate, "to_dict", None)
         return to_dict() if callable(to_dict) else {"repr": repr(candidate)}
+
+
+def figures_from_measurement(measurement: "Measurement", size_mb: float | None = None
+                             ) -> HardwareReport:
+    """The agent's measurement as engine figures, each with the interval screening needs.
+
+    The agent gives a distribution-free 95% interval of the median only. A drift between
+    rounds moves every percentile, so the median's interval is widened to the spread of the
+    round medians, and the p90's interval is that interval moved by (p90 - p50): an
+    approximation (stated), not an order-statistics interval of the p90 itself.
+    """
+    rounds = [float(r["p50_ms"]) for r in measurement.agent_report.get("rounds") or []]
+    low, high = measurement.latency_ms_p50_ci95
+    if rounds:
+        low, high = min(low, *rounds), max(high, *rounds)
+    n = max(1, len(rounds))
+    shift = measurement.latency_ms_p90 - measurement.latency_ms_p50
+    figures = [
+        HardwareFigure("latency_ms_p50", measurement.latency_ms_p50, (low, high), n,
+                       measurement.latency_cv),
+        HardwareFigure("latency_ms_p90", measurement.latency_ms_p90, (low + shift, high + shift),
+                       n, measurement.latency_cv),
+    ]
+    if size_mb is not None:  # the exported bytes: exact
+        figures.append(HardwareFigure.exact("model_size_mb", size_mb))
+    if measurement.energy_mj_per_inference is not None:
+        # no interval from the agent yet: treated as exact, so never re-measured for noise
+        figures.append(HardwareFigure.exact("energy_mj_per_inference",
+                                            measurement.energy_mj_per_inference))
+    return HardwareReport(tuple(figures), measurement.to_dict())

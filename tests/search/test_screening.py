@@ -75,3 +75,28 @@ def test_predictor_ranks_additive_figures_and_reports_it():
     x = np.ones((1, 12))
     assert predictor.probability_within(x, 0.5 * float(costs.sum() + 1))[0] < 0.01
     assert predictor.probability_within(x, 2.0 * float(costs.sum() + 1))[0] > 0.99
+
+
+def test_agent_measurement_becomes_figures_with_intervals():
+    """A real timed run of the agent's own methodology (hwnas_agent.measure), as the agent
+    reports it; the p90's interval must hold the p90 and move with the median's."""
+    import types
+
+    from hwnas.records import Measurement
+    from hwnas.search.evaluator import figures_from_measurement
+    from hwnas_agent.measure import run_timed
+
+    request = types.SimpleNamespace(warmup_iterations=5, warmup_seconds=0.0, min_iterations=200,
+                                    min_seconds=0.05, rounds=4, unstable_cv=0.1, batch_size=1)
+    timed = run_timed(lambda: sum(range(2000)), request)
+    report = {**timed, "model_sha256": "0" * 64,
+              "runtime": {"execution_providers": ["CPUExecutionProvider"]}}
+    measurement = Measurement.from_agent("this-cpu", report)
+    figures = figures_from_measurement(measurement, size_mb=0.25)
+    p50, p90 = figures.figure("latency_ms_p50"), figures.figure("latency_ms_p90")
+    assert p50.rounds == p90.rounds == 4
+    assert p50.ci95[0] <= p50.value <= p50.ci95[1]
+    assert p90.ci95[0] <= p90.value <= p90.ci95[1]
+    assert p90.ci95[1] - p90.ci95[0] == pytest.approx(p50.ci95[1] - p50.ci95[0])
+    assert figures.figure("model_size_mb").ci95 == (0.25, 0.25)
+    assert figures.detail["device"] == "this-cpu"
