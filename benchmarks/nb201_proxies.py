@@ -1,10 +1,13 @@
 """Zero-cost proxies of every NAS-Bench-201 cell in the accuracy table, computed from the
 real architectures (torch, C=16, N=5, untrained, seed 0) -> benchmarks/nb201_proxies.csv.
 
-The replay benchmark reads this cache instead of spending ~1 CPU-hour (3 with --backward) at every start. It
+The replay benchmark reads this cache instead of spending CPU-hours at every start. It
 never reads an accuracy: the accuracy table is used only for its list of cells (`net`).
 Resumable: cells already in the output are skipped. Cheap cells (fewest convolutions) are
-computed first.
+computed first. The committed cache: parameters, FLOPs, synflow and NASWOT for the 5,000
+cheapest cells (the full pass on a shared 2-core VM ran at ~1-2 cells/s), then
+`--size-only` (parameters and FLOPs) for the rest; the replay uses the proxies every cell
+has and reports the rank correlation of each over the cells that have it.
 
     .venv/bin/python benchmarks/nb201_proxies.py \
         --accuracy ../shared/data/hw-nas-bench/nb201_valid_nets.csv
@@ -30,15 +33,15 @@ COLUMNS = ["net"] + [f.name for f in dataclasses.fields(CellProxies)]
 _WORKER: dict = {}
 
 
-def _start(threads: int, backward: bool) -> None:
+def _start(threads: int, backward: bool, size_only: bool) -> None:
     torch.set_num_threads(threads)
     _WORKER["batch"] = fashion_mnist_batch()
-    _WORKER["backward"] = backward
+    _WORKER["options"] = {"backward": backward, "size_only": size_only}
 
 
 def _one(net: tuple[int, ...]) -> tuple[tuple[int, ...], CellProxies]:
     images, labels = _WORKER["batch"]
-    return net, cell_proxies(net, images, labels, backward=_WORKER["backward"])
+    return net, cell_proxies(net, images, labels, **_WORKER["options"])
 
 
 def _cell(value: float | None) -> str:
@@ -52,6 +55,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
+    parser.add_argument("--size-only", action="store_true",
+                        help="parameters and FLOPs only (no batch is run; ~30x faster)")
     parser.add_argument("--backward", action="store_true",
                         help="also jacob_cov, grad_norm, snip (about 3x the time)")
     args = parser.parse_args()
@@ -68,7 +73,8 @@ def main() -> None:
         writer = csv.writer(handle)
         if new_file:
             writer.writerow(COLUMNS)
-        with multiprocessing.Pool(args.jobs, _start, (args.threads, args.backward)) as pool:
+        with multiprocessing.Pool(args.jobs, _start,
+                                  (args.threads, args.backward, args.size_only)) as pool:
             for index, (net, proxies) in enumerate(pool.imap(_one, todo, chunksize=4), 1):
                 writer.writerow([str(net)] + [_cell(getattr(proxies, c)) for c in COLUMNS[1:]])
                 if index % 200 == 0:

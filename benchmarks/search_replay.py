@@ -37,7 +37,8 @@ from _common import machine, table  # noqa: E402
 from hwnas.config.cells import load_cell_space  # noqa: E402
 from hwnas.errors import HwnasError  # noqa: E402
 from hwnas.search.engine import Evaluation, Policy, SearchEngine  # noqa: E402
-from hwnas.search.replay import ReplayEvaluator, ReplayTable, load_proxies  # noqa: E402
+from hwnas.search.replay import (ReplayEvaluator, ReplayTable, common_features,  # noqa: E402
+                                 load_proxies)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -84,8 +85,10 @@ def strategies(cap: int) -> dict[str, Strategy]:
                                       "screened first"),
         "hwnas_no_proxies": Strategy(dataclasses.replace(model, use_proxies=False), _random,
                                      "hwnas without zero-cost proxies"),
-        "hwnas_no_predictor": Strategy(dataclasses.replace(model, predictor=False), _random,
-                                       "hwnas without the figure predictor"),
+        "hwnas_no_predictor": Strategy(dataclasses.replace(model, predictor=False,
+                                                           use_proxies=False), _random,
+                                       "hwnas without the figure predictor (nor proxies, "
+                                       "which it gates): compare with hwnas_no_proxies"),
     }
 
 
@@ -141,16 +144,16 @@ def proxy_rank_correlation(proxies: dict, feasible: dict[tuple[int, ...], float]
     the feasible cells, where the search has to choose."""
     from scipy import stats
 
-    cells = [c for c in feasible if c in proxies]
-    if len(cells) < 3:
-        return {}
-    accuracy = [feasible[c] for c in cells]
-    return {name: {"spearman": float(stats.spearmanr([proxies[c][name] for c in cells],
-                                                     accuracy)[0]),
-                   "kendall": float(stats.kendalltau([proxies[c][name] for c in cells],
-                                                     accuracy)[0]),
-                   "cells": len(cells)}
-            for name in proxies[cells[0]]}
+    names = sorted({name for cell in feasible if cell in proxies for name in proxies[cell]})
+    found = {}
+    for name in names:  # over the feasible cells that have this proxy in the cache
+        cells = [c for c in feasible if name in proxies.get(c, {})]
+        if len(cells) >= 3:
+            values, accuracy = [proxies[c][name] for c in cells], [feasible[c] for c in cells]
+            found[name] = {"spearman": float(stats.spearmanr(values, accuracy)[0]),
+                           "kendall": float(stats.kendalltau(values, accuracy)[0]),
+                           "cells": len(cells)}
+    return found
 
 
 def summarise(runs: list[dict[str, Any]], cap: int) -> dict[str, Any]:
@@ -200,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         space = load_cell_space(args.space)
         data = ReplayTable.load(args.accuracy, args.hardware, args.metric)
         budgets = [data.budget(m, q) for m, q in zip(args.metric, args.budget_quantile)]
-        proxies = load_proxies(args.proxies)
+        all_proxies = load_proxies(args.proxies)
+        proxies = common_features(all_proxies)
     except HwnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"budgets: {', '.join(f'{b.figure} <= {b.limit:.4g}' for b in budgets)}; "
           f"{len(feasible)} of {len(data.accuracy)} cells feasible; optimum {optimum:.2f}%, "
           f"{within} cells within {WITHIN} points")
-    correlation = proxy_rank_correlation(proxies, feasible)
+    correlation = proxy_rank_correlation(all_proxies, feasible)
     for name, figures in correlation.items():
         print(f"  proxy {name}: Spearman {figures['spearman']:.3f}, Kendall "
               f"{figures['kendall']:.3f} over the {figures['cells']} feasible cells")

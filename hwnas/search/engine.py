@@ -56,10 +56,11 @@ class Policy:
     neighbours_of: int = 3  # plus every one-parameter change of the best k evaluated
     max_rounds: int = 8  # noise-aware screening: re-measure up to this many rounds
     predictor: bool = True  # per-device figure predictor: feasibility odds and skipping
-    predictor_min_measurements: int = 20
+    predictor_min_measurements: int = 40
     skip_margin: float = 0.25  # skip measuring only if predicted >= (1 + margin) * budget ...
     skip_probability: float = 0.01  # ... and the odds of meeting it are below this ...
     skip_min_kendall: float = 0.5  # ... and its predictions ranked measured ones this well
+    min_feasible_odds: float = 0.1  # pool candidates less likely to fit are not scored
     rerank_after: int = 8  # candidates acted on before the pool is ranked again
     max_evaluations: int = 50
     max_measurements: int | None = None
@@ -140,11 +141,11 @@ class SearchEngine:
             self._encoder = ParameterEncoder(distributions)
 
     def _features(self, candidate: Hashable, params: dict[str, Any]) -> np.ndarray:
+        """The figure predictors' features: the (canonical) parameters alone. Latency and
+        energy are close to additive over them, and proxies are kept for the candidates that
+        may fit (they cost a pass of the network on a real model)."""
         assert self._encoder is not None
-        proxies = self.evaluator.proxies(candidate) if self.policy.use_proxies else {}
-        params = self.evaluator.parameters(candidate) or params
-        return np.concatenate([self._encoder.encode(params),
-                               np.asarray([proxies[k] for k in sorted(proxies)], dtype=float)])
+        return self._encoder.encode(self.evaluator.parameters(candidate) or params)
 
     def _teach_predictors(self, candidate: Hashable, params: dict[str, Any],
                           figures: dict[str, dict[str, Any]]) -> None:
@@ -291,7 +292,7 @@ class SearchEngine:
             predictor = self._predictors.get(budget.figure)
             if predictor is not None and predictor.ready:
                 features = self._features(candidate, params)[None, :]
-                predicted[budget.figure] = float(math.exp(predictor.predict(features)[0]))
+                predicted[budget.figure] = float(predictor.predict(features)[0])
                 predicted[f"{budget.figure}_probability_within"] = float(
                     predictor.probability_within(features, budget.limit)[0])
         return predicted
@@ -389,43 +390,48 @@ class SearchEngine:
         candidates = list(pool)
         assert self._encoder is not None
         onehot = np.array([encoded[c] for c in candidates])
-        evaluated = [c for c, _p, _a in self._feasible_evaluated]
-        proxies = proxy_matrix([self.evaluator.proxies(c) for c in candidates + evaluated]) \
-            if policy.use_proxies else np.zeros((len(candidates) + len(evaluated), 0))
-
         predicted: list[dict[str, float]] = [{} for _ in candidates]
         feasible_odds = np.ones(len(candidates))
-        raw = None
-        if self._predictors:
-            raw_proxies = np.array([[p[k] for k in sorted(p)] for p in
-                                    (self.evaluator.proxies(c) if policy.use_proxies else {}
-                                     for c in candidates)], dtype=float).reshape(len(candidates), -1)
-            raw = np.hstack([onehot, raw_proxies])
         for budget in self.budgets:
             predictor = self._predictors.get(budget.figure)
-            if predictor is None or not predictor.ready or raw is None:
+            if predictor is None or not predictor.ready:
                 continue
-            log_values = predictor.predict(raw)
-            odds = predictor.probability_within(raw, budget.limit)
+            values = predictor.predict(onehot)
+            odds = predictor.probability_within(onehot, budget.limit)
             feasible_odds *= odds
-            for row, (log_value, p) in enumerate(zip(log_values, odds)):
-                predicted[row][budget.figure] = float(math.exp(log_value))
+            for row, (value, p) in enumerate(zip(values, odds)):
+                predicted[row][budget.figure] = float(value)
                 predicted[row][f"{budget.figure}_probability_within"] = float(p)
+        # only candidates that may fit are scored (and have their proxies computed)
+        plausible = np.flatnonzero(feasible_odds >= policy.min_feasible_odds)
+        if len(plausible) == 0:
+            plausible = np.argsort(-feasible_odds)[:1]
+        evaluated = [c for c, _p, _a in self._feasible_evaluated]
+        # proxies once the predictors can say which candidates may fit
+        use_proxies = policy.use_proxies and all(p.ready for p in self._predictors.values())
+        proxies = proxy_matrix([self.evaluator.proxies(c) for c in
+                                [candidates[i] for i in plausible] + evaluated]) \
+            if use_proxies else np.zeros((len(plausible) + len(evaluated), 0))
 
+        score = np.zeros(len(candidates))
         if len(self._feasible_evaluated) < policy.startup_evaluations:
-            # zero-cost start: the proxies' vote (or chance), weighed by the feasibility odds
-            prior = proxy_vote(proxies[:len(candidates)]) if proxies.shape[1] else \
-                self._rng.random(len(candidates))
-            score = (prior / max(1.0, prior.max())) * feasible_odds
+            # start: chance until a feasible candidate is known, then the proxies' vote over
+            # the plausible ones, weighed by the feasibility odds
+            prior = proxy_vote(proxies[:len(plausible)]) if proxies.shape[1] else \
+                self._rng.random(len(plausible))
+            score[plausible] = (prior / max(1.0, prior.max())) * feasible_odds[plausible]
         else:
-            features = np.hstack([np.vstack([onehot, [self._encoder.encode(p) for _c, p, _a in
-                                                      self._feasible_evaluated]]), proxies])
+            features = np.hstack([np.vstack([onehot[plausible],
+                                             [self._encoder.encode(p) for _c, p, _a in
+                                              self._feasible_evaluated]]), proxies])
             if self._model is None:
                 self._model = AccuracyModel(self._encoder.width)
             model = self._model
             accuracy = np.array([a for _c, _p, a in self._feasible_evaluated])
-            model.fit(features[len(candidates):], accuracy)
-            mean, std = model.predict(features[:len(candidates)])
-            score = expected_improvement(mean, std, accuracy.max()) * feasible_odds
-        order = np.argsort(-score, kind="stable")
+            model.fit(features[len(plausible):], accuracy)
+            mean, std = model.predict(features[:len(plausible)])
+            score[plausible] = expected_improvement(mean, std, accuracy.max()) * \
+                feasible_odds[plausible]
+        keep = set(plausible.tolist())
+        order = [i for i in np.argsort(-score, kind="stable") if i in keep]
         return [(candidates[i], pool[candidates[i]], predicted[i]) for i in order]

@@ -126,8 +126,9 @@ class CellProxies:
 
     parameters: int
     flops: int  # multiply-accumulates of one 32x32 image
-    log_synflow: float
-    naswot: float
+    # None where not computed: the size-only pass builds the network but runs no batch
+    log_synflow: float | None = None
+    naswot: float | None = None
     # the backward-pass proxies cost 2-3x the rest; None where they were not computed
     grad_norm: float | None = None
     snip: float | None = None
@@ -135,8 +136,9 @@ class CellProxies:
 
     def as_features(self) -> dict[str, float]:
         features = {"log_parameters": math.log(self.parameters),
-                    "log_flops": math.log(self.flops), "log_synflow": self.log_synflow,
-                    "naswot": self.naswot}
+                    "log_flops": math.log(self.flops)}
+        if self.log_synflow is not None and self.naswot is not None:
+            features.update({"log_synflow": self.log_synflow, "naswot": self.naswot})
         if self.grad_norm is not None and self.snip is not None and self.jacob_cov is not None:
             features.update({"log_grad_norm": math.log(self.grad_norm + 1e-12),
                              "log_snip": math.log(self.snip + 1e-12), "jacob_cov": self.jacob_cov})
@@ -192,15 +194,19 @@ def _log_synflow(network: nn.Module, shape: tuple[int, ...]) -> float:
 
 def cell_proxies(ops: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
                  seed: int = 0, backward: bool = False, channels: int = 16,
-                 cells_per_stage: int = 5, num_classes: int = 10) -> CellProxies:
+                 cells_per_stage: int = 5, num_classes: int = 10,
+                 size_only: bool = False) -> CellProxies:
     """Proxies of one cell from one freshly initialised network (seeded).
 
-    ``backward`` adds jacob_cov, grad_norm and snip, which need backward passes.
+    ``backward`` adds jacob_cov, grad_norm and snip, which need backward passes;
+    ``size_only`` gives parameters and FLOPs alone (no batch is run: 30x cheaper).
     """
     torch.manual_seed(seed)
     network = CellNetwork(ops, channels, cells_per_stage, num_classes)
     parameters = sum(p.numel() for p in network.parameters())
     flops = _flops(network.eval(), images[:1])
+    if size_only:
+        return CellProxies(parameters, flops)
     # before any batch has moved the batch-norm statistics: synflow stays data-free
     log_synflow = _log_synflow(network, tuple(images.shape[1:]))
     network.train()

@@ -115,13 +115,19 @@ def load_proxies(path: str | Path) -> dict[tuple[int, ...], dict[str, float]]:
     from hwnas.search.nb201 import CellProxies
 
     cached: dict[tuple[int, ...], dict[str, float]] = {}
-    for row in _rows(Path(path), ["net", "parameters", "flops", "log_synflow", "naswot"]):
+    for row in _rows(Path(path), ["net", "parameters", "flops"]):
         optional = {k: float(row[k]) if row.get(k) else None
-                    for k in ("grad_norm", "snip", "jacob_cov")}
-        proxies = CellProxies(int(row["parameters"]), int(row["flops"]),
-                              float(row["log_synflow"]), float(row["naswot"]), **optional)
+                    for k in ("log_synflow", "naswot", "grad_norm", "snip", "jacob_cov")}
+        proxies = CellProxies(int(row["parameters"]), int(row["flops"]), **optional)
         cached[parse_net(row["net"])] = proxies.as_features()
     return cached
+
+
+def common_features(proxies: Mapping[tuple[int, ...], Mapping[str, float]]
+                    ) -> dict[tuple[int, ...], dict[str, float]]:
+    """Only the proxies every cell has: a model needs the same features for all."""
+    names = set.intersection(*(set(p) for p in proxies.values())) if proxies else set()
+    return {cell: {n: p[n] for n in sorted(names)} for cell, p in proxies.items()}
 
 
 class ReplayEvaluator(Evaluator):

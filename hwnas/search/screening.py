@@ -75,9 +75,10 @@ class RankAccuracy:
 
 
 class FigurePredictor:
-    """Ridge regression of log(figure) on the candidate's features, fit on this study's
+    """Ridge regression of a figure on the candidate's features, fit on this study's
     measurements of one device. Latency and energy are close to additive over operations,
-    so a linear model of one-hot parameters plus size proxies ranks them well."""
+    so a linear model of one-hot parameters ranks them well (not in log space: a cell that
+    computes nothing measures ~0.01 ms, and its log would dominate the fit)."""
 
     def __init__(self, figure: str, min_measurements: int = 20, ridge: float = 1.0) -> None:
         self.figure, self.min_measurements, self.ridge = figure, min_measurements, ridge
@@ -94,10 +95,10 @@ class FigurePredictor:
 
     def add(self, features: np.ndarray, value: float) -> None:
         if self.ready:  # scored before it was refit on this very measurement
-            self._predicted.append(self.predict(features[None, :])[0])
-            self._measured.append(math.log(value))
+            self._predicted.append(float(self.predict(features[None, :])[0]))
+            self._measured.append(value)
         self._x.append(features)
-        self._y.append(math.log(value))
+        self._y.append(value)
         if len(self._y) >= self.min_measurements:
             self._fit()
 
@@ -111,17 +112,17 @@ class FigurePredictor:
         # leave-one-out residuals of ridge regression, in closed form: honest error bars
         leverage = np.einsum("ij,jk,ik->i", x, inverse, x)
         residuals = (y - x @ self._weights) / np.maximum(1e-6, 1 - leverage)
-        self.residual_std = float(max(1e-3, np.sqrt(np.mean(residuals ** 2))))
+        self.residual_std = float(max(1e-9, np.sqrt(np.mean(residuals ** 2))))
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """log(figure) predicted for each row of ``features``."""
+        """The figure predicted for each row of ``features``."""
         assert self._weights is not None
         return self._weights[0] + features @ self._weights[1:]
 
     def probability_within(self, features: np.ndarray, limit: float) -> np.ndarray:
         if not self.ready:
             return np.ones(len(features))
-        z = (math.log(limit) - self.predict(features)) / self.residual_std
+        z = (limit - self.predict(features)) / self.residual_std
         return stats.norm.cdf(z)
 
     def rank_accuracy(self) -> RankAccuracy:
