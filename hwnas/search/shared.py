@@ -34,6 +34,9 @@ LOCAL_KEYS = ("search.storage", "search.run_dir", "search.artifact_store", "sear
 
 def existing_study(run: RunFolder) -> tuple[optuna.Study, StudyRecord] | None:
     """The study this run continues or joins, if it exists and was made by hwnas."""
+    if run.storage_url.startswith("sqlite:///") and \
+            not Path(run.storage_url[len("sqlite:///"):]).exists():
+        return None  # nothing to join; and looking must not create the database
     try:
         study = optuna.load_study(study_name=run.study_name, storage=make_storage(run.storage_url))
     except KeyError:
