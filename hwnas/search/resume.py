@@ -24,7 +24,8 @@ from hwnas.space import distributions
 
 # changes that leave every finished trial's figures valid
 SPACE_HARMLESS = ("search.n_trials", "search.enqueue")
-DEVICE_HARMLESS = ("description",)
+# how the device is reached (a restarted agent on a new port, a new key) leaves its figures valid
+DEVICE_HARMLESS = ("description", "connection")
 # what must be unchanged for an old trial's accuracy and measurements to mean the same
 ACCURACY_SECTIONS = ("base_model", "dataset", "finetune")
 MEASUREMENT_SECTIONS = ("runtime", "measurement", "power", "precisions", "channel_multiple",
