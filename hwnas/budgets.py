@@ -3,7 +3,9 @@
 Optuna's convention: a constraint value <= 0 is met. Each is the relative excess over its
 budget (measured / budget - 1), so that budgets of different units weigh alike. Power and
 energy come only from the device's sensor: a budget on a figure the measurement does not
-have fails the measurement, it is never guessed or skipped.
+have fails the measurement, it is never guessed or skipped. The output-fidelity budget is a
+floor on cosine similarity: its excess is that of the distance from identical outputs,
+(1 - cosine) / (1 - cosine_min) - 1, known once the deployed bytes exist (after fine-tuning).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hwnas.errors import ConfigError, MeasurementError
-from hwnas.records import Artifact, Measurement
+from hwnas.records import Artifact, Measurement, OutputFidelity
 
 if TYPE_CHECKING:
     from hwnas.config.models import Budgets, DeviceProfile, SearchSpace
@@ -74,12 +76,24 @@ def measured(measurement: Measurement, artifact: Artifact, basis: str = "total",
     return figures
 
 
-def constraint_values(budgets: "Budgets", measurement: Measurement,
-                      artifact: Artifact) -> dict[str, float]:
-    """Budget name -> relative excess, for the budgets that are set."""
-    limits = budgets.limits()
+def constraint_values(budgets: "Budgets", measurement: Measurement, artifact: Artifact,
+                      fidelity: OutputFidelity | None = None) -> dict[str, float]:
+    """Budget name -> relative excess, for the budgets that are set (the fidelity budget once
+    ``fidelity`` is known)."""
+    limits = {name: limit for name, limit in budgets.limits().items()
+              if name != "fidelity_cosine_min"}
     figures = measured(measurement, artifact, budgets.basis, tuple(limits))
-    return {name: figures[name] / limit - 1.0 for name, limit in limits.items()}
+    values = {name: figures[name] / limit - 1.0 for name, limit in limits.items()}
+    if fidelity is not None and budgets.fidelity_cosine_min is not None:
+        values["fidelity_cosine_min"] = ((1.0 - fidelity.cosine_mean)
+                                         / (1.0 - budgets.fidelity_cosine_min) - 1.0)
+    return values
+
+
+def latency_uses(objectives: "list[str] | tuple[str, ...]", budgets: "Budgets") -> list[str]:
+    """Where a search would use a latency: what a simulator's figure must never feed."""
+    uses = [o for o in objectives if o.startswith("latency")]
+    return uses + (["budgets.latency_p90_ms"] if budgets.latency_p90_ms is not None else [])
 
 
 def breaks_a_budget(constraints: dict[str, float]) -> bool:

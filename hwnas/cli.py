@@ -77,9 +77,10 @@ def print_outcome(outcome) -> int:  # type: ignore[no-untyped-def]
     print(text_table(report.front or report.outcomes, report))
     best = report.best
     if best is not None and best.measurement is not None:
+        latency = ("latency not measured (simulated accelerator)" if best.measurement.emulated
+                   else f"latency p90 {best.measurement.latency_ms_p90:.3f} ms")
         print(f"\nbest feasible: trial {best.number}: validation accuracy {best.accuracy_val:.4f}, "
-              f"test accuracy {best.accuracy_test:.4f}, latency p90 "
-              f"{best.measurement.latency_ms_p90:.3f} ms")
+              f"test accuracy {best.accuracy_test:.4f}, {latency}")
         print(f"export it: hwnas export {outcome.run.path} --trial {best.number}")
     paths = write_report(outcome.study, outcome.run.report_dir)
     print(f"report: {paths['html']} (plot {paths['plot']})")
@@ -160,6 +161,9 @@ class ProfileCommand(Command):
             print(json.dumps(measurement.to_dict(), indent=1, sort_keys=True))
         else:
             low, high = measurement.latency_ms_p50_ci95
+            if measurement.emulated:
+                print(f"{args.model} on {profile.name}: SIMULATED accelerator, not a device latency "
+                      f"({measurement.agent_report['runtime'].get('emulation')})")
             print(f"{args.model} on {profile.name} ({', '.join(measurement.execution_providers)}):\n"
                   f"  latency ms  p50 {measurement.latency_ms_p50:.4f} (95% CI {low:.4f}-{high:.4f})"
                   f"  p90 {measurement.latency_ms_p90:.4f}  p99 {measurement.latency_ms_p99:.4f}"

@@ -33,12 +33,14 @@ class Candidate:
     pruning_criterion: str  # "l1" | "saliency"
     global_pruning_ratio: float  # channels removed globally after width, by importance rank
     precision_plan: tuple[tuple[str, str], ...]  # precision unit (stage or layer) -> precision
+    calibration_method: str = "minmax"  # int8/a16w8 activation ranges: minmax|entropy|percentile
 
     @classmethod
     def build(cls, keep_ratios: Mapping[str, float], pruning_criterion: str,
-              global_pruning_ratio: float, precision_plan: Mapping[str, str]) -> "Candidate":
+              global_pruning_ratio: float, precision_plan: Mapping[str, str],
+              calibration_method: str = "minmax") -> "Candidate":
         return cls(_pairs(keep_ratios), pruning_criterion, float(global_pruning_ratio),
-                   _pairs(precision_plan))
+                   _pairs(precision_plan), calibration_method)
 
     @property
     def is_quantized(self) -> bool:
@@ -50,18 +52,22 @@ class Candidate:
             "pruning_criterion": self.pruning_criterion,
             "global_pruning_ratio": self.global_pruning_ratio,
             "precision_plan": dict(self.precision_plan),
+            "calibration_method": self.calibration_method,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Candidate":
         return cls.build(data["keep_ratios"], data["pruning_criterion"],
-                         data["global_pruning_ratio"], data["precision_plan"])
+                         data["global_pruning_ratio"], data["precision_plan"],
+                         data.get("calibration_method", "minmax"))
 
     def summary(self) -> str:
         keep = " ".join(f"{k}={v:g}" for k, v in self.keep_ratios)
         plan = " ".join(f"{k}:{v}" for k, v in self.precision_plan)
+        calibration = (f" cal={self.calibration_method}"
+                       if any(p in ("int8", "a16w8") for _, p in self.precision_plan) else "")
         return (f"keep[{keep}] {self.pruning_criterion} global={self.global_pruning_ratio:g} "
-                f"prec[{plan}]")
+                f"prec[{plan}]{calibration}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +175,8 @@ class Measurement:
     # None where the request asked for no power (power.source: none)
     power: PowerReading | None = None
     power_error: str | None = None  # why a power figure that was asked for is missing
+    # a simulator's figure (Qualcomm's HTP simulated on x86): never a device latency
+    emulated: bool = False
 
     @property
     def power_mean_w(self) -> float | None:
@@ -203,6 +211,7 @@ class Measurement:
                 execution_providers=tuple(report["runtime"]["execution_providers"]),
                 agent_report=dict(report),
                 power=power, power_error=power_error,
+                emulated=bool(report["runtime"].get("emulated", False)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise MeasurementError(f"the agent on {device} sent a malformed measurement "
@@ -215,6 +224,32 @@ class Measurement:
     def from_dict(cls, data: Mapping[str, Any]) -> "Measurement":
         report = {k: v for k, v in data.items() if k != "device"}
         return cls.from_agent(data["device"], report)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFidelity:
+    """How closely a candidate's outputs follow its fp32 parent's (the same pruned, fine-tuned
+    model exported without a precision plan), sample by sample on held-out data."""
+
+    cosine_mean: float
+    cosine_min: float
+    top1_agreement: float  # fraction of samples whose arg-max class is the parent's
+    samples: int
+    runtime: str  # where the candidate's outputs were computed
+    emulated: bool = False  # a simulator computed them (Qualcomm's HTP on x86)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "OutputFidelity":
+        return cls(float(data["cosine_mean"]), float(data["cosine_min"]),
+                   float(data["top1_agreement"]), int(data["samples"]), str(data["runtime"]),
+                   bool(data.get("emulated", False)))
+
+    def summary(self) -> str:
+        return (f"cosine {self.cosine_mean:.5f} (min {self.cosine_min:.4f}), top-1 agreement "
+                f"{self.top1_agreement:.1%} on {self.samples} samples, {self.runtime}")
 
 
 class TrialStage(str, enum.Enum):
@@ -255,6 +290,8 @@ class TrialOutcome:
     measurement: Measurement | None = None  # the deployed bytes (or the screen, if rejected)
     accuracy_val: float | None = None  # exported bytes, validation split: what the search uses
     accuracy_test: float | None = None  # held-out test split: what is reported
+    # the deployed bytes' outputs against the same model's fp32 export (held-out data)
+    output_fidelity: OutputFidelity | None = None
     finetune: FineTuneReport | None = None
     timings_s: tuple[tuple[str, float], ...] = ()
     device: str | None = None
@@ -299,7 +336,7 @@ class TrialOutcome:
         attributes: dict[str, Any] = {"stage": self.stage.value}
         records = {"candidate": self.candidate, "artifact": self.artifact,
                    "screen_measurement": self.screen_measurement, "measurement": self.measurement,
-                   "finetune": self.finetune}
+                   "finetune": self.finetune, "output_fidelity": self.output_fidelity}
         for key, record in records.items():
             if record is not None:
                 attributes[key] = record.to_dict()
@@ -350,6 +387,7 @@ class TrialOutcome:
             screen_measurement=record("screen_measurement", Measurement),
             measurement=record("measurement", Measurement),
             accuracy_val=attrs.get("accuracy_val"), accuracy_test=attrs.get("accuracy_test"),
+            output_fidelity=record("output_fidelity", OutputFidelity),
             finetune=record("finetune", FineTuneReport),
             timings_s=_pairs(attrs.get("timings_s") or {}), device=attrs.get("device"),
             device_pool=attrs.get("device_pool"),

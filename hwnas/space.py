@@ -56,6 +56,8 @@ def distributions(space: SearchSpace, shape: SpaceShape) -> dict[str, Categorica
     if knobs.precision is not None:
         for unit in shape.precision_units:
             found[f"precision_{unit}"] = CategoricalDistribution(list(shape.precisions))
+        if len(knobs.precision.calibration) > 1:
+            found["calibration_method"] = CategoricalDistribution(knobs.precision.calibration)
     return found
 
 
@@ -80,5 +82,10 @@ def suggest(trial: optuna.Trial, space: SearchSpace, shape: SpaceShape) -> Candi
 
     keep_ratios = {stage: float(pick(f"keep_{stage}", 1.0)) for stage in shape.stages}
     plan = {unit: str(pick(f"precision_{unit}", "fp32")) for unit in shape.precision_units}
+    precision = space.knobs.precision
+    calibration = precision.calibration[0] if precision is not None else "minmax"
+    if any(p in ("int8", "a16w8") for p in plan.values()):
+        # define-by-run: the method is a parameter only where it changes the bytes
+        calibration = str(pick("calibration_method", calibration))
     return Candidate.build(keep_ratios, str(pick("pruning_criterion", "l1")),
-                           float(pick("global_pruning_ratio", 0.0)), plan)
+                           float(pick("global_pruning_ratio", 0.0)), plan, calibration)

@@ -82,8 +82,11 @@ def runtimes() -> Dict[str, Any]:
     try:
         import onnxruntime as ort
 
+        from hwnas_agent.runtimes.onnxruntime import available_providers, plugin_versions
+
         found["onnxruntime"] = {"version": ort.__version__,
-                                "execution_providers": ort.get_available_providers()}
+                                "execution_providers": available_providers(),
+                                "plugins": plugin_versions()}
     except ImportError:
         pass
     return found

@@ -16,8 +16,10 @@ from hwnas_agent.protocol import (MeasureRequest, ProtocolError, check_setting, 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator,
                       model_validator)
 
-PRECISIONS = ("fp32", "int8")
-Precision = Literal["fp32", "int8"]
+# what each means in the exported bytes: hwnas/export/precision.py
+PRECISIONS = ("fp32", "fp16", "int8", "a16w8", "int8_weight_only")
+Precision = Literal["fp32", "fp16", "int8", "a16w8", "int8_weight_only"]
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -104,6 +106,8 @@ class PruningKnob(Frozen):
 class PrecisionKnob(Frozen):
     granularity: Literal["stage", "layer"] = "stage"
     choices: list[Precision] | None = None  # default: every precision the device supports
+    # how int8/a16w8 activation ranges are calibrated; more than one makes it a searched knob
+    calibration: Annotated[list[CalibrationMethod], Field(min_length=1)] = ["minmax"]
 
 
 class Knobs(Frozen):
@@ -142,6 +146,9 @@ class Budgets(Frozen):
     # the energy figure budgets and objectives use: all of it, or only what inference adds
     # above the idle baseline
     energy_basis: Literal["total", "above_idle"] | None = None
+    # mean cosine similarity of the deployed bytes' outputs to the same model's fp32 export,
+    # held-out data (see hwnas/evaluate.py)
+    fidelity_cosine_min: Annotated[float, Field(gt=0, lt=1)] | None = None
 
     def limits(self) -> dict[str, float]:
         """Budget name -> limit, for the budgets that are set."""
@@ -255,6 +262,17 @@ PowerSpec = _request_section(
     "power", "Which sensor the agent samples during the timed phase (see hwnas-agent facts).")
 
 
+class ExportSpec(Frozen):
+    """How this device wants a precision plan written into the ONNX bytes."""
+
+    # the graph's inputs and outputs: fp16 spares a Cast at each end where the whole model
+    # runs fp16 (TensorRT); fp32 keeps the controller's and the user's data as they are
+    io_precision: Literal["fp32", "fp16"] = "fp32"
+    # int8 activations: uint8 with a zero point (onnxruntime's CPU kernels, Qualcomm's HTP)
+    # or int8 symmetric, zero point 0 (TensorRT accepts nothing else: its default there)
+    int8_activations: Literal["uint8", "int8"] = "uint8"
+
+
 class DeviceProfile(Frozen):
     name: Name
     description: str = ""
@@ -264,6 +282,7 @@ class DeviceProfile(Frozen):
     pool: str | None = None
     runtime: RuntimeSpec = RuntimeSpec()
     precisions: list[Precision] = ["fp32", "int8"]
+    export: ExportSpec = ExportSpec()
     channel_multiple: Annotated[int, Field(ge=1, le=256)] = 8
     power: PowerSpec = PowerSpec()
     budgets: Budgets = Budgets()
@@ -275,6 +294,29 @@ class DeviceProfile(Frozen):
         if "fp32" not in value:
             raise ValueError("precisions must include fp32 (the reference every plan starts from)")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorrt_quantizes_symmetrically(cls, data: Any) -> Any:
+        """Unless the profile says otherwise, int8 for TensorRT is symmetric."""
+        if not isinstance(data, dict) or not isinstance(data.get("runtime", {}), dict):
+            return data
+        runtime = data.get("runtime") or {}
+        providers = runtime.get("execution_providers") or []
+        export = data.get("export", {})
+        if (runtime.get("name") == "tensorrt" or "TensorrtExecutionProvider" in providers) and \
+                isinstance(export, dict) and "int8_activations" not in export:
+            data = {**data, "export": {**export, "int8_activations": "int8"}}
+        return data
+
+    @model_validator(mode="after")
+    def _tensorrt_int8_is_symmetric(self) -> "DeviceProfile":
+        tensorrt = self.runtime.name == "tensorrt" or \
+            "TensorrtExecutionProvider" in self.runtime.execution_providers
+        if tensorrt and "int8" in self.precisions and self.export.int8_activations != "int8":
+            raise ValueError("export.int8_activations: TensorRT quantizes symmetrically only; "
+                             "set it to int8 (zero point 0) for a TensorRT device")
+        return self
 
     @model_validator(mode="after")
     def _agent_accepts_it(self) -> "DeviceProfile":

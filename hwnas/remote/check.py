@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,60 @@ def calibration_model(path: Path) -> Path:
     model.ir_version = 8  # loadable by older onnxruntime on devices
     onnx.save(model, str(path))
     return path
+
+
+def precision_probe_model() -> onnx.ModelProto:
+    """Two convolutions and a linear head: the ops every precision of a plan applies to."""
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.standard_normal((8, 3, 3, 3)), "b1": np.zeros(8),
+               "w2": rng.standard_normal((8, 8, 3, 3)) * 0.3, "b2": np.zeros(8),
+               "w3": rng.standard_normal((4, 8)) * 0.3, "b3": np.zeros(4)}
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1] * 4),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["pool"], name="pool"),
+             helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "w3", "b3"], ["logits"], name="head", transB=1)]
+    graph = helper.make_graph(
+        nodes, "hwnas_precision_probe",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def precision_support(client: Any, profile: DeviceProfile, folder: Path) -> dict[str, str]:
+    """Precision -> what the device's runtime made of a small model written in it, loaded
+    with the profile's providers and fallback setting: 'ok', or its refusal."""
+    from hwnas.export.precision import ExportStyle, realise_plan
+
+    style = ExportStyle(profile.export.io_precision, profile.export.int8_activations)
+    float_model = precision_probe_model()
+    units = {node.name: "probe" for node in float_model.graph.node}
+    calibration = np.random.default_rng(1).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    found = {}
+    for precision in profile.precisions:
+        model = onnx.ModelProto()
+        model.CopyFrom(float_model)
+        if precision != "fp32" or style.io_precision != "fp32":
+            model = realise_plan(model, units, {"probe": precision}, calibration, "minmax", style)
+        path = folder / f"probe-{precision}.onnx"
+        onnx.save(model, str(path))
+        artifact = Artifact.from_file(path, {}, 0)
+        try:
+            client.ensure_model(artifact)
+            request = dataclasses.replace(
+                profile.measure_request(artifact.sha256), min_seconds=0.0, min_iterations=3,
+                warmup_seconds=0.0, warmup_iterations=1, rounds=1, power_source="none",
+                cooldown_below_c=None)
+            measured = client.measure(request)
+            found[precision] = "ok" + (" (simulated accelerator)" if measured.emulated else "")
+        except HwnasError as exc:
+            found[precision] = f"refused: {exc}"
+    return found
 
 
 def check_device(profile: DeviceProfile) -> dict[str, Any]:
@@ -67,6 +122,10 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
                 measured = client.measure(request)
             result["calibration_p50_ms"] = measured.latency_ms_p50
             result["calibration_cv"] = measured.latency_cv
+            if measured.emulated:
+                result["emulated"] = measured.agent_report["runtime"].get("emulation")
+            with tempfile.TemporaryDirectory() as folder:
+                result["precisions"] = precision_support(client, profile, Path(folder))
             result["ok"] = True
     except HwnasError as exc:
         result["error"] = str(exc)
@@ -79,10 +138,12 @@ def check_table(results: list[dict[str, Any]]) -> str:
     for r in results:
         lines.append(f"{r['device']} ({r['kind']}): {'OK' if r['ok'] else 'FAILED'}")
         for key in ("host_key", "agent_version", "python", "cpu", "memory_mb", "runtimes",
-                    "power_sources", "calibration_p50_ms", "calibration_cv", "error"):
+                    "power_sources", "calibration_p50_ms", "calibration_cv", "emulated", "error"):
             if key in r:
                 value = r[key]
                 if isinstance(value, float):
                     value = f"{value:.4f}" if key.startswith("calibration") else f"{value:.0f}"
                 lines.append(f"  {key:<20} {value}")
+        for precision, verdict in (r.get("precisions") or {}).items():
+            lines.append(f"  {'precision ' + precision:<20} {verdict}")
     return "\n".join(lines)

@@ -52,6 +52,14 @@ def model_card(run: RunFolder, study: optuna.Study, outcome: TrialOutcome) -> di
         "constraints": dict(outcome.constraints),
         "budgets": dict(record.budgets, energy_basis=record.energy_basis),
         "measurement": outcome.measurement.to_dict() if outcome.measurement else None,
+        # a simulator's figures (Qualcomm's HTP on x86) are not the device's latency
+        "latency_is_device_latency": (not outcome.measurement.emulated
+                                      if outcome.measurement else None),
+        "output_fidelity": dict(
+            outcome.output_fidelity.to_dict(),
+            how="mean/min cosine similarity and top-1 agreement of the outputs with the same "
+                "model's fp32 export, held-out validation samples")
+        if outcome.output_fidelity else None,
         "power": power_card(outcome, record.energy_basis),
         "base_model": {"key": record.base_model_key,
                        "test_accuracy": record.base_model_test_accuracy},

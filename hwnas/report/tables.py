@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 
 from hwnas.budgets import measured
-from hwnas.records import StudyRecord, TrialOutcome, TrialStage
+from hwnas.records import Measurement, StudyRecord, TrialOutcome, TrialStage
 from hwnas.run import best_feasible, outcomes, pareto_front, study_directions
 
 
@@ -38,10 +38,17 @@ class Report:
         return sum(o.stage == stage for o in self.outcomes)
 
     def figure(self, outcome: TrialOutcome, metric: str) -> float | None:
-        """A measured figure of a trial (None where it was not measured)."""
+        """A measured figure of a trial (None where it was not measured; a simulator's latency
+        is not a measured latency)."""
         if outcome.measurement is None or outcome.artifact is None:
             return None
+        if outcome.measurement.emulated and metric.startswith("latency"):
+            return None
         return measured(outcome.measurement, outcome.artifact, self.study.energy_basis).get(metric)
+
+    @property
+    def has_emulated(self) -> bool:
+        return any(o.measurement is not None and o.measurement.emulated for o in self.outcomes)
 
     @property
     def has_power(self) -> bool:
@@ -63,7 +70,8 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-HEADERS = ["trial", "stage", "budget", "val acc", "test acc", "p50 ms", "p90 ms", "MB"]
+HEADERS = ["trial", "stage", "budget", "val acc", "test acc", "fidelity", "p50 ms", "p90 ms", "MB"]
+EMULATED = "emulated"  # in a latency cell: a simulator's figure is not shown as a latency
 POWER_HEADERS = ["W mean", "W peak", "mJ/inf"]
 TAIL_HEADERS = ["candidate", "note"]
 
@@ -74,6 +82,12 @@ def headers(report: "Report | None") -> list[str]:
     return HEADERS + power + TAIL_HEADERS
 
 
+def _latency(measurement: Measurement | None, value: float | None) -> str:
+    if measurement is not None and measurement.emulated:
+        return EMULATED
+    return _fmt(value, ".3f")
+
+
 def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
     measurement = outcome.measurement
     budget = "meets" if outcome.feasible else (
@@ -82,8 +96,9 @@ def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
     note = outcome.failure or outcome.rejection or ""
     cells = [str(outcome.number), outcome.stage.value, budget,
              _fmt(outcome.accuracy_val, ".4f"), _fmt(outcome.accuracy_test, ".4f"),
-             _fmt(measurement.latency_ms_p50 if measurement else None, ".3f"),
-             _fmt(measurement.latency_ms_p90 if measurement else None, ".3f"),
+             _fmt(outcome.output_fidelity.cosine_mean if outcome.output_fidelity else None, ".5f"),
+             _latency(measurement, measurement.latency_ms_p50 if measurement else None),
+             _latency(measurement, measurement.latency_ms_p90 if measurement else None),
              _fmt(outcome.artifact.size_mb if outcome.artifact else None, ".3f")]
     if report is not None and report.has_power:
         cells += [_fmt(report.figure(outcome, name), spec) for name, spec in
@@ -134,8 +149,14 @@ def markdown_report(report: Report, plots: list[Path]) -> str:
     lines += _markdown_table(report.front, report) + ["", "## All trials", ""]
     lines += _markdown_table(report.outcomes, report)
     lines += ["", "Accuracy is measured on the exported ONNX bytes with onnxruntime; latency and "
-              "power by hwnas-agent on the device. Rejected candidates were never fine-tuned or "
-              "evaluated: their accuracy is unknown, not zero."]
+              "power by hwnas-agent on the device. Fidelity is the mean cosine similarity of a "
+              "trial's outputs to its fp32 parent's (the same model without a precision plan) on "
+              "held-out data, computed where the device's execution providers run. Rejected "
+              "candidates were never fine-tuned or evaluated: their accuracy is unknown, not zero."]
+    if report.has_emulated:
+        lines.append(f"Cells marked '{EMULATED}' come from a simulator of the accelerator (e.g. "
+                     "Qualcomm's HTP simulated on x86): it checked that the graph compiles for the "
+                     "accelerator and gave the fidelity, never a device latency.")
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,9 @@
-"""One trial: suggest -> prune -> (screen latency) -> fine-tune -> export -> evaluate -> measure.
+"""One trial: suggest -> prune -> (screen: accelerator compatibility, latency) -> fine-tune ->
+export -> evaluate (accuracy, output fidelity) -> measure.
 
 Cheap checks come first: the pruned, quantized candidate is measured before any
-fine-tuning, and a candidate that already breaks the latency or size budget is recorded
-as rejected without spending minutes on it.
+fine-tuning, and a candidate that already breaks the latency or size budget, or that the
+device's accelerator cannot run whole, is recorded as rejected without spending minutes on it.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from hwnas.compress.finetune import finetune
 from hwnas.compress.prune import prune_model
 from hwnas.config.models import Budgets, DeviceProfile, SearchSpace
 from hwnas.data import TaskData
-from hwnas.evaluate import onnx_accuracy
-from hwnas.export.onnx import build_onnx, precision_units
+from hwnas.evaluate import FIDELITY_SAMPLES, onnx_accuracy, output_fidelity
+from hwnas.export.onnx import ExportedModel, build_onnx, precision_units
+from hwnas.export.precision import ExportStyle
 from hwnas.models import model_stages, output_channels, output_layers
 from hwnas.budgets import (NOT_EVALUATED, breaks_a_budget, constraint_values, describe_excess,
-                           objective_values)
+                           latency_uses, objective_values)
 from hwnas.errors import DeviceError, MeasurementError
 from hwnas.records import Artifact, Candidate, FineTuneReport, Measurement, TrialOutcome, TrialStage
 from hwnas.remote.pool import Device, DevicePool
+from hwnas.remote.screen import CompatibilityScreen, needs_screening, screen_compatibility
 from hwnas.run import RunFolder
 from hwnas.search.controllers import controller_id, fail_abandoned_trials
 from hwnas.space import SpaceShape, suggest
@@ -85,14 +88,28 @@ class CandidateBuilder:
         return prune_model(self.ctx.base_model, candidate, self.stages, self.example, self.ignored,
                            self.ctx.device.channel_multiple, self.saliency_batches)
 
-    def export(self, model: nn.Module, candidate: Candidate, path: Path) -> Artifact:
+    def build(self, model: nn.Module, candidate: Candidate, path: Path) -> ExportedModel:
+        """The candidate's bytes, with its plan written as the device's profile wants it."""
         granularity = (self.ctx.space.knobs.precision.granularity
                        if self.ctx.space.knobs.precision else "stage")
         units = precision_units(model, model_stages(model, self.ctx.space.base_model), granularity)
-        build_onnx(model, self.ctx.task.input_shape, dict(candidate.precision_plan), units,
-                   self.calibration, path)
-        return Artifact.from_file(path, output_channels(model),
+        spec = self.ctx.device.export
+        return build_onnx(model, self.ctx.task.input_shape, dict(candidate.precision_plan), units,
+                          self.calibration, path, candidate.calibration_method,
+                          ExportStyle(spec.io_precision, spec.int8_activations))
+
+    def artifact(self, model: nn.Module, exported: ExportedModel) -> Artifact:
+        return Artifact.from_file(exported.path, output_channels(model),
                                   sum(p.numel() for p in model.parameters()))
+
+    def export(self, model: nn.Module, candidate: Candidate, path: Path) -> Artifact:
+        return self.artifact(model, self.build(model, candidate, path))
+
+    def export_parent(self, model: nn.Module, path: Path) -> Artifact:
+        """The same model without a precision plan (float32 throughout, float32 inputs and
+        outputs): the reference a candidate's output fidelity is taken against."""
+        return self.artifact(model, build_onnx(model, self.ctx.task.input_shape, {}, {},
+                                               self.calibration, path))
 
 
 class DeviceLease:
@@ -145,6 +162,18 @@ class TrialMeasurer:
                 return measurement
             except DeviceError:
                 # the transport already reconnected and retried with back-off: it is gone
+                self.lease.replace()
+
+    def screen(self, artifact: Artifact, exported: ExportedModel,
+               candidate: Candidate) -> CompatibilityScreen:
+        """Which nodes the device's accelerator refuses (on another of its pool if it is lost)."""
+        while True:
+            device = self.lease.device
+            try:
+                with self.timings.phase("compatibility"):
+                    return screen_compatibility(device.client, device.profile, artifact,
+                                                exported, dict(candidate.precision_plan))
+            except DeviceError:
                 self.lease.replace()
 
     def _collect_pending(self, device: Device, artifact: Artifact) -> Measurement | None:
@@ -217,8 +246,19 @@ class Objective:
         with timings.phase("prune"):
             model = builder.prune(candidate)
         with timings.phase("quantize_export"):
-            screen = builder.export(model, candidate, work / "screen.onnx")
+            screen_export = builder.build(model, candidate, work / "screen.onnx")
+            screen = builder.artifact(model, screen_export)
+        if needs_screening(measurer.lease.device.profile):
+            compatibility = measurer.screen(screen, screen_export, candidate)
+            # one constraint per name on every screened trial: <= 0 runs whole on the accelerator
+            trial.set_constraint("accelerator_compatible", 0.0 if compatibility.compatible else 1.0)
+            if not compatibility.compatible:
+                progress.update(stage=TrialStage.REJECTED, artifact=screen,
+                                screen_measurement=compatibility.measurement,
+                                rejection=compatibility.reason())
+                return rejected_values(ctx.space, screen)
         screen_measurement = measurer.measure(screen)
+        refuse_emulated_latency(ctx.space, ctx.budgets_for(screen_measurement), screen_measurement)
         progress.update(screen_measurement=screen_measurement)
         budgets = ctx.budgets_for(screen_measurement)
         screen_constraints = constraint_values(budgets, screen_measurement, screen)
@@ -239,17 +279,40 @@ class Objective:
         with timings.phase("quantize_export"):
             artifact = builder.export(model, candidate, work / "model.onnx")
             ctx.run.keep_artifact(artifact, trial)
+            parent = builder.export_parent(model, work / "parent.onnx")
         with timings.phase("evaluate"):
             accuracy_val = onnx_accuracy(artifact, ctx.task.val_x, ctx.task.val_y)
             accuracy_test = onnx_accuracy(artifact, ctx.task.test_x, ctx.task.test_y)
         progress.update(artifact=artifact, accuracy_val=accuracy_val, accuracy_test=accuracy_test)
+        with timings.phase("fidelity"):
+            fidelity = output_fidelity(parent, artifact, ctx.task.val_x[:FIDELITY_SAMPLES],
+                                       measurer.lease.device.profile)
+        progress.update(output_fidelity=fidelity)
         # the deployed bytes are what gets reported: measure them, not the screening copy
         measurement = measurer.measure(artifact)
         budgets = ctx.budgets_for(measurement)
-        for key, value in constraint_values(budgets, measurement, artifact).items():
+        for key, value in constraint_values(budgets, measurement, artifact, fidelity).items():
             trial.set_constraint(key, value)
         progress.update(stage=TrialStage.EVALUATED, measurement=measurement)
         return objective_values(ctx.space, accuracy_val, measurement, artifact, budgets.basis)
+
+
+def rejected_values(space: SearchSpace, artifact: Artifact) -> tuple[float, ...]:
+    """Objective values for a candidate the accelerator refused: never evaluated, and never
+    measured on the accelerator: the worst the sampler can see, but for its size."""
+    return (NOT_EVALUATED, *(artifact.size_mb if name == "model_size_mb" else float("inf")
+                             for name in space.objectives[1:]))
+
+
+def refuse_emulated_latency(space: SearchSpace, budgets: Budgets, measurement: Measurement) -> None:
+    """A simulator's latency must never stand for the device's: no objective, no budget."""
+    uses = latency_uses(space.objectives, budgets) if measurement.emulated else []
+    if uses:
+        why = (measurement.agent_report.get("runtime") or {}).get("emulation")
+        raise MeasurementError(
+            f"{measurement.device} simulates its accelerator ({why}); its latency cannot be used "
+            f"for {', '.join(uses)}: search it with objectives [accuracy, model_size_mb] and "
+            f"size/fidelity budgets")
 
 
 class Progress:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from hwnas.budgets import check_power_is_measured, effective_budgets
+from hwnas.budgets import check_power_is_measured, effective_budgets, latency_uses
 from hwnas.config import load_device_profile, load_search_space
 from hwnas.config.models import DeviceProfile, SearchSpace
 from hwnas.errors import ConfigError, DeviceError, HwnasError
@@ -89,6 +89,7 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
         raise ConfigError(f"--device: each device profile must have its own name; got {names}")
     for profile, path in zip(devices, paths):
         check_power_is_measured(space, Path(space_path), profile, path)
+        refuse_emulated_latency(space, profile, path)
     device = devices[0]
     if n_trials is not None:
         if n_trials < 1:
@@ -110,6 +111,19 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
     shape = space_shape(space, device, list(stages), units)
     check_enqueued(space, shape)
     return Prepared(space, device, effective_budgets(space, device), task, base, shape, devices)
+
+
+def refuse_emulated_latency(space: SearchSpace, profile: DeviceProfile, path: Path) -> None:
+    """A device whose accelerator this machine only simulates has no latency to optimise or
+    budget: refused before any trial."""
+    from hwnas.remote.screen import known_emulation
+
+    why = known_emulation(profile)
+    uses = latency_uses(space.objectives, effective_budgets(space, profile))
+    if why and uses:
+        raise ConfigError(f"device {profile.name} ({path}): {why}. Its latency cannot be used for "
+                          f"{', '.join(uses)}: search it with objectives [accuracy, model_size_mb] "
+                          f"and model_size_mb / fidelity_cosine_min budgets")
 
 
 def trial_context(prepared: Prepared, pool: "DevicePool", run: RunFolder,

@@ -113,7 +113,7 @@ def test_device_profile_errors(tmp_path):
         load_device_profile(write(tmp_path, "name: d\nconnection: {kind: telnet}\n", "d.yaml"))
     with pytest.raises(ConfigError, match=r"precisions.*include fp32"):
         load_device_profile(write(tmp_path, DEVICE + "precisions: [int8]\n", "d.yaml"))
-    with pytest.raises(ConfigError, match=r"precisions.0.*'fp32' or 'int8'"):
+    with pytest.raises(ConfigError, match=r"precisions.0.*'fp32', 'fp16', 'int8', 'a16w8' or 'int8_weight_only'"):
         load_device_profile(write(tmp_path, DEVICE + "precisions: [fp64]\n", "d.yaml"))
     with pytest.raises(ConfigError, match=r"key 'password': unknown key"):
         load_device_profile(write(tmp_path, DEVICE + "password: hunter2\n", "d.yaml"))

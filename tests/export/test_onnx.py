@@ -24,8 +24,8 @@ def base():
 
 def build(base, plan, tmp_path, name="m.onnx"):
     task, model, units = base
-    path = build_onnx(model, task.input_shape, plan, units, task.calibration(64), tmp_path / name)
-    return Artifact.from_file(path, {}, 0)
+    exported = build_onnx(model, task.input_shape, plan, units, task.calibration(64), tmp_path / name)
+    return Artifact.from_file(exported.path, {}, 0)
 
 
 def quantized_conv_units(path, units):

@@ -1,5 +1,13 @@
-"""Native TensorRT: an engine built from the (QDQ) ONNX with the requested precision flags,
-cached by model sha256 + options, build time reported apart from latency.
+"""Native TensorRT: an engine built from the ONNX bytes, cached by model sha256 + options,
+build time reported apart from latency.
+
+The bytes carry the precision plan (Q/DQ pairs for int8, float16 islands behind Casts), so
+the network is built strongly typed where TensorRT can: every layer runs in the type the
+ONNX gives it, and nothing else. TensorRT 11 is always strongly typed and has no precision
+builder flags left (BuilderFlag.FP16/INT8 and the calibrators are gone); TensorRT 10
+(JetPack 6) has both modes: strongly typed unless the profile asks for builder flags, which
+bring back weak typing (TensorRT may then pick fp16/int8 kernels for any layer it likes,
+and the report says so). TensorRT 8 (JetPack 5) knows only weak typing.
 
 Imported only when a request names runtime "tensorrt"; needs the tensorrt package of the
 device (JetPack, or pip install tensorrt) and the CUDA runtime.
@@ -19,6 +27,41 @@ from hwnas_agent.runtimes import RuntimeUnavailable
 from hwnas_agent.runtimes.onnxruntime import make_feeds_for_shapes
 
 FLAGS = ("fp16", "int8")
+
+
+class BuildSettings:
+    """What to ask of the builder: network creation flags, builder flags, and the typing
+    that results ('strong': the ONNX's types are law; 'weak': TensorRT chooses per layer)."""
+
+    def __init__(self, creation_flags: int, builder_flags: List[Any], typing: str) -> None:
+        self.creation_flags = creation_flags
+        self.builder_flags = builder_flags
+        self.typing = typing
+
+
+def build_settings(trt: Any, requested_flags: List[str]) -> BuildSettings:
+    """Strong typing where the installed TensorRT allows it with the requested flags.
+
+    Reads the version's enums, not its version number: TensorRT 11 has no BuilderFlag.FP16
+    or INT8 (its STRONGLY_TYPED creation flag is kept but ignored), TensorRT 10 has both and
+    refuses precision flags on a strongly typed network, TensorRT 8 has no STRONGLY_TYPED and
+    needs EXPLICIT_BATCH."""
+    creation = trt.NetworkDefinitionCreationFlag
+    builder = trt.BuilderFlag
+    has_precision_flags = all(hasattr(builder, f.upper()) for f in FLAGS)
+    if requested_flags and not has_precision_flags:
+        raise RuntimeUnavailable(
+            "TensorRT %s has no precision builder flags (tensorrt_flags %s): it builds strongly "
+            "typed networks only, in the precisions the ONNX carries; remove runtime."
+            "tensorrt_flags from the device profile" % (trt.__version__, sorted(requested_flags)))
+    explicit_batch = (1 << int(creation.EXPLICIT_BATCH)) if (
+        hasattr(creation, "EXPLICIT_BATCH") and not hasattr(creation, "STRONGLY_TYPED")) else 0
+    if not requested_flags and hasattr(creation, "STRONGLY_TYPED"):
+        return BuildSettings(1 << int(creation.STRONGLY_TYPED), [], "strong")
+    if not has_precision_flags:  # neither flags nor STRONGLY_TYPED: only TensorRT 11+ is typed
+        return BuildSettings(0, [], "strong")
+    flags = [getattr(builder, f.upper()) for f in sorted(requested_flags)]
+    return BuildSettings(explicit_batch, flags, "weak")
 
 
 def engine_key(sha256: str, request: Any, trt_version: str, device: str) -> str:
@@ -55,7 +98,9 @@ class TensorRTModel:
                 cuda.copy_to_device(pointer, np.ascontiguousarray(feeds[name]))
         self.inputs = [{"name": n, "shape": shapes[n], "dtype": str(dtypes[n])} for n in inputs]
         self._describe = {"name": "tensorrt", "version": trt.__version__,
-                          "flags": sorted(request.tensorrt_flags), "engine_cached": cached,
+                          "flags": sorted(request.tensorrt_flags),
+                          "typing": build_settings(trt, request.tensorrt_flags).typing,
+                          "emulated": False, "emulation": None, "engine_cached": cached,
                           "engine_build_seconds": build_seconds,
                           "execution_providers": ["TensorRT"]}
 
@@ -103,15 +148,16 @@ def load(model_path: str, request: Any) -> TensorRTModel:
 
 
 def _build(trt: Any, logger: Any, onnx_bytes: bytes, request: Any) -> bytes:
+    settings = build_settings(trt, request.tensorrt_flags)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(settings.creation_flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeUnavailable("TensorRT cannot parse the model: " + errors)
     config = builder.create_builder_config()
-    for flag in request.tensorrt_flags:
-        config.set_flag({"fp16": trt.BuilderFlag.FP16, "int8": trt.BuilderFlag.INT8}[flag])
+    for flag in settings.builder_flags:
+        config.set_flag(flag)
     profile = builder.create_optimization_profile()
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
