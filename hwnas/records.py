@@ -33,35 +33,52 @@ class Candidate:
     pruning_criterion: str  # "l1" | "saliency"
     global_pruning_ratio: float  # channels removed globally after width, by importance rank
     precision_plan: tuple[tuple[str, str], ...]  # precision unit (stage or layer) -> precision
+    # transformers: unit (stage or attention layer) -> fraction of attention heads kept
+    head_keep_ratios: tuple[tuple[str, float], ...] = ()
+    # transformers: unit (stage or MLP) -> fraction of MLP hidden units kept
+    mlp_keep_ratios: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def build(cls, keep_ratios: Mapping[str, float], pruning_criterion: str,
-              global_pruning_ratio: float, precision_plan: Mapping[str, str]) -> "Candidate":
+              global_pruning_ratio: float, precision_plan: Mapping[str, str],
+              head_keep_ratios: Mapping[str, float] | None = None,
+              mlp_keep_ratios: Mapping[str, float] | None = None) -> "Candidate":
         return cls(_pairs(keep_ratios), pruning_criterion, float(global_pruning_ratio),
-                   _pairs(precision_plan))
+                   _pairs(precision_plan), _pairs(head_keep_ratios or {}),
+                   _pairs(mlp_keep_ratios or {}))
 
     @property
     def is_quantized(self) -> bool:
         return any(precision != "fp32" for _, precision in self.precision_plan)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "keep_ratios": dict(self.keep_ratios),
             "pruning_criterion": self.pruning_criterion,
             "global_pruning_ratio": self.global_pruning_ratio,
             "precision_plan": dict(self.precision_plan),
         }
+        if self.head_keep_ratios:
+            data["head_keep_ratios"] = dict(self.head_keep_ratios)
+        if self.mlp_keep_ratios:
+            data["mlp_keep_ratios"] = dict(self.mlp_keep_ratios)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Candidate":
         return cls.build(data["keep_ratios"], data["pruning_criterion"],
-                         data["global_pruning_ratio"], data["precision_plan"])
+                         data["global_pruning_ratio"], data["precision_plan"],
+                         data.get("head_keep_ratios"), data.get("mlp_keep_ratios"))
 
     def summary(self) -> str:
         keep = " ".join(f"{k}={v:g}" for k, v in self.keep_ratios)
         plan = " ".join(f"{k}:{v}" for k, v in self.precision_plan)
-        return (f"keep[{keep}] {self.pruning_criterion} global={self.global_pruning_ratio:g} "
-                f"prec[{plan}]")
+        transformer = "".join(
+            f" {label}[{' '.join(f'{k}={v:g}' for k, v in ratios)}]"
+            for label, ratios in (("heads", self.head_keep_ratios), ("mlp", self.mlp_keep_ratios))
+            if ratios)
+        return (f"keep[{keep}]{transformer} {self.pruning_criterion} "
+                f"global={self.global_pruning_ratio:g} prec[{plan}]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Base models: the built-in small CNN, or a user factory with weights.
+"""Base models: the built-in small CNN, a user factory, or a torchvision model (build.py).
 
-A model exposes its stages (named groups of layers the width knob scales) either through a
-``stages()`` method or through ``base_model.stages`` in the search space.
+A model's stages (named groups of layers the width knob scales) come from
+``base_model.stages`` in the search space, a ``stages()`` method of the model, or its
+structure (stages.py); ``hwnas.train.load_base_model`` resolves them to module names.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ def model_stages(model: nn.Module, spec: BaseModelSpec) -> dict[str, list[nn.Mod
 
 
 def output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    """Layers whose outputs are the class scores: never pruned."""
+    """Layers whose outputs are the class scores: never pruned (a linear head, or a 1x1
+    convolution head as in SqueezeNet)."""
     return [m for m in model.modules()
-            if isinstance(m, nn.Linear) and m.out_features == num_classes]
+            if isinstance(m, nn.Linear) and m.out_features == num_classes
+            or isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.groups == 1]
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
