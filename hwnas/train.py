@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -132,12 +133,18 @@ def load_weights(model: nn.Module, path: Path, source: str) -> str:
                           f"{exc.strerror or exc}") from None
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch suggests weights_only=False here: that would run whatever code the file holds
-        raise ConfigError(
-            f"base_model.weights: {path} holds Python objects besides tensors (e.g. a whole "
-            f"pickled model or an optimizer); hwnas loads tensors only and never runs code from "
-            f"a weights file. Save the weights alone: torch.save(model.state_dict(), PATH)") from None
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            # torch suggests weights_only=False here: that would run whatever code the file holds
+            raise ConfigError(
+                f"base_model.weights: {path} holds Python objects besides tensors (it pickles "
+                f"{found.group(1)}: e.g. a whole model or an optimizer); hwnas loads tensors only "
+                f"and never runs code from a weights file. Save the weights alone: "
+                f"torch.save(model.state_dict(), PATH)") from None
+        raise ConfigError(f"base_model.weights: {path} is not a PyTorch weights file "
+                          f"(unreadable pickle); save one with "
+                          f"torch.save(model.state_dict(), PATH)") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"base_model.weights: {path} is not a PyTorch weights file ({first}); "

@@ -21,12 +21,12 @@ from optuna.trial import TrialState
 from torch import nn
 
 from hwnas.compress.finetune import finetune
-from hwnas.compress.prune import prune_model
+from hwnas.compress.prune import PrunedModel, prune, pruning_setup
 from hwnas.config.models import Budgets, DeviceProfile, SearchSpace
 from hwnas.data import TaskData
-from hwnas.evaluate import onnx_accuracy
+from hwnas.evaluate import onnx_split_accuracy
 from hwnas.export.onnx import build_onnx, precision_units
-from hwnas.models import model_stages, output_channels, output_layers
+from hwnas.models import model_stages, output_channels
 from hwnas.budgets import (NOT_EVALUATED, breaks_a_budget, constraint_values, describe_excess,
                            objective_values)
 from hwnas.errors import DeviceError, MeasurementError
@@ -72,9 +72,9 @@ class CandidateBuilder:
 
     def __init__(self, ctx: TrialContext) -> None:
         self.ctx = ctx
-        self.stages = model_stages(ctx.base_model, ctx.space.base_model)
-        self.ignored = output_layers(ctx.base_model, ctx.task.num_classes)
-        self.example = torch.zeros((1, *ctx.task.input_shape))
+        self.pruning = pruning_setup(ctx.base_model, ctx.space.base_model.stages or {}, ctx.space,
+                                     ctx.task.input_shape, ctx.task.num_classes,
+                                     ctx.device.channel_multiple)
         saliency_batches = ctx.space.knobs.pruning.saliency_batches if ctx.space.knobs.pruning else 4
         x, y = ctx.task.calibration_labels(64 * saliency_batches, seed=ctx.space.search.seed)
         self.saliency_batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
@@ -82,8 +82,11 @@ class CandidateBuilder:
                                                 seed=ctx.space.search.seed + 1)
 
     def prune(self, candidate: Candidate) -> nn.Module:
-        return prune_model(self.ctx.base_model, candidate, self.stages, self.example, self.ignored,
-                           self.ctx.device.channel_multiple, self.saliency_batches)
+        return self.prune_with_plan(candidate).module
+
+    def prune_with_plan(self, candidate: Candidate) -> PrunedModel:
+        """The pruned model and the channel plan that rebuilds it from the base model."""
+        return prune(self.pruning, candidate, self.saliency_batches)
 
     def export(self, model: nn.Module, candidate: Candidate, path: Path) -> Artifact:
         granularity = (self.ctx.space.knobs.precision.granularity
@@ -240,8 +243,8 @@ class Objective:
             artifact = builder.export(model, candidate, work / "model.onnx")
             ctx.run.keep_artifact(artifact, trial)
         with timings.phase("evaluate"):
-            accuracy_val = onnx_accuracy(artifact, ctx.task.val_x, ctx.task.val_y)
-            accuracy_test = onnx_accuracy(artifact, ctx.task.test_x, ctx.task.test_y)
+            accuracy_val = onnx_split_accuracy(artifact, ctx.task.validation)
+            accuracy_test = onnx_split_accuracy(artifact, ctx.task.test)
         progress.update(artifact=artifact, accuracy_val=accuracy_val, accuracy_test=accuracy_test)
         # the deployed bytes are what gets reported: measure them, not the screening copy
         measurement = measurer.measure(artifact)

@@ -78,6 +78,8 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
     """Load and cross-check the configs, the data and the base model: the study's own parent
     where it has one (``parent``: its fetched weights and the study record), else trained
     once and cached, or the user's weights."""
+    from hwnas.compress.preflight import preflight
+    from hwnas.compress.prune import pruning_setup
     from hwnas.data import load_task
     from hwnas.train import load_base_model, load_parent
 
@@ -102,12 +104,19 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
                            record.base_model_key)
     else:
         base = load_base_model(space.base_model, task, log=log)
+    # the stage map as resolved (the space's, the model's stages(), or found from its structure)
+    space = space.model_copy(update={"base_model": space.base_model.model_copy(
+        update={"stages": {name: list(prefixes) for name, prefixes in base.stages.items()}})})
     stages = model_stages(base.module, space.base_model)
+    setup = pruning_setup(base.module, base.stages, space, task.input_shape, task.num_classes,
+                          device.channel_multiple)
+    log(preflight(setup, space, task.num_classes).summary())  # refuses what cannot be searched
     granularity = space.knobs.precision.granularity if space.knobs.precision else "stage"
     units = plan_units(precision_units(base.module, stages, granularity))
+    knob_units = (list(setup.width_units), units, list(setup.head_units), list(setup.mlp_units))
     for other in devices[1:]:  # every device must run every precision the search may pick
-        space_shape(space, other, list(stages), units)
-    shape = space_shape(space, device, list(stages), units)
+        space_shape(space, other, *knob_units)
+    shape = space_shape(space, device, *knob_units)
     check_enqueued(space, shape)
     return Prepared(space, device, effective_budgets(space, device), task, base, shape, devices)
 
