@@ -28,6 +28,7 @@ from torch import nn
 from hwnas.compress.prune import PruningSetup, prune
 from hwnas.config.models import SearchSpace
 from hwnas.errors import ConfigError
+from hwnas.models import first_line, run_once
 from hwnas.models.unsupported import unsupported_module
 from hwnas.records import Candidate
 
@@ -108,11 +109,6 @@ def _advice(part: str) -> str:
     return f"set {part.split(' ')[0]}: null"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
-
-
 def _run(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(example)
@@ -155,12 +151,7 @@ def preflight(setup: PruningSetup, space: SearchSpace, num_classes: int,
     # random, not zeros: an all-zero input hides wrong wiring behind equal outputs
     example = torch.randn(setup.example_input.shape, generator=torch.Generator().manual_seed(0))
     shape = tuple(example.shape[1:])
-    try:
-        base_output = _run(setup.base, example)
-    except Exception as exc:  # noqa: BLE001 - the user's model, any failure
-        raise ConfigError(f"base_model: the model fails on one input of shape {list(shape)} "
-                          f"(the data set's images after preprocessing): {_first_line(exc)}; "
-                          f"adapt the model, or dataset.preprocessing (resize, channels)") from None
+    base_output = run_once(setup.base, example)
     _check_output(base_output, num_classes, "base_model", shape)
     candidate = most_aggressive(setup, space)
     parameters = sum(p.numel() for p in setup.base.parameters())
@@ -189,7 +180,7 @@ def preflight(setup: PruningSetup, space: SearchSpace, num_classes: int,
                 message = _explain(setup, candidate, exc)
         except _Timeout:
             message = (f"base_model: pruning with every knob at its most aggressive value fails "
-                       f"({_first_line(exc)})")
+                       f"({first_line(exc)})")
         raise ConfigError(message) from None
     _check_output(output, num_classes, "the pruned model", shape)
     stuck = _unchanged_grouped_convs(setup, candidate, pruned)
@@ -236,7 +227,7 @@ def _explain(setup: PruningSetup, candidate: Candidate, exc: BaseException) -> s
         try:
             _run(prune(setup, single, []).module, torch.randn(setup.example_input.shape))
         except Exception as part_exc:  # noqa: BLE001 - reported
-            failing.append(f"{part} fails ({_first_line(part_exc)}): {_advice(part)}")
+            failing.append(f"{part} fails ({first_line(part_exc)}): {_advice(part)}")
     leftover = [name for name, m in setup.base.named_modules()
                 if isinstance(m, nn.MultiheadAttention)]
     note = (f"; the model keeps nn.MultiheadAttention in {leftover[:3]}, which hwnas can split "
@@ -244,7 +235,7 @@ def _explain(setup: PruningSetup, candidate: Candidate, exc: BaseException) -> s
             f"self-attention)" if leftover else "")
     if not failing:
         return (f"base_model: pruning with every knob at its most aggressive value fails "
-                f"({_first_line(exc)}), though no knob fails alone; narrow the knobs' ranges"
+                f"({first_line(exc)}), though no knob fails alone; narrow the knobs' ranges"
                 f"{note}")
     return "base_model: the search cannot prune this model:\n  " + "\n  ".join(failing) + note
 
@@ -261,7 +252,7 @@ def _check_export(model: nn.Module, example: torch.Tensor,
             got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
         except Exception as exc:  # noqa: BLE001 - reported
             raise ConfigError(f"base_model: the most aggressively pruned model does not export "
-                              f"to ONNX or does not run in onnxruntime: {_first_line(exc)}") from None
+                              f"to ONNX or does not run in onnxruntime: {first_line(exc)}") from None
     expected = _run(model, example).numpy()
     if not np.allclose(got, expected, rtol=1e-3, atol=1e-4):
         raise ConfigError(f"base_model: the exported ONNX of the most aggressively pruned model "

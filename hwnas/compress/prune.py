@@ -34,7 +34,7 @@ from torch import nn
 
 from hwnas.config.models import SearchSpace
 from hwnas.errors import ConfigError
-from hwnas.models import output_layers
+from hwnas.models import output_layers, unwrapped_parameters
 from hwnas.models.transformers import SplitHeadAttention, attention_layers, mlp_layers, sync_dimensions
 from hwnas.records import Candidate
 
@@ -141,6 +141,12 @@ def _accumulate_saliency(model: nn.Module, batches: list[tuple[np.ndarray, np.nd
         loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
 
 
+def _graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    return tp.DependencyGraph().build_dependency(
+        model, example_inputs=example, unwrapped_parameters=unwrapped_parameters(model),
+        verbose=False)
+
+
 def _history(graph: tp.DependencyGraph) -> tuple[HistoryEntry, ...]:
     return tuple((name, bool(out), tuple(int(i) for i in idxs))
                  for name, out, idxs in graph.pruning_history())
@@ -151,7 +157,7 @@ def _prune_transformer(model: nn.Module, heads: dict[SplitHeadAttention, float],
                        importance: tp.importance.Importance, round_to: int
                        ) -> tuple[HistoryEntry, ...]:
     """Remove whole heads and MLP units, lowest importance first, one layer at a time."""
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    graph = _graph(model, example)
     for attention, keep in heads.items():
         heads_now = attention.num_heads
         remove = heads_now - kept_heads(heads_now, keep)
@@ -219,7 +225,8 @@ def prune(setup: PruningSetup, candidate: Candidate,
         pruner = tp.pruner.MetaPruner(
             pruned, setup.example_input, importance=importance,
             ignored_layers=own(setup.protected) + own(excluded) + attention_inputs,
-            round_to=setup.round_to, max_pruning_ratio=MAX_LAYER_PRUNING, **options)
+            unwrapped_parameters=unwrapped_parameters(pruned), round_to=setup.round_to,
+            max_pruning_ratio=MAX_LAYER_PRUNING, **options)
         pruner.step()
         history.append(_history(pruner.DG))
         sync_dimensions(pruned)
@@ -234,8 +241,7 @@ def replay(model: nn.Module, history: Sequence[Sequence[Sequence[Any]]],
     """Apply a channel plan (``PrunedModel.plan()``) to a freshly built base model, in place."""
     model.eval()
     for step in history:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                      verbose=False)
+        graph = _graph(model, example_input)
         graph.load_pruning_history([[name, bool(out), list(idxs)] for name, out, idxs in step])
         sync_dimensions(model)
     return model

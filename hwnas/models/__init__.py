@@ -7,6 +7,7 @@ structure (stages.py); ``hwnas.train.load_base_model`` resolves them to module n
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from hwnas.config.models import BaseModelSpec
@@ -79,3 +80,36 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 def output_channels(model: nn.Module) -> dict[str, int]:
     return {name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
             for name, m in prunable_layers(model).items()}
+
+
+def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Parameters held outside torch's layers (a ViT's class token and position embedding, a
+    ConvNeXt block's layer scale), with the dimension that follows the channels: the last
+    one that is not 1. torch-pruning guesses the same, but says so in a warning each time."""
+    found = []
+    for module in model.modules():
+        if type(module).__module__.startswith("torch.nn"):
+            continue  # torch's own layers: torch-pruning knows their weights
+        for parameter in module.parameters(recurse=False):
+            dims = [d for d, size in enumerate(parameter.shape) if size > 1]
+            if dims:
+                found.append((parameter, dims[-1]))
+    return found
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def run_once(model: nn.Module, example: torch.Tensor) -> object:
+    """The model's output on ``example`` (no gradients); a failure is the user's model meeting
+    the data's shape, said as such."""
+    try:
+        with torch.no_grad():
+            return model(example)
+    except Exception as exc:  # noqa: BLE001 - the user's model, any failure
+        raise ConfigError(f"base_model: the model fails on one input of shape "
+                          f"{list(example.shape[1:])} (the data set's images after "
+                          f"preprocessing): {first_line(exc)}; adapt the model, or "
+                          f"dataset.preprocessing (resize, channels)") from None

@@ -14,6 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from hwnas.models import run_once, unwrapped_parameters
 from hwnas.models.transformers import attention_layers
 from hwnas.models.unsupported import unsupported_module
 
@@ -48,8 +49,7 @@ def _resolutions(model: nn.Module, body: nn.Module, input_shape: tuple[int, ...]
     try:
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape)))
+        run_once(model, torch.zeros((1, *input_shape)))
         model.train(was_training)
     finally:
         for hook in hooks:
@@ -66,8 +66,9 @@ def _name(path: str, children: list[str]) -> str:
 def _merge_coupled(model: nn.Module, stages: list[list[str]], input_shape: tuple[int, ...]
                    ) -> list[list[str]]:
     """Union stages whose output channels fall in one torch-pruning group."""
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros((1, *input_shape)),
-                                                  verbose=False)
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs=torch.zeros((1, *input_shape)),
+        unwrapped_parameters=unwrapped_parameters(model), verbose=False)
     owner: dict[nn.Module, int] = {}
     for index, prefixes in enumerate(stages):
         for prefix in prefixes:
