@@ -207,7 +207,42 @@ class ExportCommand(Command):
 
         paths = export_trial(RunFolder.load(args.study), args.trial, args.out)
         print(f"model: {paths['model']}\ncard:  {paths['card']}")
+        if "pytorch_plan" in paths:
+            print(f"PyTorch: {paths['pytorch_weights']} (state_dict) + {paths['pytorch_plan']} "
+                  f"(channel plan): hwnas rebuild {paths['pytorch_plan']}")
         return 0
+
+
+class RebuildCommand(Command):
+    name = "rebuild"
+    help = "rebuild an exported pruned PyTorch model from its channel plan and weights"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("plan", type=Path, help="the <model>.plan.json `hwnas export` wrote")
+        parser.add_argument("--weights", type=Path, default=None,
+                            help="its state_dict (default: the .pt named in the plan, beside it)")
+        parser.add_argument("--onnx", type=Path, default=None,
+                            help="check the rebuilt model's outputs against this ONNX file")
+        parser.add_argument("--atol", type=float, default=1e-3,
+                            help="largest output difference accepted by --onnx (default 1e-3; "
+                                 "an int8 ONNX differs by its quantization)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.models.saved import compare_with_onnx, load_pruned, read_plan
+
+        plan = read_plan(args.plan)
+        model = load_pruned(args.plan, args.weights)
+        source = plan["base_model"]
+        print(f"{args.plan}: {source.get('torchvision') or source.get('factory') or source.get('builtin')}"
+              f" pruned in {len(plan['steps'])} step(s), "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters, input "
+              f"{['batch', *plan['input_shape']]}")
+        if args.onnx is None:
+            return 0
+        difference, same_class = compare_with_onnx(model, args.onnx, plan["input_shape"])
+        print(f"against {args.onnx}: largest output difference {difference:.3g}, same class on "
+              f"{same_class:.0%} of random inputs")
+        return 0 if difference <= args.atol else 1
 
 
 class DevicesCommand(Command):
@@ -266,8 +301,8 @@ class AgentCommand(Command):
         return 0 if args.action == "stop" or status.agent_version else 1
 
 
-COMMANDS = [SearchCommand(), WorkerCommand(), StatusCommand(), ProfileCommand(), ReportCommand(), ExportCommand(), DevicesCommand(),
-            AgentCommand()]
+COMMANDS = [SearchCommand(), WorkerCommand(), StatusCommand(), ProfileCommand(), ReportCommand(),
+            ExportCommand(), RebuildCommand(), DevicesCommand(), AgentCommand()]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -396,6 +396,10 @@ class StudyRecord:
     config_version: str | None = None
     n_trials: int | None = None  # completed trials the study asks for
     artifact_store: str | None = None  # where the parent, kept bytes and cards are
+    # the unpruned fp32 parent measured once per study on the search's device: the reference
+    # every trial's latency is read against
+    base_model_measurement: Measurement | None = None
+    base_model_size_bytes: int | None = None
 
     def budget(self, name: str) -> float | None:
         return dict(self.budgets).get(name)
@@ -414,6 +418,10 @@ class StudyRecord:
                                              "n_trials": self.n_trials,
                                              "artifact_store": self.artifact_store})
         study.set_metric_names(list(self.objectives))
+        if self.base_model_measurement is not None:  # written once; never erased by a re-run
+            study.set_user_attr("base_model_measurement", {
+                "key": self.base_model_key, "size_bytes": self.base_model_size_bytes,
+                "measurement": self.base_model_measurement.to_dict()})
 
     @classmethod
     def from_study(cls, study: "optuna.Study") -> "StudyRecord":
@@ -422,10 +430,15 @@ class StudyRecord:
         budgets = {k: v for k, v in (attrs.get("budgets") or {}).items() if v is not None}
         parent = attrs.get("parent") or {}
         space = attrs.get("search_space") or {}
+        measured = attrs.get("base_model_measurement") or {}
+        same_base = measured.get("key") == base.get("key")  # of this base model, not an older one
         return cls(_pairs(budgets), str(base.get("key", "")),
                    float(base.get("test_accuracy", float("nan"))),
                    tuple(attrs.get("input_shape") or ()), dict(attrs.get("preprocessing") or {}),
                    tuple(study.metric_names or ("accuracy", "latency_p90_ms")),
                    str(attrs.get("energy_basis") or "total"), parent.get("weights_sha256"),
                    parent.get("data_fingerprint"), space.get("yaml"), space.get("config_version"),
-                   space.get("n_trials"), space.get("artifact_store"))
+                   space.get("n_trials"), space.get("artifact_store"),
+                   base_model_measurement=Measurement.from_dict(measured["measurement"])
+                   if same_base and measured else None,
+                   base_model_size_bytes=measured.get("size_bytes") if same_base else None)

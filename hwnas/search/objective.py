@@ -22,6 +22,7 @@ from torch import nn
 
 from hwnas.compress.finetune import finetune
 from hwnas.compress.prune import PrunedModel, prune, pruning_setup
+from hwnas.models.saved import plan_document, save_pruned
 from hwnas.config.models import Budgets, DeviceProfile, SearchSpace
 from hwnas.data import TaskData
 from hwnas.evaluate import onnx_split_accuracy
@@ -87,6 +88,22 @@ class CandidateBuilder:
     def prune_with_plan(self, candidate: Candidate) -> PrunedModel:
         """The pruned model and the channel plan that rebuilds it from the base model."""
         return prune(self.pruning, candidate, self.saliency_batches)
+
+    def keep_pytorch(self, pruned: PrunedModel, artifact: Artifact, trial: optuna.Trial,
+                     work: Path) -> None:
+        """The fine-tuned PyTorch model beside the deployed bytes: state_dict + channel plan."""
+        ctx = self.ctx
+        plan = plan_document(ctx.space.base_model, ctx.task.input_shape, ctx.task.num_classes,
+                             pruned.plan())
+        state, plan_path = work / f"{artifact.sha256}.pt", work / f"{artifact.sha256}.plan.json"
+        save_pruned(pruned.module, plan, state, plan_path)
+        ctx.run.keep_pytorch(artifact.sha256, state, plan_path, trial)
+
+    def base_candidate(self) -> Candidate:
+        """The unpruned base model at fp32: the reference the search is read against."""
+        shape = self.ctx.shape
+        return Candidate.build({s: 1.0 for s in shape.stages}, "l1", 0.0,
+                               {u: "fp32" for u in shape.precision_units})
 
     def export(self, model: nn.Module, candidate: Candidate, path: Path) -> Artifact:
         granularity = (self.ctx.space.knobs.precision.granularity
@@ -218,7 +235,8 @@ class Objective:
         candidate = progress.outcome.candidate
         assert candidate is not None and progress.outcome.origin is not None
         with timings.phase("prune"):
-            model = builder.prune(candidate)
+            pruned = builder.prune_with_plan(candidate)
+            model = pruned.module
         with timings.phase("quantize_export"):
             screen = builder.export(model, candidate, work / "screen.onnx")
         screen_measurement = measurer.measure(screen)
@@ -242,6 +260,7 @@ class Objective:
         with timings.phase("quantize_export"):
             artifact = builder.export(model, candidate, work / "model.onnx")
             ctx.run.keep_artifact(artifact, trial)
+            builder.keep_pytorch(pruned, artifact, trial, work)
         with timings.phase("evaluate"):
             accuracy_val = onnx_split_accuracy(artifact, ctx.task.validation)
             accuracy_test = onnx_split_accuracy(artifact, ctx.task.test)
@@ -253,6 +272,18 @@ class Objective:
             trial.set_constraint(key, value)
         progress.update(stage=TrialStage.EVALUATED, measurement=measurement)
         return objective_values(ctx.space, accuracy_val, measurement, artifact, budgets.basis)
+
+
+def measure_base_model(ctx: TrialContext, builder: CandidateBuilder) -> tuple[Artifact, Measurement]:
+    """The unpruned fp32 base model's bytes and their measurement on a device of the pool."""
+    lease = DeviceLease(ctx.devices)
+    try:
+        work = ctx.run.path / "work" / "base-model"
+        artifact = builder.export(ctx.base_model, builder.base_candidate(), work / "base.onnx")
+        return artifact, TrialMeasurer(lease, Timings()).measure(artifact)
+    finally:
+        lease.release()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class Progress:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from hwnas.config.models import Budgets
     from hwnas.data import TaskData
     from hwnas.remote.pool import DevicePool
-    from hwnas.search.objective import TrialContext
+    from hwnas.search.objective import Objective, TrialContext
     from hwnas.space import SpaceShape
     from hwnas.train import BaseModel
 
@@ -280,13 +280,15 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
         return SearchOutcome(run, study, 0)
 
     with open_pool(prepared.devices) as pool:
+        objective = Objective(trial_context(prepared, pool, run, config_version))
+        _measure_base_model(study, objective, log)
         callbacks = [ProgressCallback(remaining, enabled=progress),
                      # several controllers on one study: stop when the study has its trials
                      MaxTrialsCallback(space.search.n_trials, states=(TrialState.COMPLETE,))]
         try:
             # one trial per device at a time; a failing trial (lost device, a candidate that
             # cannot be built) records its reason and fails alone, not the study
-            study.optimize(Objective(trial_context(prepared, pool, run, config_version)),
+            study.optimize(objective,
                            n_trials=remaining, n_jobs=len(pool), callbacks=callbacks,
                            catch=(Exception,), gc_after_trial=True)
         finally:
@@ -299,6 +301,22 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
     ran = callbacks[0].done
     _refuse_all_failed(study, ran)
     return SearchOutcome(run, study, ran)
+
+
+def _measure_base_model(study: optuna.Study, objective: "Objective",
+                        log: Callable[[str], None]) -> None:
+    """The unpruned parent measured once per study on the search's device: model cards give
+    it beside each trial's latency."""
+    from hwnas.search.objective import measure_base_model
+
+    record = StudyRecord.from_study(study)
+    if record.base_model_measurement is not None:
+        return
+    artifact, measurement = measure_base_model(objective.ctx, objective.builder)
+    dataclasses.replace(record, base_model_measurement=measurement,
+                        base_model_size_bytes=artifact.size_bytes).write(study)
+    log(f"base model (unpruned, fp32): latency p90 {measurement.latency_ms_p90:.3f} ms on "
+        f"{measurement.device}, {artifact.size_mb:.2f} MB")
 
 
 class AllTrialsFailed(HwnasError):

@@ -1,9 +1,13 @@
 """A tiny torchvision VisionTransformer searched end to end: real training, real torch-pruning
 of heads and MLP units, real export and the real local agent, through the CLI."""
 
+import json
+
 import pytest
 from optuna.trial import TrialState
 
+from hwnas.models import output_channels
+from hwnas.models.saved import compare_with_onnx, load_pruned
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.run import RunFolder
 from tests.conftest import FAST_DEVICE
@@ -74,3 +78,26 @@ def test_the_enqueued_candidate_has_the_pruned_shape(searched):
     # global pruning took embedding width too: every linear reading the residual stream shrank
     assert channels["encoder.layers.encoder_layer_0.self_attention.proj"] < 64
     assert channels["heads.head"] == 10
+
+
+def test_export_writes_the_pytorch_model_that_rebuilds_to_the_onnx(searched, tmp_path):
+    run_dir, output = searched
+    assert "base model (unpruned, fp32): latency p90" in output
+    first = TrialOutcome.from_trial(RunFolder.load(run_dir).open_study().get_trials()[0])
+    printed = hwnas("export", run_dir, "--trial", 0, "--out", tmp_path)
+    onnx, plan = next(tmp_path.glob("*.onnx")), next(tmp_path.glob("*.plan.json"))
+    assert f"hwnas rebuild {plan}" in printed and next(tmp_path.glob("*.pt")).stat().st_size > 0
+    card = json.loads(next(tmp_path.glob("*.card.json")).read_text())
+    assert card["pytorch"]["channel_plan"] == plan.name
+    base = card["base_model"]
+    assert base["device"] == "test-local" and base["latency_ms_p90"] > 0
+    assert base["trial_latency_p90_ratio"] == pytest.approx(
+        first.measurement.latency_ms_p90 / base["latency_ms_p90"])
+    assert 0 < base["trial_size_ratio"] < 1  # the trial is a pruned copy of it
+    assert card["input"]["preprocessing"]["resize"] == [28]
+
+    model = load_pruned(plan)
+    assert output_channels(model) == dict(first.artifact.channels)
+    difference, same_class = compare_with_onnx(model, onnx, (1, 28, 28))
+    assert difference < 1e-4 and same_class == 1.0
+    assert "same class on 100%" in hwnas("rebuild", plan, "--onnx", onnx)
