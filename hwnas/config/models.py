@@ -139,6 +139,8 @@ class DatasetSpec(Frozen):
     validation_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     calibration_samples: Annotated[int, Field(ge=8, le=10000)] = 256
     train_limit: Annotated[int, Field(ge=100)] | None = None
+    # evaluate on the first N test samples only (a quicker, noisier test figure)
+    test_limit: Annotated[int, Field(ge=100)] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetSpec":

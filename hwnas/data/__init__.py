@@ -123,6 +123,15 @@ def array_split(images: np.ndarray, labels: np.ndarray, preprocess: Preprocess) 
 
 
 def load_task(spec: DatasetSpec) -> TaskData:
+    task = _load(spec)
+    if spec.test_limit is not None and spec.test_limit < len(task.test):
+        return TaskData.from_splits(task.name, task.train, task.validation,
+                                    task.test.subset(np.arange(spec.test_limit)),
+                                    task.num_classes, task.preprocessing)
+    return task
+
+
+def _load(spec: DatasetSpec) -> TaskData:
     if spec.entry_point is not None:
         task = call_entry_point(spec.entry_point, "dataset.entry_point", spec)
         if not isinstance(task, TaskData):
