@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEVICE = REPO / "device_profiles" / "local.yaml"
 MODELS = {
     "mobilenet_v2": {"torchvision": "mobilenet_v2", "kwargs": {"width_mult": 0.5},
-                     "train": {"epochs": 6, "batch_size": 128, "learning_rate": 0.003}},
+                     "train": {"epochs": 4, "batch_size": 64, "learning_rate": 0.003}},
     "resnet18": {"torchvision": "resnet18",
-                 "train": {"epochs": 4, "batch_size": 128, "learning_rate": 0.002}},
+                 "train": {"epochs": 3, "batch_size": 64, "learning_rate": 0.002}},
 }
 
 
@@ -45,12 +45,12 @@ def space(name: str, base: dict, budget_ms: float | None, trials: int, precision
         "name": f"fashion64-{name}",
         "base_model": base,
         "dataset": {"builtin": "fashion-mnist", "preprocessing": {"resize": 64, "channels": 3},
-                    "train_limit": 12000, "test_limit": 2000, "validation_fraction": 0.1,
-                    "calibration_samples": 128},
+                    "train_limit": 4000, "test_limit": 1000, "validation_fraction": 0.1,
+                    "calibration_samples": 64},
         "knobs": {"width": {"keep_ratios": [0.25, 0.5, 0.75, 1.0]},
                   "pruning": {"criteria": ["l1"], "global_ratios": [0.0, 0.2]},
                   "precision": {"granularity": "stage"} if precision else None},
-        "finetune": {"max_steps": 200, "max_seconds": 90, "batch_size": 64,
+        "finetune": {"max_steps": 60, "max_seconds": 150, "batch_size": 32,
                      "learning_rate": 0.001},
         "budgets": {"latency_p90_ms": round(budget_ms, 4)} if budget_ms else {},
         "search": {"n_trials": trials, "sampler": "tpe", "seed": 0},
@@ -112,7 +112,7 @@ def one_model(name: str, work: Path, trials: int, precision: bool, train_only: b
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mobilenet_v2,resnet18")
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--no-precision", action="store_true",
                         help="search width and pruning only (no per-stage precision)")
     parser.add_argument("--train-only", action="store_true", help="train (and cache) the bases")
