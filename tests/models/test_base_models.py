@@ -219,3 +219,11 @@ def test_cli_exits_2_with_one_message(user, tmp_path, base, dataset, words):
     for word in words:
         assert word in done.stderr
     assert "weights_only=False" not in done.stderr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "search_spaces")
+                                        .glob("*.yaml")), ids=lambda p: p.name)
+def test_example_search_spaces_are_valid(path):
+    from hwnas.config import load_search_space
+
+    assert load_search_space(path).name
