@@ -51,7 +51,8 @@ def space(name: str, base: dict, budget_ms: float | None, trials: int, precision
         "knobs": {"width": {"keep_ratios": [0.25, 0.5, 0.75, 1.0]},
                   "pruning": {"criteria": ["l1"], "global_ratios": [0.0, 0.2]},
                   "precision": {"granularity": "stage"} if precision else None},
-        "finetune": {"max_steps": 400, "max_seconds": 300, "batch_size": 64,
+        # bounded by steps, so that every trial gets the same fine-tuning on a loaded machine
+        "finetune": {"max_steps": 150, "max_seconds": 1800, "batch_size": 64,
                      "learning_rate": 0.002},
         # the latency budget alone (the device profile's default size budget lifted)
         "budgets": {"latency_p90_ms": round(budget_ms, 4), "model_size_mb": 1000.0}
