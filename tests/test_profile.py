@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -77,3 +78,27 @@ def test_default_device_profile_is_found_from_the_project(models_dir, tmp_path):
     done = profile(models_dir / "small.onnx", cwd=elsewhere)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("on local ")  # hwnas's own checkout
+
+
+def test_precision_variants_made_and_measured_beside_the_model(models_dir, tmp_path):
+    # the variants are written by the search's own precision code (hwnas.export.precision)
+    pytest.importorskip("hwnas.export.precision")
+    device = tmp_path / "device.yaml"
+    device.write_text(FAST_DEVICE)
+    done = profile(models_dir / "large.onnx", "--device", device, "--precision", "int8,fp16")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[3:6]]
+    assert [r[:2] for r in rows] == [["large.onnx", "as"], ["large.onnx", "int8"],
+                                     ["large.onnx", "fp16"]]
+    # MB column ("as given" is two words): int8 weights take under half the bytes
+    assert float(rows[1][2]) < 0.5 * float(rows[0][3])
+    assert "int8 calibrated on 128 random normal inputs" in done.stdout
+    assert "test-local does not list fp16" in done.stdout
+    calibrated = tmp_path / "space.yaml"
+    calibrated.write_text("name: c\nbase_model: {builtin: small_cnn}\ndataset: {builtin: digits}\n")
+    done = profile(models_dir / "large.onnx", "--device", device, "--precision", "int8",
+                   "--calibration", calibrated, "--calibration-samples", "64")
+    assert done.returncode == 0, done.stderr
+    assert f"int8 calibrated on 64 training images of {calibrated} (digits" in done.stdout
+    wrong = profile(models_dir / "large.onnx", "--device", device, "--precision", "int4")
+    assert wrong.returncode == 2 and "--precision int4: unknown ['int4']; allowed:" in wrong.stderr
