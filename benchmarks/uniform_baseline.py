@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import save, table  # noqa: E402
 
 from hwnas.compress.finetune import finetune  # noqa: E402
-from hwnas.evaluate import onnx_accuracy  # noqa: E402
+from hwnas.evaluate import onnx_split_accuracy  # noqa: E402
 from hwnas.records import Candidate, StudyRecord  # noqa: E402
 from hwnas.run import RunFolder, best_feasible, device_file, outcomes  # noqa: E402
 from hwnas.search import open_pool, prepare, trial_context  # noqa: E402
@@ -60,8 +60,8 @@ def main() -> int:
             artifact = builder.export(model, candidate, work.path / f"uniform-{keep}-{precision}.onnx")
             measured = measurer.measure(artifact)
             rows.append({"model": f"uniform keep {keep:g} {precision}", "candidate": candidate.summary(),
-                         "accuracy_val": onnx_accuracy(artifact, prepared.task.val_x, prepared.task.val_y),
-                         "accuracy_test": onnx_accuracy(artifact, prepared.task.test_x, prepared.task.test_y),
+                         "accuracy_val": onnx_split_accuracy(artifact, prepared.task.validation),
+                         "accuracy_test": onnx_split_accuracy(artifact, prepared.task.test),
                          "latency_ms_p50": measured.latency_ms_p50,
                          "latency_ms_p90": measured.latency_ms_p90, "size_mb": artifact.size_mb})
             print(f"  {rows[-1]['model']}: test acc {rows[-1]['accuracy_test']:.4f}, "

@@ -12,6 +12,23 @@ from hwnas.errors import HwnasError
 
 DEFAULT_SPACE = Path("search_spaces/fashion_mnist.yaml")
 DEFAULT_DEVICE = Path("device_profiles/local.yaml")
+FOUND_FROM = "found in the current folder or a parent, else in hwnas's own checkout"
+
+
+def project_file(relative: Path, flag: str) -> Path:
+    """A default config file found from the project: the current folder or the nearest parent
+    holding it (running from a subfolder), else the checkout hwnas is installed from."""
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / relative).is_file():
+            return folder / relative
+    checkout = Path(__file__).resolve().parent.parent / relative
+    if checkout.is_file():
+        return checkout
+    from hwnas.errors import ConfigError
+
+    raise ConfigError(f"no {flag} given and no {relative} found in {here}, its parents or "
+                      f"{checkout.parent.parent}; pass {flag} FILE.yaml")
 
 
 class Command:
@@ -30,11 +47,11 @@ class SearchCommand(Command):
     help = "search compressions of a model under budgets measured on a device"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("space", nargs="?", type=Path, default=DEFAULT_SPACE,
-                            help=f"search space YAML (default: {DEFAULT_SPACE})")
+        parser.add_argument("space", nargs="?", type=Path, default=None,
+                            help=f"search space YAML (default: {DEFAULT_SPACE}, {FOUND_FROM})")
         parser.add_argument("--device", type=Path, action="append", default=None,
                             help=f"device profile YAML; repeat it to measure on several devices "
-                                 f"in parallel (default: {DEFAULT_DEVICE})")
+                                 f"in parallel (default: {DEFAULT_DEVICE}, {FOUND_FROM})")
         parser.add_argument("--run-dir", type=Path, default=None,
                             help="where the study, artifacts and report go "
                                  "(default: runs/<space>--<device>)")
@@ -61,8 +78,10 @@ class SearchCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.search import run_search
 
-        outcome = run_search(args.space, args.device or [DEFAULT_DEVICE], args.run_dir,
-                             args.trials, progress=not args.no_progress, fork=args.fork,
+        space = args.space or project_file(DEFAULT_SPACE, "search space")
+        devices = args.device or [project_file(DEFAULT_DEVICE, "--device")]
+        outcome = run_search(space, devices, args.run_dir, args.trials,
+                             progress=not args.no_progress, fork=args.fork,
                              storage=args.storage, study_name=args.study,
                              artifact_store=args.artifact_store)
         return print_outcome(outcome)
@@ -97,7 +116,7 @@ class WorkerCommand(Command):
         parser.add_argument("--study", required=True, help="the study name `hwnas search` printed")
         parser.add_argument("--device", type=Path, action="append", default=None,
                             help=f"this machine's device profile YAML (repeat for several; "
-                                 f"default: {DEFAULT_DEVICE})")
+                                 f"default: {DEFAULT_DEVICE}, {FOUND_FROM})")
         parser.add_argument("--run-dir", type=Path, default=None,
                             help="this worker's local folder: log, configs, fetched artifacts "
                                  "(default: runs/<study>--worker)")
@@ -108,7 +127,8 @@ class WorkerCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.search import run_worker
 
-        outcome = run_worker(args.storage, args.study, args.device or [DEFAULT_DEVICE],
+        outcome = run_worker(args.storage, args.study,
+                             args.device or [project_file(DEFAULT_DEVICE, "--device")],
                              args.run_dir, progress=not args.no_progress,
                              artifact_store=args.artifact_store)
         print(f"worker done: {outcome.trials_run} trials run here; the study "
@@ -136,40 +156,37 @@ class StatusCommand(Command):
 
 class ProfileCommand(Command):
     name = "profile"
-    help = "measure one ONNX model on a device (one-off)"
+    help = "measure ONNX models on a device, side by side (and int8/fp16 variants of them)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", type=Path, help="an .onnx file")
-        parser.add_argument("--device", type=Path, default=DEFAULT_DEVICE,
-                            help=f"device profile YAML (default: {DEFAULT_DEVICE})")
-        parser.add_argument("--json", action="store_true", help="print the full measurement as JSON")
+        parser.add_argument("models", type=Path, nargs="+", help=".onnx files")
+        parser.add_argument("--device", type=Path, default=None,
+                            help=f"device profile YAML (default: {DEFAULT_DEVICE}, {FOUND_FROM})")
+        parser.add_argument("--precision", default=None,
+                            help="also measure variants made here, e.g. int8,fp16 (fp32: the "
+                                 "model as given); int8 needs calibration data: --calibration")
+        parser.add_argument("--calibration", type=Path, default=None,
+                            help="search space YAML whose data set calibrates int8 (default: "
+                                 "random inputs, said so in the output)")
+        parser.add_argument("--calibration-samples", type=int, default=128)
+        parser.add_argument("--input-shape", action="append", default=[],
+                            help="fix free input dimensions: one sample's shape without the "
+                                 "batch, e.g. 3x224x224 (NAME=3x224x224 for several inputs)")
+        parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.config import load_device_profile
-        from hwnas.errors import ConfigError
-        from hwnas.records import Artifact
-        from hwnas.remote.device import open_device
+        from hwnas.profile import InputShape, profile_models, profile_table
 
-        profile = load_device_profile(args.device)
-        if not args.model.is_file():
-            raise ConfigError(f"{args.model}: no such ONNX file")
-        artifact = Artifact.from_file(args.model, {}, 0)
-        with open_device(profile) as client:
-            client.ensure_model(artifact)
-            measurement = client.measure(profile.measure_request(artifact.sha256))
+        profile = load_device_profile(args.device or project_file(DEFAULT_DEVICE, "--device"))
+        precisions = [p.strip() for p in (args.precision or "").split(",") if p.strip()]
+        shapes = [InputShape.parse(text) for text in args.input_shape]
+        result = profile_models(args.models, profile, precisions, shapes, args.calibration,
+                                args.calibration_samples)
         if args.json:
-            print(json.dumps(measurement.to_dict(), indent=1, sort_keys=True))
+            print(json.dumps([row.to_dict() for row in result.rows], indent=1, sort_keys=True))
         else:
-            low, high = measurement.latency_ms_p50_ci95
-            if measurement.emulated:
-                print(f"{args.model} on {profile.name}: SIMULATED accelerator, not a device latency "
-                      f"({measurement.agent_report['runtime'].get('emulation')})")
-            print(f"{args.model} on {profile.name} ({', '.join(measurement.execution_providers)}):\n"
-                  f"  latency ms  p50 {measurement.latency_ms_p50:.4f} (95% CI {low:.4f}-{high:.4f})"
-                  f"  p90 {measurement.latency_ms_p90:.4f}  p99 {measurement.latency_ms_p99:.4f}"
-                  f"  mean {measurement.latency_ms_mean:.4f}  CV {measurement.latency_cv:.3f}\n"
-                  f"  iterations {measurement.iterations}"
-                  f"{'  UNSTABLE (CV above threshold)' if measurement.unstable else ''}")
+            print(profile_table(result, profile.name))
         return 0
 
 
@@ -211,7 +228,42 @@ class ExportCommand(Command):
 
         paths = export_trial(RunFolder.load(args.study), args.trial, args.out)
         print(f"model: {paths['model']}\ncard:  {paths['card']}")
+        if "pytorch_plan" in paths:
+            print(f"PyTorch: {paths['pytorch_weights']} (state_dict) + {paths['pytorch_plan']} "
+                  f"(channel plan): hwnas rebuild {paths['pytorch_plan']}")
         return 0
+
+
+class RebuildCommand(Command):
+    name = "rebuild"
+    help = "rebuild an exported pruned PyTorch model from its channel plan and weights"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("plan", type=Path, help="the <model>.plan.json `hwnas export` wrote")
+        parser.add_argument("--weights", type=Path, default=None,
+                            help="its state_dict (default: the .pt named in the plan, beside it)")
+        parser.add_argument("--onnx", type=Path, default=None,
+                            help="check the rebuilt model's outputs against this ONNX file")
+        parser.add_argument("--atol", type=float, default=1e-3,
+                            help="largest output difference accepted by --onnx (default 1e-3; "
+                                 "an int8 ONNX differs by its quantization)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.models.saved import compare_with_onnx, load_pruned, read_plan
+
+        plan = read_plan(args.plan)
+        model = load_pruned(args.plan, args.weights)
+        source = plan["base_model"]
+        print(f"{args.plan}: {source.get('torchvision') or source.get('factory') or source.get('builtin')}"
+              f" pruned in {len(plan['steps'])} step(s), "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters, input "
+              f"{['batch', *plan['input_shape']]}")
+        if args.onnx is None:
+            return 0
+        difference, same_class = compare_with_onnx(model, args.onnx, plan["input_shape"])
+        print(f"against {args.onnx}: largest output difference {difference:.3g}, same class on "
+              f"{same_class:.0%} of random inputs")
+        return 0 if difference <= args.atol else 1
 
 
 class DevicesCommand(Command):
@@ -270,8 +322,8 @@ class AgentCommand(Command):
         return 0 if args.action == "stop" or status.agent_version else 1
 
 
-COMMANDS = [SearchCommand(), WorkerCommand(), StatusCommand(), ProfileCommand(), ReportCommand(), ExportCommand(), DevicesCommand(),
-            AgentCommand()]
+COMMANDS = [SearchCommand(), WorkerCommand(), StatusCommand(), ProfileCommand(), ReportCommand(),
+            ExportCommand(), RebuildCommand(), DevicesCommand(), AgentCommand()]
 
 
 def build_parser() -> argparse.ArgumentParser:

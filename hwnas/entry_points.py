@@ -1,21 +1,57 @@
-"""User code named in a config as 'package.module:function'."""
+"""User code named in a config as 'package.module:function'.
+
+User code fails in user ways (a typo, a missing package, an exception in the function): each
+becomes one ConfigError naming the key, the entry point and the user's own failing line, never
+a traceback through hwnas.
+"""
 
 from __future__ import annotations
 
 import importlib
+import traceback
 from typing import Any, Callable
 
-from hwnas.errors import ConfigError
+from hwnas.errors import ConfigError, HwnasError
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame of the user's traceback: 'file.py:12 in build'."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    if not frames:
+        return "?"
+    frame = frames[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
 def load_entry_point(spec: str, key: str) -> Callable[..., Any]:
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{key}: cannot import module {module_name!r} ({exc}); is the package "
-                          f"installed or on PYTHONPATH?") from None
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name or module_name.startswith(f"{exc.name}."):
+            raise ConfigError(f"{key}: no module named {exc.name!r} (from {spec}); is the "
+                              f"package installed or on PYTHONPATH?") from None
+        raise ConfigError(f"{key}: importing {module_name} failed: it needs the module "
+                          f"{exc.name!r}, which is not installed ({_where(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module, any failure at import time
+        raise ConfigError(f"{key}: importing {module_name} failed with "
+                          f"{type(exc).__name__}: {exc} ({_where(exc)}); fix the module, then "
+                          f"run again") from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ConfigError(f"{key}: {module_name} has no callable {attribute!r}")
     return function
+
+
+def call_entry_point(spec: str, key: str, *args: Any, **kwargs: Any) -> Any:
+    """Load and call; an exception raised by the user's function becomes a ConfigError."""
+    function = load_entry_point(spec, key)
+    try:
+        return function(*args, **kwargs)
+    except HwnasError:
+        raise  # hwnas code the user called already says what is wrong
+    except Exception as exc:  # noqa: BLE001 - the user's code, any failure
+        raise ConfigError(f"{key}: {spec} raised {type(exc).__name__}: {exc} "
+                          f"({_where(exc)}); fix it, then run again") from None

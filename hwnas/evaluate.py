@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hwnas.export.onnx import INPUT_NAME
+from hwnas.data import ArraySplit, Split
 from hwnas.records import Artifact, OutputFidelity
 
 if TYPE_CHECKING:
@@ -50,11 +50,6 @@ def run_batches(session: Any, x: np.ndarray, batch: int, fixed_batch: bool = Fal
             chunk = np.concatenate([chunk, np.zeros((batch - rows, *chunk.shape[1:]), chunk.dtype)])
         outputs.append(np.asarray(session.run(None, _feed(session, chunk))[0])[:rows])
     return np.concatenate(outputs).astype(np.float32)
-
-
-def onnx_accuracy(artifact: Artifact, x: np.ndarray, y: np.ndarray) -> float:
-    logits = run_batches(_cpu_session(artifact.read_bytes()), x, EVAL_BATCH)
-    return float((logits.argmax(1) == y).sum()) / len(x)
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray, runtime: str = CONTROLLER_CPU,
@@ -120,3 +115,17 @@ def output_fidelity(parent: Artifact, candidate: Artifact, x: np.ndarray,
     candidate.read_bytes()  # the sha256 check: the bytes compared are the bytes deployed
     opened = DeviceSession(candidate.path, device)
     return compare_outputs(reference, opened.outputs(x), opened.runtime, opened.emulated)
+
+
+def onnx_split_accuracy(artifact: Artifact, split: Split) -> float:
+    """Accuracy over a split, read batch by batch (an image folder is never held whole)."""
+    session = _cpu_session(artifact.read_bytes())
+    correct = 0
+    for images, labels in split.batches(EVAL_BATCH):
+        logits = session.run(None, _feed(session, images))[0]
+        correct += int((logits.argmax(1) == labels).sum())
+    return correct / max(1, len(split))
+
+
+def onnx_accuracy(artifact: Artifact, x: np.ndarray, y: np.ndarray) -> float:
+    return onnx_split_accuracy(artifact, ArraySplit(x, y))

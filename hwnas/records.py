@@ -34,40 +34,57 @@ class Candidate:
     global_pruning_ratio: float  # channels removed globally after width, by importance rank
     precision_plan: tuple[tuple[str, str], ...]  # precision unit (stage or layer) -> precision
     calibration_method: str = "minmax"  # int8/a16w8 activation ranges: minmax|entropy|percentile
+    # transformers: unit (stage or attention layer) -> fraction of attention heads kept
+    head_keep_ratios: tuple[tuple[str, float], ...] = ()
+    # transformers: unit (stage or MLP) -> fraction of MLP hidden units kept
+    mlp_keep_ratios: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def build(cls, keep_ratios: Mapping[str, float], pruning_criterion: str,
               global_pruning_ratio: float, precision_plan: Mapping[str, str],
-              calibration_method: str = "minmax") -> "Candidate":
+              calibration_method: str = "minmax",
+              head_keep_ratios: Mapping[str, float] | None = None,
+              mlp_keep_ratios: Mapping[str, float] | None = None) -> "Candidate":
         return cls(_pairs(keep_ratios), pruning_criterion, float(global_pruning_ratio),
-                   _pairs(precision_plan), calibration_method)
+                   _pairs(precision_plan), calibration_method, _pairs(head_keep_ratios or {}),
+                   _pairs(mlp_keep_ratios or {}))
 
     @property
     def is_quantized(self) -> bool:
         return any(precision != "fp32" for _, precision in self.precision_plan)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "keep_ratios": dict(self.keep_ratios),
             "pruning_criterion": self.pruning_criterion,
             "global_pruning_ratio": self.global_pruning_ratio,
             "precision_plan": dict(self.precision_plan),
             "calibration_method": self.calibration_method,
         }
+        if self.head_keep_ratios:
+            data["head_keep_ratios"] = dict(self.head_keep_ratios)
+        if self.mlp_keep_ratios:
+            data["mlp_keep_ratios"] = dict(self.mlp_keep_ratios)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Candidate":
         return cls.build(data["keep_ratios"], data["pruning_criterion"],
                          data["global_pruning_ratio"], data["precision_plan"],
-                         data.get("calibration_method", "minmax"))
+                         data.get("calibration_method", "minmax"),
+                         data.get("head_keep_ratios"), data.get("mlp_keep_ratios"))
 
     def summary(self) -> str:
         keep = " ".join(f"{k}={v:g}" for k, v in self.keep_ratios)
         plan = " ".join(f"{k}:{v}" for k, v in self.precision_plan)
         calibration = (f" cal={self.calibration_method}"
                        if any(p in ("int8", "a16w8") for _, p in self.precision_plan) else "")
-        return (f"keep[{keep}] {self.pruning_criterion} global={self.global_pruning_ratio:g} "
-                f"prec[{plan}]{calibration}")
+        transformer = "".join(
+            f" {label}[{' '.join(f'{k}={v:g}' for k, v in ratios)}]"
+            for label, ratios in (("heads", self.head_keep_ratios), ("mlp", self.mlp_keep_ratios))
+            if ratios)
+        return (f"keep[{keep}]{transformer} {self.pruning_criterion} "
+                f"global={self.global_pruning_ratio:g} prec[{plan}]{calibration}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,6 +434,10 @@ class StudyRecord:
     config_version: str | None = None
     n_trials: int | None = None  # completed trials the study asks for
     artifact_store: str | None = None  # where the parent, kept bytes and cards are
+    # the unpruned fp32 parent measured once per study on the search's device: the reference
+    # every trial's latency is read against
+    base_model_measurement: Measurement | None = None
+    base_model_size_bytes: int | None = None
 
     def budget(self, name: str) -> float | None:
         return dict(self.budgets).get(name)
@@ -435,6 +456,10 @@ class StudyRecord:
                                              "n_trials": self.n_trials,
                                              "artifact_store": self.artifact_store})
         study.set_metric_names(list(self.objectives))
+        if self.base_model_measurement is not None:  # written once; never erased by a re-run
+            study.set_user_attr("base_model_measurement", {
+                "key": self.base_model_key, "size_bytes": self.base_model_size_bytes,
+                "measurement": self.base_model_measurement.to_dict()})
 
     @classmethod
     def from_study(cls, study: "optuna.Study") -> "StudyRecord":
@@ -443,10 +468,15 @@ class StudyRecord:
         budgets = {k: v for k, v in (attrs.get("budgets") or {}).items() if v is not None}
         parent = attrs.get("parent") or {}
         space = attrs.get("search_space") or {}
+        measured = attrs.get("base_model_measurement") or {}
+        same_base = measured.get("key") == base.get("key")  # of this base model, not an older one
         return cls(_pairs(budgets), str(base.get("key", "")),
                    float(base.get("test_accuracy", float("nan"))),
                    tuple(attrs.get("input_shape") or ()), dict(attrs.get("preprocessing") or {}),
                    tuple(study.metric_names or ("accuracy", "latency_p90_ms")),
                    str(attrs.get("energy_basis") or "total"), parent.get("weights_sha256"),
                    parent.get("data_fingerprint"), space.get("yaml"), space.get("config_version"),
-                   space.get("n_trials"), space.get("artifact_store"))
+                   space.get("n_trials"), space.get("artifact_store"),
+                   base_model_measurement=Measurement.from_dict(measured["measurement"])
+                   if same_base and measured else None,
+                   base_model_size_bytes=measured.get("size_bytes") if same_base else None)

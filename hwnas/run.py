@@ -6,9 +6,10 @@
                                by content hash: a trial's card shows the config it ran under
       study.db                 the Optuna study (SQLite default; any storage URL in run.json)
       artifacts/               the default artifact store (see artifacts.py): the exact ONNX
-                               bytes of evaluated trials, their model cards, the parent's
-                               weights; a shared store (file:// on a shared path, s3://) when
-                               several machines work on one study
+                               bytes of evaluated trials, their fine-tuned PyTorch weights
+                               and channel plans, their model cards, the parent's weights; a
+                               shared store (file:// on a shared path, s3://) when several
+                               machines work on one study
       cache/                   artifacts fetched from the store, by sha256
       work/trial-N/            a trial's scratch files, removed when it ends
       report/                  report.md, report.html, pareto.png
@@ -291,6 +292,34 @@ class RunFolder:
         from hwnas.artifacts import upload
 
         return upload(self.store(), trial, Path(artifact.path), f"{artifact.sha256}.onnx")
+
+    def keep_pytorch(self, sha256: str, state: Path, plan: Path, trial: Any) -> None:
+        """The fine-tuned PyTorch model behind the bytes with this sha256 (state_dict and the
+        channel plan that rebuilds it: hwnas.models.saved), attached to the trial."""
+        from hwnas.artifacts import upload
+
+        upload(self.store(), trial, state, f"{sha256}.pt")
+        upload(self.store(), trial, plan, f"{sha256}.plan.json")
+
+    def kept_pytorch(self, outcome: TrialOutcome, study: optuna.Study) -> tuple[Path, Path] | None:
+        """(state_dict, channel plan) of a trial, fetched from the store; None for trials
+        from before they were kept. The plan holds the state_dict's sha256 (checked on load)."""
+        from hwnas.artifacts import fetch, find
+
+        if outcome.artifact is None or outcome.number is None:
+            return None
+        sha256 = outcome.artifact.sha256
+        trial = study.get_trials(deepcopy=False)[outcome.number]
+        found = []
+        for suffix in (".pt", ".plan.json"):
+            target = self.cached_path(sha256, suffix)
+            if not target.exists():
+                artifact_id = find(trial, f"{sha256}{suffix}", storage=study._storage)
+                if artifact_id is None:
+                    return None
+                fetch(self.store(), artifact_id, target)
+            found.append(target)
+        return found[0], found[1]
 
     def kept_artifact(self, outcome: TrialOutcome, study: optuna.Study) -> Artifact:
         """The kept bytes of a trial, fetched from the store and verified against the sha256

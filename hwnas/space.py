@@ -16,13 +16,16 @@ from hwnas.records import Candidate
 class SpaceShape:
     """What the base model and device allow: the names the knobs range over."""
 
-    stages: tuple[str, ...]
+    stages: tuple[str, ...]  # what the width knob scales (convolutional stages)
     precision_units: tuple[str, ...]
     precisions: tuple[str, ...]
+    head_units: tuple[str, ...] = ()  # transformers: what the heads knob ranges over
+    mlp_units: tuple[str, ...] = ()  # transformers: what the mlp knob ranges over
 
 
 def space_shape(space: SearchSpace, device: DeviceProfile, stages: list[str],
-                precision_units: list[str]) -> SpaceShape:
+                precision_units: list[str], head_units: list[str] | tuple[str, ...] = (),
+                mlp_units: list[str] | tuple[str, ...] = ()) -> SpaceShape:
     """Check the search space against the model and the device; name what is wrong."""
     width = space.knobs.width
     if width is not None and width.stages is not None:
@@ -38,7 +41,9 @@ def space_shape(space: SearchSpace, device: DeviceProfile, stages: list[str],
             raise ConfigError(f"knobs.precision.choices: {unsupported} not supported by device "
                               f"{device.name}; it supports: {', '.join(device.precisions)}")
         precisions = tuple(dict.fromkeys(wanted))
-    return SpaceShape(tuple(stages), tuple(precision_units), precisions)
+    return SpaceShape(tuple(stages), tuple(precision_units), precisions,
+                      tuple(head_units) if space.knobs.heads is not None else (),
+                      tuple(mlp_units) if space.knobs.mlp is not None else ())
 
 
 def distributions(space: SearchSpace, shape: SpaceShape) -> dict[str, CategoricalDistribution]:
@@ -58,6 +63,10 @@ def distributions(space: SearchSpace, shape: SpaceShape) -> dict[str, Categorica
             found[f"precision_{unit}"] = CategoricalDistribution(list(shape.precisions))
         if len(knobs.precision.calibration) > 1:
             found["calibration_method"] = CategoricalDistribution(knobs.precision.calibration)
+    for unit in shape.head_units:
+        found[f"heads_{unit}"] = CategoricalDistribution(knobs.heads.keep_ratios)
+    for unit in shape.mlp_units:
+        found[f"mlp_{unit}"] = CategoricalDistribution(knobs.mlp.keep_ratios)
     return found
 
 
@@ -87,5 +96,7 @@ def suggest(trial: optuna.Trial, space: SearchSpace, shape: SpaceShape) -> Candi
     if any(p in ("int8", "a16w8") for p in plan.values()):
         # define-by-run: the method is a parameter only where it changes the bytes
         calibration = str(pick("calibration_method", calibration))
+    heads = {unit: float(pick(f"heads_{unit}", 1.0)) for unit in shape.head_units}
+    mlp = {unit: float(pick(f"mlp_{unit}", 1.0)) for unit in shape.mlp_units}
     return Candidate.build(keep_ratios, str(pick("pruning_criterion", "l1")),
-                           float(pick("global_pruning_ratio", 0.0)), plan, calibration)
+                           float(pick("global_pruning_ratio", 0.0)), plan, calibration, heads, mlp)

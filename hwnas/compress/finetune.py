@@ -29,9 +29,8 @@ def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: F
     steps = 0
     loss_value = float("nan")
     while steps < settings.max_steps and time.perf_counter() - started < settings.max_seconds:
-        batch = rng.integers(0, len(task.train_x), settings.batch_size)
-        x = torch.from_numpy(task.train_x[batch])
-        y = torch.from_numpy(task.train_y[batch])
+        images, labels = task.train.batch(rng.integers(0, len(task.train), settings.batch_size))
+        x, y = torch.from_numpy(images), torch.from_numpy(labels)
         with torch.no_grad():
             teacher_logits = teacher(x)
         logits = student(x)

@@ -60,47 +60,132 @@ class TrainSettings(Frozen):
 class BaseModelSpec(Frozen):
     builtin: Literal["small_cnn"] | None = None
     factory: EntryPoint | None = None
-    weights: Path | None = None
-    # stage name -> module-name prefixes; required for a user factory whose model has no stages()
+    # a torchvision classification model by name (e.g. resnet18, mobilenet_v2) or model class
+    # (e.g. VisionTransformer); built with num_classes of the data set, never downloaded
+    torchvision: Annotated[str, Field(min_length=1)] | None = None
+    # keyword arguments for the torchvision model or the factory (e.g. {width_mult: 0.5})
+    kwargs: dict[str, Any] = {}
+    weights: Path | None = None  # a state_dict file (loaded with weights_only=True)
+    # stage name -> module-name prefixes; default: the model's stages() method, or stages found
+    # from the model's structure (torchvision CNNs: by feature-map resolution; ViT: per block)
     stages: dict[str, list[str]] | None = None
+    # trains the model when no weights are given (builtin: always; cached by content hash)
     train: TrainSettings = TrainSettings()
 
     @model_validator(mode="after")
     def _one_source(self) -> "BaseModelSpec":
-        if (self.builtin is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'builtin' (allowed: small_cnn) or 'factory' "
-                             "('package.module:function')")
-        if self.weights is not None and self.factory is None:
-            raise ValueError("'weights' goes with 'factory'; builtin models are trained and cached")
+        sources = [self.builtin, self.factory, self.torchvision]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("give exactly one of 'builtin' (allowed: small_cnn), 'factory' "
+                             "('package.module:function') or 'torchvision' (a model name)")
+        if self.weights is not None and self.builtin is not None:
+            raise ValueError("'weights' goes with 'factory' or 'torchvision'; builtin models are "
+                             "trained and cached")
+        if self.kwargs and self.builtin is not None:
+            raise ValueError("'kwargs' goes with 'factory' or 'torchvision'")
+        if self.weights is not None and "train" in self.model_fields_set:
+            raise ValueError("give 'weights' (a trained state_dict) or 'train' (train it here), "
+                             "not both")
         return self
+
+    @property
+    def trains(self) -> bool:
+        """Whether the base model is trained here: builtin always; others when `train:` is
+        written (they have no weights then)."""
+        return self.builtin is not None or "train" in self.model_fields_set
+
+
+PixelSize = Annotated[int, Field(ge=1, le=8192)]
+
+
+class PreprocessingSpec(Frozen):
+    """torchvision transforms applied to every image, in this order: channels, resize,
+    center crop, scale to [0, 1], normalise. The same steps must run in deployment; they are
+    recorded in model cards."""
+
+    channels: Literal[1, 3] | None = None  # 1: grayscale, 3: RGB (default: the data's own)
+    resize: PixelSize | Annotated[list[PixelSize], Field(min_length=2, max_length=2)] | None = None
+    center_crop: PixelSize | Annotated[list[PixelSize], Field(min_length=2, max_length=2)] | None = None
+    mean: Annotated[list[float], Field(min_length=1, max_length=3)] | None = None
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=3)] | None = None
+
+    @model_validator(mode="after")
+    def _mean_std_fit(self) -> "PreprocessingSpec":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give 'mean' and 'std' together")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError("'mean' and 'std' need the same number of values (1, or one per channel)")
+        if self.mean is not None and self.channels is not None and len(self.mean) not in (1, self.channels):
+            raise ValueError(f"'mean' and 'std' need 1 or {self.channels} values for "
+                             f"{self.channels} channels")
+        return self
+
+
+class ImageFolderSpec(Frozen):
+    """Folders of class sub-folders (torchvision ImageFolder layout: DIR/<class>/<image>)."""
+
+    train: Path
+    val: Path | None = None  # default: dataset.validation_fraction of train
+    test: Path | None = None  # default: dataset.test_fraction of train
 
 
 class DatasetSpec(Frozen):
     builtin: Literal["fashion-mnist", "digits"] | None = None
     entry_point: EntryPoint | None = None
+    image_folder: ImageFolderSpec | None = None
+    # builtin and image_folder data: e.g. {resize: 64, channels: 3} for a torchvision model
+    preprocessing: PreprocessingSpec | None = None
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1  # image folders without test
     path: Path | None = None  # folder of the idx files for fashion-mnist
     download: bool = False  # torchvision download, only where a network exists
     validation_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     calibration_samples: Annotated[int, Field(ge=8, le=10000)] = 256
     train_limit: Annotated[int, Field(ge=100)] | None = None
+    # evaluate on the first N test samples only (a quicker, noisier test figure)
+    test_limit: Annotated[int, Field(ge=100)] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetSpec":
-        if (self.builtin is None) == (self.entry_point is None):
-            raise ValueError("give exactly one of 'builtin' (allowed: fashion-mnist, digits) or "
-                             "'entry_point' ('package.module:function')")
+        if sum(s is not None for s in (self.builtin, self.entry_point, self.image_folder)) != 1:
+            raise ValueError("give exactly one of 'builtin' (allowed: fashion-mnist, digits), "
+                             "'entry_point' ('package.module:function') or 'image_folder' "
+                             "({train: DIR, val: DIR, test: DIR})")
+        if self.preprocessing is not None and self.entry_point is not None:
+            raise ValueError("'preprocessing' applies to builtin and image_folder data; an "
+                             "entry point returns data already preprocessed")
         return self
 
 
 class WidthKnob(Frozen):
     keep_ratios: list[Fraction] = [0.25, 0.5, 0.75, 1.0]
-    stages: list[str] | None = None  # default: every stage of the model
+    stages: list[str] | None = None  # default: every convolutional stage of the model
+    # module names (or shell patterns such as "*.f.b.0") whose output channels the width knob
+    # leaves alone, with their submodules
+    exclude: list[str] = []
 
 
 class PruningKnob(Frozen):
     criteria: list[Literal["l1", "saliency"]] = ["l1", "saliency"]
     global_ratios: list[Annotated[float, Field(ge=0.0, le=0.9)]] = [0.0, 0.1, 0.2, 0.3]
     saliency_batches: Annotated[int, Field(ge=1, le=100)] = 4
+    # module names or patterns whose output channels global pruning leaves alone
+    exclude: list[str] = []
+
+
+class HeadsKnob(Frozen):
+    """Attention heads kept, as a fraction of each attention layer's heads (at least one is
+    kept); one value per stage, or per attention layer. Applies to vision transformers."""
+
+    keep_ratios: list[Fraction] = [0.5, 0.75, 1.0]
+    granularity: Literal["stage", "layer"] = "stage"
+
+
+class MlpKnob(Frozen):
+    """Hidden units kept in each transformer block's MLP (rounded to the device's channel
+    multiple); one value per stage, or per MLP. Applies to vision transformers."""
+
+    keep_ratios: list[Fraction] = [0.5, 0.75, 1.0]
+    granularity: Literal["stage", "layer"] = "stage"
 
 
 class PrecisionKnob(Frozen):
@@ -114,11 +199,14 @@ class Knobs(Frozen):
     width: WidthKnob | None = WidthKnob()
     pruning: PruningKnob | None = PruningKnob()
     precision: PrecisionKnob | None = PrecisionKnob()
+    heads: HeadsKnob | None = HeadsKnob()  # only where the model has attention layers
+    mlp: MlpKnob | None = MlpKnob()  # only where the model has transformer MLPs
 
     @model_validator(mode="after")
     def _some_knob(self) -> "Knobs":
-        if self.width is None and self.pruning is None and self.precision is None:
-            raise ValueError("enable at least one knob: width, pruning or precision")
+        if all(knob is None for knob in (self.width, self.pruning, self.precision, self.heads,
+                                          self.mlp)):
+            raise ValueError("enable at least one knob: width, pruning, precision, heads or mlp")
         return self
 
 

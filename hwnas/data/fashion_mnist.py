@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.config.models import DatasetSpec
+from hwnas.data.preprocess import Preprocess
 
 if TYPE_CHECKING:
     from hwnas.data import TaskData
@@ -66,7 +67,7 @@ def _from_torchvision(root: Path) -> Path:
 
 
 def load_fashion_mnist(spec: DatasetSpec) -> "TaskData":
-    from hwnas.data import TaskData, split_train_validation
+    from hwnas.data import TaskData, array_split, split_train_validation
 
     folders = [spec.path] if spec.path is not None else [DEBIAN_DIR]
     found = None
@@ -85,18 +86,18 @@ def load_fashion_mnist(spec: DatasetSpec) -> "TaskData":
                           f"dataset.download: true where a network exists")
 
     def images(key: str) -> np.ndarray:
-        raw = read_idx(found[key]).astype(np.float32) / 255.0
-        return ((raw - MEAN) / STD)[:, None, :, :]
+        return read_idx(found[key])[:, None, :, :]  # raw uint8: preprocessed by array_split
 
     train_x, train_y = images("train_images"), read_idx(found["train_labels"]).astype(np.int64)
     if spec.train_limit is not None:
         train_x, train_y = train_x[:spec.train_limit], train_y[:spec.train_limit]
     train_x, train_y, val_x, val_y = split_train_validation(train_x, train_y,
                                                             spec.validation_fraction)
-    return TaskData(
-        name="fashion-mnist", train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y,
-        test_x=images("test_images"), test_y=read_idx(found["test_labels"]).astype(np.int64),
-        num_classes=10,
-        preprocessing={"layout": "NCHW", "scale": 1 / 255.0, "mean": MEAN, "std": STD,
-                       "formula": "(pixel/255 - mean) / std"},
+    preprocess = Preprocess.from_spec(spec.preprocessing, 1, (MEAN,), (STD,))
+    return TaskData.from_splits(
+        name="fashion-mnist", train=array_split(train_x, train_y, preprocess),
+        validation=array_split(val_x, val_y, preprocess),
+        test=array_split(images("test_images"), read_idx(found["test_labels"]).astype(np.int64),
+                         preprocess),
+        num_classes=10, preprocessing=preprocess.describe(),
     )

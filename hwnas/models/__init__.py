@@ -1,11 +1,13 @@
-"""Base models: the built-in small CNN, or a user factory with weights.
+"""Base models: the built-in small CNN, a user factory, or a torchvision model (build.py).
 
-A model exposes its stages (named groups of layers the width knob scales) either through a
-``stages()`` method or through ``base_model.stages`` in the search space.
+A model's stages (named groups of layers the width knob scales) come from
+``base_model.stages`` in the search space, a ``stages()`` method of the model, or its
+structure (stages.py); ``hwnas.train.load_base_model`` resolves them to module names.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from hwnas.config.models import BaseModelSpec
@@ -64,9 +66,11 @@ def model_stages(model: nn.Module, spec: BaseModelSpec) -> dict[str, list[nn.Mod
 
 
 def output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    """Layers whose outputs are the class scores: never pruned."""
+    """Layers whose outputs are the class scores: never pruned (a linear head, or a 1x1
+    convolution head as in SqueezeNet)."""
     return [m for m in model.modules()
-            if isinstance(m, nn.Linear) and m.out_features == num_classes]
+            if isinstance(m, nn.Linear) and m.out_features == num_classes
+            or isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.groups == 1]
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -76,3 +80,36 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 def output_channels(model: nn.Module) -> dict[str, int]:
     return {name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
             for name, m in prunable_layers(model).items()}
+
+
+def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Parameters held outside torch's layers (a ViT's class token and position embedding, a
+    ConvNeXt block's layer scale), with the dimension that follows the channels: the last
+    one that is not 1. torch-pruning guesses the same, but says so in a warning each time."""
+    found = []
+    for module in model.modules():
+        if type(module).__module__.startswith("torch.nn"):
+            continue  # torch's own layers: torch-pruning knows their weights
+        for parameter in module.parameters(recurse=False):
+            dims = [d for d, size in enumerate(parameter.shape) if size > 1]
+            if dims:
+                found.append((parameter, dims[-1]))
+    return found
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def run_once(model: nn.Module, example: torch.Tensor) -> object:
+    """The model's output on ``example`` (no gradients); a failure is the user's model meeting
+    the data's shape, said as such."""
+    try:
+        with torch.no_grad():
+            return model(example)
+    except Exception as exc:  # noqa: BLE001 - the user's model, any failure
+        raise ConfigError(f"base_model: the model fails on one input of shape "
+                          f"{list(example.shape[1:])} (the data set's images after "
+                          f"preprocessing): {first_line(exc)}; adapt the model, or "
+                          f"dataset.preprocessing (resize, channels)") from None

@@ -29,10 +29,36 @@ def export_trial(run: RunFolder, trial_number: int, out_dir: Path) -> dict[str, 
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / f"{run.study_name}-trial{trial_number}.onnx"
     model_path.write_bytes(artifact.read_bytes())
+    paths = {"model": model_path}
+    paths.update(_export_pytorch(run, study, outcome, model_path))
     card = model_card(run, study, outcome)
+    if "pytorch_plan" in paths:
+        card["pytorch"] = {
+            "state_dict": paths["pytorch_weights"].name, "channel_plan": paths["pytorch_plan"].name,
+            "rebuild": f"hwnas.models.saved.load_pruned('{paths['pytorch_plan'].name}') "
+                       f"(or: hwnas rebuild {paths['pytorch_plan'].name} --onnx {model_path.name})",
+            "how": "the base model built from the plan, torch-pruning's history replayed, then "
+                   "the fine-tuned state_dict loaded (weights_only)"}
     card_path = model_path.with_suffix(".card.json")
     card_path.write_text(json.dumps(card, indent=1, sort_keys=True))
-    return {"model": model_path, "card": card_path}
+    return {**paths, "card": card_path}
+
+
+def _export_pytorch(run: RunFolder, study: optuna.Study, outcome: TrialOutcome,
+                    model_path: Path) -> dict[str, Path]:
+    """The fine-tuned PyTorch weights and channel plan beside the ONNX (trials from before
+    they were kept have none)."""
+    kept = run.kept_pytorch(outcome, study)
+    if kept is None:
+        return {}
+    state, plan = kept
+    weights_path = model_path.with_suffix(".pt")
+    plan_path = model_path.with_suffix(".plan.json")
+    weights_path.write_bytes(state.read_bytes())
+    document = json.loads(plan.read_text())
+    document["state_dict"] = weights_path.name
+    plan_path.write_text(json.dumps(document, indent=1))
+    return {"pytorch_weights": weights_path, "pytorch_plan": plan_path}
 
 
 def model_card(run: RunFolder, study: optuna.Study, outcome: TrialOutcome) -> dict[str, Any]:
@@ -61,8 +87,7 @@ def model_card(run: RunFolder, study: optuna.Study, outcome: TrialOutcome) -> di
                 "model's fp32 export, held-out validation samples")
         if outcome.output_fidelity else None,
         "power": power_card(outcome, record.energy_basis),
-        "base_model": {"key": record.base_model_key,
-                       "test_accuracy": record.base_model_test_accuracy},
+        "base_model": _base_model(record, outcome),
         "input": {"name": "input", "shape": ["batch", *record.input_shape],
                   "preprocessing": dict(record.preprocessing)},
         "config_version": outcome.config_version,
@@ -91,3 +116,22 @@ def power_card(outcome: TrialOutcome, basis: str) -> dict[str, Any] | None:
         "how": "sampled by hwnas-agent on the device during the timed phase of sustained "
                "inference, after an idle baseline with the model loaded",
     }
+
+
+def _base_model(record: StudyRecord, outcome: TrialOutcome) -> dict[str, Any]:
+    """The unpruned parent, measured on the search's device: what the trial is read against."""
+    base: dict[str, Any] = {"key": record.base_model_key,
+                            "test_accuracy": record.base_model_test_accuracy}
+    measured = record.base_model_measurement
+    if measured is None:
+        return base
+    base.update({"device": measured.device, "latency_ms_p50": measured.latency_ms_p50,
+                 "latency_ms_p90": measured.latency_ms_p90,
+                 "size_mb": (record.base_model_size_bytes or 0) / 1e6,
+                 "how": "the unpruned model at fp32, exported and measured once per study by the "
+                        "same agent and methodology as the trials", "measurement": measured.to_dict()})
+    if outcome.measurement is not None and outcome.measurement.device == measured.device:
+        base["trial_latency_p90_ratio"] = outcome.measurement.latency_ms_p90 / measured.latency_ms_p90
+    if outcome.artifact is not None and record.base_model_size_bytes:
+        base["trial_size_ratio"] = outcome.artifact.size_bytes / record.base_model_size_bytes
+    return base

@@ -22,13 +22,14 @@ from optuna.trial import TrialState
 from torch import nn
 
 from hwnas.compress.finetune import finetune
-from hwnas.compress.prune import prune_model
+from hwnas.compress.prune import PrunedModel, prune, pruning_setup
+from hwnas.models.saved import plan_document, save_pruned
 from hwnas.config.models import Budgets, DeviceProfile, SearchSpace
 from hwnas.data import TaskData
-from hwnas.evaluate import FIDELITY_SAMPLES, onnx_accuracy, output_fidelity
+from hwnas.evaluate import FIDELITY_SAMPLES, onnx_split_accuracy, output_fidelity
 from hwnas.export.onnx import ExportedModel, build_onnx, precision_units
 from hwnas.export.precision import ExportStyle
-from hwnas.models import model_stages, output_channels, output_layers
+from hwnas.models import model_stages, output_channels
 from hwnas.budgets import (NOT_EVALUATED, breaks_a_budget, constraint_values, describe_excess,
                            latency_uses, objective_values)
 from hwnas.errors import DeviceError, MeasurementError
@@ -75,9 +76,9 @@ class CandidateBuilder:
 
     def __init__(self, ctx: TrialContext) -> None:
         self.ctx = ctx
-        self.stages = model_stages(ctx.base_model, ctx.space.base_model)
-        self.ignored = output_layers(ctx.base_model, ctx.task.num_classes)
-        self.example = torch.zeros((1, *ctx.task.input_shape))
+        self.pruning = pruning_setup(ctx.base_model, ctx.space.base_model.stages or {}, ctx.space,
+                                     ctx.task.input_shape, ctx.task.num_classes,
+                                     ctx.device.channel_multiple)
         saliency_batches = ctx.space.knobs.pruning.saliency_batches if ctx.space.knobs.pruning else 4
         x, y = ctx.task.calibration_labels(64 * saliency_batches, seed=ctx.space.search.seed)
         self.saliency_batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
@@ -85,8 +86,27 @@ class CandidateBuilder:
                                                 seed=ctx.space.search.seed + 1)
 
     def prune(self, candidate: Candidate) -> nn.Module:
-        return prune_model(self.ctx.base_model, candidate, self.stages, self.example, self.ignored,
-                           self.ctx.device.channel_multiple, self.saliency_batches)
+        return self.prune_with_plan(candidate).module
+
+    def prune_with_plan(self, candidate: Candidate) -> PrunedModel:
+        """The pruned model and the channel plan that rebuilds it from the base model."""
+        return prune(self.pruning, candidate, self.saliency_batches)
+
+    def keep_pytorch(self, pruned: PrunedModel, artifact: Artifact, trial: optuna.Trial,
+                     work: Path) -> None:
+        """The fine-tuned PyTorch model beside the deployed bytes: state_dict + channel plan."""
+        ctx = self.ctx
+        plan = plan_document(ctx.space.base_model, ctx.task.input_shape, ctx.task.num_classes,
+                             pruned.plan())
+        state, plan_path = work / f"{artifact.sha256}.pt", work / f"{artifact.sha256}.plan.json"
+        save_pruned(pruned.module, plan, state, plan_path)
+        ctx.run.keep_pytorch(artifact.sha256, state, plan_path, trial)
+
+    def base_candidate(self) -> Candidate:
+        """The unpruned base model at fp32: the reference the search is read against."""
+        shape = self.ctx.shape
+        return Candidate.build({s: 1.0 for s in shape.stages}, "l1", 0.0,
+                               {u: "fp32" for u in shape.precision_units})
 
     def build(self, model: nn.Module, candidate: Candidate, path: Path) -> ExportedModel:
         """The candidate's bytes, with its plan written as the device's profile wants it."""
@@ -244,7 +264,8 @@ class Objective:
         candidate = progress.outcome.candidate
         assert candidate is not None and progress.outcome.origin is not None
         with timings.phase("prune"):
-            model = builder.prune(candidate)
+            pruned = builder.prune_with_plan(candidate)
+            model = pruned.module
         with timings.phase("quantize_export"):
             screen_export = builder.build(model, candidate, work / "screen.onnx")
             screen = builder.artifact(model, screen_export)
@@ -280,13 +301,15 @@ class Objective:
             artifact = builder.export(model, candidate, work / "model.onnx")
             ctx.run.keep_artifact(artifact, trial)
             parent = builder.export_parent(model, work / "parent.onnx")
+            builder.keep_pytorch(pruned, artifact, trial, work)
         with timings.phase("evaluate"):
-            accuracy_val = onnx_accuracy(artifact, ctx.task.val_x, ctx.task.val_y)
-            accuracy_test = onnx_accuracy(artifact, ctx.task.test_x, ctx.task.test_y)
+            accuracy_val = onnx_split_accuracy(artifact, ctx.task.validation)
+            accuracy_test = onnx_split_accuracy(artifact, ctx.task.test)
         progress.update(artifact=artifact, accuracy_val=accuracy_val, accuracy_test=accuracy_test)
         with timings.phase("fidelity"):
-            fidelity = output_fidelity(parent, artifact, ctx.task.val_x[:FIDELITY_SAMPLES],
-                                       measurer.lease.device.profile)
+            held_out = ctx.task.validation
+            samples = held_out.load(np.arange(min(FIDELITY_SAMPLES, len(held_out))))
+            fidelity = output_fidelity(parent, artifact, samples, measurer.lease.device.profile)
         progress.update(output_fidelity=fidelity)
         # the deployed bytes are what gets reported: measure them, not the screening copy
         measurement = measurer.measure(artifact)
@@ -313,6 +336,16 @@ def refuse_emulated_latency(space: SearchSpace, budgets: Budgets, measurement: M
             f"{measurement.device} simulates its accelerator ({why}); its latency cannot be used "
             f"for {', '.join(uses)}: search it with objectives [accuracy, model_size_mb] and "
             f"size/fidelity budgets")
+def measure_base_model(ctx: TrialContext, builder: CandidateBuilder) -> tuple[Artifact, Measurement]:
+    """The unpruned fp32 base model's bytes and their measurement on a device of the pool."""
+    lease = DeviceLease(ctx.devices)
+    try:
+        work = ctx.run.path / "work" / "base-model"
+        artifact = builder.export(ctx.base_model, builder.base_candidate(), work / "base.onnx")
+        return artifact, TrialMeasurer(lease, Timings()).measure(artifact)
+    finally:
+        lease.release()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class Progress:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from hwnas.config.models import Budgets
     from hwnas.data import TaskData
     from hwnas.remote.pool import DevicePool
-    from hwnas.search.objective import TrialContext
+    from hwnas.search.objective import Objective, TrialContext
     from hwnas.space import SpaceShape
     from hwnas.train import BaseModel
 
@@ -78,6 +78,8 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
     """Load and cross-check the configs, the data and the base model: the study's own parent
     where it has one (``parent``: its fetched weights and the study record), else trained
     once and cached, or the user's weights."""
+    from hwnas.compress.preflight import preflight
+    from hwnas.compress.prune import pruning_setup
     from hwnas.data import load_task
     from hwnas.train import load_base_model, load_parent
 
@@ -103,12 +105,19 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
                            record.base_model_key)
     else:
         base = load_base_model(space.base_model, task, log=log)
+    # the stage map as resolved (the space's, the model's stages(), or found from its structure)
+    space = space.model_copy(update={"base_model": space.base_model.model_copy(
+        update={"stages": {name: list(prefixes) for name, prefixes in base.stages.items()}})})
     stages = model_stages(base.module, space.base_model)
+    setup = pruning_setup(base.module, base.stages, space, task.input_shape, task.num_classes,
+                          device.channel_multiple)
+    log(preflight(setup, space, task.num_classes).summary())  # refuses what cannot be searched
     granularity = space.knobs.precision.granularity if space.knobs.precision else "stage"
     units = plan_units(precision_units(base.module, stages, granularity))
+    knob_units = (list(setup.width_units), units, list(setup.head_units), list(setup.mlp_units))
     for other in devices[1:]:  # every device must run every precision the search may pick
-        space_shape(space, other, list(stages), units)
-    shape = space_shape(space, device, list(stages), units)
+        space_shape(space, other, *knob_units)
+    shape = space_shape(space, device, *knob_units)
     check_enqueued(space, shape)
     return Prepared(space, device, effective_budgets(space, device), task, base, shape, devices)
 
@@ -285,13 +294,15 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
         return SearchOutcome(run, study, 0)
 
     with open_pool(prepared.devices) as pool:
+        objective = Objective(trial_context(prepared, pool, run, config_version))
+        _measure_base_model(study, objective, log)
         callbacks = [ProgressCallback(remaining, enabled=progress),
                      # several controllers on one study: stop when the study has its trials
                      MaxTrialsCallback(space.search.n_trials, states=(TrialState.COMPLETE,))]
         try:
             # one trial per device at a time; a failing trial (lost device, a candidate that
             # cannot be built) records its reason and fails alone, not the study
-            study.optimize(Objective(trial_context(prepared, pool, run, config_version)),
+            study.optimize(objective,
                            n_trials=remaining, n_jobs=len(pool), callbacks=callbacks,
                            catch=(Exception,), gc_after_trial=True)
         finally:
@@ -304,6 +315,22 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
     ran = callbacks[0].done
     _refuse_all_failed(study, ran)
     return SearchOutcome(run, study, ran)
+
+
+def _measure_base_model(study: optuna.Study, objective: "Objective",
+                        log: Callable[[str], None]) -> None:
+    """The unpruned parent measured once per study on the search's device: model cards give
+    it beside each trial's latency."""
+    from hwnas.search.objective import measure_base_model
+
+    record = StudyRecord.from_study(study)
+    if record.base_model_measurement is not None:
+        return
+    artifact, measurement = measure_base_model(objective.ctx, objective.builder)
+    dataclasses.replace(record, base_model_measurement=measurement,
+                        base_model_size_bytes=artifact.size_bytes).write(study)
+    log(f"base model (unpruned, fp32): latency p90 {measurement.latency_ms_p90:.3f} ms on "
+        f"{measurement.device}, {artifact.size_mb:.2f} MB")
 
 
 class AllTrialsFailed(HwnasError):

@@ -85,7 +85,8 @@ def test_finetune_recovers_accuracy_and_is_bounded(trained):
     task, base = trained
     model = prune(trained, {"stage1": 0.25, "stage2": 0.25, "stage3": 0.25}, global_ratio=0.2)
     before = torch_accuracy(model, task.val_x, task.val_y)
-    stats = finetune(model, base.module, task, FineTuneSettings(max_steps=200, batch_size=64, learning_rate=3e-3))
+    settings = FineTuneSettings(max_steps=200, max_seconds=900, batch_size=64, learning_rate=3e-3)
+    stats = finetune(model, base.module, task, settings)
     after = torch_accuracy(model, task.val_x, task.val_y)
     assert stats["steps"] == 200
     assert after > before + 0.5 and after > 0.8

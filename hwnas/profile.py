@@ -1,0 +1,247 @@
+"""`hwnas profile`: measure ONNX models as they are, side by side, on one device.
+
+Models whose inputs have free dimensions besides the batch get them fixed by an input-shape
+override (the agent measures static shapes only, as a deployment runs them); the fixed copy
+is a new model with its own sha256. Precision variants of each model are made here too
+(int8, fp16), calibrated on the search space's own data or on random data, as stated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import onnx
+
+from hwnas.errors import ConfigError, ExportError, HwnasError
+
+if TYPE_CHECKING:
+    from hwnas.config.models import DeviceProfile
+    from hwnas.records import Artifact, Measurement
+
+SHAPE = re.compile(r"^(?:(?P<name>[^=]+)=)?(?P<dims>\d+(?:[x,]\d+)*)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputShape:
+    """One sample's shape (without the batch) for an input, or the only input (name None)."""
+
+    name: str | None
+    dims: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "InputShape":
+        found = SHAPE.match(text.strip())
+        if found is None:
+            raise ConfigError(f"--input-shape {text!r}: write one sample's shape without the "
+                              f"batch, e.g. 3x224x224, or NAME=3x224x224 for a model with "
+                              f"several inputs")
+        dims = tuple(int(d) for d in re.split("[x,]", found.group("dims")))
+        if any(d < 1 for d in dims):
+            raise ConfigError(f"--input-shape {text!r}: dimensions must be >= 1")
+        return cls(found.group("name"), dims)
+
+
+def free_dimensions(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Input name -> positions (after the batch) that are not fixed numbers."""
+    initializers = {t.name for t in model.graph.initializer}
+    found = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        free = [i for i, d in enumerate(dims) if i > 0 and not d.HasField("dim_value")]
+        if free:
+            found[value.name] = free
+    return found
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: Sequence[InputShape], source: Path
+                     ) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs have these sample shapes (the batch stays free)."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    by_name = {v.name: v for v in fixed.graph.input}
+    for shape in shapes:
+        if shape.name is None and len(inputs) != 1:
+            raise ConfigError(f"--input-shape: {source} has inputs {[v.name for v in inputs]}; "
+                              f"name the one meant, e.g. {inputs[0].name}=3x224x224")
+        name = shape.name or inputs[0].name
+        if name not in by_name or name in initializers:
+            raise ConfigError(f"--input-shape: {source} has no input {name!r}; its inputs: "
+                              f"{[v.name for v in inputs]}")
+        dims = by_name[name].type.tensor_type.shape.dim
+        if len(dims) != len(shape.dims) + 1:
+            raise ConfigError(f"--input-shape {'x'.join(map(str, shape.dims))}: input {name!r} of "
+                              f"{source} has {len(dims) - 1} dimensions besides the batch")
+        for position, (dim, wanted) in enumerate(zip(list(dims)[1:], shape.dims), start=1):
+            if dim.HasField("dim_value") and dim.dim_value != wanted:
+                raise ConfigError(f"--input-shape: dimension {position} of input {name!r} is "
+                                  f"fixed at {dim.dim_value} in {source}, not {wanted}")
+            dim.ClearField("dim_param")
+            dim.dim_value = wanted
+    del fixed.graph.value_info[:]  # inferred again by the runtime from the fixed inputs
+    return fixed
+
+
+def sample_shape(model: onnx.ModelProto) -> tuple[int, ...]:
+    """The one float input's sample shape (for calibration data)."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1:
+        raise ConfigError(f"--precision: variants are made for models with one input; this one "
+                          f"has {[v.name for v in inputs]}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if any(not d.HasField("dim_value") for d in list(dims)[1:]):
+        raise ConfigError("--precision: the input has free dimensions; fix them with "
+                          "--input-shape to calibrate")
+    return tuple(d.dim_value for d in list(dims)[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileRow:
+    model: str  # the file as given
+    precision: str  # "as given", or the variant made here
+    artifact: "Artifact"
+    measurement: "Measurement"
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "precision": self.precision, "note": self.note,
+                "artifact": self.artifact.to_dict(), "measurement": self.measurement.to_dict()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileResult:
+    rows: tuple[ProfileRow, ...]
+    calibration: str | None  # how int8 variants were calibrated, when any was made
+
+
+AS_GIVEN = "as given"
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such ONNX file")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file
+        raise ConfigError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def _calibration(space_path: Path | None, shape: tuple[int, ...], samples: int,
+                 source: Path) -> tuple[np.ndarray, str]:
+    if space_path is None:
+        data = np.random.default_rng(0).standard_normal((samples, *shape)).astype(np.float32)
+        return data, (f"int8 calibrated on {samples} random normal inputs (no --calibration "
+                      f"given): its latency is representative, its accuracy is not")
+    from hwnas.config import load_search_space
+    from hwnas.data import load_task
+
+    task = load_task(load_search_space(space_path).dataset)
+    if tuple(task.input_shape) != tuple(shape):
+        raise ConfigError(f"--calibration {space_path}: its data set gives samples of shape "
+                          f"{list(task.input_shape)}, {source} takes {list(shape)}")
+    return task.calibration(samples), (f"int8 calibrated on {samples} training images of "
+                                       f"{space_path} ({task.name}, its preprocessing)")
+
+
+def make_variant(model: onnx.ModelProto, precision: str, calibration: np.ndarray) -> onnx.ModelProto:
+    """The whole model at ``precision``, written by the search's own precision code."""
+    from hwnas.export.onnx import name_unnamed_nodes
+    from hwnas.export.precision import realise_plan
+
+    variant = onnx.ModelProto()
+    variant.CopyFrom(model)
+    name_unnamed_nodes(variant)
+    units = {node.name: "model" for node in variant.graph.node}
+    return realise_plan(variant, units, {"model": precision}, calibration)
+
+
+def profile_models(paths: Sequence[Path], profile: "DeviceProfile", precisions: Sequence[str],
+                   shapes: Sequence[InputShape], calibration_space: Path | None,
+                   samples: int) -> ProfileResult:
+    from hwnas.records import Artifact
+    from hwnas.remote.device import open_device
+
+    if precisions:
+        from hwnas.export.precision import PRECISIONS
+    unknown = sorted(set(precisions) - set(PRECISIONS)) if precisions else []
+    if unknown:
+        raise ConfigError(f"--precision {','.join(precisions)}: unknown {unknown}; allowed: "
+                          f"{', '.join(PRECISIONS)}")
+    entries: list[tuple[str, str, Path, str]] = []
+    statement = None
+    with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as folder:
+        for index, path in enumerate(paths):
+            path = Path(path)
+            model = _load(path)
+            given = path
+            if shapes:
+                model = fix_input_shapes(model, shapes, path)
+                given = Path(folder) / f"{index}-{path.stem}.fixed.onnx"
+                onnx.save(model, str(given))
+            free = free_dimensions(model)
+            if free:
+                name, positions = next(iter(free.items()))
+                raise ConfigError(f"{path}: input {name!r} has free dimensions at positions "
+                                  f"{positions} besides the batch; the agent measures fixed "
+                                  f"shapes: give --input-shape (e.g. 3x224x224)")
+            entries.append((path.name, AS_GIVEN, given, ""))
+            for precision in dict.fromkeys(p for p in precisions if p != "fp32"):
+                calibration = np.zeros((1, *sample_shape(model)), np.float32)
+                if precision in ("int8", "a16w8"):
+                    calibration, statement = _calibration(calibration_space, sample_shape(model),
+                                                          samples, path)
+                variant = Path(folder) / f"{index}-{path.stem}.{precision}.onnx"
+                try:
+                    onnx.save(make_variant(model, precision, calibration), str(variant))
+                except HwnasError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - reported with the model's name
+                    raise ExportError(f"{path}: making its {precision} variant failed: "
+                                      f"{type(exc).__name__}: {exc}") from None
+                note = "" if precision in profile.precisions else \
+                    f"{profile.name} does not list {precision} among its precisions"
+                entries.append((path.name, precision, variant, note))
+        rows = []
+        with open_device(profile) as client:
+            for name, precision, file, note in entries:
+                artifact = Artifact.from_file(file, {}, 0)
+                client.ensure_model(artifact)
+                measurement = client.measure(profile.measure_request(artifact.sha256))
+                rows.append(ProfileRow(name, precision, dataclasses.replace(artifact, path=""),
+                                       measurement, note))
+    return ProfileResult(tuple(rows), statement)
+
+
+def profile_table(result: ProfileResult, device: str) -> str:
+    """Side by side; each variant's p90 also as a ratio of its model as given."""
+    given = {r.model: r.measurement.latency_ms_p90 for r in result.rows if r.precision == AS_GIVEN}
+    header = ["model", "precision", "MB", "p50 ms", "p90 ms", "p99 ms", "CV", "vs given", "note"]
+    lines = []
+    for row in result.rows:
+        m = row.measurement
+        ratio = "" if row.precision == AS_GIVEN else f"x{m.latency_ms_p90 / given[row.model]:.2f}"
+        note = "; ".join(filter(None, [row.note, "UNSTABLE (CV above threshold)" if m.unstable else ""]))
+        lines.append([row.model, row.precision, f"{row.artifact.size_mb:.3f}",
+                      f"{m.latency_ms_p50:.4f}", f"{m.latency_ms_p90:.4f}", f"{m.latency_ms_p99:.4f}",
+                      f"{m.latency_cv:.3f}", ratio, note])
+    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
+    first = result.rows[0].measurement
+    text = []
+    if any(r.measurement.emulated for r in result.rows):
+        text.append(f"SIMULATED accelerator on {device}: these latencies are not a device latency "
+                    f"({first.agent_report.get('runtime', {}).get('emulation')})")
+    text += [f"on {device} ({', '.join(first.execution_providers)}):"]
+    text += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+             for r in [header, ["-" * w for w in widths], *lines]]
+    if result.calibration:
+        text.append(result.calibration)
+    return "\n".join(text)

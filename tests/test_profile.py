@@ -1,0 +1,104 @@
+"""`hwnas profile`: several models side by side through the real local agent, free input
+dimensions fixed by an override, the device profile found from the project."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import FAST_DEVICE
+
+HWNAS = str(Path(sys.executable).parent / "hwnas")
+
+
+def profile(*args, cwd=None):
+    return subprocess.run([HWNAS, "profile", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_several_models_side_by_side(models_dir, tmp_path):
+    device = tmp_path / "device.yaml"
+    device.write_text(FAST_DEVICE)
+    done = profile(models_dir / "small.onnx", models_dir / "large.onnx", "--device", device)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("on test-local (CPUExecutionProvider)")
+    assert lines[1].split()[:5] == ["model", "precision", "MB", "p50", "ms"]
+    assert [line.split()[0] for line in lines[3:5]] == ["small.onnx", "large.onnx"]
+    rows = json.loads(profile(models_dir / "small.onnx", models_dir / "large.onnx", "--device",
+                              device, "--json").stdout)
+    assert [r["model"] for r in rows] == ["small.onnx", "large.onnx"]
+    small, large = (r["measurement"]["latency_ms"]["p90"] for r in rows)
+    assert small < large  # 64 MACs against ~300k: the order is not in doubt
+    assert rows[0]["artifact"]["sha256"] != rows[1]["artifact"]["sha256"]
+
+
+def dynamic_image_model(path: Path) -> Path:
+    """A model exported with free height and width, as many are."""
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 10)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 1, 16, 16),), str(path), input_names=["image"],
+                      output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}}, dynamo=False)
+    return path
+
+
+def test_free_input_dimensions_need_and_take_an_override(tmp_path):
+    model = dynamic_image_model(tmp_path / "dynamic.onnx")
+    device = tmp_path / "device.yaml"
+    device.write_text(FAST_DEVICE)
+    refused = profile(model, "--device", device)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "input 'image' has free dimensions at positions [2, 3]" in refused.stderr
+    assert "--input-shape" in refused.stderr
+    rows = [json.loads(profile(model, "--device", device, "--input-shape", shape,
+                               "--json").stdout)[0] for shape in ("1x16x16", "image=1x96x96")]
+    assert [r["measurement"]["inputs"][0]["shape"] for r in rows] == \
+        [[1, 1, 16, 16], [1, 1, 96, 96]]
+    assert rows[0]["measurement"]["latency_ms"]["p50"] < rows[1]["measurement"]["latency_ms"]["p50"]
+    wrong = profile(model, "--device", device, "--input-shape", "2x16x16")
+    assert wrong.returncode == 2 and "dimension 1 of input 'image' is fixed at 1" in wrong.stderr
+
+
+def test_default_device_profile_is_found_from_the_project(models_dir, tmp_path):
+    project = tmp_path / "project"
+    (project / "device_profiles").mkdir(parents=True)
+    (project / "device_profiles" / "local.yaml").write_text(FAST_DEVICE)
+    deep = project / "experiments" / "today"
+    deep.mkdir(parents=True)
+    done = profile(models_dir / "small.onnx", cwd=deep)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("on test-local ")  # the project's profile, found upwards
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = profile(models_dir / "small.onnx", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("on local ")  # hwnas's own checkout
+
+
+def test_precision_variants_made_and_measured_beside_the_model(models_dir, tmp_path):
+    # the variants are written by the search's own precision code (hwnas.export.precision)
+    pytest.importorskip("hwnas.export.precision")
+    device = tmp_path / "device.yaml"
+    device.write_text(FAST_DEVICE)
+    done = profile(models_dir / "large.onnx", "--device", device, "--precision", "int8,fp16")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[3:6]]
+    assert [r[:2] for r in rows] == [["large.onnx", "as"], ["large.onnx", "int8"],
+                                     ["large.onnx", "fp16"]]
+    # MB column ("as given" is two words): int8 weights take under half the bytes
+    assert float(rows[1][2]) < 0.5 * float(rows[0][3])
+    assert "int8 calibrated on 128 random normal inputs" in done.stdout
+    assert "test-local does not list fp16" in done.stdout
+    calibrated = tmp_path / "space.yaml"
+    calibrated.write_text("name: c\nbase_model: {builtin: small_cnn}\ndataset: {builtin: digits}\n")
+    done = profile(models_dir / "large.onnx", "--device", device, "--precision", "int8",
+                   "--calibration", calibrated, "--calibration-samples", "64")
+    assert done.returncode == 0, done.stderr
+    assert f"int8 calibrated on 64 training images of {calibrated} (digits" in done.stdout
+    wrong = profile(models_dir / "large.onnx", "--device", device, "--precision", "int4")
+    assert wrong.returncode == 2 and "--precision int4: unknown ['int4']; allowed:" in wrong.stderr
