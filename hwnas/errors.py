@@ -19,3 +19,7 @@ class MeasurementError(HwnasError):
 
 class ExportError(HwnasError):
     """A candidate could not be built, exported or quantized."""
+
+
+class StorageUnreachable(HwnasError):
+    """The study database stayed unreachable longer than a controller waits it out."""

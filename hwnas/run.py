@@ -38,7 +38,7 @@ import optuna
 import yaml
 
 from hwnas import __version__
-from hwnas.errors import ConfigError, ExportError
+from hwnas.errors import ConfigError, ExportError, StorageUnreachable
 from hwnas.records import Artifact, TrialOutcome
 
 if TYPE_CHECKING:
@@ -109,18 +109,43 @@ def _retrying_storage_class() -> type:
     return type("RetryingRDBStorage", (RDBStorage,), namespace)
 
 
+def redact(url: str) -> str:
+    """A storage URL fit for a message or a log: its password hidden."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage | str:
     """Optuna storage for a URL. RDB storages get heartbeats (a resumed search finds the trials
     a killed controller left RUNNING: failed, then retried) and wait out a lost database
     connection with back-off (a worker that loses the database continues when it is back)."""
     if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql"):
         return url
-    with warnings.catch_warnings():  # heartbeats are documented but marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _retrying_storage_class()(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-            heartbeat_stale_trial_callback=RetryAbandoned(max_retry=2))
+    deadline = time.monotonic() + OUTAGE_S
+    attempt = 0
+    while True:  # connecting is retried like every other call: a worker may start mid-outage
+        try:
+            with warnings.catch_warnings():  # heartbeats are documented but marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return _retrying_storage_class()(
+                    url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                    heartbeat_stale_trial_callback=RetryAbandoned(max_retry=2))
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise StorageUnreachable(
+                    f"the study database {redact(url)} has been unreachable for "
+                    f"{OUTAGE_S:.0f} s ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
+            logging.getLogger("hwnas.storage").warning(
+                "database unreachable (%s); retrying", type(exc).__name__)
+            time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            attempt += 1
 
 
 class RetryAbandoned:

@@ -6,8 +6,9 @@ import collections
 import contextlib
 import dataclasses
 import os
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import optuna
 from optuna.trial import TrialState
@@ -311,10 +312,35 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
             done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
             raise DeviceError(f"every device was lost; the study keeps its {done} completed "
                               f"trials: run the same command again to continue")
+        retried = _run_retries(study, objective, len(pool), log)
     fail_abandoned_trials(study)  # none left RUNNING by a controller that died meanwhile
-    ran = callbacks[0].done
+    ran = callbacks[0].done + retried
     _refuse_all_failed(study, ran)
     return SearchOutcome(run, study, ran)
+
+
+def _run_retries(study: optuna.Study, objective: Any, n_jobs: int,
+                 log: Callable[[str], None]) -> int:
+    """Before a controller leaves a study that has its trials: the candidates of trials whose
+    controller died (retried as WAITING trials) are run, and a trial another controller still
+    runs is waited for until it finishes or its heartbeat goes stale (then it is retried
+    here). Nothing a killed worker had started is left behind."""
+    from hwnas.run import HEARTBEAT_S
+
+    ran = 0
+    while True:
+        fail_abandoned_trials(study)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        if waiting:
+            log(f"running {waiting} retried trial(s) of a controller that stopped")
+            study.optimize(objective, n_trials=waiting, n_jobs=min(n_jobs, waiting),
+                           catch=(Exception,), gc_after_trial=True)
+            ran += waiting
+        elif trials:
+            time.sleep(HEARTBEAT_S / 2)  # another controller's trial: it ends or goes stale
+        else:
+            return ran
 
 
 def _measure_base_model(study: optuna.Study, objective: "Objective",

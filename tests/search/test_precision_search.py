@@ -43,7 +43,7 @@ def test_the_cpu_search_can_pick_fp16_and_records_fidelity(tmp_path):
     outcome = run_search(space, device, tmp_path / "run", progress=False, log=lambda _: None)
     (trial,) = outcomes(outcome.study)
     assert trial.stage == TrialStage.EVALUATED
-    artifact = outcome.run.kept_artifact(trial)
+    artifact = outcome.run.kept_artifact(trial, outcome.study)
     realised = set(realised_precisions(onnx.load(artifact.path)).values())
     assert realised == {"fp16", "fp32", "int8"}
     fidelity = trial.output_fidelity
