@@ -124,6 +124,9 @@ class JobStore:
         write_json_atomic(os.path.join(self.job_dir(job_id), "request.json"), request)
         return self.set_state(job_id, "queued")
 
+    def request(self, job_id: str) -> Any:
+        return read_json(os.path.join(self.job_dir(job_id), "request.json"))
+
     def set_state(self, job_id: str, state: str, **extra: Any) -> Dict[str, Any]:
         record = {"job_id": job_id, "state": state, "updated_unix_time": time.time()}
         record.update(extra)
