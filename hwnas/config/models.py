@@ -11,8 +11,8 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
-from hwnas_agent.protocol import (MeasureRequest, ProtocolError, check_setting, section_fields,
-                                  setting_key)
+from hwnas_agent.protocol import (POWER_SOURCES, MeasureRequest, ProtocolError, check_setting,
+                                  section_fields, setting_key)
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator,
                       model_validator)
 
@@ -251,8 +251,22 @@ RuntimeSpec = _request_section(
     "runtime", "The runtime and execution providers the agent measures with (see MeasureRequest).")
 MeasurementSpec = _request_section(
     "measurement", "Measurement methodology: warm-up, timed rounds, thermal checks.")
-PowerSpec = _request_section(
-    "power", "Which sensor the agent samples during the timed phase (see hwnas-agent facts).")
+class PowerSpec(_request_section("power", "")):  # type: ignore[misc]
+    """Which sensor the agent samples during the timed phase (see hwnas-agent facts).
+
+    ``source`` is the kind of sensor and ``options`` configure it (e.g. {command: "my-meter
+    --watts"}); both go into the agent's own configuration file on the device (`hwnas agent
+    install`; the controller writes it for the local agent). A measure request carries only
+    the source's name: nothing that could run as a command travels over the wire."""
+
+    options: dict[str, str | int | float | list[str]] = {}
+
+    @field_validator("source")
+    @classmethod
+    def _a_kind(cls, value: str) -> str:
+        if value not in POWER_SOURCES:
+            raise ValueError(f"expected one of {', '.join(POWER_SOURCES)}")
+        return value
 
 
 class DeviceProfile(Frozen):

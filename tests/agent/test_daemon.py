@@ -12,14 +12,13 @@ from hwnas_agent.protocol import MeasureRequest
 
 from hwnas.errors import MeasurementError
 from hwnas.records import Artifact
-from hwnas.remote.client import AgentClient
 from hwnas.remote.local import LocalAgentProcess
-from hwnas.remote.transport import LoopbackTransport
 
 
 def start(tmp_path, *extra, state="state"):
     process = LocalAgentProcess(tmp_path / state, extra_args=tuple(extra))
-    return process, AgentClient(LoopbackTransport(process.start()), "daemon-test")
+    process.start()
+    return process, process.client("daemon-test")
 
 
 def long_request(sha, **overrides):

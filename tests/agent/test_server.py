@@ -7,20 +7,27 @@ import socket
 
 import pytest
 
-from hwnas_agent.protocol import PROTOCOL_HEADER
+from hwnas_agent.protocol import AUTH_HEADER, PROTOCOL_HEADER
 
 from hwnas.errors import DeviceError, MeasurementError
 from hwnas.records import Artifact
 
 
-def raw(process, method, path, body=None, headers=None):
+def raw(process, method, path, body=None, headers=None, token=True):
     connection = http.client.HTTPConnection("127.0.0.1", process.port, timeout=60)
+    headers = dict(headers or {})
+    if token:
+        headers.setdefault(AUTH_HEADER, f"Bearer {process.token}")
     try:
-        connection.request(method, path, body=body, headers=headers or {})
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, json.loads(response.read() or b"null")
     finally:
         connection.close()
+
+
+def auth_line(process):
+    return f"{AUTH_HEADER}: Bearer {process.token}\r\n".encode()
 
 
 def still_serving(process):
@@ -31,7 +38,7 @@ def still_serving(process):
 def test_hello_reports_versions_and_runtimes(local_agent):
     client, _ = local_agent
     hello = client.hello()
-    assert hello["protocol_version"] == 1
+    assert hello["protocol_version"] == 2
     assert "CPUExecutionProvider" in hello["runtimes"]["onnxruntime"]["execution_providers"]
 
 
@@ -98,7 +105,7 @@ def test_truncated_body_does_not_hang_or_kill_the_agent(local_agent):
     _, process = local_agent
     with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
         sock.sendall(b"PUT /v1/models/" + b"c" * 64 + b" HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Length: 100000\r\n\r\npartial")
+                     + auth_line(process) + b"Content-Length: 100000\r\n\r\npartial")
         sock.shutdown(socket.SHUT_WR)
         reply = sock.recv(4096)
     assert b" 400 " in reply.split(b"\r\n")[0]
@@ -108,7 +115,8 @@ def test_truncated_body_does_not_hang_or_kill_the_agent(local_agent):
 def test_oversized_body_is_413(local_agent):
     _, process = local_agent
     with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n")
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n" + auth_line(process)
+                     + b"Content-Length: 99999999999\r\n\r\n")
         reply = sock.recv(4096)
     assert b" 413 " in reply.split(b"\r\n")[0]
     still_serving(process)
@@ -152,13 +160,12 @@ def test_unavailable_execution_provider_fails_the_job_not_the_agent(local_agent,
 def test_finished_results_survive_an_agent_restart(tmp_path, models_dir):
     from hwnas_agent.protocol import MeasureRequest
 
-    from hwnas.remote.client import AgentClient
     from hwnas.remote.local import LocalAgentProcess
-    from hwnas.remote.transport import LoopbackTransport
 
     state = tmp_path / "state"
     first = LocalAgentProcess(state)
-    client = AgentClient(LoopbackTransport(first.start()), "restart")
+    first.start()
+    client = first.client("restart")
     artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
     client.ensure_model(artifact)
     job_id = client.submit(MeasureRequest(model_sha256=artifact.sha256, min_seconds=0.05,
@@ -166,7 +173,8 @@ def test_finished_results_survive_an_agent_restart(tmp_path, models_dir):
     done = client.wait(job_id, 60)
     first.stop()
     second = LocalAgentProcess(state)
-    client = AgentClient(LoopbackTransport(second.start()), "restart")
+    second.start()
+    client = second.client("restart")
     try:
         again = client.job(job_id)
         assert again["state"] == "done"
@@ -196,19 +204,31 @@ def test_agent_refuses_non_loopback_address_by_default():
         check_host("0.0.0.0", allow_remote=False)
 
 
-def test_measure_job_samples_power_and_extends_the_timed_phase(local_agent, models_dir, tmp_path):
+def configured_agent(tmp_path, sources):
+    from hwnas.remote.local import LocalAgentProcess
+
+    process = LocalAgentProcess(tmp_path / "configured", power_sources=sources)
+    process.start()
+    return process
+
+
+def test_measure_job_samples_power_and_extends_the_timed_phase(models_dir, tmp_path):
     from hwnas_agent.protocol import MeasureRequest
 
     from tests.agent import power_fixtures as fx
 
     watts = fx.ina219_hwmon(tmp_path)  # a Pi 4's INA219 meter, 10 Hz
-    client, _ = local_agent
+    process = configured_agent(tmp_path, {"hwmon": {"kind": "hwmon",
+                                                    "options": {"sysfs_root": str(tmp_path)}}})
+    client = process.client("power")
     artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
     client.ensure_model(artifact)
     request = MeasureRequest(model_sha256=artifact.sha256, warmup_seconds=0.0, min_iterations=10,
-                             min_seconds=0.05, rounds=2, power_source="hwmon",
-                             power_options={"sysfs_root": str(tmp_path)}, idle_seconds=0.3)
-    measurement = client.measure(request)
+                             min_seconds=0.05, rounds=2, power_source="hwmon", idle_seconds=0.3)
+    try:
+        measurement = client.measure(request)
+    finally:
+        process.stop()
     report = measurement.agent_report
     assert report["power"]["samples"] >= 20  # 0.05 s asked; extended to get 20 samples at 10 Hz
     assert report["timed_seconds"] >= 1.5 and len(report["rounds"]) > 2
@@ -219,12 +239,16 @@ def test_measure_job_samples_power_and_extends_the_timed_phase(local_agent, mode
     assert report["power"]["covers"].startswith("hwmon meter 'ina219'")
 
 
-def test_missing_power_sensor_fails_the_job_with_its_reason(local_agent, models_dir, tmp_path):
+def test_missing_power_sensor_fails_the_job_with_its_reason(models_dir, tmp_path):
     from hwnas_agent.protocol import MeasureRequest
 
-    client, _ = local_agent
+    process = configured_agent(tmp_path, {"ina3221": {"kind": "ina3221",
+                                                      "options": {"sysfs_root": str(tmp_path)}}})
+    client = process.client("power")
     artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
     client.ensure_model(artifact)
-    with pytest.raises(MeasurementError, match="no INA3221 found"):
-        client.measure(MeasureRequest(model_sha256=artifact.sha256, power_source="ina3221",
-                                      power_options={"sysfs_root": str(tmp_path)}))
+    try:
+        with pytest.raises(MeasurementError, match="no INA3221 found"):
+            client.measure(MeasureRequest(model_sha256=artifact.sha256, power_source="ina3221"))
+    finally:
+        process.stop()
