@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -12,6 +13,29 @@ from hwnas.errors import HwnasError
 
 DEFAULT_SPACE = Path("search_spaces/fashion_mnist.yaml")
 DEFAULT_DEVICE = Path("device_profiles/local.yaml")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number (1 or more)")
+    return value
+
+
+def writable_folder(path: Path, what: str) -> Path:
+    """A folder hwnas will create: refuse one under a file at once, with the file named."""
+    from hwnas.errors import ConfigError
+
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {path}: {parent} is a file, not a folder; choose "
+                                  f"another {what}")
+            break
+    return path
 
 
 class Command:
@@ -38,7 +62,7 @@ class SearchCommand(Command):
         parser.add_argument("--run-dir", type=Path, default=None,
                             help="where the study, artifacts and report go "
                                  "(default: runs/<space>--<device>)")
-        parser.add_argument("--trials", type=int, default=None,
+        parser.add_argument("--trials", type=positive_int, default=None,
                             help="total completed trials wanted (overrides search.n_trials); "
                                  "running again continues the same study")
         parser.add_argument("--storage", default=None,
@@ -58,6 +82,8 @@ class SearchCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.search import run_search
 
+        if args.run_dir is not None:
+            writable_folder(args.run_dir, "--run-dir")
         outcome = run_search(args.space, args.device or [DEFAULT_DEVICE], args.run_dir,
                              args.trials, progress=not args.no_progress, fork=args.fork,
                              storage=args.storage, artifact_store=args.artifact_store)
@@ -270,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwnas", description="Hardware-aware compression search, measured on the real device.")
     parser.add_argument("--version", action="version", version=f"hwnas {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error, and SSH library logs")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for command in COMMANDS:
         sub = verbs.add_parser(command.name, help=command.help, description=command.help)
@@ -283,10 +311,21 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     quiet_terminal()
+    if not args.debug:
+        # paramiko logs every refused channel and reset socket, which hwnas already turns
+        # into one clear error; --debug shows them
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     try:
         return args.command.run(args)
     except HwnasError as exc:
+        if args.debug:
+            raise
         print(f"hwnas: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.debug or exc.filename is None:
+            raise  # not about a file the user named: a bug, shown whole
+        print(f"hwnas: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nhwnas: interrupted; finished trials are saved: run the same command to continue",
