@@ -53,7 +53,9 @@ def test_agent_facts_and_version():
     assert facts["cpu_count"] >= 1 and "onnxruntime" in facts["runtimes"]
     version = json.loads(subprocess.run([str(BIN / "hwnas-agent"), "version"], capture_output=True,
                                         text=True).stdout)
-    assert version["protocol_version"] == 1
+    from hwnas_agent.protocol import PROTOCOL_VERSION
+
+    assert version["protocol_version"] == PROTOCOL_VERSION
 
 
 def test_systemd_unit_restarts_on_failure_and_serves_loopback_only():
