@@ -252,3 +252,134 @@ def test_missing_power_sensor_fails_the_job_with_its_reason(models_dir, tmp_path
             client.measure(MeasureRequest(model_sha256=artifact.sha256, power_source="ina3221"))
     finally:
         process.stop()
+
+
+# --- the wire carries data, never commands; no token, no service ------------------------------
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/v1/hello"), ("GET", "/v1/facts"),
+                                          ("GET", "/v1/models/" + "a" * 64),
+                                          ("PUT", "/v1/models/" + "a" * 64),
+                                          ("POST", "/v1/jobs"), ("GET", "/v1/jobs/abc")])
+def test_no_token_no_service(local_agent, method, path):
+    _, process = local_agent
+    for headers in ({}, {AUTH_HEADER: "Bearer " + "0" * 64}, {AUTH_HEADER: process.token},
+                    {AUTH_HEADER: "Bearer " + process.token[:-1]}):
+        status, payload = raw(process, method, path, b"{}" if method != "GET" else None,
+                              headers=headers, token=False)
+        assert status == 401, headers
+        assert payload["error"]["code"] == "unauthorized" and payload["agent"] == "hwnas-agent"
+        assert "token" in payload["error"]["message"]
+    still_serving(process)
+
+
+def test_a_client_without_the_token_is_told_how_to_fix_it(local_agent):
+    from hwnas.remote.client import AgentClient, AgentUnauthorized
+    from hwnas.remote.transport import LoopbackTransport
+
+    _, process = local_agent
+    stranger = AgentClient(LoopbackTransport(process.port), "dev", "wrong", "read from a file")
+    with pytest.raises(AgentUnauthorized, match=r"read from a file.*hwnas agent install PROFILE"):
+        stranger.hello()
+
+
+def test_the_token_file_is_private(local_agent):
+    _, process = local_agent
+    for path in (process.token_file, process.config_path):
+        assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_request_names_a_power_source_and_cannot_describe_one(tmp_path, models_dir):
+    """The only program the agent runs for power is the one its own configuration names."""
+    from hwnas_agent.protocol import MeasureRequest
+
+    marker = tmp_path / "configured-meter-ran"
+    meter = tmp_path / "meter.sh"
+    meter.write_text(f"#!/bin/sh\ntouch {marker}\nwhile true; do echo 4.5; sleep 0.05; done\n")
+    meter.chmod(0o700)
+    process = configured_agent(tmp_path, {"usb-meter": {"kind": "command",
+                                                         "options": {"command": [str(meter)]}}})
+    client = process.client("power")
+    artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
+    client.ensure_model(artifact)
+    base = {"model_sha256": artifact.sha256, "warmup_seconds": 0.0, "min_iterations": 10,
+            "min_seconds": 0.05, "rounds": 1, "idle_seconds": 0.2}
+    hostile = tmp_path / "injected"
+    try:
+        for extra, code in (({"power_options": {"command": f"touch {hostile}"}}, "unknown_field"),
+                            ({"power_source": "command"}, "unknown_power_source"),
+                            ({"power_source": f"x; touch {hostile}"}, "bad_field"),
+                            ({"power_source": "tegrastats"}, "unknown_power_source")):
+            status, payload = raw(process, "POST", "/v1/jobs", json.dumps(dict(base, **extra)))
+            assert status == 400 and payload["error"]["code"] == code, payload
+        assert not hostile.exists()
+        measured = client.measure(MeasureRequest(**dict(base, power_source="usb-meter")))
+        assert marker.exists()  # the configured program, and only it, ran
+        assert measured.power_mean_w == pytest.approx(4.5)
+        assert measured.agent_report["power"]["covers"].endswith(f"({meter})")
+        assert client.hello()["power_sources"] == {
+            "usb-meter": {"kind": "command", "options": {"command": [str(meter)]}}}
+    finally:
+        process.stop()
+
+
+def test_the_profile_power_section_goes_to_the_agent_configuration(tmp_path):
+    """open_device writes the profile's source (kind and options) into the local agent's
+    configuration; the request carries its name only."""
+    from hwnas.config import load_device_profile
+    from hwnas.remote.device import open_device
+
+    path = tmp_path / "dev.yaml"
+    path.write_text("name: dev\nconnection: {kind: local}\n"
+                    "power: {source: command, options: {command: my-meter --watts}}\n")
+    profile = load_device_profile(path)
+    request = profile.measure_request("0" * 64).to_dict()
+    assert request["power_source"] == "command" and "power_options" not in request
+    with open_device(profile, state_dir=tmp_path / "state") as client:
+        configured = client.hello()["power_sources"]
+        config = json.loads((tmp_path / "state" / "agent.json").read_text())
+    assert configured == {"command": {"kind": "command", "options": {"command": "my-meter --watts"}}}
+    assert config["power_sources"] == configured
+
+
+def test_an_agent_refuses_a_configuration_others_can_write(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "agent.json"
+    config.write_text(json.dumps({"state_dir": "state", "port": 0}))
+    config.chmod(0o666)
+    done = subprocess.run([sys.executable, "-m", "hwnas_agent", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"chmod 600 {config}" in done.stderr
+    config.chmod(0o600)
+    token = tmp_path / "state" / "token"
+    token.parent.mkdir()
+    token.write_text("x" * 64)
+    token.chmod(0o644)
+    done = subprocess.run([sys.executable, "-m", "hwnas_agent", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"token file {token} is accessible to other users" in done.stderr
+
+
+def test_deeply_nested_json_is_a_400(local_agent):
+    _, process = local_agent
+    status, payload = raw(process, "POST", "/v1/jobs", b"[" * 100000 + b"]" * 100000)
+    assert status == 400 and payload["error"]["code"] == "bad_json"
+    assert "nested too deeply" in payload["error"]["message"]
+    still_serving(process)
+
+
+def test_the_agent_serves_on_ipv6_loopback(tmp_path):
+    from hwnas.remote.client import AgentClient
+    from hwnas.remote.local import LocalAgentProcess
+    from hwnas.remote.transport import LoopbackTransport
+
+    process = LocalAgentProcess(tmp_path / "v6", extra_args=("--host", "::1"))
+    port = process.start()
+    try:
+        client = AgentClient(LoopbackTransport(port, host="::1"), "v6", process.token)
+        assert client.hello()["agent"] == "hwnas-agent"
+    finally:
+        process.stop()
