@@ -262,11 +262,12 @@ class AgentCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.config import load_device_profile
         from hwnas.remote.install import RemoteAgent
-        from hwnas.train import cache_dir
 
         remote = RemoteAgent(load_device_profile(args.profile))
         try:
             if args.action == "install":
+                from hwnas.train import cache_dir  # imports torch: only where needed
+
                 status = remote.install(cache_dir())
             elif args.action == "logs":
                 print(remote.logs(args.lines), end="")

@@ -229,14 +229,14 @@ class SSHConnection(Frozen):
     @classmethod
     def _no_control_characters(cls, value: object) -> object:
         if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in str(value)):
-            raise ValueError(f"{str(value)!r} holds a control character (newline, tab, escape...)")
+            raise ValueError("holds a control character (newline, tab, escape...)")
         return value
 
     @field_validator("host", "user", "jump_host")
     @classmethod
     def _not_an_option(cls, value: str | None) -> str | None:
         if value is not None and any(part.strip().startswith("-") for part in value.split(",")):
-            raise ValueError(f"{value!r} starts with '-', which a command would take for an option")
+            raise ValueError("starts with '-', which a command would take for an option")
         return value
 
     @field_validator("remote_dir")
@@ -244,9 +244,9 @@ class SSHConnection(Frozen):
     def _own_folder(cls, value: str) -> str:
         parts = [p for p in value.strip().split("/") if p not in ("", ".")]
         if not parts or parts == ["~"] or ".." in parts or value.startswith("-"):
-            raise ValueError(f"{value!r}: name a folder of its own for the agent (uninstall "
-                             f"removes it), e.g. .local/share/hwnas-agent; no '..', not '/' "
-                             f"or the home itself, not starting with '-'")
+            raise ValueError("name a folder of its own for the agent (uninstall removes it), "
+                             "e.g. .local/share/hwnas-agent; no '..', not '/' or the home "
+                             "itself, not starting with '-'")
         return value
 
 

@@ -177,8 +177,10 @@ class RemoteAgent:
             finally:
                 sftp.close()
             self._run(f"test -x {self.q}/venv/bin/python || {python} -m venv -- {self.q}/venv", 300)
-            self._run(f"{self.q}/venv/bin/python -m pip install -q --upgrade "
-                      f"{self.q}/dist/{shlex.quote(wheel.name)}", 1800)
+            # from inside the folder: pip reads a ';' in a requirement's path as a marker;
+            # its cache too stays inside (uninstall removes it all)
+            self._run(f"cd -- {self.q}/dist && PIP_CACHE_DIR=../pip-cache ../venv/bin/python -m "
+                      f"pip install -q --upgrade ./{shlex.quote(wheel.name)}", 1800)
             self._write("dist/installed.sha256", wheel_sha + "\n")
             restart = True
         else:
