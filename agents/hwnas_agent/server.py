@@ -161,20 +161,11 @@ class Handler(BaseHTTPRequestHandler):
         if os.environ.get("HWNAS_AGENT_ACCESS_LOG"):
             sys.stderr.write("%s %s\n" % (self.address_string(), format % args))
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
+    def __getattr__(self, name: str) -> Any:
+        # every method, known or not (BREW, OPTIONS...), gets the same JSON answer: a 4xx
+        if name.startswith("do_"):
+            return lambda: self._dispatch(name[3:])
+        raise AttributeError(name)
 
     def _dispatch(self, method: str) -> None:
         try:
