@@ -31,7 +31,6 @@ Only 127.0.0.1 is ever contacted, and every part is bounded in count and time.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
@@ -533,16 +532,6 @@ def _all_done(state: Path) -> list[dict[str, Any]]:
 
 # -- kill -9: the controller ---------------------------------------------------------------------
 
-DEVICE = """\
-name: kill-local
-connection: {kind: local}
-runtime: {execution_providers: [CPUExecutionProvider], intra_op_threads: 1}
-precisions: [fp32, int8]
-channel_multiple: 8
-budgets: {latency_p90_ms: 2.0, model_size_mb: 1.0}
-measurement: {warmup_iterations: 5, warmup_seconds: 0.05, min_iterations: 50,
-              min_seconds: 0.2, rounds: 2}
-"""
 
 
 def controller_space(seed: int, trials: int) -> str:
@@ -585,8 +574,11 @@ def controller_runs(runs: int, trials: int, seed: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hwnas-kill-controller-") as tmp:
         folder = Path(tmp)
         env = dict(os.environ, HWNAS_CACHE_DIR=str(folder / "cache"))
+        sys.path.insert(0, str(REPO))
+        from tests.conftest import FAST_DEVICE
+
         device = folder / "device.yaml"
-        device.write_text(DEVICE)
+        device.write_text(FAST_DEVICE)
         # two full runs first: one trains the cached base model, one times a whole search
         for warm_up in range(2):
             space = folder / f"warm{warm_up}.yaml"

@@ -11,7 +11,7 @@ import sys
 from typing import List, Optional
 
 from hwnas_agent import __version__
-from hwnas_agent.config import AgentConfig, AgentConfigError, default_state_dir
+from hwnas_agent.config import AgentConfig, AgentConfigError
 
 _SYSTEMD_PLAIN = re.compile(r"^[A-Za-z0-9_./@:+=,-]+$")
 
