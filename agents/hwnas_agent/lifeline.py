@@ -13,7 +13,6 @@ leftover worker of an interrupted job from an unrelated process that reused the 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -29,7 +28,8 @@ def set_parent_death_signal(signum: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # the process's own symbols include libc's (find_library would fork ldconfig)
+        libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
