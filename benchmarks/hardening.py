@@ -432,7 +432,7 @@ def kill_runs(target: str, runs: int, seed: int) -> dict[str, Any]:
         small = small_model(folder)
         # a meter program under each measure worker: it must not outlive the worker either
         meter = folder / "meter.sh"
-        meter.write_text("while :; do echo 3.0; sleep 0.05; done\n")
+        meter.write_text("while :; do echo 3.0 W; sleep 0.05; done\n")
         sources = {"meter": {"kind": "command", "options": {"command": ["sh", str(meter)],
                                                             "rate_hz": 20}}}
         for run in range(runs):

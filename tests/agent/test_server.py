@@ -295,7 +295,7 @@ def test_a_request_names_a_power_source_and_cannot_describe_one(tmp_path, models
 
     marker = tmp_path / "configured-meter-ran"
     meter = tmp_path / "meter.sh"
-    meter.write_text(f"#!/bin/sh\ntouch {marker}\nwhile true; do echo 4.5; sleep 0.05; done\n")
+    meter.write_text(f"#!/bin/sh\ntouch {marker}\nwhile true; do echo 4.5 W; sleep 0.05; done\n")
     meter.chmod(0o700)
     process = configured_agent(tmp_path, {"usb-meter": {"kind": "command",
                                                          "options": {"command": [str(meter)]}}})
