@@ -72,11 +72,12 @@ class LocalAgentProcess:
         self.token_file.parent.mkdir(parents=True, exist_ok=True)
         write_private(str(self.token_file), self.token + "\n")
 
-    def start(self) -> int:
+    def start(self, port: int = 0) -> int:
+        """Start the agent on ``port`` (0: a free one); returns the port it listens on."""
         self.write_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [self.python, "-m", "hwnas_agent", "serve", "--config", str(self.config_path),
-                   "--host", "127.0.0.1", "--port", "0", "--lease-stdin", *self.extra_args]
+                   "--host", "127.0.0.1", "--port", str(port), "--lease-stdin", *self.extra_args]
         if threading.current_thread() is threading.main_thread():
             # the parent-death signal fires when the *thread* that started the child ends:
             # only the main thread lives as long as this process

@@ -68,6 +68,7 @@ def test_a_lost_device_hands_its_measurements_to_its_pool(ssh_world, second_agen
 
 def test_losing_every_device_stops_cleanly_and_the_search_resumes(ssh_world, tmp_path):
     profile = ssh_world.profile("dev-a", retries=1)
+    profile_port = ssh_world.agent.port
     space = tmp_path / "space.yaml"
     space.write_text(SPACE % 4)
     run_search(space, [profile], tmp_path / "run", n_trials=1, progress=False, log=lambda _: None)
@@ -86,10 +87,9 @@ def test_losing_every_device_stops_cleanly_and_the_search_resumes(ssh_world, tmp
     assert TrialState.RUNNING not in states
     completed = states.count(TrialState.COMPLETE)
     assert completed >= 1
-    # the device comes back: the same command continues and finishes the study
-    ssh_world.agent.start()
-    port = ssh_world.agent.port
-    profile = ssh_world.profile("dev-a", agent_port=port, retries=1)
+    # the device comes back (its agent on its own port, as a device's unit restarts it): the
+    # same command continues and finishes the study
+    ssh_world.agent.start(port=profile_port)
     run_search(space, [profile], tmp_path / "run", progress=False, log=lambda _: None)
     states = [t.state for t in RunFolder.load(tmp_path / "run").open_study().get_trials()]
     assert states.count(TrialState.COMPLETE) == 4
