@@ -450,7 +450,7 @@ def kill_runs(target: str, runs: int, seed: int) -> dict[str, Any]:
                 done_before = {}
                 if upload is not None:
                     upload.start()
-                deadline = time.monotonic() + rng.uniform(0.05, 5.0)
+                deadline = time.monotonic() + rng.uniform(0.05, 12.0)
                 while time.monotonic() < deadline:  # what the controller saw finish before
                     for job_id in jobs:
                         record = client.job(job_id)

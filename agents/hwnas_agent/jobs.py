@@ -89,6 +89,7 @@ class Agent:
         self._current: Optional[subprocess.Popen] = None
         self._stopping = threading.Event()
         self._finished = threading.Condition()  # notified whenever a job finishes
+        self._leftovers: List[Tuple[int, Optional[int]]] = []  # workers that would not die
         self._recover()
         self._thread = threading.Thread(target=self._run_jobs, name="measure", daemon=True)
         self._thread.start()
@@ -114,6 +115,8 @@ class Agent:
                 outcome = "no worker"
                 if isinstance(worker.get("pid"), int):
                     outcome = lifeline.kill_group_if_same(worker["pid"], worker.get("start_ticks"))
+                    if outcome in ("still running", "not ours"):  # waited out before any job
+                        self._leftovers.append((worker["pid"], worker.get("start_ticks")))
                 self.jobs.set_state(job_id, "interrupted",
                                     error="the agent stopped while this job was running",
                                     leftover_worker=outcome)
@@ -183,6 +186,10 @@ class Agent:
         return record
 
     def _run_jobs(self) -> None:
+        while self._leftovers and not self._stopping.is_set():  # never two measurements at once
+            self._leftovers = [(pid, ticks) for pid, ticks in self._leftovers
+                               if lifeline.start_ticks(pid) == ticks]
+            time.sleep(0.1)
         while not self._stopping.is_set():
             try:
                 job = self._queue.get(timeout=0.2)
