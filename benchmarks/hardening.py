@@ -15,17 +15,18 @@ Only 127.0.0.1 is ever contacted, and every part is bounded in count and time.
   uploads), while a controller with the token says hello and measures a model throughout.
   Counted: answers by status class, 5xx, the controller's failures and hello latency, and
   the agent's peak open files, threads and memory.
-- kills agent / worker: a persistent agent state folder gets jobs (and, for the agent, an
-  upload in progress); at a random moment the agent (or the running measure worker) gets
-  SIGKILL; the agent is restarted (or keeps going). Counted per run: finished results lost,
+- kills agent / worker: a persistent agent state folder gets jobs, each with a meter program
+  under its worker (and, for the agent, an upload in progress); at a random moment of the
+  agent's work (or of a measure worker's life) the agent (or that worker) gets SIGKILL; the agent is restarted (or keeps going). Counted per run: finished results lost,
   measurements that overlapped (two measure workers alive at once, sampled every 5 ms, or
   overlapping worker time spans), processes orphaned (alive 3 s after their parent died),
   upload files left behind, jobs never finished.
 - kills controller: a short real search (the test suite's digits search, local agent) is
   killed at a random moment and run again to completion. Counted per run: trials completed
-  before the kill and not complete after the rerun (lost), candidates measured by more than
-  one trial (measured twice), trials left RUNNING after the rerun, and agent or worker
-  processes alive 3 s after the kill (orphaned).
+  before the kill and not complete after the rerun (lost), the same model bytes measured by
+  more than one agent job in the study (measured twice; a measurement a retried trial reuses
+  counts once), trials left RUNNING after the rerun, and agent or worker processes alive 3 s
+  after the kill (orphaned).
 """
 
 from __future__ import annotations
@@ -450,14 +451,23 @@ def kill_runs(target: str, runs: int, seed: int) -> dict[str, Any]:
                 done_before = {}
                 if upload is not None:
                     upload.start()
-                deadline = time.monotonic() + rng.uniform(0.05, 12.0)
-                while time.monotonic() < deadline:  # what the controller saw finish before
-                    for job_id in jobs:
-                        record = client.job(job_id)
-                        if record["state"] == "done":
-                            done_before[job_id] = record["measurement"]["latency_ms"]
-                    time.sleep(0.02)
-                victims = [agent.process.pid] if target == "agent" else measure_workers(marker)
+                # the agent: any moment of its work; a worker: any moment of a worker's life
+                deadline = time.monotonic() + rng.uniform(0.05, 12.0 if target == "agent" else 0.3)
+                victims: list[int] = []
+                give_up = time.monotonic() + 60
+                while not victims and time.monotonic() < give_up:
+                    while time.monotonic() < deadline:  # what the controller saw finish before
+                        for job_id in jobs:
+                            record = client.job(job_id)
+                            if record["state"] == "done":
+                                done_before[job_id] = record["measurement"]["latency_ms"]
+                        time.sleep(0.02)
+                    if target == "agent":
+                        victims = [agent.process.pid]
+                    elif measure_workers(marker):
+                        time.sleep(rng.uniform(0.0, 1.5))  # into the worker's life
+                        victims = measure_workers(marker)
+                    deadline = time.monotonic() + 0.05
                 before = cmdlines()
                 agent_pid = agent.process.pid
                 # what must die with the victim: the agent's workers, and every meter program
@@ -620,17 +630,21 @@ def controller_runs(runs: int, trials: int, seed: int) -> dict[str, Any]:
             after = study_state(run_dir)
             lost = sum(1 for number, params in before["complete"].items()
                        if after["complete"].get(number) != params)
-            measured: dict[str, int] = {}
+            # the same bytes measured by more than one agent job (a measurement reused by a
+            # retried trial is the same job: it counts once)
+            jobs_per_model: dict[str, set[Any]] = {}
             for outcome in after["outcomes"]:
-                if outcome.candidate is not None and (outcome.measurement or
-                                                      outcome.screen_measurement):
-                    key = json.dumps(outcome.candidate.to_dict(), sort_keys=True)
-                    measured[key] = measured.get(key, 0) + 1
+                for found in (outcome.screen_measurement, outcome.measurement):
+                    if found is not None:
+                        job = (found.agent_report.get("worker_started_unix_time"),
+                               found.latency_ms_p50, found.iterations)
+                        jobs_per_model.setdefault(found.model_sha256, set()).add(job)
             per_run.append({
                 "run": run, "kill_after_s": kill_after, "finished_before_kill": finished_first,
                 "complete_before_kill": len(before["complete"]),
                 "complete_after_rerun": len(after["complete"]), "rerun_exit": rerun.returncode,
-                "trials_lost": lost, "measured_twice": sum(n - 1 for n in measured.values()),
+                "trials_lost": lost,
+                "measured_twice": sum(len(j) - 1 for j in jobs_per_model.values()),
                 "left_running": after["states"].count("RUNNING"),
                 "orphans": len(set(orphans)), "states": after["states"],
                 "rerun_error": err.decode()[-300:] if rerun.returncode else ""})
