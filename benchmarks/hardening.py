@@ -25,8 +25,10 @@ Only 127.0.0.1 is ever contacted, and every part is bounded in count and time.
   killed at a random moment and run again to completion. Counted per run: trials completed
   before the kill and not complete after the rerun (lost), the same model bytes measured by
   more than one agent job in the study (measured twice; a measurement a retried trial reuses
-  counts once), trials left RUNNING after the rerun, and agent or worker processes alive 3 s
-  after the kill (orphaned).
+  counts once), the model bytes the killed run's agent had finished measuring and the rerun
+  measured again (remeasured after kill: device time spent twice, the study's records
+  aside), trials left RUNNING after the rerun, and agent or worker processes alive 3 s after
+  the kill (orphaned).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -451,7 +454,8 @@ def kill_runs(target: str, runs: int, seed: int) -> dict[str, Any]:
                 done_before = {}
                 if upload is not None:
                     upload.start()
-                # the agent: any moment of its work; a worker: any moment of a worker's life
+                # the agent: any moment of its work; a worker: any moment of one job's worker
+                chosen = rng.randrange(len(jobs))
                 deadline = time.monotonic() + rng.uniform(0.05, 12.0 if target == "agent" else 0.3)
                 victims: list[int] = []
                 give_up = time.monotonic() + 60
@@ -464,10 +468,10 @@ def kill_runs(target: str, runs: int, seed: int) -> dict[str, Any]:
                         time.sleep(0.02)
                     if target == "agent":
                         victims = [agent.process.pid]
-                    elif measure_workers(marker):
-                        time.sleep(rng.uniform(0.0, 1.5))  # into the worker's life
+                    elif client.job(jobs[chosen])["state"] == "running":
+                        time.sleep(rng.uniform(0.0, 1.5))  # into that worker's life
                         victims = measure_workers(marker)
-                    deadline = time.monotonic() + 0.05
+                    deadline = time.monotonic() + 0.02
                 before = cmdlines()
                 agent_pid = agent.process.pid
                 # what must die with the victim: the agent's workers, and every meter program
@@ -616,6 +620,11 @@ def controller_runs(runs: int, trials: int, seed: int) -> dict[str, Any]:
                             if f"--parent-pid\0{agent}\0".encode() in text}
                 time.sleep(0.05)
             finished_first = process.poll() is not None
+            # the killed run's local agent keeps its jobs in its state folder (named in its
+            # command line): what it measured that the study may not know
+            state_dirs = {text.split(b"--config\0", 1)[1].split(b"\0", 1)[0].decode()
+                          for pid, text in cmdlines().items() if pid in agents
+                          and b"--config\0" in text}
             process.kill()
             process.communicate()
             before = study_state(run_dir)
@@ -639,8 +648,15 @@ def controller_runs(runs: int, trials: int, seed: int) -> dict[str, Any]:
                         job = (found.agent_report.get("worker_started_unix_time"),
                                found.latency_ms_p50, found.iterations)
                         jobs_per_model.setdefault(found.model_sha256, set()).add(job)
+            # bytes the killed run's agent finished measuring that the rerun measured again
+            killed_jobs = _done_models(state_dirs)
+            remeasured = sum(1 for sha, started in killed_jobs
+                             if any(job[0] != started for job in jobs_per_model.get(sha, ())))
+            for config in state_dirs:  # hwnas leaves the dead agent's temp folder: tidy it here
+                shutil.rmtree(Path(config).parent, ignore_errors=True)
             per_run.append({
                 "run": run, "kill_after_s": kill_after, "finished_before_kill": finished_first,
+                "agent_jobs_done_at_kill": len(killed_jobs), "remeasured_after_kill": remeasured,
                 "complete_before_kill": len(before["complete"]),
                 "complete_after_rerun": len(after["complete"]), "rerun_exit": rerun.returncode,
                 "trials_lost": lost,
@@ -650,10 +666,26 @@ def controller_runs(runs: int, trials: int, seed: int) -> dict[str, Any]:
                 "rerun_error": err.decode()[-300:] if rerun.returncode else ""})
             print(f"  controller run {run}: {per_run[-1]}", flush=True)
     totals = {key: sum(r[key] for r in per_run) for key in
-              ("trials_lost", "measured_twice", "left_running", "orphans")}
+              ("trials_lost", "measured_twice", "remeasured_after_kill", "left_running",
+               "orphans", "agent_jobs_done_at_kill")}
     totals["rerun_failures"] = sum(r["rerun_exit"] != 0 for r in per_run)
     return {"target": "controller", "runs": runs, "trials_per_search": trials,
             "full_search_s": full_s, "totals": totals, "per_run": per_run}
+
+
+def _done_models(configs: set[str]) -> list[tuple[str, float]]:
+    """(model sha256, worker start time) of every job done in these agents' state folders."""
+    found = []
+    for config in configs:
+        for job in (Path(config).parent / "jobs").glob("*"):
+            try:
+                if json.loads((job / "state.json").read_text())["state"] != "done":
+                    continue
+                result = json.loads((job / "result.json").read_text())
+                found.append((result["model_sha256"], result["worker_started_unix_time"]))
+            except (OSError, ValueError, KeyError):
+                continue
+    return found
 
 
 def print_kills(result: dict[str, Any]) -> None:
