@@ -36,15 +36,17 @@ class AgentBusy(Exception):
 
 class Job:
     """An accepted job: its id, its validated request (never re-read from disk) and the
-    configured power source the request named."""
+    configured power source the request named, and when it was queued (a device shared by
+    several controllers runs one job at a time: the wait is recorded apart, never timed)."""
 
-    __slots__ = ("job_id", "request", "power")
+    __slots__ = ("job_id", "request", "power", "queued_at")
 
     def __init__(self, job_id: str, request: MeasureRequest,
                  power: Optional[PowerSourceConfig]) -> None:
         self.job_id = job_id
         self.request = request
         self.power = power
+        self.queued_at = time.time()
 
     @property
     def model_sha256(self) -> str:
@@ -233,7 +235,9 @@ class Agent:
     def _execute(self, job: Job) -> None:
         job_dir = self.jobs.job_dir(job.job_id)
         started = time.time()
-        self.jobs.set_state(job.job_id, "running", started_unix_time=started)
+        queued = {"queued_unix_time": job.queued_at,
+                  "queued_seconds": max(0.0, started - job.queued_at)}
+        self.jobs.set_state(job.job_id, "running", started_unix_time=started, **queued)
         command = self._worker_command("measure", job_dir, self.models.path(job.model_sha256))
         if job.power is not None:
             command += ["--power-source", json.dumps({"kind": job.power.kind,
@@ -249,7 +253,7 @@ class Agent:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            self.jobs.set_state(job.job_id, "failed", started_unix_time=started,
+            self.jobs.set_state(job.job_id, "failed", started_unix_time=started, **queued,
                                 error="timed out after %.0f s (timeout_s)" % job.request.timeout_s)
             return
         finally:
@@ -262,16 +266,16 @@ class Agent:
                                 error="the agent was stopped during the job")
         elif process.returncode == 0 and os.path.exists(os.path.join(job_dir, "result.json")):
             self.jobs.set_state(job.job_id, "done", started_unix_time=started,
-                                job_wall_seconds=wall)
+                                job_wall_seconds=wall, **queued)
         elif process.returncode < 0:
-            self.jobs.set_state(job.job_id, "failed", started_unix_time=started,
+            self.jobs.set_state(job.job_id, "failed", started_unix_time=started, **queued,
                                 error="the runtime crashed (%s)%s; output: %s"
                                 % (signal_name(process.returncode), self._memory_note(),
                                    _tail(log_path)))
         else:
             error = (read_json(os.path.join(job_dir, "error.json")) or {}).get("error", {})
             message = error.get("message") or _tail(log_path)
-            self.jobs.set_state(job.job_id, "failed", started_unix_time=started,
+            self.jobs.set_state(job.job_id, "failed", started_unix_time=started, **queued,
                                 error="%s: %s" % (error.get("type", "worker"), message))
 
     @staticmethod

@@ -461,3 +461,43 @@ def test_slow_connections_cannot_starve_the_agent_under_a_1024_file_limit(tmp_pa
         for sock in slow:
             sock.close()
         process.stop()
+
+
+def test_a_device_shared_by_two_controllers_measures_one_job_at_a_time(tmp_path, small):
+    """Two workers of one study on one device (issue 13): the agent's queue runs one job at a
+    time, and the second job's wait is recorded as queueing, never counted as latency."""
+    import threading
+
+    process, _ = start(tmp_path)
+    try:
+        records = {}
+
+        def controller(name):
+            client = process.client(name)  # each controller has its own connection
+            client.ensure_model(small)
+            job_id = client.submit(MeasureRequest(model_sha256=small.sha256, warmup_seconds=0.05,
+                                                  min_seconds=1.5, min_iterations=20, rounds=1))
+            records[name] = client.wait(job_id, 120)
+
+        threads = [threading.Thread(target=controller, args=(f"worker-{i}",)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        first, second = sorted(records.values(), key=lambda r: r["started_unix_time"])
+        assert first["state"] == second["state"] == "done"
+        # never two at once: the second starts after the first has finished
+        first_end = first["started_unix_time"] + first["job_wall_seconds"]
+        assert second["started_unix_time"] >= first_end - 0.01
+        # it waited at least the first job's timed phase, and that wait is recorded apart ...
+        assert second["queued_seconds"] >= 1.4 > first["queued_seconds"]
+        # ... and is in no latency figure: each timed phase is its own ~1.5 s of inference
+        for record in (first, second):
+            measured = record["measurement"]
+            assert measured["latency_ms"]["max"] < 1000 * record["queued_seconds"] or \
+                record is first
+            assert measured["latency_ms"]["p50"] < 100
+        ratio = second["measurement"]["latency_ms"]["p50"] / first["measurement"]["latency_ms"]["p50"]
+        assert 0.2 < ratio < 5
+    finally:
+        process.stop()
