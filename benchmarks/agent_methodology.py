@@ -25,9 +25,7 @@ from _common import median, save, table  # noqa: E402
 from hwnas_agent.protocol import MeasureRequest  # noqa: E402
 
 from hwnas.records import Artifact  # noqa: E402
-from hwnas.remote.client import AgentClient  # noqa: E402
 from hwnas.remote.local import LocalAgentProcess  # noqa: E402
-from hwnas.remote.transport import LoopbackTransport  # noqa: E402
 
 REPEATS = 6
 TIGHT_LOOP = """
@@ -88,7 +86,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         models = make_models(Path(tmp))
         agent = LocalAgentProcess(Path(tmp) / "state")
-        client = AgentClient(LoopbackTransport(agent.start()), "local")
+        agent.start()
+        client = agent.client("local")
         try:
             agreement, overheads, repeat_p50 = [], [], []
             for name, path in models.items():

@@ -198,9 +198,7 @@ def energy_per_inference_by_size() -> list[dict]:
     from hwnas_agent.protocol import MeasureRequest
 
     from hwnas.records import Artifact
-    from hwnas.remote.client import AgentClient
     from hwnas.remote.local import LocalAgentProcess
-    from hwnas.remote.transport import LoopbackTransport
 
     cpu = max(os.sched_getaffinity(0))
     meter = [sys.executable, str(REPO / "scripts" / "cpu_meter.py"), "--idle-w", "4",
@@ -211,8 +209,11 @@ def energy_per_inference_by_size() -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="power-models-") as folder:
         paths = make_models(Path(folder))
-        process = LocalAgentProcess(Path(folder) / "state")
-        client = AgentClient(LoopbackTransport(process.start()), "cpu-meter")
+        # the meter is the agent's configuration; requests name it
+        process = LocalAgentProcess(Path(folder) / "state", power_sources={
+            "cpu-meter": {"kind": "command", "options": options}})
+        process.start()
+        client = process.client("cpu-meter")
         try:
             artifacts = {name: Artifact.from_file(path, {}, 0) for name, path in paths.items()}
             for artifact in artifacts.values():
@@ -221,8 +222,8 @@ def energy_per_inference_by_size() -> list[dict]:
                 for name, artifact in artifacts.items():
                     request = MeasureRequest(
                         model_sha256=artifact.sha256, warmup_seconds=0.5, min_seconds=3.0,
-                        min_iterations=50, rounds=3, cpu_affinity=[cpu], power_source="command",
-                        power_options=options, power_min_samples=20, idle_seconds=2.0)
+                        min_iterations=50, rounds=3, cpu_affinity=[cpu], power_source="cpu-meter",
+                        power_min_samples=20, idle_seconds=2.0)
                     report = client.measure(request).agent_report
                     power = report["power"]
                     rows.append({"model": name, "repeat": repeat, "bytes": artifact.size_bytes,

@@ -49,7 +49,8 @@ def main() -> int:
                     artifact = Artifact.from_file(path, {}, 0)  # new bytes: really shipped
                     started = time.perf_counter()
                     session = SSHSession(profile.name, profile.connection)
-                    client = AgentClient(SSHTransport(session, profile.connection.agent_port), "dev")
+                    client = AgentClient(SSHTransport(session, profile.connection.agent_port), "dev",
+                                         device.agent.token)
                     client.hello()
                     connected = time.perf_counter()
                     client.ensure_model(artifact)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -31,6 +32,29 @@ def project_file(relative: Path, flag: str) -> Path:
                       f"{checkout.parent.parent}; pass {flag} FILE.yaml")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number (1 or more)")
+    return value
+
+
+def writable_folder(path: Path, what: str) -> Path:
+    """A folder hwnas will create: refuse one under a file at once, with the file named."""
+    from hwnas.errors import ConfigError
+
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {path}: {parent} is a file, not a folder; choose "
+                                  f"another {what}")
+            break
+    return path
+
+
 class Command:
     name = ""
     help = ""
@@ -55,7 +79,7 @@ class SearchCommand(Command):
         parser.add_argument("--run-dir", type=Path, default=None,
                             help="where the study, artifacts and report go "
                                  "(default: runs/<space>--<device>)")
-        parser.add_argument("--trials", type=int, default=None,
+        parser.add_argument("--trials", type=positive_int, default=None,
                             help="total completed trials wanted (overrides search.n_trials); "
                                  "running again continues the same study")
         parser.add_argument("--storage", default=None,
@@ -78,6 +102,8 @@ class SearchCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.search import run_search
 
+        if args.run_dir is not None:
+            writable_folder(args.run_dir, "--run-dir")
         space = args.space or project_file(DEFAULT_SPACE, "search space")
         devices = args.device or [project_file(DEFAULT_DEVICE, "--device")]
         outcome = run_search(space, devices, args.run_dir, args.trials,
@@ -296,11 +322,12 @@ class AgentCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.config import load_device_profile
         from hwnas.remote.install import RemoteAgent
-        from hwnas.train import cache_dir
 
         remote = RemoteAgent(load_device_profile(args.profile))
         try:
             if args.action == "install":
+                from hwnas.train import cache_dir  # imports torch: only where needed
+
                 status = remote.install(cache_dir())
             elif args.action == "logs":
                 print(remote.logs(args.lines), end="")
@@ -330,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwnas", description="Hardware-aware compression search, measured on the real device.")
     parser.add_argument("--version", action="version", version=f"hwnas {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error, and SSH library logs")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for command in COMMANDS:
         sub = verbs.add_parser(command.name, help=command.help, description=command.help)
@@ -343,10 +372,21 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     quiet_terminal()
+    if not args.debug:
+        # paramiko logs every refused channel and reset socket, which hwnas already turns
+        # into one clear error; --debug shows them
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     try:
         return args.command.run(args)
     except HwnasError as exc:
+        if args.debug:
+            raise
         print(f"hwnas: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.debug or exc.filename is None:
+            raise  # not about a file the user named: a bug, shown whole
+        print(f"hwnas: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nhwnas: interrupted; finished trials are saved: run the same command to continue",

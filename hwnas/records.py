@@ -143,6 +143,8 @@ class PowerReading:
     energy_mj_per_inference: float  # total: mean power x time per inference
     energy_mj_per_inference_above_idle: float | None
     method: str | None = None  # how energy was obtained (the sensor's counter, or integration)
+    scope: str = "partial"  # board_input | partial | model (a computed figure, not a sensor)
+    figure: str = ""  # the rail or domain the watts are (e.g. VIN, psys)
 
     def energy(self, basis: str) -> float | None:
         return self.energy_mj_per_inference if basis == "total" \
@@ -159,13 +161,16 @@ class PowerReading:
             energy_mj_per_inference=float(power["energy_mj_per_inference"]),
             energy_mj_per_inference_above_idle=_float(
                 power.get("energy_mj_per_inference_above_idle")),
-            method=str(method) if method is not None else None)
+            method=str(method) if method is not None else None,
+            scope=str(power.get("scope") or "partial"), figure=str(power.get("figure") or ""))
 
     def describe(self) -> str:
         idle = f", idle {self.idle_w:.2f} W over {self.idle_samples} samples" \
             if self.idle_w is not None else ""
-        return (f"{self.source} ({self.covers}), {self.samples} samples at {self.rate_hz:g} Hz"
-                f"{idle}")
+        figure = f" {self.figure}" if self.figure else ""
+        scope = "a MODEL, not a sensor" if self.scope == "model" else self.scope.replace("_", " ")
+        return (f"{self.source}{figure} ({self.covers}; {scope}), {self.samples} samples at "
+                f"{self.rate_hz:g} Hz{idle}")
 
 
 def _float(value: Any) -> float | None:

@@ -47,14 +47,12 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def local_agent(tmp_path: Path):
     """The real agent as a subprocess on a free loopback port; yields (client, process)."""
-    from hwnas.remote.client import AgentClient
     from hwnas.remote.local import LocalAgentProcess
-    from hwnas.remote.transport import LoopbackTransport
 
     process = LocalAgentProcess(tmp_path / "agent-state")
-    port = process.start()
+    process.start()
     try:
-        yield AgentClient(LoopbackTransport(port), "test-agent"), process
+        yield process.client("test-agent"), process
     finally:
         process.stop()
 

@@ -53,7 +53,9 @@ def test_agent_facts_and_version():
     assert facts["cpu_count"] >= 1 and "onnxruntime" in facts["runtimes"]
     version = json.loads(subprocess.run([str(BIN / "hwnas-agent"), "version"], capture_output=True,
                                         text=True).stdout)
-    assert version["protocol_version"] == 1
+    from hwnas_agent.protocol import PROTOCOL_VERSION
+
+    assert version["protocol_version"] == PROTOCOL_VERSION
 
 
 def test_systemd_unit_restarts_on_failure_and_serves_loopback_only():
@@ -67,3 +69,25 @@ def test_systemd_unit_restarts_on_failure_and_serves_loopback_only():
     exec_start = unit["Service"]["ExecStart"]
     assert exec_start.startswith(sys.executable) and "--host 127.0.0.1" in exec_start
     assert " serve " in exec_start and unit["Install"]["WantedBy"] == "default.target"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "-3"], "argument --trials: -3 is not a positive number"),
+    (["--trials", "0"], "argument --trials: 0 is not a positive number"),
+    (["--trials", "many"], "argument --trials: 'many' is not a whole number"),
+])
+def test_bad_trial_counts_are_refused(args, message):
+    done = subprocess.run([str(BIN / "hwnas"), "search", *args], capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_run_dir_under_a_file_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("not a folder")
+    done = subprocess.run([str(BIN / "hwnas"), "search", "--run-dir", str(blocker / "run")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{blocker} is a file, not a folder" in done.stderr
+    debug = subprocess.run([str(BIN / "hwnas"), "--debug", "search", "--run-dir",
+                            str(blocker / "run")], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr

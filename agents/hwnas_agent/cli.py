@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 from typing import List, Optional
 
 from hwnas_agent import __version__
+from hwnas_agent.config import AgentConfig, AgentConfigError
 
-
-def default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "hwnas-agent")
+_SYSTEMD_PLAIN = re.compile(r"^[A-Za-z0-9_./@:+=,-]+$")
 
 
 def _add_measure_options(parser: argparse.ArgumentParser) -> None:
@@ -34,14 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwnas-agent", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
     serve = verbs.add_parser("serve", help="run the daemon (HTTP+JSON on 127.0.0.1)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765, help="0 picks a free port (announced on stdout)")
-    serve.add_argument("--state-dir", default=default_state_dir(), help="models and jobs live here")
-    serve.add_argument("--max-queue", type=int, default=16, help="jobs waiting at most")
-    serve.add_argument("--max-store-mb", type=float, default=2000.0,
+    serve.add_argument("--config", default=None,
+                       help="the agent's configuration file (JSON, mode 0600): port, state "
+                            "folder, token file, power sources, limits; options below override it")
+    serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None,
+                       help="default 8765; 0 picks a free port (announced on stdout)")
+    serve.add_argument("--state-dir", default=None, help="models and jobs live here")
+    serve.add_argument("--token-file", default=None,
+                       help="the secret every request must carry (default STATE_DIR/token; "
+                            "created, mode 0600, when missing)")
+    serve.add_argument("--max-queue", type=int, default=None, help="jobs waiting at most")
+    serve.add_argument("--max-store-mb", type=float, default=None,
                        help="model store size cap; least recently used models are evicted")
+    serve.add_argument("--worker-memory-mb", type=float, default=None,
+                       help="memory limit of each measure worker (default: half the RAM; 0: none)")
+    serve.add_argument("--max-connections", type=int, default=None,
+                       help="open connections at most (default 64)")
     serve.add_argument("--allow-remote", action="store_true",
                        help="allow a non-loopback address (not recommended: use SSH)")
+    serve.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--lease-stdin", action="store_true", help=argparse.SUPPRESS)
     measure = verbs.add_parser("measure", help="measure one ONNX file now; JSON on stdout")
     measure.add_argument("model", help="path to an .onnx file")
     _add_measure_options(measure)
@@ -49,27 +62,64 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser("version", help="print the agent and protocol versions")
     unit = verbs.add_parser("unit", help="print a systemd user unit (restart on failure) for "
                                          "this install")
-    unit.add_argument("--port", type=int, default=8765)
-    unit.add_argument("--state-dir", default="%h/.local/state/hwnas-agent")
+    unit.add_argument("--config", default=None, help="the agent configuration file it serves with")
+    unit.add_argument("--port", type=int, default=8765, help="without --config")
+    unit.add_argument("--state-dir", default="%h/.local/state/hwnas-agent",
+                      help="without --config (systemd specifiers such as %%h allowed)")
     return parser
 
 
+def systemd_quote(argument: str) -> str:
+    """One ExecStart argument, taken literally by systemd (quotes, specifiers, variables)."""
+    if _SYSTEMD_PLAIN.match(argument):
+        return argument
+    if any(ord(c) < 32 or ord(c) == 127 for c in argument):
+        raise ValueError("%r holds control characters, which a unit file cannot carry" % argument)
+    escaped = argument.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return '"%s"' % escaped.replace("$", "$$")
+
+
 def systemd_unit(python: str = sys.executable, port: int = 8765,
-                 state_dir: str = "%h/.local/state/hwnas-agent") -> str:
+                 state_dir: str = "%h/.local/state/hwnas-agent", config: Optional[str] = None
+                 ) -> str:
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hwnas-agent.service")
     with open(path) as handle:
         text = handle.read()
-    return (text.replace("@PYTHON@", python).replace("@PORT@", str(port))
-            .replace("@STATE_DIR@", state_dir))
+    if config is not None:
+        options = "--config " + systemd_quote(os.path.abspath(config))
+    else:
+        options = "--port %d --state-dir %s" % (port, state_dir)
+    return text.replace("@PYTHON@", systemd_quote(python)).replace("@OPTIONS@", options)
+
+
+def serve_config(args: argparse.Namespace) -> AgentConfig:
+    """The configuration file, if any, with the command line's options over it."""
+    if args.config is not None:
+        from hwnas_agent.config import load
+
+        config = load(args.config)
+    else:
+        config = AgentConfig()
+    overrides = {name: getattr(args, name) for name in
+                 ("host", "port", "state_dir", "token_file", "max_queue", "max_store_mb",
+                  "worker_memory_mb", "max_connections") if getattr(args, name) is not None}
+    merged = dict(dataclasses.asdict(config), **overrides)
+    merged["power_sources"] = {name: dataclasses.asdict(source)
+                               for name, source in config.power_sources.items()}
+    return AgentConfig.from_dict(merged, os.getcwd(), args.config or "command line")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verb == "serve":
+        from hwnas_agent.jobs import AgentBusy
         from hwnas_agent.server import serve
 
-        return serve(args.state_dir, args.host, args.port, args.allow_remote, args.max_queue,
-                     args.max_store_mb)
+        try:
+            return serve(serve_config(args), args.allow_remote, args.parent_pid, args.lease_stdin)
+        except (AgentConfigError, AgentBusy) as exc:
+            print("hwnas-agent: error: %s" % exc, file=sys.stderr)
+            return 2
     if args.verb == "measure":
         from hwnas_agent.protocol import MeasureRequest, ProtocolError
         from hwnas_agent.storage import sha256_hex
@@ -92,7 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(measure_file(args.model, request), indent=1, sort_keys=True))
         return 0
     if args.verb == "unit":
-        print(systemd_unit(port=args.port, state_dir=args.state_dir), end="")
+        print(systemd_unit(port=args.port, state_dir=args.state_dir, config=args.config), end="")
         return 0
     if args.verb == "facts":
         from hwnas_agent.facts import device_facts

@@ -2,7 +2,10 @@
 
 Standard library only: the controller imports this module too, so both sides agree on
 field names, defaults and validation. HTTP + JSON; models travel as raw ONNX bytes
-addressed by their sha256. Nothing received is ever executed or unpickled.
+addressed by their sha256. Nothing received is ever executed or unpickled: a request names a
+power source, and what that source is (a sensor, or a meter program and its arguments) comes
+from the agent's own configuration file on the device (config.py). Every request carries the
+agent's secret token (``Authorization: Bearer <token>``).
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ import dataclasses
 import re
 from typing import Any, Callable, Dict, List, Optional
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 PROTOCOL_HEADER = "X-Hwnas-Protocol"
+AUTH_HEADER = "Authorization"
+AUTH_SCHEME = "Bearer"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# a power source is named, never described, on the wire
+SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 JOB_STATES = ("queued", "running", "done", "failed", "interrupted")
 FINISHED_STATES = ("done", "failed", "interrupted")
 RUNTIMES = ("onnxruntime", "tensorrt")
 TENSORRT_FLAGS = ("fp16", "int8")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+# the kinds of power source an agent configuration (and a profile's power section) may name
 POWER_SOURCES = ("none", "ina3221", "tegrastats", "pi5_pmic", "hwmon", "rapl", "nvml",
                  "power_supply", "command")
 
@@ -102,8 +110,9 @@ def _tensorrt_flags(value: Any) -> Optional[str]:
     return None if ok else "a list of " + ", ".join(TENSORRT_FLAGS)
 
 
-def _object(value: Any) -> Optional[str]:
-    return None if isinstance(value, dict) else "an object of the source's options"
+def _source_name(value: Any) -> Optional[str]:
+    ok = isinstance(value, str) and bool(SOURCE_NAME_RE.match(value))
+    return None if ok else "'none' or the name of a power source in the agent's configuration"
 
 
 def _cpu_list(value: Any) -> Optional[str]:
@@ -162,9 +171,9 @@ class MeasureRequest:
     thermal_rise_c: float = _setting("measurement", _number_range(0.0, 200.0), 10.0)
     clock_drop: float = _setting("measurement", _number_range(0.0, 1.0), 0.10)
     # -- power: section `power`; sampled during the timed phase, which extends until
-    # power_min_samples exist
-    power_source: str = _setting("power", _one_of(*POWER_SOURCES), "none", key="source")
-    power_options: Dict[str, Any] = _setting("power", _object, factory=dict, key="options")
+    # power_min_samples exist. Only the source's name travels: its kind and options are the
+    # agent's configuration (the profile's power.options go there, by `hwnas agent install`)
+    power_source: str = _setting("power", _source_name, "none", key="source")
     power_min_samples: int = _setting("power", _int_range(2, 10 ** 6), 20, key="min_samples")
     idle_seconds: float = _setting("power", _number_range(0.0, 3600.0), 2.0)
 

@@ -1,275 +1,210 @@
-"""The agent daemon: HTTP + JSON on 127.0.0.1, one measurement at a time.
+"""The agent's HTTP side: routing, the secret token, limits. The jobs live in jobs.py.
 
-Routes (all JSON, errors as {"error": {"code", "message"}} with a 4xx/5xx status):
+Routes (all JSON, errors as {"error": {"code", "message"}} with a 4xx/5xx status); every
+request carries ``Authorization: Bearer <token>`` (401 without it):
   GET  /v1/hello               versions; a client sends X-Hwnas-Protocol and gets 409 on mismatch
   GET  /v1/facts               what this device is and has
   GET  /v1/models/<sha256>     200 with the stored model's signature, 404 if absent
-  PUT  /v1/models/<sha256>     raw ONNX bytes; verified against the sha256, loaded once to
-                               prove they are a model, stored content-addressed
+  PUT  /v1/models/<sha256>     raw ONNX bytes, streamed to disk; verified against the sha256,
+                               loaded once to prove they are a model, stored content-addressed
   POST /v1/jobs                a MeasureRequest; 202 with the queued job
   GET  /v1/jobs/<id>[?wait=S]  the job's state, and its measurement once done; with wait,
                                held up to S seconds (<= 60) until the job finishes
+
+Limits: at most ``max_connections`` connections; a connection gets HEADER_DEADLINE_S to send
+its request line and headers (a slow-loris client cannot hold a slot longer), and when the
+cap is reached the oldest connection not yet past authentication makes room for a new one.
 """
 
 from __future__ import annotations
 
+import hmac
+import io
 import ipaddress
 import json
 import os
-import queue
 import signal
-import subprocess
+import socket
 import sys
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Tuple
 
-from hwnas_agent import __version__, facts
+from hwnas_agent import __version__, facts, lifeline
+from hwnas_agent.config import AgentConfig, read_or_create_token
+from hwnas_agent.jobs import Agent
 from hwnas_agent.protocol import (
-    FINISHED_STATES,
+    AUTH_HEADER,
+    AUTH_SCHEME,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
-    MeasureRequest,
     ProtocolError,
     is_sha256,
 )
-from hwnas_agent.storage import JobStore, ModelStore, read_json, sha256_hex
 
 DEFAULT_MAX_MODEL_BYTES = 1 << 30
 DEFAULT_MAX_JSON_BYTES = 1 << 20
-INSPECT_TIMEOUT_S = 120.0
 MAX_WAIT_S = 60.0
+HEADER_DEADLINE_S = 10.0  # request line and headers, from the first byte awaited
+IDLE_READ_S = 30.0  # no byte for this long ends the connection
+MIN_BODY_BYTES_PER_S = 32 * 1024  # a body may take 30 s plus its length at this rate
 
 
-def _signal_name(returncode: int) -> str:
-    try:
-        return signal.Signals(-returncode).name
-    except ValueError:
-        return "signal %d" % -returncode
+class _Connection:
+    """What the server knows of one open connection, for the cap and for eviction."""
+
+    __slots__ = ("sock", "opened", "authenticated", "evicted")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.opened = time.monotonic()
+        self.authenticated = False  # past the token check, serving a request
+        self.evicted = False
 
 
-class Agent:
-    """Model store, persisted jobs and the single measuring thread."""
+class _DeadlineReader(io.RawIOBase):
+    """A socket reader that gives up at the handler's deadline, however slowly bytes come."""
 
-    def __init__(self, state_dir: str, max_queue: int = 16, python: str = sys.executable,
-                 max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
-                 max_store_bytes: Optional[int] = None) -> None:
-        self.state_dir = state_dir
-        self.models = ModelStore(os.path.join(state_dir, "models"), max_store_bytes)
-        self._in_use: Dict[str, int] = {}  # sha256 -> queued or running jobs using it
-        self.jobs = JobStore(os.path.join(state_dir, "jobs"))
-        self.python = python
-        self.max_model_bytes = max_model_bytes
-        self._queue: "queue.Queue[str]" = queue.Queue(maxsize=max_queue)
-        self._submit_lock = threading.Lock()
-        self._current: Optional[subprocess.Popen] = None
-        self._stopping = threading.Event()
-        self._finished = threading.Condition()  # notified whenever a job finishes
-        self._recover()
-        self._thread = threading.Thread(target=self._run_jobs, name="measure", daemon=True)
-        self._thread.start()
+    def __init__(self, sock: socket.socket, handler: "Handler") -> None:
+        self._sock = sock
+        self._handler = handler
 
-    # -- jobs ---------------------------------------------------------------
-    def _recover(self) -> None:
-        """A restart never loses a finished result; a job cut short says so."""
-        for job_id in self.jobs.all_ids():
-            record = self.jobs.get(job_id) or {}
-            if record.get("state") == "running":
-                self.jobs.set_state(job_id, "interrupted",
-                                    error="the agent stopped while this job was running")
-            elif record.get("state") == "queued":
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._handler.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the client is too slow")
+        self._sock.settimeout(min(IDLE_READ_S, left))
+        return self._sock.recv_into(buffer)
+
+
+class AgentHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: Tuple[str, int], handler: type, max_connections: int) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.max_connections = max_connections
+        self.connections: Dict[socket.socket, _Connection] = {}
+        self.connections_lock = threading.Lock()
+        self.refused = 0
+        self.evictions = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            live = [c for c in self.connections.values() if not c.evicted]
+            if len(live) >= self.max_connections:
+                waiting = [c for c in live if not c.authenticated]
+                if not waiting:
+                    self.refused += 1
+                    self.shutdown_request(request)
+                    return
+                victim = min(waiting, key=lambda c: c.opened)
+                victim.evicted = True
+                self.evictions += 1
                 try:
-                    self._use(self._job_model(job_id), +1)
-                    self._queue.put_nowait(job_id)
-                except queue.Full:
-                    self.jobs.set_state(job_id, "failed", error="queue full when the agent restarted")
-
-    def submit(self, payload: Any) -> Dict[str, Any]:
-        request = MeasureRequest.from_dict(payload)
-        if self.models.meta(request.model_sha256) is None:
-            raise ProtocolError(404, "unknown_model", "model %s is not stored here; upload it "
-                                "first with PUT /v1/models/%s" % (request.model_sha256,
-                                                                  request.model_sha256))
-        with self._submit_lock:
-            if self._queue.full():
-                raise ProtocolError(503, "queue_full", "%d jobs already queued; retry later"
-                                    % self._queue.maxsize)
-            job_id = uuid.uuid4().hex
-            record = self.jobs.create(job_id, request.to_dict())
-            self._use(request.model_sha256, +1)
-            self.models.touch(request.model_sha256)
-            self._queue.put_nowait(job_id)
-        return record
-
-    def _job_model(self, job_id: str) -> str:
-        request = read_json(os.path.join(self.jobs.job_dir(job_id), "request.json")) or {}
-        return str(request.get("model_sha256", ""))
-
-    def _use(self, sha256: str, delta: int) -> None:
-        count = self._in_use.get(sha256, 0) + delta
-        if count > 0:
-            self._in_use[sha256] = count
-        else:
-            self._in_use.pop(sha256, None)
-
-    def job(self, job_id: str, wait_s: float = 0.0) -> Dict[str, Any]:
-        """The job's record; with ``wait_s``, held until it finishes or the time is up, so that
-        a client waits without polling (nothing disturbs the measurement under way)."""
-        record = self.jobs.get(job_id) if job_id.isalnum() else None
-        if record is None:
-            raise ProtocolError(404, "unknown_job", "no job %r on this agent" % job_id)
-        deadline = time.monotonic() + wait_s
-        with self._finished:
-            while record["state"] not in FINISHED_STATES and time.monotonic() < deadline:
-                self._finished.wait(timeout=max(0.0, deadline - time.monotonic()))
-                record = self.jobs.get(job_id) or record
-        return record
-
-    def _run_jobs(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                job_id = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                self._execute(job_id)
-            except Exception as exc:  # a job fails; the agent keeps serving
-                self.jobs.set_state(job_id, "failed", error="agent error: %s" % exc)
-            finally:
-                with self._submit_lock:
-                    self._use(self._job_model(job_id), -1)
-                with self._finished:
-                    self._finished.notify_all()
-
-    def _execute(self, job_id: str) -> None:
-        job_dir = self.jobs.job_dir(job_id)
-        request = MeasureRequest.from_dict(read_json(os.path.join(job_dir, "request.json")))
-        started = time.time()
-        self.jobs.set_state(job_id, "running", started_unix_time=started)
-        command = [self.python, "-m", "hwnas_agent.worker", "measure", job_dir,
-                   self.models.path(request.model_sha256)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   start_new_session=True)
-        self._current = process
+                    victim.sock.shutdown(socket.SHUT_RDWR)  # its thread reads EOF and ends
+                except OSError:
+                    pass
+            self.connections[request] = _Connection(request)
         try:
-            _, stderr = process.communicate(timeout=request.timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            self.jobs.set_state(job_id, "failed", started_unix_time=started,
-                                error="timed out after %.0f s (timeout_s)" % request.timeout_s)
-            return
+            super().process_request(request, client_address)
+        except BaseException:  # no thread could be started: forget it
+            self._forget(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
         finally:
-            self._current = None
-        wall = time.time() - started
-        if self._stopping.is_set():
-            self.jobs.set_state(job_id, "interrupted", error="the agent was stopped during the job")
-        elif process.returncode == 0 and os.path.exists(os.path.join(job_dir, "result.json")):
-            self.jobs.set_state(job_id, "done", started_unix_time=started, job_wall_seconds=wall)
-        elif process.returncode < 0:
-            tail = stderr.decode("utf-8", "replace")[-2000:]
-            self.jobs.set_state(job_id, "failed", started_unix_time=started,
-                                error="the runtime crashed (%s); stderr: %s"
-                                % (_signal_name(process.returncode), tail))
-        else:
-            error = (read_json(os.path.join(job_dir, "error.json")) or {}).get("error", {})
-            message = error.get("message") or stderr.decode("utf-8", "replace")[-2000:]
-            self.jobs.set_state(job_id, "failed", started_unix_time=started,
-                                error="%s: %s" % (error.get("type", "worker"), message))
+            self._forget(request)
 
-    # -- models -------------------------------------------------------------
-    def put_model(self, sha256: str, data: bytes) -> Tuple[int, Dict[str, Any]]:
-        actual = sha256_hex(data)
-        if actual != sha256:
-            raise ProtocolError(422, "sha256_mismatch", "the body hashes to %s but the URL names "
-                                "%s; nothing was stored" % (actual, sha256))
-        existing = self.models.meta(sha256)
-        if existing is not None:
-            return 200, existing
-        tmp = self.models.stage(data)
-        try:
-            signature = self._inspect(tmp)
-            meta = self.models.commit(tmp, sha256, signature)
-            with self._submit_lock:
-                meta["evicted"] = self.models.evict(set(self._in_use) | {sha256})
-            return 201, meta
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client that went away or stalled: nothing to report
+        super().handle_error(request, client_address)
 
-    def _inspect(self, path: str) -> Dict[str, Any]:
-        """Load the model once in a separate process: corrupt bytes cannot crash the agent."""
-        try:
-            done = subprocess.run([self.python, "-m", "hwnas_agent.worker", "inspect", path],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  timeout=INSPECT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise ProtocolError(422, "invalid_model", "loading the model took over %.0f s"
-                                % INSPECT_TIMEOUT_S)
-        try:
-            payload = json.loads(done.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            payload = None
-        if done.returncode == 0 and isinstance(payload, dict) and "inputs" in payload:
-            return payload
-        if isinstance(payload, dict) and "error" in payload:
-            message = payload["error"].get("message", "")
-        elif done.returncode < 0:
-            message = "onnxruntime crashed (%s) loading it" % _signal_name(done.returncode)
-        else:
-            message = done.stderr.decode("utf-8", "replace")[-1000:]
-        raise ProtocolError(422, "invalid_model", "not a loadable ONNX model: %s" % message.strip())
+    def _forget(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.pop(request, None)
 
-    def stop(self) -> None:
-        self._stopping.set()
-        current = self._current
-        if current is not None and current.poll() is None:
-            os.killpg(current.pid, signal.SIGKILL)
-        self._thread.join(timeout=10)
+    def connection_state(self, request: Any) -> Optional[_Connection]:
+        with self.connections_lock:
+            return self.connections.get(request)
 
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "hwnas-agent/" + __version__
     protocol_version = "HTTP/1.1"
-    timeout = 60  # a client that stops mid-body cannot hold a thread forever
+    timeout = IDLE_READ_S
     agent: Agent  # set on the subclass made by make_server
+    token: str
+    server: AgentHTTPServer
+    deadline = 0.0
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self), 64 * 1024)
+
+    def handle_one_request(self) -> None:
+        state = self.server.connection_state(self.request)
+        if state is not None:
+            state.authenticated = False  # between requests a connection is evictable again
+        self.deadline = time.monotonic() + HEADER_DEADLINE_S
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         if os.environ.get("HWNAS_AGENT_ACCESS_LOG"):
             sys.stderr.write("%s %s\n" % (self.address_string(), format % args))
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
+    def __getattr__(self, name: str) -> Any:
+        # every method, known or not (BREW, OPTIONS...), gets the same JSON answer: a 4xx
+        if name.startswith("do_"):
+            return lambda: self._dispatch(name[3:])
+        raise AttributeError(name)
 
     def _dispatch(self, method: str) -> None:
         try:
+            self._check_version()
+            self._authenticate()
             status, payload = self._route(method, self.path.split("?", 1)[0].rstrip("/"))
         except ProtocolError as exc:
             status, payload = exc.status, exc.to_dict()
+            if status == 401:
+                payload["agent"] = "hwnas-agent"  # the client can tell an agent from a stranger
         except Exception as exc:  # never let one request take the daemon down
             status, payload = 500, {"error": {"code": "internal", "message": repr(exc)}}
+            self.close_connection = True
+        if status >= 400 and self.headers.get("Content-Length") not in (None, "0") \
+                and not getattr(self, "_body_read", False):
+            self.close_connection = True  # an unread body must not be taken for a request
         self._send(status, payload)
 
-    def _route(self, method: str, path: str) -> Tuple[int, Dict[str, Any]]:
+    def _check_version(self) -> None:
         client_version = self.headers.get(PROTOCOL_HEADER)
         if client_version is not None and client_version.strip() != str(PROTOCOL_VERSION):
             raise ProtocolError(409, "version_mismatch", "this agent (hwnas-agent %s) speaks protocol "
                                 "%d, the client speaks %s: install matching versions of hwnas and "
                                 "hwnas-agent" % (__version__, PROTOCOL_VERSION, client_version))
+
+    def _authenticate(self) -> None:
+        scheme, _, given = (self.headers.get(AUTH_HEADER) or "").partition(" ")
+        if not (scheme == AUTH_SCHEME and hmac.compare_digest(given.strip().encode("utf-8", "replace"),
+                                                              self.token.encode("utf-8"))):
+            raise ProtocolError(401, "unauthorized", "this agent serves only requests that carry "
+                                "its secret token (%s: %s <token>); the token is in the agent's "
+                                "token file on the device, which `hwnas agent install PROFILE` "
+                                "creates and hwnas reads over SSH"
+                                % (AUTH_HEADER, AUTH_SCHEME))
+        state = self.server.connection_state(self.request)
+        if state is not None:
+            state.authenticated = True
+
+    def _route(self, method: str, path: str) -> Tuple[int, Dict[str, Any]]:
         parts = path.split("/")[1:]
         if parts[:1] != ["v1"] or len(parts) < 2:
             raise ProtocolError(404, "unknown_operation", "no operation at %s %s" % (method, path))
@@ -296,16 +231,23 @@ class Handler(BaseHTTPRequestHandler):
             key, _, value = part.partition("=")
             if key == "wait":
                 try:
-                    return min(max(float(value), 0.0), MAX_WAIT_S)
+                    wait = float(value)
                 except ValueError:
+                    wait = float("nan")
+                if not wait == wait:  # NaN: not a number of seconds
                     raise ProtocolError(400, "bad_request", "wait=%r is not a number of seconds"
                                         % value)
+                return min(max(wait, 0.0), MAX_WAIT_S)
         return 0.0
 
     def _hello(self) -> Dict[str, Any]:
         return {"agent": "hwnas-agent", "agent_version": __version__,
                 "protocol_version": PROTOCOL_VERSION, "python": sys.version.split()[0],
-                "runtimes": facts.runtimes()}
+                "runtimes": facts.runtimes(),
+                # what each source name means here: the controller checks it matches its profile
+                "power_sources": {name: {"kind": s.kind, "options": s.options}
+                                  for name, s in self.agent.config.power_sources.items()},
+                "worker_memory_mb": (self.agent.worker_memory_bytes or 0) / 1048576.0}
 
     def _get_model(self, sha256: str) -> Tuple[int, Dict[str, Any]]:
         if not is_sha256(sha256):
@@ -318,37 +260,49 @@ class Handler(BaseHTTPRequestHandler):
 
     def _put_model(self, sha256: str) -> Tuple[int, Dict[str, Any]]:
         if not is_sha256(sha256):
-            self.close_connection = True
             raise ProtocolError(400, "bad_sha256", "%r is not a sha256 (64 lowercase hex)" % sha256)
-        return self.agent.put_model(sha256, self._read_body(self.agent.max_model_bytes))
+        limit = DEFAULT_MAX_MODEL_BYTES
+        if self.agent.models.max_bytes is not None:
+            limit = min(limit, self.agent.models.max_bytes)
+        length = self._body_length(limit)
+        self._body_read = True  # from here on the body is consumed or the connection closed
+        self.close_connection = True
+        status, meta = self.agent.put_model(sha256, self.rfile.read, length)
+        self.close_connection = False
+        return status, meta
 
-    def _read_body(self, limit: int) -> bytes:
+    def _body_length(self, limit: int) -> int:
         length_text = self.headers.get("Content-Length")
         if length_text is None:
-            self.close_connection = True
             raise ProtocolError(411, "length_required", "send a Content-Length header")
         try:
             length = int(length_text)
         except ValueError:
-            self.close_connection = True
             raise ProtocolError(400, "bad_request", "Content-Length %r is not a number" % length_text)
         if length < 0 or length > limit:
-            self.close_connection = True
             raise ProtocolError(413, "too_large", "body of %d bytes; at most %d allowed"
                                 % (length, limit))
-        data = self.rfile.read(length)
+        # a slow body holds a connection too: it gets time in proportion to its size
+        self.deadline = time.monotonic() + IDLE_READ_S + length / float(MIN_BODY_BYTES_PER_S)
+        return length
+
+    def _read_json(self) -> Any:
+        length = self._body_length(DEFAULT_MAX_JSON_BYTES)
+        self._body_read = True
+        try:
+            data = self.rfile.read(length)
+        except OSError:
+            data = b""
         if len(data) != length:
             self.close_connection = True
             raise ProtocolError(400, "truncated_body", "expected %d bytes, got %d"
                                 % (length, len(data)))
-        return data
-
-    def _read_json(self) -> Any:
-        data = self._read_body(DEFAULT_MAX_JSON_BYTES)
         try:
             return json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(400, "bad_json", "the body is not valid JSON: %s" % exc)
+        except RecursionError:
+            raise ProtocolError(400, "bad_json", "the body is JSON nested too deeply")
 
     def _send(self, status: int, payload: Dict[str, Any]) -> None:
         body = json.dumps(payload).encode("utf-8")
@@ -362,6 +316,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except OSError:  # the client went away; nothing to tell it
             self.close_connection = True
+        self._body_read = False
 
 
 def check_host(host: str, allow_remote: bool) -> None:
@@ -374,31 +329,39 @@ def check_host(host: str, allow_remote: bool) -> None:
                          "through SSH; pass --allow-remote to override" % host)
 
 
-def make_server(agent: Agent, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    handler = type("AgentHandler", (Handler,), {"agent": agent})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+def make_server(agent: Agent, token: str, host: str = "127.0.0.1", port: int = 0,
+                max_connections: int = 64) -> AgentHTTPServer:
+    handler = type("AgentHandler", (Handler,), {"agent": agent, "token": token})
+    return AgentHTTPServer((host, port), handler, max_connections)
 
 
-def serve(state_dir: str, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False,
-          max_queue: int = 16, max_store_mb: Optional[float] = None) -> int:
-    check_host(host, allow_remote)
-    agent = Agent(state_dir, max_queue=max_queue,
-                  max_store_bytes=int(max_store_mb * 1e6) if max_store_mb else None)
-    server = make_server(agent, host, port)
+def serve(config: AgentConfig, allow_remote: bool = False, parent_pid: Optional[int] = None,
+          lease_stdin: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT, or until the parent dies: with ``parent_pid`` (Linux's
+    parent-death signal) and ``lease_stdin`` (EOF on stdin). The controller's local agent uses
+    both: it must not outlive the controller, even under kill -9."""
+    check_host(config.host, allow_remote)
+    token = read_or_create_token(config.token_path)
+    agent = Agent(config)
+    server = make_server(agent, token, config.host, config.port, config.max_connections)
 
-    def stop(signum: int, frame: Any) -> None:
+    def stop(*_: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if parent_pid is not None:
+        lifeline.die_with_parent(parent_pid, signal.SIGTERM)
+    if lease_stdin:
+        lifeline.on_stdin_eof(stop)
     bound_host, bound_port = server.server_address[:2]
     # one machine-readable line: the controller reads the port it was given
     print(json.dumps({"event": "listening", "host": bound_host, "port": bound_port,
-                      "pid": os.getpid(), "state_dir": state_dir,
-                      "protocol_version": PROTOCOL_VERSION, "agent_version": __version__}),
-          flush=True)
+                      "pid": os.getpid(), "state_dir": config.state_dir,
+                      "token_file": config.token_path, "protocol_version": PROTOCOL_VERSION,
+                      "agent_version": __version__}), flush=True)
+    if lease_stdin:
+        os.dup2(2, 1)  # nothing more on stdout: the controller stops reading that pipe
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

@@ -7,7 +7,10 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+UPLOAD_PREFIX = ".upload-"
+CHUNK_BYTES = 1 << 20
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
@@ -34,17 +37,35 @@ def read_json(path: str) -> Optional[Any]:
         return None
 
 
+class StoreFull(Exception):
+    """No room for an upload even after evicting every model no job needs."""
+
+
 class ModelStore:
     """Models stored as ``<sha256>.onnx`` with ``<sha256>.json`` (their signature).
 
     With ``max_bytes``, storing a model evicts the least recently used others until the
     store fits; models in use by a queued or running job (``protected``) are never evicted.
+    Uploads in progress count against the cap (the caller reserves their length); those left
+    by a killed agent (``.upload-*``) are removed when the store opens (one agent per store).
     """
 
     def __init__(self, root: str, max_bytes: Optional[int] = None) -> None:
         self.root = root
         self.max_bytes = max_bytes
         os.makedirs(root, exist_ok=True)
+        self.stale_removed = self._remove_stale()
+
+    def _remove_stale(self) -> int:
+        removed = 0
+        for name in os.listdir(self.root):
+            if name.startswith(UPLOAD_PREFIX) or name.startswith(".tmp-"):
+                try:
+                    os.unlink(os.path.join(self.root, name))
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
 
     def touch(self, sha256: str) -> None:
         """Mark as used now (the model file's mtime is its last use)."""
@@ -57,15 +78,20 @@ class ModelStore:
         entries = []
         for name in os.listdir(self.root):
             if name.endswith(".onnx") and not name.startswith("."):
-                stat = os.stat(os.path.join(self.root, name))
+                try:
+                    stat = os.stat(os.path.join(self.root, name))
+                except OSError:  # evicted meanwhile
+                    continue
                 entries.append((stat.st_mtime, stat.st_size, name[:-len(".onnx")]))
         return sorted(entries)
 
-    def evict(self, protected: Set[str]) -> List[str]:
+    def evict(self, protected: Set[str], room_for: int = 0) -> List[str]:
+        """Evict least recently used models until the store, with ``room_for`` more bytes (the
+        uploads in progress), fits; raises StoreFull if uploads cannot fit."""
         if self.max_bytes is None:
             return []
         entries = self.stored()
-        total = sum(size for _, size, _ in entries)
+        total = sum(size for _, size, _ in entries) + room_for
         evicted = []
         for _, size, sha256 in entries:
             if total <= self.max_bytes:
@@ -79,6 +105,9 @@ class ModelStore:
                     pass
             total -= size
             evicted.append(sha256)
+        if total > self.max_bytes and room_for:
+            raise StoreFull("the model store (cap %d bytes) is full of models that queued or "
+                            "running jobs need; retry when they finish" % self.max_bytes)
         return evicted
 
     def path(self, sha256: str) -> str:
@@ -89,14 +118,33 @@ class ModelStore:
             return None
         return read_json(os.path.join(self.root, sha256 + ".json"))
 
-    def stage(self, data: bytes) -> str:
-        """Write bytes to a temporary file inside the store (same filesystem as the target)."""
-        handle, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-", suffix=".onnx")
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        return tmp
+    def receive(self, read: Callable[[int], bytes], length: int) -> Tuple[str, str]:
+        """Stream ``length`` bytes from ``read`` into a temporary file inside the store (same
+        filesystem as the target), hashing as they come: never the whole body in memory.
+        Returns (path, sha256); raises EOFError if the stream ends or stalls early, OSError if
+        the disk refuses the bytes."""
+        handle, tmp = tempfile.mkstemp(dir=self.root, prefix=UPLOAD_PREFIX, suffix=".onnx")
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(handle, "wb") as out:
+                left = length
+                while left > 0:
+                    try:
+                        chunk = read(min(CHUNK_BYTES, left))
+                    except OSError as exc:  # the sender stalled or went away
+                        raise EOFError("expected %d bytes, got %d (%s)"
+                                       % (length, length - left, exc or type(exc).__name__))
+                    if not chunk:
+                        raise EOFError("expected %d bytes, got %d" % (length, length - left))
+                    digest.update(chunk)
+                    out.write(chunk)
+                    left -= len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp, digest.hexdigest()
 
     def commit(self, tmp: str, sha256: str, meta: Dict[str, Any]) -> Dict[str, Any]:
         meta = dict(meta, sha256=sha256, size_bytes=os.path.getsize(tmp), stored_unix_time=time.time())
@@ -124,11 +172,22 @@ class JobStore:
         write_json_atomic(os.path.join(self.job_dir(job_id), "request.json"), request)
         return self.set_state(job_id, "queued")
 
+    def request(self, job_id: str) -> Any:
+        return read_json(os.path.join(self.job_dir(job_id), "request.json"))
+
     def set_state(self, job_id: str, state: str, **extra: Any) -> Dict[str, Any]:
         record = {"job_id": job_id, "state": state, "updated_unix_time": time.time()}
         record.update(extra)
         write_json_atomic(os.path.join(self.job_dir(job_id), "state.json"), record)
         return record
+
+    def set_worker(self, job_id: str, pid: int, start_ticks: Optional[int]) -> None:
+        """Which process measures the job: a restarted agent kills it if it still runs."""
+        write_json_atomic(os.path.join(self.job_dir(job_id), "worker.json"),
+                          {"pid": pid, "start_ticks": start_ticks})
+
+    def worker(self, job_id: str) -> Optional[Dict[str, Any]]:
+        return read_json(os.path.join(self.job_dir(job_id), "worker.json"))
 
     def get(self, job_id: str) -> Optional[Dict[str, Any]]:
         state = read_json(os.path.join(self.job_dir(job_id), "state.json"))

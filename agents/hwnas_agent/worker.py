@@ -2,26 +2,34 @@
 agent down. ``python -m hwnas_agent.worker measure JOB_DIR MODEL`` writes JOB_DIR/result.json;
 ``python -m hwnas_agent.worker inspect MODEL`` prints the model's signature as JSON.
 A failure writes {"error": {...}} and exits 3.
+
+Started by the agent only: ``--parent-pid`` (die with the agent), ``--memory-limit-bytes``
+(RLIMIT_DATA) and ``--power-source`` (the configured source the job named, as JSON).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
+import signal
 import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
-from hwnas_agent import facts, power, runtimes, thermal
+from hwnas_agent import facts, lifeline, power, runtimes, thermal
+from hwnas_agent.config import PowerSourceConfig
 from hwnas_agent.measure import run_timed
 from hwnas_agent.power.sampler import PowerSampler, summarize
 from hwnas_agent.protocol import MeasureRequest
 from hwnas_agent.storage import write_json_atomic
 
 
-def measure_file(model_path: str, request: MeasureRequest) -> Dict[str, Any]:
+def measure_file(model_path: str, request: MeasureRequest,
+                 power_source: Optional[PowerSourceConfig] = None) -> Dict[str, Any]:
     started = time.perf_counter()
+    started_unix_time = time.time()
     if request.cpu_affinity and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, request.cpu_affinity)
     cooldown = None
@@ -33,8 +41,8 @@ def measure_file(model_path: str, request: MeasureRequest) -> Dict[str, Any]:
     load_seconds = time.perf_counter() - load_start
     start_probe = thermal.round_probe()
     source = None
-    if request.power_source != "none":
-        source = power.open_source(request.power_source, request.power_options)
+    if power_source is not None:
+        source = power.open_source(power_source.kind, power_source.options)
     try:
         result, power_result = _timed_with_power(model, request, source)
     finally:
@@ -56,6 +64,8 @@ def measure_file(model_path: str, request: MeasureRequest) -> Dict[str, Any]:
         "request": request.to_dict(),
     })
     result["worker_seconds"] = time.perf_counter() - started
+    result["worker_started_unix_time"] = started_unix_time
+    result["worker_finished_unix_time"] = time.time()
     return result
 
 
@@ -78,28 +88,74 @@ def _timed_with_power(model: Any, request: MeasureRequest,
                              request.power_min_samples)
 
 
-def main(argv: Any = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if args[:1] == ["measure"] and len(args) == 3:
-            job_dir, model_path = args[1], args[2]
-            with open(os.path.join(job_dir, "request.json")) as handle:
-                request = MeasureRequest.from_dict(json.load(handle))
-            result = measure_file(model_path, request)
-            write_json_atomic(os.path.join(job_dir, "result.json"), result)
-            return 0
-        if args[:1] == ["inspect"] and len(args) == 2:
-            from hwnas_agent.runtimes import onnxruntime as ort_runtime
+class MemoryLimitExceeded(Exception):
+    """The model needs more memory than the worker may take."""
 
-            print(json.dumps(ort_runtime.inspect(args[1])))
-            return 0
-        print(json.dumps({"error": {"type": "usage", "message": "usage: worker measure JOB_DIR MODEL"
-                                    " | worker inspect MODEL"}}))
+
+def limit_memory(limit_bytes: int) -> None:
+    """RLIMIT_DATA, not RLIMIT_AS: since Linux 4.7 it counts private writable mappings, where
+    onnxruntime's arena and glibc's large mallocs live, but not address space that is only
+    reserved (CUDA reserves tens of GB of it) nor thread stacks, which RLIMIT_AS would count."""
+    resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    # onnxruntime reports a refused allocation as its generic Fail/RuntimeException whose text
+    # is the only sign (BFCArena "Failed to allocate memory", std::bad_alloc); numpy as MemoryError
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "Failed to allocate memory" in text or "bad_alloc" in text
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwnas_agent.worker")
+    parser.add_argument("mode", choices=["measure", "inspect"])
+    parser.add_argument("paths", nargs="+")
+    parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--memory-limit-bytes", type=int, default=None)
+    parser.add_argument("--power-source", default=None)
+    return parser
+
+
+def main(argv: Any = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.parent_pid is not None:
+        # dies with the agent: at once on Linux, and on EOF of the agent's pipe anywhere
+        lifeline.die_with_parent(args.parent_pid, signal.SIGKILL)
+        lifeline.on_stdin_eof(lambda: os._exit(71))
+    job_dir = args.paths[0] if args.mode == "measure" else None
+    try:
+        if args.memory_limit_bytes:
+            limit_memory(args.memory_limit_bytes)
+        try:
+            if args.mode == "measure" and len(args.paths) == 2:
+                with open(os.path.join(args.paths[0], "request.json")) as handle:
+                    request = MeasureRequest.from_dict(json.load(handle))
+                source = None
+                if args.power_source:
+                    spec = json.loads(args.power_source)
+                    source = PowerSourceConfig(spec["kind"], spec.get("options", {}))
+                result = measure_file(args.paths[1], request, source)
+                write_json_atomic(os.path.join(args.paths[0], "result.json"), result)
+                return 0
+            if args.mode == "inspect" and len(args.paths) == 1:
+                from hwnas_agent.runtimes import onnxruntime as ort_runtime
+
+                print(json.dumps(ort_runtime.inspect(args.paths[0])))
+                return 0
+        except Exception as exc:
+            if args.memory_limit_bytes and _is_allocation_failure(exc):
+                raise MemoryLimitExceeded(
+                    "the model needs more memory than the worker's limit of %.0f MB "
+                    "(worker_memory_mb in the agent configuration): %s"
+                    % (args.memory_limit_bytes / 1048576.0, str(exc).strip()[-600:]))
+            raise
+        print(json.dumps({"error": {"type": "usage", "message": "usage: worker measure JOB_DIR "
+                                    "MODEL | worker inspect MODEL"}}))
         return 2
-    except Exception as exc:  # reported to the server, which keeps serving
+    except Exception as exc:  # reported to the agent, which keeps serving
         payload = {"error": {"type": type(exc).__name__, "message": str(exc)}}
-        if args[:1] == ["measure"] and len(args) == 3:
-            write_json_atomic(os.path.join(args[1], "error.json"), payload)
+        if job_dir is not None:
+            write_json_atomic(os.path.join(job_dir, "error.json"), payload)
         print(json.dumps(payload))
         return 3
 

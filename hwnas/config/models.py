@@ -11,8 +11,8 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
-from hwnas_agent.protocol import (MeasureRequest, ProtocolError, check_setting, section_fields,
-                                  setting_key)
+from hwnas_agent.protocol import (POWER_SOURCES, MeasureRequest, ProtocolError, check_setting,
+                                  section_fields, setting_key)
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator,
                       model_validator)
 
@@ -317,6 +317,33 @@ class SSHConnection(Frozen):
     connect_timeout_s: Annotated[float, Field(gt=0)] = 15.0
     retries: Annotated[int, Field(ge=0, le=20)] = 4
 
+    # these fields reach a remote shell, a unit file or a printed command: refuse what could
+    # end a line or be read as an option there (they are also always quoted)
+    @field_validator("host", "user", "jump_host", "remote_dir", "identity_file", "known_hosts",
+                     "ssh_config")
+    @classmethod
+    def _no_control_characters(cls, value: object) -> object:
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in str(value)):
+            raise ValueError("holds a control character (newline, tab, escape...)")
+        return value
+
+    @field_validator("host", "user", "jump_host")
+    @classmethod
+    def _not_an_option(cls, value: str | None) -> str | None:
+        if value is not None and any(part.strip().startswith("-") for part in value.split(",")):
+            raise ValueError("starts with '-', which a command would take for an option")
+        return value
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _own_folder(cls, value: str) -> str:
+        parts = [p for p in value.strip().split("/") if p not in ("", ".")]
+        if not parts or parts == ["~"] or ".." in parts or value.startswith("-"):
+            raise ValueError("name a folder of its own for the agent (uninstall removes it), "
+                             "e.g. .local/share/hwnas-agent; no '..', not '/' or the home "
+                             "itself, not starting with '-'")
+        return value
+
 
 def _protocol_check(field_name: str) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
@@ -346,8 +373,22 @@ RuntimeSpec = _request_section(
     "runtime", "The runtime and execution providers the agent measures with (see MeasureRequest).")
 MeasurementSpec = _request_section(
     "measurement", "Measurement methodology: warm-up, timed rounds, thermal checks.")
-PowerSpec = _request_section(
-    "power", "Which sensor the agent samples during the timed phase (see hwnas-agent facts).")
+class PowerSpec(_request_section("power", "")):  # type: ignore[misc]
+    """Which sensor the agent samples during the timed phase (see hwnas-agent facts).
+
+    ``source`` is the kind of sensor and ``options`` configure it (e.g. {command: "my-meter
+    --watts"}); both go into the agent's own configuration file on the device (`hwnas agent
+    install`; the controller writes it for the local agent). A measure request carries only
+    the source's name: nothing that could run as a command travels over the wire."""
+
+    options: dict[str, str | int | float | list[str]] = {}
+
+    @field_validator("source")
+    @classmethod
+    def _a_kind(cls, value: str) -> str:
+        if value not in POWER_SOURCES:
+            raise ValueError(f"expected one of {', '.join(POWER_SOURCES)}")
+        return value
 
 
 class ExportSpec(Frozen):

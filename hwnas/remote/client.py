@@ -7,6 +7,8 @@ import time
 from typing import Any, Callable
 
 from hwnas_agent.protocol import (
+    AUTH_HEADER,
+    AUTH_SCHEME,
     FINISHED_STATES,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
@@ -21,19 +23,36 @@ from hwnas.remote.transport import Response, Transport
 LONG_POLL_S = 20.0  # the agent holds the request until the job ends: no polling traffic
 
 
+class AgentUnauthorized(DeviceError):
+    """The agent refused the token hwnas sent (or hwnas had none)."""
+
+
 class AgentClient:
-    def __init__(self, transport: Transport, device: str) -> None:
+    """``token`` is the agent's secret; ``token_source`` says where it came from, for the
+    message when the agent refuses it."""
+
+    def __init__(self, transport: Transport, device: str, token: str = "",
+                 token_source: str = "") -> None:
         self.transport = transport
         self.device = device
+        self.token = token
+        self.token_source = token_source
 
     def _call(self, method: str, path: str, body: bytes | None = None,
               content_type: str = "application/json", timeout: float = 60.0) -> Response:
-        headers = {PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
+        headers = {PROTOCOL_HEADER: str(PROTOCOL_VERSION),
+                   AUTH_HEADER: f"{AUTH_SCHEME} {self.token}"}
         if body is not None:
             headers["Content-Type"] = content_type
         response = self.transport.request(method, path, body, headers, timeout)
         if response.status == 409:
             raise DeviceError(f"{self.device}: {error_message(response.json())}")
+        if response.status == 401:
+            source = f" (hwnas used the token {self.token_source})" if self.token_source else ""
+            raise AgentUnauthorized(
+                f"{self.device}: the agent refused the request: it needs its secret token"
+                f"{source}. Run `hwnas agent install PROFILE` for this device: it creates the "
+                f"token if missing and restarts the agent with it")
         return response
 
     def hello(self) -> dict[str, Any]:

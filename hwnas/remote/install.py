@@ -1,15 +1,23 @@
 """`hwnas agent install | status | logs | stop | uninstall PROFILE` over SSH/SFTP.
 
 Install uploads the hwnas-agent wheel built from agents/, makes a virtual environment with
-the device's own Python (>= 3.8) and package index, and starts the agent under a systemd
-user unit, or, where systemd is absent, under a small supervisor loop that restarts it on
-failure. Running install again upgrades in place and is otherwise a no-op.
+the device's own Python (>= 3.8) and package index, writes the agent's configuration file
+(agent.json: port, power source from the profile) and its secret token (created once), both
+mode 0600, and starts the agent under a systemd user unit, or, where systemd is absent, under
+a small supervisor loop that restarts it on failure. Running install again upgrades in place,
+rewrites a changed configuration, and is otherwise a no-op.
+
+Nothing from the profile is pasted into a shell unquoted: files are written over SFTP (never
+heredocs), every path in a command is quoted, and everything lands inside the remote folder
+except the systemd unit (in ~/.config/systemd/user, the one place systemd looks).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import secrets
 import shlex
 import subprocess
 import sys
@@ -22,17 +30,20 @@ from hwnas_agent import __version__ as AGENT_VERSION
 from hwnas.config.models import DeviceProfile, SSHConnection
 from hwnas.errors import ConfigError, DeviceError
 from hwnas.remote.client import AgentClient
+from hwnas.remote.device import CONFIG_NAME, TOKEN_NAME, agent_config, remote_folder
 from hwnas.remote.ssh import AgentNotRunning, SSHSession, SSHTransport
 
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agents"
 PYTHONS = ("python3", "python3.13", "python3.12", "python3.11", "python3.10", "python3.9",
            "python3.8")
-UNIT = ".config/systemd/user/hwnas-agent.service"
+UNIT_DIR = ".config/systemd/user"
+UNIT = f"{UNIT_DIR}/hwnas-agent.service"
+# no value of the profile in it: it runs from its own folder and reads agent.json
 SUPERVISOR = """#!/bin/sh
 # Restarts the agent when it exits, like systemd's Restart=on-failure; `stop` ends it.
-cd "$(dirname "$0")"
+cd -- "$(dirname -- "$0")" || exit 1
 while true; do
-  venv/bin/python -m hwnas_agent serve --host 127.0.0.1 --port {port} --state-dir state >> agent.log 2>&1
+  venv/bin/python -m hwnas_agent serve --config agent.json >> agent.log 2>&1
   code=$?
   [ -f stop ] && exit 0
   echo "hwnas-agent exited with status $code; restarting in 2 s" >> agent.log
@@ -86,7 +97,8 @@ class RemoteAgent:
         self.profile = profile
         self.connection = ssh_connection(profile)
         self.session = SSHSession(profile.name, self.connection)
-        self.dir = self.connection.remote_dir.rstrip("/")
+        self.dir = remote_folder(self.connection)
+        self.q = shlex.quote(self.dir)  # the folder, as a shell word
 
     def close(self) -> None:
         self.session.close()
@@ -97,6 +109,25 @@ class RemoteAgent:
             raise DeviceError(f"{self.profile.name}: `{command}` exited {code}: "
                               f"{(err or out).strip()[-800:]}")
         return out
+
+    def _path(self, name: str) -> str:
+        return f"{self.dir}/{name}"
+
+    def _write(self, name: str, text: str, mode: int = 0o644) -> None:
+        """A file in the remote folder, written over SFTP: its content never meets a shell.
+        Written beside and renamed, with its mode set before any content arrives."""
+        target = self._path(name)
+        tmp = f"{target}.tmp-{secrets.token_hex(4)}"
+        sftp = self.session.sftp()
+        try:
+            with sftp.open(tmp, "wx") as handle:
+                sftp.chmod(tmp, mode)
+                handle.write(text.encode("utf-8"))
+            sftp.posix_rename(tmp, target)
+        except OSError as exc:
+            raise DeviceError(f"{self.profile.name}: cannot write {target}: {exc}") from None
+        finally:
+            sftp.close()
 
     def python(self) -> str:
         probe = "; ".join(f"command -v {p} >/dev/null 2>&1 && {p} -c 'import sys; "
@@ -116,62 +147,85 @@ class RemoteAgent:
         code, _, _ = self.session.run("systemctl --user show-environment >/dev/null 2>&1", 30)
         return code == 0
 
+    def _configure(self) -> bool:
+        """agent.json from the profile and the token (kept if present), both 0600; True if the
+        configuration changed (the agent must restart to read it)."""
+        config = json.dumps(agent_config(self.profile), indent=1, sort_keys=True) + "\n"
+        changed = self.session.read_file(self._path(CONFIG_NAME)) != config.encode("utf-8")
+        if changed:
+            self._write(CONFIG_NAME, config, 0o600)
+        token = (self.session.read_file(self._path(TOKEN_NAME)) or b"").strip()
+        if len(token) < 32:
+            self._write(TOKEN_NAME, secrets.token_hex(32) + "\n", 0o600)
+            changed = True
+        # an older or hand-made file may be readable by others: the agent refuses that
+        self._run(f"chmod 600 -- {self.q}/{CONFIG_NAME} {self.q}/{TOKEN_NAME}")
+        return changed
+
     def install(self, cache: Path, log=print) -> AgentStatus:
         wheel = agent_wheel(cache)
         wheel_sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        d = shlex.quote(self.dir)
-        installed = self._run(f"cat {d}/dist/installed.sha256 2>/dev/null", check=False).strip()
-        if installed != wheel_sha:
+        self._run(f"mkdir -p -- {self.q}/dist {self.q}/state && chmod 700 -- {self.q}")
+        installed = (self.session.read_file(self._path("dist/installed.sha256")) or b"").strip()
+        restart = self._configure()
+        if installed.decode() != wheel_sha:
             python = self.python()
             log(f"{self.profile.name}: installing hwnas-agent {AGENT_VERSION} with {python}")
-            self._run(f"mkdir -p {d}/dist {d}/state")
             sftp = self.session.sftp()
             try:
-                sftp.put(str(wheel), f"{self.dir}/dist/{wheel.name}")
+                sftp.put(str(wheel), self._path(f"dist/{wheel.name}"))
             finally:
                 sftp.close()
-            self._run(f"test -x {d}/venv/bin/python || {python} -m venv {d}/venv", 300)
-            self._run(f"{d}/venv/bin/python -m pip install -q --upgrade "
-                      f"{d}/dist/{shlex.quote(wheel.name)}", 1800)
-            self._run(f"echo {wheel_sha} > {d}/dist/installed.sha256")
-            self.stop()
+            self._run(f"test -x {self.q}/venv/bin/python || {python} -m venv -- {self.q}/venv", 300)
+            # from inside the folder: pip reads a ';' in a requirement's path as a marker;
+            # its cache too stays inside (uninstall removes it all)
+            self._run(f"cd -- {self.q}/dist && PIP_CACHE_DIR=../pip-cache ../venv/bin/python -m "
+                      f"pip install -q --upgrade ./{shlex.quote(wheel.name)}", 1800)
+            self._write("dist/installed.sha256", wheel_sha + "\n")
+            restart = True
         else:
             log(f"{self.profile.name}: hwnas-agent {AGENT_VERSION} already installed")
+        if restart:
+            self.stop()
         status = self.status()
         if not status.running:
             self.start()
         return self.wait_ready()
 
     def start(self) -> None:
-        d, port = shlex.quote(self.dir), self.connection.agent_port
         if self._has_systemd():
-            unit = self._run(f"{d}/venv/bin/python -m hwnas_agent unit --port {port} "
-                             f"--state-dir \"$HOME\"/{d}/state")
-            self._run(f"mkdir -p .config/systemd/user && cat > {UNIT} <<'EOF'\n{unit}EOF")
+            absolute = self.session.sftp_normalize(self.dir)
+            unit = self._run(f"{self.q}/venv/bin/python -m hwnas_agent unit --config "
+                             f"{shlex.quote(absolute + '/' + CONFIG_NAME)}")
+            self._run(f"mkdir -p -- {UNIT_DIR}")
+            sftp = self.session.sftp()
+            try:
+                with sftp.open(UNIT, "w") as handle:
+                    handle.write(unit.encode("utf-8"))
+            finally:
+                sftp.close()
             self._run("systemctl --user daemon-reload && systemctl --user enable --now "
                       "hwnas-agent && systemctl --user restart hwnas-agent")
             return
-        self._run(f"cat > {d}/supervise.sh <<'EOF'\n{SUPERVISOR.format(port=port)}EOF")
-        self._run(f"rm -f {d}/stop; setsid nohup sh {d}/supervise.sh >/dev/null 2>&1 </dev/null & "
-                  f"echo $! > {d}/supervisor.pid")
+        self._write("supervise.sh", SUPERVISOR, 0o700)
+        self._run(f"cd -- {self.q} && rm -f stop && {{ setsid nohup sh ./supervise.sh >/dev/null "
+                  f"2>&1 </dev/null & echo $! > supervisor.pid; }}")
 
     def stop(self) -> None:
-        d = shlex.quote(self.dir)
         if self._has_unit():
             self._run("systemctl --user stop hwnas-agent", check=False)
-        self._run(f"if test -f {d}/supervisor.pid; then touch {d}/stop; "
-                  f"kill -TERM -- -$(cat {d}/supervisor.pid) 2>/dev/null; "
-                  f"rm -f {d}/supervisor.pid; fi", check=False)
+        self._run(f"cd -- {self.q} 2>/dev/null && if test -f supervisor.pid; then touch stop; "
+                  f"kill -TERM -- -$(cat supervisor.pid) 2>/dev/null; rm -f supervisor.pid; fi",
+                  check=False)
 
     def status(self) -> AgentStatus:
-        d = shlex.quote(self.dir)
         if self._has_unit():
             manager = "systemd"
             running = self._run("systemctl --user is-active hwnas-agent",
                                 check=False).strip() == "active"
-        elif self._run(f"test -f {d}/supervisor.pid && echo yes", check=False).strip() == "yes":
+        elif self._run(f"test -f {self.q}/supervisor.pid && echo yes", check=False).strip() == "yes":
             manager = "supervisor"
-            running = self._run(f"kill -0 $(cat {d}/supervisor.pid) 2>/dev/null && echo yes",
+            running = self._run(f"kill -0 $(cat {self.q}/supervisor.pid) 2>/dev/null && echo yes",
                                 check=False).strip() == "yes"
         else:
             manager, running = "none", False
@@ -184,8 +238,9 @@ class RemoteAgent:
         return AgentStatus(manager, running, version, detail)
 
     def client(self) -> AgentClient:
+        token = (self.session.read_file(self._path(TOKEN_NAME)) or b"").decode().strip()
         return AgentClient(SSHTransport(self.session, self.connection.agent_port, retries=0),
-                           self.profile.name)
+                           self.profile.name, token, f"read over SSH from {self._path(TOKEN_NAME)}")
 
     def wait_ready(self, timeout_s: float = 60.0) -> AgentStatus:
         deadline = time.monotonic() + timeout_s
@@ -198,15 +253,15 @@ class RemoteAgent:
                           f" see `hwnas agent logs {self.profile.name}`")
 
     def logs(self, lines: int = 50) -> str:
-        d = shlex.quote(self.dir)
         if self._has_unit():
-            return self._run(f"journalctl --user -u hwnas-agent -n {lines} --no-pager", check=False)
-        return self._run(f"tail -n {lines} {d}/agent.log 2>/dev/null || echo 'no log yet'",
-                         check=False)
+            return self._run(f"journalctl --user -u hwnas-agent -n {int(lines)} --no-pager",
+                             check=False)
+        return self._run(f"tail -n {int(lines)} -- {self.q}/agent.log 2>/dev/null || "
+                         f"echo 'no log yet'", check=False)
 
     def uninstall(self) -> None:
         self.stop()
         if self._has_unit():
             self._run(f"systemctl --user disable hwnas-agent; rm -f {UNIT}; "
                       "systemctl --user daemon-reload", check=False)
-        self._run(f"rm -rf {shlex.quote(self.dir)}")
+        self._run(f"rm -rf -- {self.q}")

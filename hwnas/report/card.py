@@ -106,6 +106,7 @@ def power_card(outcome: TrialOutcome, basis: str) -> dict[str, Any] | None:
     power = measurement.power
     return {
         "device": measurement.device, "sensor": power.source, "covers": power.covers,
+        "scope": power.scope, "figure": power.figure,
         "rate_hz": power.rate_hz, "samples": power.samples,
         "idle_baseline": {"mean_w": power.idle_w, "samples": power.idle_samples},
         "mean_w": power.mean_w, "peak_w": power.peak_w,

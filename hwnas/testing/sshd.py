@@ -4,6 +4,7 @@ user keys: the "device" side of hwnas's SSH tests and benchmarks."""
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 import signal
@@ -15,9 +16,9 @@ from pathlib import Path
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -28,9 +29,15 @@ def keygen(path: Path, kind: str = "ed25519") -> Path:
 
 
 class SSHServer:
-    def __init__(self, folder: Path, authorized_key: Path) -> None:
+    """``listen``: the loopback address (127.0.0.1, or ::1 where the machine has IPv6); the
+    server logs its logins to ``log`` (LogLevel INFO), so a test can tell which hops a
+    connection went through."""
+
+    def __init__(self, folder: Path, authorized_key: Path, listen: str = "127.0.0.1") -> None:
         self.folder = folder
-        self.port = free_port()
+        self.listen = listen
+        self.port = free_port(listen)
+        self.log = folder / "sshd.log"
         self.host_key = keygen(folder / "ssh_host_ed25519_key")
         self.authorized_keys = folder / "authorized_keys"
         self.authorized_keys.write_text(Path(str(authorized_key) + ".pub").read_text())
@@ -38,7 +45,7 @@ class SSHServer:
         self.config = folder / "sshd_config"
         self.config.write_text(f"""\
 Port {self.port}
-ListenAddress 127.0.0.1
+ListenAddress {listen}
 HostKey {self.host_key}
 PidFile {folder / 'sshd.pid'}
 AuthorizedKeysFile {self.authorized_keys}
@@ -52,7 +59,7 @@ AllowTcpForwarding yes
 AllowAgentForwarding no
 X11Forwarding no
 Subsystem sftp internal-sftp
-LogLevel ERROR
+LogLevel INFO
 """)
         self.process: subprocess.Popen | None = None
 
@@ -62,7 +69,14 @@ LogLevel ERROR
 
     def known_hosts_line(self) -> str:
         key_type, key, *_ = Path(str(self.host_key) + ".pub").read_text().split()
-        return f"[127.0.0.1]:{self.port} {key_type} {key}\n"
+        return f"[{self.listen}]:{self.port} {key_type} {key}\n"
+
+    def accepted_logins(self) -> int:
+        """How many logins this server accepted so far (from its own log)."""
+        try:
+            return self.log.read_text().count("Accepted publickey")
+        except FileNotFoundError:
+            return 0
 
     def fingerprint(self) -> str:
         out = subprocess.run(["ssh-keygen", "-lf", str(self.host_key) + ".pub"], check=True,
@@ -72,16 +86,16 @@ LogLevel ERROR
     def start(self) -> "SSHServer":
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen([SSHD, "-D", "-E", str(self.log), "-f", str(self.config)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((self.listen, self.port), timeout=0.5):
                     return self
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError("sshd exited: " + self.process.stderr.read().decode())
+                    raise RuntimeError("sshd exited: " + self.log.read_text()[-2000:])
                 time.sleep(0.05)
         raise RuntimeError("sshd did not start listening")
 
@@ -106,10 +120,6 @@ LogLevel ERROR
             self.kill_sessions()
             self.process.terminate()
             self.process.wait(timeout=10)
-        if self.process is not None:
-            for stream in (self.process.stdout, self.process.stderr):
-                if stream:
-                    stream.close()
         self.process = None
 
 
@@ -119,7 +129,7 @@ def profile_yaml(name: str, server: SSHServer, identity: Path, known_hosts: Path
     lines = [f"name: {name}",
              "connection:",
              "  kind: ssh",
-             "  host: 127.0.0.1",
+             f"  host: {json.dumps(server.listen)}",
              f"  port: {server.port}",
              f"  user: {server.user}",
              f"  identity_file: {identity}",
@@ -130,7 +140,7 @@ def profile_yaml(name: str, server: SSHServer, identity: Path, known_hosts: Path
              "  connect_timeout_s: 5",
              f"  retries: {retries}"]
     if remote_dir:
-        lines.append(f"  remote_dir: {remote_dir}")
+        lines.append(f"  remote_dir: {json.dumps(str(remote_dir))}")
     if pool:
         lines.append(f"pool: {pool}")
     lines += ["precisions: [fp32, int8]",
@@ -142,22 +152,26 @@ def profile_yaml(name: str, server: SSHServer, identity: Path, known_hosts: Path
 
 class LoopbackDevice:
     """A 'device' on this machine: the real agent behind its own real sshd, and a trusted
-    known_hosts file; ``profile()`` writes a device profile that reaches it over SSH."""
+    known_hosts file; ``profile()`` writes a device profile that reaches it over SSH. The
+    agent's folder is laid out as `hwnas agent install` lays it out (token beside the state),
+    and the profile's remote_dir names it, so the controller reads the token over SFTP."""
 
-    def __init__(self, folder: Path, user_key: Path) -> None:
+    def __init__(self, folder: Path, user_key: Path, listen: str = "127.0.0.1") -> None:
         from hwnas.remote.local import LocalAgentProcess
 
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.user_key = folder, user_key
-        self.server = SSHServer(folder, user_key).start()
+        self.server = SSHServer(folder, user_key, listen).start()
         self.known_hosts = folder / "known_hosts"
         self.known_hosts.write_text(self.server.known_hosts_line())
-        self.agent = LocalAgentProcess(folder / "agent-state")
+        self.remote_dir = folder / "device-agent"
+        self.agent = LocalAgentProcess(self.remote_dir / "state",
+                                       token_file=self.remote_dir / "token")
         self.agent.start()
 
     def profile(self, name: str = "sshdev", **overrides) -> Path:
         values = dict(identity=self.user_key, known_hosts=self.known_hosts,
-                      agent_port=self.agent.port)
+                      agent_port=self.agent.port, remote_dir=self.remote_dir)
         values.update(overrides)
         path = self.folder / f"{name}.yaml"
         path.write_text(profile_yaml(name, self.server, values.pop("identity"),

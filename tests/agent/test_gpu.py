@@ -46,7 +46,7 @@ def test_native_tensorrt_builds_once_and_caches_the_engine(local_agent, models_d
     assert second.latency_ms_p50 > 0
 
 
-def test_nvml_power_during_a_gpu_job(local_agent, models_dir):
+def test_nvml_power_during_a_gpu_job(models_dir, tmp_path):
     pynvml = pytest.importorskip("pynvml", reason="NVML power needs nvidia-ml-py and a GPU")
     try:
         pynvml.nvmlInit()
@@ -54,11 +54,20 @@ def test_nvml_power_during_a_gpu_job(local_agent, models_dir):
         pytest.skip(f"NVML not usable: {exc}")
     if "CUDAExecutionProvider" not in _providers():
         pytest.skip("no CUDA execution provider to load the GPU")
-    client, _ = local_agent
-    artifact = Artifact.from_file(models_dir / "large.onnx", {}, 0)
-    client.ensure_model(artifact)
-    measured = client.measure(_quick(artifact.sha256, execution_providers=["CUDAExecutionProvider"],
-                                     power_source="nvml", idle_seconds=1.0))
+    from hwnas.remote.local import LocalAgentProcess
+
+    # the agent's own configuration names the source; the request only selects it
+    agent = LocalAgentProcess(tmp_path / "state", power_sources={"nvml": {"kind": "nvml"}})
+    agent.start()
+    try:
+        client = agent.client("gpu")
+        artifact = Artifact.from_file(models_dir / "large.onnx", {}, 0)
+        client.ensure_model(artifact)
+        measured = client.measure(_quick(artifact.sha256,
+                                         execution_providers=["CUDAExecutionProvider"],
+                                         power_source="nvml", idle_seconds=1.0))
+    finally:
+        agent.stop()
     power = measured.agent_report["power"]
     assert power["samples"] >= 20 and power["mean_w"] > 0 and power["idle_w"] > 0
     assert measured.energy_mj_per_inference > 0

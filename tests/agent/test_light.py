@@ -66,9 +66,7 @@ def test_agent_serves_and_measures_on_python38_without_torch(tmp_path, models_di
     from hwnas_agent.protocol import MeasureRequest
 
     from hwnas.records import Artifact
-    from hwnas.remote.client import AgentClient
     from hwnas.remote.local import LocalAgentProcess
-    from hwnas.remote.transport import LoopbackTransport
 
     version = subprocess.run([str(PY38), "-c", "import sys; print(sys.version_info[:2])"],
                              capture_output=True, text=True).stdout.strip()
@@ -76,7 +74,8 @@ def test_agent_serves_and_measures_on_python38_without_torch(tmp_path, models_di
     no_torch = subprocess.run([str(PY38), "-c", "import torch"], capture_output=True)
     assert no_torch.returncode != 0  # the agent's environment never had torch
     process = LocalAgentProcess(tmp_path / "state38", python=str(PY38))
-    client = AgentClient(LoopbackTransport(process.start()), "py38")
+    process.start()
+    client = process.client("py38")
     try:
         assert client.hello()["python"].startswith("3.8")
         artifact = Artifact.from_file(models_dir / "medium.onnx", {}, 0)

@@ -678,23 +678,23 @@ def test_a_job_whose_meter_dies_fails_with_the_sensor_and_the_reason(tmp_path, m
 
     from hwnas.errors import MeasurementError
     from hwnas.records import Artifact
-    from hwnas.remote.client import AgentClient
     from hwnas.remote.local import LocalAgentProcess
-    from hwnas.remote.transport import LoopbackTransport
 
     meter = tmp_path / "meter-dies"  # 1.5 s of readings: through the idle phase, not the timed one
     meter.write_text("#!/bin/sh\ni=0\nwhile [ $i -lt 30 ]; do echo '3.20 W'; sleep 0.05; "
                      "i=$((i+1)); done\necho 'meter: lost USB connection' >&2\nexit 1\n")
     meter.chmod(0o755)
-    process = LocalAgentProcess(tmp_path / "state")
-    client = AgentClient(LoopbackTransport(process.start()), "power-test")
+    # the meter is the agent's configuration; the request only names it
+    process = LocalAgentProcess(tmp_path / "state", power_sources={
+        "command": {"kind": "command", "options": {"command": str(meter), "rate_hz": 20}}})
+    process.start()
+    client = process.client("power-test")
     try:
         artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
         client.ensure_model(artifact)
         request = MeasureRequest(model_sha256=artifact.sha256, warmup_seconds=0.0, min_seconds=3.0,
                                  min_iterations=10, rounds=2, idle_seconds=0.5, timeout_s=60,
-                                 power_source="command",
-                                 power_options={"command": str(meter), "rate_hz": 20})
+                                 power_source="command")
         with pytest.raises(MeasurementError) as caught:
             client.measure(request)
         message = str(caught.value)

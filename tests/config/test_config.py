@@ -139,13 +139,15 @@ NON_DEFAULT = {
     "min_iterations": 33, "min_seconds": 1.5, "rounds": 3, "unstable_cv": 0.2, "timeout_s": 99.0,
     "seed": 5, "cpu_affinity": [0], "cooldown_below_c": 55.0, "cooldown_timeout_s": 30.0,
     "thermal_rise_c": 7.5, "clock_drop": 0.2, "power_source": "command",
-    "power_options": {"command": "meter --watts"}, "power_min_samples": 30, "idle_seconds": 1.0,
+    "power_min_samples": 30, "idle_seconds": 1.0,
 }
 
 
-def test_every_setting_travels_from_yaml_to_the_agent(tmp_path, local_agent, models_dir):
+def test_every_setting_travels_from_yaml_to_the_agent(tmp_path, models_dir):
     """Each MeasureRequest field, written in the device profile's YAML, reaches the agent's
-    persisted request unchanged: nothing the agent accepts is dropped on the way."""
+    persisted request unchanged: nothing the agent accepts is dropped on the way. (The power
+    source's options go to the agent's configuration file, not the request: see
+    tests/agent/test_server.py.)"""
     import dataclasses
     import json
 
@@ -153,6 +155,8 @@ def test_every_setting_travels_from_yaml_to_the_agent(tmp_path, local_agent, mod
     from hwnas_agent.protocol import MeasureRequest, section_fields, setting_key
 
     from hwnas.records import Artifact
+    from hwnas.remote.device import power_sources
+    from hwnas.remote.local import LocalAgentProcess
 
     fields = {f.name for f in dataclasses.fields(MeasureRequest)} - {"model_sha256"}
     assert set(NON_DEFAULT) == fields
@@ -162,12 +166,17 @@ def test_every_setting_travels_from_yaml_to_the_agent(tmp_path, local_agent, mod
                 for section in ("runtime", "measurement", "power")}
     path = write(tmp_path, DEVICE + yaml.safe_dump(sections), "d.yaml")
 
-    client, process = local_agent
-    artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
-    client.ensure_model(artifact)
-    request = load_device_profile(path).measure_request(artifact.sha256)
-    job_id = client.submit(request)
-    stored = json.loads((process.state_dir / "jobs" / job_id / "request.json").read_text())
+    profile = load_device_profile(path)
+    process = LocalAgentProcess(tmp_path / "agent", power_sources=power_sources(profile))
+    process.start()
+    try:
+        client = process.client("yaml")
+        artifact = Artifact.from_file(models_dir / "small.onnx", {}, 0)
+        client.ensure_model(artifact)
+        job_id = client.submit(profile.measure_request(artifact.sha256))
+        stored = json.loads((process.state_dir / "jobs" / job_id / "request.json").read_text())
+    finally:
+        process.stop()
     assert stored == dict(NON_DEFAULT, model_sha256=artifact.sha256)
 
 

@@ -19,15 +19,19 @@ SPACE = DIGITS_SPACE + "search: {n_trials: %d, sampler: random, seed: 1}\n"
 
 @pytest.fixture()
 def second_agent(ssh_world):
-    agent = LocalAgentProcess(ssh_world.folder / "agent-b")
+    """A second agent behind the same sshd, laid out as an install would (token beside state)."""
+    folder = ssh_world.folder / "agent-b"
+    agent = LocalAgentProcess(folder / "state", token_file=folder / "token")
     agent.start()
+    agent.remote_dir = folder
     yield agent
     agent.stop()
 
 
 def test_two_devices_measure_trials_in_parallel(ssh_world, second_agent, tmp_path):
     a = ssh_world.profile("dev-a", pool="cpu-x86")
-    b = ssh_world.profile("dev-b", agent_port=second_agent.port, pool="cpu-x86")
+    b = ssh_world.profile("dev-b", agent_port=second_agent.port,
+                         remote_dir=second_agent.remote_dir, pool="cpu-x86")
     space = tmp_path / "space.yaml"
     space.write_text(SPACE % 6)
     run_search(space, [a, b], tmp_path / "run", progress=False, log=lambda _: None)
@@ -41,7 +45,8 @@ def test_two_devices_measure_trials_in_parallel(ssh_world, second_agent, tmp_pat
 
 def test_a_lost_device_hands_its_measurements_to_its_pool(ssh_world, second_agent, tmp_path):
     a = ssh_world.profile("dev-a", pool="cpu-x86", retries=1)
-    b = ssh_world.profile("dev-b", agent_port=second_agent.port, pool="cpu-x86", retries=1)
+    b = ssh_world.profile("dev-b", agent_port=second_agent.port,
+                         remote_dir=second_agent.remote_dir, pool="cpu-x86", retries=1)
     space = tmp_path / "space.yaml"
     space.write_text(SPACE % 6)
 
@@ -63,6 +68,7 @@ def test_a_lost_device_hands_its_measurements_to_its_pool(ssh_world, second_agen
 
 def test_losing_every_device_stops_cleanly_and_the_search_resumes(ssh_world, tmp_path):
     profile = ssh_world.profile("dev-a", retries=1)
+    profile_port = ssh_world.agent.port
     space = tmp_path / "space.yaml"
     space.write_text(SPACE % 4)
     run_search(space, [profile], tmp_path / "run", n_trials=1, progress=False, log=lambda _: None)
@@ -81,10 +87,9 @@ def test_losing_every_device_stops_cleanly_and_the_search_resumes(ssh_world, tmp
     assert TrialState.RUNNING not in states
     completed = states.count(TrialState.COMPLETE)
     assert completed >= 1
-    # the device comes back: the same command continues and finishes the study
-    ssh_world.agent.start()
-    port = ssh_world.agent.port
-    profile = ssh_world.profile("dev-a", agent_port=port, retries=1)
+    # the device comes back (its agent on its own port, as a device's unit restarts it): the
+    # same command continues and finishes the study
+    ssh_world.agent.start(port=profile_port)
     run_search(space, [profile], tmp_path / "run", progress=False, log=lambda _: None)
     states = [t.state for t in RunFolder.load(tmp_path / "run").open_study().get_trials()]
     assert states.count(TrialState.COMPLETE) == 4

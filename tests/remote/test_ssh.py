@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -16,9 +17,19 @@ from hwnas.errors import DeviceError
 from hwnas.records import Artifact
 from hwnas.remote.client import AgentClient
 from hwnas.remote.device import open_device
-from hwnas.remote.ssh import AgentNotRunning, SSHSession, SSHTransport
+from hwnas.remote.ssh import (
+    AgentNotRunning,
+    HostKeyRejected,
+    HostUnreachable,
+    KeyRefused,
+    NoUsableKey,
+    SSHSession,
+    SSHTransport,
+    parse_destination,
+    split_jumps,
+)
 from hwnas.testing.models import matmul_onnx
-from hwnas.testing.sshd import free_port, keygen
+from hwnas.testing.sshd import SSHServer, free_port, keygen
 
 HWNAS = str(Path(sys.executable).parent / "hwnas")
 
@@ -63,7 +74,7 @@ def test_changed_host_key_is_refused(ssh_world):
 def test_wrong_user_key_is_refused(ssh_world):
     stranger = keygen(ssh_world.folder / "stranger")
     profile = load_device_profile(ssh_world.profile(identity=stranger))
-    with pytest.raises(DeviceError, match="refused authentication.*ssh-copy-id"):
+    with pytest.raises(KeyRefused, match=r"refused the key\(s\).*ssh-copy-id -i \S+stranger.pub"):
         with open_device(profile):
             pass
 
@@ -78,7 +89,7 @@ def test_agent_not_installed_says_what_to_do(ssh_world):
 def test_unreachable_device(ssh_world):
     profile = load_device_profile(ssh_world.profile())
     ssh_world.server.stop()
-    with pytest.raises(DeviceError, match="cannot reach"):
+    with pytest.raises(HostUnreachable, match="cannot reach"):
         with open_device(profile):
             pass
 
@@ -109,6 +120,7 @@ connection:
   known_hosts: {ssh_world.known_hosts}
   use_ssh_agent: false
   agent_port: {ssh_world.agent.port}
+  remote_dir: {ssh_world.remote_dir}
 """)
     profile = load_device_profile(path)
     session = SSHSession(profile.name, profile.connection)
@@ -123,7 +135,7 @@ def test_connection_killed_mid_upload_is_recovered(ssh_world):
     assert artifact.size_bytes > 50e6
     transport = SSHTransport(SSHSession(profile.name, profile.connection), profile.connection.agent_port,
                              retries=3)
-    client = AgentClient(transport, profile.name)
+    client = AgentClient(transport, profile.name, ssh_world.agent.token)
     client.hello()
     killed = []
 
@@ -141,7 +153,8 @@ def test_connection_killed_mid_upload_is_recovered(ssh_world):
     assert killed and killed[0] >= 1
     assert transport.reconnects >= 1
     check = AgentClient(SSHTransport(SSHSession(profile.name, profile.connection),
-                                     profile.connection.agent_port), profile.name)
+                                     profile.connection.agent_port), profile.name,
+                        ssh_world.agent.token)
     assert check.has_model(artifact.sha256)
     check.transport.close()
 
@@ -182,6 +195,7 @@ connection:
   known_hosts: {ssh_world.known_hosts}
   ssh_config: null
   agent_port: {ssh_world.agent.port}
+  remote_dir: {ssh_world.remote_dir}
 """)
         with open_device(load_device_profile(path)) as client:
             assert client.hello()["agent"] == "hwnas-agent"
@@ -197,3 +211,184 @@ def test_profiles_hold_no_passwords(tmp_path):
     path.write_text("name: x\nconnection: {kind: ssh, host: h, password: hunter2}\n")
     with pytest.raises(ConfigError, match="key 'connection.password': unknown key"):
         load_device_profile(path)
+
+
+# --- known_hosts markers (paramiko alone raises InvalidHostKey on either) ---------------
+
+
+def _host_key_line(ssh_world) -> str:
+    return ssh_world.server.known_hosts_line().strip()
+
+
+def test_revoked_host_key_is_refused_even_when_also_listed_as_trusted(ssh_world):
+    name, key_type, key = _host_key_line(ssh_world).split()
+    for text in (f"{name} {key_type} {key}\n@revoked * {key_type} {key}\n",
+                 f"@revoked {name} {key_type} {key}\n"):
+        known = ssh_world.folder / "revoked_known_hosts"
+        known.write_text(text)
+        profile = load_device_profile(ssh_world.profile(known_hosts=known))
+        with pytest.raises(HostKeyRejected, match="marked @revoked") as caught:
+            with open_device(profile):
+                pass
+        assert ssh_world.server.fingerprint() in str(caught.value)
+    assert ssh_world.server.accepted_logins() == 0  # refused before any key was offered
+
+
+def test_cert_authority_lines_are_skipped_with_a_warning(ssh_world, caplog):
+    name, key_type, key = _host_key_line(ssh_world).split()
+    ca = keygen(ssh_world.folder / "ca_key")
+    ca_type, ca_key, *_ = Path(str(ca) + ".pub").read_text().split()
+    known = ssh_world.folder / "ca_known_hosts"
+    known.write_text(f"@cert-authority *.example.org {ca_type} {ca_key}\n{name} {key_type} {key}\n")
+    with caplog.at_level("WARNING", logger="hwnas.remote.ssh"):
+        with open_device(load_device_profile(ssh_world.profile(known_hosts=known))) as client:
+            assert client.hello()["agent"] == "hwnas-agent"
+    assert "1 @cert-authority line(s) skipped" in caplog.text
+    only_ca = ssh_world.folder / "only_ca_known_hosts"
+    only_ca.write_text(f"@cert-authority * {ca_type} {ca_key}\n")
+    with pytest.raises(HostKeyRejected, match="unknown host key.*@cert-authority lines"):
+        with open_device(load_device_profile(ssh_world.profile(known_hosts=only_ca))):
+            pass
+
+
+# --- three distinct failures, decided by class ---------------------------------------------
+
+
+def test_no_key_no_agent_says_so_and_not_the_network(ssh_world, tmp_path):
+    """No identity_file, an empty ~/.ssh, no ssh-agent: the CLI says what is missing."""
+    home = tmp_path / "empty-home"
+    (home / ".ssh").mkdir(parents=True)
+    path = tmp_path / "nokey.yaml"
+    path.write_text(ssh_world.profile().read_text().replace(f"  identity_file: {ssh_world.user_key}\n", "")
+                    .replace("  use_ssh_agent: false\n", ""))
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    done = subprocess.run([HWNAS, "agent", "status", str(path)], capture_output=True, text=True,
+                          env=dict(env, HOME=str(home)), timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "no usable SSH key" in done.stderr and "no ssh-agent" in done.stderr
+    assert "network" not in done.stderr
+    with_debug = subprocess.run([HWNAS, "--debug", "agent", "status", str(path)],
+                                capture_output=True, text=True, env=dict(env, HOME=str(home)),
+                                timeout=120)
+    assert "Traceback" in with_debug.stderr and "NoUsableKey" in with_debug.stderr
+
+
+def test_missing_key_refused_key_and_unreachable_host_are_told_apart(ssh_world):
+    missing = load_device_profile(ssh_world.profile(identity=ssh_world.folder / "nope"))
+    with pytest.raises(NoUsableKey, match="nope does not exist"):
+        SSHSession("d", missing.connection).client()
+    stranger = load_device_profile(ssh_world.profile(identity=keygen(ssh_world.folder / "other")))
+    with pytest.raises(KeyRefused):
+        SSHSession("d", stranger.connection).client()
+    closed = load_device_profile(ssh_world.profile())
+    ssh_world.server.stop()
+    with pytest.raises(HostUnreachable):
+        SSHSession("d", closed.connection).client()
+
+
+def test_retries_are_decided_by_error_class(ssh_world):
+    stale = ssh_world.folder / "stale"
+    stale.write_text(f"[127.0.0.1]:{ssh_world.server.port} "
+                     + Path(str(keygen(ssh_world.folder / "k2")) + ".pub").read_text())
+    profile = load_device_profile(ssh_world.profile(known_hosts=stale, retries=3))
+    refused = SSHTransport(SSHSession("d", profile.connection), ssh_world.agent.port, retries=3)
+    with pytest.raises(HostKeyRejected):
+        refused.request("GET", "/v1/hello")
+    assert refused.reconnects == 0  # a changed key is never retried
+    profile = load_device_profile(ssh_world.profile())
+    ssh_world.server.stop()
+    gone = SSHTransport(SSHSession("d", profile.connection), ssh_world.agent.port, retries=2)
+    with pytest.raises(DeviceError, match="gave up after 3 attempts"):
+        gone.request("GET", "/v1/hello")
+    assert gone.reconnects == 2  # an unreachable host is
+
+
+def test_importing_the_ssh_module_changes_no_logging_state():
+    code = ("import logging\n"
+            "def state():\n"
+            "    names = ['', 'paramiko', 'paramiko.transport', 'hwnas', 'hwnas.remote.ssh']\n"
+            "    return [(logging.getLogger(n).level, len(logging.getLogger(n).handlers),\n"
+            "             logging.getLogger(n).propagate, logging.getLogger(n).disabled) for n in names]\n"
+            "before = state()\n"
+            "import hwnas.remote.ssh, hwnas.remote.device, hwnas.remote.install\n"
+            "assert state() == before, (before, state())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# --- ProxyJump as OpenSSH writes it -----------------------------------------------------------
+
+
+def test_destinations_and_jump_lists_parse_as_openssh_writes_them():
+    assert parse_destination("nvidia@orin-01:2222") == ("nvidia", "orin-01", 2222)
+    assert parse_destination("orin-01") == (None, "orin-01", None)
+    assert parse_destination("::1") == (None, "::1", None)
+    assert parse_destination("pi@[::1]:2200") == ("pi", "::1", 2200)
+    assert parse_destination("ssh://a@b:7") == ("a", "b", 7)
+    assert split_jumps("u@a:1, b,c:3") == ("u@a:1", "b", "c:3")
+    assert split_jumps("none") == () and split_jumps(None) == ()
+
+
+@pytest.fixture()
+def two_jump_hosts(ssh_world):
+    servers = []
+    for name in ("jump1", "jump2"):
+        folder = ssh_world.folder / name
+        folder.mkdir()
+        servers.append(SSHServer(folder, ssh_world.user_key).start())
+    with ssh_world.known_hosts.open("a") as known:
+        for server in servers:
+            known.write(server.known_hosts_line())
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_two_hop_proxy_jump_with_the_profile_key_on_every_hop(ssh_world, two_jump_hosts):
+    first, second = two_jump_hosts
+    user = ssh_world.server.user
+    path = ssh_world.profile()
+    path.write_text(path.read_text().replace(
+        "connection:\n", f"connection:\n  jump_host: {user}@127.0.0.1:{first.port},"
+                         f"{user}@127.0.0.1:{second.port}\n"))
+    profile = load_device_profile(path)
+    session = SSHSession(profile.name, profile.connection)
+    assert [hop.port for hop in session.jumps] == [first.port, second.port]
+    assert all(hop.identity_files == (str(ssh_world.user_key),) for hop in session.jumps)
+    session.close()
+    with open_device(profile) as client:
+        assert client.hello()["agent"] == "hwnas-agent"
+    # each hop was logged into once: the connection went through both
+    assert first.accepted_logins() == 1 and second.accepted_logins() == 1
+    assert ssh_world.server.accepted_logins() == 1
+
+
+def test_a_hop_that_refuses_the_key_is_named(ssh_world, two_jump_hosts):
+    first, second = two_jump_hosts
+    first.authorized_keys.write_text(Path(str(keygen(ssh_world.folder / "x")) + ".pub").read_text())
+    path = ssh_world.profile()
+    path.write_text(path.read_text().replace(
+        "connection:\n", f"connection:\n  jump_host: 127.0.0.1:{first.port},127.0.0.1:{second.port}\n"))
+    with pytest.raises(KeyRefused, match=rf"127.0.0.1:{first.port} \(jump host\) refused"):
+        with open_device(load_device_profile(path)):
+            pass
+
+
+def test_ipv6_loopback_device_and_jump(tmp_path):
+    from hwnas.testing.sshd import LoopbackDevice
+
+    device = LoopbackDevice(tmp_path / "v6", keygen(tmp_path / "id_v6"), listen="::1")
+    try:
+        profile = load_device_profile(device.profile("v6dev"))
+        assert profile.connection.host == "::1"
+        with open_device(profile) as client:
+            assert client.hello()["agent"] == "hwnas-agent"
+        path = device.profile("v6jump")
+        path.write_text(path.read_text().replace(
+            "connection:\n", f"connection:\n  jump_host: '{device.server.user}@[::1]:"
+                             f"{device.server.port}'\n"))
+        with open_device(load_device_profile(path)) as client:
+            assert client.hello()["agent"] == "hwnas-agent"
+        assert device.server.accepted_logins() == 3
+    finally:
+        device.stop()

@@ -1,0 +1,369 @@
+"""The job side of the agent: the queue, one measure worker at a time, model reference counts.
+
+A job is held in memory with its request (and so its model's sha256) from the moment it is
+accepted; its folder on disk (storage.JobStore) is what survives a restart. Workers run in
+their own process group under a memory limit and die with the agent (lifeline.py); each
+records its pid and start time, so that a restarted agent kills a worker left over from an
+interrupted job before it starts the next one: one measurement at a time, always.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from hwnas_agent import facts, lifeline
+from hwnas_agent.config import AgentConfig, PowerSourceConfig
+from hwnas_agent.protocol import FINISHED_STATES, MeasureRequest, ProtocolError
+from hwnas_agent.storage import JobStore, ModelStore, StoreFull, read_json
+
+INSPECT_TIMEOUT_S = 120.0
+LOG_TAIL_BYTES = 2000
+
+
+class AgentBusy(Exception):
+    """Another agent already serves this state folder."""
+
+
+class Job:
+    """An accepted job: its id, its validated request (never re-read from disk) and the
+    configured power source the request named, and when it was queued (a device shared by
+    several controllers runs one job at a time: the wait is recorded apart, never timed)."""
+
+    __slots__ = ("job_id", "request", "power", "queued_at")
+
+    def __init__(self, job_id: str, request: MeasureRequest,
+                 power: Optional[PowerSourceConfig]) -> None:
+        self.job_id = job_id
+        self.request = request
+        self.power = power
+        self.queued_at = time.time()
+
+    @property
+    def model_sha256(self) -> str:
+        return self.request.model_sha256
+
+
+def signal_name(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return "signal %d" % -returncode
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
+            return handle.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+class Agent:
+    """Model store, persisted jobs and the single measuring thread."""
+
+    def __init__(self, config: AgentConfig, python: str = sys.executable) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        os.makedirs(self.state_dir, exist_ok=True)
+        self._hold_state_dir()
+        max_store = int(config.max_store_mb * 1e6) if config.max_store_mb else None
+        self.models = ModelStore(os.path.join(self.state_dir, "models"), max_store)
+        self.jobs = JobStore(os.path.join(self.state_dir, "jobs"))
+        self.python = python
+        self.worker_memory_bytes = config.worker_memory_bytes(facts.memory_total_mb())
+        self._in_use: Dict[str, int] = {}  # sha256 -> queued or running jobs using it
+        self._reserved_bytes = 0  # declared lengths of uploads in progress
+        self._queue: "queue.Queue[Job]" = queue.Queue(maxsize=config.max_queue)
+        self._lock = threading.Lock()  # the queue's admission, reference counts, reservations
+        self._inspect_lock = threading.Lock()  # one load check at a time
+        self._current: Optional[subprocess.Popen] = None
+        self._stopping = threading.Event()
+        self._finished = threading.Condition()  # notified whenever a job finishes
+        self._leftovers: List[Tuple[int, Optional[int]]] = []  # workers that would not die
+        self._recover()
+        self._thread = threading.Thread(target=self._run_jobs, name="measure", daemon=True)
+        self._thread.start()
+
+    def _hold_state_dir(self) -> None:
+        """One agent per state folder: two would measure at once and share a store."""
+        self._state_lock = open(os.path.join(self.state_dir, "agent.lock"), "a")
+        try:
+            fcntl.flock(self._state_lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._state_lock.close()
+            raise AgentBusy("another hwnas-agent already uses %s; stop it first (hwnas agent "
+                            "stop PROFILE) or give this one another --state-dir" % self.state_dir)
+
+    # -- jobs ---------------------------------------------------------------
+    def _recover(self) -> None:
+        """A restart never loses a finished result; a job cut short says so, and its worker,
+        if it survived the agent, is killed before anything else runs."""
+        for job_id in self.jobs.all_ids():
+            record = self.jobs.get(job_id) or {}
+            if record.get("state") == "running":
+                worker = self.jobs.worker(job_id) or {}
+                outcome = "no worker"
+                if isinstance(worker.get("pid"), int):
+                    outcome = lifeline.kill_group_if_same(worker["pid"], worker.get("start_ticks"))
+                    if outcome in ("still running", "not ours"):  # waited out before any job
+                        self._leftovers.append((worker["pid"], worker.get("start_ticks")))
+                self.jobs.set_state(job_id, "interrupted",
+                                    error="the agent stopped while this job was running",
+                                    leftover_worker=outcome)
+            elif record.get("state") == "queued":
+                try:
+                    request = MeasureRequest.from_dict(self.jobs.request(job_id))
+                    job = Job(job_id, request, self._power_source(request))
+                except ProtocolError as exc:
+                    self.jobs.set_state(job_id, "failed", error="cannot run after a restart: %s"
+                                        % exc.message)
+                    continue
+                try:
+                    self._queue.put_nowait(job)
+                    self._use(job.model_sha256, +1)
+                except queue.Full:
+                    self.jobs.set_state(job_id, "failed", error="queue full when the agent restarted")
+
+    def _power_source(self, request: MeasureRequest) -> Optional[PowerSourceConfig]:
+        if request.power_source == "none":
+            return None
+        source = self.config.power_sources.get(request.power_source)
+        if source is None:
+            configured = ", ".join(sorted(self.config.power_sources)) or "none"
+            raise ProtocolError(400, "unknown_power_source",
+                                "power source %r is not configured on this agent (configured: %s);"
+                                " power sources are set in the agent's configuration file on the "
+                                "device, which `hwnas agent install PROFILE` writes from the "
+                                "profile's power section" % (request.power_source, configured))
+        return source
+
+    def submit(self, payload: Any) -> Dict[str, Any]:
+        request = MeasureRequest.from_dict(payload)
+        power = self._power_source(request)
+        if self.models.meta(request.model_sha256) is None:
+            raise ProtocolError(404, "unknown_model", "model %s is not stored here; upload it "
+                                "first with PUT /v1/models/%s" % (request.model_sha256,
+                                                                  request.model_sha256))
+        with self._lock:
+            if self._queue.full():
+                raise ProtocolError(503, "queue_full", "%d jobs already queued; retry later"
+                                    % self._queue.maxsize)
+            job = Job(uuid.uuid4().hex, request, power)
+            record = self.jobs.create(job.job_id, request.to_dict())
+            self._use(job.model_sha256, +1)
+            self.models.touch(job.model_sha256)
+            self._queue.put_nowait(job)
+        return record
+
+    def _use(self, sha256: str, delta: int) -> None:
+        count = self._in_use.get(sha256, 0) + delta
+        if count > 0:
+            self._in_use[sha256] = count
+        else:
+            self._in_use.pop(sha256, None)
+
+    def job(self, job_id: str, wait_s: float = 0.0) -> Dict[str, Any]:
+        """The job's record; with ``wait_s``, held until it finishes or the time is up, so that
+        a client waits without polling (nothing disturbs the measurement under way)."""
+        record = self.jobs.get(job_id) if job_id.isalnum() else None
+        if record is None:
+            raise ProtocolError(404, "unknown_job", "no job %r on this agent" % job_id)
+        deadline = time.monotonic() + wait_s
+        with self._finished:
+            while record["state"] not in FINISHED_STATES and time.monotonic() < deadline:
+                self._finished.wait(timeout=max(0.0, deadline - time.monotonic()))
+                record = self.jobs.get(job_id) or record
+        return record
+
+    def _run_jobs(self) -> None:
+        while self._leftovers and not self._stopping.is_set():  # never two measurements at once
+            self._leftovers = [(pid, ticks) for pid, ticks in self._leftovers
+                               if lifeline.start_ticks(pid) == ticks]
+            time.sleep(0.1)
+        while not self._stopping.is_set():
+            try:
+                job = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._execute(job)
+            except Exception as exc:  # a job fails; the agent keeps serving
+                self.jobs.set_state(job.job_id, "failed", error="agent error: %s" % exc)
+            finally:
+                with self._lock:
+                    self._use(job.model_sha256, -1)
+                with self._finished:
+                    self._finished.notify_all()
+
+    def _worker_command(self, mode: str, *args: str) -> List[str]:
+        command = [self.python, "-m", "hwnas_agent.worker", mode, *args,
+                   "--parent-pid", str(os.getpid())]
+        if self.worker_memory_bytes:
+            command += ["--memory-limit-bytes", str(self.worker_memory_bytes)]
+        return command
+
+    def _spawn(self, command: List[str], stdout: Any, stderr: Any,
+               record: Optional[Callable[[subprocess.Popen], None]] = None
+               ) -> Tuple[subprocess.Popen, int]:
+        """A worker in its own process group, holding the read end of a pipe whose write end
+        (returned) only this agent holds: it reads EOF, and exits, when the agent dies."""
+        lease_read, lease_write = os.pipe()
+        try:
+            process = subprocess.Popen(command, stdin=lease_read, stdout=stdout, stderr=stderr,
+                                       start_new_session=True)
+        except BaseException:
+            os.close(lease_write)
+            raise
+        finally:
+            os.close(lease_read)
+        if record is not None:
+            record(process)
+        return process, lease_write
+
+    def _execute(self, job: Job) -> None:
+        job_dir = self.jobs.job_dir(job.job_id)
+        started = time.time()
+        queued = {"queued_unix_time": job.queued_at,
+                  "queued_seconds": max(0.0, started - job.queued_at)}
+        self.jobs.set_state(job.job_id, "running", started_unix_time=started, **queued)
+        command = self._worker_command("measure", job_dir, self.models.path(job.model_sha256))
+        if job.power is not None:
+            command += ["--power-source", json.dumps({"kind": job.power.kind,
+                                                      "options": job.power.options})]
+        log_path = os.path.join(job_dir, "worker.log")
+        with open(log_path, "wb") as log:
+            process, lease = self._spawn(
+                command, log, subprocess.STDOUT,
+                lambda p: self.jobs.set_worker(job.job_id, p.pid, lifeline.start_ticks(p.pid)))
+        self._current = process
+        try:
+            process.wait(timeout=job.request.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            self.jobs.set_state(job.job_id, "failed", started_unix_time=started, **queued,
+                                error="timed out after %.0f s (timeout_s)" % job.request.timeout_s)
+            return
+        finally:
+            self._current = None
+            os.close(lease)
+            self._reap_group(process.pid)
+        wall = time.time() - started
+        if self._stopping.is_set():
+            self.jobs.set_state(job.job_id, "interrupted",
+                                error="the agent was stopped during the job")
+        elif process.returncode == 0 and os.path.exists(os.path.join(job_dir, "result.json")):
+            self.jobs.set_state(job.job_id, "done", started_unix_time=started,
+                                job_wall_seconds=wall, **queued)
+        elif process.returncode < 0:
+            self.jobs.set_state(job.job_id, "failed", started_unix_time=started, **queued,
+                                error="the runtime crashed (%s)%s; output: %s"
+                                % (signal_name(process.returncode), self._memory_note(),
+                                   _tail(log_path)))
+        else:
+            error = (read_json(os.path.join(job_dir, "error.json")) or {}).get("error", {})
+            message = error.get("message") or _tail(log_path)
+            self.jobs.set_state(job.job_id, "failed", started_unix_time=started, **queued,
+                                error="%s: %s" % (error.get("type", "worker"), message))
+
+    @staticmethod
+    def _reap_group(pgid: int) -> None:
+        """Whatever the worker started (a meter program) ends with it."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _memory_note(self) -> str:
+        if not self.worker_memory_bytes:
+            return ""
+        return (" (the worker's memory limit is %.0f MB: worker_memory_mb in the agent "
+                "configuration)" % (self.worker_memory_bytes / 1048576.0))
+
+    # -- models -------------------------------------------------------------
+    def put_model(self, sha256: str, read: Callable[[int], bytes], length: int
+                  ) -> Tuple[int, Dict[str, Any]]:
+        """Stream an upload to disk while hashing it, load it once to prove it is a model,
+        store it by its sha256."""
+        with self._lock:
+            try:
+                self.models.evict(set(self._in_use), room_for=self._reserved_bytes + length)
+            except StoreFull as exc:
+                raise ProtocolError(507, "store_full", str(exc))
+            self._reserved_bytes += length
+        tmp = None
+        try:
+            try:
+                tmp, actual = self.models.receive(read, length)
+            except EOFError as exc:  # the client stopped sending, or too slowly
+                raise ProtocolError(400, "truncated_body", "the upload did not arrive whole: %s"
+                                    % exc)
+            except OSError as exc:
+                raise ProtocolError(507, "store_failed", "cannot store the upload: %s"
+                                    % (exc.strerror or exc))
+            if actual != sha256:
+                raise ProtocolError(422, "sha256_mismatch", "the body hashes to %s but the URL "
+                                    "names %s; nothing was stored" % (actual, sha256))
+            existing = self.models.meta(sha256)
+            if existing is not None:
+                return 200, existing
+            with self._inspect_lock:
+                signature = self._inspect(tmp)
+            meta = self.models.commit(tmp, sha256, signature)
+            with self._lock:
+                meta["evicted"] = self.models.evict(set(self._in_use) | {sha256})
+            return 201, meta
+        finally:
+            with self._lock:
+                self._reserved_bytes -= length
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _inspect(self, path: str) -> Dict[str, Any]:
+        """Load the model once in a separate process: corrupt bytes cannot crash the agent."""
+        process, lease = self._spawn(self._worker_command("inspect", path), subprocess.PIPE,
+                                     subprocess.PIPE)
+        try:
+            out, err = process.communicate(timeout=INSPECT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise ProtocolError(422, "invalid_model", "loading the model took over %.0f s"
+                                % INSPECT_TIMEOUT_S)
+        finally:
+            os.close(lease)
+        try:
+            payload = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            payload = None
+        if process.returncode == 0 and isinstance(payload, dict) and "inputs" in payload:
+            return payload
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            message = "%s: %s" % (payload["error"].get("type", "error"),
+                                  payload["error"].get("message", ""))
+        elif process.returncode < 0:
+            message = "onnxruntime crashed (%s) loading it%s" % (
+                signal_name(process.returncode), self._memory_note())
+        else:
+            message = err.decode("utf-8", "replace")[-1000:]
+        raise ProtocolError(422, "invalid_model", "not a loadable ONNX model: %s" % message.strip())
+
+    def stop(self) -> None:
+        self._stopping.set()
+        current = self._current
+        if current is not None and current.poll() is None:
+            os.killpg(current.pid, signal.SIGKILL)
+        self._thread.join(timeout=10)
+        self._state_lock.close()

@@ -1,0 +1,737 @@
+"""Hardening figures: hostile requests, slow connections, and kill -9 at random points.
+
+    .venv/bin/python benchmarks/hardening.py fuzz                 # >= 2,000 hostile requests
+    .venv/bin/python benchmarks/hardening.py kills agent --runs 20
+    .venv/bin/python benchmarks/hardening.py kills worker --runs 20
+    .venv/bin/python benchmarks/hardening.py kills controller --runs 20
+
+Each part prints a table and is saved under its own key in results/hardening.json.
+Only 127.0.0.1 is ever contacted, and every part is bounded in count and time.
+
+- fuzz: the real agent, started under a 1,024 open-file limit, gets 1,000 slow-loris
+  connections (headers a byte at a time, reopened when the agent drops them) and at least
+  2,000 hostile requests (random bytes, truncated requests, header bombs, missing and wrong
+  tokens, path tricks, hostile JSON with and without the token, lying Content-Lengths, bad
+  uploads), while a controller with the token says hello and measures a model throughout.
+  Counted: answers by status class, 5xx, the controller's failures and hello latency, and
+  the agent's peak open files, threads and memory.
+- kills agent / worker: a persistent agent state folder gets jobs, each with a meter program
+  under its worker (and, for the agent, an upload in progress); at a random moment of the
+  agent's work (or of a measure worker's life) the agent (or that worker) gets SIGKILL; the agent is restarted (or keeps going). Counted per run: finished results lost,
+  measurements that overlapped (two measure workers alive at once, sampled every 5 ms, or
+  overlapping worker time spans), processes orphaned (alive 3 s after their parent died),
+  upload files left behind, jobs never finished.
+- kills controller: a short real search (the test suite's digits search, local agent) is
+  killed at a random moment and run again to completion. Counted per run: trials completed
+  before the kill and not complete after the rerun (lost), the same model bytes measured by
+  more than one agent job in the study (measured twice; a measurement a retried trial reuses
+  counts once), the model bytes the killed run's agent had finished measuring and the rerun
+  measured again (remeasured after kill: device time spent twice, the study's records
+  aside), trials left RUNNING after the rerun, and agent or worker processes alive 3 s after
+  the kill (orphaned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parent.parent
+
+from _common import RESULTS, machine, median, table  # noqa: E402
+
+from hwnas_agent.protocol import MeasureRequest  # noqa: E402
+
+from hwnas.records import Artifact  # noqa: E402
+from hwnas.remote.local import LocalAgentProcess  # noqa: E402
+
+HWNAS = str(Path(sys.executable).parent / "hwnas")
+
+
+# -- processes, seen through /proc -------------------------------------------------------------
+
+
+def cmdlines() -> dict[int, bytes]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text and state not in ("Z", "X"):
+                found[int(entry.name)] = text
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def measure_workers(marker: bytes) -> list[int]:
+    """Live measure workers whose command line holds ``marker`` (a state folder). A worker's
+    own child shows the worker's command line between fork and exec: not a second worker."""
+    found = [pid for pid, text in cmdlines().items()
+             if b"hwnas_agent.worker\0measure\0" in text and marker in text]
+    return [pid for pid in found if parent(pid) not in found]
+
+
+class OverlapMonitor:
+    """Samples, every 5 ms, how many measure workers of one agent are alive at once."""
+
+    def __init__(self, marker: bytes) -> None:
+        self.marker, self.max_seen, self.overlaps = marker, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            count = len(measure_workers(self.marker))
+            self.max_seen = max(self.max_seen, count)
+            self.overlaps += count > 1
+            time.sleep(0.005)
+
+    def __enter__(self) -> "OverlapMonitor":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    values = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "Threads"):
+                values[key] = int(rest.split()[0])
+        values["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        pass
+    return values
+
+
+def small_model(folder: Path) -> Artifact:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "small",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = folder / "small.onnx"
+    onnx.save(model, str(path))
+    return Artifact.from_file(path, {}, 0)
+
+
+def metered(sha: str, seconds: float) -> MeasureRequest:
+    return MeasureRequest(model_sha256=sha, warmup_seconds=0.0, warmup_iterations=2,
+                          min_iterations=5, min_seconds=seconds, rounds=1, timeout_s=120.0,
+                          power_source="meter", power_min_samples=2, idle_seconds=0.1)
+
+
+def quick(sha: str, seconds: float = 0.05) -> MeasureRequest:
+    return MeasureRequest(model_sha256=sha, warmup_seconds=0.0, warmup_iterations=2,
+                          min_iterations=5, min_seconds=seconds, rounds=1, timeout_s=120.0)
+
+
+# -- fuzz --------------------------------------------------------------------------------------
+
+
+def hostile_request(rng: random.Random, token: str, sha: str) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n".encode()
+    wrong = f"Authorization: Bearer {'0' * 64}\r\n".encode()
+
+    def http(method: bytes, path: bytes, body: bytes = b"", headers: bytes = b"",
+             length: int | None = None) -> bytes:
+        size = len(body) if length is None else length
+        return (method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers
+                + b"Content-Length: " + str(size).encode() + b"\r\n\r\n" + body)
+
+    def job(fields: dict[str, Any]) -> bytes:
+        return json.dumps(dict({"model_sha256": sha}, **fields)).encode()
+
+    bodies = [
+        job({"power_source": "x; touch /tmp/hwnas-fuzz-pwned"}),
+        job({"power_options": {"command": "touch /tmp/hwnas-fuzz-pwned"}}),
+        job({"power_source": "command"}), job({"power_source": "../../bin/sh"}),
+        job({"timeout_s": 1e308}), job({"rounds": -1}), job({"batch_size": True}),
+        job({"execution_providers": []}), job({"provider_options": [{"a": 1}] * 5}),
+        job({"cpu_affinity": [99999]}), job({"cooldown_below_c": "hot"}),
+        b'{"model_sha256": "' + b"f" * 64 + b'"}', b"[" * 50000 + b"]" * 50000,
+        b'{"a":' * 3000 + b"1" + b"}" * 3000, b"NaN", b'{"model_sha256": NaN}', b"\xff\xfe{}",
+        b"{" + b'"k": 1,' * 20000 + b'"z": 2}', json.dumps({"model_sha256": 5}).encode(),
+    ]
+    kind = rng.randrange(12)
+    if kind == 0:
+        return bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 600)))
+    if kind == 1:
+        full = http(b"POST", b"/v1/jobs", rng.choice(bodies), auth)
+        return full[:rng.randint(1, len(full) - 1)]
+    if kind == 2:
+        method = rng.choice([b"GET", b"POST", b"PUT", b"BREW", b"\xff", b"DELETE", b"OPTIONS"])
+        path = rng.choice([b"/v1/jobs", b"/v1/models/zz", b"/v1/hello", b"/v1/jobs/../../etc",
+                           b"/%00", b"/v1/models/" + b"a" * 64 + b"/../../x", b"//v1//hello",
+                           b"/v1/jobs/" + b"a" * 5000, b"/v1/facts?" + b"&" * 3000])
+        return http(method, path, bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 99))),
+                    rng.choice([auth, wrong, b""]), length=rng.choice([None, -5, 10 ** 12, 3]))
+    if kind in (3, 4):
+        return http(b"POST", b"/v1/jobs", rng.choice(bodies), rng.choice([auth, auth, wrong, b""]))
+    if kind == 5:
+        return b"GET /v1/hello HTTP/1.1\r\n" + rng.choice([
+            b"X-Long: " + b"a" * 70000 + b"\r\n\r\n", b"X-h: 1\r\n" * 300 + b"\r\n",
+            auth * 50 + b"\r\n"])
+    if kind == 6:
+        return http(b"GET", rng.choice([b"/v1/hello", b"/v1/facts", b"/v1/jobs/abc"]), b"",
+                    rng.choice([wrong, b"Authorization: " + token.encode() + b"\r\n",
+                                b"Authorization: Bearer\r\n", b"Authorization: Basic eDp5\r\n",
+                                f"Authorization: Bearer {token[:-1]}\r\n".encode(), b""]))
+    if kind == 7:
+        body = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 2000)))
+        return http(b"PUT", b"/v1/models/" + b"b" * 64, body, auth)  # sha256 mismatch
+    if kind == 8:
+        return http(b"PUT", b"/v1/models/" + b"c" * 64, b"x" * 1000, auth, length=10_000_000)
+    if kind == 9:
+        wait = rng.choice([b"1e9", b"nan", b"-1", b"inf", b"0x10", b"", b"1" * 400])
+        return http(b"GET", b"/v1/jobs/" + rng.choice([b"0" * 32, b"..", b"a%2F..%2F.."])
+                    + b"?wait=" + wait, b"", auth)
+    if kind == 10:
+        return http(b"PUT", b"/v1/models/" + b"d" * 64, b"x" * 10, b"", length=100_000)
+    return http(b"GET", b"/v1/models/" + rng.choice([b"A" * 64, b"../" * 20, b"%2e%2e"]), b"",
+                rng.choice([auth, b""]))
+
+
+def send_one(port: int, payload: bytes) -> str:
+    """Send a request, half-close, and classify the answer by its status line."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+            try:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the agent may answer and close before all of a bomb was sent
+            reply = sock.recv(64)
+    except OSError:
+        return "no answer"
+    if not reply.startswith(b"HTTP/"):
+        return "no answer"
+    return reply.split(b" ", 2)[1].decode()
+
+
+class SlowLoris:
+    """``count`` connections that send a request's headers one byte at a time; a connection
+    the agent drops is opened again, so the pressure lasts."""
+
+    HEAD = b"GET /v1/hello HTTP/1.1\r\nX-Slow: "
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port, self.count = port, count
+        self.sockets: list[socket.socket | None] = [None] * count
+        self.reopened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _open(self, index: int) -> None:
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+            sock.sendall(self.HEAD)
+            sock.setblocking(False)
+            self.sockets[index] = sock
+        except OSError:
+            self.sockets[index] = None
+
+    def _run(self) -> None:
+        for index in range(self.count):
+            self._open(index)
+        while not self._stop.is_set():
+            for index in range(self.count):
+                if self._stop.is_set():
+                    break
+                sock = self.sockets[index]
+                try:
+                    if sock is None:
+                        raise OSError
+                    sock.send(b"a")
+                    if sock.recv(1, socket.MSG_PEEK) == b"":  # the agent closed it
+                        raise OSError
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    if sock is not None:
+                        sock.close()
+                    self.reopened += 1
+                    self._open(index)
+                time.sleep(0.002)
+
+    def start(self) -> "SlowLoris":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in self.sockets:
+            if sock is not None:
+                sock.close()
+
+
+def fuzz(requests: int, slow: int, seconds: float, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="hwnas-fuzz-") as tmp:
+        folder = Path(tmp)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # inherited by the agent
+        try:
+            agent = LocalAgentProcess(folder / "state")
+            agent.start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        agent_limit = Path(f"/proc/{agent.process.pid}/limits").read_text()
+        client = agent.client("fuzz")
+        small = small_model(folder)
+        client.ensure_model(small)
+        pid, port, token = agent.process.pid, agent.port, agent.token
+        peaks = {"fds": 0, "Threads": 0, "VmRSS": 0}
+        controller: dict[str, Any] = {"hello_ms": [], "hello_failures": 0, "measured": 0,
+                                      "measure_failures": 0, "errors": []}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                for key, value in proc_status(pid).items():
+                    peaks[key] = max(peaks[key], value)
+                time.sleep(0.05)
+
+        def legit() -> None:
+            rounds = 0
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    client.hello()
+                    controller["hello_ms"].append((time.perf_counter() - started) * 1000)
+                except Exception as exc:  # counted: the figure is how often this happens
+                    controller["hello_failures"] += 1
+                    controller["errors"].append(repr(exc)[:200])
+                rounds += 1
+                if rounds % 5 == 0:
+                    try:
+                        client.measure(quick(small.sha256))
+                        controller["measured"] += 1
+                    except Exception as exc:
+                        controller["measure_failures"] += 1
+                        controller["errors"].append(repr(exc)[:200])
+                time.sleep(0.2)
+
+        threads = [threading.Thread(target=sample, daemon=True),
+                   threading.Thread(target=legit, daemon=True)]
+        loris = SlowLoris(port, slow).start()
+        for thread in threads:
+            thread.start()
+        outcomes: dict[str, int] = {}
+        server_errors: list[str] = []
+        started = time.monotonic()
+        sent = 0
+        while sent < requests and time.monotonic() - started < seconds:
+            payload = hostile_request(rng, token, small.sha256)
+            outcome = send_one(port, payload)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            if outcome.startswith("5"):
+                server_errors.append(f"{outcome}: {payload[:160]!r}")
+            sent += 1
+        elapsed = time.monotonic() - started
+        time.sleep(2.0)  # the controller keeps going a little while the loris still holds
+        stop.set()
+        for thread in threads:
+            thread.join()
+        loris.stop()
+        survived = alive(pid)
+        final = client.measure(quick(small.sha256)).iterations >= 5 if survived else False
+        pwned = Path("/tmp/hwnas-fuzz-pwned").exists()
+        agent.stop()
+    limit_line = next(line for line in agent_limit.splitlines() if line.startswith("Max open files"))
+    return {
+        "hostile_requests": sent, "seconds": elapsed, "slow_connections": slow,
+        "slow_connections_reopened": loris.reopened, "answers": outcomes,
+        "answers_5xx": sum(n for code, n in outcomes.items() if code.startswith("5")),
+        "answers_5xx_requests": server_errors[:20], "agent_open_file_limit": limit_line.split()[3],
+        "agent_peak_open_files": peaks["fds"], "agent_peak_threads": peaks["Threads"],
+        "agent_peak_rss_mb": peaks["VmRSS"] / 1024.0,
+        "controller_hellos": len(controller["hello_ms"]),
+        "controller_hello_ms_median": median(controller["hello_ms"]),
+        "controller_hello_ms_max": max(controller["hello_ms"] or [float("nan")]),
+        "controller_hello_failures": controller["hello_failures"],
+        "controller_measured": controller["measured"],
+        "controller_measure_failures": controller["measure_failures"],
+        "controller_errors": controller["errors"][:5],
+        "agent_survived": survived, "measures_after": final, "command_ran": pwned,
+    }
+
+
+def print_fuzz(result: dict[str, Any]) -> None:
+    rows = [["hostile requests", f"{result['hostile_requests']} in {result['seconds']:.0f} s"],
+            ["slow connections (reopened)", f"{result['slow_connections']} "
+                                            f"({result['slow_connections_reopened']})"],
+            ["answers", ", ".join(f"{k}: {v}" for k, v in sorted(result["answers"].items()))],
+            ["5xx answers", str(result["answers_5xx"])],
+            ["agent file limit / peak open files", f"{result['agent_open_file_limit']} / "
+                                                   f"{result['agent_peak_open_files']}"],
+            ["agent peak threads / RSS MB", f"{result['agent_peak_threads']} / "
+                                            f"{result['agent_peak_rss_mb']:.0f}"],
+            ["controller hellos (failed)", f"{result['controller_hellos']} "
+                                           f"({result['controller_hello_failures']})"],
+            ["controller hello ms median / max", f"{result['controller_hello_ms_median']:.1f} / "
+                                                 f"{result['controller_hello_ms_max']:.1f}"],
+            ["controller measurements (failed)", f"{result['controller_measured']} "
+                                                 f"({result['controller_measure_failures']})"],
+            ["agent alive and measuring after", str(result["agent_survived"] and
+                                                    result["measures_after"])],
+            ["a command from the wire ran", str(result["command_ran"])]]
+    print(table(["fuzz", "outcome"], rows))
+
+
+# -- kill -9: agent and worker -------------------------------------------------------------------
+
+
+def kill_runs(target: str, runs: int, seed: int) -> dict[str, Any]:
+    from hwnas.testing.models import matmul_onnx
+
+    rng = random.Random(seed)
+    per_run = []
+    with tempfile.TemporaryDirectory(prefix=f"hwnas-kill-{target}-") as tmp:
+        folder = Path(tmp)
+        state = folder / "state"
+        marker = str(state).encode()
+        small = small_model(folder)
+        # a meter program under each measure worker: it must not outlive the worker either
+        meter = folder / "meter.sh"
+        meter.write_text("while :; do echo 3.0 W; sleep 0.05; done\n")
+        sources = {"meter": {"kind": "command", "options": {"command": ["sh", str(meter)],
+                                                            "rate_hz": 20}}}
+        for run in range(runs):
+            agent = LocalAgentProcess(state, power_sources=sources)
+            agent.start()
+            client = agent.client("kill")
+            client.ensure_model(small)
+            upload = None
+            if target == "agent":  # an upload in its load check when the kill comes, sometimes
+                big = Artifact.from_file(matmul_onnx(folder / f"big{run}.onnx", 30, seed=run), {}, 0)
+                upload = threading.Thread(target=_try, args=(agent.client("up").ensure_model, big))
+            with OverlapMonitor(marker) as monitor:
+                jobs = [client.submit(metered(small.sha256, rng.uniform(0.2, 0.8)))
+                        for _ in range(3)]
+                done_before = {}
+                if upload is not None:
+                    upload.start()
+                # the agent: any moment of its work; a worker: any moment of one job's worker
+                chosen = rng.randrange(len(jobs))
+                deadline = time.monotonic() + rng.uniform(0.05, 12.0 if target == "agent" else 0.3)
+                victims: list[int] = []
+                give_up = time.monotonic() + 60
+                while not victims and time.monotonic() < give_up:
+                    while time.monotonic() < deadline:  # what the controller saw finish before
+                        for job_id in jobs:
+                            record = client.job(job_id)
+                            if record["state"] == "done":
+                                done_before[job_id] = record["measurement"]["latency_ms"]
+                        time.sleep(0.02)
+                    if target == "agent":
+                        victims = [agent.process.pid]
+                    elif client.job(jobs[chosen])["state"] == "running":
+                        time.sleep(rng.uniform(0.0, 1.5))  # into that worker's life
+                        victims = measure_workers(marker)
+                    deadline = time.monotonic() + 0.02
+                before = cmdlines()
+                agent_pid = agent.process.pid
+                # what must die with the victim: the agent's workers, and every meter program
+                children = [pid for pid, text in before.items()
+                            if f"--parent-pid\0{agent_pid}\0".encode() in text
+                            or str(meter).encode() in text]
+                for pid in victims:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(3.0)
+                orphans = [pid for pid in victims + children if alive(pid)
+                           and not (target == "worker" and pid == agent_pid)]
+                if target == "agent":
+                    agent.process.wait()
+                    if upload is not None:
+                        upload.join()
+                    agent.stop()
+                    agent = LocalAgentProcess(state, power_sources=sources)
+                    agent.start()
+                    client = agent.client("kill")
+                leftover_uploads = len(list((state / "models").glob(".upload-*")))
+                finished = {}
+                for job_id in jobs:
+                    try:
+                        finished[job_id] = client.wait(job_id, 60)
+                    except Exception:
+                        finished[job_id] = {"state": "stuck"}
+            lost = sum(1 for job_id, latency in done_before.items()
+                       if finished[job_id].get("state") != "done"
+                       or finished[job_id]["measurement"]["latency_ms"] != latency)
+            spans = sorted((r["measurement"]["worker_started_unix_time"],
+                            r["measurement"]["worker_finished_unix_time"])
+                           for r in _all_done(state))
+            overlapping_spans = sum(1 for a, b in zip(spans, spans[1:]) if b[0] < a[1])
+            per_run.append({
+                "run": run, "killed": len(victims), "done_before_kill": len(done_before),
+                "results_lost": lost, "overlap_samples": monitor.overlaps,
+                "max_concurrent_workers": monitor.max_seen, "overlapping_spans": overlapping_spans,
+                "orphans": len(orphans), "leftover_uploads": leftover_uploads,
+                "never_finished": sum(r.get("state") == "stuck" for r in finished.values()),
+                "states": sorted(r.get("state", "?") for r in finished.values())})
+            agent.stop()
+            print(f"  {target} run {run}: {per_run[-1]}", flush=True)
+    totals = {key: sum(r[key] for r in per_run) for key in
+              ("killed", "done_before_kill", "results_lost", "overlap_samples", "overlapping_spans",
+               "orphans", "leftover_uploads", "never_finished")}
+    return {"target": target, "runs": runs, "totals": totals,
+            "max_concurrent_workers": max(r["max_concurrent_workers"] for r in per_run),
+            "per_run": per_run}
+
+
+def _try(action: Callable[..., Any], *args: Any) -> None:
+    try:
+        action(*args)
+    except Exception:  # the agent was killed under it: expected
+        pass
+
+
+def _all_done(state: Path) -> list[dict[str, Any]]:
+    records = []
+    for job in (state / "jobs").iterdir():
+        try:
+            status = json.loads((job / "state.json").read_text())
+            if status["state"] == "done":
+                records.append({"measurement": json.loads((job / "result.json").read_text())})
+        except (OSError, ValueError, KeyError):
+            continue
+    return records
+
+
+# -- kill -9: the controller ---------------------------------------------------------------------
+
+
+
+def controller_space(seed: int, trials: int) -> str:
+    """The test suite's digits search, with a shorter fine-tuning: kills land in every phase."""
+    import yaml
+
+    sys.path.insert(0, str(REPO))
+    from tests.conftest import DIGITS_SPACE
+
+    space = yaml.safe_load(textwrap.dedent(DIGITS_SPACE))
+    space["finetune"].update(max_steps=15, max_seconds=3)
+    space["search"] = {"n_trials": trials, "sampler": "random", "seed": seed}
+    return yaml.safe_dump(space)
+
+
+def study_state(run_dir: Path) -> dict[str, Any]:
+    from hwnas.records import TrialOutcome
+    from hwnas.run import RunFolder
+
+    try:
+        study = RunFolder.load(run_dir).open_study()
+    except Exception:
+        return {"complete": {}, "outcomes": [], "states": []}
+    trials = study.get_trials(deepcopy=False)
+    outcomes = [TrialOutcome.from_trial(t) for t in trials]
+    return {"complete": {t.number: json.dumps(t.params, sort_keys=True) for t in trials
+                         if t.state.name == "COMPLETE"},
+            "outcomes": outcomes, "states": [t.state.name for t in trials]}
+
+
+def search(space: Path, device: Path, run_dir: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([HWNAS, "search", str(space), "--device", str(device), "--run-dir",
+                             str(run_dir), "--no-progress"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+
+
+def controller_runs(runs: int, trials: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    per_run = []
+    with tempfile.TemporaryDirectory(prefix="hwnas-kill-controller-") as tmp:
+        folder = Path(tmp)
+        env = dict(os.environ, HWNAS_CACHE_DIR=str(folder / "cache"))
+        sys.path.insert(0, str(REPO))
+        from tests.conftest import FAST_DEVICE
+
+        device = folder / "device.yaml"
+        device.write_text(FAST_DEVICE)
+        # two full runs first: one trains the cached base model, one times a whole search
+        for warm_up in range(2):
+            space = folder / f"warm{warm_up}.yaml"
+            space.write_text(controller_space(seed + 1000 + warm_up, trials))
+            started = time.monotonic()
+            warm = search(space, device, folder / f"warm{warm_up}", env)
+            _, err = warm.communicate()
+            if warm.returncode != 0:
+                raise SystemExit("the warm-up search failed: " + err.decode()[-2000:])
+            full_s = time.monotonic() - started
+        for run in range(runs):
+            space = folder / f"space{run}.yaml"
+            space.write_text(controller_space(seed + 1 + run, trials))
+            run_dir = folder / f"run{run}"
+            process = search(space, device, run_dir, env)
+            kill_after = rng.uniform(0.1, 0.95) * full_s
+            deadline = time.monotonic() + kill_after
+            agents: set[int] = set()
+            workers: set[int] = set()
+            while time.monotonic() < deadline and process.poll() is None:
+                seen = cmdlines()  # the controller's agent and that agent's workers, as they come
+                agents |= {pid for pid, text in seen.items()
+                           if f"--parent-pid\0{process.pid}\0".encode() in text}
+                workers |= {pid for pid, text in seen.items() for agent in agents
+                            if f"--parent-pid\0{agent}\0".encode() in text}
+                time.sleep(0.05)
+            finished_first = process.poll() is not None
+            # the killed run's local agent keeps its jobs in its state folder (named in its
+            # command line): what it measured that the study may not know
+            state_dirs = {text.split(b"--config\0", 1)[1].split(b"\0", 1)[0].decode()
+                          for pid, text in cmdlines().items() if pid in agents
+                          and b"--config\0" in text}
+            process.kill()
+            process.communicate()
+            before = study_state(run_dir)
+            time.sleep(3.0)
+            seen = cmdlines()
+            orphans = [pid for pid in agents | workers if alive(pid)] + [
+                pid for pid, text in seen.items()
+                if f"--parent-pid\0{process.pid}\0".encode() in text
+                or any(f"--parent-pid\0{a}\0".encode() in text for a in agents)]
+            rerun = search(space, device, run_dir, env)
+            _, err = rerun.communicate()
+            after = study_state(run_dir)
+            lost = sum(1 for number, params in before["complete"].items()
+                       if after["complete"].get(number) != params)
+            # the same bytes measured by more than one agent job (a measurement reused by a
+            # retried trial is the same job: it counts once)
+            jobs_per_model: dict[str, set[Any]] = {}
+            for outcome in after["outcomes"]:
+                for found in (outcome.screen_measurement, outcome.measurement):
+                    if found is not None:
+                        job = (found.agent_report.get("worker_started_unix_time"),
+                               found.latency_ms_p50, found.iterations)
+                        jobs_per_model.setdefault(found.model_sha256, set()).add(job)
+            # bytes the killed run's agent finished measuring that the rerun measured again
+            killed_jobs = _done_models(state_dirs)
+            remeasured = sum(1 for sha, started in killed_jobs
+                             if any(job[0] != started for job in jobs_per_model.get(sha, ())))
+            for config in state_dirs:  # hwnas leaves the dead agent's temp folder: tidy it here
+                shutil.rmtree(Path(config).parent, ignore_errors=True)
+            per_run.append({
+                "run": run, "kill_after_s": kill_after, "finished_before_kill": finished_first,
+                "agent_jobs_done_at_kill": len(killed_jobs), "remeasured_after_kill": remeasured,
+                "complete_before_kill": len(before["complete"]),
+                "complete_after_rerun": len(after["complete"]), "rerun_exit": rerun.returncode,
+                "trials_lost": lost,
+                "measured_twice": sum(len(j) - 1 for j in jobs_per_model.values()),
+                "left_running": after["states"].count("RUNNING"),
+                "orphans": len(set(orphans)), "states": after["states"],
+                "rerun_error": err.decode()[-300:] if rerun.returncode else ""})
+            print(f"  controller run {run}: {per_run[-1]}", flush=True)
+    totals = {key: sum(r[key] for r in per_run) for key in
+              ("trials_lost", "measured_twice", "remeasured_after_kill", "left_running",
+               "orphans", "agent_jobs_done_at_kill")}
+    totals["rerun_failures"] = sum(r["rerun_exit"] != 0 for r in per_run)
+    return {"target": "controller", "runs": runs, "trials_per_search": trials,
+            "full_search_s": full_s, "totals": totals, "per_run": per_run}
+
+
+def _done_models(configs: set[str]) -> list[tuple[str, float]]:
+    """(model sha256, worker start time) of every job done in these agents' state folders."""
+    found = []
+    for config in configs:
+        for job in (Path(config).parent / "jobs").glob("*"):
+            try:
+                if json.loads((job / "state.json").read_text())["state"] != "done":
+                    continue
+                result = json.loads((job / "result.json").read_text())
+                found.append((result["model_sha256"], result["worker_started_unix_time"]))
+            except (OSError, ValueError, KeyError):
+                continue
+    return found
+
+
+def print_kills(result: dict[str, Any]) -> None:
+    totals = result["totals"]
+    rows = [[key.replace("_", " "), str(value)] for key, value in totals.items()]
+    if "max_concurrent_workers" in result:
+        rows.append(["max measure workers at once", str(result["max_concurrent_workers"])])
+    print(table([f"kill -9 {result['target']} x {result['runs']}", "total"], rows))
+
+
+def save_part(key: str, part: dict[str, Any]) -> None:
+    path = RESULTS / "hardening.json"
+    payload = json.loads(path.read_text()) if path.exists() else {}
+    payload[key] = dict(part, machine=machine(), command=" ".join(sys.argv[1:]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    print(f"\nsaved {path} [{key}]")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    f = verbs.add_parser("fuzz")
+    f.add_argument("--requests", type=int, default=2400)
+    f.add_argument("--slow", type=int, default=1000)
+    f.add_argument("--seconds", type=float, default=240.0, help="stop sending after this long")
+    f.add_argument("--seed", type=int, default=20261122)
+    k = verbs.add_parser("kills")
+    k.add_argument("target", choices=["agent", "worker", "controller"])
+    k.add_argument("--runs", type=int, default=20)
+    k.add_argument("--trials", type=int, default=3, help="trials per search (controller)")
+    k.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    if args.verb == "fuzz":
+        result = fuzz(args.requests, args.slow, args.seconds, args.seed)
+        print_fuzz(result)
+        save_part("fuzz", result)
+    elif args.target == "controller":
+        result = controller_runs(args.runs, args.trials, args.seed)
+        print_kills(result)
+        save_part("kill_controller", result)
+    else:
+        result = kill_runs(args.target, args.runs, args.seed)
+        print_kills(result)
+        save_part(f"kill_{args.target}", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The package layout the architecture asks for: ``__init__.py`` files hand names on and hold no
+logic (issue 7.6); the logic they used to hold lives in modules of its own."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+INITS = sorted(p for base in ("hwnas", "agents/hwnas_agent") for p in (ROOT / base).rglob("__init__.py"))
+
+
+def logic_in(path: Path) -> list[str]:
+    """Statements other than the docstring, imports, ``__all__`` and ``__version__``."""
+    found = []
+    for index, node in enumerate(ast.parse(path.read_text()).body):
+        if index == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the docstring
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        targets = [getattr(t, "id", "") for t in getattr(node, "targets", [])]
+        if len(targets) == 1 and targets[0] in ("__all__", "__version__") and \
+                isinstance(node.value, (ast.Constant, ast.List)):
+            continue  # the names handed on, the version
+        found.append(f"line {node.lineno}: {type(node).__name__}")
+    return found
+
+
+def test_the_walk_finds_the_packages() -> None:
+    names = {p.parent.relative_to(ROOT).as_posix() for p in INITS}
+    assert {"hwnas", "hwnas/data", "hwnas/models", "agents/hwnas_agent/power",
+            "agents/hwnas_agent/runtimes"} <= names
+
+
+def test_logic_is_found_where_there_is_some(tmp_path: Path) -> None:
+    init = tmp_path / "__init__.py"
+    init.write_text('"""doc."""\nfrom x import y\n__all__ = ["y"]\n\ndef f():\n    return 1\n')
+    assert logic_in(init) == ["line 5: FunctionDef"]
+
+
+@pytest.mark.parametrize("path", INITS, ids=lambda p: p.parent.relative_to(ROOT).as_posix())
+def test_package_init_holds_no_logic(path: Path) -> None:
+    assert logic_in(path) == [], f"{path.relative_to(ROOT)} holds logic; move it into a module"
