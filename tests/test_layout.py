@@ -43,3 +43,34 @@ def test_logic_is_found_where_there_is_some(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", INITS, ids=lambda p: p.parent.relative_to(ROOT).as_posix())
 def test_package_init_holds_no_logic(path: Path) -> None:
     assert logic_in(path) == [], f"{path.relative_to(ROOT)} holds logic; move it into a module"
+
+
+def test_importing_every_hwnas_module_changes_no_logging_or_warnings_state() -> None:
+    """Issue 7.5: a library import leaves the host program's logging and warnings alone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, pkgutil, importlib, warnings\n"
+        "def state():\n"
+        "    loggers = [logging.getLogger(n) for n in\n"
+        "               ['', 'hwnas', 'optuna', 'paramiko', 'torch', 'onnxruntime']]\n"
+        "    return ([(l.level, len(l.handlers), l.propagate, l.disabled) for l in loggers],\n"
+        "            list(warnings.filters), logging.root.manager.disable)\n"
+        "import importlib.util\n"
+        "for lib in ['numpy', 'torch', 'torchvision', 'optuna', 'onnxruntime', 'onnx', 'scipy',\n"
+        "            'scipy.stats', 'sklearn', 'sklearn.datasets', 'torch_pruning', 'paramiko',\n"
+        "            'matplotlib', 'matplotlib.pyplot', 'sqlalchemy', 'yaml', 'pydantic']:\n"
+        "    if importlib.util.find_spec(lib.split('.')[0]):  # their own import-time state first\n"
+        "        importlib.import_module(lib)\n"
+        "before = state()\n"
+        "import hwnas\n"
+        "names = [m.name for m in pkgutil.walk_packages(hwnas.__path__, 'hwnas.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "assert len(names) > 40, names\n"
+        "after = state()\n"
+        "assert after == before, (before, after)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
