@@ -95,7 +95,7 @@ def screening_request(profile: "DeviceProfile", sha256: str) -> Any:
     return dataclasses.replace(
         request, disable_cpu_fallback=False, provider_options=options, warmup_iterations=0,
         warmup_seconds=0.0, min_iterations=1, min_seconds=0.0, rounds=1, power_source="none",
-        power_options={}, cooldown_below_c=None)
+        cooldown_below_c=None)
 
 
 def _refused(report: Mapping[str, Any], provider: str, exported: "ExportedModel | None",
