@@ -160,7 +160,8 @@ def test_report_and_export_start_without_torch_paramiko_or_the_search(searched, 
 
 def test_optuna_dashboard_shows_the_searched_budgets_and_feasibility(searched):
     """The real run in optuna-dashboard's own server: the budgets per trial and the feasible
-    marks are what hwnas recorded, and each evaluated trial lists its kept ONNX bytes."""
+    marks are what hwnas recorded, and each evaluated trial lists its kept ONNX bytes and
+    fine-tuned PyTorch model."""
     pytest.importorskip("optuna_dashboard")
     from tests.report.test_dashboard import get_json, served
 
@@ -171,10 +172,16 @@ def test_optuna_dashboard_shows_the_searched_budgets_and_feasibility(searched):
         detail = get_json(f"{base}/api/studies/{study._study_id}?after=0")
     shown = {t["number"]: t for t in detail["trials"]}
     assert len(shown) == len(study.trials)
+    [parent] = detail["artifacts"]  # the study's own: the parent's weights every worker shares
+    assert parent["filename"].endswith(".pt")
     for outcome in outcomes(study):
         trial = shown[outcome.number]
         attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
         assert json.loads(attrs["constraints"]) == dict(outcome.constraints)
         assert all(v <= 0 for v in trial["constraints"]) == \
             all(v <= 0 for _, v in outcome.constraints)
-        assert f"{outcome.artifact.sha256}.onnx" in {a["filename"] for a in trial["artifacts"]}
+        kept = {a["filename"] for a in trial["artifacts"]}
+        sha256 = outcome.artifact.sha256
+        # a candidate rejected by screening was never fine-tuned: nothing of it is kept
+        assert kept == ({f"{sha256}.onnx", f"{sha256}.pt", f"{sha256}.plan.json"}
+                        if outcome.deployable else set())
