@@ -239,6 +239,26 @@ class ReportCommand(Command):
         return 0
 
 
+class DashboardCommand(Command):
+    name = "dashboard"
+    help = "open a search in optuna-dashboard, budgets (constraints) and artifacts included"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("study", type=Path, help="the run folder of a search (holds run.json)")
+        parser.add_argument("--host", default="127.0.0.1",
+                            help="address to listen on (default: 127.0.0.1, this machine only)")
+        parser.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.report.dashboard import serve
+        from hwnas.run import RunFolder
+
+        run = RunFolder.load(args.study)
+        print(f"optuna-dashboard: http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+        serve(run, args.host, args.port)
+        return 0
+
+
 class ExportCommand(Command):
     name = "export"
     help = "write a trial's ONNX bytes and its model card (JSON)"
@@ -350,7 +370,7 @@ class AgentCommand(Command):
 
 
 COMMANDS = [SearchCommand(), WorkerCommand(), StatusCommand(), ProfileCommand(), ReportCommand(),
-            ExportCommand(), RebuildCommand(), DevicesCommand(), AgentCommand()]
+            DashboardCommand(), ExportCommand(), RebuildCommand(), DevicesCommand(), AgentCommand()]
 
 
 def build_parser() -> argparse.ArgumentParser:

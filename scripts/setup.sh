@@ -37,7 +37,7 @@ PYTHON=$(pick_python 3.10) || { echo "setup: hwnas needs Python >= 3.10" >&2; ex
 if [ "$(cat .venv/.hwnas-stamp 2>/dev/null)" != "$(stamp)" ]; then
   echo "setup: installing hwnas and hwnas-agent into .venv (first time: torch is large)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ./agents -e '.[test,qnn]'  # qnn: x86-64 Linux, Python >= 3.11 only
+  .venv/bin/python -m pip install -q -e ./agents -e '.[test,qnn,dashboard]'  # qnn: x86-64 Linux, Python >= 3.11 only
   stamp > .venv/.hwnas-stamp
 fi
 

@@ -13,6 +13,7 @@ BIN = Path(sys.executable).parent
     (["hwnas", "profile", "--help"], ["--device", "--json"]),
     (["hwnas", "report", "--help"], ["study", "--out"]),
     (["hwnas", "export", "--help"], ["--trial", "--out"]),
+    (["hwnas", "dashboard", "--help"], ["study", "--host", "--port"]),
     (["hwnas-agent", "--help"], ["serve", "measure", "facts", "version", "unit"]),
     (["hwnas-agent", "serve", "--help"], ["--state-dir", "--port"]),
     (["hwnas-agent", "measure", "--help"], ["--providers", "--threads", "--min-seconds"]),

@@ -156,3 +156,32 @@ def test_report_and_export_start_without_torch_paramiko_or_the_search(searched, 
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout
     assert any(tmp_path.iterdir())  # it did its work
+
+
+def test_optuna_dashboard_shows_the_searched_budgets_and_feasibility(searched):
+    """The real run in optuna-dashboard's own server: the budgets per trial and the feasible
+    marks are what hwnas recorded, and each evaluated trial lists its kept ONNX bytes and
+    fine-tuned PyTorch model."""
+    pytest.importorskip("optuna_dashboard")
+    from tests.report.test_dashboard import get_json, served
+
+    _, _, run_dir, _ = searched
+    run = RunFolder.load(run_dir)
+    study = run.open_study()
+    with served(run) as base:
+        detail = get_json(f"{base}/api/studies/{study._study_id}?after=0")
+    shown = {t["number"]: t for t in detail["trials"]}
+    assert len(shown) == len(study.trials)
+    [parent] = detail["artifacts"]  # the study's own: the parent's weights every worker shares
+    assert parent["filename"].endswith(".pt")
+    for outcome in outcomes(study):
+        trial = shown[outcome.number]
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        assert json.loads(attrs["constraints"]) == dict(outcome.constraints)
+        assert all(v <= 0 for v in trial["constraints"]) == \
+            all(v <= 0 for _, v in outcome.constraints)
+        kept = {a["filename"] for a in trial["artifacts"]}
+        sha256 = outcome.artifact.sha256
+        # a candidate rejected by screening was never fine-tuned: nothing of it is kept
+        assert kept == ({f"{sha256}.onnx", f"{sha256}.pt", f"{sha256}.plan.json"}
+                        if outcome.deployable else set())
