@@ -386,12 +386,22 @@ def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[int]) -> 
 
 
 def pareto_front(found: Iterable[TrialOutcome], directions: Sequence[str]) -> list[TrialOutcome]:
-    """Feasible trials no other feasible trial dominates (accuracy first, maximised)."""
+    """Feasible trials no other feasible trial dominates (accuracy first, maximised), one per
+    model (deployed bytes): the first trial that has them."""
     signs = [1 if d in ("maximize", "MAXIMIZE") else -1 for d in directions]
     feasible = [o for o in found if o.feasible]
-    return [o for o in feasible
-            if not any(_dominates(other.values, o.values, signs) for other in feasible  # type: ignore[arg-type]
-                       if other is not o)]
+    front = [o for o in feasible
+             if not any(_dominates(other.values, o.values, signs) for other in feasible  # type: ignore[arg-type]
+                        if other is not o)]
+    # one row per model: a trial that re-proposed a measured candidate is a copy of its bytes
+    seen: set[str] = set()
+    unique = []
+    for outcome in front:
+        key = outcome.artifact.sha256 if outcome.artifact is not None else f"#{outcome.number}"
+        if key not in seen:
+            seen.add(key)
+            unique.append(outcome)
+    return unique
 
 
 def study_directions(study: optuna.Study) -> list[str]:

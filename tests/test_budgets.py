@@ -52,3 +52,17 @@ def test_energy_can_be_an_objective():
     measurement = Measurement.from_agent("dev", dict(REPORT, power=POWER))
     assert objective_values(space, 0.9, measurement, ARTIFACT) == (0.9, 6.0)
     assert objective_values(space, 0.9, measurement, ARTIFACT, "above_idle") == (0.9, 4.0)
+
+
+def test_the_front_has_one_row_per_model_and_drops_dominated_and_infeasible_trials():
+    from hwnas.records import Artifact, TrialOutcome, TrialStage
+    from hwnas.run import pareto_front
+
+    def trial(number, sha, values, constraints=(("latency_p90_ms", -0.1),)):
+        return TrialOutcome(TrialStage.EVALUATED, artifact=Artifact("m.onnx", sha * 64, 10, (), 1),
+                            number=number, values=values, constraints=constraints)
+
+    found = [trial(2, "a", (0.87, 0.05)), trial(5, "a", (0.87, 0.05)),  # 5 re-proposed 2
+             trial(7, "b", (0.90, 0.07)), trial(8, "c", (0.85, 0.08)),  # 8 is dominated
+             trial(9, "d", (0.95, 0.01), (("latency_p90_ms", 0.2),))]  # 9 breaks a budget
+    assert [o.number for o in pareto_front(found, ["maximize", "minimize"])] == [2, 7]
