@@ -159,6 +159,9 @@ class RetryAbandoned:
         history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
         if len(history) > self.max_retry:
             return
+        if any(trial.number in (t.system_attrs.get("retry_history") or ())
+               for t in study.get_trials(deepcopy=False)):
+            return  # another controller retried it already
         found = TrialOutcome.from_attributes(trial.user_attrs, "RUNNING")
         study.add_trial(optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING, params=trial.params,

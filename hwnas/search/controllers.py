@@ -64,10 +64,14 @@ def fail_abandoned_trials(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not abandoned(trial):
             continue
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        frozen = study.get_trials(deepcopy=True)[trial.number]
-        if frozen.state != TrialState.FAIL:
+        # the row-locked state change is the claim: of several controllers failing the same
+        # trial at once, exactly one wins and enqueues its retry (never two retries)
+        try:
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
             continue
+        frozen = study.get_trials(deepcopy=True)[trial.number]
         failed.append(trial.number)
         get_callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)
         retry = get_callback() if get_callback is not None else None
