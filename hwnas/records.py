@@ -327,6 +327,9 @@ class TrialOutcome:
     controller: str | None = None  # host:pid:start of the process that runs it
     pending_job: tuple[str, str, str] | None = None  # (device, job id, model sha256) being measured
     copied_from: str | None = None  # "study#trial": history kept by a fork of another study
+    # several controllers proposing one candidate at once: which one measures it ("measures"),
+    # which ones wait for its result ("waits"); see hwnas.search.objective.finished_twin
+    twin_role: str | None = None
     # read back from the study, never written through the attributes:
     number: int | None = None
     constraints: tuple[tuple[str, float], ...] = ()  # Optuna convention: <= 0 meets the budget
@@ -366,7 +369,8 @@ class TrialOutcome:
                  "device": self.device, "device_pool": self.device_pool,
                  "rejection": self.rejection, "failure": self.failure,
                  "config_version": self.config_version, "origin": self.origin,
-                 "controller": self.controller, "copied_from": self.copied_from}
+                 "controller": self.controller, "copied_from": self.copied_from,
+                 "twin_role": self.twin_role}
         attributes.update({key: value for key, value in plain.items() if value is not None})
         if self.timings_s:
             attributes["timings_s"] = dict(self.timings_s)
@@ -416,7 +420,7 @@ class TrialOutcome:
             devices_lost=tuple(attrs.get("devices_lost") or ()), rejection=attrs.get("rejection"),
             failure=attrs.get("failure"), config_version=attrs.get("config_version"),
             origin=attrs.get("origin"), controller=attrs.get("controller"),
-            copied_from=attrs.get("copied_from"),
+            copied_from=attrs.get("copied_from"), twin_role=attrs.get("twin_role"),
             pending_job=tuple(attrs["pending_job"]) if attrs.get("pending_job") else None)  # type: ignore[arg-type]
 
 

@@ -166,7 +166,7 @@ class RetryAbandoned:
         study.add_trial(optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING, params=trial.params,
             distributions=trial.distributions,
-            user_attrs=dataclasses.replace(found, controller=None).attributes(),
+            user_attrs=dataclasses.replace(found, controller=None, twin_role=None).attributes(),
             system_attrs={**trial.system_attrs, "failed_trial": history[0],
                           "retry_history": history}))
 

@@ -229,7 +229,7 @@ class Objective:
             origin=origin, controller=controller_id()))
         # other controllers' dead trials are retried now, not after a heartbeat grace period
         fail_abandoned_trials(trial.study)
-        twin = finished_twin(trial, {d.pool for d in ctx.devices.alive})
+        twin = finished_twin(trial, {d.pool for d in ctx.devices.alive}, progress)
         if twin is not None:  # this very candidate was measured already: never twice
             return reuse(trial, twin, ctx.config_version)
         work = ctx.run.work_dir(trial.number)
@@ -368,12 +368,22 @@ class Progress:
 TWIN_WAIT_S = 3600.0
 
 
-def finished_twin(trial: optuna.Trial, pools: set[str],
+MEASURES, WAITS = "measures", "waits"
+
+
+def finished_twin(trial: optuna.Trial, pools: set[str], progress: "Progress | None" = None,
                   poll_s: float = 2.0) -> optuna.trial.FrozenTrial | None:
     """A finished trial of the same candidate (same parameters) on a device of one of these
-    pools, waiting for one that another controller is running; None if there is none, or it
-    failed (then this trial runs it)."""
+    pools, waiting for one that another controller runs; None if this trial is to measure it.
+
+    Trials proposing one candidate at once agree on one to measure it. A trial's parameters
+    are in the study before it looks (suggest writes them), so of two twins at least one sees
+    the other. A trial waits if it sees a lower-numbered running twin or one that measures;
+    otherwise it lets higher-numbered twins that have not decided yet decide (they never wait
+    for a decision themselves), and then measures. Its role is recorded for the others. If the
+    one that measures fails, the waiting ones decide again."""
     deadline = time.monotonic() + TWIN_WAIT_S
+    role = None
     while True:
         twins = [t for t in trial.study.get_trials(deepcopy=False)
                  if t.number != trial.number and t.params == trial.params
@@ -382,10 +392,21 @@ def finished_twin(trial: optuna.Trial, pools: set[str],
         done = [t for t in twins if t.state == TrialState.COMPLETE]
         if done:
             return done[0]
-        running = [t for t in twins if t.number < trial.number]  # the earlier one measures
-        if not running or time.monotonic() > deadline:
+        running = {t.number: TrialOutcome.from_trial(t).twin_role for t in twins}
+        if time.monotonic() > deadline or not running:
+            decision = MEASURES
+        elif any(n < trial.number for n in running) or MEASURES in running.values():
+            decision = WAITS
+        elif None in running.values():
+            decision = None  # higher-numbered twins are deciding now
+        else:
+            decision = MEASURES  # every twin waits: this one measures
+        if decision is not None and decision != role and progress is not None:
+            progress.update(twin_role=decision)
+        role = decision or role
+        if decision == MEASURES:
             return None
-        time.sleep(poll_s)
+        time.sleep(poll_s if decision == WAITS else min(poll_s, 0.2))
         fail_abandoned_trials(trial.study)  # a twin whose controller died will not finish
 
 
@@ -394,7 +415,7 @@ def reuse(trial: optuna.Trial, twin: optuna.trial.FrozenTrial,
     """Record the twin's outcome as this trial's (marked as a copy) instead of measuring."""
     outcome = TrialOutcome.from_trial(twin)
     dataclasses.replace(outcome, copied_from=f"{trial.study.study_name}#{twin.number}",
-                        controller=controller_id(), pending_job=None,
+                        controller=controller_id(), pending_job=None, twin_role=WAITS,
                         config_version=outcome.config_version or config_version).write(trial)
     for key, value in twin.constraints.items():
         trial.set_constraint(key, value)
