@@ -49,6 +49,7 @@ search: {n_trials: %d, seed: 0}
 """
 DEVICE = """\
 name: %s
+pool: bench-cpu   # the same kind of device for every worker: one pool, one figure per candidate
 connection: {kind: local}
 runtime: {execution_providers: [CPUExecutionProvider], intra_op_threads: 1}
 precisions: [fp32, int8]
@@ -162,6 +163,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--kill-runs", type=int, default=20)
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--save-as", default="distributed", help="results/NAME.json")
     args = parser.parse_args()
     if args.controller:
         return controller(args.controller)
@@ -207,7 +209,7 @@ def main() -> int:
             "orphaned_processes": sum(k["orphaned_processes"] for k in kills),
             "median_seconds": median([k["seconds"] for k in kills])}
         print(figures["kill_summary"])
-    save("distributed", {"command": " ".join(["benchmarks/distributed.py", *sys.argv[1:]]),
+    save(args.save_as, {"command": " ".join(["benchmarks/distributed.py", *sys.argv[1:]]),
                          **figures})
     return 0
 

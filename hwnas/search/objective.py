@@ -390,9 +390,11 @@ def finished_twin(trial: optuna.Trial, pools: set[str], progress: "Progress | No
                  and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
                  and TrialOutcome.from_trial(t).device_pool in pools | {None}]
         done = [t for t in twins if t.state == TrialState.COMPLETE]
-        if done:
-            return done[0]
-        running = {t.number: TrialOutcome.from_trial(t).twin_role for t in twins}
+        if done:  # the trial that measured it, rather than another copy of it
+            return min(done, key=lambda t: (TrialOutcome.from_trial(t).copied_from is not None,
+                                            t.number))
+        running = {t.number: TrialOutcome.from_trial(t).twin_role for t in twins
+                   if t.state == TrialState.RUNNING}
         if time.monotonic() > deadline or not running:
             decision = MEASURES
         elif any(n < trial.number for n in running) or MEASURES in running.values():
