@@ -36,7 +36,7 @@ from hwnas.errors import DeviceError, MeasurementError
 from hwnas.records import Artifact, Candidate, FineTuneReport, Measurement, TrialOutcome, TrialStage
 from hwnas.remote.pool import Device, DevicePool
 from hwnas.remote.screen import CompatibilityScreen, needs_screening, screen_compatibility
-from hwnas.run import RunFolder
+from hwnas.run import RunFolder, is_search_trial
 from hwnas.search.controllers import controller_id, fail_abandoned_trials
 from hwnas.space import SpaceShape, suggest
 
@@ -135,9 +135,9 @@ class CandidateBuilder:
 class DeviceLease:
     """The device a trial holds; replaced by another of its pool if it is lost."""
 
-    def __init__(self, pool: DevicePool) -> None:
+    def __init__(self, pool: DevicePool, device_pool: str | None = None) -> None:
         self.pool = pool
-        self.device: Device = pool.acquire()
+        self.device: Device = pool.acquire(device_pool)  # any device, or one of that pool
         self.lost: list[str] = []
 
     def replace(self) -> None:
@@ -388,6 +388,7 @@ def finished_twin(trial: optuna.Trial, pools: set[str], progress: "Progress | No
         twins = [t for t in trial.study.get_trials(deepcopy=False)
                  if t.number != trial.number and t.params == trial.params
                  and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+                 and is_search_trial(t)  # a finalized model is a longer fine-tune: not a twin
                  and TrialOutcome.from_trial(t).device_pool in pools | {None}]
         done = [t for t in twins if t.state == TrialState.COMPLETE]
         if done:
