@@ -97,6 +97,9 @@ def finalize_run(run_dir: Path, top: int, max_steps: int | None = None,
             raise ConfigError(f"{run.path}: no search trial meets every budget yet: nothing to "
                               f"finalize (run `hwnas search` for more trials, or relax the "
                               f"budgets)")
+        if len(chosen) < top:
+            log(f"only {len(chosen)} feasible candidate(s) in {run.path}: finalizing "
+                f"{'it' if len(chosen) == 1 else 'them'}")
         results: list[Finalized] = []
         for version in dict.fromkeys(o.config_version for o in chosen):
             group = [o for o in chosen if o.config_version == version]
