@@ -7,6 +7,7 @@ import pytest
 from hwnas.cli import main
 from hwnas.errors import ConfigError
 from hwnas.records import TrialStage
+from hwnas.report.status import status_text, study_status
 from hwnas.run import RunFolder, best_feasible, completed_search_trials, outcomes
 from hwnas.search import run_search
 from hwnas.search.finalize import finalize_run
@@ -67,6 +68,9 @@ def test_the_report_shows_the_finalized_trial(finalized, capsys):
     assert note in markdown and f"finalized ({done.finetune.steps} steps)" in markdown
     if done.feasible:  # a finalized model may break a budget its short version met
         assert note in printed  # on the front the terminal shows
+    # `hwnas status`: not one of the search trials wanted
+    assert "trials: 3 done of 3 wanted" in status_text(study_status(str(run_dir)))
+    assert study_status(str(run_dir))["stages"]["finalized"] == 1
 
 
 def test_a_second_finalize_reuses_the_finalized_trial(finalized, capsys):
