@@ -113,3 +113,26 @@ def test_finalize_refuses_what_it_cannot_do(finalized, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("hwnas: error:") and "not a search run folder" in error
     assert "\n" not in error
+
+
+def test_an_interrupted_finalize_is_not_retried_by_the_search(tmp_path):
+    """A finalize killed after it added its trial: the heartbeat retry leaves the candidate
+    alone (the search never re-runs a finalized trial), while a search trial is retried."""
+    from optuna.distributions import CategoricalDistribution
+
+    from hwnas.records import TrialOutcome
+    from hwnas.run import RetryAbandoned
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}",
+                                directions=["maximize", "minimize"])
+    for finalized_from in (0, None):
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING, params={"keep": 0.5},
+            distributions={"keep": CategoricalDistribution([0.5, 1.0])},
+            user_attrs=TrialOutcome(TrialStage.RUNNING, finalized_from=finalized_from)
+            .attributes()))
+    finalizing, searching = study.get_trials()
+    RetryAbandoned()(study, finalizing)
+    assert len(study.get_trials()) == 2
+    RetryAbandoned()(study, searching)
+    assert [t.state for t in study.get_trials()][-1] == optuna.trial.TrialState.WAITING
