@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import optuna
@@ -32,6 +32,10 @@ from hwnas.budgets import constraint_values, objective_values
 from hwnas.errors import ConfigError
 from hwnas.records import FineTuneReport, StudyRecord, TrialOutcome, TrialStage
 from hwnas.run import SPACE_FILE, RunFolder, device_file, outcomes
+
+if TYPE_CHECKING:
+    from hwnas.config.models import FineTuneSettings
+    from hwnas.search.objective import CandidateBuilder, TrialContext
 
 FULL_FIDELITY_FACTOR = 10  # default: ten times the search's fine-tuning steps and seconds
 
@@ -156,8 +160,9 @@ def _finalize_group(run: RunFolder, study: optuna.Study, found: list[TrialOutcom
     return results
 
 
-def _finalize_one(ctx, builder, study: optuna.Study, source: TrialOutcome,  # type: ignore[no-untyped-def]
-                  settings, version: str | None) -> TrialOutcome:
+def _finalize_one(ctx: "TrialContext", builder: "CandidateBuilder", study: optuna.Study,
+                  source: TrialOutcome, settings: "FineTuneSettings",
+                  version: str | None) -> TrialOutcome:
     """One candidate: pruned again, distilled longer, exported, evaluated, measured; recorded
     as a new trial only once all of that is done."""
     from hwnas.compress.finetune import finetune

@@ -136,3 +136,19 @@ def test_an_interrupted_finalize_is_not_retried_by_the_search(tmp_path):
     assert len(study.get_trials()) == 2
     RetryAbandoned()(study, searching)
     assert [t.state for t in study.get_trials()][-1] == optuna.trial.TrialState.WAITING
+
+
+def test_a_run_with_no_feasible_trial_has_nothing_to_finalize(tmp_path, capsys):
+    space, device, run_dir = tmp_path / "s.yaml", tmp_path / "d.yaml", tmp_path / "run"
+    # one trial: the unpruned fp32 model, 0.5 MB over the 0.1 MB budget (rejected at screening)
+    unpruned = ENQUEUED.split("    - ")[2]
+    space.write_text(DIGITS_SPACE + "search:\n  n_trials: 1\n  seed: 3\n  enqueue:\n    - "
+                     + unpruned)
+    device.write_text(FAST_DEVICE)
+    run_search(space, [device], run_dir, progress=False, log=lambda line: None)
+    assert not any(o.feasible for o in outcomes(RunFolder.load(run_dir).open_study()))
+    assert main(["finalize", str(run_dir)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "no search trial meets every budget yet: nothing to finalize" in error
+    assert "\n" not in error
+    assert len(RunFolder.load(run_dir).open_study().get_trials()) == 1  # nothing added
