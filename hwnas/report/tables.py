@@ -139,8 +139,8 @@ def markdown_report(report: Report, plots: list[Path]) -> str:
              f"failed: {report.count(TrialStage.FAILED)}"]
     finalized = [o for o in report.outcomes if o.finalized_from is not None]
     if finalized:
-        lines.append(f"- finalized (fine-tuned again to full fidelity by `hwnas finalize`, "
-                     f"bytes measured again): " + ", ".join(
+        lines.append("- finalized (fine-tuned again to full fidelity by `hwnas finalize`, "
+                     "bytes measured again): " + ", ".join(
                          f"trial {o.number} from trial {o.finalized_from}" for o in finalized))
     if report.has_power:
         lines.append(f"- power: measured by the device's sensor during sustained inference; "
