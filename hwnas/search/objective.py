@@ -36,7 +36,7 @@ from hwnas.errors import DeviceError, MeasurementError
 from hwnas.records import Artifact, Candidate, FineTuneReport, Measurement, TrialOutcome, TrialStage
 from hwnas.remote.pool import Device, DevicePool
 from hwnas.remote.screen import CompatibilityScreen, needs_screening, screen_compatibility
-from hwnas.run import RunFolder, is_search_trial
+from hwnas.run import RunFolder
 from hwnas.search.controllers import controller_id, fail_abandoned_trials
 from hwnas.space import SpaceShape, suggest
 
@@ -388,8 +388,7 @@ def finished_twin(trial: optuna.Trial, pools: set[str], progress: "Progress | No
         twins = [t for t in trial.study.get_trials(deepcopy=False)
                  if t.number != trial.number and t.params == trial.params
                  and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
-                 and is_search_trial(t)  # a finalized model is a longer fine-tune: not a twin
-                 and TrialOutcome.from_trial(t).device_pool in pools | {None}]
+                 and _twin_of_pools(TrialOutcome.from_trial(t), pools)]
         done = [t for t in twins if t.state == TrialState.COMPLETE]
         if done:
             return done[0]
@@ -409,6 +408,12 @@ def finished_twin(trial: optuna.Trial, pools: set[str], progress: "Progress | No
             return None
         time.sleep(poll_s if decision == WAITS else min(poll_s, 0.2))
         fail_abandoned_trials(trial.study)  # a twin whose controller died will not finish
+
+
+def _twin_of_pools(outcome: TrialOutcome, pools: set[str]) -> bool:
+    """A search trial measured on a device of these pools (a finalized model is a longer
+    fine-tune of its candidate, not a twin)."""
+    return outcome.finalized_from is None and outcome.device_pool in pools | {None}
 
 
 def reuse(trial: optuna.Trial, twin: optuna.trial.FrozenTrial,
