@@ -239,6 +239,56 @@ class ReportCommand(Command):
         return 0
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not a positive number of seconds")
+    return value
+
+
+class FinalizeCommand(Command):
+    name = "finalize"
+    help = ("fine-tune the best feasible trials of a search to full fidelity (a longer "
+            "distillation), measure the new bytes and add them to the study and its report")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("study", type=Path, help="the run folder of a search (holds run.json)")
+        parser.add_argument("--top", type=positive_int, default=1,
+                            help="how many of the most accurate feasible trials (default: 1)")
+        parser.add_argument("--max-steps", type=positive_int, default=None,
+                            help="fine-tuning steps (default: 10 x the search's finetune.max_steps)")
+        parser.add_argument("--max-seconds", type=positive_seconds, default=None,
+                            help="fine-tuning time limit per model (default: 10 x the search's "
+                                 "finetune.max_seconds)")
+        parser.add_argument("--again", action="store_true",
+                            help="finalize trials that were finalized before once more (default: "
+                                 "reuse the earlier finalized trial)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.report import Report, text_table, write_report
+        from hwnas.run import RunFolder
+        from hwnas.search.finalize import finalize_run
+
+        results = finalize_run(args.study, args.top, args.max_steps, args.max_seconds,
+                               args.again)
+        study = RunFolder.load(args.study).open_study()
+        report = Report.of(study)
+        print("\nfinalized (each after the trial it finishes):")
+        rows = [row for done in results for row in (done.source, done.outcome)]
+        print(text_table(rows, report))
+        best = report.best
+        if best is not None:
+            print(f"\nbest feasible: trial {best.number}: validation accuracy "
+                  f"{best.accuracy_val:.4f}, test accuracy {best.accuracy_test:.4f}")
+            print(f"export it: hwnas export {args.study} --trial {best.number}")
+        paths = write_report(study, RunFolder.load(args.study).report_dir)
+        print(f"report: {paths['html']}")
+        return 0
+
+
 class DashboardCommand(Command):
     name = "dashboard"
     help = "open a search in optuna-dashboard, budgets (constraints) and artifacts included"
@@ -370,7 +420,7 @@ class AgentCommand(Command):
 
 
 COMMANDS = [SearchCommand(), WorkerCommand(), StatusCommand(), ProfileCommand(), ReportCommand(),
-            DashboardCommand(), ExportCommand(), RebuildCommand(), DevicesCommand(), AgentCommand()]
+            FinalizeCommand(), DashboardCommand(), ExportCommand(), RebuildCommand(), DevicesCommand(), AgentCommand()]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -330,6 +330,9 @@ class TrialOutcome:
     # several controllers proposing one candidate at once: which one measures it ("measures"),
     # which ones wait for its result ("waits"); see hwnas.search.objective.finished_twin
     twin_role: str | None = None
+    # `hwnas finalize`: the search trial whose candidate this one fine-tuned again to full
+    # fidelity (a longer distillation), with its own bytes, accuracies and measurement
+    finalized_from: int | None = None
     # read back from the study, never written through the attributes:
     number: int | None = None
     constraints: tuple[tuple[str, float], ...] = ()  # Optuna convention: <= 0 meets the budget
@@ -370,7 +373,7 @@ class TrialOutcome:
                  "rejection": self.rejection, "failure": self.failure,
                  "config_version": self.config_version, "origin": self.origin,
                  "controller": self.controller, "copied_from": self.copied_from,
-                 "twin_role": self.twin_role}
+                 "twin_role": self.twin_role, "finalized_from": self.finalized_from}
         attributes.update({key: value for key, value in plain.items() if value is not None})
         if self.timings_s:
             attributes["timings_s"] = dict(self.timings_s)
@@ -421,6 +424,7 @@ class TrialOutcome:
             failure=attrs.get("failure"), config_version=attrs.get("config_version"),
             origin=attrs.get("origin"), controller=attrs.get("controller"),
             copied_from=attrs.get("copied_from"), twin_role=attrs.get("twin_role"),
+            finalized_from=attrs.get("finalized_from"),
             pending_job=tuple(attrs["pending_job"]) if attrs.get("pending_job") else None)  # type: ignore[arg-type]
 
 

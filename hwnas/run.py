@@ -157,12 +157,12 @@ class RetryAbandoned:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
-        if len(history) > self.max_retry:
-            return
+        found = TrialOutcome.from_attributes(trial.user_attrs, "RUNNING")
+        if len(history) > self.max_retry or found.finalized_from is not None:
+            return  # an interrupted `hwnas finalize` is simply run again, not by the search
         if any(trial.number in (t.system_attrs.get("retry_history") or ())
                for t in study.get_trials(deepcopy=False)):
             return  # another controller retried it already
-        found = TrialOutcome.from_attributes(trial.user_attrs, "RUNNING")
         study.add_trial(optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING, params=trial.params,
             distributions=trial.distributions,
@@ -381,6 +381,18 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
 
 def outcomes(study: optuna.Study) -> list[TrialOutcome]:
     return [TrialOutcome.from_trial(t) for t in study.get_trials(deepcopy=False)]
+
+
+def is_search_trial(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial the search ran (not one `hwnas finalize` added after it)."""
+    return TrialOutcome.from_attributes(trial.user_attrs).finalized_from is None
+
+
+def completed_search_trials(study: optuna.Study) -> int:
+    """Completed trials of the search itself: what ``n_trials`` counts (finalized trials,
+    added by `hwnas finalize`, are not search trials)."""
+    return sum(is_search_trial(t) for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[int]) -> bool:

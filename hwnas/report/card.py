@@ -95,6 +95,9 @@ def model_card(run: RunFolder, study: optuna.Study, outcome: TrialOutcome) -> di
         "device_profile": run.device_config(outcome.config_version, outcome.device),
         "device": outcome.device,
         "timings_s": dict(outcome.timings_s),
+        "finetune": outcome.finetune.to_dict() if outcome.finetune else None,
+        # `hwnas finalize`: fine-tuned again to full fidelity from this search trial's candidate
+        "finalized_from": outcome.finalized_from,
     }
 
 

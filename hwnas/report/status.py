@@ -12,6 +12,8 @@ from hwnas.errors import ConfigError
 from hwnas.records import StudyRecord, TrialStage
 from hwnas.run import RunFolder, best_feasible, make_storage, outcomes
 
+FINALIZED = "finalized"  # a stage count of its own in the status: not a search trial
+
 
 def _locate(target: str, study_name: str | None) -> tuple[str, str]:
     if Path(target).is_dir():
@@ -52,7 +54,9 @@ def study_status(target: str, study_name: str | None = None) -> dict[str, Any]:
                                                     or is_gone(outcome.controller)):
             entry["stale"] = True
     best = best_feasible(found)
-    stages = collections.Counter(o.stage.value for o in found)
+    # finalized trials (`hwnas finalize`) are not search trials: not among the trials wanted
+    stages = collections.Counter(FINALIZED if o.finalized_from is not None else o.stage.value
+                                 for o in found)
     return {
         "study": name, "storage": storage_url, "trials_wanted": record.n_trials,
         "trials": len(found), "stages": dict(stages),

@@ -94,7 +94,11 @@ def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
         "-" if outcome.stage in (TrialStage.FAILED, TrialStage.RUNNING, TrialStage.WAITING)
         else "breaks")
     note = outcome.failure or outcome.rejection or ""
-    cells = [str(outcome.number), outcome.stage.value, budget,
+    stage = outcome.stage.value
+    if outcome.finalized_from is not None:  # a longer fine-tune of a search trial's candidate
+        stage = f"finalized ({outcome.finetune.steps if outcome.finetune else '?'} steps)"
+        note = f"finalized from trial {outcome.finalized_from}" + (f"; {note}" if note else "")
+    cells = [str(outcome.number), stage, budget,
              _fmt(outcome.accuracy_val, ".4f"), _fmt(outcome.accuracy_test, ".4f"),
              _fmt(outcome.output_fidelity.cosine_mean if outcome.output_fidelity else None, ".5f"),
              _latency(measurement, measurement.latency_ms_p50 if measurement else None),
@@ -133,12 +137,19 @@ def markdown_report(report: Report, plots: list[Path]) -> str:
              f"- trials: {len(report.outcomes)}, evaluated: {report.count(TrialStage.EVALUATED)}, "
              f"rejected before fine-tune: {report.count(TrialStage.REJECTED)}, "
              f"failed: {report.count(TrialStage.FAILED)}"]
+    finalized = [o for o in report.outcomes if o.finalized_from is not None]
+    if finalized:
+        lines.append("- finalized (fine-tuned again to full fidelity by `hwnas finalize`, "
+                     "bytes measured again): " + ", ".join(
+                         f"trial {o.number} from trial {o.finalized_from}" for o in finalized))
     if report.has_power:
         lines.append(f"- power: measured by the device's sensor during sustained inference; "
                      f"energy per inference basis: {record.energy_basis}")
         lines += [f"- power source of {line}" for line in report.power_sources()]
     if best is not None:
-        lines.append(f"- best feasible: trial {best.number}, validation accuracy "
+        finished = f" (finalized from trial {best.finalized_from})" \
+            if best.finalized_from is not None else ""
+        lines.append(f"- best feasible: trial {best.number}{finished}, validation accuracy "
                      f"{best.accuracy_val:.4f}, test accuracy {best.accuracy_test:.4f}")
     elif any(o.stage == TrialStage.EVALUATED for o in report.outcomes) or \
             report.count(TrialStage.REJECTED):

@@ -135,9 +135,9 @@ class CandidateBuilder:
 class DeviceLease:
     """The device a trial holds; replaced by another of its pool if it is lost."""
 
-    def __init__(self, pool: DevicePool) -> None:
+    def __init__(self, pool: DevicePool, device_pool: str | None = None) -> None:
         self.pool = pool
-        self.device: Device = pool.acquire()
+        self.device: Device = pool.acquire(device_pool)  # any device, or one of that pool
         self.lost: list[str] = []
 
     def replace(self) -> None:
@@ -388,7 +388,7 @@ def finished_twin(trial: optuna.Trial, pools: set[str], progress: "Progress | No
         twins = [t for t in trial.study.get_trials(deepcopy=False)
                  if t.number != trial.number and t.params == trial.params
                  and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
-                 and TrialOutcome.from_trial(t).device_pool in pools | {None}]
+                 and _twin_of_pools(TrialOutcome.from_trial(t), pools)]
         done = [t for t in twins if t.state == TrialState.COMPLETE]
         if done:  # the trial that measured it, rather than another copy of it
             return min(done, key=lambda t: (TrialOutcome.from_trial(t).copied_from is not None,
@@ -410,6 +410,12 @@ def finished_twin(trial: optuna.Trial, pools: set[str], progress: "Progress | No
             return None
         time.sleep(poll_s if decision == WAITS else min(poll_s, 0.2))
         fail_abandoned_trials(trial.study)  # a twin whose controller died will not finish
+
+
+def _twin_of_pools(outcome: TrialOutcome, pools: set[str]) -> bool:
+    """A search trial measured on a device of these pools (a finalized model is a longer
+    fine-tune of its candidate, not a twin)."""
+    return outcome.finalized_from is None and outcome.device_pool in pools | {None}
 
 
 def reuse(trial: optuna.Trial, twin: optuna.trial.FrozenTrial,

@@ -133,6 +133,8 @@ def _as_history(trial: optuna.trial.FrozenTrial, outcome: TrialOutcome, wanted: 
         return None
     if outcome.measurement is None or outcome.artifact is None:
         return None
+    if outcome.finalized_from is not None:  # a longer fine-tune: not a search trial's figures
+        return None
     constraints = constraint_values(budgets, outcome.measurement, outcome.artifact)
     if outcome.stage == TrialStage.REJECTED:
         if not breaks_a_budget(constraints):

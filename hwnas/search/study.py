@@ -21,7 +21,7 @@ from hwnas.export.onnx import plan_units, precision_units
 from hwnas.logs import run_log
 from hwnas.models import model_stages
 from hwnas.records import StudyRecord, TrialOutcome, TrialStage
-from hwnas.run import RunFolder, make_storage, outcomes
+from hwnas.run import RunFolder, completed_search_trials, make_storage, outcomes
 from hwnas.search.controllers import fail_abandoned_trials
 from hwnas.space import check_enqueued, space_shape
 
@@ -278,16 +278,26 @@ def _share(run: RunFolder, study: optuna.Study, prepared: Prepared, space_text: 
             artifact_store=run.store_url).write(study)
 
 
+class MaxSearchTrials:
+    """Stop the study once it has ``n_trials`` completed search trials, whichever controller
+    ran them (Optuna's MaxTrialsCallback, but trials `hwnas finalize` added do not count)."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if completed_search_trials(study) >= self.n_trials:
+            study.stop()
+
+
 def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_version: str,
               progress: bool, log: Callable[[str], None]) -> SearchOutcome:
-    from optuna.study import MaxTrialsCallback
-
     from hwnas.search.objective import Objective, seed_everything
     from hwnas.search.progress import ProgressCallback
 
     space = prepared.space
     seed_everything(space.search.seed)
-    completed = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    completed = completed_search_trials(study)
     remaining = max(0, space.search.n_trials - completed)
     log(f"study {run.study_name}: {completed} trials done, {remaining} to go "
         f"(storage {run.storage_url})")
@@ -299,7 +309,7 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
         _measure_base_model(study, objective, log)
         callbacks = [ProgressCallback(remaining, enabled=progress),
                      # several controllers on one study: stop when the study has its trials
-                     MaxTrialsCallback(space.search.n_trials, states=(TrialState.COMPLETE,))]
+                     MaxSearchTrials(space.search.n_trials)]
         try:
             # one trial per device at a time; a failing trial (lost device, a candidate that
             # cannot be built) records its reason and fails alone, not the study
