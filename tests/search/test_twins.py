@@ -13,7 +13,7 @@ import pytest
 
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.run import make_storage
-from hwnas.search.objective import MEASURES, Progress, finished_twin
+from hwnas.search.objective import MEASURES, Progress, finished_twin, reuse
 
 # the trials here are asked and told by hand, as several controllers do it inside optimize
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -41,7 +41,7 @@ def race(tmp_path, n: int, seed: int, measurer_fails: bool = False) -> list[str]
             twin = finished_twin(trial, {"pool"}, progress, poll_s=0.05)
             if twin is not None:
                 parts[trial.number] = f"reused #{twin.number}"
-                study.tell(trial, 0.5)
+                study.tell(trial, list(reuse(trial, twin, None)))  # marked as a copy
                 return
             time.sleep(0.2)  # measuring
             with lock:
@@ -70,7 +70,8 @@ def test_one_candidate_proposed_by_several_controllers_at_once_is_measured_once(
         parts = race(tmp_path, n=2 + seed % 3, seed=seed)
         assert parts.count("measured") == 1, (seed, parts)
         measured = parts.index("measured")
-        assert all(p == f"reused #{measured}" for i, p in enumerate(parts) if i != measured)
+        assert all(p == f"reused #{measured}" for i, p in enumerate(parts) if i != measured), \
+            (seed, parts)
 
 
 def test_when_the_measuring_twin_fails_exactly_one_waiting_twin_takes_over(tmp_path):
