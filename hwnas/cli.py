@@ -114,20 +114,27 @@ class SearchCommand(Command):
 
 
 def print_outcome(outcome) -> int:  # type: ignore[no-untyped-def]
-    from hwnas.report import Report, text_table, why_nothing_fits, write_report
+    from hwnas.report import Report, text_table, why_nothing_fits
 
     report = Report.of(outcome.study)
     print("\nPareto front (meets every budget):" if report.front else
           f"\nNo trial meets every budget yet ({why_nothing_fits(report)}); all trials:")
     print(text_table(report.front or report.outcomes, report))
+    return print_best_and_report(report, outcome.study, outcome.run)
+
+
+def print_best_and_report(report, study, run) -> int:  # type: ignore[no-untyped-def]
+    """The best feasible trial, how to export it, and the report written for the study."""
+    from hwnas.report import write_report
+
     best = report.best
     if best is not None and best.measurement is not None:
         latency = ("latency not measured (simulated accelerator)" if best.measurement.emulated
                    else f"latency p90 {best.measurement.latency_ms_p90:.3f} ms")
         print(f"\nbest feasible: trial {best.number}: validation accuracy {best.accuracy_val:.4f}, "
               f"test accuracy {best.accuracy_test:.4f}, {latency}")
-        print(f"export it: hwnas export {outcome.run.path} --trial {best.number}")
-    paths = write_report(outcome.study, outcome.run.report_dir)
+        print(f"export it: hwnas export {run.path} --trial {best.number}")
+    paths = write_report(study, run.report_dir)
     print(f"report: {paths['html']} (plot {paths['plot']})")
     return 0
 
@@ -268,25 +275,19 @@ class FinalizeCommand(Command):
                                  "reuse the earlier finalized trial)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from hwnas.report import Report, text_table, write_report
+        from hwnas.report import Report, text_table
         from hwnas.run import RunFolder
         from hwnas.search.finalize import finalize_run
 
         results = finalize_run(args.study, args.top, args.max_steps, args.max_seconds,
                                args.again)
-        study = RunFolder.load(args.study).open_study()
+        run = RunFolder.load(args.study)
+        study = run.open_study()
         report = Report.of(study)
         print("\nfinalized (each after the trial it finishes):")
         rows = [row for done in results for row in (done.source, done.outcome)]
         print(text_table(rows, report))
-        best = report.best
-        if best is not None:
-            print(f"\nbest feasible: trial {best.number}: validation accuracy "
-                  f"{best.accuracy_val:.4f}, test accuracy {best.accuracy_test:.4f}")
-            print(f"export it: hwnas export {args.study} --trial {best.number}")
-        paths = write_report(study, RunFolder.load(args.study).report_dir)
-        print(f"report: {paths['html']}")
-        return 0
+        return print_best_and_report(report, study, run)
 
 
 class DashboardCommand(Command):
