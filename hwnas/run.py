@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import optuna
 import yaml
@@ -67,11 +67,26 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, lost) or isinstance(exc.__cause__, lost)
 
 
+def _wait_out(call: Callable[[int], Any], what: str, outage_s: float) -> Any:
+    """``call(attempt)`` until it returns; a lost connection is retried with back-off for up to
+    ``outage_s`` (then its error is raised), any other error at once."""
+    deadline = time.monotonic() + outage_s
+    attempt = 0
+    while True:
+        try:
+            return call(attempt)
+        except Exception as exc:
+            if not _transient(exc) or time.monotonic() > deadline:
+                raise
+            logging.getLogger("hwnas.storage").warning(
+                "database unreachable (%s); retrying %s", type(exc).__name__, what)
+            time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            attempt += 1
+
+
 def _retrying(method: Any, name: str) -> Any:
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + self.outage_s
-        attempt = 0
-        while True:
+        def once(attempt: int) -> Any:
             try:
                 return method(self, *args, **kwargs)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -79,13 +94,7 @@ def _retrying(method: Any, name: str) -> Any:
                 if attempt and name == "set_trial_state_values":
                     return True
                 raise
-            except Exception as exc:
-                if not _transient(exc) or time.monotonic() > deadline:
-                    raise
-                logging.getLogger("hwnas.storage").warning(
-                    "database unreachable (%s); retrying %s", type(exc).__name__, name)
-                time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
-                attempt += 1
+        return _wait_out(once, name, self.outage_s)
     call.__name__ = name
     return call
 
@@ -125,27 +134,22 @@ def make_storage(url: str) -> optuna.storages.BaseStorage | str:
     connection with back-off (a worker that loses the database continues when it is back)."""
     if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql"):
         return url
-    deadline = time.monotonic() + OUTAGE_S
-    attempt = 0
-    while True:  # connecting is retried like every other call: a worker may start mid-outage
-        try:
-            with warnings.catch_warnings():  # heartbeats are documented but marked experimental
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return _retrying_storage_class()(
-                    url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-                    heartbeat_stale_trial_callback=RetryAbandoned(max_retry=2))
-        except Exception as exc:
-            if not _transient(exc):
-                raise
-            if time.monotonic() > deadline:
-                raise StorageUnreachable(
-                    f"the study database {redact(url)} has been unreachable for "
-                    f"{OUTAGE_S:.0f} s ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
-            logging.getLogger("hwnas.storage").warning(
-                "database unreachable (%s); retrying", type(exc).__name__)
-            time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
-            attempt += 1
+    def connect(_: int) -> optuna.storages.BaseStorage:
+        with warnings.catch_warnings():  # heartbeats are documented but marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _retrying_storage_class()(
+                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                heartbeat_stale_trial_callback=RetryAbandoned(max_retry=2))
+
+    try:  # connecting is waited out like every other call: a worker may start mid-outage
+        return _wait_out(connect, "connecting", OUTAGE_S)
+    except Exception as exc:
+        if not _transient(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise StorageUnreachable(f"the study database {redact(url)} has been unreachable for "
+                                 f"{OUTAGE_S:.0f} s ({type(exc).__name__}: {first})") from exc
 
 
 class RetryAbandoned:
@@ -160,9 +164,6 @@ class RetryAbandoned:
         found = TrialOutcome.from_attributes(trial.user_attrs, "RUNNING")
         if len(history) > self.max_retry or found.finalized_from is not None:
             return  # an interrupted `hwnas finalize` is simply run again, not by the search
-        if any(trial.number in (t.system_attrs.get("retry_history") or ())
-               for t in study.get_trials(deepcopy=False)):
-            return  # another controller retried it already
         study.add_trial(optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING, params=trial.params,
             distributions=trial.distributions,
