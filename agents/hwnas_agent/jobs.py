@@ -235,9 +235,10 @@ class Agent:
     def _execute(self, job: Job) -> None:
         job_dir = self.jobs.job_dir(job.job_id)
         started = time.time()
-        queued = {"queued_unix_time": job.queued_at,
+        # when it started and how long it waited in the queue: every later state keeps both
+        timing = {"started_unix_time": started, "queued_unix_time": job.queued_at,
                   "queued_seconds": max(0.0, started - job.queued_at)}
-        self.jobs.set_state(job.job_id, "running", started_unix_time=started, **queued)
+        self.jobs.set_state(job.job_id, "running", **timing)
         command = self._worker_command("measure", job_dir, self.models.path(job.model_sha256))
         if job.power is not None:
             command += ["--power-source", json.dumps({"kind": job.power.kind,
@@ -253,7 +254,7 @@ class Agent:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            self.jobs.set_state(job.job_id, "failed", started_unix_time=started, **queued,
+            self.jobs.set_state(job.job_id, "failed", **timing,
                                 error="timed out after %.0f s (timeout_s)" % job.request.timeout_s)
             return
         finally:
@@ -265,17 +266,16 @@ class Agent:
             self.jobs.set_state(job.job_id, "interrupted",
                                 error="the agent was stopped during the job")
         elif process.returncode == 0 and os.path.exists(os.path.join(job_dir, "result.json")):
-            self.jobs.set_state(job.job_id, "done", started_unix_time=started,
-                                job_wall_seconds=wall, **queued)
+            self.jobs.set_state(job.job_id, "done", job_wall_seconds=wall, **timing)
         elif process.returncode < 0:
-            self.jobs.set_state(job.job_id, "failed", started_unix_time=started, **queued,
+            self.jobs.set_state(job.job_id, "failed", **timing,
                                 error="the runtime crashed (%s)%s; output: %s"
                                 % (signal_name(process.returncode), self._memory_note(),
                                    _tail(log_path)))
         else:
             error = (read_json(os.path.join(job_dir, "error.json")) or {}).get("error", {})
             message = error.get("message") or _tail(log_path)
-            self.jobs.set_state(job.job_id, "failed", started_unix_time=started, **queued,
+            self.jobs.set_state(job.job_id, "failed", **timing,
                                 error="%s: %s" % (error.get("type", "worker"), message))
 
     @staticmethod
