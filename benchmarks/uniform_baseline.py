@@ -1,88 +1,231 @@
-"""The search's best feasible model against uniform pruning at about the same measured latency.
+"""The default search against the obvious alternative: the best feasible uniform model.
 
-    .venv/bin/python benchmarks/uniform_baseline.py [RUN_DIR]
+    .venv/bin/python benchmarks/uniform_baseline.py [--seeds 5] [--trials N] [--space YAML]
+        [--device YAML] [--json NAME]
 
-The baseline: the same keep ratio in every stage, L1 magnitude, no global pruning, and every
-stage at one precision, int8 (the usual "prune uniformly, then quantize" recipe) or fp32,
-fine-tuned with the same distillation budget and evaluated the same way; the baseline
-reported is the uniform model whose measured latency is closest to the search's best. Every model, the search's winner included,
-is measured again in this one run by the same agent, so latencies are compared side by side.
+For each seed, side by side in one run on the same device (the local agent) and budgets:
+
+- the default search with today's policy (Optuna TPE, budgets as constraints, latency
+  screened before fine-tuning): `search.sampler: tpe`;
+- the default search with the search engine's policy (`search.sampler: engine`, the policy
+  the NAS-Bench-201 replay measures);
+- the best feasible uniform model: the same keep ratio in every stage on the fine grid of the
+  space's width knob (every 1/16 from 0.125 to 1), L1 magnitude, no global pruning, one
+  precision for the whole model, for every precision of the device. Each goes through what a
+  search trial does with the same rules and the same fine-tuning: prune, export, measure;
+  over a budget -> rejected before fine-tuning; else fine-tune, export, accuracy of the
+  exported bytes, measure the deployed bytes, budgets. Per precision the keeps are tried
+  largest first, and after the two largest feasible ones smaller ones are not fine-tuned
+  (a uniform model with fewer channels of the same precision is less accurate, and the
+  second one guards against a noisy first measurement).
+
+Every model is picked on validation accuracy, as the search picks; test accuracy is
+compared. "At equal wall time": each search's best feasible trial completed within the
+uniform sweep's own wall time.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "agents"))
 
 from _common import save, table  # noqa: E402
 
+from hwnas.budgets import breaks_a_budget, constraint_values  # noqa: E402
 from hwnas.compress.finetune import finetune  # noqa: E402
 from hwnas.evaluate import onnx_split_accuracy  # noqa: E402
-from hwnas.records import Candidate, StudyRecord  # noqa: E402
-from hwnas.run import RunFolder, best_feasible, device_file, outcomes  # noqa: E402
-from hwnas.search import open_pool, prepare, trial_context  # noqa: E402
+from hwnas.models import output_channels  # noqa: E402
+from hwnas.records import Candidate, TrialOutcome  # noqa: E402
+from hwnas.run import RunFolder  # noqa: E402
+from hwnas.search import open_pool, prepare, run_search, trial_context  # noqa: E402
 from hwnas.search.objective import CandidateBuilder, DeviceLease, Timings, TrialMeasurer  # noqa: E402
 
-KEEP_RATIOS = [0.25, 0.375, 0.5, 0.75]
-PRECISIONS = ["fp32", "int8"]
+ROOT = Path(__file__).resolve().parent.parent
+GRID = [round(0.125 + i / 16, 10) for i in range(15)]  # 0.125 ... 1.0
+FEASIBLE_PER_PRECISION = 2
+
+
+@dataclasses.dataclass
+class UniformRow:
+    keep: float
+    precision: str
+    stage: str  # evaluated | rejected_before_finetune | same model as keep K
+    latency_ms_p90: float | None = None
+    size_mb: float | None = None
+    accuracy_val: float | None = None
+    accuracy_test: float | None = None
+    feasible: bool = False
+    finished_at_s: float = 0.0  # since the sweep started
+
+
+def uniform_sweep(space_path: Path, device_path: Path, seed: int, work: Path) -> tuple[list[UniformRow], float]:
+    prepared = prepare(space_path, device_path, log=lambda _line: None)
+    budgets, space = prepared.budgets, prepared.space
+    rows: list[UniformRow] = []
+    with open_pool(prepared.devices) as pool:
+        builder = CandidateBuilder(trial_context(prepared, pool, RunFolder(work, "", "uniform")))
+        measurer = TrialMeasurer(DeviceLease(pool), Timings())
+        started = time.perf_counter()
+        for precision in prepared.shape.precisions:
+            built: dict[tuple, UniformRow] = {}
+            feasible = 0
+            for index, keep in enumerate(sorted(GRID, reverse=True)):
+                if feasible >= FEASIBLE_PER_PRECISION:
+                    break
+                candidate = Candidate.build({s: keep for s in prepared.shape.stages}, "l1", 0.0,
+                                            {u: precision for u in prepared.shape.precision_units})
+                pruned, _exported, screen = builder.screen_copy(candidate, work, Timings())
+                channels = tuple(sorted(output_channels(pruned.module).items()))
+                if channels in built:  # rounds to the same channel counts: the same model
+                    rows.append(dataclasses.replace(
+                        built[channels], keep=keep, stage=f"same model as keep {built[channels].keep:g}",
+                        feasible=False, finished_at_s=time.perf_counter() - started))
+                    continue
+                screened = measurer.measure(screen)
+                row = UniformRow(keep, precision, "rejected_before_finetune",
+                                 screened.latency_ms_p90, screen.size_mb)
+                if not breaks_a_budget(constraint_values(budgets, screened, screen)):
+                    model = pruned.module
+                    finetune(model, prepared.base.module, prepared.task, space.finetune,
+                             seed=seed + index)
+                    artifact = builder.export(model, candidate, work / f"uniform-{keep:g}-{precision}.onnx")
+                    deployed = measurer.measure(artifact)
+                    row = dataclasses.replace(
+                        row, stage="evaluated", latency_ms_p90=deployed.latency_ms_p90,
+                        size_mb=artifact.size_mb,
+                        accuracy_val=onnx_split_accuracy(artifact, prepared.task.validation),
+                        accuracy_test=onnx_split_accuracy(artifact, prepared.task.test),
+                        feasible=not breaks_a_budget(constraint_values(budgets, deployed, artifact)))
+                    feasible += row.feasible
+                row.finished_at_s = time.perf_counter() - started
+                built[channels] = row
+                rows.append(row)
+                acc = "-" if row.accuracy_test is None else f"{row.accuracy_test:.4f}"
+                print(f"    uniform keep {keep:g} {precision}: {row.stage}, p90 "
+                      f"{row.latency_ms_p90:.4f} ms, {row.size_mb:.3f} MB, test {acc}"
+                      f"{' (feasible)' if row.feasible else ''}", flush=True)
+        return rows, time.perf_counter() - started
+
+
+def best_uniform(rows: list[UniformRow]) -> UniformRow | None:
+    return max((r for r in rows if r.feasible and r.stage == "evaluated"),
+               key=lambda r: r.accuracy_val or 0.0, default=None)
+
+
+def search(space_path: Path, device_path: Path, sampler: str, seed: int, trials: int,
+           work: Path) -> dict[str, Any]:
+    document = yaml.safe_load(space_path.read_text())
+    document.setdefault("search", {}).update(sampler=sampler, seed=seed, n_trials=trials)
+    variant = work / f"space-{sampler}-{seed}.yaml"
+    variant.write_text(yaml.safe_dump(document, sort_keys=False))
+    started = time.time()
+    outcome = run_search(variant, device_path, work / f"run-{sampler}-{seed}", progress=False,
+                         log=lambda _line: None)
+    wall = time.time() - started
+    trials_done = []
+    for trial in outcome.study.get_trials(deepcopy=False):
+        found = TrialOutcome.from_trial(trial)
+        if trial.datetime_complete is None:
+            continue
+        trials_done.append({"number": trial.number, "stage": str(found.stage),
+                            "feasible": found.feasible, "accuracy_val": found.accuracy_val,
+                            "accuracy_test": found.accuracy_test,
+                            "latency_ms_p90": found.measurement.latency_ms_p90
+                            if found.measurement else None,
+                            "candidate": found.summary(),
+                            "finished_at_s": trial.datetime_complete.timestamp() - started})
+    return {"sampler": sampler, "seed": seed, "wall_s": wall, "trials": trials_done,
+            "evaluated": sum(t["stage"] == "evaluated" for t in trials_done)}
+
+
+def best_within(run: dict[str, Any], seconds: float | None = None) -> dict[str, Any] | None:
+    found = [t for t in run["trials"] if t["feasible"] and
+             (seconds is None or t["finished_at_s"] <= seconds)]
+    return max(found, key=lambda t: t["accuracy_val"], default=None)
 
 
 def main() -> int:
-    run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/fashion-mnist-cnn--local")
-    run = RunFolder.load(run_dir)
-    study = run.open_study()
-    best = best_feasible(outcomes(study))
-    if best is None:
-        print("no feasible trial in this study yet")
-        return 1
-    configs = run_dir / "configs" / best.config_version
-    prepared = prepare(configs / "search_space.yaml", configs / device_file(0))
-    work = RunFolder(run_dir / "benchmark-uniform", run.storage_url, run.study_name)
-    rows = []
-    with open_pool(prepared.devices) as pool:
-        builder = CandidateBuilder(trial_context(prepared, pool, work))
-        measurer = TrialMeasurer(DeviceLease(pool), Timings())
-        best_artifact = run.kept_artifact(best, study)
-        best_measured = measurer.measure(best_artifact)
-        search_row = {"model": f"search trial {best.number}", "candidate": best.summary(),
-                      "accuracy_val": best.accuracy_val, "accuracy_test": best.accuracy_test,
-                      "latency_ms_p50": best_measured.latency_ms_p50,
-                      "latency_ms_p90": best_measured.latency_ms_p90,
-                      "size_mb": best_artifact.size_mb}
-        for keep, precision in [(k, p) for p in PRECISIONS for k in KEEP_RATIOS]:
-            stages = prepared.shape.stages
-            candidate = Candidate.build({s: keep for s in stages}, "l1", 0.0,
-                                        {u: precision for u in prepared.shape.precision_units})
-            model = builder.prune(candidate)
-            finetune(model, prepared.base.module, prepared.task, prepared.space.finetune, seed=0)
-            artifact = builder.export(model, candidate, work.path / f"uniform-{keep}-{precision}.onnx")
-            measured = measurer.measure(artifact)
-            rows.append({"model": f"uniform keep {keep:g} {precision}", "candidate": candidate.summary(),
-                         "accuracy_val": onnx_split_accuracy(artifact, prepared.task.validation),
-                         "accuracy_test": onnx_split_accuracy(artifact, prepared.task.test),
-                         "latency_ms_p50": measured.latency_ms_p50,
-                         "latency_ms_p90": measured.latency_ms_p90, "size_mb": artifact.size_mb})
-            print(f"  {rows[-1]['model']}: test acc {rows[-1]['accuracy_test']:.4f}, "
-                  f"p90 {measured.latency_ms_p90:.4f} ms", flush=True)
-    matched = min(rows, key=lambda r: abs(r["latency_ms_p90"] - search_row["latency_ms_p90"]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=None, help="default: the space's n_trials")
+    parser.add_argument("--space", type=Path, default=ROOT / "search_spaces/fashion_mnist.yaml")
+    parser.add_argument("--device", type=Path, default=ROOT / "device_profiles/local.yaml")
+    parser.add_argument("--json", default="uniform_baseline")
+    args = parser.parse_args()
+    trials = args.trials or yaml.safe_load(args.space.read_text())["search"]["n_trials"]
+    seeds = []
+    with tempfile.TemporaryDirectory(prefix="hwnas-uniform-") as tmp:
+        work = Path(tmp)
+        for seed in range(args.seeds):
+            print(f"seed {seed}", flush=True)
+            runs = {sampler: search(args.space, args.device, sampler, seed, trials, work)
+                    for sampler in ("tpe", "engine")}
+            rows, uniform_wall = uniform_sweep(args.space, args.device, seed, work / f"uniform-{seed}")
+            uniform = best_uniform(rows)
+            entry: dict[str, Any] = {"seed": seed, "uniform_wall_s": uniform_wall,
+                                     "uniform_best": dataclasses.asdict(uniform) if uniform else None,
+                                     "uniform_rows": [dataclasses.asdict(r) for r in rows]}
+            for sampler, run in runs.items():
+                final, timed = best_within(run), best_within(run, uniform_wall)
+                entry[sampler] = run | {
+                    "best": final, "best_within_uniform_wall": timed,
+                    "beats_uniform": bool(final and uniform and
+                                          final["accuracy_test"] > uniform.accuracy_test),
+                    "beats_uniform_within_its_wall": bool(timed and uniform and
+                                                          timed["accuracy_test"] > uniform.accuracy_test)}
+            seeds.append(entry)
+            print(f"  uniform best {uniform.precision if uniform else '-'} keep "
+                  f"{uniform.keep if uniform else '-'}: test "
+                  f"{uniform.accuracy_test if uniform else float('nan'):.4f} ({uniform_wall:.0f} s); "
+                  + "; ".join(f"{s}: test {(entry[s]['best'] or {}).get('accuracy_test', float('nan')):.4f}"
+                              f" ({entry[s]['wall_s']:.0f} s)" for s in runs), flush=True)
+
+    def acc(found: dict | None) -> str:
+        return "-" if not found else f"{found['accuracy_test']:.4f}"
+
     print()
-    print(table(["model", "val acc", "test acc", "p50 ms", "p90 ms", "MB"],
-                [[r["model"], f"{r['accuracy_val']:.4f}", f"{r['accuracy_test']:.4f}",
-                  f"{r['latency_ms_p50']:.4f}", f"{r['latency_ms_p90']:.4f}", f"{r['size_mb']:.3f}"]
-                 for r in [search_row, *rows]]))
-    print(f"\nat about the same latency: search {search_row['accuracy_test']:.4f} test accuracy at "
-          f"p90 {search_row['latency_ms_p90']:.4f} ms vs {matched['model']} "
-          f"{matched['accuracy_test']:.4f} at {matched['latency_ms_p90']:.4f} ms "
-          f"(latency ratio {matched['latency_ms_p90'] / search_row['latency_ms_p90']:.2f})")
-    save("uniform_baseline", {
-        "command": f".venv/bin/python benchmarks/uniform_baseline.py {run_dir}",
-        "budgets": dict(StudyRecord.from_study(study).budgets), "search_best": search_row,
-        "uniform": rows, "latency_matched_uniform": matched["model"],
-        "accuracy_test_difference": search_row["accuracy_test"] - matched["accuracy_test"],
-        "latency_p90_ratio_uniform_over_search": matched["latency_ms_p90"] / search_row["latency_ms_p90"],
-    })
+    print(table(["seed", "uniform best (val-picked)", "uniform test", "uniform s",
+                 "tpe test", "tpe s", "tpe @uniform s", "engine test", "engine s",
+                 "engine @uniform s"],
+                [[str(e["seed"]),
+                  f"{e['uniform_best']['precision']} keep {e['uniform_best']['keep']:g}"
+                  if e["uniform_best"] else "-",
+                  f"{e['uniform_best']['accuracy_test']:.4f}" if e["uniform_best"] else "-",
+                  f"{e['uniform_wall_s']:.0f}",
+                  acc(e["tpe"]["best"]), f"{e['tpe']['wall_s']:.0f}",
+                  acc(e["tpe"]["best_within_uniform_wall"]),
+                  acc(e["engine"]["best"]), f"{e['engine']['wall_s']:.0f}",
+                  acc(e["engine"]["best_within_uniform_wall"])] for e in seeds]))
+    summary = {}
+    for sampler in ("tpe", "engine"):
+        margins = [e[sampler]["best"]["accuracy_test"] - e["uniform_best"]["accuracy_test"]
+                   for e in seeds if e[sampler]["best"] and e["uniform_best"]]
+        summary[sampler] = {
+            "seeds_beating_uniform": sum(e[sampler]["beats_uniform"] for e in seeds),
+            "seeds_beating_uniform_within_its_wall_time":
+                sum(e[sampler]["beats_uniform_within_its_wall"] for e in seeds),
+            "median_margin_test_accuracy": statistics.median(margins) if margins else None,
+            "median_wall_s": statistics.median(e[sampler]["wall_s"] for e in seeds),
+            "median_evaluated": statistics.median(e[sampler]["evaluated"] for e in seeds)}
+        print(f"{sampler}: beats the best feasible uniform model on "
+              f"{summary[sampler]['seeds_beating_uniform']}/{len(seeds)} seeds after {trials} trials, "
+              f"{summary[sampler]['seeds_beating_uniform_within_its_wall_time']}/{len(seeds)} within the "
+              f"uniform sweep's wall time; median margin {summary[sampler]['median_margin_test_accuracy']}, "
+              f"median wall {summary[sampler]['median_wall_s']:.0f} s")
+    summary["uniform_median_wall_s"] = statistics.median(e["uniform_wall_s"] for e in seeds)
+    save(args.json, {"command": "benchmarks/uniform_baseline.py " + " ".join(sys.argv[1:]),
+                     "trials": trials, "grid": GRID, "summary": summary, "seeds": seeds})
     return 0
 
 

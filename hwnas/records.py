@@ -279,6 +279,11 @@ class TrialStage(str, enum.Enum):
 
     EVALUATED = "evaluated"  # fine-tuned, accuracy of the deployed bytes, measured again
     REJECTED = "rejected_before_finetune"  # broke a budget (or could not run) at screening
+    # the search engine (sampler: engine) only: a per-device predictor put it far over a
+    # budget, so it was never measured (its predicted figures are in the trial, never as a
+    # measurement); or its accuracy at a low fidelity stopped it (Optuna state PRUNED)
+    SKIPPED = "skipped_predicted_over_budget"
+    STOPPED = "stopped_at_fidelity"
     FAILED = "failed"  # an error: see TrialOutcome.failure
     RUNNING = "running"  # not finished (or left by a controller that died: retried on resume)
     WAITING = "waiting"  # enqueued, not started
@@ -404,7 +409,10 @@ class TrialOutcome:
             stage = TrialStage(attrs.get("stage", TrialStage.EVALUATED.value))
         elif state in ("RUNNING", "WAITING"):
             stage = TrialStage[state]
-        else:  # FAIL, and PRUNED which hwnas does not use: neither has a result
+        elif state == "PRUNED" and attrs.get("stage") in (TrialStage.SKIPPED.value,
+                                                           TrialStage.STOPPED.value):
+            stage = TrialStage(attrs["stage"])
+        else:  # FAIL (or a PRUNED trial hwnas did not write): neither has a result
             stage = TrialStage.FAILED
 
         def record(key: str, kind: Any) -> Any:

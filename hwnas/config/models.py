@@ -253,7 +253,9 @@ POWER_METRICS = ("power_mean_w", "power_peak_w", "energy_mj_per_inference")
 
 class SearchSettings(Frozen):
     n_trials: Annotated[int, Field(ge=1, le=100000)] = 20
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    # engine: hwnas's own policy (hwnas/search/engine.py), one controller, one device profile;
+    # tpe / nsga2 / random: an Optuna sampler with the budgets as constraints
+    sampler: Literal["engine", "tpe", "nsga2", "random"] = "tpe"
     seed: int = 0
     storage: str | None = None  # any Optuna storage URL; default: SQLite in the run folder
     study_name: str | None = None

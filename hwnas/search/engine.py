@@ -88,11 +88,14 @@ class SearchEngine:
     def __init__(self, evaluator: Evaluator, study: optuna.Study, policy: Policy = Policy(),
                  seed: int = 0, objectives: tuple[str, ...] = (),
                  log: Callable[[str], None] | None = None,
-                 candidate_cache: dict | None = None) -> None:
+                 candidate_cache: dict | None = None,
+                 after_trial: Callable[[FrozenTrial], None] | None = None) -> None:
         """``objectives``: hardware figures reported as further study values after accuracy.
         ``candidate_cache``: params -> (candidate, encoding), shareable between engines on
-        the same evaluator and space (a benchmark's seeds)."""
+        the same evaluator and space (a benchmark's seeds). ``after_trial``: called with
+        every trial the engine finished (e.g. a progress bar)."""
         self.evaluator, self.study, self.policy = evaluator, study, policy
+        self.after_trial = after_trial or (lambda _trial: None)
         self.objectives, self.log = objectives, log or (lambda _message: None)
         self.budgets = evaluator.budgets
         self._distributions: dict[str, BaseDistribution] | None = None
@@ -103,6 +106,7 @@ class SearchEngine:
         self._predictors = {b.figure: FigurePredictor(b.figure, policy.predictor_min_measurements)
                             for b in self.budgets} if policy.predictor else {}
         self.measurements = self.rounds = self.skipped = 0
+        self._stop_when: Callable[[tuple[Evaluation, ...]], bool] = lambda _evaluations: False
         self._model: AccuracyModel | None = None
         self._candidates: dict[tuple[tuple[str, Any], ...], tuple[Hashable, np.ndarray]] = \
             candidate_cache if candidate_cache is not None else {}
@@ -115,8 +119,9 @@ class SearchEngine:
         """Rebuild the policy's state from the study: what was seen, measured, evaluated."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                    TrialState.PRUNED)):
-            if "stage" not in trial.user_attrs:
-                continue
+            if "stage" not in trial.user_attrs or \
+                    trial.user_attrs.get("finalized_from") is not None:
+                continue  # not the engine's, or a longer fine-tune (`hwnas finalize`) of one
             candidate = self.evaluator.suggest(optuna.trial.FixedTrial(trial.params))
             self._learn_distributions(trial.distributions)
             self._seen.setdefault(candidate, trial)
@@ -124,8 +129,9 @@ class SearchEngine:
             self.measurements += attrs.get("measurements", 0)
             self.rounds += attrs.get("measurement_rounds", 0)
             self.skipped += attrs["stage"] == STAGE_SKIPPED
-            if "hardware" in attrs:
-                self._teach_predictors(candidate, trial.params, attrs["hardware"]["figures"])
+            screened = attrs.get("hardware_screened") or attrs.get("hardware")
+            if screened:  # what the predictors learnt from: the figures before training
+                self._teach_predictors(candidate, trial.params, screened["figures"])
             if attrs["stage"] == STAGE_EVALUATED:
                 feasible = all(v <= 0 for v in trial.constraints.values())
                 self._evaluations.append(Evaluation(trial.number, candidate, trial.values[0],
@@ -165,8 +171,9 @@ class SearchEngine:
             ) -> EngineResult:
         """Search until ``max_evaluations``, the measurement budget, or ``stop_when`` says so."""
         policy = self.policy
+        self._stop_when = stop_when or (lambda _evaluations: False)
         while len(self._evaluations) < policy.max_evaluations:
-            if stop_when is not None and stop_when(tuple(self._evaluations)):
+            if self._stop_when(tuple(self._evaluations)):
                 break
             if policy.max_measurements is not None and self.measurements >= policy.max_measurements:
                 self.log("stopping: measurement budget spent")
@@ -202,6 +209,8 @@ class SearchEngine:
             # learnt), rank again
             if len(self._evaluations) > evaluations or acted >= self.policy.rerank_after:
                 break
+            if acted and self._stop_when(tuple(self._evaluations)):
+                break
             acted += 1
             if self.policy.max_measurements is not None and \
                     self.measurements >= self.policy.max_measurements:
@@ -213,41 +222,57 @@ class SearchEngine:
 
     def _act(self, trial: optuna.Trial, candidate: Hashable,
              predicted: dict[str, float] | None = None) -> None:
+        """One trial; an error fails it alone unless the evaluator says the search cannot go on
+        (e.g. no device left)."""
+        try:
+            self._act_on(trial, candidate, predicted)
+        except Exception as exc:
+            stop = self.evaluator.trial_failed(trial, candidate, exc)
+            self.after_trial(self.study.tell(trial, state=TrialState.FAIL))
+            self.log(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
+            if stop:
+                raise
+
+    def _act_on(self, trial: optuna.Trial, candidate: Hashable,
+                predicted: dict[str, float] | None) -> None:
         self._learn_distributions(trial.distributions)
         trial.set_user_attr("candidate", self.evaluator.describe(candidate))
+        self.evaluator.start_trial(trial, candidate)
         if candidate in self._seen:
-            return self._repeat(trial, self._seen[candidate])
+            return self._repeat(trial, candidate, self._seen[candidate])
         if predicted is None:
             predicted = self._predict(candidate, trial.params)
         if predicted:
             trial.set_user_attr("predicted", predicted)  # never a measurement
             if self._skip(predicted):
                 self.skipped += 1
-                trial.set_user_attr("stage", STAGE_SKIPPED)
-                self._finish(trial, None, TrialState.PRUNED, candidate)
+                self._finish(trial, None, TrialState.PRUNED, candidate, STAGE_SKIPPED)
                 return None
         report, decisions, history = None, (), ()
         if self.policy.screening:
             report, decisions, history = self._measure(trial, candidate)
             if not all(d.feasible for d in decisions):
-                trial.set_user_attr("stage", STAGE_REJECTED)
                 return self._finish(trial, self._values(NOT_EVALUATED, report),
-                                    TrialState.COMPLETE, candidate)
+                                    TrialState.COMPLETE, candidate, STAGE_REJECTED)
         accuracy = self._evaluate(trial, candidate)
         if accuracy is None:
-            trial.set_user_attr("stage", STAGE_STOPPED)
-            return self._finish(trial, None, TrialState.PRUNED, candidate)
+            return self._finish(trial, None, TrialState.PRUNED, candidate, STAGE_STOPPED)
         if not self.policy.screening:  # plain search: the figures come after the accuracy
             report, decisions, history = self._measure(trial, candidate)
+        elif self.evaluator.measure_after_evaluation:
+            # the deployed bytes decide (noise-aware as well); the screened figures stay in
+            # the record as what screening saw
+            trial.set_user_attr("hardware_screened", report.to_dict() if report else None)
+            report, decisions, history = self._measure(trial, candidate, teach=False)
         feasible = all(d.feasible for d in decisions)
         self._evaluations.append(Evaluation(trial.number, candidate, accuracy, feasible))
         if feasible:
             self._feasible_evaluated.append(
                 (candidate, self.evaluator.parameters(candidate) or dict(trial.params), accuracy))
-        trial.set_user_attr("stage", STAGE_EVALUATED)
-        return self._finish(trial, self._values(accuracy, report), TrialState.COMPLETE, candidate)
+        return self._finish(trial, self._values(accuracy, report), TrialState.COMPLETE, candidate,
+                            STAGE_EVALUATED)
 
-    def _measure(self, trial: optuna.Trial, candidate: Hashable
+    def _measure(self, trial: optuna.Trial, candidate: Hashable, teach: bool = True
                  ) -> tuple[HardwareReport, tuple[BudgetDecision, ...], tuple[HardwareReport, ...]]:
         report, decisions, history = screen(self.evaluator, candidate, self.budgets,
                                             self.policy.max_rounds)
@@ -255,15 +280,18 @@ class SearchEngine:
         rounds = sum(max(f.rounds for f in r.figures) for r in (*history, report))
         self.measurements += taken
         self.rounds += rounds
+        taken_before = trial.user_attrs.get("measurements", 0) if not teach else 0
+        rounds_before = trial.user_attrs.get("measurement_rounds", 0) if not teach else 0
         trial.set_user_attr("hardware", report.to_dict())
-        trial.set_user_attr("measurements", taken)
-        trial.set_user_attr("measurement_rounds", rounds)
+        trial.set_user_attr("measurements", taken_before + taken)
+        trial.set_user_attr("measurement_rounds", rounds_before + rounds)
         trial.set_user_attr("budget_decisions", [d.to_dict() for d in decisions])
         if history:
             trial.set_user_attr("hardware_before_remeasuring", [r.to_dict() for r in history])
         for budget in self.budgets:
             trial.set_constraint(budget.figure, budget.constraint(report.figure(budget.figure).value))
-        self._teach_predictors(candidate, trial.params, report.to_dict()["figures"])
+        if teach:  # once per candidate: its figures before training
+            self._teach_predictors(candidate, trial.params, report.to_dict()["figures"])
         if self._predictors:
             self.study.set_user_attr("predictor_rank_accuracy", {
                 n: p.rank_accuracy().to_dict() for n, p in self._predictors.items()})
@@ -315,21 +343,25 @@ class SearchEngine:
                 return True
         return False
 
-    def _repeat(self, trial: optuna.Trial, earlier: FrozenTrial) -> None:
+    def _repeat(self, trial: optuna.Trial, candidate: Hashable, earlier: FrozenTrial) -> None:
         """The same model again (e.g. an equivalent encoding): nothing is paid twice."""
         trial.set_user_attr("stage", STAGE_DUPLICATE)
         trial.set_user_attr("same_as_trial", earlier.number)
         for key, value in earlier.constraints.items():
             trial.set_constraint(key, value)
+        self.evaluator.end_trial(trial, candidate, STAGE_DUPLICATE, earlier)
         if earlier.state == TrialState.COMPLETE:
-            self.study.tell(trial, earlier.values)
+            self.after_trial(self.study.tell(trial, earlier.values))
         else:
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self.after_trial(self.study.tell(trial, state=TrialState.PRUNED))
 
     def _finish(self, trial: optuna.Trial, values: list[float] | None, state: TrialState,
-                candidate: Hashable) -> None:
+                candidate: Hashable, stage: str) -> None:
+        trial.set_user_attr("stage", stage)
+        self.evaluator.end_trial(trial, candidate, stage)
         frozen = self.study.tell(trial, values, state=state)
         self._seen[candidate] = frozen
+        self.after_trial(frozen)
 
     # --- the model's pool ---------------------------------------------------------------
 
@@ -347,10 +379,13 @@ class SearchEngine:
                 u = self._rng.uniform(math.log(low) if log else low,
                                       math.log(high) if log else high, size=count)
                 values = np.exp(u) if log else u
+                step = getattr(dist, "step", None)
+                if step is not None:  # on the distribution's grid, as a sampler would give
+                    values = np.clip(low + np.round((values - low) / step) * step, low, high)
                 if isinstance(dist, optuna.distributions.IntDistribution):
                     columns[name] = [int(round(v)) for v in values]
                 else:
-                    columns[name] = [float(v) for v in values]
+                    columns[name] = [round(float(v), 10) for v in values]
         return [{name: columns[name][i] for name in columns} for i in range(count)]
 
     def _neighbours(self, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -360,6 +395,10 @@ class SearchEngine:
             if isinstance(dist, CategoricalDistribution):
                 found += [params | {name: choice} for choice in dist.choices
                           if choice != params[name]]
+            elif getattr(dist, "step", None) is not None:  # ordered: one step either way
+                for value in (params[name] - dist.step, params[name] + dist.step):  # type: ignore[attr-defined]
+                    if dist.low - 1e-9 <= value <= dist.high + 1e-9:  # type: ignore[attr-defined]
+                        found.append(params | {name: type(params[name])(round(value, 10))})
         return found
 
     def _candidate(self, params: dict[str, Any]) -> tuple[Hashable, np.ndarray]:

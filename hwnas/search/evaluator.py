@@ -109,6 +109,25 @@ class Evaluator(abc.ABC):
         to_dict = getattr(candidate, "to_dict", None)
         return to_dict() if callable(to_dict) else {"repr": repr(candidate)}
 
+    # --- the trial's own record: an evaluator that keeps one (the compression search's
+    # TrialOutcome) writes it through these; the engine calls them around every trial.
+
+    #: the bytes that are deployed change with evaluation (fine-tuned weights, calibration
+    #: on them): after evaluating, the engine measures again, and those figures decide
+    measure_after_evaluation: bool = False
+
+    def start_trial(self, trial: optuna.Trial, candidate: Hashable) -> None:
+        """The engine acts on ``candidate`` in ``trial`` (measure/evaluate calls follow)."""
+
+    def end_trial(self, trial: optuna.Trial, candidate: Hashable, stage: str,
+                  earlier: "optuna.trial.FrozenTrial | None" = None) -> None:
+        """Before the engine tells the study: ``stage`` is how the trial ended (``earlier``:
+        the trial a duplicate repeats)."""
+
+    def trial_failed(self, trial: optuna.Trial, candidate: Hashable, exc: Exception) -> bool:
+        """The trial raised ``exc`` and is failed; True: the search cannot go on (re-raise)."""
+        return True
+
 
 def figures_from_measurement(measurement: "Measurement", size_mb: float | None = None
                              ) -> HardwareReport:

@@ -33,7 +33,8 @@ from hwnas.models import model_stages, output_channels
 from hwnas.budgets import (NOT_EVALUATED, breaks_a_budget, constraint_values, describe_excess,
                            latency_uses, objective_values)
 from hwnas.errors import DeviceError, MeasurementError
-from hwnas.records import Artifact, Candidate, FineTuneReport, Measurement, TrialOutcome, TrialStage
+from hwnas.records import (Artifact, Candidate, FineTuneReport, Measurement, OutputFidelity,
+                           TrialOutcome, TrialStage)
 from hwnas.remote.pool import Device, DevicePool
 from hwnas.remote.screen import CompatibilityScreen, needs_screening, screen_compatibility
 from hwnas.run import RunFolder
@@ -91,6 +92,15 @@ class CandidateBuilder:
     def prune_with_plan(self, candidate: Candidate) -> PrunedModel:
         """The pruned model and the channel plan that rebuilds it from the base model."""
         return prune(self.pruning, candidate, self.saliency_batches)
+
+    def screen_copy(self, candidate: Candidate, work: Path, timings: Timings
+                    ) -> tuple[PrunedModel, ExportedModel, Artifact]:
+        """The candidate pruned and quantized, before fine-tuning: what screening measures."""
+        with timings.phase("prune"):
+            pruned = self.prune_with_plan(candidate)
+        with timings.phase("quantize_export"):
+            exported = self.build(pruned.module, candidate, work / "screen.onnx")
+            return pruned, exported, self.artifact(pruned.module, exported)
 
     def keep_pytorch(self, pruned: PrunedModel, artifact: Artifact, trial: optuna.Trial,
                      work: Path) -> None:
@@ -163,10 +173,12 @@ class TrialMeasurer:
         self.pending = inherited.pending_job if inherited else None
         self.reused: list[str] = []
 
-    def measure(self, artifact: Artifact) -> Measurement:
+    def measure(self, artifact: Artifact, rounds: int | None = None) -> Measurement:
+        """``rounds``: more measurement rounds than the profile's (a figure whose interval
+        holds its budget is measured again with more; search/screening.py)."""
         while True:
             device = self.lease.device
-            known = self.known.get(artifact.sha256)
+            known = self.known.get(artifact.sha256) if rounds is None else None
             # measured on a device of this one's pool (interchangeable ones): not again
             if known is not None and device.pool in (self.known_pool, known.device):
                 self.reused.append(artifact.sha256)
@@ -175,8 +187,11 @@ class TrialMeasurer:
                 with self.timings.phase("ship"):
                     device.client.ensure_model(artifact)
                 with self.timings.phase("measure"):
+                    request = device.profile.measure_request(artifact.sha256)
+                    if rounds is not None:
+                        request = dataclasses.replace(request, rounds=rounds)
                     measurement = self._collect_pending(device, artifact) or device.client.measure(
-                        device.profile.measure_request(artifact.sha256),
+                        request,
                         on_submitted=lambda job: self._note(device.name, job, artifact.sha256))
                 self._note(None)
                 return measurement
@@ -263,12 +278,7 @@ class Objective:
         ctx, builder, timings = self.ctx, self.builder, measurer.timings
         candidate = progress.outcome.candidate
         assert candidate is not None and progress.outcome.origin is not None
-        with timings.phase("prune"):
-            pruned = builder.prune_with_plan(candidate)
-            model = pruned.module
-        with timings.phase("quantize_export"):
-            screen_export = builder.build(model, candidate, work / "screen.onnx")
-            screen = builder.artifact(model, screen_export)
+        pruned, screen_export, screen = builder.screen_copy(candidate, work, timings)
         if needs_screening(measurer.lease.device.profile):
             compatibility = measurer.screen(screen, screen_export, candidate)
             # one constraint per name on every screened trial: <= 0 runs whole on the accelerator
@@ -293,24 +303,8 @@ class Objective:
             return objective_values(ctx.space, NOT_EVALUATED, screen_measurement, screen,
                                     budgets.basis)
 
-        with timings.phase("finetune"):
-            tune = finetune(model, ctx.base_model, ctx.task, ctx.space.finetune,
-                            seed=ctx.space.search.seed + progress.outcome.origin)
-        progress.update(finetune=FineTuneReport.from_dict(tune))
-        with timings.phase("quantize_export"):
-            artifact = builder.export(model, candidate, work / "model.onnx")
-            ctx.run.keep_artifact(artifact, trial)
-            parent = builder.export_parent(model, work / "parent.onnx")
-            builder.keep_pytorch(pruned, artifact, trial, work)
-        with timings.phase("evaluate"):
-            accuracy_val = onnx_split_accuracy(artifact, ctx.task.validation)
-            accuracy_test = onnx_split_accuracy(artifact, ctx.task.test)
-        progress.update(artifact=artifact, accuracy_val=accuracy_val, accuracy_test=accuracy_test)
-        with timings.phase("fidelity"):
-            held_out = ctx.task.validation
-            samples = held_out.load(np.arange(min(FIDELITY_SAMPLES, len(held_out))))
-            fidelity = output_fidelity(parent, artifact, samples, measurer.lease.device.profile)
-        progress.update(output_fidelity=fidelity)
+        artifact, accuracy_val, fidelity = train_and_evaluate(
+            ctx, builder, trial, progress, pruned, measurer.lease.device.profile, work, timings)
         # the deployed bytes are what gets reported: measure them, not the screening copy
         measurement = measurer.measure(artifact)
         budgets = ctx.budgets_for(measurement)
@@ -318,6 +312,42 @@ class Objective:
             trial.set_constraint(key, value)
         progress.update(stage=TrialStage.EVALUATED, measurement=measurement)
         return objective_values(ctx.space, accuracy_val, measurement, artifact, budgets.basis)
+
+
+def train_and_evaluate(ctx: TrialContext, builder: CandidateBuilder, trial: optuna.Trial,
+                       progress: "Progress", pruned: PrunedModel, device: DeviceProfile,
+                       work: Path, timings: Timings, fidelity: float = 1.0
+                       ) -> tuple[Artifact, float, OutputFidelity]:
+    """Fine-tune a pruned candidate (``fidelity``: the fraction of the space's fine-tuning
+    budget), export and keep its deployed bytes and PyTorch weights, and evaluate them:
+    validation and test accuracy of the bytes, output fidelity against the same model's fp32
+    export. Every result is written to the trial as it comes."""
+    candidate, model = progress.outcome.candidate, pruned.module
+    assert candidate is not None and progress.outcome.origin is not None
+    settings = ctx.space.finetune
+    if fidelity != 1.0:
+        settings = settings.model_copy(update={
+            "max_steps": max(1, round(settings.max_steps * fidelity)),
+            "max_seconds": settings.max_seconds * fidelity})
+    with timings.phase("finetune"):
+        tune = finetune(model, ctx.base_model, ctx.task, settings,
+                        seed=ctx.space.search.seed + progress.outcome.origin)
+    progress.update(finetune=FineTuneReport.from_dict(tune))
+    with timings.phase("quantize_export"):
+        artifact = builder.export(model, candidate, work / "model.onnx")
+        ctx.run.keep_artifact(artifact, trial)
+        parent = builder.export_parent(model, work / "parent.onnx")
+        builder.keep_pytorch(pruned, artifact, trial, work)
+    with timings.phase("evaluate"):
+        accuracy_val = onnx_split_accuracy(artifact, ctx.task.validation)
+        accuracy_test = onnx_split_accuracy(artifact, ctx.task.test)
+    progress.update(artifact=artifact, accuracy_val=accuracy_val, accuracy_test=accuracy_test)
+    with timings.phase("fidelity"):
+        held_out = ctx.task.validation
+        samples = held_out.load(np.arange(min(FIDELITY_SAMPLES, len(held_out))))
+        output = output_fidelity(parent, artifact, samples, device)
+    progress.update(output_fidelity=output)
+    return artifact, accuracy_val, output
 
 
 def rejected_values(space: SearchSpace, artifact: Artifact) -> tuple[float, ...]:

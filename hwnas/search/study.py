@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from hwnas.config.models import Budgets
     from hwnas.data import TaskData
     from hwnas.remote.pool import DevicePool
-    from hwnas.search.objective import Objective, TrialContext
+    from hwnas.search.objective import CandidateBuilder, Objective, TrialContext
     from hwnas.space import SpaceShape
     from hwnas.train import BaseModel
 
@@ -59,7 +59,8 @@ class Prepared:
 
 
 def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-    if space.search.sampler == "random":
+    # the engine asks the study's sampler only for its first trial (and runs retries)
+    if space.search.sampler in ("random", "engine"):
         return optuna.samplers.RandomSampler(seed=seed)
     if space.search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
@@ -94,6 +95,8 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
         check_power_is_measured(space, Path(space_path), profile, path)
         refuse_emulated_latency(space, profile, path)
     device = devices[0]
+    if space.search.sampler == "engine":
+        refuse_for_engine(space_path, devices, paths)
     if n_trials is not None:
         if n_trials < 1:
             raise ConfigError(f"--trials {n_trials}: give the total number of trials wanted (>= 1)")
@@ -121,6 +124,21 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
     shape = space_shape(space, device, *knob_units)
     check_enqueued(space, shape)
     return Prepared(space, device, effective_budgets(space, device), task, base, shape, devices)
+
+
+def refuse_for_engine(space_path: str | Path, devices: tuple[DeviceProfile, ...],
+                      paths: list[Path]) -> None:
+    """What the engine's policy does not do yet, refused before any trial."""
+    from hwnas.remote.screen import needs_screening
+
+    if len(devices) > 1:
+        raise ConfigError(f"{space_path}: key 'search.sampler': engine searches on one device "
+                          f"profile at a time; got {len(devices)} (--device). Use sampler tpe "
+                          f"for a pool of devices")
+    if needs_screening(devices[0]):
+        raise ConfigError(f"{space_path}: key 'search.sampler': engine does not yet screen "
+                          f"accelerator compatibility, which device {devices[0].name} "
+                          f"({paths[0]}) needs; use sampler tpe for it")
 
 
 def refuse_emulated_latency(space: SearchSpace, profile: DeviceProfile, path: Path) -> None:
@@ -191,6 +209,10 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
         if worker and (joined is None or joined[1].search_space_yaml is None):
             raise ConfigError(f"no hwnas study {run.study_name!r} in {run.storage_url}: start "
                               f"it with `hwnas search SPACE.yaml --storage URL` first")
+        if worker and space.search.sampler == "engine":
+            raise ConfigError(f"{space_path}: key 'search.sampler' is engine, which runs one "
+                              f"controller per study; workers join studies of sampler tpe, "
+                              f"nsga2 or random")
         parent = None
         if joined is not None:
             study, record = joined
@@ -304,9 +326,11 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
     if remaining == 0:
         return SearchOutcome(run, study, 0)
 
+    if space.search.sampler == "engine":
+        return _optimize_with_engine(prepared, run, study, config_version, progress, log)
     with open_pool(prepared.devices) as pool:
         objective = Objective(trial_context(prepared, pool, run, config_version))
-        _measure_base_model(study, objective, log)
+        _measure_base_model(study, objective.ctx, objective.builder, log)
         callbacks = [ProgressCallback(remaining, enabled=progress),
                      # several controllers on one study: stop when the study has its trials
                      MaxSearchTrials(space.search.n_trials)]
@@ -327,6 +351,40 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
     ran = callbacks[0].done + retried
     _refuse_all_failed(study, ran)
     return SearchOutcome(run, study, ran)
+
+
+#: the engine's policy for compression: few trials, so the figure predictor starts early
+COMPRESSION_POLICY = dict(use_proxies=False, startup_evaluations=3, predictor_min_measurements=6,
+                          pool_size=500, max_evaluations=10 ** 9)
+
+
+def _optimize_with_engine(prepared: Prepared, run: RunFolder, study: optuna.Study,
+                          config_version: str, progress: bool,
+                          log: Callable[[str], None]) -> SearchOutcome:
+    """The compression search through the search engine, the policy the replay benchmark
+    measures: until the study has its ``n_trials`` completed search trials."""
+    from hwnas.search.compression import CompressionEvaluator
+    from hwnas.search.engine import Policy, SearchEngine
+    from hwnas.search.objective import seed_everything
+    from hwnas.search.progress import ProgressCallback
+
+    space = prepared.space
+    seed_everything(space.search.seed)
+    remaining = space.search.n_trials - completed_search_trials(study)
+    bar = ProgressCallback(remaining, enabled=progress)
+    with open_pool(prepared.devices) as pool:
+        evaluator = CompressionEvaluator(trial_context(prepared, pool, run, config_version))
+        _measure_base_model(study, evaluator.ctx, evaluator.builder, log)
+        engine = SearchEngine(evaluator, study, Policy(**COMPRESSION_POLICY),
+                              seed=space.search.seed, objectives=tuple(space.objectives[1:]),
+                              after_trial=lambda trial: bar(study, trial))
+        try:
+            engine.run(stop_when=lambda _evaluations:
+                       completed_search_trials(study) >= space.search.n_trials)
+        finally:
+            bar.close()
+    _refuse_all_failed(study, bar.done)
+    return SearchOutcome(run, study, bar.done)
 
 
 def _run_retries(study: optuna.Study, objective: Any, n_jobs: int,
@@ -353,7 +411,7 @@ def _run_retries(study: optuna.Study, objective: Any, n_jobs: int,
             return ran
 
 
-def _measure_base_model(study: optuna.Study, objective: "Objective",
+def _measure_base_model(study: optuna.Study, ctx: "TrialContext", builder: "CandidateBuilder",
                         log: Callable[[str], None]) -> None:
     """The unpruned parent measured once per study on the search's device: model cards give
     it beside each trial's latency."""
@@ -362,7 +420,7 @@ def _measure_base_model(study: optuna.Study, objective: "Objective",
     record = StudyRecord.from_study(study)
     if record.base_model_measurement is not None:
         return
-    artifact, measurement = measure_base_model(objective.ctx, objective.builder)
+    artifact, measurement = measure_base_model(ctx, builder)
     dataclasses.replace(record, base_model_measurement=measurement,
                         base_model_size_bytes=artifact.size_bytes).write(study)
     log(f"base model (unpruned, fp32): latency p90 {measurement.latency_ms_p90:.3f} ms on "

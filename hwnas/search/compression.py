@@ -1,0 +1,183 @@
+"""The compression search as an evaluator of the search engine (``search.sampler: engine``).
+
+The engine's policy (hwnas/search/engine.py: pool ranking by expected improvement times the
+odds of meeting the budgets, hardware-first noise-aware screening, a per-device figure
+predictor, stopping) is the same code that searches the NAS-Bench-201 replay; this module
+is what it talks to. Cheap calls: prune + quantize + export the candidate and measure it on
+the leased device (before fine-tuning: what screening decides on; after: the deployed
+bytes, which decide). Expensive call: fine-tune at a fidelity, export, evaluate the bytes.
+
+Each trial keeps the record every other search writes (TrialOutcome): reports, model
+cards, `hwnas finalize` and a resumed search read it the same way. A trial left by a killed
+controller is retried (WAITING) and reuses what it had measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Hashable, Sequence
+
+import optuna
+
+from hwnas.budgets import constraint_values, describe_excess, measured
+from hwnas.compress.prune import PrunedModel
+from hwnas.errors import DeviceError
+from hwnas.records import Artifact, Candidate, Measurement, OutputFidelity, TrialOutcome, TrialStage
+from hwnas.search.controllers import controller_id
+from hwnas.search.engine import STAGE_DUPLICATE
+from hwnas.search.evaluator import (Budget, Evaluator, HardwareFigure, HardwareReport,
+                                    figures_from_measurement)
+from hwnas.search.objective import (CandidateBuilder, DeviceLease, Progress, Timings,
+                                    TrialContext, TrialMeasurer, refuse_emulated_latency, reuse,
+                                    train_and_evaluate)
+from hwnas.space import suggest
+
+# the agent's interval names -> the budgets' and objectives' names
+_INTERVALS = {"latency_p50_ms": "latency_ms_p50", "latency_p90_ms": "latency_ms_p90"}
+
+
+def compression_figures(measurement: Measurement, artifact: Artifact, basis: str,
+                        wanted: Sequence[str]) -> HardwareReport:
+    """Every figure a budget or objective names (budgets.py's names), the latencies with the
+    interval the agent's rounds give (screening re-measures when it holds the budget)."""
+    exact = measured(measurement, artifact, basis, tuple(wanted))
+    noisy = figures_from_measurement(measurement)
+    figures = tuple(dataclasses.replace(noisy.figure(_INTERVALS[name]), name=name)
+                    if name in _INTERVALS else HardwareFigure.exact(name, value)
+                    for name, value in exact.items())
+    return HardwareReport(figures, {"model_sha256": artifact.sha256,
+                                    "device": measurement.device})
+
+
+@dataclasses.dataclass
+class _Trial:
+    """What one trial has built and measured so far."""
+
+    trial: optuna.Trial
+    candidate: Candidate
+    progress: Progress
+    measurer: TrialMeasurer
+    work: Path
+    pruned: PrunedModel | None = None
+    screen: Artifact | None = None
+    screen_measurement: Measurement | None = None
+    artifact: Artifact | None = None  # the deployed bytes, once fine-tuned
+    measurement: Measurement | None = None
+    fidelity: OutputFidelity | None = None
+
+
+class CompressionEvaluator(Evaluator):
+    measure_after_evaluation = True
+
+    def __init__(self, ctx: TrialContext, builder: CandidateBuilder | None = None) -> None:
+        self.ctx = ctx
+        self.builder = builder or CandidateBuilder(ctx)
+        # the output-fidelity floor is known only after fine-tuning: set by end_trial
+        self.budgets = tuple(Budget(name, limit) for name, limit in ctx.budgets.limits().items()
+                             if name != "fidelity_cosine_min")
+        self.wanted = tuple(dict.fromkeys([b.figure for b in self.budgets] +
+                                          list(ctx.space.objectives[1:])))
+        self._trial: _Trial | None = None
+
+    # --- the engine's contract -------------------------------------------------------
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Candidate:
+        return suggest(trial, self.ctx.space, self.ctx.shape)  # type: ignore[arg-type]
+
+    def describe(self, candidate: Hashable) -> dict:
+        assert isinstance(candidate, Candidate)
+        return candidate.to_dict()
+
+    def start_trial(self, trial: optuna.Trial, candidate: Hashable) -> None:
+        assert isinstance(candidate, Candidate)
+        self._close()
+        # a retry of a trial whose controller died carries what that one had measured
+        inherited = TrialOutcome.from_attributes(trial.user_attrs, "RUNNING")
+        origin = inherited.origin if inherited.origin is not None else trial.number
+        progress = Progress(trial, TrialOutcome(
+            TrialStage.RUNNING, candidate=candidate, config_version=self.ctx.config_version,
+            origin=origin, controller=controller_id()))
+        lease = DeviceLease(self.ctx.devices)
+        progress.update(device=lease.device.name, device_pool=lease.device.pool)
+        self._trial = _Trial(trial, candidate, progress,
+                             TrialMeasurer(lease, Timings(), progress, inherited),
+                             self.ctx.run.work_dir(trial.number))
+
+    def measure(self, candidate: Hashable, rounds: int | None = None) -> HardwareReport:
+        now = self._current(candidate)
+        basis = self.ctx.budgets.basis
+        if now.artifact is not None:  # the deployed bytes
+            now.measurement = now.measurer.measure(now.artifact, rounds)
+            now.progress.update(measurement=now.measurement)
+            return compression_figures(now.measurement, now.artifact, basis, self.wanted)
+        if now.screen is None:
+            now.pruned, _exported, now.screen = self.builder.screen_copy(
+                now.candidate, now.work, now.measurer.timings)
+        now.screen_measurement = now.measurer.measure(now.screen, rounds)
+        refuse_emulated_latency(self.ctx.space, self.ctx.budgets, now.screen_measurement)
+        now.progress.update(screen_measurement=now.screen_measurement)
+        return compression_figures(now.screen_measurement, now.screen, basis, self.wanted)
+
+    def evaluate(self, candidate: Hashable, fidelity: float) -> float:
+        now = self._current(candidate)
+        if now.pruned is None:  # evaluated without screening
+            now.pruned, _exported, now.screen = self.builder.screen_copy(
+                now.candidate, now.work, now.measurer.timings)
+        now.artifact, accuracy_val, now.fidelity = train_and_evaluate(
+            self.ctx, self.builder, now.trial, now.progress, now.pruned,
+            now.measurer.lease.device.profile, now.work, now.measurer.timings, fidelity)
+        return accuracy_val
+
+    def end_trial(self, trial: optuna.Trial, candidate: Hashable, stage: str,
+                  earlier: optuna.trial.FrozenTrial | None = None) -> None:
+        now = self._current(candidate)
+        try:
+            if stage == STAGE_DUPLICATE and earlier is not None:
+                reuse(trial, earlier, self.ctx.config_version)
+                return
+            changes: dict = {"stage": TrialStage(stage)}
+            if stage == TrialStage.REJECTED.value and now.screen_measurement is not None:
+                assert now.screen is not None
+                changes.update(artifact=now.screen, measurement=now.screen_measurement,
+                               rejection=describe_excess(constraint_values(
+                                   self.ctx.budgets, now.screen_measurement, now.screen)))
+            if stage == TrialStage.EVALUATED.value and now.fidelity is not None and \
+                    self.ctx.budgets.fidelity_cosine_min is not None:
+                assert now.measurement is not None and now.artifact is not None
+                trial.set_constraint("fidelity_cosine_min", constraint_values(
+                    self.ctx.budgets, now.measurement, now.artifact,
+                    now.fidelity)["fidelity_cosine_min"])
+            now.progress.update(**changes)
+        finally:
+            self._close()
+
+    def trial_failed(self, trial: optuna.Trial, candidate: Hashable, exc: Exception) -> bool:
+        now = self._trial
+        if now is not None:
+            now.progress.failed(exc)
+        self._close()
+        if isinstance(exc, DeviceError):
+            # no device of its pool is left: try this candidate again when the search resumes
+            trial.study.enqueue_trial(trial.params, skip_if_exists=False)
+            return not self.ctx.devices.alive
+        return False
+
+    # --- the trial's lifetime ----------------------------------------------------------
+
+    def _current(self, candidate: Hashable) -> _Trial:
+        if self._trial is None or self._trial.candidate != candidate:
+            raise RuntimeError("the engine called the evaluator outside the trial it started")
+        return self._trial
+
+    def _close(self) -> None:
+        now, self._trial = self._trial, None
+        if now is None:
+            return
+        lease = now.measurer.lease
+        now.progress.update(timings_s=tuple(now.measurer.timings.seconds.items()),
+                            device=lease.device.name, device_pool=lease.device.pool,
+                            devices_lost=tuple(lease.lost))
+        lease.release()
+        shutil.rmtree(now.work, ignore_errors=True)

@@ -1,0 +1,119 @@
+"""The compression search through the search engine (`search.sampler: engine`): the same
+policy code as the replay, a real search on digits through the real agent, the same records."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hwnas.records import TrialOutcome, TrialStage
+from hwnas.run import RunFolder, outcomes
+from hwnas.search.engine import Policy, SearchEngine
+from hwnas.search.evaluator import Budget, Evaluator, HardwareFigure, HardwareReport
+from tests.conftest import DIGITS_SPACE, ENQUEUED, FAST_DEVICE
+
+HWNAS = str(Path(sys.executable).parent / "hwnas")
+ENGINE_SPACE = DIGITS_SPACE + ENQUEUED.replace("n_trials: 5", "n_trials: 9\n  sampler: engine")
+
+
+def run_hwnas(*args, expect=0):
+    done = subprocess.run([HWNAS, *map(str, args)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == expect, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def engine_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engine")
+    space, device = folder / "digits.yaml", folder / "device.yaml"
+    space.write_text(ENGINE_SPACE)
+    device.write_text(FAST_DEVICE)
+    output = run_hwnas("search", space, "--device", device, "--run-dir", folder / "run",
+                       "--no-progress")
+    return folder, output
+
+
+def test_the_engine_runs_the_compression_search_and_keeps_the_same_records(engine_run):
+    folder, output = engine_run
+    study = RunFolder.load(folder / "run").open_study()
+    trials = study.get_trials()
+    found = outcomes(study)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 9
+    assert study.user_attrs["engine"]["policy"]["acquisition"] == "model"
+    # beyond the user's two enqueued candidates and the first ask, the engine's own ranked
+    # pool proposed the candidates (it enqueues what it acts on), not an Optuna sampler
+    assert sum("fixed_params" in t.system_attrs for t in trials) >= 5
+    full_width = found[1]  # the enqueued unpruned fp32 model: 0.5 MB > 0.1 MB
+    assert full_width.stage == TrialStage.REJECTED and full_width.finetune is None
+    assert "model_size_mb over budget" in full_width.rejection
+    assert trials[1].user_attrs["budget_decisions"][1]["figure"] == "model_size_mb"
+    evaluated = [(t, o) for t, o in zip(trials, found) if o.stage == TrialStage.EVALUATED]
+    assert evaluated
+    for trial, outcome in evaluated:
+        # the deployed bytes decide: measured after fine-tuning, constraints from them
+        assert outcome.measurement.model_sha256 == outcome.artifact.sha256
+        assert outcome.screen_measurement.model_sha256 != outcome.artifact.sha256
+        assert trial.user_attrs["hardware"]["detail"]["model_sha256"] == outcome.artifact.sha256
+        assert "hardware_screened" in trial.user_attrs
+        assert dict(outcome.constraints)["model_size_mb"] == pytest.approx(
+            outcome.artifact.size_mb / 0.1 - 1, abs=1e-4)
+        assert outcome.values[0] == outcome.accuracy_val and outcome.finetune.steps > 0
+    assert "best feasible: trial" in output
+
+
+def test_the_engine_study_reports_and_continues(engine_run):
+    folder, _ = engine_run
+    space, device = folder / "digits.yaml", folder / "device.yaml"
+    output = run_hwnas("search", space, "--device", device, "--run-dir", folder / "run",
+                       "--no-progress", "--trials", "10")
+    study = RunFolder.load(folder / "run").open_study()
+    assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 10
+    assert "9 trials done, 1 to go" in output
+    # a candidate is never paid for twice across the resumption
+    paid = [o.candidate for o in outcomes(study) if o.copied_from is None and o.candidate]
+    assert len(paid) == len(set(paid))
+    run_hwnas("report", folder / "run")
+    assert (folder / "run" / "report" / "report.html").is_file()
+
+
+def test_engine_refuses_workers_and_device_pools(tmp_path):
+    space, device, other = tmp_path / "s.yaml", tmp_path / "d.yaml", tmp_path / "e.yaml"
+    space.write_text(ENGINE_SPACE)
+    device.write_text(FAST_DEVICE)
+    other.write_text(FAST_DEVICE.replace("name: test-local", "name: test-other"))
+    output = run_hwnas("search", space, "--device", device, "--device", other, "--run-dir",
+                       tmp_path / "run", expect=2)
+    assert "'search.sampler': engine searches on one device profile" in output
+    assert "Traceback" not in output
+
+
+class Quadratic(Evaluator):
+    """A test space with one ordered (stepped float) knob: accuracy peaks at 0.5, the cost
+    grows with it, the budget allows up to 0.7."""
+
+    budgets = (Budget("cost", 0.7),)
+
+    def suggest(self, trial):
+        return round(trial.suggest_float("keep", 0.125, 1.0, step=0.0625), 10)
+
+    def measure(self, candidate, rounds=None):
+        return HardwareReport((HardwareFigure.exact("cost", candidate),))
+
+    def evaluate(self, candidate, fidelity):
+        return 1.0 - (candidate - 0.5) ** 2
+
+
+def test_the_engine_proposes_stepped_floats_on_their_grid():
+    study = optuna.create_study(directions=["maximize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    engine = SearchEngine(Quadratic(), study, Policy(use_proxies=False, max_evaluations=8,
+                                                     pool_size=50, predictor_min_measurements=4))
+    result = engine.run()
+    values = [t.params["keep"] for t in study.trials]
+    assert all(abs((v - 0.125) / 0.0625 - round((v - 0.125) / 0.0625)) < 1e-9 for v in values)
+    assert len(values) == len(set(values))  # nothing proposed twice
+    assert engine._neighbours({"keep": 0.5}) == [{"keep": 0.4375}, {"keep": 0.5625}]
+    assert max(e.accuracy for e in result.evaluations if e.feasible) >= 1.0 - 0.0625 ** 2
