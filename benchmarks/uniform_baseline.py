@@ -15,9 +15,9 @@ For each seed, side by side in one run on the same device (the local agent) and 
   search trial does with the same rules and the same fine-tuning: prune, export, measure;
   over a budget -> rejected before fine-tuning; else fine-tune, export, accuracy of the
   exported bytes, measure the deployed bytes, budgets. Per precision the keeps are tried
-  largest first, and after the two largest feasible ones smaller ones are not fine-tuned
-  (a uniform model with fewer channels of the same precision is less accurate, and the
-  second one guards against a noisy first measurement).
+  largest first, and after the largest one that is feasible as deployed, smaller ones are
+  not fine-tuned (a uniform model with fewer channels of the same precision is less
+  accurate; one that passes screening but fails as deployed does not stop the sweep).
 
 Every model is picked on validation accuracy, as the search picks; test accuracy is
 compared. "At equal wall time": each search's best feasible trial completed within the
@@ -53,7 +53,7 @@ from hwnas.search.objective import CandidateBuilder, DeviceLease, Timings, Trial
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = [round(0.125 + i / 16, 10) for i in range(15)]  # 0.125 ... 1.0
-FEASIBLE_PER_PRECISION = 2
+FEASIBLE_PER_PRECISION = 1
 
 
 @dataclasses.dataclass
@@ -185,6 +185,8 @@ def main() -> int:
                     "beats_uniform_within_its_wall": bool(timed and uniform and
                                                           timed["accuracy_test"] > uniform.accuracy_test)}
             seeds.append(entry)
+            save(args.json, {"command": "benchmarks/uniform_baseline.py " + " ".join(sys.argv[1:]),
+                             "trials": trials, "grid": GRID, "partial": True, "seeds": seeds})
             print(f"  uniform best {uniform.precision if uniform else '-'} keep "
                   f"{uniform.keep if uniform else '-'}: test "
                   f"{uniform.accuracy_test if uniform else float('nan'):.4f} ({uniform_wall:.0f} s); "
