@@ -51,7 +51,16 @@ def test_a_lost_device_hands_its_measurements_to_its_pool(ssh_world, second_agen
     space.write_text(SPACE % 6)
 
     def lose_device_b() -> None:
-        time.sleep(4)
+        # mid-search: once trials run (a fixed delay raced the set-up on a loaded machine)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if RunFolder.load(tmp_path / "run").open_study().get_trials(deepcopy=False):
+                    break
+            except Exception:  # noqa: BLE001 - the run folder is still being made
+                pass
+            time.sleep(0.2)
+        time.sleep(1)
         second_agent.stop()
 
     killer = threading.Thread(target=lose_device_b)
