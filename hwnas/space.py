@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from hwnas.config.models import DeviceProfile, SearchSpace
 from hwnas.errors import ConfigError
@@ -46,15 +46,19 @@ def space_shape(space: SearchSpace, device: DeviceProfile, stages: list[str],
                       tuple(mlp_units) if space.knobs.mlp is not None else ())
 
 
-def distributions(space: SearchSpace, shape: SpaceShape) -> dict[str, CategoricalDistribution]:
+def distributions(space: SearchSpace, shape: SpaceShape) -> dict[str, BaseDistribution]:
     """Every Optuna parameter of this space and its choices: what suggest() asks for, and what
-    a trial of another study must fit to be kept as history."""
+    a trial of another study must fit to be kept as history. A width ``keep_range`` is an
+    ordered (stepped float) parameter; every other knob is categorical."""
     knobs = space.knobs
-    found: dict[str, CategoricalDistribution] = {}
+    found: dict[str, BaseDistribution] = {}
     if knobs.width is not None:
+        keep_range = knobs.width.keep_range
         for stage in shape.stages:
             if knobs.width.stages is None or stage in knobs.width.stages:
-                found[f"keep_{stage}"] = CategoricalDistribution(knobs.width.keep_ratios)
+                found[f"keep_{stage}"] = CategoricalDistribution(knobs.width.keep_ratios) \
+                    if keep_range is None else \
+                    FloatDistribution(keep_range.low, keep_range.high, step=keep_range.step)
     if knobs.pruning is not None:
         found["pruning_criterion"] = CategoricalDistribution(knobs.pruning.criteria)
         found["global_pruning_ratio"] = CategoricalDistribution(knobs.pruning.global_ratios)
@@ -83,13 +87,31 @@ def check_enqueued(space: SearchSpace, shape: SpaceShape) -> None:
                               f"allowed: {', '.join(sorted(allowed))}")
 
 
-def suggest(trial: optuna.Trial, space: SearchSpace, shape: SpaceShape) -> Candidate:
-    choices = {name: list(d.choices) for name, d in distributions(space, shape).items()}
+def fits(distribution: BaseDistribution, value: object) -> bool:
+    """Whether a stored parameter value is one of the distribution's choices (or grid steps)."""
+    try:
+        return bool(distribution._contains(distribution.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
+def suggest_parameter(trial: optuna.trial.BaseTrial, name: str,
+                      distribution: BaseDistribution) -> float | str:
+    if isinstance(distribution, FloatDistribution):
+        return trial.suggest_float(name, distribution.low, distribution.high,
+                                   step=distribution.step, log=distribution.log)
+    assert isinstance(distribution, CategoricalDistribution)
+    return trial.suggest_categorical(name, list(distribution.choices))  # type: ignore[arg-type]
+
+
+def suggest(trial: optuna.trial.BaseTrial, space: SearchSpace, shape: SpaceShape) -> Candidate:
+    found = distributions(space, shape)
 
     def pick(name: str, default: float | str) -> float | str:
-        return trial.suggest_categorical(name, choices[name]) if name in choices else default
+        return suggest_parameter(trial, name, found[name]) if name in found else default
 
-    keep_ratios = {stage: float(pick(f"keep_{stage}", 1.0)) for stage in shape.stages}
+    # stepped floats carry binary noise (0.125 + 3 * 0.0625): the ratio is the step's decimal
+    keep_ratios = {stage: round(float(pick(f"keep_{stage}", 1.0)), 10) for stage in shape.stages}
     plan = {unit: str(pick(f"precision_{unit}", "fp32")) for unit in shape.precision_units}
     precision = space.knobs.precision
     calibration = precision.calibration[0] if precision is not None else "minmax"

@@ -74,7 +74,7 @@ class PreflightReport:
 
 def most_aggressive(setup: PruningSetup, space: SearchSpace) -> Candidate:
     knobs = space.knobs
-    width = min(knobs.width.keep_ratios) if knobs.width else 1.0
+    width = min(knobs.width.ratios()) if knobs.width else 1.0
     searched = set(knobs.width.stages or setup.width_units) if knobs.width else set()
     return Candidate.build(
         {s: (width if s in searched else 1.0) for s in setup.width_units}, "l1",

@@ -183,6 +183,18 @@ def _prune_transformer(model: nn.Module, heads: dict[SplitHeadAttention, float],
     return _history(graph)
 
 
+def at_least_one_multiple(keep: float, modules: Sequence[nn.Module], round_to: int) -> float:
+    """The keep ratio, raised so that every layer of the stage keeps at least one channel
+    multiple: torch-pruning leaves a layer whose rounded width would be 0 unpruned, so a
+    smaller ratio would build a *larger* model."""
+    widths = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+              for module in modules for m in module.modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not widths or round_to <= 1:
+        return keep
+    return min(1.0, max(keep, round_to / min(widths)))
+
+
 def prune(setup: PruningSetup, candidate: Candidate,
           saliency_batches: list[tuple[np.ndarray, np.ndarray]]) -> PrunedModel:
     """A pruned copy of the base model, with the channel plan that rebuilds it."""
@@ -211,7 +223,8 @@ def prune(setup: PruningSetup, candidate: Candidate,
     # attention inner widths change only by whole heads (the heads knob), never channel-wise
     attention_inputs = [layer.qkv for layer in attention_layers(pruned).values()]
     ratios = {tuple(own(setup.width_units[name])) if len(setup.width_units[name]) > 1
-              else own(setup.width_units[name])[0]: 1.0 - keep
+              else own(setup.width_units[name])[0]:
+              1.0 - at_least_one_multiple(keep, own(setup.width_units[name]), setup.round_to)
               for name, keep in candidate.keep_ratios if keep < 1.0 and name in setup.width_units}
     steps = []
     if ratios:

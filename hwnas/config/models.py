@@ -156,12 +156,52 @@ class DatasetSpec(Frozen):
         return self
 
 
+class KeepRange(Frozen):
+    """Every keep ratio from ``low`` to ``high`` in steps of ``step``: an ordered knob (an Optuna
+    stepped float), so a sampler can move between ratios it has seen. Channel counts are still
+    rounded to the device's channel multiple, so neighbouring ratios may build the same model."""
+
+    low: Fraction
+    high: Fraction = 1.0
+    step: Annotated[float, Field(gt=0.0, le=1.0)] = 0.0625
+
+    @model_validator(mode="after")
+    def _whole_steps(self) -> "KeepRange":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) must not exceed high ({self.high:g})")
+        steps = (self.high - self.low) / self.step
+        if abs(steps - round(steps)) > 1e-6:
+            raise ValueError(f"high - low ({self.high - self.low:g}) must be a whole number of "
+                             f"steps of {self.step:g}")
+        return self
+
+    def values(self) -> list[float]:
+        count = round((self.high - self.low) / self.step)
+        return [round(self.low + i * self.step, 10) for i in range(count + 1)]
+
+
 class WidthKnob(Frozen):
+    """Per-stage fraction of channels kept: a list of choices (``keep_ratios``), or
+    ``keep_range`` ({low, high, step}: fine, ordered steps)."""
+
     keep_ratios: list[Fraction] = [0.25, 0.5, 0.75, 1.0]
+    keep_range: KeepRange | None = None
     stages: list[str] | None = None  # default: every convolutional stage of the model
     # module names (or shell patterns such as "*.f.b.0") whose output channels the width knob
     # leaves alone, with their submodules
     exclude: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "WidthKnob":
+        if self.keep_range is not None and "keep_ratios" in self.model_fields_set:
+            raise ValueError("give either 'keep_ratios' (a list of choices) or 'keep_range' "
+                             "({low, high, step}), not both")
+        return self
+
+    def ratios(self) -> list[float]:
+        """Every keep ratio the knob allows, smallest first."""
+        return self.keep_range.values() if self.keep_range is not None \
+            else sorted(self.keep_ratios)
 
 
 class PruningKnob(Frozen):

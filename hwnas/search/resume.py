@@ -20,7 +20,7 @@ from hwnas.budgets import breaks_a_budget, constraint_values, objective_values
 from hwnas.errors import ConfigError
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.run import SPACE_FILE, RunFolder, device_file, make_storage, outcomes
-from hwnas.space import distributions
+from hwnas.space import distributions, fits
 
 # changes that leave every finished trial's figures valid
 SPACE_HARMLESS = ("search.n_trials", "search.enqueue")
@@ -129,7 +129,7 @@ def _as_history(trial: optuna.trial.FrozenTrial, outcome: TrialOutcome, wanted: 
                 space: Any, budgets: Any, source: str) -> optuna.trial.FrozenTrial | None:
     if trial.state != TrialState.COMPLETE or set(trial.params) != set(wanted):
         return None
-    if any(value not in wanted[name].choices for name, value in trial.params.items()):
+    if not all(fits(wanted[name], value) for name, value in trial.params.items()):
         return None
     if outcome.measurement is None or outcome.artifact is None:
         return None

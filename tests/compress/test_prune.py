@@ -92,3 +92,15 @@ def test_finetune_recovers_accuracy_and_is_bounded(trained):
     assert after > before + 0.5 and after > 0.8
     capped = finetune(model, base.module, task, FineTuneSettings(max_steps=10**6, max_seconds=0.5))
     assert capped["seconds"] < 5 and capped["steps"] < 10**6
+
+
+def test_a_smaller_keep_never_builds_a_larger_model(trained):
+    """Every step of the fine width grid: stage1 has 32 channels, so keep 0.125 rounds to
+    0 channels at multiple 16; torch-pruning would then leave the stage whole (larger than
+    keep 0.5). The ratio is raised to one multiple instead."""
+    grid = [round(0.125 + i / 16, 10) for i in range(15)]
+    for round_to in (8, 16):
+        widths = [output_channels(prune(trained, {s: keep for s in ("stage1", "stage2", "stage3")},
+                                        round_to=round_to))["stage1.0"] for keep in grid]
+        assert widths == sorted(widths), (round_to, widths)
+        assert widths[0] == round_to

@@ -224,3 +224,47 @@ def test_a_power_budget_on_a_device_without_a_sensor_is_refused_before_any_trial
 def test_energy_basis_is_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"budgets.energy_basis.*'total' or 'above_idle'"):
         load_search_space(write(tmp_path, GOOD_SPACE + "budgets: {energy_basis: marginal}\n"))
+
+
+def test_the_width_keep_range_is_an_ordered_fine_knob(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from hwnas.config.models import DeviceProfile
+    from hwnas.space import distributions, fits, space_shape, suggest
+
+    space = load_search_space(REPO / "search_spaces" / "fashion_mnist.yaml")
+    assert space.knobs.width.ratios()[:3] == [0.125, 0.1875, 0.25]
+    assert 0.375 in space.knobs.width.ratios() and space.knobs.width.ratios()[-1] == 1.0
+    device = DeviceProfile(name="d", connection={"kind": "local"}, precisions=["fp32", "int8"])
+    shape = space_shape(space, device, ["stage1", "stage2", "stage3"], ["stage1", "head"])
+    found = distributions(space, shape)
+    assert isinstance(found["keep_stage1"], FloatDistribution) and found["keep_stage1"].step == 0.0625
+    # uniform keep 0.375 is expressible, and a stored stepped value fits the space again
+    params = {f"keep_stage{i}": 0.375 for i in (1, 2, 3)} | {
+        "pruning_criterion": "l1", "global_pruning_ratio": 0.0, "precision_stage1": "int8",
+        "precision_head": "int8", "calibration_method": "minmax"}
+    candidate = suggest(optuna.trial.FixedTrial(params), space, shape)
+    assert dict(candidate.keep_ratios) == {"stage1": 0.375, "stage2": 0.375, "stage3": 0.375}
+    assert fits(found["keep_stage1"], 0.375) and not fits(found["keep_stage1"], 0.38)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        keeps = dict(suggest(trial, space, shape).keep_ratios).values()
+        assert all(round((k - 0.125) / 0.0625, 6).is_integer() for k in keeps)
+
+
+@pytest.mark.parametrize("width, message", [
+    ("{keep_range: {low: 0.5, high: 0.25}}", "must not exceed"),
+    ("{keep_range: {low: 0.1, high: 1.0, step: 0.25}}", "whole number of steps"),
+    ("{keep_range: {low: 0.25}, keep_ratios: [0.5, 1.0]}", "not both"),
+])
+def test_a_bad_keep_range_names_the_key(tmp_path, width, message):
+    text = (REPO / "search_spaces" / "fashion_mnist.yaml").read_text()
+    start = text.index("  width:")
+    end = text.index("  pruning:")
+    path = tmp_path / "space.yaml"
+    path.write_text(text[:start] + f"  width: {width}\n" + text[end:])
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_search_space(path)
+    assert "knobs.width" in str(raised.value) and str(path) in str(raised.value)
