@@ -183,16 +183,48 @@ def _prune_transformer(model: nn.Module, heads: dict[SplitHeadAttention, float],
     return _history(graph)
 
 
-def at_least_one_multiple(keep: float, modules: Sequence[nn.Module], round_to: int) -> float:
-    """The keep ratio, raised so that every layer of the stage keeps at least one channel
-    multiple: torch-pruning leaves a layer whose rounded width would be 0 unpruned, so a
-    smaller ratio would build a *larger* model."""
-    widths = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
-              for module in modules for m in module.modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if not widths or round_to <= 1:
+def _out_channels(layer: nn.Module) -> int | None:
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer.out_channels
+    if isinstance(layer, nn.Linear):
+        return layer.out_features
+    return None
+
+
+def at_least_one_multiple(keep: float, channels: int, round_to: int) -> float:
+    """The keep ratio of one layer, raised so that it keeps at least one channel multiple:
+    torch-pruning leaves a layer whose rounded width would be 0 unpruned, so a smaller ratio
+    would build a *larger* model. Per layer, so a narrow layer (a squeeze conv) does not hold
+    the wide layers of its stage up."""
+    if round_to <= 1:
         return keep
-    return min(1.0, max(keep, round_to / min(widths)))
+    return min(1.0, max(keep, round_to / channels))
+
+
+def _pruning_ratio(keep: float) -> float:
+    """torch-pruning keeps int(C * (1 - ratio)) channels, and 1 - (1 - keep) can fall a hair
+    below keep (24 * (1 - (1 - 8/24)) = 7.99...: 7 channels, rounded down to 0 multiples of 8,
+    so the layer stays whole). The margin only absorbs that binary noise (C * 1e-9 << 1)."""
+    return max(0.0, 1.0 - keep - 1e-9)
+
+
+def _width_ratios(setup: PruningSetup, keep_ratios: Sequence[tuple[str, float]],
+                  own: Any, ignored: Sequence[nn.Module]) -> dict[nn.Module, float]:
+    """torch-pruning's pruning_ratio_dict for the width knob: each convolutional or linear layer
+    of a stage is its own scope (local pruning), with the stage's keep raised per layer to one
+    channel multiple."""
+    skip = {id(m) for layer in ignored for m in layer.modules()}
+    ratios: dict[nn.Module, float] = {}
+    for stage, keep in keep_ratios:
+        if keep >= 1.0 or stage not in setup.width_units:
+            continue
+        for module in own(setup.width_units[stage]):
+            for layer in module.modules():
+                channels = _out_channels(layer)
+                if channels and id(layer) not in skip:
+                    ratios[layer] = _pruning_ratio(
+                        at_least_one_multiple(keep, channels, setup.round_to))
+    return ratios
 
 
 def prune(setup: PruningSetup, candidate: Candidate,
@@ -222,10 +254,8 @@ def prune(setup: PruningSetup, candidate: Candidate,
 
     # attention inner widths change only by whole heads (the heads knob), never channel-wise
     attention_inputs = [layer.qkv for layer in attention_layers(pruned).values()]
-    ratios = {tuple(own(setup.width_units[name])) if len(setup.width_units[name]) > 1
-              else own(setup.width_units[name])[0]:
-              1.0 - at_least_one_multiple(keep, own(setup.width_units[name]), setup.round_to)
-              for name, keep in candidate.keep_ratios if keep < 1.0 and name in setup.width_units}
+    ratios = _width_ratios(setup, candidate.keep_ratios, own,
+                           own(setup.protected) + own(setup.width_excluded) + attention_inputs)
     steps = []
     if ratios:
         steps.append((dict(pruning_ratio=0.0, pruning_ratio_dict=ratios), setup.width_excluded))

@@ -94,13 +94,56 @@ def test_finetune_recovers_accuracy_and_is_bounded(trained):
     assert capped["seconds"] < 5 and capped["steps"] < 10**6
 
 
+GRID = [round(0.125 + i / 16, 10) for i in range(15)]  # the default space's keep_range
+
+
 def test_a_smaller_keep_never_builds_a_larger_model(trained):
-    """Every step of the fine width grid: stage1 has 32 channels, so keep 0.125 rounds to
-    0 channels at multiple 16; torch-pruning would then leave the stage whole (larger than
-    keep 0.5). The ratio is raised to one multiple instead."""
-    grid = [round(0.125 + i / 16, 10) for i in range(15)]
+    """Every step of the fine width grid, every layer: stage1 has 32 channels, so keep 0.125
+    rounds to 0 channels at multiple 16; torch-pruning would then leave the stage whole (larger
+    than keep 0.5). The ratio is raised to one multiple instead."""
     for round_to in (8, 16):
-        widths = [output_channels(prune(trained, {s: keep for s in ("stage1", "stage2", "stage3")},
-                                        round_to=round_to))["stage1.0"] for keep in grid]
-        assert widths == sorted(widths), (round_to, widths)
-        assert widths[0] == round_to
+        models = [prune(trained, {s: keep for s in ("stage1", "stage2", "stage3")},
+                        round_to=round_to) for keep in GRID]
+        layers = [output_channels(model) for model in models]
+        for name in layers[0]:
+            widths = [channels[name] for channels in layers]
+            assert widths == sorted(widths), (round_to, name, widths)
+        sizes = [sum(p.numel() for p in model.parameters()) for model in models]
+        assert sizes == sorted(sizes) and sizes[0] < sizes[-1], (round_to, sizes)
+        assert layers[0]["stage1.0"] == round_to
+    # keep 0.375 on the default multiple 8: 32 -> 12 -> 8, 64 -> 24, 128 -> 48
+    channels = output_channels(prune(trained, {s: 0.375 for s in ("stage1", "stage2", "stage3")}))
+    assert (channels["stage1.0"], channels["stage2.0"], channels["stage3.0"]) == (8, 24, 48)
+
+
+class _Narrow(torch.nn.Module):
+    """One stage with a 24-channel conv (a MobileNet width: 8/24 is not exact in binary) and a
+    16-channel squeeze conv beside 96-channel convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stage = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 24, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(24, 96, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(96, 16, 1), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 96, 1), torch.nn.ReLU())
+        self.classifier = torch.nn.Linear(96, 10)
+
+    def forward(self, x):
+        return self.classifier(self.stage(x).mean((2, 3)))
+
+
+def test_each_layer_keeps_one_multiple_and_narrow_layers_do_not_hold_up_wide_ones():
+    torch.manual_seed(0)
+    model = _Narrow().eval()
+    widths = []
+    for keep in GRID:
+        pruned = prune_model(model, Candidate.build({"stage": keep}, "l1", 0.0, {}),
+                             {"stage": [model.stage]}, torch.zeros(1, 3, 8, 8),
+                             [model.classifier], 8, [])
+        channels = output_channels(pruned)
+        widths.append(tuple(channels[f"stage.{i}"] for i in (0, 2, 4, 6)))
+    assert widths[0] == (8, 8, 8, 8)  # 24 * 0.125 = 3 -> one multiple, not the whole 24
+    assert widths[GRID.index(0.25)] == (8, 24, 8, 24)  # the 16-channel conv does not pin 96
+    for layer in range(4):
+        assert [w[layer] for w in widths] == sorted(w[layer] for w in widths), widths

@@ -258,6 +258,10 @@ def test_the_width_keep_range_is_an_ordered_fine_knob(tmp_path):
     ("{keep_range: {low: 0.5, high: 0.25}}", "must not exceed"),
     ("{keep_range: {low: 0.1, high: 1.0, step: 0.25}}", "whole number of steps"),
     ("{keep_range: {low: 0.25}, keep_ratios: [0.5, 1.0]}", "not both"),
+    ("{keep_range: {low: 0.0}}", r"keep_range.low.*greater than 0"),
+    ("{keep_range: {low: 0.5, high: 1.25}}", r"keep_range.high.*less than or equal to 1"),
+    ("{keep_range: {low: 0.5, step: 0}}", r"keep_range.step.*greater than 0"),
+    ("{keep_range: {low: 0.5, stride: 0.1}}", r"keep_range.stride"),
 ])
 def test_a_bad_keep_range_names_the_key(tmp_path, width, message):
     text = (REPO / "search_spaces" / "fashion_mnist.yaml").read_text()
@@ -268,3 +272,29 @@ def test_a_bad_keep_range_names_the_key(tmp_path, width, message):
     with pytest.raises(ConfigError, match=message) as raised:
         load_search_space(path)
     assert "knobs.width" in str(raised.value) and str(path) in str(raised.value)
+
+
+def test_an_enqueued_value_off_the_space_is_refused_before_any_trial(tmp_path):
+    from hwnas.config.models import DeviceProfile
+    from hwnas.space import check_enqueued
+
+    text = (REPO / "search_spaces" / "fashion_mnist.yaml").read_text()
+    device = DeviceProfile(name="d", connection={"kind": "local"}, precisions=["fp32", "int8"])
+
+    def enqueue(params):
+        path = tmp_path / "space.yaml"
+        path.write_text(text + f"  enqueue:\n    - {params}\n")
+        space = load_search_space(path)
+        check_enqueued(space, space_shape(space, device, ["stage1", "stage2", "stage3"],
+                                          ["stage1", "head"]))
+
+    enqueue("{keep_stage1: 0.375, keep_stage2: 0.8125, pruning_criterion: saliency}")
+    # Optuna itself would only warn and sample another keep in its place
+    with pytest.raises(ConfigError, match=r"search.enqueue.0.keep_stage2: 0.38 is not in the "
+                                          r"space; allowed: 0.125 to 1 in steps of 0.0625"):
+        enqueue("{keep_stage1: 0.375, keep_stage2: 0.38}")
+    with pytest.raises(ConfigError, match=r"search.enqueue.0.pruning_criterion: 'l2' .*l1, "
+                                          r"saliency"):
+        enqueue("{pruning_criterion: l2}")
+    with pytest.raises(ConfigError, match=r"search.enqueue.0: unknown parameter\(s\) \['keep_x'\]"):
+        enqueue("{keep_x: 0.5}")

@@ -79,7 +79,9 @@ def test_a_changed_search_space_is_refused_with_its_diff_then_forked(tmp_path):
     assert "2 trials done, 0 to go" in hwnas("search", space, "--device", device, "--run-dir",
                                              run_dir, "--no-progress", "--trials", "2")
 
-    changed = DIGITS_SPACE.replace("keep_ratios: [0.25, 0.5, 1.0]", "keep_ratios: [0.25, 0.375, 0.5, 1.0]")
+    # the width knob becomes the ordered grid (stepped floats): the old choices lie on it
+    changed = DIGITS_SPACE.replace("keep_ratios: [0.25, 0.5, 1.0]",
+                                   "keep_range: {low: 0.25, high: 1.0, step: 0.125}")
     changed = changed.replace("budgets: {latency_p90_ms: 2.0, model_size_mb: 0.1}",
                               "budgets: {latency_p90_ms: 1.5, model_size_mb: 0.1}")
     space.write_text(changed + ENQUEUED)
@@ -87,7 +89,8 @@ def test_a_changed_search_space_is_refused_with_its_diff_then_forked(tmp_path):
                            str(run_dir), "--no-progress", "--trials", "3"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "knobs.width.keep_ratios: [0.25, 0.5, 1.0] -> [0.25, 0.375, 0.5, 1.0]" in done.stderr
+    assert "knobs.width.keep_ratios: [0.25, 0.5, 1.0] -> '(unset)'" in done.stderr
+    assert "knobs.width.keep_range.step: '(unset)' -> 0.125" in done.stderr
     assert "budgets.latency_p90_ms: 2.0 -> 1.5" in done.stderr
     assert "--run-dir" in done.stderr and "--fork" in done.stderr
     assert outcomes(old.open_study()) == before  # nothing was touched
@@ -107,3 +110,9 @@ def test_a_changed_search_space_is_refused_with_its_diff_then_forked(tmp_path):
             kept.measurement.latency_ms_p90 / 1.5 - 1)  # re-scored under the new budget
     assert outcomes(old.open_study()) == before  # the old study is kept as it was
     assert len(list((run_dir / "configs").iterdir())) == 3  # every version kept
+    # the history and the new trial are stepped floats of the grid, so the sampler orders them
+    for trial in forked.open_study().get_trials():
+        for stage in ("stage1", "stage2", "stage3"):
+            grid = trial.distributions[f"keep_{stage}"]
+            assert isinstance(grid, optuna.distributions.FloatDistribution) and grid.step == 0.125
+            assert trial.params[f"keep_{stage}"] in (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
