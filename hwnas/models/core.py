@@ -16,6 +16,30 @@ from hwnas.errors import ConfigError
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
+def multiply_accumulates(network: nn.Module, image: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``image`` (batch included) through the
+    convolutions and linear layers: the cost proxy (FLOPs / 2) of the NAS literature."""
+    total = 0
+
+    def count(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * module.in_channels * kernel // module.groups
+        elif isinstance(module, nn.Linear):  # every token of a sequence pays the layer
+            total += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in network.modules()
+             if isinstance(m, PRUNABLE)]
+    try:
+        with torch.no_grad():
+            network(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
 class SmallCNN(nn.Module):
     """Three conv stages and a linear head; stages are what the width knob scales."""
 

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import optuna
+import torch
+from optuna.distributions import CategoricalDistribution
 
 from hwnas.budgets import constraint_values, describe_excess, measured
 from hwnas.compress.prune import PrunedModel
@@ -32,7 +35,11 @@ from hwnas.search.evaluator import (Budget, Evaluator, HardwareFigure, HardwareR
 from hwnas.search.objective import (CandidateBuilder, DeviceLease, Progress, Timings,
                                     TrialContext, TrialMeasurer, refuse_emulated_latency, reuse,
                                     train_and_evaluate)
-from hwnas.space import suggest
+from hwnas.models.core import multiply_accumulates
+from hwnas.space import distributions, suggest
+
+# figures the exported bytes give exactly, before any device sees them
+_STATIC = ("model_size_mb",)
 
 # the agent's interval names -> the budgets' and objectives' names
 _INTERVALS = {"latency_p50_ms": "latency_ms_p50", "latency_p90_ms": "latency_ms_p90"}
@@ -80,6 +87,7 @@ class CompressionEvaluator(Evaluator):
         self.wanted = tuple(dict.fromkeys([b.figure for b in self.budgets] +
                                           list(ctx.space.objectives[1:])))
         self._trial: _Trial | None = None
+        self._built: dict[Candidate, tuple[float, int]] = {}  # size MB, multiply-accumulates
 
     # --- the engine's contract -------------------------------------------------------
 
@@ -89,6 +97,56 @@ class CompressionEvaluator(Evaluator):
     def describe(self, candidate: Hashable) -> dict:
         assert isinstance(candidate, Candidate)
         return candidate.to_dict()
+
+    def static_figures(self, candidate: Hashable) -> Mapping[str, float]:
+        """The exported bytes' size: pruned, quantized and exported here, never measured."""
+        size_mb, _macs = self._build(candidate)
+        return {name: size_mb for name in _STATIC if any(b.figure == name for b in self.budgets)}
+
+    def proxies(self, candidate: Hashable) -> Mapping[str, float]:
+        """Multiply-accumulates of the pruned network: where the budgets leave the size fixed
+        (the frontier), the candidate that computes more on the same bytes (keeps the
+        high-resolution early layers wider) tends to be the more accurate."""
+        return {"log_macs": float(torch.log(torch.tensor(float(self._build(candidate)[1]))))}
+
+    def ladders(self) -> list[list[dict[str, Any]]]:
+        """Uniform models: the same keep ratio (every value of the width knob, largest first)
+        in every stage, one precision for the whole model, per precision of the device; the
+        other knobs at their least destructive choice (no global pruning, every head and MLP
+        unit kept, the first criterion and calibration)."""
+        found = distributions(self.ctx.space, self.ctx.shape)
+        keeps = sorted({value for name, d in found.items() if name.startswith("keep_")
+                        for value in _values(d)}, reverse=True) or [1.0]
+        fixed: dict[str, Any] = {}
+        for name, dist in found.items():
+            if not isinstance(dist, CategoricalDistribution) or name.startswith("precision_"):
+                continue
+            if name == "global_pruning_ratio":
+                fixed[name] = min(dist.choices)  # type: ignore[type-var]
+            elif name.startswith(("heads_", "mlp_")):
+                fixed[name] = max(dist.choices)  # type: ignore[type-var]
+            elif not name.startswith("keep_"):
+                fixed[name] = dist.choices[0]
+        ladders = []
+        for precision in self.ctx.shape.precisions:
+            plan = {name: precision for name in found if name.startswith("precision_")}
+            ladders.append([fixed | plan | {name: _nearest(found[name], keep)
+                                            for name in found if name.startswith("keep_")}
+                            for keep in keeps])
+            if not plan:  # no precision knob: one ladder
+                break
+        return ladders
+
+    def _build(self, candidate: Hashable) -> tuple[float, int]:
+        assert isinstance(candidate, Candidate)
+        if candidate not in self._built:
+            with tempfile.TemporaryDirectory(prefix="hwnas-static-") as work:
+                pruned, _exported, artifact = self.builder.screen_copy(
+                    candidate, Path(work), Timings())
+            image = torch.as_tensor(self.builder.calibration[:1])
+            self._built[candidate] = (artifact.size_mb,
+                                      multiply_accumulates(pruned.module.eval(), image))
+        return self._built[candidate]
 
     def start_trial(self, trial: optuna.Trial, candidate: Hashable) -> None:
         assert isinstance(candidate, Candidate)
@@ -181,3 +239,15 @@ class CompressionEvaluator(Evaluator):
                             devices_lost=tuple(lease.lost))
         lease.release()
         shutil.rmtree(now.work, ignore_errors=True)
+
+
+def _values(distribution: Any) -> list[float]:
+    if isinstance(distribution, CategoricalDistribution):
+        return [float(v) for v in distribution.choices]
+    count = int(round((distribution.high - distribution.low) / distribution.step))
+    return [round(distribution.low + i * distribution.step, 10) for i in range(count + 1)]
+
+
+def _nearest(distribution: Any, value: float) -> Any:
+    """The value a stage's width parameter allows closest to ``value`` (stages may differ)."""
+    return min(_values(distribution), key=lambda v: abs(v - value))

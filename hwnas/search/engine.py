@@ -18,6 +18,17 @@ proxies times the predicted probability of meeting the budgets, then measures th
 evaluates it if it is feasible. ``acquisition="sampler"`` asks an Optuna sampler (TPE, GP,
 random) for each trial instead; with ``screening`` off, every trial is evaluated, as a
 plain Optuna search with constraints would.
+
+``acquisition="frontier"`` searches along the budgets' boundary, for spaces whose evaluator
+knows an order (``Evaluator.ladders``: e.g. the same keep ratio in every stage, per
+precision) and exact figures without the device (``Evaluator.static_figures``: the exported
+bytes' size). It starts at the first candidate of each ladder that fits (statically, then as
+measured), evaluates the one the proxies rank first, then moves budget between ordered
+parameters of the best evaluated ones: one up and another down by up to
+``exchange_steps`` steps, or one parameter changed, keeping only the moves that still fit
+statically. Moves are ranked by the proxies' vote times the odds of fitting the measured
+budgets, and by the accuracy model's expected improvement once it has
+``startup_evaluations`` feasible evaluations. Nothing is evaluated that broke a budget.
 """
 
 from __future__ import annotations
@@ -48,7 +59,7 @@ NOT_EVALUATED = 0.0
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    acquisition: Literal["model", "sampler"] = "model"
+    acquisition: Literal["model", "sampler", "frontier"] = "model"
     screening: bool = True  # measure hardware before any accuracy evaluation
     use_proxies: bool = True  # zero-cost proxies as model features and start-up order
     startup_evaluations: int = 4  # before the accuracy model is fit
@@ -65,6 +76,7 @@ class Policy:
     max_evaluations: int = 50
     max_measurements: int | None = None
     prune_fidelities: bool = True  # stop a candidate at a low fidelity per the study's pruner
+    exchange_steps: int = 3  # frontier: how far one ordered parameter moves against another
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +122,8 @@ class SearchEngine:
         self._model: AccuracyModel | None = None
         self._candidates: dict[tuple[tuple[str, Any], ...], tuple[Hashable, np.ndarray]] = \
             candidate_cache if candidate_cache is not None else {}
+        self._static: dict[Hashable, bool] = {}  # candidate -> fits the budgets statically
+        self._ladder_cache: list[list[dict[str, Any]]] | None = None
         self._resume()
         self._rng = np.random.default_rng(seed + len(study.trials))
 
@@ -195,11 +209,22 @@ class SearchEngine:
 
     def _step(self) -> bool:
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        frontier = self.policy.acquisition == "frontier" and not waiting
+        if frontier:
+            start = self._ladder_start()
+            if start is not None:
+                self._act_on_params(start)
+                return True
         if self.policy.acquisition == "sampler" or waiting or self._distributions is None:
             # a user's enqueued trial first; the model needs one trial to learn the space
             trial = self.study.ask()
             self._act(trial, self.evaluator.suggest(trial))
             return True
+        if frontier and self._feasible_evaluated:
+            move = self._best_exchange()
+            if move is not None:
+                self._act_on_params(move[0], move[1])
+                return True
         ranked = self._ranked_pool()
         if not ranked:
             return False
@@ -215,10 +240,14 @@ class SearchEngine:
             if self.policy.max_measurements is not None and \
                     self.measurements >= self.policy.max_measurements:
                 break
-            self.study.enqueue_trial(params, skip_if_exists=False)
-            trial = self.study.ask()
-            self._act(trial, self.evaluator.suggest(trial), predicted)
+            self._act_on_params(params, predicted)
         return True
+
+    def _act_on_params(self, params: dict[str, Any],
+                       predicted: dict[str, float] | None = None) -> None:
+        self.study.enqueue_trial(params, skip_if_exists=False)
+        trial = self.study.ask()
+        self._act(trial, self.evaluator.suggest(trial), predicted)
 
     def _act(self, trial: optuna.Trial, candidate: Hashable,
              predicted: dict[str, float] | None = None) -> None:
@@ -418,17 +447,20 @@ class SearchEngine:
         for _candidate, params, _accuracy in best:
             drafts += self._neighbours(params)
         pool: dict[Hashable, dict[str, Any]] = {}
-        encoded: dict[Hashable, np.ndarray] = {}
         for params in drafts:
-            candidate, encoding = self._candidate(params)
+            candidate, _encoding = self._candidate(params)
             if candidate not in self._seen and candidate not in pool:
                 pool[candidate] = self.evaluator.parameters(candidate) or params
-                encoded[candidate] = encoding
         if not pool:
             return []
-        candidates = list(pool)
+        return self._rank(list(pool), pool)
+
+    def _rank(self, candidates: list[Hashable], pool: dict[Hashable, dict[str, Any]]
+              ) -> list[tuple[Hashable, dict[str, Any], dict[str, float]]]:
+        """Candidates, best acquisition first, each with its params and predicted figures."""
+        policy = self.policy
         assert self._encoder is not None
-        onehot = np.array([encoded[c] for c in candidates])
+        onehot = np.array([self._candidate(pool[c])[1] for c in candidates])
         predicted: list[dict[str, float]] = [{} for _ in candidates]
         feasible_odds = np.ones(len(candidates))
         for budget in self.budgets:
@@ -446,8 +478,10 @@ class SearchEngine:
         if len(plausible) == 0:
             plausible = np.argsort(-feasible_odds)[:1]
         evaluated = [c for c, _p, _a in self._feasible_evaluated]
-        # proxies once the predictors can say which candidates may fit
-        use_proxies = policy.use_proxies and all(p.ready for p in self._predictors.values())
+        # proxies once the predictors can say which candidates may fit (the frontier's
+        # candidates fit statically already: few, and worth their proxies at once)
+        use_proxies = policy.use_proxies and (policy.acquisition == "frontier" or all(
+            p.ready for p in self._predictors.values()))
         proxies = proxy_matrix([self.evaluator.proxies(c) for c in
                                 [candidates[i] for i in plausible] + evaluated]) \
             if use_proxies else np.zeros((len(plausible) + len(evaluated), 0))
@@ -474,3 +508,90 @@ class SearchEngine:
         keep = set(plausible.tolist())
         order = [i for i in np.argsort(-score, kind="stable") if i in keep]
         return [(candidates[i], pool[candidates[i]], predicted[i]) for i in order]
+
+    # --- the frontier ---------------------------------------------------------------------
+
+    def _plain_candidate(self, params: dict[str, Any]) -> Hashable:
+        """The candidate of parameters, before the space's encoding is known."""
+        key = tuple(sorted(params.items()))
+        if key in self._candidates:
+            return self._candidates[key][0]
+        return self.evaluator.suggest(optuna.trial.FixedTrial(params))
+
+    def _fits_statically(self, candidate: Hashable) -> bool:
+        """Within every budget the evaluator knows exactly without the device (cached)."""
+        if candidate not in self._static:
+            figures = self.evaluator.static_figures(candidate)
+            self._static[candidate] = all(figures[b.figure] <= b.limit for b in self.budgets
+                                          if b.figure in figures)
+        return self._static[candidate]
+
+    def _ladders(self) -> list[list[dict[str, Any]]]:
+        if self._ladder_cache is None:
+            self._ladder_cache = self.evaluator.ladders()
+        return self._ladder_cache
+
+    def _proxy_order(self, candidates: list[Hashable]) -> np.ndarray:
+        """The proxies' vote over these candidates (0 for all where there are none)."""
+        return proxy_vote(proxy_matrix([self.evaluator.proxies(c) for c in candidates])) \
+            if candidates else np.zeros(0)
+
+    def _ladder_start(self) -> dict[str, Any] | None:
+        """The next candidate to try on the ladders: on each, the first one not yet found
+        infeasible that fits statically; of those, the proxies' favourite (the first ladder's
+        on a tie). None: a rung was evaluated and met every budget (the frontier is found; a
+        user's own candidates do not count), no ladder, or every one exhausted."""
+        starts: list[tuple[dict[str, Any], Hashable]] = []
+        feasible = {candidate for candidate, _params, _accuracy in self._feasible_evaluated}
+        for ladder in self._ladders():
+            for params in ladder:
+                candidate = self._plain_candidate(params)
+                if candidate in feasible:
+                    return None
+                if candidate in self._seen:  # measured or evaluated, and not feasible
+                    continue
+                if self._fits_statically(candidate):
+                    starts.append((params, candidate))
+                    break
+        if not starts:
+            return None
+        vote = self._proxy_order([c for _p, c in starts])
+        return starts[int(np.argmax(vote))][0]
+
+    def _exchanges(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Moves from ``params``: every one-parameter change, and budget moved between two
+        ordered parameters (one up, another down, each by 1..exchange_steps steps)."""
+        assert self._distributions is not None
+        found = self._neighbours(params)
+        ordered = [(name, dist) for name, dist in self._distributions.items()
+                   if getattr(dist, "step", None) is not None]
+        reach = range(1, self.policy.exchange_steps + 1)
+        for up, up_dist in ordered:
+            for down, down_dist in ordered:
+                if up == down:
+                    continue
+                for a in reach:
+                    for b in reach:
+                        high = params[up] + a * up_dist.step  # type: ignore[attr-defined]
+                        low = params[down] - b * down_dist.step  # type: ignore[attr-defined]
+                        if high <= up_dist.high + 1e-9 and low >= down_dist.low - 1e-9:  # type: ignore[attr-defined]
+                            found.append(params | {up: type(params[up])(round(high, 10)),
+                                                   down: type(params[down])(round(low, 10))})
+        return found
+
+    def _best_exchange(self) -> tuple[dict[str, Any], dict[str, float]] | None:
+        """The best unseen move from the best evaluated candidates that fits statically:
+        ranked as the model pool is (proxies' vote or expected improvement, times the odds of
+        fitting the measured budgets)."""
+        best = sorted(self._feasible_evaluated, key=lambda item: -item[2])[:self.policy.neighbours_of]
+        moves: dict[Hashable, dict[str, Any]] = {}
+        for _candidate, params, _accuracy in best:
+            for move in self._exchanges(params):
+                candidate, _encoding = self._candidate(move)
+                if candidate not in self._seen and candidate not in moves and \
+                        self._fits_statically(candidate):
+                    moves[candidate] = self.evaluator.parameters(candidate) or move
+        if not moves:
+            return None
+        ranked = self._rank(list(moves), moves)
+        return ranked[0][1], ranked[0][2]

@@ -99,6 +99,19 @@ class Evaluator(abc.ABC):
         """Cheap accuracy hints from the real architecture (no training); none by default."""
         return {}
 
+    def static_figures(self, candidate: Hashable) -> Mapping[str, float]:
+        """Figures known exactly without the device (e.g. the exported bytes' size): a
+        candidate that breaks a budget on them is never shipped to be measured. None known by
+        default."""
+        return {}
+
+    def ladders(self) -> list[list[dict[str, Any]]]:
+        """Families of candidates (trial parameters), each ordered from the most capable down,
+        its hardware figures falling along it (e.g. the same keep ratio in every stage, one
+        precision): the frontier policy starts at the first of each that fits. None by
+        default."""
+        return []
+
     def parameters(self, candidate: Hashable) -> dict[str, Any] | None:
         """The canonical trial parameters of a candidate, where several encodings give the
         same model (models and records then use these); None: use the trial's own."""

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwnas.models.core import multiply_accumulates
+
 OPERATIONS = ("skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3")
 EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 NONE = OPERATIONS.index("none")
@@ -145,26 +147,6 @@ class CellProxies:
         return features
 
 
-def _flops(network: nn.Module, image: torch.Tensor) -> int:
-    total = 0
-
-    def count(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            kernel = module.kernel_size[0] * module.kernel_size[1]
-            total += output.numel() * module.in_channels * kernel // module.groups
-        elif isinstance(module, nn.Linear):
-            total += module.in_features * module.out_features
-
-    hooks = [m.register_forward_hook(count) for m in network.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        network(image)
-    for hook in hooks:
-        hook.remove()
-    return total
-
-
 def _weights(network: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in network.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
@@ -204,7 +186,7 @@ def cell_proxies(ops: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
     torch.manual_seed(seed)
     network = CellNetwork(ops, channels, cells_per_stage, num_classes)
     parameters = sum(p.numel() for p in network.parameters())
-    flops = _flops(network.eval(), images[:1])
+    flops = multiply_accumulates(network.eval(), images[:1])
     if size_only:
         return CellProxies(parameters, flops)
     # before any batch has moved the batch-norm statistics: synflow stays data-free

@@ -353,9 +353,10 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
     return SearchOutcome(run, study, ran)
 
 
-#: the engine's policy for compression: few trials, so the figure predictor starts early
-COMPRESSION_POLICY = dict(use_proxies=False, startup_evaluations=3, predictor_min_measurements=6,
-                          pool_size=500, max_evaluations=10 ** 9)
+#: the engine's policy for compression: along the budgets' frontier (the uniform ladders,
+#: then budget moved between stages and precisions); few trials: the predictor starts early
+COMPRESSION_POLICY = dict(acquisition="frontier", use_proxies=True, startup_evaluations=3,
+                          predictor_min_measurements=6, pool_size=500, max_evaluations=10 ** 9)
 
 
 def _optimize_with_engine(prepared: Prepared, run: RunFolder, study: optuna.Study,

@@ -42,10 +42,17 @@ def test_the_engine_runs_the_compression_search_and_keeps_the_same_records(engin
     trials = study.get_trials()
     found = outcomes(study)
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 9
-    assert study.user_attrs["engine"]["policy"]["acquisition"] == "model"
-    # beyond the user's two enqueued candidates and the first ask, the engine's own ranked
-    # pool proposed the candidates (it enqueues what it acts on), not an Optuna sampler
-    assert sum("fixed_params" in t.system_attrs for t in trials) >= 5
+    assert study.user_attrs["engine"]["policy"]["acquisition"] == "frontier"
+    # beyond the user's two enqueued candidates, the engine proposed every candidate (it
+    # enqueues what it acts on), not an Optuna sampler
+    assert all("fixed_params" in t.system_attrs for t in trials)
+    # it started on a uniform ladder: the same keep in every stage, one precision, no
+    # global pruning; the first of them that fits the size budget statically
+    start = found[2].candidate
+    assert len({k for _s, k in start.keep_ratios}) == 1 and start.global_pruning_ratio == 0.0
+    assert len({p for _u, p in start.precision_plan}) == 1
+    # past the user's candidates, nothing over the size budget was shipped to the device
+    assert all(o.artifact.size_mb <= 0.1 for o in found[2:] if o.artifact is not None)
     full_width = found[1]  # the enqueued unpruned fp32 model: 0.5 MB > 0.1 MB
     assert full_width.stage == TrialStage.REJECTED and full_width.finetune is None
     assert "model_size_mb over budget" in full_width.rejection
@@ -117,3 +124,54 @@ def test_the_engine_proposes_stepped_floats_on_their_grid():
     assert len(values) == len(set(values))  # nothing proposed twice
     assert engine._neighbours({"keep": 0.5}) == [{"keep": 0.4375}, {"keep": 0.5625}]
     assert max(e.accuracy for e in result.evaluations if e.feasible) >= 1.0 - 0.0625 ** 2
+
+
+class Frontier(Evaluator):
+    """Two ordered knobs: the bytes (a + b, known statically) must stay within 1.2, the
+    measured latency (a) within 0.9; accuracy grows faster with a than with b."""
+
+    budgets = (Budget("size", 1.2), Budget("latency", 0.9))
+
+    def __init__(self):
+        self.measured, self.static = [], []
+
+    def suggest(self, trial):
+        return (round(trial.suggest_float("a", 0.125, 1.0, step=0.0625), 10),
+                round(trial.suggest_float("b", 0.125, 1.0, step=0.0625), 10))
+
+    def static_figures(self, candidate):
+        self.static.append(candidate)
+        return {"size": sum(candidate)}
+
+    def proxies(self, candidate):
+        return {"work": 3 * candidate[0] + candidate[1]}
+
+    def ladders(self):
+        keeps = [1.0 - i * 0.0625 for i in range(15)]
+        return [[{"a": k, "b": k} for k in keeps]]
+
+    def measure(self, candidate, rounds=None):
+        self.measured.append(candidate)
+        return HardwareReport((HardwareFigure.exact("size", sum(candidate)),
+                               HardwareFigure.exact("latency", candidate[0])))
+
+    def evaluate(self, candidate, fidelity):
+        return 2 * candidate[0] + candidate[1]
+
+
+def test_the_frontier_policy_starts_uniform_then_moves_budget_where_it_pays():
+    study = optuna.create_study(directions=["maximize"])
+    evaluator = Frontier()
+    engine = SearchEngine(evaluator, study, Policy(acquisition="frontier", max_evaluations=6,
+                                                   pool_size=50, predictor_min_measurements=4))
+    result = engine.run()
+    # the ladder's first rung that fits statically: 2 * 0.5625 <= 1.2 < 2 * 0.625
+    assert study.trials[0].params == {"a": 0.5625, "b": 0.5625}
+    assert result.evaluations[0].candidate == (0.5625, 0.5625)
+    # nothing that breaks the static budget was ever measured, let alone evaluated
+    assert all(sum(c) <= 1.2 + 1e-9 for c in evaluator.measured)
+    assert {(0.625, 0.625), (1.0, 1.0)} <= set(evaluator.static)
+    assert all(e.feasible for e in result.evaluations)
+    # budget moved from b to a, as far as the measured latency budget allows
+    best = max(result.evaluations, key=lambda e: e.accuracy).candidate
+    assert best[0] > best[1] and best[0] <= 0.9 and sum(best) == pytest.approx(1.1875, abs=0.07)
