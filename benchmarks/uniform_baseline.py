@@ -99,7 +99,7 @@ def uniform_sweep(space_path: Path, device_path: Path, seed: int, work: Path) ->
                 if not breaks_a_budget(constraint_values(budgets, screened, screen)):
                     model = pruned.module
                     finetune(model, prepared.base.module, prepared.task, space.finetune,
-                             seed=seed + index)
+                             seed=candidate.finetune_seed(seed))  # as the search with seed `seed` does
                     artifact = builder.export(model, candidate, work / f"uniform-{keep:g}-{precision}.onnx")
                     deployed = measurer.measure(artifact)
                     row = dataclasses.replace(

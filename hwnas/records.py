@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -48,6 +49,15 @@ class Candidate:
         return cls(_pairs(keep_ratios), pruning_criterion, float(global_pruning_ratio),
                    _pairs(precision_plan), calibration_method, _pairs(head_keep_ratios or {}),
                    _pairs(mlp_keep_ratios or {}))
+
+    def finetune_seed(self, base: int) -> int:
+        """The fine-tuning seed of this compression: ``base`` (the search's seed) plus a number
+        drawn from the candidate itself, so the same compression is fine-tuned the same way by
+        any trial, resumed trial, worker, finalize or benchmark (a side-by-side comparison of
+        two policies that pick the same model then ties instead of differing by fine-tuning
+        noise), and different compressions draw different seeds."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return base + int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
     @property
     def is_quantized(self) -> bool:

@@ -331,7 +331,7 @@ def train_and_evaluate(ctx: TrialContext, builder: CandidateBuilder, trial: optu
             "max_seconds": settings.max_seconds * fidelity})
     with timings.phase("finetune"):
         tune = finetune(model, ctx.base_model, ctx.task, settings,
-                        seed=ctx.space.search.seed + progress.outcome.origin)
+                        seed=candidate.finetune_seed(ctx.space.search.seed))
     progress.update(finetune=FineTuneReport.from_dict(tune))
     with timings.phase("quantize_export"):
         artifact = builder.export(model, candidate, work / "model.onnx")

@@ -94,6 +94,27 @@ def test_finetune_recovers_accuracy_and_is_bounded(trained):
     assert capped["seconds"] < 5 and capped["steps"] < 10**6
 
 
+def test_the_same_compression_is_fine_tuned_the_same_way_and_others_differently(trained):
+    """The fine-tuning seed comes from the candidate, not from the trial that runs it: two
+    trials (or a benchmark's uniform sweep and a search) that build the same compression get
+    the same weights, so a side-by-side comparison is not decided by fine-tuning noise."""
+    task, base = trained
+    keep = {"stage1": 0.5, "stage2": 0.5, "stage3": 0.5}
+    candidate = Candidate.build(keep, "l1", 0.0, FULL_PLAN)
+    other = Candidate.build(keep, "l1", 0.0, {**FULL_PLAN, "head": "int8"})
+    assert candidate.finetune_seed(3) == Candidate.build(dict(keep), "l1", 0.0, dict(FULL_PLAN)).finetune_seed(3)
+    assert candidate.finetune_seed(3) == candidate.finetune_seed(0) + 3
+    assert candidate.finetune_seed(0) != other.finetune_seed(0)
+    settings = FineTuneSettings(max_steps=20, max_seconds=900, batch_size=64)
+    tuned = []
+    for seed in (candidate.finetune_seed(0), candidate.finetune_seed(0), other.finetune_seed(0)):
+        model = prune(trained, keep)
+        finetune(model, base.module, task, settings, seed=seed)
+        tuned.append(model.stage2[0].weight.detach().clone())
+    assert torch.equal(tuned[0], tuned[1])
+    assert not torch.equal(tuned[0], tuned[2])
+
+
 GRID = [round(0.125 + i / 16, 10) for i in range(15)]  # the default space's keep_range
 
 
