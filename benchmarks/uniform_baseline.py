@@ -22,7 +22,10 @@ For each seed, side by side in one run on the same device (the local agent) and 
 
 Every model is picked on validation accuracy, as the search picks; test accuracy is
 compared. "At equal wall time": each search's best feasible trial completed within the
-uniform sweep's own wall time.
+uniform sweep's own wall time (a search's wall time includes its set-up and agent start; the
+sweep's starts once its agent is up; the base model is trained before anything is timed).
+A compression is fine-tuned with the seed drawn from the compression itself
+(`Candidate.finetune_seed`), in the sweep as in the searches: the same model scores the same.
 """
 
 from __future__ import annotations
@@ -169,6 +172,8 @@ def main() -> int:
     samplers = tuple(args.samplers.split(","))
     trials = args.trials or yaml.safe_load(args.space.read_text())["search"]["n_trials"]
     seeds = []
+    # the base model is trained (or loaded from the cache) here, so that no timed run pays it
+    prepare(args.space, args.device, log=lambda _line: None)
     with tempfile.TemporaryDirectory(prefix="hwnas-uniform-") as tmp:
         work = Path(tmp)
         for seed in range(args.seeds):
