@@ -17,6 +17,11 @@ class MeasurementError(HwnasError):
     """The agent ran the job but it failed (runtime crash, timeout, unsupported provider)."""
 
 
+class JobInterrupted(MeasurementError):
+    """The agent stopped (or restarted) while the job ran: nothing is wrong with the model;
+    measure again, on the same device if it is back, else on another of its pool."""
+
+
 class ExportError(HwnasError):
     """A candidate could not be built, exported or quantized."""
 

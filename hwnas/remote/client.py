@@ -16,7 +16,7 @@ from hwnas_agent.protocol import (
     error_message,
 )
 
-from hwnas.errors import DeviceError, MeasurementError
+from hwnas.errors import DeviceError, JobInterrupted, MeasurementError
 from hwnas.records import Artifact, Measurement
 from hwnas.remote.transport import Response, Transport
 
@@ -126,6 +126,9 @@ class AgentClient:
         """The measurement of a job submitted earlier (waiting for it if it still runs)."""
         # the agent enforces timeout_s on the run; allow for queueing and start-up on top
         record = self.wait(job_id, timeout_s * 2 + 60)
+        if record["state"] == "interrupted":
+            raise JobInterrupted(f"{self.device}: measurement interrupted: "
+                                 f"{record.get('error', 'no reason given')}")
         if record["state"] != "done":
             raise MeasurementError(f"{self.device}: measurement {record['state']}: "
                                    f"{record.get('error', 'no reason given')}")

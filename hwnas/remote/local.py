@@ -72,9 +72,11 @@ class LocalAgentProcess:
         self.token_file.parent.mkdir(parents=True, exist_ok=True)
         write_private(str(self.token_file), self.token + "\n")
 
-    def start(self, port: int = 0) -> int:
-        """Start the agent on ``port`` (0: a free one); returns the port it listens on."""
-        self.write_config()
+    def start(self, port: int = 0, fresh_config: bool = True) -> int:
+        """Start the agent on ``port`` (0: a free one); returns the port it listens on.
+        ``fresh_config``: write the configuration and a new token first."""
+        if fresh_config:
+            self.write_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [self.python, "-m", "hwnas_agent", "serve", "--config", str(self.config_path),
                    "--host", "127.0.0.1", "--port", str(port), "--lease-stdin", *self.extra_args]
@@ -112,6 +114,14 @@ class LocalAgentProcess:
         self.stop()
         raise DeviceError(f"the local agent did not start: {self._log_tail() or 'no output'}; "
                           f"is hwnas-agent installed (pip install -e agents)? (log: {self.log_path})")
+
+    def restart(self) -> int:
+        """Stop and start again on the same port with the same configuration and token, as a
+        service manager restarts an installed agent (a job it was running ends interrupted)."""
+        assert self.port is not None, "start() the agent first"
+        port = self.port
+        self.stop()
+        return self.start(port, fresh_config=False)
 
     def client(self, device: str = "local") -> "AgentClient":
         """A client of this agent, with its token."""

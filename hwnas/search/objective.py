@@ -32,7 +32,7 @@ from hwnas.export.precision import ExportStyle
 from hwnas.models import model_stages, output_channels
 from hwnas.budgets import (NOT_EVALUATED, breaks_a_budget, constraint_values, describe_excess,
                            latency_uses, objective_values)
-from hwnas.errors import DeviceError, MeasurementError
+from hwnas.errors import DeviceError, JobInterrupted, MeasurementError
 from hwnas.records import (Artifact, Candidate, FineTuneReport, Measurement, OutputFidelity,
                            TrialOutcome, TrialStage)
 from hwnas.remote.pool import Device, DevicePool
@@ -142,6 +142,11 @@ class CandidateBuilder:
                                                self.calibration, path))
 
 
+#: jobs of one measurement an agent may interrupt (stopping or restarting) before its device
+#: is treated as lost
+MAX_INTERRUPTED_JOBS = 2
+
+
 class DeviceLease:
     """The device a trial holds; replaced by another of its pool if it is lost."""
 
@@ -176,6 +181,7 @@ class TrialMeasurer:
     def measure(self, artifact: Artifact, rounds: int | None = None) -> Measurement:
         """``rounds``: more measurement rounds than the profile's (a figure whose interval
         holds its budget is measured again with more; search/screening.py)."""
+        interrupted = 0
         while True:
             device = self.lease.device
             known = self.known.get(artifact.sha256) if rounds is None else None
@@ -195,6 +201,14 @@ class TrialMeasurer:
                         on_submitted=lambda job: self._note(device.name, job, artifact.sha256))
                 self._note(None)
                 return measurement
+            except JobInterrupted:
+                # the agent stopped during the job: measure again; an agent that is back
+                # measures it, one that is gone raises DeviceError on the next call
+                self._note(None)
+                interrupted += 1
+                if interrupted > MAX_INTERRUPTED_JOBS:
+                    self.lease.replace()
+                    interrupted = 0
             except DeviceError:
                 # the transport already reconnected and retried with back-off: it is gone
                 self.lease.replace()

@@ -8,10 +8,13 @@ import time
 import pytest
 from optuna.trial import TrialState
 
+from hwnas.config.load import load_device_profile
 from hwnas.errors import DeviceError
+from hwnas.records import Artifact
 from hwnas.remote.local import LocalAgentProcess
 from hwnas.run import RunFolder
-from hwnas.search import run_search
+from hwnas.search import open_pool, run_search
+from hwnas.search.objective import DeviceLease, Timings, TrialMeasurer
 from tests.conftest import DIGITS_SPACE
 
 SPACE = DIGITS_SPACE + "search: {n_trials: %d, sampler: random, seed: 1}\n"
@@ -75,6 +78,42 @@ def test_a_lost_device_hands_its_measurements_to_its_pool(ssh_world, second_agen
     assert complete[-1].user_attrs["device"] == "dev-a"
 
 
+def test_an_agent_restarted_during_a_job_measures_it_again(ssh_world, second_agent, models_dir):
+    """dev-b's agent restarts while it measures (a crash and its service manager): the job
+    ends 'interrupted', which says nothing about the model, so the measurement is made again
+    on the agent that is back; it used to fail the trial (a flaky CI failure of the test above
+    whenever the lost device's stop landed inside a job). An agent that stays gone hands the
+    measurement to its pool (the test above)."""
+    a = load_device_profile(ssh_world.profile("dev-a", pool="cpu-x86"))
+    b_path = ssh_world.profile("dev-b", agent_port=second_agent.port,
+                               remote_dir=second_agent.remote_dir, pool="cpu-x86", retries=4)
+    b_path.write_text(b_path.read_text().replace("min_seconds: 0.2", "min_seconds: 3"))
+    b = load_device_profile(b_path)
+    jobs = second_agent.remote_dir / "state" / "jobs"
+
+    def restart_b_mid_job() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if any('"running"' in state.read_text() for state in jobs.glob("*/state.json")):
+                second_agent.restart()
+                return
+            time.sleep(0.05)
+
+    artifact = Artifact.from_file(models_dir / "medium.onnx", {}, 0)
+    restarter = threading.Thread(target=restart_b_mid_job)
+    with open_pool((b, a)) as pool:
+        lease = DeviceLease(pool)
+        assert lease.device.name == "dev-b"
+        restarter.start()
+        measurement = TrialMeasurer(lease, Timings()).measure(artifact)
+        restarter.join()
+    states = sorted(state.read_text() for state in jobs.glob("*/state.json"))
+    assert len(states) == 2
+    assert sum('"interrupted"' in state for state in states) == 1
+    assert sum('"done"' in state for state in states) == 1
+    assert lease.lost == [] and measurement.device == "dev-b" and measurement.latency_ms_p90 > 0
+
+
 def test_losing_every_device_stops_cleanly_and_the_search_resumes(ssh_world, tmp_path):
     profile = ssh_world.profile("dev-a", retries=1)
     profile_port = ssh_world.agent.port
@@ -83,7 +122,17 @@ def test_losing_every_device_stops_cleanly_and_the_search_resumes(ssh_world, tmp
     run_search(space, [profile], tmp_path / "run", n_trials=1, progress=False, log=lambda _: None)
 
     def lose_it() -> None:
-        time.sleep(2)
+        # once the second run has begun a trial (a fixed delay raced its set-up under load:
+        # the agent was gone before the run opened its device, a different error)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if len(RunFolder.load(tmp_path / "run").open_study().get_trials(deepcopy=False)) > 1:
+                    break
+            except Exception:  # noqa: BLE001 - the study is being written
+                pass
+            time.sleep(0.2)
+        time.sleep(0.5)
         ssh_world.agent.stop()
 
     killer = threading.Thread(target=lose_it)
