@@ -1,7 +1,7 @@
 """The default search against the obvious alternative: the best feasible uniform model.
 
     .venv/bin/python benchmarks/uniform_baseline.py [--seeds 5] [--trials N] [--space YAML]
-        [--device YAML] [--samplers tpe,engine] [--json NAME]
+        [--device YAML] [--samplers tpe,engine] [--budget NAME=VALUE ...] [--json NAME]
 
 For each seed, side by side in one run on the same device (the local agent) and budgets:
 
@@ -127,12 +127,28 @@ def best_uniform(rows: list[UniformRow]) -> UniformRow | None:
                key=lambda r: r.accuracy_val or 0.0, default=None)
 
 
+def write_variant(space_path: Path, path: Path, section: str, values: dict[str, Any]) -> Path:
+    """``space_path`` with ``values`` set in its ``section``, written to ``path``."""
+    document = yaml.safe_load(space_path.read_text())
+    document.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def budget(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if sep and name:
+            return name, float(value)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"--budget {text!r}: expected NAME=NUMBER, e.g. model_size_mb=0.05")
+
+
 def search(space_path: Path, device_path: Path, sampler: str, seed: int, trials: int,
            work: Path) -> dict[str, Any]:
-    document = yaml.safe_load(space_path.read_text())
-    document.setdefault("search", {}).update(sampler=sampler, seed=seed, n_trials=trials)
-    variant = work / f"space-{sampler}-{seed}.yaml"
-    variant.write_text(yaml.safe_dump(document, sort_keys=False))
+    variant = write_variant(space_path, work / f"space-{sampler}-{seed}.yaml", "search",
+                            dict(sampler=sampler, seed=seed, n_trials=trials))
     started = time.time()
     outcome = run_search(variant, device_path, work / f"run-{sampler}-{seed}", progress=False,
                          log=lambda _line: None)
@@ -167,15 +183,20 @@ def main() -> int:
     parser.add_argument("--device", type=Path, default=ROOT / "device_profiles/local.yaml")
     parser.add_argument("--samplers", default="tpe,engine",
                         help="the search policies run beside the uniform sweep")
+    parser.add_argument("--budget", type=budget, action="append", default=[],
+                        help="NAME=VALUE: the space's budget NAME set to VALUE (repeatable), "
+                             "e.g. model_size_mb=0.05")
     parser.add_argument("--json", default="uniform_baseline")
     args = parser.parse_args()
     samplers = tuple(args.samplers.split(","))
     trials = args.trials or yaml.safe_load(args.space.read_text())["search"]["n_trials"]
     seeds = []
-    # the base model is trained (or loaded from the cache) here, so that no timed run pays it
-    prepare(args.space, args.device, log=lambda _line: None)
     with tempfile.TemporaryDirectory(prefix="hwnas-uniform-") as tmp:
         work = Path(tmp)
+        if args.budget:
+            args.space = write_variant(args.space, work / args.space.name, "budgets", dict(args.budget))
+        # the base model is trained (or loaded from the cache) here, so that no timed run pays it
+        prepare(args.space, args.device, log=lambda _line: None)
         for seed in range(args.seeds):
             print(f"seed {seed}", flush=True)
             runs = {sampler: search(args.space, args.device, sampler, seed, trials, work)

@@ -178,6 +178,7 @@ def _finalize_one(ctx: "TrialContext", builder: "CandidateBuilder", study: optun
     try:
         with timings.phase("prune"):
             pruned = builder.prune_with_plan(source.candidate)
+        origin = source.origin if source.origin is not None else source.number
         with timings.phase("finetune"):
             tune = finetune(pruned.module, ctx.base_model, ctx.task, settings,
                             seed=source.candidate.finetune_seed(ctx.space.search.seed))
@@ -200,8 +201,7 @@ def _finalize_one(ctx: "TrialContext", builder: "CandidateBuilder", study: optun
             output_fidelity=fidelity, finetune=FineTuneReport.from_dict(tune),
             timings_s=tuple(timings.seconds.items()), device=lease.device.name,
             device_pool=lease.device.pool, devices_lost=tuple(lease.lost),
-            config_version=version, origin=source.origin if source.origin is not None else source.number,
-            controller=controller_id(),
+            config_version=version, origin=origin, controller=controller_id(),
             finalized_from=source.number)
         trial = _new_trial(study, source, outcome)
         ctx.run.keep_artifact(artifact, trial)

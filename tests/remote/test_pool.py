@@ -20,6 +20,18 @@ from tests.conftest import DIGITS_SPACE
 SPACE = DIGITS_SPACE + "search: {n_trials: %d, sampler: random, seed: 1}\n"
 
 
+def wait_for_trials(run_dir, more_than: int, timeout_s: float = 600) -> None:
+    """Until the run's study holds more than ``more_than`` trials."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if len(RunFolder.load(run_dir).open_study().get_trials(deepcopy=False)) > more_than:
+                return
+        except Exception:  # noqa: BLE001 - the run folder is still being made
+            pass
+        time.sleep(0.2)
+
+
 @pytest.fixture()
 def second_agent(ssh_world):
     """A second agent behind the same sshd, laid out as an install would (token beside state)."""
@@ -55,14 +67,7 @@ def test_a_lost_device_hands_its_measurements_to_its_pool(ssh_world, second_agen
 
     def lose_device_b() -> None:
         # mid-search: once trials run (a fixed delay raced the set-up on a loaded machine)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                if RunFolder.load(tmp_path / "run").open_study().get_trials(deepcopy=False):
-                    break
-            except Exception:  # noqa: BLE001 - the run folder is still being made
-                pass
-            time.sleep(0.2)
+        wait_for_trials(tmp_path / "run", more_than=0)
         time.sleep(1)
         second_agent.stop()
 
@@ -124,14 +129,7 @@ def test_losing_every_device_stops_cleanly_and_the_search_resumes(ssh_world, tmp
     def lose_it() -> None:
         # once the second run has begun a trial (a fixed delay raced its set-up under load:
         # the agent was gone before the run opened its device, a different error)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                if len(RunFolder.load(tmp_path / "run").open_study().get_trials(deepcopy=False)) > 1:
-                    break
-            except Exception:  # noqa: BLE001 - the study is being written
-                pass
-            time.sleep(0.2)
+        wait_for_trials(tmp_path / "run", more_than=1)
         time.sleep(0.5)
         ssh_world.agent.stop()
 
