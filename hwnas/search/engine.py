@@ -282,10 +282,10 @@ class SearchEngine:
             report, decisions, history = self._measure(trial, candidate)
             if not all(d.feasible for d in decisions):
                 return self._finish(trial, self._values(NOT_EVALUATED, report),
-                                    TrialState.COMPLETE, candidate, STAGE_REJECTED)
+                                    TrialState.COMPLETE, candidate, STAGE_REJECTED, report)
         accuracy = self._evaluate(trial, candidate)
         if accuracy is None:
-            return self._finish(trial, None, TrialState.PRUNED, candidate, STAGE_STOPPED)
+            return self._finish(trial, None, TrialState.PRUNED, candidate, STAGE_STOPPED, report)
         if not self.policy.screening:  # plain search: the figures come after the accuracy
             report, decisions, history = self._measure(trial, candidate)
         elif self.evaluator.measure_after_evaluation:
@@ -299,7 +299,7 @@ class SearchEngine:
             self._feasible_evaluated.append(
                 (candidate, self.evaluator.parameters(candidate) or dict(trial.params), accuracy))
         return self._finish(trial, self._values(accuracy, report), TrialState.COMPLETE, candidate,
-                            STAGE_EVALUATED)
+                            STAGE_EVALUATED, report)
 
     def _measure(self, trial: optuna.Trial, candidate: Hashable, teach: bool = True
                  ) -> tuple[HardwareReport, tuple[BudgetDecision, ...], tuple[HardwareReport, ...]]:
@@ -317,8 +317,6 @@ class SearchEngine:
         trial.set_user_attr("budget_decisions", [d.to_dict() for d in decisions])
         if history:
             trial.set_user_attr("hardware_before_remeasuring", [r.to_dict() for r in history])
-        for budget in self.budgets:
-            trial.set_constraint(budget.figure, budget.constraint(report.figure(budget.figure).value))
         if teach:  # once per candidate: its figures before training
             self._teach_predictors(candidate, trial.params, report.to_dict()["figures"])
         if self._predictors:
@@ -385,8 +383,15 @@ class SearchEngine:
             self.after_trial(self.study.tell(trial, state=TrialState.PRUNED))
 
     def _finish(self, trial: optuna.Trial, values: list[float] | None, state: TrialState,
-                candidate: Hashable, stage: str) -> None:
+                candidate: Hashable, stage: str, report: HardwareReport | None = None) -> None:
+        """Tell the study; the constraints come from ``report``, the measurement that decided
+        (the deployed bytes for an evaluated trial, not the screened copy): Optuna keeps the
+        first value set for a constraint and ignores any later one, so they are set once, here."""
         trial.set_user_attr("stage", stage)
+        if report is not None:
+            for budget in self.budgets:
+                trial.set_constraint(budget.figure,
+                                     budget.constraint(report.figure(budget.figure).value))
         self.evaluator.end_trial(trial, candidate, stage)
         frozen = self.study.tell(trial, values, state=state)
         self._seen[candidate] = frozen

@@ -175,3 +175,40 @@ def test_the_frontier_policy_starts_uniform_then_moves_budget_where_it_pays():
     # budget moved from b to a, as far as the measured latency budget allows
     best = max(result.evaluations, key=lambda e: e.accuracy).candidate
     assert best[0] > best[1] and best[0] <= 0.9 and sum(best) == pytest.approx(1.1875, abs=0.07)
+
+
+class SlowerOnceTrained(Quadratic):
+    """The deployed bytes are measured again after evaluation (as the compression search
+    does) and run slower than the screened copy: 0.2 more cost."""
+
+    measure_after_evaluation = True
+
+    def __init__(self):
+        self.evaluated = set()
+
+    def measure(self, candidate, rounds=None):
+        return HardwareReport((HardwareFigure.exact(
+            "cost", candidate + (0.2 if candidate in self.evaluated else 0.0)),))
+
+    def evaluate(self, candidate, fidelity):
+        self.evaluated.add(candidate)
+        return super().evaluate(candidate, fidelity)
+
+
+def test_the_deployed_measurement_decides_the_constraints_not_the_screened_one():
+    # Optuna keeps a constraint's first value and ignores later ones: the screened figure
+    # (under budget) must not stand for deployed bytes that break it
+    study = optuna.create_study(directions=["maximize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    engine = SearchEngine(SlowerOnceTrained(), study, Policy(use_proxies=False, max_evaluations=8,
+                                                             pool_size=50,
+                                                             predictor_min_measurements=4))
+    result = engine.run()
+    evaluated = [t for t in study.trials if t.user_attrs.get("stage") == "evaluated"]
+    assert any(t.params["keep"] > 0.5 for t in evaluated)  # screened within 0.7, deployed over
+    for trial in evaluated:
+        deployed = trial.params["keep"] + 0.2
+        assert trial.constraints == {"cost": pytest.approx(deployed / 0.7 - 1)}
+        assert trial.user_attrs["budget_decisions"][0]["feasible"] == (deployed <= 0.7)
+    feasible = {e.candidate for e in result.evaluations if e.feasible}
+    assert feasible == {t.params["keep"] for t in evaluated if t.params["keep"] + 0.2 <= 0.7}
