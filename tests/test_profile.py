@@ -102,3 +102,28 @@ def test_precision_variants_made_and_measured_beside_the_model(models_dir, tmp_p
     assert f"int8 calibrated on 64 training images of {calibrated} (digits" in done.stdout
     wrong = profile(models_dir / "large.onnx", "--device", device, "--precision", "int4")
     assert wrong.returncode == 2 and "--precision int4: unknown ['int4']; allowed:" in wrong.stderr
+
+
+def test_int8_variant_of_a_plain_export_any_input_name_and_a_fixed_batch(tmp_path):
+    # torch.onnx.export with no input_names and no dynamic axes: input 'input.1'
+    # (TorchScript) or 'x' (dynamo), batch fixed at 1; the calibration data must fit it
+    import onnx
+
+    from hwnas.export.precision import realised_precisions
+    from hwnas.profile import make_variant
+
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 8 * 8, 10)).eval()
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False)
+    plain = onnx.load(str(path))
+    assert plain.graph.input[0].name != "input"
+    assert plain.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    calibration = torch.randn(100, 1, 8, 8).numpy()
+    variant = make_variant(plain, "int8", calibration)
+    assert set(realised_precisions(variant).values()) == {"int8"}
+    # what `hwnas rebuild --onnx` reads to judge a reduced-precision export by class agreement
+    from hwnas.models.saved import onnx_reduced_precisions
+
+    onnx.save(variant, str(tmp_path / "int8.onnx"))
+    assert onnx_reduced_precisions(path) == [] and onnx_reduced_precisions(tmp_path / "int8.onnx") == ["int8"]

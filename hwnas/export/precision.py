@@ -72,18 +72,33 @@ def planned_precisions(units: Mapping[str, str | None], plan: Mapping[str, str])
 
 
 class _CalibrationReader:
-    """onnxruntime's CalibrationDataReader contract: get_next() until None."""
+    """onnxruntime's CalibrationDataReader contract: get_next() until None. Fed under the
+    model's own input name, in batches of its batch size where that is fixed (a user's ONNX
+    file in `hwnas profile`: any input name, batch 1), else of CALIBRATION_BATCH."""
 
-    def __init__(self, images: np.ndarray) -> None:
+    def __init__(self, images: np.ndarray, model: onnx.ModelProto | None = None) -> None:
         self._images = images
+        self._name, self._fixed = INPUT_NAME, None
+        if model is not None:
+            initializers = {t.name for t in model.graph.initializer}
+            first = next(i for i in model.graph.input if i.name not in initializers)
+            self._name = first.name
+            dims = first.type.tensor_type.shape.dim
+            if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+                self._fixed = dims[0].dim_value
         self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
     def rewind(self) -> None:
-        self._batches = iter([{INPUT_NAME: self._images[i:i + CALIBRATION_BATCH]}
-                              for i in range(0, len(self._images), CALIBRATION_BATCH)])
+        images, size = self._images, self._fixed or CALIBRATION_BATCH
+        if self._fixed:  # whole batches only; too few samples for one: repeated
+            if len(images) < size:
+                images = np.resize(images, (size, *images.shape[1:]))
+            images = images[:len(images) - len(images) % size]
+        self._batches = iter([{self._name: images[i:i + size]}
+                              for i in range(0, len(images), size)])
 
 
 def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -147,7 +162,7 @@ def _static_quantize(model: onnx.ModelProto, precisions: dict[str, str], calibra
         cached = {"calibration_cache_path": str(_histogram_ranges(source, calibration, method,
                                                                   symmetric, folder))}
     quantize_static(
-        str(source), str(target), _CalibrationReader(calibration),
+        str(source), str(target), _CalibrationReader(calibration, model),
         quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=narrow, weight_type=QuantType.QInt8,
         calibrate_method=methods[method], **cached,
@@ -192,7 +207,7 @@ def _histogram_ranges(source: Path, calibration: np.ndarray, method: str, symmet
         augmented_model_path=str(folder / "augmented.onnx"), calibrate_method=calibrate_method,
         extra_options=options)
     with contextlib.redirect_stdout(io.StringIO()):
-        calibrator.collect_data(_CalibrationReader(calibration))
+        calibrator.collect_data(_CalibrationReader(calibration, onnx.load(str(source))))
         ranges = calibrator.compute_data()
     path = folder / f"{method}-ranges.json"
     save_tensors_data(ranges, path)

@@ -94,6 +94,20 @@ def load_pruned(plan_path: str | Path, state_path: str | Path | None = None) -> 
     return model.eval()
 
 
+def onnx_reduced_precisions(onnx_path: str | Path) -> list[str]:
+    """The precisions other than fp32 that an ONNX file's weighted nodes run in (read from
+    the bytes: QDQ, float16)."""
+    import onnx
+
+    from hwnas.export.precision import realised_precisions
+
+    try:
+        found = realised_precisions(onnx.load(str(onnx_path), load_external_data=False))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file
+        raise ConfigError(f"{onnx_path}: cannot read the ONNX model ({exc})") from None
+    return sorted(set(found.values()) - {"fp32"})
+
+
 def compare_with_onnx(model: nn.Module, onnx_path: str | Path, input_shape: Sequence[int],
                       samples: int = 8, seed: int = 0) -> tuple[float, float]:
     """(largest absolute difference of the outputs, share of samples given the same class) of
