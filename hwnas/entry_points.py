@@ -8,7 +8,10 @@ a traceback through hwnas.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 from hwnas.errors import ConfigError, HwnasError
@@ -25,14 +28,31 @@ def _where(exc: BaseException) -> str:
     return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
+def _import(module_name: str) -> Any:
+    """Import as Python does; a module not found there is looked for in the current folder
+    too (what `python -m` would find: a user's mymodels.py beside their YAML), added last so
+    that it never shadows an installed package."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        top = module_name.split(".")[0]
+        if exc.name != top or here in sys.path or not (
+                Path(here, f"{top}.py").is_file() or Path(here, top, "__init__.py").is_file()):
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
+
+
 def load_entry_point(spec: str, key: str) -> Callable[..., Any]:
     module_name, _, attribute = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name or module_name.startswith(f"{exc.name}."):
-            raise ConfigError(f"{key}: no module named {exc.name!r} (from {spec}); is the "
-                              f"package installed or on PYTHONPATH?") from None
+            raise ConfigError(f"{key}: no module named {exc.name!r} (from {spec}) in the "
+                              f"installed packages, PYTHONPATH or the current folder "
+                              f"({os.getcwd()})") from None
         raise ConfigError(f"{key}: importing {module_name} failed: it needs the module "
                           f"{exc.name!r}, which is not installed ({_where(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - the user's module, any failure at import time

@@ -122,6 +122,21 @@ def test_failing_factories_are_one_clear_error(user, factory, words):
         assert word in str(caught.value)
 
 
+def test_a_factory_module_in_the_current_folder_is_found(tmp_path, monkeypatch):
+    # a console script (hwnas) does not put the current folder on sys.path as `python -m` does
+    (tmp_path / "herenet.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    try:
+        model = build_model(spec(factory="herenet:build"), (1, 8, 8), 10)
+        assert isinstance(model, nn.Module)
+        assert sys.path[-1] == str(tmp_path)  # last: it never shadows an installed package
+        with pytest.raises(ConfigError, match=r"no module named 'nothere' .*current folder"):
+            build_model(spec(factory="nothere:build"), (1, 8, 8), 10)
+    finally:
+        sys.modules.pop("herenet", None)
+
+
 def test_weights_files_that_do_not_fit_say_why(user, digits, tmp_path):
     import usernet
 
