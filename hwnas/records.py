@@ -307,13 +307,24 @@ class FineTuneReport:
     steps: int
     seconds: float
     final_loss: float | None = None
+    planned_steps: int | None = None  # max_steps; fewer steps: max_seconds stopped it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FineTuneReport":
-        return cls(int(data["steps"]), float(data["seconds"]), data.get("final_loss"))
+        planned = data.get("planned_steps")
+        return cls(int(data["steps"]), float(data["seconds"]), data.get("final_loss"),
+                   None if planned is None else int(planned))
+
+    def cut_short(self) -> str:
+        """'' or what a reader must know: the wall-clock bound stopped it before its steps, so
+        it is not the fine-tune the same compression gets elsewhere."""
+        if self.planned_steps is None or self.steps >= self.planned_steps:
+            return ""
+        return (f"fine-tune stopped by max_seconds at {self.steps} of {self.planned_steps} "
+                f"steps ({self.seconds:.0f} s)")
 
 
 @dataclasses.dataclass(frozen=True)

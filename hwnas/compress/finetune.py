@@ -17,7 +17,7 @@ def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: F
              seed: int = 0) -> dict[str, float]:
     """Stops at ``max_steps`` or ``max_seconds``, whichever comes first."""
     if settings.max_steps == 0 or settings.max_seconds == 0:
-        return {"steps": 0, "seconds": 0.0}
+        return {"steps": 0, "seconds": 0.0, "planned_steps": settings.max_steps}
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     teacher.eval()
@@ -45,4 +45,5 @@ def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: F
         steps += 1
         loss_value = float(loss.detach())
     student.eval()
-    return {"steps": steps, "seconds": time.perf_counter() - started, "final_loss": loss_value}
+    return {"steps": steps, "seconds": time.perf_counter() - started, "final_loss": loss_value,
+            "planned_steps": settings.max_steps}

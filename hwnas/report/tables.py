@@ -93,7 +93,8 @@ def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
     budget = "meets" if outcome.feasible else (
         "-" if outcome.stage in (TrialStage.FAILED, TrialStage.RUNNING, TrialStage.WAITING)
         else "breaks")
-    note = outcome.failure or outcome.rejection or ""
+    note = "; ".join(filter(None, [outcome.failure or outcome.rejection or "",
+                                   outcome.finetune.cut_short() if outcome.finetune else ""]))
     stage = outcome.stage.value
     if outcome.finalized_from is not None:  # a longer fine-tune of a search trial's candidate
         stage = f"finalized ({outcome.finetune.steps if outcome.finetune else '?'} steps)"

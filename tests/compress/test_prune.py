@@ -115,6 +115,26 @@ def test_the_same_compression_is_fine_tuned_the_same_way_and_others_differently(
     assert not torch.equal(tuned[0], tuned[2])
 
 
+def test_a_fine_tune_cut_short_by_its_time_bound_says_so(trained):
+    from hwnas.records import FineTuneReport
+
+    task, base = trained
+    keep = {"stage1": 0.5, "stage2": 0.5, "stage3": 0.5}
+    whole = FineTuneReport.from_dict(finetune(prune(trained, keep), base.module, task,
+                                              FineTuneSettings(max_steps=3, max_seconds=900,
+                                                               batch_size=32)))
+    assert (whole.steps, whole.planned_steps, whole.cut_short()) == (3, 3, "")
+    cut = FineTuneReport.from_dict(finetune(prune(trained, keep), base.module, task,
+                                            FineTuneSettings(max_steps=10 ** 6, max_seconds=0.5,
+                                                             batch_size=32)))
+    assert cut.steps < cut.planned_steps == 10 ** 6
+    assert cut.cut_short().startswith(f"fine-tune stopped by max_seconds at {cut.steps} of "
+                                      f"1000000 steps")
+    assert FineTuneReport.from_dict(cut.to_dict()) == cut
+    # a record written before planned_steps existed reads as not cut short
+    assert FineTuneReport.from_dict({"steps": 5, "seconds": 1.0}).cut_short() == ""
+
+
 GRID = [round(0.125 + i / 16, 10) for i in range(15)]  # the default space's keep_range
 
 
