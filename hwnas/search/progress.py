@@ -10,10 +10,12 @@ from hwnas.records import TrialOutcome, TrialStage
 
 
 class ProgressCallback:
-    def __init__(self, total: int, enabled: bool = True) -> None:
+    def __init__(self, total: int, enabled: bool = True, study: optuna.Study | None = None) -> None:
         self.bar = tqdm(total=total, unit="trial", desc="search", disable=not enabled,
                         dynamic_ncols=True)
-        self.best: float | None = None
+        self.best: float | None = None  # the study's, a resumed one's earlier trials included
+        for trial in study.get_trials(deepcopy=False) if study is not None else ():
+            self._consider(TrialOutcome.from_trial(trial))
         self.rejected = 0
         self.failed = 0
         self.done = 0  # trials this controller finished (counted even with the bar disabled)
@@ -27,14 +29,17 @@ class ProgressCallback:
         elif outcome.stage == TrialStage.FAILED:
             self.failed += 1
             self.last_failure = outcome.failure
-        if outcome.feasible and outcome.values and (self.best is None or outcome.values[0] > self.best):
-            self.best = outcome.values[0]
+        self._consider(outcome)
         best = "-" if self.best is None else f"{self.best:.4f}"
         text = f"best feasible acc {best} | rejected early {self.rejected}"
         if self.failed:
             text += f" | failed {self.failed} (last: {(self.last_failure or '')[:60]})"
         self.bar.set_postfix_str(text, refresh=False)
         self.bar.update(1)
+
+    def _consider(self, outcome: TrialOutcome) -> None:
+        if outcome.feasible and outcome.values and (self.best is None or outcome.values[0] > self.best):
+            self.best = outcome.values[0]
 
     def close(self) -> None:
         self.bar.close()

@@ -331,7 +331,7 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
     with open_pool(prepared.devices) as pool:
         objective = Objective(trial_context(prepared, pool, run, config_version))
         _measure_base_model(study, objective.ctx, objective.builder, log)
-        callbacks = [ProgressCallback(remaining, enabled=progress),
+        callbacks = [ProgressCallback(remaining, enabled=progress, study=study),
                      # several controllers on one study: stop when the study has its trials
                      MaxSearchTrials(space.search.n_trials)]
         try:
@@ -372,7 +372,7 @@ def _optimize_with_engine(prepared: Prepared, run: RunFolder, study: optuna.Stud
     space = prepared.space
     seed_everything(space.search.seed)
     remaining = space.search.n_trials - completed_search_trials(study)
-    bar = ProgressCallback(remaining, enabled=progress)
+    bar = ProgressCallback(remaining, enabled=progress, study=study)
     with open_pool(prepared.devices) as pool:
         evaluator = CompressionEvaluator(trial_context(prepared, pool, run, config_version))
         _measure_base_model(study, evaluator.ctx, evaluator.builder, log)
