@@ -167,13 +167,15 @@ def search(space_path: Path, device_path: Path, sampler: str, seed: int, trials:
     wall = time.time() - started
     run = RunFolder.load(work / f"run-{sampler}-{seed}")
     trials_done = []
-    found_all = [TrialOutcome.from_trial(t) for t in outcome.study.get_trials(deepcopy=False)]
+    trials = outcome.study.get_trials(deepcopy=False)
+    found_all = [TrialOutcome.from_trial(t) for t in trials]
     top = sorted((f for f in found_all if f.feasible), key=lambda f: -(f.accuracy_val or 0.0))
     paths = {f.number: run.kept_artifact(f, outcome.study).path for f in top[:RECHECK_TOP]}
-    for trial, found in zip(outcome.study.get_trials(deepcopy=False), found_all):
+    for trial, found in zip(trials, found_all):
         if trial.datetime_complete is None:
             continue
-        trials_done.append({"artifact_path": paths.get(trial.number),"number": trial.number, "stage": str(found.stage),
+        trials_done.append({"artifact_path": paths.get(trial.number), "number": trial.number,
+                            "stage": str(found.stage),
                             "feasible": found.feasible, "accuracy_val": found.accuracy_val,
                             "accuracy_test": found.accuracy_test,
                             "latency_ms_p90": found.measurement.latency_ms_p90

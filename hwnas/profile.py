@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from hwnas.errors import ConfigError, ExportError, HwnasError
+from hwnas.export.graph import graph_inputs
 
 if TYPE_CHECKING:
     from hwnas.config.models import DeviceProfile
@@ -48,11 +49,8 @@ class InputShape:
 
 def free_dimensions(model: onnx.ModelProto) -> dict[str, list[int]]:
     """Input name -> positions (after the batch) that are not fixed numbers."""
-    initializers = {t.name for t in model.graph.initializer}
     found = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
+    for value in graph_inputs(model):
         dims = value.type.tensor_type.shape.dim
         free = [i for i, d in enumerate(dims) if i > 0 and not d.HasField("dim_value")]
         if free:
@@ -63,8 +61,7 @@ def free_dimensions(model: onnx.ModelProto) -> dict[str, list[int]]:
 def fix_input_shapes(model: onnx.ModelProto, shapes: Sequence[InputShape], source: Path
                      ) -> onnx.ModelProto:
     """A copy of ``model`` whose inputs have these sample shapes (the batch stays free)."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
+    inputs = graph_inputs(model)
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     by_name = {v.name: v for v in fixed.graph.input}
@@ -73,7 +70,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: Sequence[InputShape], sourc
             raise ConfigError(f"--input-shape: {source} has inputs {[v.name for v in inputs]}; "
                               f"name the one meant, e.g. {inputs[0].name}=3x224x224")
         name = shape.name or inputs[0].name
-        if name not in by_name or name in initializers:
+        if name not in {v.name for v in inputs}:
             raise ConfigError(f"--input-shape: {source} has no input {name!r}; its inputs: "
                               f"{[v.name for v in inputs]}")
         dims = by_name[name].type.tensor_type.shape.dim
@@ -92,8 +89,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: Sequence[InputShape], sourc
 
 def sample_shape(model: onnx.ModelProto) -> tuple[int, ...]:
     """The one float input's sample shape (for calibration data)."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
+    inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise ConfigError(f"--precision: variants are made for models with one input; this one "
                           f"has {[v.name for v in inputs]}")

@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwnas.errors import ExportError
 from hwnas.export.fp16 import make_islands
+from hwnas.export.graph import graph_inputs
 from hwnas.export.onnx import INPUT_NAME, WEIGHTED_OPS
 
 PRECISIONS = ("fp32", "fp16", "int8", "a16w8", "int8_weight_only")
@@ -80,8 +81,7 @@ class _CalibrationReader:
         self._images = images
         self._name, self._fixed = INPUT_NAME, None
         if model is not None:
-            initializers = {t.name for t in model.graph.initializer}
-            first = next(i for i in model.graph.input if i.name not in initializers)
+            first = graph_inputs(model)[0]
             self._name = first.name
             dims = first.type.tensor_type.shape.dim
             if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
@@ -159,8 +159,8 @@ def _static_quantize(model: onnx.ModelProto, precisions: dict[str, str], calibra
                "percentile": CalibrationMethod.Percentile}
     cached = {}
     if method != "minmax":
-        cached = {"calibration_cache_path": str(_histogram_ranges(source, calibration, method,
-                                                                  symmetric, folder))}
+        cached = {"calibration_cache_path": str(_histogram_ranges(source, model, calibration,
+                                                                  method, symmetric, folder))}
     quantize_static(
         str(source), str(target), _CalibrationReader(calibration, model),
         quant_format=QuantFormat.QDQ, per_channel=True,
@@ -181,8 +181,8 @@ def _static_quantize(model: onnx.ModelProto, precisions: dict[str, str], calibra
     return quantized
 
 
-def _histogram_ranges(source: Path, calibration: np.ndarray, method: str, symmetric: bool,
-                      folder: Path) -> Path:
+def _histogram_ranges(source: Path, model: onnx.ModelProto, calibration: np.ndarray, method: str,
+                      symmetric: bool, folder: Path) -> Path:
     """Entropy or percentile ranges, handed to quantize_static through its calibration cache.
 
     Entropy (KL) as TensorRT's calibrator finds it: 2048 histogram bins searched for the best
@@ -207,7 +207,7 @@ def _histogram_ranges(source: Path, calibration: np.ndarray, method: str, symmet
         augmented_model_path=str(folder / "augmented.onnx"), calibrate_method=calibrate_method,
         extra_options=options)
     with contextlib.redirect_stdout(io.StringIO()):
-        calibrator.collect_data(_CalibrationReader(calibration, onnx.load(str(source))))
+        calibrator.collect_data(_CalibrationReader(calibration, model))
         ranges = calibrator.compute_data()
     path = folder / f"{method}-ranges.json"
     save_tensors_data(ranges, path)
