@@ -73,6 +73,12 @@ class _Trial:
     artifact: Artifact | None = None  # the deployed bytes, once fine-tuned
     measurement: Measurement | None = None
     fidelity: OutputFidelity | None = None
+    # the measurement behind each report measure() returned (a decision picks one of them)
+    behind: list[tuple[HardwareReport, Measurement]] = dataclasses.field(default_factory=list)
+
+    def report(self, report: HardwareReport, measurement: Measurement) -> HardwareReport:
+        self.behind.append((report, measurement))
+        return report
 
 
 class CompressionEvaluator(Evaluator):
@@ -169,14 +175,27 @@ class CompressionEvaluator(Evaluator):
         if now.artifact is not None:  # the deployed bytes
             now.measurement = now.measurer.measure(now.artifact, rounds)
             now.progress.update(measurement=now.measurement)
-            return compression_figures(now.measurement, now.artifact, basis, self.wanted)
+            return now.report(compression_figures(now.measurement, now.artifact, basis,
+                                                  self.wanted), now.measurement)
         if now.screen is None:
             now.pruned, _exported, now.screen = self.builder.screen_copy(
                 now.candidate, now.work, now.measurer.timings)
         now.screen_measurement = now.measurer.measure(now.screen, rounds)
         refuse_emulated_latency(self.ctx.space, self.ctx.budgets, now.screen_measurement)
         now.progress.update(screen_measurement=now.screen_measurement)
-        return compression_figures(now.screen_measurement, now.screen, basis, self.wanted)
+        return now.report(compression_figures(now.screen_measurement, now.screen, basis,
+                                              self.wanted), now.screen_measurement)
+
+    def decided(self, candidate: Hashable, report: HardwareReport) -> None:
+        now = self._current(candidate)
+        chosen = next(m for r, m in now.behind if r is report)
+        now.behind.clear()
+        if now.artifact is not None:
+            now.measurement = chosen
+            now.progress.update(measurement=chosen)
+        else:
+            now.screen_measurement = chosen
+            now.progress.update(screen_measurement=chosen)
 
     def evaluate(self, candidate: Hashable, fidelity: float) -> float:
         now = self._current(candidate)

@@ -43,7 +43,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hwnas.search.evaluator import Evaluator, HardwareReport
-from hwnas.search.screening import BudgetDecision, FigurePredictor, screen
+from hwnas.search.screening import BetweenMeasurements, BudgetDecision, FigurePredictor, screen
 from hwnas.search.surrogate import (AccuracyModel, ParameterEncoder, expected_improvement,
                                     proxy_matrix, proxy_vote)
 
@@ -66,6 +66,11 @@ class Policy:
     pool_size: int = 1000  # random candidates scored per step
     neighbours_of: int = 3  # plus every one-parameter change of the best k evaluated
     max_rounds: int = 8  # noise-aware screening: re-measure up to this many rounds
+    # ... and the spread between separate measurements (learnt from the study's repeated
+    # measurements of a model, shrunk towards this prior sd of log values): a figure it puts
+    # near the budget is measured apart again, up to ``max_separate`` times; the median decides
+    between_prior: float | None = 0.10  # None: trust one measurement's own interval
+    max_separate: int = 5
     predictor: bool = True  # per-device figure predictor: feasibility odds and skipping
     predictor_min_measurements: int = 40
     skip_margin: float = 0.25  # skip measuring only if predicted >= (1 + margin) * budget ...
@@ -123,6 +128,8 @@ class SearchEngine:
         self._candidates: dict[tuple[tuple[str, Any], ...], tuple[Hashable, np.ndarray]] = \
             candidate_cache if candidate_cache is not None else {}
         self._static: dict[Hashable, bool] = {}  # candidate -> fits the budgets statically
+        # figure -> trial -> that model's separate measurements (screened and deployed)
+        self._apart: dict[str, dict[int, tuple[float, ...]]] = {b.figure: {} for b in self.budgets}
         self._ladder_cache: list[list[dict[str, Any]]] | None = None
         self._resume()
         self._rng = np.random.default_rng(seed + len(study.trials))
@@ -143,6 +150,9 @@ class SearchEngine:
             self.measurements += attrs.get("measurements", 0)
             self.rounds += attrs.get("measurement_rounds", 0)
             self.skipped += attrs["stage"] == STAGE_SKIPPED
+            for figure, values in (attrs.get("separate_measurements") or {}).items():
+                if figure in self._apart:
+                    self._apart[figure][trial.number] = tuple(values)
             screened = attrs.get("hardware_screened") or attrs.get("hardware")
             if screened:  # what the predictors learnt from: the figures before training
                 self._teach_predictors(candidate, trial.params, screened["figures"])
@@ -205,7 +215,18 @@ class SearchEngine:
                 "measurement_rounds": self.rounds, "skipped_by_prediction": self.skipped,
                 "predictor_rank_accuracy": {n: p.rank_accuracy().to_dict()
                                             for n, p in self._predictors.items()},
+                "between_measurements": {
+                    n: {"sd_log": s.sd, "degrees_of_freedom": s.degrees_of_freedom,
+                        "prior_sd_log": s.prior} for n, s in self._between().items()},
                 "policy": dataclasses.asdict(self.policy)}
+
+    def _between(self) -> dict[str, BetweenMeasurements]:
+        """The spread between separate measurements of one model, per budgeted figure."""
+        if self.policy.between_prior is None:
+            return {}
+        return {figure: BetweenMeasurements(tuple(g for g in groups.values() if len(g) > 1),
+                                            self.policy.between_prior)
+                for figure, groups in self._apart.items()}
 
     def _step(self) -> bool:
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -304,7 +325,17 @@ class SearchEngine:
     def _measure(self, trial: optuna.Trial, candidate: Hashable, teach: bool = True
                  ) -> tuple[HardwareReport, tuple[BudgetDecision, ...], tuple[HardwareReport, ...]]:
         report, decisions, history = screen(self.evaluator, candidate, self.budgets,
-                                            self.policy.max_rounds)
+                                            self.policy.max_rounds, self._between(),
+                                            self.policy.max_separate)
+        self.evaluator.decided(candidate, report)
+        # every separate measurement of this model (the screened copy's too: the deployed
+        # bytes have its graph), which is what the spread between measurements learns from
+        separate = dict(trial.user_attrs.get("separate_measurements") or {}) if not teach else {}
+        for decision in decisions:
+            separate[decision.figure] = [*separate.get(decision.figure, []), *decision.measured]
+        trial.set_user_attr("separate_measurements", separate)
+        for figure, values in separate.items():
+            self._apart[figure][trial.number] = tuple(values)
         taken = len(history) + 1
         rounds = sum(max(f.rounds for f in r.figures) for r in (*history, report))
         self.measurements += taken

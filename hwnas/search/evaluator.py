@@ -129,6 +129,11 @@ class Evaluator(abc.ABC):
     #: on them): after evaluating, the engine measures again, and those figures decide
     measure_after_evaluation: bool = False
 
+    def decided(self, candidate: Hashable, report: HardwareReport) -> None:
+        """Of the reports ``measure`` returned for ``candidate`` since the last decision,
+        ``report`` decided the budgets (the median of separate measurements, not always the
+        last): the record keeps that one."""
+
     def start_trial(self, trial: optuna.Trial, candidate: Hashable) -> None:
         """The engine acts on ``candidate`` in ``trial`` (measure/evaluate calls follow)."""
 

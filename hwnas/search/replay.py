@@ -9,7 +9,10 @@ So `suggest` maps every encoding to that canonical cell, and both its accuracy a
 hardware figures are the canonical cell's: a deployment would not run dead operations.
 
 Hardware figures are exact table values unless ``noise_cv`` is set: then each measurement
-round draws the figure with that coefficient of variation, as a real device would.
+round draws the figure with that coefficient of variation, as a real device would. With
+``drift_cv`` as well, each measurement is scaled by one log-normal factor of that sd too,
+which its own rounds cannot average away and its interval does not show: what a shared
+machine's load does between measurements minutes apart.
 """
 
 from __future__ import annotations
@@ -135,7 +138,8 @@ class ReplayEvaluator(Evaluator):
 
     def __init__(self, space: CellSpace, table: ReplayTable, budgets: Sequence[Budget],
                  proxies: Mapping[tuple[int, ...], Mapping[str, float]] | None = None,
-                 noise_cv: float = 0.0, default_rounds: int = 1, seed: int = 0) -> None:
+                 noise_cv: float = 0.0, default_rounds: int = 1, seed: int = 0,
+                 drift_cv: float = 0.0) -> None:
         if tuple(space.operations) != OPERATIONS or len(space.edges) != 6:
             raise ConfigError(f"search space {space.name}: the NAS-Bench-201 tables encode six "
                               f"edges and the operations {list(OPERATIONS)} in this order")
@@ -144,6 +148,9 @@ class ReplayEvaluator(Evaluator):
         self.figures = tuple(dict.fromkeys(b.figure for b in budgets))
         self._proxies = proxies
         self.noise_cv, self.default_rounds = noise_cv, default_rounds
+        if drift_cv and not noise_cv:
+            raise ValueError("drift_cv needs noise_cv: a measurement without an interval is exact")
+        self.drift_cv = drift_cv
         self._rng = np.random.default_rng(seed)
         self.accuracy_evaluations = 0
         self.measurements = 0
@@ -164,6 +171,7 @@ class ReplayEvaluator(Evaluator):
         self.measurements += 1
         self.measurement_rounds += rounds
         figures = []
+        drift = math.exp(self.drift_cv * self._rng.standard_normal()) if self.drift_cv else 1.0
         for name in self.figures:
             true = self.table.hardware[name][candidate.ops]
             if self.noise_cv <= 0:
@@ -171,7 +179,8 @@ class ReplayEvaluator(Evaluator):
                 continue
             # each round's figure scatters around the true one; their mean is reported with
             # the interval that the device's known noise level gives for that many rounds
-            value = float(np.mean(true * (1 + self.noise_cv * self._rng.standard_normal(rounds))))
+            value = drift * float(np.mean(
+                true * (1 + self.noise_cv * self._rng.standard_normal(rounds))))
             half = Z95 * self.noise_cv * value / math.sqrt(rounds)
             figures.append(HardwareFigure(name, value, (value - half, value + half), rounds,
                                           self.noise_cv))

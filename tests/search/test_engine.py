@@ -85,6 +85,31 @@ def test_resume_continues_without_paying_twice(tmp_path, space, table):
 
 
 @needs_data
+def test_the_spread_between_measurements_is_learnt_recorded_and_resumed(tmp_path, space, table):
+    """A device whose measurements drift apart by ~6%: the engine measures near-budget
+    candidates apart again, records every separate measurement and learns the spread from
+    them; a new controller on the same study starts from the spread learnt, not the prior."""
+    policy = dataclasses.replace(MODEL, max_evaluations=20, between_prior=0.15)
+    drifting = evaluator(space, table, noise_cv=0.01, drift_cv=0.06, seed=5)
+    study = sqlite_study(tmp_path)
+    engine = SearchEngine(drifting, study, policy, seed=3)
+    engine.run()
+    trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    apart = [t for t in trials if len(t.user_attrs["separate_measurements"][METRIC]) > 1]
+    assert len(apart) >= 4
+    for trial in apart:
+        (decision,) = trial.user_attrs["budget_decisions"]
+        assert decision["measured"] == trial.user_attrs["separate_measurements"][METRIC]
+        assert decision["between_sd"] > 0
+        assert trial.user_attrs["measurements"] == len(decision["measured"])
+    learnt = study.user_attrs["engine"]["between_measurements"][METRIC]
+    assert learnt["degrees_of_freedom"] >= 10
+    assert learnt["sd_log"] < 0.10  # towards the 6% drift, away from the 15% prior
+    resumed = SearchEngine(evaluator(space, table, noise_cv=0.01, drift_cv=0.06), study, policy)
+    assert resumed._between()[METRIC].sd == pytest.approx(learnt["sd_log"])
+
+
+@needs_data
 def test_plain_search_evaluates_every_trial_and_sets_constraints(tmp_path, space, table):
     replay = evaluator(space, table)
     plain = Policy(acquisition="sampler", screening=False, predictor=False, use_proxies=False,

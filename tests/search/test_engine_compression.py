@@ -68,6 +68,14 @@ def test_the_engine_runs_the_compression_search_and_keeps_the_same_records(engin
         assert dict(outcome.constraints)["model_size_mb"] == pytest.approx(
             outcome.artifact.size_mb / 0.1 - 1, abs=1e-4)
         assert outcome.values[0] == outcome.accuracy_val and outcome.finetune.steps > 0
+        # the record keeps the measurement that decided (the median of separate ones)
+        latency = trial.user_attrs["budget_decisions"][0]
+        assert latency["figure"] == "latency_p90_ms"
+        assert outcome.measurement.latency_ms_p90 == latency["value"]
+        separate = trial.user_attrs["separate_measurements"]["latency_p90_ms"]
+        # the screened copy's measurements, then the deployed bytes' (this decision's)
+        assert separate[-len(latency["measured"]):] == latency["measured"]
+        assert trial.user_attrs["measurements"] == len(separate) > len(latency["measured"])
     assert "best feasible: trial" in output
 
 
