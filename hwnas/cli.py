@@ -317,13 +317,15 @@ class ExportCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("study", type=Path, help="the run folder of a search (holds run.json)")
         parser.add_argument("--trial", type=int, required=True, help="trial number to export")
-        parser.add_argument("--out", type=Path, default=Path("exported"), help="output folder")
+        parser.add_argument("--out", type=Path, default=None,
+                            help="output folder (default: the run folder's exported/)")
 
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.report.card import export_trial
         from hwnas.run import RunFolder
 
-        paths = export_trial(RunFolder.load(args.study), args.trial, args.out)
+        run = RunFolder.load(args.study)
+        paths = export_trial(run, args.trial, args.out or run.path / "exported")
         print(f"model: {paths['model']}\ncard:  {paths['card']}")
         if "pytorch_plan" in paths:
             print(f"PyTorch: {paths['pytorch_weights']} (state_dict) + {paths['pytorch_plan']} "

@@ -138,9 +138,11 @@ def _calibration(space_path: Path | None, shape: tuple[int, ...], samples: int,
         return data, (f"int8 calibrated on {samples} random normal inputs (no --calibration "
                       f"given): its latency is representative, its accuracy is not")
     from hwnas.config import load_search_space
+    from hwnas.config.load import naming_the_file
     from hwnas.data import load_task
 
-    task = load_task(load_search_space(space_path).dataset)
+    with naming_the_file(space_path):
+        task = load_task(load_search_space(space_path).dataset)
     if tuple(task.input_shape) != tuple(shape):
         raise ConfigError(f"--calibration {space_path}: its data set gives samples of shape "
                           f"{list(task.input_shape)}, {source} takes {list(shape)}")

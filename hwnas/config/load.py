@@ -3,10 +3,11 @@ is allowed."""
 
 from __future__ import annotations
 
+import contextlib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -88,6 +89,18 @@ def load_record(path: str | Path, record: type[RecordT], what: str) -> RecordT:
     except ValidationError as exc:
         lines = [_describe(error, record) for error in exc.errors()]
         raise ConfigError(f"{path}: invalid {what}:\n  " + "\n  ".join(lines)) from None
+
+
+@contextlib.contextmanager
+def naming_the_file(path: str | Path) -> Iterator[None]:
+    """A ConfigError raised by what a config names (the user's factory or data entry point,
+    a weights file, a data folder) names that config file too, as its own keys' errors do."""
+    try:
+        yield
+    except ConfigError as exc:
+        if str(exc).startswith(f"{path}:"):
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def load_search_space(path: str | Path) -> SearchSpace:

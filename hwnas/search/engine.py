@@ -71,6 +71,9 @@ class Policy:
     # near the budget is measured apart again, up to ``max_separate`` times; the median decides
     between_prior: float | None = 0.10  # None: trust one measurement's own interval
     max_separate: int = 5
+    # rounds of each of those measurements: the spread between them is what they sample,
+    # and one round (>= the profile's min_seconds and min_iterations) costs a fifth of five
+    separate_rounds: int | None = 1
     predictor: bool = True  # per-device figure predictor: feasibility odds and skipping
     predictor_min_measurements: int = 40
     skip_margin: float = 0.25  # skip measuring only if predicted >= (1 + margin) * budget ...
@@ -217,7 +220,7 @@ class SearchEngine:
                                             for n, p in self._predictors.items()},
                 "between_measurements": {
                     n: {"sd_log": s.sd, "degrees_of_freedom": s.degrees_of_freedom,
-                        "prior_sd_log": s.prior} for n, s in self._between().items()},
+                        "prior_sd_log": s.prior} for n, s in self._between().items() if s.groups},
                 "policy": dataclasses.asdict(self.policy)}
 
     def _between(self) -> dict[str, BetweenMeasurements]:
@@ -326,13 +329,17 @@ class SearchEngine:
                  ) -> tuple[HardwareReport, tuple[BudgetDecision, ...], tuple[HardwareReport, ...]]:
         report, decisions, history = screen(self.evaluator, candidate, self.budgets,
                                             self.policy.max_rounds, self._between(),
-                                            self.policy.max_separate)
+                                            self.policy.max_separate,
+                                            self.policy.separate_rounds)
         self.evaluator.decided(candidate, report)
         # every separate measurement of this model (the screened copy's too: the deployed
         # bytes have its graph), which is what the spread between measurements learns from
         separate = dict(trial.user_attrs.get("separate_measurements") or {}) if not teach else {}
         for decision in decisions:
-            separate[decision.figure] = [*separate.get(decision.figure, []), *decision.measured]
+            low, high = report.figure(decision.figure).ci95
+            if low < high:  # a measured figure, not an exact one (the exported bytes' size)
+                separate[decision.figure] = [*separate.get(decision.figure, []),
+                                             *decision.measured]
         trial.set_user_attr("separate_measurements", separate)
         for figure, values in separate.items():
             self._apart[figure][trial.number] = tuple(values)

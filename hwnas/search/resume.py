@@ -155,24 +155,41 @@ def _as_history(trial: optuna.trial.FrozenTrial, outcome: TrialOutcome, wanted: 
         system_attrs={k: v for k, v in trial.system_attrs.items() if k.startswith("artifacts:")})
 
 
-def guard_resume(run: RunFolder, space: Any, shape: Any, budgets: Any, space_path: Path,
-                 device_paths: Sequence[Path], fork: bool, log: Callable[[str], None]) -> RunFolder:
-    """The run folder to continue in: this one if its configuration is unchanged (or it has no
-    trials yet), a fork if asked for; otherwise a refusal that shows the changes."""
+def _changed(run: RunFolder, space_path: Path, device_paths: Sequence[Path]
+             ) -> tuple[Any, Any, str, str] | None:
+    """(change, its significant part, previous version, new version) where the run folder
+    has trials under another configuration that matters; None where it may simply go on."""
     previous = run.current_config()
     if previous is None:
-        return run
+        return None
     try:
         has_trials = bool(run.open_study().get_trials(deepcopy=False))
     except ConfigError:  # no study in the storage yet
         has_trials = False
     new_version = RunFolder.config_version(space_path, device_paths)
     if not has_trials or new_version == previous:
-        return run
+        return None
     change = diff(run, previous, space_path, device_paths)
     significant = change.significant()
-    if not significant:
+    return (change, significant, previous, new_version) if significant else None
+
+
+def refuse_changed(run: RunFolder, space_path: Path, device_paths: Sequence[Path]) -> None:
+    """The refusal of ``guard_resume`` without ``fork``, from the files alone: before the
+    data, the base model and the pre-flight are loaded for a run that cannot go on."""
+    changed = _changed(run, space_path, device_paths)
+    if changed is not None:
+        raise refusal(run, changed[2], changed[1])
+
+
+def guard_resume(run: RunFolder, space: Any, shape: Any, budgets: Any, space_path: Path,
+                 device_paths: Sequence[Path], fork: bool, log: Callable[[str], None]) -> RunFolder:
+    """The run folder to continue in: this one if its configuration is unchanged (or it has no
+    trials yet), a fork if asked for; otherwise a refusal that shows the changes."""
+    changed = _changed(run, space_path, device_paths)
+    if changed is None:
         return run
+    change, significant, previous, new_version = changed
     if not fork:
         raise refusal(run, previous, significant)
     return fork_study(run, change, new_version, space, shape, budgets, log)

@@ -97,14 +97,15 @@ def _ambiguous(report: HardwareReport, budget: Budget) -> bool:
 
 def screen(evaluator: Evaluator, candidate: Hashable, budgets: Sequence[Budget],
            max_rounds: int, between: Mapping[str, BetweenMeasurements] | None = None,
-           max_separate: int = 5) -> tuple[HardwareReport, tuple[BudgetDecision, ...],
-                                           tuple[HardwareReport, ...]]:
+           max_separate: int = 5, separate_rounds: int | None = None
+           ) -> tuple[HardwareReport, tuple[BudgetDecision, ...], tuple[HardwareReport, ...]]:
     """Measure; while some figure's interval holds its budget, measure again with twice the
     rounds (up to ``max_rounds``). Then, for the figures that ``between`` knows (a spread
     per figure name), while the spread between measurements puts the budget within reach of
     the median measurement, measure twice more (up to ``max_separate`` measurements); the
-    median one decides. Returns the deciding report, the decisions and every other report
-    taken, in order."""
+    median one decides; they take ``separate_rounds`` rounds each (None: the default): what
+    they are for is the spread between measurements, which more rounds do not shrink.
+    Returns the deciding report, the decisions and every other report taken, in order."""
     reports = [evaluator.measure(candidate)]
     while True:
         unsure = [b for b in budgets if _ambiguous(reports[-1], b)]
@@ -122,7 +123,8 @@ def screen(evaluator: Evaluator, candidate: Hashable, budgets: Sequence[Budget],
             [r.figure(b.figure).value for r in separate], b.limit)]
 
     while unsure_apart() and len(separate) + 2 <= max_separate:
-        separate += [evaluator.measure(candidate), evaluator.measure(candidate)]
+        separate += [evaluator.measure(candidate, separate_rounds),
+                     evaluator.measure(candidate, separate_rounds)]
         reports += separate[-2:]
     # the median measurement of the separate ones (by the drifting figures' distance to
     # their budgets); an odd count, so it is one real measurement, never an average

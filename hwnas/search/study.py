@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from hwnas.budgets import check_power_is_measured, effective_budgets, latency_uses
 from hwnas.config import load_device_profile, load_search_space
+from hwnas.config.load import naming_the_file
 from hwnas.config.models import DeviceProfile, SearchSpace
 from hwnas.errors import ConfigError, DeviceError, HwnasError
 from hwnas.export.onnx import plan_units, precision_units
@@ -87,28 +88,21 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
 
     space = space or load_search_space(space_path)
     paths = device_paths(device_path)
-    devices = tuple(load_device_profile(p) for p in paths)
-    names = [d.name for d in devices]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"--device: each device profile must have its own name; got {names}")
-    for profile, path in zip(devices, paths):
-        check_power_is_measured(space, Path(space_path), profile, path)
-        refuse_emulated_latency(space, profile, path)
+    devices = cross_check(space, space_path, paths)
     device = devices[0]
-    if space.search.sampler == "engine":
-        refuse_for_engine(space_path, devices, paths)
     if n_trials is not None:
         if n_trials < 1:
             raise ConfigError(f"--trials {n_trials}: give the total number of trials wanted (>= 1)")
         space = space.model_copy(update={"search": space.search.model_copy(
             update={"n_trials": n_trials})})
-    task = load_task(space.dataset)
-    if parent is not None:
-        weights, record = parent
-        base = load_parent(space.base_model, task, weights, record.base_model_test_accuracy,
-                           record.base_model_key)
-    else:
-        base = load_base_model(space.base_model, task, log=log)
+    with naming_the_file(space_path):
+        task = load_task(space.dataset)
+        if parent is not None:
+            weights, record = parent
+            base = load_parent(space.base_model, task, weights, record.base_model_test_accuracy,
+                               record.base_model_key)
+        else:
+            base = load_base_model(space.base_model, task, log=log)
     # the stage map as resolved (the space's, the model's stages(), or found from its structure)
     space = space.model_copy(update={"base_model": space.base_model.model_copy(
         update={"stages": {name: list(prefixes) for name, prefixes in base.stages.items()}})})
@@ -124,6 +118,22 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
     shape = space_shape(space, device, *knob_units)
     check_enqueued(space, shape)
     return Prepared(space, device, effective_budgets(space, device), task, base, shape, devices)
+
+
+def cross_check(space: SearchSpace, space_path: str | Path,
+                paths: list[Path]) -> tuple[DeviceProfile, ...]:
+    """What the search space and the device profiles must agree on, known from the files
+    alone (before a run folder, data or model): the profiles, loaded."""
+    devices = tuple(load_device_profile(p) for p in paths)
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--device: each device profile must have its own name; got {names}")
+    for profile, path in zip(devices, paths):
+        check_power_is_measured(space, Path(space_path), profile, path)
+        refuse_emulated_latency(space, profile, path)
+    if space.search.sampler == "engine":
+        refuse_for_engine(space_path, devices, paths)
+    return devices
 
 
 def refuse_for_engine(space_path: str | Path, devices: tuple[DeviceProfile, ...],
@@ -191,7 +201,7 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
     ran under (with ``fork``, a changed one gets a new study that keeps the old trials as
     history where they fit: resume.py). Every controller of a study fine-tunes the study's
     one parent on its one split (shared.py); a ``worker`` only joins, it never creates."""
-    from hwnas.search.resume import guard_resume
+    from hwnas.search.resume import guard_resume, refuse_changed
     from hwnas.search.shared import (
         PARENT_SECTIONS,
         existing_study,
@@ -203,8 +213,11 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
     paths = device_paths(device_path)
     space_text = Path(space_path).read_text()
     space = with_locations(load_search_space(space_path), storage, study_name, artifact_store)
-    run = RunFolder.locate(space, load_device_profile(paths[0]), run_dir)
+    devices = cross_check(space, space_path, paths)  # refused before a run folder exists
+    run = RunFolder.locate(space, devices[0], run_dir)
     with run_log(run.log_path):
+        if not fork:
+            refuse_changed(run, Path(space_path), paths)
         joined = existing_study(run)
         if worker and (joined is None or joined[1].search_space_yaml is None):
             raise ConfigError(f"no hwnas study {run.study_name!r} in {run.storage_url}: start "

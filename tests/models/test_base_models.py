@@ -247,3 +247,16 @@ def test_example_search_spaces_are_valid(path):
     # a cell space (NAS-Bench-201 for the replay benchmark) has its own schema
     cells = "edges" in (yaml.safe_load(path.read_text()) or {})
     assert (load_cell_space(path) if cells else load_search_space(path)).name
+
+
+def test_a_missing_factory_module_names_the_search_space_file(tmp_path, monkeypatch):
+    from hwnas.search import prepare
+    from tests.conftest import DIGITS_SPACE
+
+    monkeypatch.chdir(tmp_path)
+    space, device = tmp_path / "myspace.yaml", tmp_path / "device.yaml"
+    space.write_text(DIGITS_SPACE.replace("builtin: small_cnn", "factory: nothere:build"))
+    device.write_text(FAST_DEVICE)
+    with pytest.raises(ConfigError) as caught:
+        prepare(space, device, log=lambda _: None)
+    assert str(caught.value).startswith(f"{space}: base_model.factory: no module named 'nothere'")

@@ -103,6 +103,7 @@ def test_engine_refuses_workers_and_device_pools(tmp_path):
                        tmp_path / "run", expect=2)
     assert "'search.sampler': engine searches on one device profile" in output
     assert "Traceback" not in output
+    assert not (tmp_path / "run").exists()  # refused from the files: no run folder left behind
 
 
 class Quadratic(Evaluator):

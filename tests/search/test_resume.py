@@ -93,6 +93,7 @@ def test_a_changed_search_space_is_refused_with_its_diff_then_forked(tmp_path):
     assert "knobs.width.keep_range.step: '(unset)' -> 0.125" in done.stderr
     assert "budgets.latency_p90_ms: 2.0 -> 1.5" in done.stderr
     assert "--run-dir" in done.stderr and "--fork" in done.stderr
+    assert "pre-flight" not in done.stdout  # refused from the files, before any model work
     assert outcomes(old.open_study()) == before  # nothing was touched
 
     output = hwnas("search", space, "--device", device, "--run-dir", run_dir, "--no-progress",

@@ -91,9 +91,10 @@ def test_reported_winner_meets_the_budget_when_re_measured(searched, tmp_path):
     study = RunFolder.load(run_dir).open_study()
     best = best_feasible(outcomes(study))
     assert best is not None and all(v <= 0 for _, v in best.constraints)
-    output = hwnas("export", run_dir, "--trial", best.number, "--out", tmp_path)
-    model = next(tmp_path.glob("*.onnx"))
-    card = json.loads(next(tmp_path.glob("*.card.json")).read_text())
+    output = hwnas("export", run_dir, "--trial", best.number)  # into the run folder by default
+    exported = run_dir / "exported"
+    model = next(exported.glob(f"*-trial{best.number}.onnx"))
+    card = json.loads(next(exported.glob(f"*-trial{best.number}.card.json")).read_text())
     assert card["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert card["accuracy"]["test"] == best.accuracy_test
     assert card["candidate"] == best.candidate.to_dict()
