@@ -1,6 +1,6 @@
 """The default search against the obvious alternative: the best feasible uniform model.
 
-    .venv/bin/python benchmarks/uniform_baseline.py [--seeds 5] [--trials N] [--space YAML]
+    .venv/bin/python benchmarks/uniform_baseline.py [--seeds 5] [--first-seed 0] [--trials N] [--space YAML]
         [--device YAML] [--samplers tpe,engine] [--budget NAME=VALUE ...] [--json NAME]
 
 For each seed, side by side in one run on the same device (the local agent) and budgets:
@@ -227,6 +227,8 @@ def best_within(run: dict[str, Any], seconds: float | None = None) -> dict[str, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds FIRST .. FIRST+SEEDS-1 (more seeds of an earlier run)")
     parser.add_argument("--trials", type=int, default=None, help="default: the space's n_trials")
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces/fashion_mnist.yaml")
     parser.add_argument("--device", type=Path, default=ROOT / "device_profiles/local.yaml")
@@ -246,7 +248,7 @@ def main() -> int:
             args.space = write_variant(args.space, work / args.space.name, "budgets", dict(args.budget))
         # the base model is trained (or loaded from the cache) here, so that no timed run pays it
         prepare(args.space, args.device, log=lambda _line: None)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             print(f"seed {seed}", flush=True)
             runs = {sampler: search(args.space, args.device, sampler, seed, trials, work)
                     for sampler in samplers}

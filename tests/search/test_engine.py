@@ -36,9 +36,12 @@ def evaluator(space, table, **kwargs) -> ReplayEvaluator:
 
 
 def sqlite_study(tmp_path: Path, sampler=None, pruner=None) -> optuna.Study:
+    """Seeded by default: the engine asks the study's sampler for its first trial, and an
+    unseeded one makes a test pass or fail by the draw."""
     return optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="replay",
-                               direction="maximize", sampler=sampler, pruner=pruner,
-                               load_if_exists=True)
+                               direction="maximize",
+                               sampler=sampler or optuna.samplers.RandomSampler(seed=0),
+                               pruner=pruner, load_if_exists=True)
 
 
 MODEL = Policy(use_proxies=False, max_evaluations=6, pool_size=200,
@@ -88,8 +91,10 @@ def test_resume_continues_without_paying_twice(tmp_path, space, table):
 def test_the_spread_between_measurements_is_learnt_recorded_and_resumed(tmp_path, space, table):
     """A device whose measurements drift apart by ~6%: the engine measures near-budget
     candidates apart again, records every separate measurement and learns the spread from
-    them; a new controller on the same study starts from the spread learnt, not the prior."""
-    policy = dataclasses.replace(MODEL, max_evaluations=20, between_prior=0.15)
+    them; a new controller on the same study starts from the spread learnt, not the prior.
+    (40 evaluations: every one of 12 first draws then gives >= 4 models measured apart and
+    >= 12 degrees of freedom; with 20, a quarter of them gave fewer.)"""
+    policy = dataclasses.replace(MODEL, max_evaluations=40, between_prior=0.15)
     drifting = evaluator(space, table, noise_cv=0.01, drift_cv=0.06, seed=5)
     study = sqlite_study(tmp_path)
     engine = SearchEngine(drifting, study, policy, seed=3)
