@@ -31,7 +31,7 @@ from hwnas.config.models import DeviceProfile, SSHConnection
 from hwnas.errors import ConfigError, DeviceError
 from hwnas.remote.client import AgentClient
 from hwnas.remote.device import CONFIG_NAME, TOKEN_NAME, agent_config, remote_folder
-from hwnas.remote.ssh import AgentNotRunning, SSHSession, SSHTransport
+from hwnas.remote.ssh import AgentNotAnswering, AgentNotRunning, SSHSession, SSHTransport
 
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agents"
 PYTHONS = ("python3", "python3.13", "python3.12", "python3.11", "python3.10", "python3.9",
@@ -214,9 +214,12 @@ class RemoteAgent:
     def stop(self) -> None:
         if self._has_unit():
             self._run("systemctl --user stop hwnas-agent", check=False)
+        # the agent finishes its reply and closes its port on TERM: waited for (up to 15 s), so
+        # that a restart never talks to the old agent while it goes
         self._run(f"cd -- {self.q} 2>/dev/null && if test -f supervisor.pid; then touch stop; "
-                  f"kill -TERM -- -$(cat supervisor.pid) 2>/dev/null; rm -f supervisor.pid; fi",
-                  check=False)
+                  f"group=$(cat supervisor.pid); kill -TERM -- -$group 2>/dev/null; i=0; "
+                  f"while kill -0 -- -$group 2>/dev/null && [ $i -lt 60 ]; do sleep 0.25; "
+                  f"i=$((i+1)); done; rm -f supervisor.pid; fi", check=False)
 
     def status(self) -> AgentStatus:
         if self._has_unit():
@@ -233,7 +236,7 @@ class RemoteAgent:
         try:
             hello = self.client().hello()
             version, detail = hello["agent_version"], f"answering on 127.0.0.1:{self.connection.agent_port}"
-        except AgentNotRunning as exc:
+        except (AgentNotRunning, AgentNotAnswering) as exc:  # not (or not yet, or no longer) up
             detail = str(exc)
         return AgentStatus(manager, running, version, detail)
 

@@ -61,6 +61,11 @@ class AgentNotRunning(DeviceError):
     """SSH works but nothing listens on the agent port of the device."""
 
 
+class AgentNotAnswering(DeviceError):
+    """SSH works and the agent port took the connection, but the process closed it without an
+    answer (an agent starting up or shutting down)."""
+
+
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH's SHA256 fingerprint, as `ssh-keygen -lf` prints it."""
     digest = hashlib.sha256(key.asbytes()).digest()
@@ -492,6 +497,10 @@ class SSHTransport(Transport):
                 self.session.drop()
             finally:
                 connection.close()
+        if isinstance(last_error, http.client.RemoteDisconnected):
+            raise AgentNotAnswering(f"{self.session.device}: the agent took the connection and "
+                                    f"closed it without an answer (starting or stopping?); gave "
+                                    f"up after {self.retries + 1} attempts")
         raise DeviceError(f"{self.session.device}: the SSH link kept dropping ({last_error}); "
                           f"gave up after {self.retries + 1} attempts")
 

@@ -18,6 +18,7 @@ from hwnas.records import Artifact
 from hwnas.remote.client import AgentClient
 from hwnas.remote.device import open_device
 from hwnas.remote.ssh import (
+    AgentNotAnswering,
     AgentNotRunning,
     HostKeyRejected,
     HostUnreachable,
@@ -84,6 +85,37 @@ def test_agent_not_installed_says_what_to_do(ssh_world):
     with pytest.raises(AgentNotRunning, match=r"agent not running on sshdev.*hwnas agent install"):
         with open_device(profile):
             pass
+
+
+def test_a_port_that_closes_without_answering_is_an_agent_not_answering(ssh_world):
+    """An agent that is shutting down takes the connection and closes it: that is the agent
+    (restarting), not the SSH link, and `hwnas agent install` waits it out (a CI failure)."""
+    import socket as socket_module
+
+    listener = socket_module.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+
+    def close_everything() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            connection.close()
+
+    threading.Thread(target=close_everything, daemon=True).start()
+    try:
+        profile = load_device_profile(ssh_world.profile())
+        transport = SSHTransport(SSHSession("d", profile.connection), listener.getsockname()[1],
+                                 retries=1)
+        with pytest.raises(AgentNotAnswering, match="closed it without an answer.*2 attempts"):
+            transport.request("GET", "/v1/hello")
+        assert len(accepted) == 2  # it reached the port both times: the link was fine
+    finally:
+        listener.close()
 
 
 def test_unreachable_device(ssh_world):
