@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -127,3 +128,30 @@ def test_int8_variant_of_a_plain_export_any_input_name_and_a_fixed_batch(tmp_pat
 
     onnx.save(variant, str(tmp_path / "int8.onnx"))
     assert onnx_reduced_precisions(path) == [] and onnx_reduced_precisions(tmp_path / "int8.onnx") == ["int8"]
+
+
+def test_int8_calibration_of_a_batch_1_model_uses_every_sample(tmp_path):
+    # 128 samples is `hwnas profile`'s default: fed one by one to a batch-1 model, onnxruntime's
+    # CalibMaxIntermediateOutputs (64) used to discard them all ("No data is collected")
+    import onnx
+
+    from hwnas.profile import make_variant
+
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 8 * 8, 10)).eval()
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False)
+    plain = onnx.load(str(path))
+    name = plain.graph.input[0].name
+    quiet = np.random.default_rng(0).standard_normal((128, 1, 8, 8)).astype(np.float32)
+    loud = quiet.copy()
+    loud[0] *= 50  # the first sample alone sets the input's range
+
+    def input_scale(calibration):
+        variant = make_variant(plain, "int8", calibration)
+        initializers = {t.name: t for t in variant.graph.initializer}
+        node = next(n for n in variant.graph.node
+                    if n.op_type == "QuantizeLinear" and n.input[0] == name)
+        return float(onnx.numpy_helper.to_array(initializers[node.input[1]]))
+
+    assert input_scale(loud) > 10 * input_scale(quiet)

@@ -168,9 +168,12 @@ def _static_quantize(model: onnx.ModelProto, precisions: dict[str, str], calibra
         calibrate_method=methods[method], **cached,
         nodes_to_quantize=[n for n, p in precisions.items() if p in STATIC],
         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
-                       "TensorQuantOverrides": overrides,
-                       # entropy and percentile collect histograms: keep memory bounded
-                       "CalibMaxIntermediateOutputs": 64},
+                       # no CalibMaxIntermediateOutputs: onnxruntime's MinMax calibrator
+                       # (1.32) drops what it collected each time that count is reached, so
+                       # 128 batches of 1 collected nothing and 100 used the last 36 only;
+                       # minmax keeps two numbers per tensor and batch, and entropy and
+                       # percentile ranges come from our own bounded histograms
+                       "TensorQuantOverrides": overrides},
     )
     quantized = onnx.load(str(target))
     _drop_unused_initializers(quantized.graph)
