@@ -102,8 +102,15 @@ def breaks_a_budget(constraints: dict[str, float]) -> bool:
 
 def describe_excess(constraints: dict[str, float]) -> str:
     """'latency_p90_ms over budget by 12%, ...' for the budgets broken."""
-    return ", ".join(f"{name} over budget by {value:.0%}"
+    return ", ".join(f"{name} over budget by {_percent(value)}"
                      for name, value in constraints.items() if value > 0)
+
+
+def _percent(excess: float) -> str:
+    """12% as such; an excess under 1% with as many digits as it takes not to read 0%."""
+    if excess >= 0.01:
+        return f"{excess:.0%}"
+    return f"{excess * 100:.2g}%"
 
 
 def objective_values(space: "SearchSpace", accuracy: float, measurement: Measurement,

@@ -66,3 +66,13 @@ def test_the_front_has_one_row_per_model_and_drops_dominated_and_infeasible_tria
              trial(7, "b", (0.90, 0.07)), trial(8, "c", (0.85, 0.08)),  # 8 is dominated
              trial(9, "d", (0.95, 0.01), (("latency_p90_ms", 0.2),))]  # 9 breaks a budget
     assert [o.number for o in pareto_front(found, ["maximize", "minimize"])] == [2, 7]
+
+
+def test_a_small_excess_never_reads_as_zero_percent():
+    from hwnas.budgets import describe_excess
+
+    # p90 0.04008 ms against 0.04 ms read "over budget by 0%" (a new user's report)
+    assert describe_excess({"latency_p90_ms": 0.002, "model_size_mb": 0.0}) == \
+        "latency_p90_ms over budget by 0.2%"
+    assert describe_excess({"latency_p90_ms": 0.124, "model_size_mb": 0.00031}) == \
+        "latency_p90_ms over budget by 12%, model_size_mb over budget by 0.031%"
