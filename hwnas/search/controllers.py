@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from typing import Callable
 
 import optuna
 from optuna.storages import fail_stale_trials
@@ -56,13 +57,25 @@ def abandoned(trial: optuna.trial.FrozenTrial) -> bool:
         (datetime.datetime.now() - started).total_seconds() > ORPHAN_AFTER_S
 
 
-def fail_abandoned_trials(study: optuna.Study) -> list[int]:
+def fail_own_trials(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of this controller and retry their candidates: what an
+    interrupted controller (Ctrl-C) does before it exits, so that none is left RUNNING."""
+    me = controller_id()
+    return fail_abandoned_trials(
+        study, lambda trial: TrialOutcome.from_trial(trial).controller == me)
+
+
+def fail_abandoned_trials(study: optuna.Study,
+                          which: Callable[[optuna.trial.FrozenTrial], bool] | None = None
+                          ) -> list[int]:
     """Fail the RUNNING trials no live controller runs, and retry their candidates: stale
-    heartbeats (any host), controllers of this host that are gone (at once), orphans."""
-    fail_stale_trials(study)
+    heartbeats (any host), controllers of this host that are gone (at once), orphans; or
+    the RUNNING trials ``which`` picks."""
+    if which is None:
+        fail_stale_trials(study)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not abandoned(trial):
+        if not (which or abandoned)(trial):
             continue
         # the row-locked state change is the claim: of several controllers failing the same
         # trial at once, exactly one wins and enqueues its retry (never two retries)

@@ -23,7 +23,7 @@ from hwnas.logs import run_log
 from hwnas.models import model_stages
 from hwnas.records import StudyRecord, TrialOutcome, TrialStage
 from hwnas.run import RunFolder, completed_search_trials, make_storage, outcomes
-from hwnas.search.controllers import fail_abandoned_trials
+from hwnas.search.controllers import fail_abandoned_trials, fail_own_trials
 from hwnas.space import check_enqueued, space_shape
 
 if TYPE_CHECKING:
@@ -395,6 +395,10 @@ def _optimize_with_engine(prepared: Prepared, run: RunFolder, study: optuna.Stud
         try:
             engine.run(stop_when=lambda _evaluations:
                        completed_search_trials(study) >= space.search.n_trials)
+        except KeyboardInterrupt:
+            # what it measured stays; the next run retries the candidate first
+            fail_own_trials(study)
+            raise
         finally:
             bar.close()
     _refuse_all_failed(study, bar.done)

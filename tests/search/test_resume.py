@@ -117,3 +117,42 @@ def test_a_changed_search_space_is_refused_with_its_diff_then_forked(tmp_path):
             grid = trial.distributions[f"keep_{stage}"]
             assert isinstance(grid, optuna.distributions.FloatDistribution) and grid.step == 0.125
             assert trial.params[f"keep_{stage}"] in (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+
+
+def test_an_interrupted_engine_search_leaves_no_trial_running(tmp_path):
+    """Ctrl-C (SIGINT, as `timeout -s INT` sends it) during a trial of the engine: the trial
+    is failed and its candidate retried by the next run, reusing its measurement (a new user
+    found it left RUNNING, which `hwnas status` then showed as a stale worker)."""
+    space, device, run_dir = tmp_path / "s.yaml", tmp_path / "d.yaml", tmp_path / "run"
+    space.write_text(DIGITS_SPACE.replace("max_steps: 60, max_seconds: 60",
+                                          "max_steps: 100000, max_seconds: 12")
+                     + "search: {n_trials: 1, seed: 3, sampler: engine}\n")
+    device.write_text(FAST_DEVICE)
+    controller = subprocess.Popen([HWNAS, "search", str(space), "--device", str(device),
+                                   "--run-dir", str(run_dir), "--no-progress"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        victim = None
+        while victim is None and time.monotonic() < deadline and controller.poll() is None:
+            time.sleep(0.2)
+            victim = running_with_screen(run_dir)
+        assert victim is not None, "the first trial never reached fine-tuning"
+        controller.send_signal(signal.SIGINT)
+        _, stderr = controller.communicate(timeout=120)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait()
+    assert controller.returncode == 130 and "interrupted" in stderr
+    found = outcomes(RunFolder.load(run_dir).open_study())
+    assert not [o for o in found if o.stage == TrialStage.RUNNING]
+    assert found[victim.number].stage == TrialStage.FAILED
+
+    hwnas("search", space, "--device", device, "--run-dir", run_dir, "--no-progress")
+    found = outcomes(RunFolder.load(run_dir).open_study())
+    assert not [o for o in found if o.stage in (TrialStage.RUNNING, TrialStage.WAITING)]
+    retry = next(o for o in found if o.number != victim.number and o.origin == victim.number)
+    assert retry.candidate == victim.candidate and retry.stage in (TrialStage.EVALUATED,
+                                                                   TrialStage.REJECTED)
+    assert retry.screen_measurement == victim.screen_measurement  # not measured twice
