@@ -105,6 +105,15 @@ def test_precision_variants_made_and_measured_beside_the_model(models_dir, tmp_p
     assert wrong.returncode == 2 and "--precision int4: unknown ['int4']; allowed:" in wrong.stderr
 
 
+def plain_batch_1_export(tmp_path: Path) -> Path:
+    """torch.onnx.export with no input_names and no dynamic axes: input 'input.1', batch 1."""
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 8 * 8, 10)).eval()
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False)
+    return path
+
+
 def test_int8_variant_of_a_plain_export_any_input_name_and_a_fixed_batch(tmp_path):
     # torch.onnx.export with no input_names and no dynamic axes: input 'input.1'
     # (TorchScript) or 'x' (dynamo), batch fixed at 1; the calibration data must fit it
@@ -113,10 +122,7 @@ def test_int8_variant_of_a_plain_export_any_input_name_and_a_fixed_batch(tmp_pat
     from hwnas.export.precision import realised_precisions
     from hwnas.profile import make_variant
 
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8 * 8 * 8, 10)).eval()
-    path = tmp_path / "plain.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False)
+    path = plain_batch_1_export(tmp_path)
     plain = onnx.load(str(path))
     assert plain.graph.input[0].name != "input"
     assert plain.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
@@ -137,10 +143,7 @@ def test_int8_calibration_of_a_batch_1_model_uses_every_sample(tmp_path):
 
     from hwnas.profile import make_variant
 
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8 * 8 * 8, 10)).eval()
-    path = tmp_path / "plain.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False)
+    path = plain_batch_1_export(tmp_path)
     plain = onnx.load(str(path))
     name = plain.graph.input[0].name
     quiet = np.random.default_rng(0).standard_normal((128, 1, 8, 8)).astype(np.float32)

@@ -57,25 +57,26 @@ def abandoned(trial: optuna.trial.FrozenTrial) -> bool:
         (datetime.datetime.now() - started).total_seconds() > ORPHAN_AFTER_S
 
 
+def fail_abandoned_trials(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials no live controller runs, and retry their candidates: stale
+    heartbeats (any host), controllers of this host that are gone (at once), orphans."""
+    fail_stale_trials(study)
+    return _fail_and_retry(study, abandoned)
+
+
 def fail_own_trials(study: optuna.Study) -> list[int]:
     """Fail the RUNNING trials of this controller and retry their candidates: what an
     interrupted controller (Ctrl-C) does before it exits, so that none is left RUNNING."""
     me = controller_id()
-    return fail_abandoned_trials(
-        study, lambda trial: TrialOutcome.from_trial(trial).controller == me)
+    return _fail_and_retry(study, lambda trial: TrialOutcome.from_trial(trial).controller == me)
 
 
-def fail_abandoned_trials(study: optuna.Study,
-                          which: Callable[[optuna.trial.FrozenTrial], bool] | None = None
-                          ) -> list[int]:
-    """Fail the RUNNING trials no live controller runs, and retry their candidates: stale
-    heartbeats (any host), controllers of this host that are gone (at once), orphans; or
-    the RUNNING trials ``which`` picks."""
-    if which is None:
-        fail_stale_trials(study)
+def _fail_and_retry(study: optuna.Study,
+                    which: Callable[[optuna.trial.FrozenTrial], bool]) -> list[int]:
+    """Fail the RUNNING trials ``which`` picks and enqueue their retries."""
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not (which or abandoned)(trial):
+        if not which(trial):
             continue
         # the row-locked state change is the claim: of several controllers failing the same
         # trial at once, exactly one wins and enqueues its retry (never two retries)

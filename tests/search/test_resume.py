@@ -27,6 +27,17 @@ def running_with_screen(run_dir) -> TrialOutcome | None:
     return None
 
 
+def wait_for_fine_tuning(controller: subprocess.Popen, run_dir) -> TrialOutcome:
+    """The controller's first trial once it is measured and fine-tuning (10 minutes at most)."""
+    deadline = time.monotonic() + 600
+    victim = None
+    while victim is None and time.monotonic() < deadline and controller.poll() is None:
+        time.sleep(0.2)
+        victim = running_with_screen(run_dir)
+    assert victim is not None, "the first trial never reached fine-tuning"
+    return victim
+
+
 def test_killed_controller_is_retried_at_once_reusing_its_measurement(tmp_path):
     space, device, run_dir = tmp_path / "s.yaml", tmp_path / "d.yaml", tmp_path / "run"
     # fine-tuning takes a while here, so that the kill lands after the screening measurement
@@ -38,12 +49,7 @@ def test_killed_controller_is_retried_at_once_reusing_its_measurement(tmp_path):
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
     try:
-        deadline = time.monotonic() + 600
-        victim = None
-        while victim is None and time.monotonic() < deadline and controller.poll() is None:
-            time.sleep(0.2)
-            victim = running_with_screen(run_dir)
-        assert victim is not None, "the first trial never reached fine-tuning"
+        victim = wait_for_fine_tuning(controller, run_dir)
     finally:
         os.killpg(controller.pid, signal.SIGKILL)  # the controller and its local agent
         controller.wait()
@@ -132,12 +138,7 @@ def test_an_interrupted_engine_search_leaves_no_trial_running(tmp_path):
                                    "--run-dir", str(run_dir), "--no-progress"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 600
-        victim = None
-        while victim is None and time.monotonic() < deadline and controller.poll() is None:
-            time.sleep(0.2)
-            victim = running_with_screen(run_dir)
-        assert victim is not None, "the first trial never reached fine-tuning"
+        victim = wait_for_fine_tuning(controller, run_dir)
         controller.send_signal(signal.SIGINT)
         _, stderr = controller.communicate(timeout=120)
     finally:
