@@ -10,7 +10,7 @@ cheapest cells (the full pass on a shared 2-core VM ran at ~1-2 cells/s), then
 has and reports the rank correlation of each over the cells that have it.
 
     .venv/bin/python benchmarks/nb201_proxies.py \
-        --accuracy ../shared/data/hw-nas-bench/nb201_valid_nets.csv
+        --accuracy benchmarks/data/hw-nas-bench/nb201_valid_nets.csv
 """
 
 from __future__ import annotations

@@ -6,10 +6,9 @@ known from the tables, so we count accuracy evaluations until the best-so-far fe
 accuracy is within 0.3 points of it (capped), and the regret after 25/50/100 evaluations.
 Hardware look-ups are counted separately. A strategy never sees an accuracy it did not pay
 an evaluation for; proxies come from the real architectures (benchmarks/nb201_proxies.py).
+The tables are in the repository (benchmarks/data/hw-nas-bench, CIFAR-10 by default).
 
     .venv/bin/python benchmarks/search_replay.py \\
-        --accuracy ../shared/data/hw-nas-bench/nb201_valid_nets.csv \\
-        --hardware ../shared/data/hw-nas-bench/hw_cifar10.csv \\
         --metric raspi4_latency --budget-quantile 0.1 --seeds 30 --json results/x.json
 """
 
@@ -42,6 +41,7 @@ from hwnas.search.replay import (ReplayEvaluator, ReplayTable, common_features, 
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+DATA = HERE / "data" / "hw-nas-bench"  # HW-NAS-Bench x NAS-Bench-201 (MIT): see its README
 WITHIN = 0.3  # accuracy points from the true feasible optimum
 REGRET_AT = (25, 50, 100)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -176,8 +176,8 @@ def summarise(runs: list[dict[str, Any]], cap: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--accuracy", required=True, type=Path)
-    parser.add_argument("--hardware", required=True, type=Path)
+    parser.add_argument("--accuracy", type=Path, default=DATA / "nb201_valid_nets.csv")
+    parser.add_argument("--hardware", type=Path, default=DATA / "hw_cifar10.csv")
     parser.add_argument("--metric", required=True, action="append",
                         help="hardware column under a budget; repeat for several budgets")
     parser.add_argument("--budget-quantile", required=True, action="append", type=float,

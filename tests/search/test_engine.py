@@ -15,10 +15,8 @@ from hwnas.search.engine import (STAGE_DUPLICATE, STAGE_EVALUATED, STAGE_REJECTE
 from hwnas.search.replay import ReplayEvaluator, ReplayTable
 from tests.conftest import REPO
 
-DATA = REPO.parent / "shared" / "data" / "hw-nas-bench"
+DATA = REPO / "benchmarks" / "data" / "hw-nas-bench"  # in the repository: no test skips
 METRIC = "raspi4_latency"
-needs_data = pytest.mark.skipif(not (DATA / "hw_cifar10.csv").exists(),
-                                reason="../shared/data/hw-nas-bench is not here")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,6 @@ MODEL = Policy(use_proxies=False, max_evaluations=6, pool_size=200,
                predictor_min_measurements=8)
 
 
-@needs_data
 def test_model_policy_screens_first_and_records_each_trial(tmp_path, space, table):
     replay = evaluator(space, table)
     study = sqlite_study(tmp_path)
@@ -72,7 +69,6 @@ def test_model_policy_screens_first_and_records_each_trial(tmp_path, space, tabl
     assert result.measurements == len(evaluated) + len(rejected) == replay.measurements
 
 
-@needs_data
 def test_resume_continues_without_paying_twice(tmp_path, space, table):
     first = evaluator(space, table)
     SearchEngine(first, sqlite_study(tmp_path), MODEL, seed=2).run()
@@ -87,7 +83,6 @@ def test_resume_continues_without_paying_twice(tmp_path, space, table):
     assert result.measurements == first.measurements + second.measurements
 
 
-@needs_data
 def test_the_spread_between_measurements_is_learnt_recorded_and_resumed(tmp_path, space, table):
     """A device whose measurements drift apart by ~6%: the engine measures near-budget
     candidates apart again, records every separate measurement and learns the spread from
@@ -114,7 +109,6 @@ def test_the_spread_between_measurements_is_learnt_recorded_and_resumed(tmp_path
     assert resumed._between()[METRIC].sd == pytest.approx(learnt["sd_log"])
 
 
-@needs_data
 def test_plain_search_evaluates_every_trial_and_sets_constraints(tmp_path, space, table):
     replay = evaluator(space, table)
     plain = Policy(acquisition="sampler", screening=False, predictor=False, use_proxies=False,
@@ -128,7 +122,6 @@ def test_plain_search_evaluates_every_trial_and_sets_constraints(tmp_path, space
     assert all(METRIC in t.constraints for t in study.trials)
 
 
-@needs_data
 def test_equivalent_encodings_are_paid_once(tmp_path, space, table):
     """Cells with dead edges are the same model as their canonical cell."""
     replay = evaluator(space, table)
@@ -149,7 +142,6 @@ def test_equivalent_encodings_are_paid_once(tmp_path, space, table):
     assert replay.accuracy_evaluations == 2
 
 
-@needs_data
 def test_predictor_skips_are_predictions_never_measurements(tmp_path, space, table):
     replay = ReplayEvaluator(space, table, [table.budget(METRIC, 0.05)])
     # an Optuna sampler proposes, most proposals are far over a 5th-percentile budget
@@ -187,7 +179,6 @@ class TwoFidelityReplay(ReplayEvaluator):
         return full if fidelity == 1.0 else full - 5.0 - sum(op not in (2, 3) for op in candidate.ops)
 
 
-@needs_data
 def test_fidelity_schedule_stops_weak_candidates_early(tmp_path, space, table):
     replay = TwoFidelityReplay(space, table, [table.budget(METRIC, 0.5)])
     policy = Policy(acquisition="sampler", predictor=False, use_proxies=False, max_evaluations=6)

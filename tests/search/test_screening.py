@@ -8,7 +8,7 @@ import pytest
 from hwnas.search.evaluator import Budget
 from hwnas.search.replay import Cell, ReplayEvaluator
 from hwnas.search.screening import BetweenMeasurements, FigurePredictor, screen
-from tests.search.test_engine import METRIC, needs_data, space, table  # noqa: F401 (fixtures)
+from tests.search.test_engine import METRIC, space, table  # noqa: F401 (fixtures)
 
 
 def near_budget(table, limit, band=0.03):
@@ -17,7 +17,6 @@ def near_budget(table, limit, band=0.03):
             if abs(value / limit - 1) <= band]
 
 
-@needs_data
 def test_near_budget_candidates_are_remeasured_and_decided_right_more_often(space, table):
     limit = float(np.quantile(list(table.hardware[METRIC].values()), 0.25))
     budget = Budget(METRIC, limit)
@@ -42,7 +41,6 @@ def test_near_budget_candidates_are_remeasured_and_decided_right_more_often(spac
     assert wrong_remeasured * 2 <= wrong_once, (wrong_remeasured, wrong_once)
 
 
-@needs_data
 def test_clear_cases_cost_one_measurement(space, table):
     limit = float(np.quantile(list(table.hardware[METRIC].values()), 0.25))
     noisy = ReplayEvaluator(space, table, [Budget(METRIC, limit)], noise_cv=0.02, seed=1)
@@ -53,7 +51,6 @@ def test_clear_cases_cost_one_measurement(space, table):
     assert noisy.measurements == len(far)
 
 
-@needs_data
 def test_exact_figures_are_never_remeasured(space, table):
     limit = float(np.quantile(list(table.hardware[METRIC].values()), 0.25))
     exact = ReplayEvaluator(space, table, [Budget(METRIC, limit)])
@@ -62,7 +59,6 @@ def test_exact_figures_are_never_remeasured(space, table):
         assert history == ()
 
 
-@needs_data
 def test_drift_between_measurements_is_decided_by_the_median_of_separate_measurements(
         space, table):
     """Each measurement is off by a factor its own rounds cannot average away (a shared
@@ -95,7 +91,6 @@ def test_drift_between_measurements_is_decided_by_the_median_of_separate_measure
     assert wrong_apart * 4 <= wrong_within * 3, (wrong_apart, wrong_within)
 
 
-@needs_data
 def test_far_from_budget_one_measurement_still_decides_under_drift(space, table):
     limit = float(np.quantile(list(table.hardware[METRIC].values()), 0.25))
     noisy = ReplayEvaluator(space, table, [Budget(METRIC, limit)], noise_cv=0.01, drift_cv=0.05)
