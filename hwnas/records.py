@@ -59,10 +59,6 @@ class Candidate:
         text = json.dumps(self.to_dict(), sort_keys=True)
         return base + int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
-    @property
-    def is_quantized(self) -> bool:
-        return any(precision != "fp32" for _, precision in self.precision_plan)
-
     def to_dict(self) -> dict[str, Any]:
         data = {
             "keep_ratios": dict(self.keep_ratios),
@@ -132,9 +128,6 @@ class Artifact:
         """As stored with a trial; ``path`` is where the bytes are now (the run folder knows)."""
         return cls(str(path), data["sha256"], int(data["size_bytes"]), _pairs(data["channels"]),
                    int(data["parameters"]))
-
-
-ENERGY_BASES = ("total", "above_idle")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -290,17 +290,6 @@ def replay(model: nn.Module, history: Sequence[Sequence[Sequence[Any]]],
     return model
 
 
-def prune_model(model: nn.Module, candidate: Candidate, stages: dict[str, list[nn.Module]],
-                example_input: torch.Tensor, ignored_layers: list[nn.Module], round_to: int,
-                saliency_batches: list[tuple[np.ndarray, np.ndarray]]) -> nn.Module:
-    """Width and global pruning of ``model`` by stage modules (the original interface);
-    ``stages``/``ignored_layers`` refer to ``model``'s modules."""
-    setup = PruningSetup(base=model, example_input=example_input, width_units=dict(stages),
-                         head_units={}, mlp_units={}, protected=list(ignored_layers),
-                         width_excluded=[], global_excluded=[], round_to=round_to)
-    return prune(setup, candidate, saliency_batches).module
-
-
 def kept_heads(heads: int, keep: float) -> int:
     """How many of ``heads`` a keep ratio leaves (at least one)."""
     return max(1, min(heads, int(math.floor(heads * keep + 0.5))))

@@ -305,9 +305,6 @@ class ExportedModel:
     node_units: tuple[tuple[str, str | None], ...]  # node name -> precision unit (final graph)
     node_precisions: tuple[tuple[str, str], ...]  # weighted node -> precision realised in the bytes
 
-    def unit_of(self, node_name: str) -> str | None:
-        return dict(self.node_units).get(node_name)
-
 
 def build_onnx(model: nn.Module, input_shape: tuple[int, ...], plan: Mapping[str, str],
                module_units: dict[str, str], calibration: np.ndarray, out_path: Path,
@@ -345,12 +342,3 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], plan: Mapping[str
         fp32_path.unlink(missing_ok=True)
     return ExportedModel(out_path, used, tuple(units.items()),
                          tuple(realised_precisions(graph_model).items()))
-
-
-def count_qdq(path: Path) -> dict[str, int]:
-    """Quantize/DequantizeLinear counts: how much of the graph is integer."""
-    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
-    for node in onnx.load(str(path)).graph.node:
-        if node.op_type in counts:
-            counts[node.op_type] += 1
-    return counts

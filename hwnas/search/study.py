@@ -21,7 +21,7 @@ from hwnas.errors import ConfigError, DeviceError, HwnasError
 from hwnas.export.onnx import plan_units, precision_units
 from hwnas.logs import run_log
 from hwnas.models import model_stages
-from hwnas.records import StudyRecord, TrialOutcome, TrialStage
+from hwnas.records import StudyRecord, TrialStage
 from hwnas.run import RunFolder, completed_search_trials, make_storage, outcomes
 from hwnas.search.controllers import fail_abandoned_trials, fail_own_trials
 from hwnas.space import check_enqueued, space_shape
@@ -456,7 +456,3 @@ def _refuse_all_failed(study: optuna.Study, ran: int) -> None:
         reason, count = collections.Counter(o.failure for o in failed).most_common(1)[0]
         raise AllTrialsFailed(f"all {len(latest)} trials of this run failed; most common reason "
                               f"({count} of {len(latest)}): {reason}")
-
-
-def failed_reasons(found: list[TrialOutcome]) -> collections.Counter:
-    return collections.Counter(o.failure for o in found if o.stage == TrialStage.FAILED)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hwnas.compress.finetune import finetune
-from hwnas.compress.prune import prune_model
+from hwnas.compress.prune import PruningSetup
+from hwnas.compress.prune import prune as prune_setup
 from hwnas.config.models import BaseModelSpec, DatasetSpec, FineTuneSettings, TrainSettings
 from hwnas.data import load_task
 from hwnas.models import model_stages, output_channels, output_layers
@@ -22,6 +23,15 @@ def trained():
     base = load_base_model(SPEC, task, log=lambda _: None)
     assert base.test_accuracy > 0.9
     return task, base
+
+
+def prune_model(model, candidate, stages, example_input, ignored_layers, round_to,
+                saliency_batches):
+    """Width and global pruning by stage modules, through the search's own ``prune``."""
+    setup = PruningSetup(base=model, example_input=example_input, width_units=dict(stages),
+                         head_units={}, mlp_units={}, protected=list(ignored_layers),
+                         width_excluded=[], global_excluded=[], round_to=round_to)
+    return prune_setup(setup, candidate, saliency_batches).module
 
 
 def prune(trained, keep, criterion="l1", global_ratio=0.0, round_to=8):
