@@ -74,3 +74,68 @@ def test_importing_every_hwnas_module_changes_no_logging_or_warnings_state() -> 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def hwnas_import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the hwnas modules it imports anywhere in its text: at the top, inside
+    functions (a lazy import hides a circle, it does not remove it) and under TYPE_CHECKING."""
+    def name_of(path: Path) -> str:
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for p in (root / "hwnas").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        # a package's __init__ hands names on: importing it is not a dependency on its modules
+        graph[name] = {t for t in found if t in modules and t != name
+                       and not name.startswith(t + ".")}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_circles_are_found_where_there_are_some() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_circles(graph) == [["a", "b", "c"]]
+
+
+def test_no_hwnas_module_imports_itself_round_a_circle() -> None:
+    """Issue 21.6: export/onnx.py <-> export/precision.py and report/plot.py <-> report/tables.py
+    were circles, one of them through lazy imports; none may come back."""
+    assert import_circles(hwnas_import_graph(ROOT)) == []

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import onnx
 
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The inputs a caller feeds: graph inputs that are not initializers (older exporters list

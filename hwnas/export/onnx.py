@@ -20,7 +20,7 @@ import re
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import numpy as np
 import onnx
@@ -28,15 +28,12 @@ import torch
 from torch import nn
 
 from hwnas.errors import ExportError
+from hwnas.export.graph import INPUT_NAME, OUTPUT_NAME, WEIGHTED_OPS
+from hwnas.export.precision import ExportStyle, realise_plan, realised_precisions
 
-if TYPE_CHECKING:
-    from hwnas.export.precision import ExportStyle
-
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 HEAD_UNIT = "head"
 OPSET = 17
 # ops whose weights a precision plan is about; the rest of a unit follows them
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # modules that own weights consumed by weighted ops: these are the layer units
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.MultiheadAttention)
 _PARAMETER_SUFFIXES = (".weight", ".in_proj_weight", ".bias", ".in_proj_bias")
@@ -311,9 +308,7 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], plan: Mapping[str
                calibration_method: str = "minmax", style: ExportStyle | None = None,
                exporter: str = "auto") -> ExportedModel:
     """Export ``model`` and realise ``plan``; the bytes at ``out_path`` are the artifact."""
-    from hwnas.export.precision import ExportStyle as Style, realise_plan, realised_precisions
-
-    style = style or Style()
+    style = style or ExportStyle()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fp32_path = out_path.with_name(out_path.name + ".fp32.onnx")
     try:

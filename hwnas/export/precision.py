@@ -34,8 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwnas.errors import ExportError
 from hwnas.export.fp16 import make_islands
-from hwnas.export.graph import graph_inputs
-from hwnas.export.onnx import INPUT_NAME, WEIGHTED_OPS
+from hwnas.export.graph import INPUT_NAME, WEIGHTED_OPS, graph_inputs
 
 PRECISIONS = ("fp32", "fp16", "int8", "a16w8", "int8_weight_only")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")

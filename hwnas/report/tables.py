@@ -188,18 +188,3 @@ def why_nothing_fits(report: Report) -> str:
                      f"{excess:.0%} over)")
     return "budgets broken: " + ", ".join(parts)
 
-
-def write_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
-    from hwnas.report.html import html_report
-    from hwnas.report.plot import pareto_plots
-
-    report = Report.of(study)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plots = pareto_plots(report, out_dir)
-    markdown = markdown_report(report, plots)
-    md_path = out_dir / "report.md"
-    md_path.write_text(markdown)
-    html_path = out_dir / "report.html"
-    html_path.write_text(html_report(markdown, report.name))
-    return {"plot": plots[0], "markdown": md_path, "html": html_path,
-            **{f"plot_{p.stem}": p for p in plots[1:]}}
