@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-store-mb", type=float, default=None,
                        help="model store size cap; least recently used models are evicted")
     serve.add_argument("--worker-memory-mb", type=float, default=None,
-                       help="memory limit of each measure worker (default: half the RAM; 0: none)")
+                       help="memory limit of all workers together (they run one at a time; "
+                            "default: half the RAM; 0: none)")
     serve.add_argument("--max-connections", type=int, default=None,
                        help="open connections at most (default 64)")
     serve.add_argument("--allow-remote", action="store_true",

@@ -48,7 +48,8 @@ class AgentConfig:
     state_dir: str = dataclasses.field(default_factory=default_state_dir)
     token_file: Optional[str] = None  # default: <state_dir>/token
     power_sources: Dict[str, PowerSourceConfig] = dataclasses.field(default_factory=dict)
-    # RLIMIT_DATA of each measure worker; None: half the RAM; 0: no limit
+    # the memory all workers (measure, load check) may use together: they run one at a time,
+    # each under this RLIMIT_DATA; None: half the RAM; 0: no limit
     worker_memory_mb: Optional[float] = None
     max_queue: int = 16
     max_store_mb: Optional[float] = 2000.0
@@ -102,7 +103,7 @@ class AgentConfig:
                                        % (where, name, value))
 
     def worker_memory_bytes(self, memory_total_mb: Optional[float]) -> Optional[int]:
-        """The measure worker's memory limit in bytes; None for no limit."""
+        """The workers' memory limit in bytes (all of them together); None for no limit."""
         if self.worker_memory_mb == 0:
             return None
         if self.worker_memory_mb is not None:
