@@ -32,6 +32,13 @@ from hwnas_agent.storage import JobStore, ModelStore, StoreFull, read_json
 
 INSPECT_TIMEOUT_S = 120.0
 LOG_TAIL_BYTES = 2000
+# long-polls held at once: on one job, and in all (a share of max_connections), so that waits
+# never take the connections hello, facts and the other controllers need; a wait over the
+# bound is answered at once with the job's state (a wait is a maximum, never a promise).
+# Clients cannot be told apart (one shared token, and every controller arrives from
+# 127.0.0.1 through SSH): the job waited on is what separates one controller's waits.
+MAX_WAITS_PER_JOB = 4
+WAITS_SHARE_OF_CONNECTIONS = 4  # at most max_connections // 4 waits in all
 
 
 class WorkerSlot:
@@ -138,6 +145,8 @@ class Agent:
         self._current: Optional[subprocess.Popen] = None
         self._stopping = threading.Event()
         self._finished = threading.Condition()  # notified whenever a job finishes
+        self._waits: Dict[str, int] = {}  # job id -> long-polls held on it (under _finished)
+        self.max_waits = max(1, config.max_connections // WAITS_SHARE_OF_CONNECTIONS)
         self._leftovers: List[Tuple[int, Optional[int]]] = []  # workers that would not die
         self._recover()
         self._thread = threading.Thread(target=self._run_jobs, name="measure", daemon=True)
@@ -223,15 +232,32 @@ class Agent:
 
     def job(self, job_id: str, wait_s: float = 0.0) -> Dict[str, Any]:
         """The job's record; with ``wait_s``, held until it finishes or the time is up, so that
-        a client waits without polling (nothing disturbs the measurement under way)."""
+        a client waits without polling (nothing disturbs the measurement under way). Over the
+        bound of long-polls held, answered at once, with ``wait`` saying so."""
         record = self.jobs.get(job_id) if job_id.isalnum() else None
         if record is None:
             raise ProtocolError(404, "unknown_job", "no job %r on this agent" % job_id)
+        if wait_s <= 0 or record["state"] in FINISHED_STATES:
+            return record
         deadline = time.monotonic() + wait_s
         with self._finished:
-            while record["state"] not in FINISHED_STATES and time.monotonic() < deadline:
-                self._finished.wait(timeout=max(0.0, deadline - time.monotonic()))
+            on_job, in_all = self._waits.get(job_id, 0), sum(self._waits.values())
+            if on_job >= MAX_WAITS_PER_JOB or in_all >= self.max_waits:
+                return dict(record, wait="cut short: %d long-polls already wait on this job and "
+                            "%d in all (at most %d on one job, %d in all: a quarter of "
+                            "max_connections); ask again" % (on_job, in_all, MAX_WAITS_PER_JOB,
+                                                             self.max_waits))
+            self._waits[job_id] = on_job + 1
+            try:
+                # read again under the lock: a job that finished since cannot be waited past
                 record = self.jobs.get(job_id) or record
+                while record["state"] not in FINISHED_STATES and time.monotonic() < deadline:
+                    self._finished.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    record = self.jobs.get(job_id) or record
+            finally:
+                self._waits[job_id] -= 1
+                if not self._waits[job_id]:
+                    del self._waits[job_id]
         return record
 
     def _run_jobs(self) -> None:

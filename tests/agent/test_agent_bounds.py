@@ -1,7 +1,10 @@
 """The agent's resources are bounded as a whole (issue 25, item 5): the memory limit holds for
-all its workers together. Real agent processes, real workers, 127.0.0.1 only."""
+all its workers together, and one client's long-polls cannot take every connection (hello
+and facts always answer). Real agent processes, real workers, 127.0.0.1 only."""
 
+import http.client
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -131,4 +134,88 @@ def test_the_memory_error_names_the_shared_limit_and_its_key(tmp_path):
                                                    r"agent's workers share"):
             client.measure(request(bomb.sha256, 0.05))
     finally:
+        process.stop()
+
+
+# -- connections: long-polls are bounded, hello and facts always answer ---------------------
+
+
+def raw_get(port, token, path, timeout=45.0):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_long_poll_flood_leaves_hello_facts_and_other_waits_served(tmp_path, small):
+    """70 long-polls (wait=30) on one running job from one token holder: the agent holds a few
+    and answers the others at once with the job's state (a wait is a maximum); another
+    controller's long-poll on its own job is still held, and a third client's hello and facts
+    answer at once."""
+    process, client = start(tmp_path)
+    threads, answers = [], []
+    try:
+        client.ensure_model(small)
+        flooded = client.submit(request(small.sha256, 60.0))
+        queued = client.submit(request(small.sha256, 0.05))
+        wait_on_disk(tmp_path / "state", flooded, ("running",))
+
+        def poll():
+            try:
+                answers.append(raw_get(process.port, process.token, f"/v1/jobs/{flooded}?wait=30"))
+            except (OSError, http.client.HTTPException) as exc:
+                answers.append((None, repr(exc)))
+
+        threads = [threading.Thread(target=poll, daemon=True) for _ in range(70)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 15
+        while len(answers) < 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        hello = process.client("third").hello()
+        facts = process.client("third").facts()
+        answered_in = time.monotonic() - started
+        assert hello["agent"] == "hwnas-agent" and facts
+        assert answered_in < 2.0
+        at_once = [body for status, body in answers if status == 200]
+        assert len(answers) >= 60 and len(at_once) == len(answers)  # no refusal, no 5xx
+        assert all(body["state"] == "running" and "cut short" in body["wait"] for body in at_once)
+        # another controller's wait on its own (queued) job is held, not cut
+        started = time.monotonic()
+        record = process.client("second").job(queued, wait_s=1.0)
+        assert record["state"] == "queued" and "wait" not in record
+        assert time.monotonic() - started >= 0.9
+    finally:
+        process.stop()  # ends the long-polls it still holds
+        for thread in threads:
+            thread.join(timeout=10)
+
+
+def test_hello_and_facts_answer_when_every_connection_is_held(tmp_path):
+    """8 connections (the cap) held by authenticated uploads whose bodies do not come: hello
+    and facts are still answered, on a reserve that serves them alone; anything else there is
+    refused at once with the reason."""
+    process, client = start(tmp_path, "--max-connections", "8")
+    held = []
+    try:
+        for index in range(8):
+            sock = socket.create_connection(("127.0.0.1", process.port), timeout=10)
+            sock.sendall(f"PUT /v1/models/{index:064x} HTTP/1.1\r\nHost: x\r\n"
+                         f"Authorization: Bearer {process.token}\r\n"
+                         "Content-Length: 1000000\r\n\r\n".encode())
+            held.append(sock)
+        time.sleep(0.5)  # every one past the token check, reading its body
+        started = time.monotonic()
+        assert process.client("other").hello()["agent"] == "hwnas-agent"
+        assert process.client("other").facts()
+        assert time.monotonic() - started < 2.0
+        status, body = raw_get(process.port, process.token, "/v1/jobs/" + "0" * 32, timeout=10)
+        assert status == 503 and "max_connections" in body["error"]["message"]
+    finally:
+        for sock in held:
+            sock.close()
         process.stop()
