@@ -7,7 +7,7 @@ Relative paths in the file are relative to the file's own folder.
 
     {"port": 8765, "state_dir": "state", "token_file": "token",
      "power_sources": {"command": {"kind": "command", "options": {"command": ["meter", "-w"]}}},
-     "worker_memory_mb": 1024}
+     "worker_memory_mb": 1024, "max_job_history": 500, "job_history_days": 7}
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ class AgentConfig:
     max_queue: int = 16
     max_store_mb: Optional[float] = 2000.0
     max_connections: int = 64
+    # finished jobs kept in state/jobs (about 20 KB each); one whose result no client has
+    # fetched is never removed, whatever its rank or age; None: no age limit
+    max_job_history: int = 500
+    job_history_days: Optional[float] = 7.0
 
     @property
     def token_path(self) -> str:
@@ -93,14 +97,16 @@ class AgentConfig:
         integer("port", 0, 65535)
         integer("max_queue", 1, 10000)
         integer("max_connections", 4, 4096)
+        integer("max_job_history", 1, 10 ** 7)
         if not isinstance(self.host, str) or not self.host:
             raise AgentConfigError("%s: host must be an address" % where)
-        for name in ("worker_memory_mb", "max_store_mb"):
+        for name, unit in (("worker_memory_mb", "MB"), ("max_store_mb", "MB"),
+                           ("job_history_days", "days")):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float))
                                           and not isinstance(value, bool) and value >= 0):
-                raise AgentConfigError("%s: %s = %r; expected null or a number of MB >= 0"
-                                       % (where, name, value))
+                raise AgentConfigError("%s: %s = %r; expected null or a number of %s >= 0"
+                                       % (where, name, value, unit))
 
     def worker_memory_bytes(self, memory_total_mb: Optional[float]) -> Optional[int]:
         """The workers' memory limit in bytes (all of them together); None for no limit."""

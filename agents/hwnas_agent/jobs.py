@@ -149,6 +149,7 @@ class Agent:
         self.max_waits = max(1, config.max_connections // WAITS_SHARE_OF_CONNECTIONS)
         self._leftovers: List[Tuple[int, Optional[int]]] = []  # workers that would not die
         self._recover()
+        self._prune_history()
         self._thread = threading.Thread(target=self._run_jobs, name="measure", daemon=True)
         self._thread.start()
 
@@ -236,7 +237,10 @@ class Agent:
         bound of long-polls held, answered at once, with ``wait`` saying so."""
         record = self.jobs.get(job_id) if job_id.isalnum() else None
         if record is None:
-            raise ProtocolError(404, "unknown_job", "no job %r on this agent" % job_id)
+            raise ProtocolError(404, "unknown_job", "no job %r on this agent (finished jobs whose "
+                                "result was fetched are kept up to max_job_history = %d, for "
+                                "job_history_days = %s)" % (job_id, self.config.max_job_history,
+                                                            self.config.job_history_days))
         if wait_s <= 0 or record["state"] in FINISHED_STATES:
             return record
         deadline = time.monotonic() + wait_s
@@ -260,6 +264,15 @@ class Agent:
                     del self._waits[job_id]
         return record
 
+    def mark_fetched(self, job_id: str) -> None:
+        """A client was sent the job's finished record: it may leave the history now."""
+        self.jobs.mark_fetched(job_id)
+
+    def _prune_history(self) -> None:
+        days = self.config.job_history_days
+        self.jobs.prune(set(FINISHED_STATES), self.config.max_job_history,
+                        None if days is None else days * 86400.0)
+
     def _run_jobs(self) -> None:
         while self._leftovers and not self._stopping.is_set():  # never two measurements at once
             self._leftovers = [(pid, ticks) for pid, ticks in self._leftovers
@@ -282,6 +295,10 @@ class Agent:
                     self._use(job.model_sha256, -1)
                 with self._finished:
                     self._finished.notify_all()
+            try:
+                self._prune_history()
+            except OSError:  # a full or read-only disk must not stop the measuring thread
+                pass
 
     def _worker_command(self, mode: str, *args: str) -> List[str]:
         command = [self.python, "-m", "hwnas_agent.worker", mode, *args,

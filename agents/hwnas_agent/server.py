@@ -41,6 +41,7 @@ from hwnas_agent.protocol import (
     AUTH_HEADER,
     AUTH_SCHEME,
     PROTOCOL_HEADER,
+    FINISHED_STATES,
     PROTOCOL_VERSION,
     ProtocolError,
     is_sha256,
@@ -186,6 +187,7 @@ class Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _dispatch(self, method: str) -> None:
+        self._fetched_job = None  # a finished job whose record this answer carries
         state = self.server.connection_state(self.request)
         on_reserve = state is not None and state.reserve
         if on_reserve:
@@ -205,7 +207,9 @@ class Handler(BaseHTTPRequestHandler):
         if status >= 400 and self.headers.get("Content-Length") not in (None, "0") \
                 and not getattr(self, "_body_read", False):
             self.close_connection = True  # an unread body must not be taken for a request
-        self._send(status, payload)
+        if self._send(status, payload) and self._fetched_job is not None:
+            # sent in full: from now on the job may leave the agent's bounded history
+            self.agent.mark_fetched(self._fetched_job)
 
     def _check_version(self) -> None:
         client_version = self.headers.get(PROTOCOL_HEADER)
@@ -244,7 +248,7 @@ class Handler(BaseHTTPRequestHandler):
             ("models", 1): {"GET": lambda: self._get_model(rest[0]),
                             "PUT": lambda: self._put_model(rest[0])},
             ("jobs", 0): {"POST": lambda: (202, self.agent.submit(self._read_json()))},
-            ("jobs", 1): {"GET": lambda: (200, self.agent.job(rest[0], self._wait_s()))},
+            ("jobs", 1): {"GET": lambda: self._get_job(rest[0])},
         }
         handlers = routes.get((resource, len(rest)))
         if handlers is None:
@@ -253,6 +257,12 @@ class Handler(BaseHTTPRequestHandler):
             raise ProtocolError(405, "method_not_allowed", "%s is not allowed on %s; allowed: %s"
                                 % (method, path, ", ".join(sorted(handlers))))
         return handlers[method]()
+
+    def _get_job(self, job_id: str) -> Tuple[int, Dict[str, Any]]:
+        record = self.agent.job(job_id, self._wait_s())
+        if record.get("state") in FINISHED_STATES:
+            self._fetched_job = job_id
+        return 200, record
 
     def _wait_s(self) -> float:
         query = self.path.split("?", 1)[1] if "?" in self.path else ""
@@ -333,8 +343,10 @@ class Handler(BaseHTTPRequestHandler):
         except RecursionError:
             raise ProtocolError(400, "bad_json", "the body is JSON nested too deeply")
 
-    def _send(self, status: int, payload: Dict[str, Any]) -> None:
+    def _send(self, status: int, payload: Dict[str, Any]) -> bool:
+        """True if the whole answer was handed to the connection."""
         body = json.dumps(payload).encode("utf-8")
+        sent = False
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -343,9 +355,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
+            self.wfile.flush()
+            sent = True
         except OSError:  # the client went away; nothing to tell it
             self.close_connection = True
         self._body_read = False
+        return sent
 
 
 def check_host(host: str, allow_remote: bool) -> None:

@@ -1,6 +1,7 @@
 """The agent's resources are bounded as a whole (issue 25, item 5): the memory limit holds for
-all its workers together, and one client's long-polls cannot take every connection (hello
-and facts always answer). Real agent processes, real workers, 127.0.0.1 only."""
+all its workers together, one client's long-polls cannot take every connection (hello and
+facts always answer), and job folders are a bounded history that never loses a result the
+controller has not fetched. Real agent processes, real workers, 127.0.0.1 only."""
 
 import http.client
 import json
@@ -219,3 +220,75 @@ def test_hello_and_facts_answer_when_every_connection_is_held(tmp_path):
         for sock in held:
             sock.close()
         process.stop()
+
+
+# -- job folders: a bounded history that never loses an unfetched result --------------------
+
+
+def job_folders(state_dir):
+    return sorted(p.name for p in (state_dir / "jobs").iterdir() if not p.name.startswith("."))
+
+
+def wait_folders(state_dir, expected, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while job_folders(state_dir) != sorted(expected) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job_folders(state_dir) == sorted(expected)
+
+
+def test_job_history_keeps_a_count_and_never_an_unfetched_result_is_removed(tmp_path, small):
+    state = tmp_path / "state"
+    process, client = start(tmp_path, "--max-job-history", "2")
+    try:
+        client.ensure_model(small)
+        unfetched = client.submit(request(small.sha256, 0.05))
+        wait_on_disk(state, unfetched)
+        fetched = []
+        for _ in range(3):
+            job_id = client.submit(request(small.sha256, 0.05))
+            client.wait(job_id, 60)  # the controller fetches the result
+            fetched.append(job_id)
+        # two finished jobs kept: the unfetched one (the oldest) and the newest
+        wait_folders(state, [unfetched, fetched[2]])
+        status, body = raw_get(process.port, process.token, f"/v1/jobs/{fetched[0]}")
+        assert status == 404 and "max_job_history" in body["error"]["message"]
+        # what was fetched is recorded on disk: after a restart the next job's end removes
+        # the last one fetched before the restart, never the unfetched one
+        process.restart()
+        client = process.client("bounds-test")
+        newest = client.submit(request(small.sha256, 0.05))
+        wait_on_disk(state, newest)
+        wait_folders(state, [unfetched, newest])
+        record = client.job(unfetched)
+        assert record["state"] == "done" and record["measurement"]["iterations"] >= 1
+    finally:
+        process.stop()
+
+
+def test_fetched_jobs_older_than_the_history_age_are_removed_at_start(tmp_path, small):
+    state = tmp_path / "state"
+    process, client = start(tmp_path)
+    client.ensure_model(small)
+    unfetched = client.submit(request(small.sha256, 0.05))
+    wait_on_disk(state, unfetched)
+    fetched = client.submit(request(small.sha256, 0.05))
+    client.wait(fetched, 60)
+    process.stop()
+    assert job_folders(state) == sorted([unfetched, fetched])
+    time.sleep(1.0)
+    process, client = start(tmp_path, "--job-history-days", "0.00001")  # 0.86 s
+    try:
+        assert job_folders(state) == [unfetched]
+        assert client.job(unfetched)["state"] == "done"
+    finally:
+        process.stop()
+
+
+def test_history_settings_are_validated():
+    from hwnas_agent.config import AgentConfig, AgentConfigError
+
+    assert AgentConfig().max_job_history == 500 and AgentConfig().job_history_days == 7.0
+    with pytest.raises(AgentConfigError, match="max_job_history"):
+        AgentConfig.from_dict({"max_job_history": 0})
+    with pytest.raises(AgentConfigError, match="job_history_days"):
+        AgentConfig.from_dict({"job_history_days": -1})
