@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/hardening.py kills agent --runs 20
     .venv/bin/python benchmarks/hardening.py kills worker --runs 20
     .venv/bin/python benchmarks/hardening.py kills controller --runs 20
+    .venv/bin/python benchmarks/hardening.py flood                # 70 long-polls + 2 workers
 
 Each part prints a table and is saved under its own key in results/hardening.json.
 Only 127.0.0.1 is ever contacted, and every part is bounded in count and time.
@@ -29,6 +30,13 @@ Only 127.0.0.1 is ever contacted, and every part is bounded in count and time.
   measured again (remeasured after kill: device time spent twice, the study's records
   aside), trials left RUNNING after the rerun, and agent or worker processes alive 3 s after
   the kill (orphaned).
+- flood: the real agent (worker memory limit 500 MB) measures a 150 MB model while another
+  150 MB model is uploaded (its load check is a second worker) and one token holder keeps 70
+  long-polls (wait=60) on the running job, each asked again as soon as it is answered, up to
+  a bound in count and time; a third client says hello and asks for facts every 0.1 s.
+  Counted: long-polls sent and their answers (held to the job's end, or cut short at once),
+  5xx, the agent's open connections (sampled), hello and facts latency and failures, and the
+  memory of all workers together (VmRSS summed every 5 ms) against the limit.
 """
 
 from __future__ import annotations
@@ -544,6 +552,184 @@ def _all_done(state: Path) -> list[dict[str, Any]]:
     return records
 
 
+# -- flood: long-polls from one token holder, and two workers wanting memory at once ------------
+
+
+def agent_workers(agent_pid: int) -> list[tuple[int, float]]:
+    """(pid, VmRSS MB) of every live worker the agent started."""
+    marker = f"--parent-pid\0{agent_pid}\0".encode()
+    found = []
+    for pid, text in cmdlines().items():
+        if b"hwnas_agent.worker" in text and marker in text:
+            rss = proc_status(pid).get("VmRSS")
+            if rss is not None:
+                found.append((pid, rss / 1024.0))
+    return found
+
+
+def open_connections(pid: int) -> int:
+    """The agent's sockets, less its listening one."""
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return 0
+    return max(0, sum(link.startswith("socket:") for link in links) - 1)
+
+
+def long_poll(port: int, token: str, job_id: str, wait_s: float) -> tuple[str, bool, str, float]:
+    """(status or 'no answer', cut short, job state, seconds) of one GET /v1/jobs/<id>?wait=S."""
+    import http.client
+
+    started = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=wait_s + 30)
+    try:
+        connection.request("GET", f"/v1/jobs/{job_id}?wait={wait_s:g}",
+                           headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        body = json.loads(response.read() or b"{}")
+        return (str(response.status), "wait" in body, str(body.get("state")),
+                time.monotonic() - started)
+    except (OSError, ValueError, http.client.HTTPException):
+        return "no answer", False, "", time.monotonic() - started
+    finally:
+        connection.close()
+
+
+def flood(polls: int, max_requests: int, seconds: float, limit_mb: float) -> dict[str, Any]:
+    from hwnas.testing.models import matmul_onnx
+
+    with tempfile.TemporaryDirectory(prefix="hwnas-flood-") as tmp:
+        folder = Path(tmp)
+        agent = LocalAgentProcess(folder / "state", worker_memory_mb=limit_mb)
+        agent.start()
+        pid, port, token = agent.process.pid, agent.port, agent.token
+        client = agent.client("flood")
+        measured = Artifact.from_file(matmul_onnx(folder / "measured.onnx", 150, seed=1), {}, 0)
+        uploaded = Artifact.from_file(matmul_onnx(folder / "uploaded.onnx", 150, seed=2), {}, 0)
+        client.ensure_model(measured)
+        stop = threading.Event()
+        memory = {"max_mb": 0.0, "max_workers": 0, "samples": 0}
+        connections = {"max": 0}
+        third: dict[str, Any] = {"hello_ms": [], "facts_ms": [], "failures": 0, "errors": []}
+        polls_out: dict[str, Any] = {"sent": 0, "answers": {}, "cut_short": 0, "held": 0,
+                                     "held_max_s": 0.0}
+        job_over = threading.Event()  # the flood is on the running job: it ends with it
+        lock = threading.Lock()
+
+        def sample() -> None:
+            while not stop.is_set():
+                rows = agent_workers(pid)
+                memory["max_mb"] = max(memory["max_mb"], sum(mb for _, mb in rows))
+                memory["max_workers"] = max(memory["max_workers"], len(rows))
+                memory["samples"] += 1
+                connections["max"] = max(connections["max"], open_connections(pid))
+                time.sleep(0.005)
+
+        def poller() -> None:
+            while not stop.is_set() and not job_over.is_set():
+                with lock:
+                    if polls_out["sent"] >= max_requests:
+                        return
+                    polls_out["sent"] += 1
+                status, cut, state, took = long_poll(port, token, job_id, 60.0)
+                with lock:
+                    polls_out["answers"][status] = polls_out["answers"].get(status, 0) + 1
+                    polls_out["cut_short"] += cut
+                    if status == "200" and not cut and took > 1.0:  # held until the job ended
+                        polls_out["held"] += 1
+                        polls_out["held_max_s"] = max(polls_out["held_max_s"], took)
+
+        def third_client() -> None:
+            other = agent.client("third")
+            while not stop.is_set():
+                for ask, key in ((other.hello, "hello_ms"), (other.facts, "facts_ms")):
+                    started = time.perf_counter()
+                    try:
+                        ask()
+                        third[key].append((time.perf_counter() - started) * 1000)
+                    except Exception as exc:  # counted: the figure is how often this happens
+                        third["failures"] += 1
+                        third["errors"].append(repr(exc)[:200])
+                time.sleep(0.1)
+
+        job_id = client.submit(MeasureRequest(
+            model_sha256=measured.sha256, warmup_seconds=0.0, warmup_iterations=2,
+            min_iterations=5, min_seconds=seconds, rounds=1, timeout_s=seconds + 120))
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        while client.job(job_id)["state"] == "queued":
+            time.sleep(0.05)
+        time.sleep(1.5)  # the measured model is loaded: its timed phase runs
+        started = time.monotonic()
+        upload_s: dict[str, float] = {}
+
+        def upload() -> None:
+            began = time.monotonic()
+            agent.client("uploader").ensure_model(uploaded)
+            upload_s["seconds"] = time.monotonic() - began
+
+        threads = [threading.Thread(target=upload, daemon=True),
+                   threading.Thread(target=third_client, daemon=True)]
+        threads += [threading.Thread(target=poller, daemon=True) for _ in range(polls)]
+        for thread in threads:
+            thread.start()
+        record = client.wait(job_id, seconds + 120)
+        job_over.set()
+        threads[0].join(timeout=120)
+        elapsed = time.monotonic() - started
+        stop.set()
+        for thread in threads[1:]:
+            thread.join(timeout=65)
+        sampler.join()
+        stored = client._call("GET", f"/v1/models/{uploaded.sha256}").json()
+        job_end = record["started_unix_time"] + record.get("job_wall_seconds", 0.0)
+        agent.stop()
+    answers = polls_out["answers"]
+    return {
+        "long_polls": polls, "long_poll_bound_requests": max_requests,
+        "long_poll_requests_sent": polls_out["sent"], "long_poll_answers": answers,
+        "long_polls_held": polls_out["held"], "long_polls_cut_short": polls_out["cut_short"],
+        "long_poll_held_max_s": polls_out["held_max_s"],
+        "answers_5xx": sum(n for code, n in answers.items() if code.startswith("5")),
+        "no_answer": answers.get("no answer", 0), "seconds": elapsed,
+        "agent_connections_max": connections["max"],
+        "third_hellos": len(third["hello_ms"]), "third_facts": len(third["facts_ms"]),
+        "third_failures": third["failures"], "third_errors": third["errors"][:5],
+        "third_hello_ms_median": median(third["hello_ms"]),
+        "third_hello_ms_max": max(third["hello_ms"] or [float("nan")]),
+        "third_facts_ms_max": max(third["facts_ms"] or [float("nan")]),
+        "worker_memory_limit_mb": limit_mb, "workers_rss_mb_max": memory["max_mb"],
+        "workers_at_once_max": memory["max_workers"], "memory_samples": memory["samples"],
+        "upload_seconds": upload_s.get("seconds"),
+        "load_check_waited_for_the_job": stored.get("stored_unix_time", 0.0) >= job_end,
+        "job_state": record["state"],
+        "job_latency_ms_p50": (record.get("measurement") or {}).get("latency_ms", {}).get("p50"),
+    }
+
+
+def print_flood(result: dict[str, Any]) -> None:
+    rows = [["long-polls at once / requests sent", f"{result['long_polls']} / "
+                                                   f"{result['long_poll_requests_sent']} "
+                                                   f"in {result['seconds']:.0f} s"],
+            ["answers", ", ".join(f"{k}: {v}"
+                                  for k, v in sorted(result["long_poll_answers"].items()))],
+            ["held to the job's end / cut short at once", f"{result['long_polls_held']} / "
+                                                          f"{result['long_polls_cut_short']}"],
+            ["5xx answers / no answer", f"{result['answers_5xx']} / {result['no_answer']}"],
+            ["agent open connections (max)", str(result["agent_connections_max"])],
+            ["third client hellos, facts (failed)", f"{result['third_hellos']}, "
+                                                    f"{result['third_facts']} "
+                                                    f"({result['third_failures']})"],
+            ["hello ms median / max", f"{result['third_hello_ms_median']:.1f} / "
+                                      f"{result['third_hello_ms_max']:.1f}"],
+            ["workers' RSS together, max MB / limit", f"{result['workers_rss_mb_max']:.0f} / "
+                                                      f"{result['worker_memory_limit_mb']:.0f}"],
+            ["workers at once (max)", str(result["workers_at_once_max"])],
+            ["load check waited for the job", str(result["load_check_waited_for_the_job"])],
+            ["job", f"{result['job_state']}, p50 {result['job_latency_ms_p50']} ms"]]
+    print(table(["flood", "value"], rows))
+
+
 # -- kill -9: the controller ---------------------------------------------------------------------
 
 
@@ -718,8 +904,17 @@ def main() -> None:
     k.add_argument("--runs", type=int, default=20)
     k.add_argument("--trials", type=int, default=3, help="trials per search (controller)")
     k.add_argument("--seed", type=int, default=7)
+    fl = verbs.add_parser("flood")
+    fl.add_argument("--polls", type=int, default=70, help="long-polls kept open at once")
+    fl.add_argument("--requests", type=int, default=3000, help="long-polls sent at most")
+    fl.add_argument("--seconds", type=float, default=10.0, help="the measured job's timed phase")
+    fl.add_argument("--worker-memory-mb", type=float, default=500.0)
     args = parser.parse_args()
-    if args.verb == "fuzz":
+    if args.verb == "flood":
+        result = flood(args.polls, args.requests, args.seconds, args.worker_memory_mb)
+        print_flood(result)
+        save_part("flood", result)
+    elif args.verb == "fuzz":
         result = fuzz(args.requests, args.slow, args.seconds, args.seed)
         print_fuzz(result)
         save_part("fuzz", result)

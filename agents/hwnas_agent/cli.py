@@ -48,9 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-store-mb", type=float, default=None,
                        help="model store size cap; least recently used models are evicted")
     serve.add_argument("--worker-memory-mb", type=float, default=None,
-                       help="memory limit of each measure worker (default: half the RAM; 0: none)")
+                       help="memory limit of all workers together (they run one at a time; "
+                            "default: half the RAM; 0: none)")
     serve.add_argument("--max-connections", type=int, default=None,
                        help="open connections at most (default 64)")
+    serve.add_argument("--max-job-history", type=int, default=None,
+                       help="finished jobs kept (default 500; never one whose result was not "
+                            "fetched)")
+    serve.add_argument("--job-history-days", type=float, default=None,
+                       help="fetched finished jobs older than this are removed (default 7)")
     serve.add_argument("--allow-remote", action="store_true",
                        help="allow a non-loopback address (not recommended: use SSH)")
     serve.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
@@ -102,7 +108,8 @@ def serve_config(args: argparse.Namespace) -> AgentConfig:
         config = AgentConfig()
     overrides = {name: getattr(args, name) for name in
                  ("host", "port", "state_dir", "token_file", "max_queue", "max_store_mb",
-                  "worker_memory_mb", "max_connections") if getattr(args, name) is not None}
+                  "worker_memory_mb", "max_connections", "max_job_history", "job_history_days")
+                 if getattr(args, name) is not None}
     merged = dict(dataclasses.asdict(config), **overrides)
     merged["power_sources"] = {name: dataclasses.asdict(source)
                                for name, source in config.power_sources.items()}

@@ -7,7 +7,7 @@ Relative paths in the file are relative to the file's own folder.
 
     {"port": 8765, "state_dir": "state", "token_file": "token",
      "power_sources": {"command": {"kind": "command", "options": {"command": ["meter", "-w"]}}},
-     "worker_memory_mb": 1024}
+     "worker_memory_mb": 1024, "max_job_history": 500, "job_history_days": 7}
 """
 
 from __future__ import annotations
@@ -48,11 +48,16 @@ class AgentConfig:
     state_dir: str = dataclasses.field(default_factory=default_state_dir)
     token_file: Optional[str] = None  # default: <state_dir>/token
     power_sources: Dict[str, PowerSourceConfig] = dataclasses.field(default_factory=dict)
-    # RLIMIT_DATA of each measure worker; None: half the RAM; 0: no limit
+    # the memory all workers (measure, load check) may use together: they run one at a time,
+    # each under this RLIMIT_DATA; None: half the RAM; 0: no limit
     worker_memory_mb: Optional[float] = None
     max_queue: int = 16
     max_store_mb: Optional[float] = 2000.0
     max_connections: int = 64
+    # finished jobs kept in state/jobs (about 20 KB each); one whose result no client has
+    # fetched is never removed, whatever its rank or age; None: no age limit
+    max_job_history: int = 500
+    job_history_days: Optional[float] = 7.0
 
     @property
     def token_path(self) -> str:
@@ -92,17 +97,19 @@ class AgentConfig:
         integer("port", 0, 65535)
         integer("max_queue", 1, 10000)
         integer("max_connections", 4, 4096)
+        integer("max_job_history", 1, 10 ** 7)
         if not isinstance(self.host, str) or not self.host:
             raise AgentConfigError("%s: host must be an address" % where)
-        for name in ("worker_memory_mb", "max_store_mb"):
+        for name, unit in (("worker_memory_mb", "MB"), ("max_store_mb", "MB"),
+                           ("job_history_days", "days")):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float))
                                           and not isinstance(value, bool) and value >= 0):
-                raise AgentConfigError("%s: %s = %r; expected null or a number of MB >= 0"
-                                       % (where, name, value))
+                raise AgentConfigError("%s: %s = %r; expected null or a number of %s >= 0"
+                                       % (where, name, value, unit))
 
     def worker_memory_bytes(self, memory_total_mb: Optional[float]) -> Optional[int]:
-        """The measure worker's memory limit in bytes; None for no limit."""
+        """The workers' memory limit in bytes (all of them together); None for no limit."""
         if self.worker_memory_mb == 0:
             return None
         if self.worker_memory_mb is not None:

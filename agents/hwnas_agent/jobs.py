@@ -1,14 +1,18 @@
-"""The job side of the agent: the queue, one measure worker at a time, model reference counts.
+"""The job side of the agent: the queue, one worker at a time, model reference counts.
 
 A job is held in memory with its request (and so its model's sha256) from the moment it is
 accepted; its folder on disk (storage.JobStore) is what survives a restart. Workers run in
 their own process group under a memory limit and die with the agent (lifeline.py); each
 records its pid and start time, so that a restarted agent kills a worker left over from an
 interrupted job before it starts the next one: one measurement at a time, always.
+
+One worker process at a time, measure or load check (WorkerSlot): the memory limit then holds
+for all of them together, and no load check ever runs beside a timed phase.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -19,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from hwnas_agent import facts, lifeline
 from hwnas_agent.config import AgentConfig, PowerSourceConfig
@@ -28,6 +32,56 @@ from hwnas_agent.storage import JobStore, ModelStore, StoreFull, read_json
 
 INSPECT_TIMEOUT_S = 120.0
 LOG_TAIL_BYTES = 2000
+# long-polls held at once: on one job, and in all (a share of max_connections), so that waits
+# never take the connections hello, facts and the other controllers need; a wait over the
+# bound is answered at once with the job's state (a wait is a maximum, never a promise).
+# Clients cannot be told apart (one shared token, and every controller arrives from
+# 127.0.0.1 through SSH): the job waited on is what separates one controller's waits.
+MAX_WAITS_PER_JOB = 4
+WAITS_SHARE_OF_CONNECTIONS = 4  # at most max_connections // 4 waits in all
+
+
+class WorkerSlot:
+    """One worker process at a time, a measurement or a load check.
+
+    RLIMIT_DATA is per process, so a per-worker limit let a measure worker and a load check
+    together take twice worker_memory_mb (1,879 MB against 1,500 MB on a device). Splitting
+    the budget between them would halve what one model may use; summing RSS from a supervisor
+    polls, and a burst between two polls passes. One at a time keeps the whole budget for each
+    worker and holds by construction; it also keeps a load check (a CPU- and memory-heavy
+    session build) out of a timed phase, which it would slow. A load check waiting goes before
+    the next queued job: an upload waits at most for the job that runs (its timeout_s)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._held = False
+        self._checks_waiting = 0
+
+    def acquire(self, load_check: bool, give_up: Callable[[], bool] = lambda: False) -> bool:
+        with self._changed:
+            self._checks_waiting += load_check
+            try:
+                while self._held or (not load_check and self._checks_waiting):
+                    if give_up():
+                        return False
+                    self._changed.wait(timeout=0.2)
+                self._held = True
+                return True
+            finally:
+                self._checks_waiting -= load_check
+
+    def release(self) -> None:
+        with self._changed:
+            self._held = False
+            self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def load_check(self) -> Iterator[None]:
+        self.acquire(load_check=True)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class AgentBusy(Exception):
@@ -87,12 +141,15 @@ class Agent:
         self._reserved_bytes = 0  # declared lengths of uploads in progress
         self._queue: "queue.Queue[Job]" = queue.Queue(maxsize=config.max_queue)
         self._lock = threading.Lock()  # the queue's admission, reference counts, reservations
-        self._inspect_lock = threading.Lock()  # one load check at a time
+        self._worker_slot = WorkerSlot()  # one worker process at a time, of either kind
         self._current: Optional[subprocess.Popen] = None
         self._stopping = threading.Event()
         self._finished = threading.Condition()  # notified whenever a job finishes
+        self._waits: Dict[str, int] = {}  # job id -> long-polls held on it (under _finished)
+        self.max_waits = max(1, config.max_connections // WAITS_SHARE_OF_CONNECTIONS)
         self._leftovers: List[Tuple[int, Optional[int]]] = []  # workers that would not die
         self._recover()
+        self._prune_history()
         self._thread = threading.Thread(target=self._run_jobs, name="measure", daemon=True)
         self._thread.start()
 
@@ -176,16 +233,45 @@ class Agent:
 
     def job(self, job_id: str, wait_s: float = 0.0) -> Dict[str, Any]:
         """The job's record; with ``wait_s``, held until it finishes or the time is up, so that
-        a client waits without polling (nothing disturbs the measurement under way)."""
+        a client waits without polling (nothing disturbs the measurement under way). Over the
+        bound of long-polls held, answered at once, with ``wait`` saying so."""
         record = self.jobs.get(job_id) if job_id.isalnum() else None
         if record is None:
-            raise ProtocolError(404, "unknown_job", "no job %r on this agent" % job_id)
+            raise ProtocolError(404, "unknown_job", "no job %r on this agent (finished jobs whose "
+                                "result was fetched are kept up to max_job_history = %d, for "
+                                "job_history_days = %s)" % (job_id, self.config.max_job_history,
+                                                            self.config.job_history_days))
+        if wait_s <= 0 or record["state"] in FINISHED_STATES:
+            return record
         deadline = time.monotonic() + wait_s
         with self._finished:
-            while record["state"] not in FINISHED_STATES and time.monotonic() < deadline:
-                self._finished.wait(timeout=max(0.0, deadline - time.monotonic()))
+            on_job, in_all = self._waits.get(job_id, 0), sum(self._waits.values())
+            if on_job >= MAX_WAITS_PER_JOB or in_all >= self.max_waits:
+                return dict(record, wait="cut short: %d long-polls already wait on this job and "
+                            "%d in all (at most %d on one job, %d in all: a quarter of "
+                            "max_connections); ask again" % (on_job, in_all, MAX_WAITS_PER_JOB,
+                                                             self.max_waits))
+            self._waits[job_id] = on_job + 1
+            try:
+                # read again under the lock: a job that finished since cannot be waited past
                 record = self.jobs.get(job_id) or record
+                while record["state"] not in FINISHED_STATES and time.monotonic() < deadline:
+                    self._finished.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    record = self.jobs.get(job_id) or record
+            finally:
+                self._waits[job_id] -= 1
+                if not self._waits[job_id]:
+                    del self._waits[job_id]
         return record
+
+    def mark_fetched(self, job_id: str) -> None:
+        """A client was sent the job's finished record: it may leave the history now."""
+        self.jobs.mark_fetched(job_id)
+
+    def _prune_history(self) -> None:
+        days = self.config.job_history_days
+        self.jobs.prune(set(FINISHED_STATES), self.config.max_job_history,
+                        None if days is None else days * 86400.0)
 
     def _run_jobs(self) -> None:
         while self._leftovers and not self._stopping.is_set():  # never two measurements at once
@@ -197,15 +283,22 @@ class Agent:
                 job = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            if not self._worker_slot.acquire(load_check=False, give_up=self._stopping.is_set):
+                break  # still queued on disk: a restarted agent runs it
             try:
                 self._execute(job)
             except Exception as exc:  # a job fails; the agent keeps serving
                 self.jobs.set_state(job.job_id, "failed", error="agent error: %s" % exc)
             finally:
+                self._worker_slot.release()
                 with self._lock:
                     self._use(job.model_sha256, -1)
                 with self._finished:
                     self._finished.notify_all()
+            try:
+                self._prune_history()
+            except OSError:  # a full or read-only disk must not stop the measuring thread
+                pass
 
     def _worker_command(self, mode: str, *args: str) -> List[str]:
         command = [self.python, "-m", "hwnas_agent.worker", mode, *args,
@@ -290,7 +383,8 @@ class Agent:
         if not self.worker_memory_bytes:
             return ""
         return (" (the worker's memory limit is %.0f MB: worker_memory_mb in the agent "
-                "configuration)" % (self.worker_memory_bytes / 1048576.0))
+                "configuration, the memory all the agent's workers share, one at a time)"
+                % (self.worker_memory_bytes / 1048576.0))
 
     # -- models -------------------------------------------------------------
     def put_model(self, sha256: str, read: Callable[[int], bytes], length: int
@@ -319,7 +413,7 @@ class Agent:
             existing = self.models.meta(sha256)
             if existing is not None:
                 return 200, existing
-            with self._inspect_lock:
+            with self._worker_slot.load_check():
                 signature = self._inspect(tmp)
             meta = self.models.commit(tmp, sha256, signature)
             with self._lock:

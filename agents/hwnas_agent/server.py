@@ -14,6 +14,9 @@ request carries ``Authorization: Bearer <token>`` (401 without it):
 Limits: at most ``max_connections`` connections; a connection gets HEADER_DEADLINE_S to send
 its request line and headers (a slow-loris client cannot hold a slot longer), and when the
 cap is reached the oldest connection not yet past authentication makes room for a new one.
+When every connection is past authentication (uploads, long-polls), RESERVE_CONNECTIONS more
+serve hello and facts alone (anything else there: 503), so that they always answer; and
+long-polls held at once are bounded (jobs.py), so that they cannot take every connection.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from hwnas_agent import __version__, facts, lifeline
 from hwnas_agent.config import AgentConfig, read_or_create_token
@@ -38,6 +41,7 @@ from hwnas_agent.protocol import (
     AUTH_HEADER,
     AUTH_SCHEME,
     PROTOCOL_HEADER,
+    FINISHED_STATES,
     PROTOCOL_VERSION,
     ProtocolError,
     is_sha256,
@@ -49,18 +53,21 @@ MAX_WAIT_S = 60.0
 HEADER_DEADLINE_S = 10.0  # request line and headers, from the first byte awaited
 IDLE_READ_S = 30.0  # no byte for this long ends the connection
 MIN_BODY_BYTES_PER_S = 32 * 1024  # a body may take 30 s plus its length at this rate
+RESERVE_CONNECTIONS = 4  # over max_connections, one request each, hello and facts only
+RESERVE_ROUTES = ("hello", "facts")
 
 
 class _Connection:
     """What the server knows of one open connection, for the cap and for eviction."""
 
-    __slots__ = ("sock", "opened", "authenticated", "evicted")
+    __slots__ = ("sock", "opened", "authenticated", "evicted", "reserve")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, reserve: bool = False) -> None:
         self.sock = sock
         self.opened = time.monotonic()
         self.authenticated = False  # past the token check, serving a request
         self.evicted = False
+        self.reserve = reserve  # over the cap: hello and facts only, then closed
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -97,25 +104,37 @@ class AgentHTTPServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
             live = [c for c in self.connections.values() if not c.evicted]
-            if len(live) >= self.max_connections:
-                waiting = [c for c in live if not c.authenticated]
-                if not waiting:
+            slots = [c for c in live if not c.reserve]
+            reserve = False
+            if len(slots) >= self.max_connections and not self._evict(slots):
+                # every slot serves a request past the token check: the reserve answers
+                # hello and facts, so that a client can always learn the agent is there
+                spare = [c for c in live if c.reserve]
+                if len(spare) >= RESERVE_CONNECTIONS and not self._evict(spare):
                     self.refused += 1
                     self.shutdown_request(request)
                     return
-                victim = min(waiting, key=lambda c: c.opened)
-                victim.evicted = True
-                self.evictions += 1
-                try:
-                    victim.sock.shutdown(socket.SHUT_RDWR)  # its thread reads EOF and ends
-                except OSError:
-                    pass
-            self.connections[request] = _Connection(request)
+                reserve = True
+            self.connections[request] = _Connection(request, reserve)
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread could be started: forget it
             self._forget(request)
             raise
+
+    def _evict(self, connections: List[_Connection]) -> bool:
+        """Make room: close the oldest of ``connections`` not yet past the token check."""
+        waiting = [c for c in connections if not c.authenticated]
+        if not waiting:
+            return False
+        victim = min(waiting, key=lambda c: c.opened)
+        victim.evicted = True
+        self.evictions += 1
+        try:
+            victim.sock.shutdown(socket.SHUT_RDWR)  # its thread reads EOF and ends
+        except OSError:
+            pass
+        return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -168,10 +187,16 @@ class Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _dispatch(self, method: str) -> None:
+        self._fetched_job = None  # a finished job whose record this answer carries
+        state = self.server.connection_state(self.request)
+        on_reserve = state is not None and state.reserve
+        if on_reserve:
+            self.close_connection = True  # one request: the reserve is never held
         try:
             self._check_version()
             self._authenticate()
-            status, payload = self._route(method, self.path.split("?", 1)[0].rstrip("/"))
+            status, payload = self._route(method, self.path.split("?", 1)[0].rstrip("/"),
+                                          on_reserve)
         except ProtocolError as exc:
             status, payload = exc.status, exc.to_dict()
             if status == 401:
@@ -182,7 +207,9 @@ class Handler(BaseHTTPRequestHandler):
         if status >= 400 and self.headers.get("Content-Length") not in (None, "0") \
                 and not getattr(self, "_body_read", False):
             self.close_connection = True  # an unread body must not be taken for a request
-        self._send(status, payload)
+        if self._send(status, payload) and self._fetched_job is not None:
+            # sent in full: from now on the job may leave the agent's bounded history
+            self.agent.mark_fetched(self._fetched_job)
 
     def _check_version(self) -> None:
         client_version = self.headers.get(PROTOCOL_HEADER)
@@ -204,18 +231,24 @@ class Handler(BaseHTTPRequestHandler):
         if state is not None:
             state.authenticated = True
 
-    def _route(self, method: str, path: str) -> Tuple[int, Dict[str, Any]]:
+    def _route(self, method: str, path: str, on_reserve: bool = False
+               ) -> Tuple[int, Dict[str, Any]]:
         parts = path.split("/")[1:]
         if parts[:1] != ["v1"] or len(parts) < 2:
             raise ProtocolError(404, "unknown_operation", "no operation at %s %s" % (method, path))
         resource, rest = parts[1], parts[2:]
+        if on_reserve and (resource not in RESERVE_ROUTES or rest):
+            raise ProtocolError(503, "busy", "all %d connections (max_connections) serve requests "
+                                "in progress (uploads, long-polls); this one, over the cap, may "
+                                "only ask for hello or facts: retry shortly"
+                                % self.server.max_connections)
         routes = {
             ("hello", 0): {"GET": lambda: (200, self._hello())},
             ("facts", 0): {"GET": lambda: (200, facts.device_facts())},
             ("models", 1): {"GET": lambda: self._get_model(rest[0]),
                             "PUT": lambda: self._put_model(rest[0])},
             ("jobs", 0): {"POST": lambda: (202, self.agent.submit(self._read_json()))},
-            ("jobs", 1): {"GET": lambda: (200, self.agent.job(rest[0], self._wait_s()))},
+            ("jobs", 1): {"GET": lambda: self._get_job(rest[0])},
         }
         handlers = routes.get((resource, len(rest)))
         if handlers is None:
@@ -224,6 +257,12 @@ class Handler(BaseHTTPRequestHandler):
             raise ProtocolError(405, "method_not_allowed", "%s is not allowed on %s; allowed: %s"
                                 % (method, path, ", ".join(sorted(handlers))))
         return handlers[method]()
+
+    def _get_job(self, job_id: str) -> Tuple[int, Dict[str, Any]]:
+        record = self.agent.job(job_id, self._wait_s())
+        if record.get("state") in FINISHED_STATES:
+            self._fetched_job = job_id
+        return 200, record
 
     def _wait_s(self) -> float:
         query = self.path.split("?", 1)[1] if "?" in self.path else ""
@@ -304,8 +343,10 @@ class Handler(BaseHTTPRequestHandler):
         except RecursionError:
             raise ProtocolError(400, "bad_json", "the body is JSON nested too deeply")
 
-    def _send(self, status: int, payload: Dict[str, Any]) -> None:
+    def _send(self, status: int, payload: Dict[str, Any]) -> bool:
+        """True if the whole answer was handed to the connection."""
         body = json.dumps(payload).encode("utf-8")
+        sent = False
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -314,9 +355,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
+            self.wfile.flush()
+            sent = True
         except OSError:  # the client went away; nothing to tell it
             self.close_connection = True
         self._body_read = False
+        return sent
 
 
 def check_host(host: str, allow_remote: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
@@ -157,12 +158,24 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+REMOVED_PREFIX = ".removed-"
+
+
 class JobStore:
-    """One folder per job: request.json, state.json, result.json (written by the worker)."""
+    """One folder per job: request.json, state.json, result.json (written by the worker), and
+    fetched.json once a client has been sent the finished record.
+
+    Finished folders are a bounded history (``prune``): only jobs whose finished record was
+    fetched are ever removed, so a controller that was away (killed, disconnected) still
+    collects what it submitted, after an agent restart too (fetched.json is on disk).
+    """
 
     def __init__(self, root: str) -> None:
         self.root = root
         os.makedirs(root, exist_ok=True)
+        for name in os.listdir(root):  # removals a kill cut short
+            if name.startswith(REMOVED_PREFIX):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
     def job_dir(self, job_id: str) -> str:
         return os.path.join(self.root, job_id)
@@ -200,7 +213,51 @@ class JobStore:
     def all_ids(self) -> List[str]:
         entries = []
         for name in os.listdir(self.root):
-            path = os.path.join(self.root, name, "state.json")
-            if os.path.exists(path):
-                entries.append((os.path.getmtime(os.path.join(self.root, name, "request.json")), name))
+            if name.startswith("."):
+                continue
+            try:
+                if os.path.exists(os.path.join(self.root, name, "state.json")):
+                    entries.append((os.path.getmtime(os.path.join(self.root, name,
+                                                                  "request.json")), name))
+            except OSError:  # removed meanwhile
+                continue
         return [name for _, name in sorted(entries)]
+
+    def mark_fetched(self, job_id: str) -> None:
+        """A client was sent this job's finished record in full: from now on the folder may
+        leave the history."""
+        path = os.path.join(self.job_dir(job_id), "fetched.json")
+        if not os.path.exists(path) and os.path.isdir(self.job_dir(job_id)):
+            write_json_atomic(path, {"fetched_unix_time": time.time()})
+
+    def fetched(self, job_id: str) -> bool:
+        return os.path.exists(os.path.join(self.job_dir(job_id), "fetched.json"))
+
+    def prune(self, finished_states: Set[str], max_count: int, max_age_s: Optional[float],
+              now: Optional[float] = None) -> List[str]:
+        """Remove the folders of fetched finished jobs, oldest first, while more than
+        ``max_count`` finished jobs are kept or while they finished over ``max_age_s`` ago.
+        A job not finished, or whose result no client has fetched, is never removed."""
+        now = time.time() if now is None else now
+        finished = []
+        for job_id in self.all_ids():
+            record = read_json(os.path.join(self.job_dir(job_id), "state.json")) or {}
+            if record.get("state") in finished_states:
+                finished.append((float(record.get("updated_unix_time") or 0.0), job_id))
+        finished.sort()
+        kept, removed = len(finished), []
+        for finished_at, job_id in finished:
+            too_many = kept > max_count
+            too_old = max_age_s is not None and now - finished_at > max_age_s
+            if not (too_many or too_old) or not self.fetched(job_id):
+                continue
+            # renamed first: a kill mid-removal leaves no half folder that looks like a job
+            doomed = os.path.join(self.root, REMOVED_PREFIX + job_id)
+            try:
+                os.replace(self.job_dir(job_id), doomed)
+            except OSError:
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
+            kept -= 1
+            removed.append(job_id)
+        return removed

@@ -3,8 +3,9 @@ agent down. ``python -m hwnas_agent.worker measure JOB_DIR MODEL`` writes JOB_DI
 ``python -m hwnas_agent.worker inspect MODEL`` prints the model's signature as JSON.
 A failure writes {"error": {...}} and exits 3.
 
-Started by the agent only: ``--parent-pid`` (die with the agent), ``--memory-limit-bytes``
-(RLIMIT_DATA) and ``--power-source`` (the configured source the job named, as JSON).
+Started by the agent only, one worker at a time: ``--parent-pid`` (die with the agent),
+``--memory-limit-bytes`` (RLIMIT_DATA: the agent's whole worker budget) and
+``--power-source`` (the configured source the job named, as JSON).
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def main(argv: Any = None) -> int:
             if args.memory_limit_bytes and _is_allocation_failure(exc):
                 raise MemoryLimitExceeded(
                     "the model needs more memory than the worker's limit of %.0f MB "
-                    "(worker_memory_mb in the agent configuration): %s"
+                    "(worker_memory_mb in the agent configuration: the memory all the agent's "
+                    "workers share, one at a time): %s"
                     % (args.memory_limit_bytes / 1048576.0, str(exc).strip()[-600:]))
             raise
         print(json.dumps({"error": {"type": "usage", "message": "usage: worker measure JOB_DIR "

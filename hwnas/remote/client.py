@@ -112,6 +112,8 @@ class AgentClient:
             if time.monotonic() > deadline:
                 raise MeasurementError(f"{self.device}: job {job_id} still {record['state']} "
                                        f"after {timeout_s:.0f} s")
+            if "wait" in record:  # the agent holds enough long-polls: ask again, not at once
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
     def measure(self, request: MeasureRequest,
                 on_submitted: Callable[[str], None] | None = None) -> Measurement:

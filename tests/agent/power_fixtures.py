@@ -137,6 +137,51 @@ def ina219_hwmon(root: Path) -> float:
     return 3.65
 
 
+def amdgpu_van_gogh_hwmon(root: Path) -> float:
+    """The amdgpu hwmon folder of a Van Gogh APU (Steam Deck): the driver's one APU power
+    sensor shown twice, as power1 "slowPPT" and power2 "fastPPT", the two package power
+    tracking limits (caps). Capture: "[PATCH 2/2] drm/amd/pm: add support for hwmon control of
+    slow and fast PPT limit on vangogh" (Xiaomeng Hou, amd-gfx, 5 Feb 2021,
+    <20210205123924.24129-2-Xiaomeng.Hou@amd.com>), whose `sensors` example reads
+    "slowPPT: 9.04W (cap = 15.00 W)" and "fastPPT: 9.04W (cap = 18.00 W)": both
+    power*_average files are amdgpu_hwmon_show_power_avg, one sensor, µW. The power*_cap_default
+    files came with a later patch; cap_min/cap_max/cap_default values, the voltages and the
+    temperature are illustrative. Returns the APU's watts (once, not twice)."""
+    base = "class/hwmon/hwmon5/"
+    files = {"name": "amdgpu",
+             "in0_input": "1056", "in0_label": "vddgfx",  # mV
+             "in1_input": "878", "in1_label": "vddnb",
+             "temp1_input": "51000", "temp1_label": "edge",  # m°C
+             "freq1_input": "1600000000", "freq1_label": "sclk",  # Hz
+             "power1_average": "9040000", "power1_label": "slowPPT",
+             "power1_cap": "15000000", "power1_cap_min": "0", "power1_cap_max": "29000000",
+             "power1_cap_default": "15000000",
+             "power2_average": "9040000", "power2_label": "fastPPT",
+             "power2_cap": "18000000", "power2_cap_min": "0", "power2_cap_max": "30000000",
+             "power2_cap_default": "15000000"}
+    for name, value in files.items():
+        write(root, base + name, value)
+    return 9.04
+
+
+def zenpower_hwmon(root: Path) -> float:
+    """zenpower (github.com/ocerman/zenpower, zenpower.c) on a Ryzen: two distinct SVI2
+    telemetry planes, power1 "SVI2_P_Core" and power2 "SVI2_P_SoC" in µW, which add up.
+    Readings illustrative. Returns their sum in watts."""
+    base = "class/hwmon/hwmon3/"
+    files = {"name": "zenpower",
+             "in1_input": "1337", "in1_label": "SVI2_Core", "in2_input": "1081",
+             "in2_label": "SVI2_SoC", "curr1_input": "23625", "curr1_label": "SVI2_C_Core",
+             "curr2_input": "10117", "curr2_label": "SVI2_C_SoC",
+             "power1_input": "31587000", "power1_label": "SVI2_P_Core",
+             "power2_input": "10936000", "power2_label": "SVI2_P_SoC",
+             "temp1_input": "62500", "temp1_label": "Tdie", "temp2_input": "62500",
+             "temp2_label": "Tctl"}
+    for name, value in files.items():
+        write(root, base + name, value)
+    return 31.587 + 10.936
+
+
 def rapl(root: Path, energy_uj: int = 262_000_000_000, max_range: int = 262_143_328_850) -> None:
     base = "class/powercap/intel-rapl:0/"
     write(root, base + "name", "package-0")

@@ -51,6 +51,8 @@ def _command(tmp_path):
 
 SYSFS = {"ina3221-hwmon": ("ina3221", fx.orin_nano_hwmon), "ina3221-iio": ("ina3221", fx.jetpack4_iio),
          "ina3221-thor": ("ina3221", fx.thor_sysfs), "hwmon": ("hwmon", fx.ina219_hwmon),
+         "hwmon-amdgpu": ("hwmon", fx.amdgpu_van_gogh_hwmon),
+         "hwmon-zenpower": ("hwmon", fx.zenpower_hwmon),
          "power_supply": ("power_supply", fx.qualcomm_battery)}
 PROGRAMS = {"tegrastats": _tegrastats, "pi5_pmic": _pi5, "command": _command}
 
@@ -267,6 +269,42 @@ def test_hwmon_energy_counter_is_microjoules(tmp_path):
     sample = source.read()
     assert sample.energy_j == pytest.approx(12.5) and sample.watts is None
     assert source.has_energy_counter
+
+
+def test_amdgpu_slow_and_fast_ppt_are_one_power_read_once(tmp_path):
+    """Van Gogh's amdgpu shows its one APU power as slowPPT and as fastPPT (9.04 W each):
+    the figure is 9.04 W from one named channel, never 18.08 W."""
+    expected = fx.amdgpu_van_gogh_hwmon(tmp_path)
+    source = open_source("hwmon", {"sysfs_root": str(tmp_path)})
+    assert source.read().watts == pytest.approx(expected)
+    described = source.describe()
+    assert described["figure"] == "amdgpu power1_average (slowPPT)"
+    assert "fastPPT" in described["covers"] and "not added" in described["covers"]
+    assert [(c["file"], c["label"], c["used"]) for c in described["channels"]] == [
+        ("power1_average", "slowPPT", True), ("power2_average", "fastPPT", False)]
+
+
+def test_hwmon_limiter_views_are_never_summed_whatever_their_numbering(tmp_path):
+    """Newer amdgpu labels its limits PPT and PPT1; a kernel without power2_average shows one
+    channel: the figure is that power once, in each case."""
+    base = "class/hwmon/hwmon1/"
+    fx.write(tmp_path, base + "name", "amdgpu")
+    for index, label in ((1, "PPT"), (2, "PPT1")):
+        fx.write(tmp_path, base + "power%d_average" % index, "35000000")
+        fx.write(tmp_path, base + "power%d_label" % index, label)
+    assert open_source("hwmon", {"sysfs_root": str(tmp_path)}).read().watts == pytest.approx(35.0)
+    (tmp_path / base / "power2_average").unlink()
+    source = open_source("hwmon", {"sysfs_root": str(tmp_path)})
+    assert source.read().watts == pytest.approx(35.0)
+    assert source.figure == "amdgpu power1_average (PPT)"
+
+
+def test_hwmon_distinct_rails_are_still_summed_and_named(tmp_path):
+    expected = fx.zenpower_hwmon(tmp_path)
+    source = open_source("hwmon", {"sysfs_root": str(tmp_path)})
+    assert source.read().watts == pytest.approx(expected) and expected > 42
+    assert source.figure == "zenpower power1_input (SVI2_P_Core)+power2_input (SVI2_P_SoC)"
+    assert all(c["used"] for c in source.describe()["channels"])
 
 
 def test_power_supply_prefers_power_now_and_ignores_current_sign(tmp_path):
