@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh machine: Debian packages, the controller's virtual environment
 # (.venv: hwnas + hwnas-agent), and a Python 3.8 environment with the agent alone
-# (.venv-py38), which proves the agent installs and runs on a stock Jetson's Python.
+# (.venv-py38), which proves the agent installs and runs on a stock Jetson's Python with the
+# oldest onnxruntime and numpy it allows (AGENT_FLOOR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +30,16 @@ pick_python() {  # the newest Python >= $1 on this machine
 }
 
 stamp() { cat pyproject.toml agents/pyproject.toml | sha256sum | cut -c1-16; }
+# .venv-py38 is the agent's floor: Python 3.8 (JetPack 5) with the oldest onnxruntime that
+# agents/pyproject.toml allows (>=1.14) and the oldest numpy that onnxruntime accepts (its wheel
+# asks numpy>=1.21.6): old runtimes check less (1.14-1.16 read external data outside the model's
+# folder), and the agent's own checks must hold there. The newest runtime is tested in .venv.
+AGENT_FLOOR=(onnxruntime==1.14.0 numpy==1.21.6)
 # .venv-py38 holds a real (non-editable) install of the agent: its stamp covers the sources
-agent_stamp() { find agents -name '*.py' -o -name '*.toml' -o -name '*.service' | sort | xargs cat | sha256sum | cut -c1-16; }
+agent_stamp() {
+  { find agents -name '*.py' -o -name '*.toml' -o -name '*.service' | sort | xargs cat
+    echo "${AGENT_FLOOR[*]}"; } | sha256sum | cut -c1-16
+}
 
 PYTHON=$(pick_python 3.10) || { echo "setup: hwnas needs Python >= 3.10" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
@@ -52,9 +61,9 @@ done
 if [ -n "$PY38" ]; then
   [ -x .venv-py38/bin/python ] || "$PY38" -m venv .venv-py38
   if [ "$(cat .venv-py38/.hwnas-stamp 2>/dev/null)" != "$(agent_stamp)" ]; then
-    echo "setup: installing hwnas-agent alone into .venv-py38 ($("$PY38" --version 2>&1))"
+    echo "setup: installing hwnas-agent alone into .venv-py38 ($("$PY38" --version 2>&1), ${AGENT_FLOOR[*]})"
     .venv-py38/bin/python -m pip install -q --force-reinstall --no-deps ./agents
-    .venv-py38/bin/python -m pip install -q ./agents
+    .venv-py38/bin/python -m pip install -q ./agents "${AGENT_FLOOR[@]}"
     agent_stamp > .venv-py38/.hwnas-stamp
   fi
 else

@@ -128,6 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("hwnas-agent: error: %s" % exc, file=sys.stderr)
             return 2
     if args.verb == "measure":
+        from hwnas_agent.onnx_refs import ModelRefused, check_external_data
         from hwnas_agent.protocol import MeasureRequest, ProtocolError
         from hwnas_agent.storage import sha256_hex
         from hwnas_agent.worker import measure_file
@@ -145,6 +146,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             })
         except ProtocolError as exc:
             print("hwnas-agent: %s" % exc.message, file=sys.stderr)
+            return 2
+        try:  # a file of one's own, but it still reads nothing outside its folder
+            check_external_data(args.model)
+        except ModelRefused as exc:
+            print("hwnas-agent: %s" % exc, file=sys.stderr)
             return 2
         print(json.dumps(measure_file(args.model, request), indent=1, sort_keys=True))
         return 0

@@ -29,6 +29,7 @@ from hwnas_agent import facts, lifeline
 from hwnas_agent.config import AgentConfig, PowerSourceConfig
 from hwnas_agent.protocol import FINISHED_STATES, MeasureRequest, ProtocolError
 from hwnas_agent.storage import JobStore, ModelStore, StoreFull, read_json
+from hwnas_agent.wire_text import redact
 
 INSPECT_TIMEOUT_S = 120.0
 LOG_TAIL_BYTES = 2000
@@ -115,11 +116,13 @@ def signal_name(returncode: int) -> str:
 
 
 def _tail(path: str) -> str:
+    """The end of a worker's log, fit for the wire (a runtime's output can print tensor
+    values): the whole log stays on the device."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
             handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
-            return handle.read().decode("utf-8", "replace").strip()
+            return redact(handle.read().decode("utf-8", "replace").strip(), keep_end=True)
     except OSError:
         return ""
 
@@ -444,14 +447,20 @@ class Agent:
             payload = None
         if process.returncode == 0 and isinstance(payload, dict) and "inputs" in payload:
             return payload
+        if process.returncode != 0 and err:  # the whole text, for the device's log only
+            sys.stderr.write("hwnas-agent: loading %s failed:\n%s\n"
+                             % (path, err.decode("utf-8", "replace").rstrip()))
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            message = "%s: %s" % (payload["error"].get("type", "error"),
-                                  payload["error"].get("message", ""))
+            kind = payload["error"].get("type", "error")
+            text = payload["error"].get("message", "")
+            if kind == "ModelRefused":  # the worker's own check (onnx_refs) said why
+                raise ProtocolError(422, "invalid_model", "model refused: %s" % text)
+            message = text if kind == "MalformedModel" else "%s: %s" % (kind, text)
         elif process.returncode < 0:
             message = "onnxruntime crashed (%s) loading it%s" % (
                 signal_name(process.returncode), self._memory_note())
         else:
-            message = err.decode("utf-8", "replace")[-1000:]
+            message = redact(err.decode("utf-8", "replace").strip(), keep_end=True)
         raise ProtocolError(422, "invalid_model", "not a loadable ONNX model: %s" % message.strip())
 
     def stop(self) -> None:

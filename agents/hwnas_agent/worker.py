@@ -1,7 +1,11 @@
 """One job in its own process, so that a runtime that crashes or hangs cannot take the
 agent down. ``python -m hwnas_agent.worker measure JOB_DIR MODEL`` writes JOB_DIR/result.json;
 ``python -m hwnas_agent.worker inspect MODEL`` prints the model's signature as JSON.
-A failure writes {"error": {...}} and exits 3.
+A failure writes {"error": {...}} and exits 3; a runtime's message goes there without the
+tensor values it may print (wire_text), its full text to stderr, the device's own log.
+
+Every model is checked before a runtime opens it (onnx_refs): a stored model reads no file
+but itself, whatever the onnxruntime installed here would allow.
 
 Started by the agent only, one worker at a time: ``--parent-pid`` (die with the agent),
 ``--memory-limit-bytes`` (RLIMIT_DATA: the agent's whole worker budget) and
@@ -17,14 +21,23 @@ import resource
 import signal
 import sys
 import time
+import traceback
 from typing import Any, Dict, Optional, Tuple
 
-from hwnas_agent import facts, lifeline, power, runtimes, thermal
+from hwnas_agent import facts, lifeline, onnx_refs, power, runtimes, thermal
 from hwnas_agent.config import PowerSourceConfig
 from hwnas_agent.measure import run_timed
 from hwnas_agent.power.sampler import PowerSampler, summarize
 from hwnas_agent.protocol import MeasureRequest
 from hwnas_agent.storage import write_json_atomic
+from hwnas_agent.wire_text import runtime_message, wire_error
+
+
+def check_stored_model(model_path: str) -> None:
+    """ModelRefused unless the model reads no file but itself. The store keeps each model as
+    one file (storage.ModelStore) beside other models and their signatures, none of which is
+    this model's: an external-data reference to any of them, or out of the folder, is refused."""
+    onnx_refs.check_external_data(model_path, data_files=())
 
 
 def measure_file(model_path: str, request: MeasureRequest,
@@ -135,12 +148,14 @@ def main(argv: Any = None) -> int:
                 if args.power_source:
                     spec = json.loads(args.power_source)
                     source = PowerSourceConfig(spec["kind"], spec.get("options", {}))
+                check_stored_model(args.paths[1])
                 result = measure_file(args.paths[1], request, source)
                 write_json_atomic(os.path.join(args.paths[0], "result.json"), result)
                 return 0
             if args.mode == "inspect" and len(args.paths) == 1:
                 from hwnas_agent.runtimes import onnxruntime as ort_runtime
 
+                check_stored_model(args.paths[0])
                 print(json.dumps(ort_runtime.inspect(args.paths[0])))
                 return 0
         except Exception as exc:
@@ -149,13 +164,14 @@ def main(argv: Any = None) -> int:
                     "the model needs more memory than the worker's limit of %.0f MB "
                     "(worker_memory_mb in the agent configuration: the memory all the agent's "
                     "workers share, one at a time): %s"
-                    % (args.memory_limit_bytes / 1048576.0, str(exc).strip()[-600:]))
+                    % (args.memory_limit_bytes / 1048576.0, runtime_message(str(exc))))
             raise
         print(json.dumps({"error": {"type": "usage", "message": "usage: worker measure JOB_DIR "
                                     "MODEL | worker inspect MODEL"}}))
         return 2
     except Exception as exc:  # reported to the agent, which keeps serving
-        payload = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+        traceback.print_exc()  # the whole text, for the device's log only
+        payload = {"error": wire_error(exc)}
         if job_dir is not None:
             write_json_atomic(os.path.join(job_dir, "error.json"), payload)
         print(json.dumps(payload))

@@ -62,11 +62,12 @@ def test_agent_distribution_depends_on_numpy_and_onnxruntime_only():
 
 @pytest.mark.skipif(not PY38.exists(), reason="no Python 3.8 on this machine (scripts/setup.sh "
                                                "makes .venv-py38 where one exists)")
-def test_agent_serves_and_measures_on_python38_without_torch(tmp_path, models_dir):
+def test_agent_serves_and_measures_on_python38_without_torch(tmp_path):
     from hwnas_agent.protocol import MeasureRequest
 
     from hwnas.records import Artifact
     from hwnas.remote.local import LocalAgentProcess
+    from hwnas.testing.models import matmul_onnx
 
     version = subprocess.run([str(PY38), "-c", "import sys; print(sys.version_info[:2])"],
                              capture_output=True, text=True).stdout.strip()
@@ -78,7 +79,8 @@ def test_agent_serves_and_measures_on_python38_without_torch(tmp_path, models_di
     client = process.client("py38")
     try:
         assert client.hello()["python"].startswith("3.8")
-        artifact = Artifact.from_file(models_dir / "medium.onnx", {}, 0)
+        # IR 8: .venv-py38 has the oldest onnxruntime the agent allows (1.14), which reads no newer
+        artifact = Artifact.from_file(matmul_onnx(tmp_path / "dense.onnx", 0.05), {}, 0)
         client.ensure_model(artifact)
         measurement = client.measure(MeasureRequest(model_sha256=artifact.sha256, min_seconds=0.1,
                                                     min_iterations=20, warmup_seconds=0.0))
