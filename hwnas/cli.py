@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from hwnas import __version__
+from hwnas.disk import no_space_left
 from hwnas.errors import HwnasError
 
 DEFAULT_SPACE = Path("search_spaces/fashion_mnist.yaml")
@@ -457,6 +458,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def written_folders(args: argparse.Namespace) -> dict[Path, str | None]:
+    """Where a command writes, with the option that moves each: for a full disk's message."""
+    folders: dict[Path, str | None] = {}
+    if getattr(args, "out", None) is not None:
+        folders[args.out] = "--out"
+    if getattr(args, "run_dir", None) is not None:
+        folders[args.run_dir] = "--run-dir"
+    elif args.verb in ("search", "worker"):
+        folders[Path("runs")] = "--run-dir"
+    if isinstance(getattr(args, "study", None), Path):  # a run folder
+        folders.setdefault(args.study, "--out" if args.verb in ("report", "export") else None)
+    return folders
+
+
 def main(argv: list[str] | None = None) -> int:
     from hwnas.logs import quiet_terminal
 
@@ -468,16 +483,19 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     try:
         return args.command.run(args)
-    except HwnasError as exc:
+    except Exception as exc:
         if args.debug:
             raise
-        print(f"hwnas: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if args.debug or exc.filename is None:
-            raise  # not about a file the user named: a bug, shown whole
-        print(f"hwnas: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 2
+        full = no_space_left(exc, written_folders(args))  # whichever layer hit the full disk
+        if full is not None:
+            exc = full
+        if isinstance(exc, HwnasError):
+            print(f"hwnas: error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError) and exc.filename is not None:
+            print(f"hwnas: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 2
+        raise  # not about a file the user named: a bug, shown whole
     except KeyboardInterrupt:
         print("\nhwnas: interrupted; finished trials are saved: run the same command to continue",
               file=sys.stderr)

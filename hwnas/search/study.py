@@ -355,6 +355,8 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
                            catch=(Exception,), gc_after_trial=True)
         finally:
             callbacks[0].close()
+        if objective.out_of_space is not None:
+            raise objective.out_of_space  # the CLI names the full disk
         if not pool.alive:
             done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
             raise DeviceError(f"every device was lost; the study keeps its {done} completed "
