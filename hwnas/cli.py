@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from hwnas import __version__
 from hwnas.disk import no_space_left
@@ -444,13 +445,21 @@ COMMANDS = [SearchCommand(), WorkerCommand(), StatusCommand(), ProfileCommand(),
             FinalizeCommand(), DashboardCommand(), ExportCommand(), RebuildCommand(), DevicesCommand(), AgentCommand()]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A wrong argument is one line, as every other bad input is (argparse adds the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hwnas", description="Hardware-aware compression search, measured on the real device.")
     parser.add_argument("--version", action="version", version=f"hwnas {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error, and SSH library logs")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB",
+                                  parser_class=OneLineParser)
     for command in COMMANDS:
         sub = verbs.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(sub)
