@@ -312,6 +312,15 @@ class DashboardCommand(Command):
         return 0
 
 
+class Interrupted(BaseException):
+    """A termination signal, raised where the command was (as KeyboardInterrupt is for SIGINT)
+    so that its clean-up runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class ExportCommand(Command):
     name = "export"
     help = "write a trial's ONNX bytes and its model card (JSON)"
@@ -323,16 +332,39 @@ class ExportCommand(Command):
                             help="output folder (default: the run folder's exported/)")
 
     def run(self, args: argparse.Namespace) -> int:
+        import signal
+        import threading
+
         from hwnas.report.card import export_trial
         from hwnas.run import RunFolder
 
+        whole = threading.Event()
+
+        def stop(signum: int, _frame: object) -> None:
+            if not whole.is_set():  # once the export is in place, it simply finishes
+                raise Interrupted(signum)
+
         run = RunFolder.load(args.study)
-        paths = export_trial(run, args.trial, args.out or run.path / "exported")
-        print(f"model: {paths['model']}\ncard:  {paths['card']}")
-        if "pytorch_plan" in paths:
-            print(f"PyTorch: {paths['pytorch_weights']} (state_dict) + {paths['pytorch_plan']} "
-                  f"(channel plan): hwnas rebuild {paths['pytorch_plan']}")
-        return 0
+        out = args.out or run.path / "exported"
+        # Ctrl-C, SIGTERM (a job scheduler, `timeout`) and SIGHUP: the temporary folder is
+        # removed, nothing partial is left in `out`, and that is said
+        before = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM,
+                                                      signal.SIGHUP)}
+        try:
+            paths = export_trial(run, args.trial, out, whole)
+            print(f"model: {paths['model']}\ncard:  {paths['card']}")
+            if "pytorch_plan" in paths:
+                print(f"PyTorch: {paths['pytorch_weights']} (state_dict) + "
+                      f"{paths['pytorch_plan']} (channel plan): hwnas rebuild "
+                      f"{paths['pytorch_plan']}")
+            return 0
+        except Interrupted as exc:
+            print(f"hwnas: export interrupted ({signal.Signals(exc.signum).name}): nothing "
+                  f"written to {out}", file=sys.stderr)
+            return 128 + exc.signum
+        finally:
+            for number, handler in before.items():
+                signal.signal(number, handler)
 
 
 MIN_SAME_CLASS = 0.95  # rebuild --onnx of a reduced-precision export
