@@ -212,8 +212,8 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
     )
 
     paths = device_paths(device_path)
-    space_text = Path(space_path).read_text()
     space = with_locations(load_search_space(space_path), storage, study_name, artifact_store)
+    space_text = Path(space_path).read_text()  # after the loader: it names a file that is not text
     devices = cross_check(space, space_path, paths)  # refused before a run folder exists
     run = RunFolder.locate(space, devices[0], run_dir)
     # one writer per run folder: a second search here would run trials beyond n_trials
