@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/hardening.py kills worker --runs 20
     .venv/bin/python benchmarks/hardening.py kills controller --runs 20
     .venv/bin/python benchmarks/hardening.py flood                # 70 long-polls + 2 workers
+    .venv/bin/python benchmarks/hardening.py badinputs           # one line and exit 2 each?
 
 Each part prints a table and is saved under its own key in results/hardening.json.
 Only 127.0.0.1 is ever contacted, and every part is bounded in count and time.
@@ -37,6 +38,10 @@ Only 127.0.0.1 is ever contacted, and every part is bounded in count and time.
   Counted: long-polls sent and their answers (held to the job's end, or cut short at once),
   5xx, the agent's open connections (sampled), hello and facts latency and failures, and the
   memory of all workers together (VmRSS summed every 5 ms) against the limit.
+- badinputs: a bounded list of bad inputs (malformed and hostile YAML, out-of-range values,
+  missing files and data, a damaged study.db, a second writer of a run folder, a device whose
+  sshd serves no SFTP, a full disk, ...), each a real `hwnas` (or benchmark) subprocess under
+  a memory limit: counted, those that end in exactly one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -882,6 +887,204 @@ def print_kills(result: dict[str, Any]) -> None:
     print(table([f"kill -9 {result['target']} x {result['runs']}", "total"], rows))
 
 
+# -- bad inputs: one line and exit 2 -------------------------------------------------------------
+
+
+BOMB = "\n".join(["bomb0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+    f"bomb{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]) + "\n"
+HOLD_LOCK = ("import sys, time\nfrom hwnas.run_lock import writer_lock\n"
+             "with writer_lock(sys.argv[1], 'hwnas search'):\n"
+             "    print('held', flush=True)\n    time.sleep(3600)\n")
+CASE_MEMORY = 6 << 30  # an input that makes hwnas allocate without bound fails, not the machine
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (CASE_MEMORY, CASE_MEMORY))
+
+
+def _run_folder(folder: Path, space: Path, device: Path) -> Path:
+    """A run folder as `hwnas search` leaves it (configs recorded, a real SQLite study with
+    finished trials), made without a search."""
+    import optuna
+
+    from hwnas.config import load_device_profile, load_search_space
+    from hwnas.records import TrialOutcome, TrialStage
+    from hwnas.run import RunFolder, make_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run = RunFolder.locate(load_search_space(space), load_device_profile(device), folder)
+    run.path.mkdir(parents=True)
+    run.record_configs(space, [device])
+    study = optuna.create_study(storage=make_storage(run.storage_url), study_name=run.study_name,
+                                directions=["maximize", "minimize", "minimize"])
+    for number in range(20):
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.FAIL, params={"x": number},
+            distributions={"x": optuna.distributions.IntDistribution(0, 100)},
+            user_attrs=TrialOutcome(TrialStage.FAILED, failure="x" * 2000).attributes()))
+    return run.path
+
+
+def bad_input_cases(folder: Path, stack: Any) -> list[tuple[str, list[str] | str]]:
+    """(name, argv) per case, or (name, why it is skipped here). Each is refused from its
+    inputs, before any training: seconds each."""
+    sys.path.insert(0, str(REPO))
+    from tests.conftest import DIGITS_SPACE, ENQUEUED, FAST_DEVICE
+
+    def write(name: str, text: str | bytes) -> Path:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return path
+
+    good = textwrap.dedent(DIGITS_SPACE) + ENQUEUED
+    device = write("device.yaml", FAST_DEVICE)
+
+    def search(space: Path | str, *extra: str) -> list[str]:
+        return [HWNAS, "search", str(space), "--device", str(device), "--no-progress",
+                "--run-dir", str(folder / "runs" / Path(str(space)).stem), *extra]
+
+    cases: list[tuple[str, list[str] | str]] = [
+        ("yaml syntax error", search(write("syntax.yaml", "name: x\nbase_model: {builtin: a\n"))),
+        ("yaml not a mapping", search(write("list.yaml", "- a\n- b\n"))),
+        ("empty yaml", search(write("empty.yaml", ""))),
+        ("binary file as yaml", search(write("binary.yaml", bytes(range(256)) * 4))),
+        ("yaml alias bomb", search(write("bomb.yaml", good + BOMB))),
+        ("unknown key", search(write("unknown.yaml", good.replace("finetune:", "finetuen:")))),
+        ("wrong type", search(write("type.yaml", good.replace("n_trials: 5", "n_trials: many")))),
+        ("seed 1e29", search(write("seed.yaml", good.replace("seed: 3", "seed: 1e29")))),
+        ("inf budget", search(write("inf.yaml", good.replace("latency_p90_ms: 2.0",
+                                                             "latency_p90_ms: .inf")))),
+        ("negative budget", search(write("negative.yaml", good.replace(
+            "latency_p90_ms: 2.0", "latency_p90_ms: -1")))),
+        ("space is a folder", search(folder)),
+        ("device profile missing", [HWNAS, "search", str(write("good.yaml", good)), "--device",
+                                    str(folder / "nowhere.yaml")]),
+        ("agent port 99999", [HWNAS, "agent", "status", str(write(
+            "port.yaml", "name: p\nconnection: {kind: ssh, host: 127.0.0.1, agent_port: 99999}\n"))]),
+        ("--trials 0", search(folder / "good.yaml", "--trials", "0")),
+        ("run dir under a file", [HWNAS, "search", str(folder / "good.yaml"), "--device",
+                                  str(device), "--run-dir", str(write("afile", "x") / "run")]),
+        ("report of a non-run folder", [HWNAS, "report", str(folder)]),
+        ("profile of a non-ONNX file", [HWNAS, "profile", str(write("x.onnx", b"not onnx")),
+                                        "--device", str(device)]),
+        ("rebuild of a garbage plan", [HWNAS, "rebuild", str(write("x.plan.json", "{]"))]),
+        ("data set missing", search(write("nodata.yaml", good.replace(
+            "dataset: {builtin: digits,", f"dataset: {{builtin: fashion-mnist, path: "
+                                         f"{folder / 'empty'},")))),
+    ]
+    (folder / "empty").mkdir()
+    space = folder / "good.yaml"
+    run = _run_folder(folder / "run", space, device)
+    cases.append(("export of no such trial", [HWNAS, "export", str(run), "--trial", "999"]))
+    for name, how in (("truncated", "half"), ("garbage", "garbage")):
+        damaged = folder / f"run-{name}"
+        shutil.copytree(run, damaged)
+        (damaged / "run.json").write_text((run / "run.json").read_text().replace(
+            str(run.resolve()), str(damaged.resolve())))
+        data = (damaged / "study.db").read_bytes()
+        (damaged / "study.db").write_bytes(data[:len(data) // 2] if how == "half"
+                                           else bytes(range(256)) * (len(data) // 256))
+        cases.append((f"{name} study.db: search resumes",
+                      [HWNAS, "search", str(space), "--device", str(device), "--run-dir",
+                       str(damaged), "--no-progress"]))
+        cases.append((f"{name} study.db: status", [HWNAS, "status", str(damaged)]))
+    holder = stack.enter_context(subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)],
+                                                  stdout=subprocess.PIPE, text=True))
+    stack.callback(holder.kill)
+    holder.stdout.readline()
+    cases.append(("second writer of a run folder", [HWNAS, "search", str(space), "--device",
+                                                    str(device), "--run-dir", str(run)]))
+    cases.append(("finalize of a folder in use", [HWNAS, "finalize", str(run)]))
+    if shutil.which("sshd") or Path("/usr/sbin/sshd").exists():
+        from hwnas.testing.sshd import LoopbackDevice, keygen
+
+        for name, subsystem in (("no SFTP subsystem", None), ("SFTP server exits", "/bin/true"),
+                                ("link dropped as SFTP opens", "kill -9 $PPID")):
+            where = folder / "ssh" / name.replace(" ", "-")
+            where.parent.mkdir(parents=True, exist_ok=True)
+            device_ssh = LoopbackDevice(where, keygen(where.parent / f"{where.name}.key"))
+            stack.callback(device_ssh.stop)
+            device_ssh.server.serve_sftp(subsystem)
+            cases.append((f"device: {name}", [HWNAS, "agent", "status",
+                                              str(device_ssh.profile())]))
+    else:
+        cases.append(("device: no SFTP subsystem", "no sshd on this machine"))
+    disk = folder / "full"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode == 0:
+        stack.callback(subprocess.run, ["umount", "-l", str(disk)], capture_output=True)
+        with open(disk / "filler", "wb", buffering=0) as handle:  # until the disk is full
+            _try(lambda: [handle.write(b"\0" * 65536) for _ in range(64)])
+        cases.append(("full disk", [HWNAS, "report", str(run), "--out", str(disk / "report")]))
+    else:
+        cases.append(("full disk", f"mount -t tmpfs not permitted: {mounted.stderr.strip()}"))
+    tables = REPO.parent / "shared" / "data" / "hw-nas-bench"
+    if (tables / "hw_cifar10.csv").exists():
+        cases.append(("replay without Fashion-MNIST", [
+            sys.executable, str(REPO / "benchmarks" / "search_replay.py"), "--accuracy",
+            str(tables / "nb201_valid_nets.csv"), "--hardware", str(tables / "hw_cifar10.csv"),
+            "--metric", "raspi4_latency", "--budget-quantile", "0.1", "--seeds", "1",
+            "--strategies", "hwnas", "--json", str(folder / "replay.json"), "--fashion-mnist",
+            str(folder / "empty")]))
+    else:
+        cases.append(("replay without Fashion-MNIST", f"no NAS-Bench-201 tables in {tables}"))
+    return cases
+
+
+def bad_inputs(timeout: float) -> dict[str, Any]:
+    """Each bad input as a real CLI subprocess: does it end in exactly one line on stderr and
+    exit code 2 (no traceback, no usage block, no library warnings)?"""
+    import contextlib
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hwnas-badinputs-") as tmp, \
+            contextlib.ExitStack() as stack:
+        folder = Path(tmp)
+        env = dict(os.environ, HWNAS_CACHE_DIR=str(folder / "cache"))
+        for name, argv in bad_input_cases(folder, stack):
+            if isinstance(argv, str):
+                rows.append({"case": name, "skipped": argv})
+                continue
+            started = time.monotonic()
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                      env=env, cwd=folder, preexec_fn=_limit_memory)
+                code, stderr = done.returncode, done.stderr
+            except subprocess.TimeoutExpired as exc:
+                code = None
+                stderr = (exc.stderr or b"").decode("utf-8", "replace") \
+                    if isinstance(exc.stderr, bytes) else exc.stderr or ""
+            lines = [line for line in stderr.splitlines() if line.strip()]
+            rows.append({"case": name, "exit_code": code, "stderr_lines": len(lines),
+                         "traceback": "Traceback" in stderr,
+                         "one_line_exit_2": code == 2 and len(lines) == 1,
+                         "first_line": lines[0][:300] if lines else "",
+                         "last_line": lines[-1][:300] if lines else "",
+                         "seconds": round(time.monotonic() - started, 1)})
+    ran = [r for r in rows if "skipped" not in r]
+    return {"cases": rows, "ran": len(ran), "one_line_exit_2": sum(r["one_line_exit_2"]
+                                                                   for r in ran),
+            "timeout_s": timeout}
+
+
+def print_bad_inputs(result: dict[str, Any]) -> None:
+    rows = []
+    for r in result["cases"]:
+        if "skipped" in r:
+            rows.append([r["case"], "-", "-", "skipped", r["skipped"][:60]])
+            continue
+        shown = r["first_line"] if r["stderr_lines"] <= 1 else \
+            f"{r['stderr_lines']} lines; last: {r['last_line']}"
+        rows.append([r["case"], str(r["exit_code"]), str(r["stderr_lines"]),
+                     "yes" if r["one_line_exit_2"] else "NO", shown[:100]])
+    print(table(["bad input", "exit", "lines", "one line + exit 2", "stderr"], rows))
+    print(f"\n{result['one_line_exit_2']} of {result['ran']} bad inputs end in exactly one line "
+          f"on stderr and exit code 2")
+
+
 def save_part(key: str, part: dict[str, Any]) -> None:
     path = RESULTS / "hardening.json"
     payload = json.loads(path.read_text()) if path.exists() else {}
@@ -909,11 +1112,17 @@ def main() -> None:
     fl.add_argument("--requests", type=int, default=3000, help="long-polls sent at most")
     fl.add_argument("--seconds", type=float, default=10.0, help="the measured job's timed phase")
     fl.add_argument("--worker-memory-mb", type=float, default=500.0)
+    b = verbs.add_parser("badinputs")
+    b.add_argument("--timeout", type=float, default=300.0, help="seconds per case at most")
     args = parser.parse_args()
     if args.verb == "flood":
         result = flood(args.polls, args.requests, args.seconds, args.worker_memory_mb)
         print_flood(result)
         save_part("flood", result)
+    elif args.verb == "badinputs":
+        result = bad_inputs(args.timeout)
+        print_bad_inputs(result)
+        save_part("badinputs", result)
     elif args.verb == "fuzz":
         result = fuzz(args.requests, args.slow, args.seconds, args.seed)
         print_fuzz(result)

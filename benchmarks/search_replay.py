@@ -34,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, table  # noqa: E402
 
 from hwnas.config.cells import load_cell_space  # noqa: E402
+from hwnas.data.fashion_mnist import DEBIAN_DIR, idx_files  # noqa: E402
 from hwnas.errors import HwnasError  # noqa: E402
 from hwnas.search.engine import Evaluation, Policy, SearchEngine  # noqa: E402
+from hwnas.search.nb201 import PROXY_IMAGES_HOW  # noqa: E402
 from hwnas.search.replay import (ReplayEvaluator, ReplayTable, common_features,  # noqa: E402
                                  load_proxies)
 
@@ -134,7 +136,8 @@ _SHARED: dict[str, Any] = {}
 def _run_seed(job: tuple[str, int]) -> dict[str, Any]:
     name, seed = job
     s = _SHARED
-    evaluator = ReplayEvaluator(s["space"], s["data"], s["budgets"], s["proxies"], seed=seed)
+    evaluator = ReplayEvaluator(s["space"], s["data"], s["budgets"], s["proxies"], seed=seed,
+                                proxy_images=s["proxy_images"])
     return run_one(s["strategies"][name], evaluator, seed, s["optimum"], s["feasible"])
 
 
@@ -189,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                              "the target (reported as the cap)")
     parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "nb201.yaml")
     parser.add_argument("--proxies", type=Path, default=HERE / "nb201_proxies.csv")
+    parser.add_argument("--fashion-mnist", type=Path, default=DEBIAN_DIR,
+                        help="Fashion-MNIST idx files that score cells missing from --proxies "
+                             "(default: the Debian package dataset-fashion-mnist's folder)")
     parser.add_argument("--strategies", nargs="+", default=None,
                         help="subset to run (default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
@@ -205,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         budgets = [data.budget(m, q) for m, q in zip(args.metric, args.budget_quantile)]
         all_proxies = load_proxies(args.proxies)
         proxies = common_features(all_proxies)
+        chosen = strategies(args.cap)
+        if any(chosen[name].policy.use_proxies for name in args.strategies or chosen
+               if name in chosen):  # checked now, not minutes into a run
+            idx_files(args.fashion_mnist, ("train_images", "train_labels"), PROXY_IMAGES_HOW)
     except HwnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -218,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, figures in correlation.items():
         print(f"  proxy {name}: Spearman {figures['spearman']:.3f}, Kendall "
               f"{figures['kendall']:.3f} over the {figures['cells']} feasible cells")
-    chosen = strategies(args.cap)
     names = args.strategies or list(chosen)
     unknown = sorted(set(names) - set(chosen))
     if unknown:
@@ -228,14 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     rows = []
     _SHARED.update(space=space, data=data, budgets=budgets, proxies=proxies, optimum=optimum,
-                   feasible=feasible, strategies=chosen)
+                   feasible=feasible, strategies=chosen, proxy_images=args.fashion_mnist)
     for name in names:
         jobs = [(name, seed) for seed in range(args.seeds)]
-        if args.jobs > 1:  # fork: the workers inherit the loaded tables
-            with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-                runs = pool.map(_run_seed, jobs, chunksize=1)
-        else:
-            runs = [_run_seed(job) for job in jobs]
+        try:
+            if args.jobs > 1:  # fork: the workers inherit the loaded tables
+                with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+                    runs = pool.map(_run_seed, jobs, chunksize=1)
+            else:
+                runs = [_run_seed(job) for job in jobs]
+        except HwnasError as exc:  # e.g. the images that score an uncached cell went missing
+            print(f"error: {name}: {exc}", file=sys.stderr)
+            return 2
         results[name] = summarise(runs, args.cap) | {"what": chosen[name].what}
         s = results[name]
         rows.append([name, f"{s['median_evaluations']:g}", f"{s['iqr'][0]:g}-{s['iqr'][1]:g}",

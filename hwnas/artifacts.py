@@ -93,6 +93,9 @@ def fetch(store: Any, artifact_id: str, target: Path, sha256: str | None = None)
         tmp.unlink(missing_ok=True)
         raise ExportError(f"artifact {artifact_id} could not be read from the artifact store: "
                           f"{exc}") from None
+    except BaseException:  # interrupted (Ctrl-C, `hwnas export` on SIGTERM): no stray part
+        tmp.unlink(missing_ok=True)
+        raise
     if sha256 is not None:
         actual = hashlib.sha256(tmp.read_bytes()).hexdigest()
         if actual != sha256:

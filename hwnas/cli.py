@@ -7,8 +7,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from hwnas import __version__
+from hwnas.disk import no_space_left
 from hwnas.errors import HwnasError
 
 DEFAULT_SPACE = Path("search_spaces/fashion_mnist.yaml")
@@ -310,6 +312,15 @@ class DashboardCommand(Command):
         return 0
 
 
+class Interrupted(BaseException):
+    """A termination signal, raised where the command was (as KeyboardInterrupt is for SIGINT)
+    so that its clean-up runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class ExportCommand(Command):
     name = "export"
     help = "write a trial's ONNX bytes and its model card (JSON)"
@@ -321,16 +332,39 @@ class ExportCommand(Command):
                             help="output folder (default: the run folder's exported/)")
 
     def run(self, args: argparse.Namespace) -> int:
+        import signal
+        import threading
+
         from hwnas.report.card import export_trial
         from hwnas.run import RunFolder
 
+        whole = threading.Event()
+
+        def stop(signum: int, _frame: object) -> None:
+            if not whole.is_set():  # once the export is in place, it simply finishes
+                raise Interrupted(signum)
+
         run = RunFolder.load(args.study)
-        paths = export_trial(run, args.trial, args.out or run.path / "exported")
-        print(f"model: {paths['model']}\ncard:  {paths['card']}")
-        if "pytorch_plan" in paths:
-            print(f"PyTorch: {paths['pytorch_weights']} (state_dict) + {paths['pytorch_plan']} "
-                  f"(channel plan): hwnas rebuild {paths['pytorch_plan']}")
-        return 0
+        out = args.out or run.path / "exported"
+        # Ctrl-C, SIGTERM (a job scheduler, `timeout`) and SIGHUP: the temporary folder is
+        # removed, nothing partial is left in `out`, and that is said
+        before = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM,
+                                                      signal.SIGHUP)}
+        try:
+            paths = export_trial(run, args.trial, out, whole)
+            print(f"model: {paths['model']}\ncard:  {paths['card']}")
+            if "pytorch_plan" in paths:
+                print(f"PyTorch: {paths['pytorch_weights']} (state_dict) + "
+                      f"{paths['pytorch_plan']} (channel plan): hwnas rebuild "
+                      f"{paths['pytorch_plan']}")
+            return 0
+        except Interrupted as exc:
+            print(f"hwnas: export interrupted ({signal.Signals(exc.signum).name}): nothing "
+                  f"written to {out}", file=sys.stderr)
+            return 128 + exc.signum
+        finally:
+            for number, handler in before.items():
+                signal.signal(number, handler)
 
 
 MIN_SAME_CLASS = 0.95  # rebuild --onnx of a reduced-precision export
@@ -443,18 +477,40 @@ COMMANDS = [SearchCommand(), WorkerCommand(), StatusCommand(), ProfileCommand(),
             FinalizeCommand(), DashboardCommand(), ExportCommand(), RebuildCommand(), DevicesCommand(), AgentCommand()]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A wrong argument is one line, as every other bad input is (argparse adds the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hwnas", description="Hardware-aware compression search, measured on the real device.")
     parser.add_argument("--version", action="version", version=f"hwnas {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error, and SSH library logs")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB",
+                                  parser_class=OneLineParser)
     for command in COMMANDS:
         sub = verbs.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(sub)
         sub.set_defaults(command=command)
     return parser
+
+
+def written_folders(args: argparse.Namespace) -> dict[Path, str | None]:
+    """Where a command writes, with the option that moves each: for a full disk's message."""
+    folders: dict[Path, str | None] = {}
+    if getattr(args, "out", None) is not None:
+        folders[args.out] = "--out"
+    if getattr(args, "run_dir", None) is not None:
+        folders[args.run_dir] = "--run-dir"
+    elif args.verb in ("search", "worker"):
+        folders[Path("runs")] = "--run-dir"
+    if isinstance(getattr(args, "study", None), Path):  # a run folder
+        folders.setdefault(args.study, "--out" if args.verb in ("report", "export") else None)
+    return folders
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,16 +524,19 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     try:
         return args.command.run(args)
-    except HwnasError as exc:
+    except Exception as exc:
         if args.debug:
             raise
-        print(f"hwnas: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if args.debug or exc.filename is None:
-            raise  # not about a file the user named: a bug, shown whole
-        print(f"hwnas: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 2
+        full = no_space_left(exc, written_folders(args))  # whichever layer hit the full disk
+        if full is not None:
+            exc = full
+        if isinstance(exc, HwnasError):
+            print(f"hwnas: error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError) and exc.filename is not None:
+            print(f"hwnas: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 2
+        raise  # not about a file the user named: a bug, shown whole
     except KeyboardInterrupt:
         print("\nhwnas: interrupted; finished trials are saved: run the same command to continue",
               file=sys.stderr)

@@ -28,3 +28,7 @@ class ExportError(HwnasError):
 
 class StorageUnreachable(HwnasError):
     """The study database stayed unreachable longer than a controller waits it out."""
+
+
+class StorageDamaged(HwnasError):
+    """The study's SQLite file is corrupt or not a database: named, and left untouched."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -26,12 +27,22 @@ def quiet_terminal() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+class _RunLogFile(logging.FileHandler):
+    """The run's log file. A line it cannot write (a full disk) is lost quietly: logging's own
+    '--- Logging error ---' tracebacks would bury the command's one clear error."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handleError(record)
+
+
 @contextlib.contextmanager
 def run_log(path: Path) -> Iterator[logging.Handler]:
     """Append library log lines and Python warnings to ``path`` while the block runs; the
     terminal gets none of them. Restores the logging state afterwards."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _RunLogFile(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     saved = []
     for name in LIBRARY_LOGGERS:
@@ -57,4 +68,5 @@ def run_log(path: Path) -> Iterator[logging.Handler]:
                 logger.addHandler(own)
             logger.setLevel(level)
             logger.propagate = propagate
-        handler.close()
+        with contextlib.suppress(OSError):  # a full disk: the lines are lost, not the error
+            handler.close()

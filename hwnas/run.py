@@ -40,6 +40,7 @@ import yaml
 from hwnas import __version__
 from hwnas.errors import ConfigError, ExportError, StorageUnreachable
 from hwnas.records import Artifact, TrialOutcome
+from hwnas.study_file import NOT_TRANSIENT, refuse_damaged, sqlite_code
 
 if TYPE_CHECKING:
     from hwnas.config.models import DeviceProfile, SearchSpace
@@ -59,9 +60,12 @@ BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 def _transient(exc: BaseException) -> bool:
-    """A lost connection (database restarted, network down), not a bad request."""
+    """A lost connection (database restarted, network down), not a bad request, nor a damaged
+    or full SQLite file."""
     import sqlalchemy.exc
 
+    if sqlite_code(exc) in NOT_TRANSIENT:
+        return False
     lost = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
             sqlalchemy.exc.DisconnectionError)
     return isinstance(exc, lost) or isinstance(exc.__cause__, lost)
@@ -94,7 +98,11 @@ def _retrying(method: Any, name: str) -> Any:
                 if attempt and name == "set_trial_state_values":
                     return True
                 raise
-        return _wait_out(once, name, self.outage_s)
+        try:
+            return _wait_out(once, name, self.outage_s)
+        except Exception as exc:
+            refuse_damaged(exc, self.url, reading=name.startswith(("get_", "_get_")))
+            raise
     call.__name__ = name
     return call
 
@@ -145,6 +153,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage | str:
     try:  # connecting is waited out like every other call: a worker may start mid-outage
         return _wait_out(connect, "connecting", OUTAGE_S)
     except Exception as exc:
+        refuse_damaged(exc, url)
         if not _transient(exc):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

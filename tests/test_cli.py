@@ -92,3 +92,15 @@ def test_a_run_dir_under_a_file_is_one_clear_error(tmp_path):
     debug = subprocess.run([str(BIN / "hwnas"), "--debug", "search", "--run-dir",
                             str(blocker / "run")], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["search", "--trials", "0"], "hwnas search: error: argument --trials: 0 is not a positive"),
+    (["frob"], "hwnas: error: argument VERB: invalid choice: 'frob'"),
+    (["export", "runs/x"], "hwnas export: error: the following arguments are required: --trial"),
+])
+def test_a_wrong_argument_is_one_line_too(argv, words):
+    """argparse's usage block made two or more lines of every wrong argument."""
+    done = subprocess.run([str(BIN / "hwnas"), *argv], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(words) and "--help" in done.stderr

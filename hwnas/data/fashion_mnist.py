@@ -53,6 +53,19 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def idx_files(folder: Path, keys: tuple[str, ...] = tuple(FILES),
+              name_another: str = "set dataset.path to a folder holding them") -> dict[str, Path]:
+    """The idx files ``keys`` of ``folder``; missing ones are a ConfigError that says where
+    they come from (``name_another``: how the caller is pointed at another folder)."""
+    found = {key: _find(Path(folder), FILES[key]) for key in keys}
+    missing = [FILES[key] for key, path in found.items() if path is None]
+    if missing:
+        raise ConfigError(f"Fashion-MNIST not found: {folder} has no {', '.join(missing)} "
+                          f"(optionally .gz); install the Debian package dataset-fashion-mnist "
+                          f"(it fills {DEBIAN_DIR}), or {name_another}")
+    return found  # type: ignore[return-value]
+
+
 def _from_torchvision(root: Path) -> Path:
     try:
         from torchvision.datasets import FashionMNIST

@@ -27,6 +27,7 @@ import onnx
 import torch
 from torch import nn
 
+from hwnas.disk import no_space
 from hwnas.errors import ExportError
 from hwnas.export.graph import INPUT_NAME, OUTPUT_NAME, WEIGHTED_OPS
 from hwnas.export.precision import ExportStyle, realise_plan, realised_precisions
@@ -271,8 +272,8 @@ def export_fp32(model: nn.Module, input_shape: tuple[int, ...], path: Path,
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                                   opset_version=OPSET, dynamo=False)
             except Exception as exc:
-                if exporter == "torchscript":
-                    raise
+                if exporter == "torchscript" or no_space(exc) is not None:
+                    raise  # a full disk is not the exporter's fault: dynamo would hide it
                 log.info("TorchScript export failed (%s); using dynamo", exc)
                 used = "dynamo"
         if used == "dynamo":

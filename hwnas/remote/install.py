@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import paramiko
 from hwnas_agent import __version__ as AGENT_VERSION
 
 from hwnas.config.models import DeviceProfile, SSHConnection
@@ -124,7 +125,7 @@ class RemoteAgent:
                 sftp.chmod(tmp, mode)
                 handle.write(text.encode("utf-8"))
             sftp.posix_rename(tmp, target)
-        except OSError as exc:
+        except (OSError, EOFError, paramiko.SSHException) as exc:
             raise DeviceError(f"{self.profile.name}: cannot write {target}: {exc}") from None
         finally:
             sftp.close()
@@ -174,6 +175,9 @@ class RemoteAgent:
             sftp = self.session.sftp()
             try:
                 sftp.put(str(wheel), self._path(f"dist/{wheel.name}"))
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise DeviceError(f"{self.profile.name}: cannot upload {wheel.name} to "
+                                  f"{self._path('dist')}: {exc or type(exc).__name__}") from None
             finally:
                 sftp.close()
             self._run(f"test -x {self.q}/venv/bin/python || {python} -m venv -- {self.q}/venv", 300)
@@ -202,6 +206,9 @@ class RemoteAgent:
             try:
                 with sftp.open(UNIT, "w") as handle:
                     handle.write(unit.encode("utf-8"))
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise DeviceError(f"{self.profile.name}: cannot write ~/{UNIT}: "
+                                  f"{exc or type(exc).__name__}") from None
             finally:
                 sftp.close()
             self._run("systemctl --user daemon-reload && systemctl --user enable --now "

@@ -57,6 +57,11 @@ class LinkDropped(DeviceError):
     """An established SSH connection broke: worth reconnecting and retrying."""
 
 
+class NoSFTP(DeviceError):
+    """The device's sshd serves no working SFTP subsystem, which hwnas needs for the agent's
+    files: not a dropped link, never retried."""
+
+
 class AgentNotRunning(DeviceError):
     """SSH works but nothing listens on the agent port of the device."""
 
@@ -394,11 +399,54 @@ class SSHSession:
             out = stdout.read().decode("utf-8", "replace")
             err = stderr.read().decode("utf-8", "replace")
             return stdout.channel.recv_exit_status(), out, err
-        except (socket.timeout, paramiko.SSHException) as exc:
-            raise DeviceError(f"{self.device}: `{command}` failed: {exc}") from None
+        except (socket.timeout, paramiko.SSHException, OSError, EOFError) as exc:
+            raise DeviceError(f"{self.device}: `{command}` failed: {exc or type(exc).__name__}"
+                              ) from None
 
     def sftp(self) -> paramiko.SFTPClient:
-        return self.client().open_sftp()
+        """An SFTP session. A link that drops while it opens is reconnected (``retries``
+        times, with back-off); a device whose sshd refuses SFTP or whose SFTP server exits at
+        once is NoSFTP, which waiting cannot heal."""
+        last: BaseException | None = None
+        for attempt in range(self.connection.retries + 1):
+            if attempt:
+                time.sleep(BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)])
+            client = self.client()
+            try:
+                return client.open_sftp()
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                if self._link_alive(client):
+                    raise self._no_sftp(exc) from None
+                last = exc
+                self.drop()
+        raise LinkDropped(f"{self.device}: the SSH link to {self.endpoint.where} dropped while "
+                          f"SFTP opened ({last or type(last).__name__}), "
+                          f"{self.connection.retries + 1} times; check the network and the "
+                          f"device's sshd log (journalctl -u ssh)")
+
+    def _link_alive(self, client: paramiko.SSHClient) -> bool:
+        """Whether the SSH connection itself still works (a channel that failed alone is the
+        subsystem's doing): probed with a new session channel, as the transport may not have
+        noticed a closed socket yet."""
+        transport = client.get_transport()
+        if transport is None or not transport.is_active():
+            return False
+        try:
+            transport.open_session(timeout=self.connection.connect_timeout_s).close()
+        except (paramiko.SSHException, OSError, EOFError):
+            return False
+        return True
+
+    def _no_sftp(self, exc: BaseException) -> NoSFTP:
+        fix = ("in the device's /etc/ssh/sshd_config (`Subsystem sftp internal-sftp`, or the "
+               "path of its sftp-server), then restart sshd there (sudo systemctl restart ssh)")
+        if "EOF" in str(exc):  # the subsystem started and exited before it spoke SFTP
+            return NoSFTP(f"{self.device}: the SFTP server of {self.endpoint.where} exited at "
+                          f"once (paramiko: {exc}); hwnas writes the agent's files over SFTP: "
+                          f"name an SFTP server that works {fix}")
+        return NoSFTP(f"{self.device}: the sshd of {self.endpoint.where} has no SFTP subsystem "
+                      f"(it refused the 'sftp' request); hwnas writes the agent's files over "
+                      f"SFTP: enable it {fix}")
 
     def read_file(self, path: str) -> bytes | None:
         """A file of the device (relative paths: from the login folder); None if absent."""
@@ -410,6 +458,9 @@ class SSHSession:
             return None
         except OSError as exc:
             raise DeviceError(f"{self.device}: cannot read {path}: {exc}") from None
+        except (paramiko.SSHException, EOFError) as exc:
+            raise LinkDropped(f"{self.device}: the SSH link dropped while reading {path}: "
+                              f"{exc or type(exc).__name__}") from None
         finally:
             sftp.close()
 
@@ -420,6 +471,9 @@ class SSHSession:
             return sftp.normalize(path)
         except OSError as exc:
             raise DeviceError(f"{self.device}: cannot resolve {path}: {exc}") from None
+        except (paramiko.SSHException, EOFError) as exc:
+            raise LinkDropped(f"{self.device}: the SSH link dropped while resolving {path}: "
+                              f"{exc or type(exc).__name__}") from None
         finally:
             sftp.close()
 

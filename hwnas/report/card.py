@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 
@@ -14,7 +19,12 @@ from hwnas.records import StudyRecord, TrialOutcome
 from hwnas.run import RunFolder, outcomes
 
 
-def export_trial(run: RunFolder, trial_number: int, out_dir: Path) -> dict[str, Path]:
+def export_trial(run: RunFolder, trial_number: int, out_dir: Path,
+                 whole: threading.Event | None = None) -> dict[str, Path]:
+    """Write a trial's ONNX bytes, model card and PyTorch model into ``out_dir``. They are
+    written into a temporary folder beside them and moved in together, the card last: an
+    export stopped at any moment leaves the complete set or none of it. ``whole`` is set
+    the moment the set is in place (before a signal held back meanwhile is acted on)."""
     study = run.open_study()
     found = {o.number: o for o in outcomes(study)}
     outcome = found.get(trial_number)
@@ -27,21 +37,69 @@ def export_trial(run: RunFolder, trial_number: int, out_dir: Path) -> dict[str, 
                           f"have deployable bytes")
     artifact = run.kept_artifact(outcome, study)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / f"{run.study_name}-trial{trial_number}.onnx"
-    model_path.write_bytes(artifact.read_bytes())
-    paths = {"model": model_path}
-    paths.update(_export_pytorch(run, study, outcome, model_path))
-    card = model_card(run, study, outcome)
-    if "pytorch_plan" in paths:
-        card["pytorch"] = {
-            "state_dict": paths["pytorch_weights"].name, "channel_plan": paths["pytorch_plan"].name,
-            "rebuild": f"hwnas.models.saved.load_pruned('{paths['pytorch_plan'].name}') "
-                       f"(or: hwnas rebuild {paths['pytorch_plan'].name} --onnx {model_path.name})",
-            "how": "the base model built from the plan, torch-pruning's history replayed, then "
-                   "the fine-tuned state_dict loaded (weights_only)"}
-    card_path = model_path.with_suffix(".card.json")
-    card_path.write_text(json.dumps(card, indent=1, sort_keys=True))
-    return {**paths, "card": card_path}
+    stem = f"{run.study_name}-trial{trial_number}"
+    _remove_abandoned(out_dir, stem)
+    staging = out_dir / f".{stem}.export-{os.getpid()}"  # same filesystem: renames are atomic
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        model_path = staging / f"{stem}.onnx"
+        model_path.write_bytes(artifact.read_bytes())
+        paths = {"model": model_path}
+        paths.update(_export_pytorch(run, study, outcome, model_path))
+        card = model_card(run, study, outcome)
+        if "pytorch_plan" in paths:
+            card["pytorch"] = {
+                "state_dict": paths["pytorch_weights"].name,
+                "channel_plan": paths["pytorch_plan"].name,
+                "rebuild": f"hwnas.models.saved.load_pruned('{paths['pytorch_plan'].name}') "
+                           f"(or: hwnas rebuild {paths['pytorch_plan'].name} --onnx "
+                           f"{model_path.name})",
+                "how": "the base model built from the plan, torch-pruning's history replayed, "
+                       "then the fine-tuned state_dict loaded (weights_only)"}
+        card_path = model_path.with_suffix(".card.json")
+        card_path.write_text(json.dumps(card, indent=1, sort_keys=True))
+        paths["card"] = card_path
+        with _signals_deferred():
+            for path in paths.values():  # the card last: its presence means the set is whole
+                os.replace(path, out_dir / path.name)
+            if whole is not None:
+                whole.set()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {kind: out_dir / path.name for kind, path in paths.items()}
+
+
+def _remove_abandoned(out_dir: Path, stem: str) -> None:
+    """Temporary folders of exports of this trial whose process is gone (killed outright)."""
+    for folder in out_dir.glob(f".{stem}.export-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """The few renames that put an export in place run whole: Ctrl-C or SIGTERM meanwhile is
+    acted on after them (and finds the export complete)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
 
 
 def _export_pytorch(run: RunFolder, study: optuna.Study, outcome: TrialOutcome,

@@ -68,7 +68,8 @@ def pareto_plot(report: "Report", metric: str, path: Path) -> Path:
     axes.set_ylabel("validation accuracy (exported ONNX)")
     axes.set_title(report.name, fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
+    if axes.get_legend_handles_labels()[0]:  # none when no trial was measured: no warning
+        axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

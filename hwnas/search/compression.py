@@ -26,6 +26,7 @@ from optuna.distributions import CategoricalDistribution
 
 from hwnas.budgets import constraint_values, describe_excess, measured
 from hwnas.compress.prune import PrunedModel
+from hwnas.disk import no_space
 from hwnas.errors import DeviceError
 from hwnas.records import Artifact, Candidate, Measurement, OutputFidelity, TrialOutcome, TrialStage
 from hwnas.search.controllers import controller_id
@@ -239,6 +240,9 @@ class CompressionEvaluator(Evaluator):
             # no device of its pool is left: try this candidate again when the search resumes
             trial.study.enqueue_trial(trial.params, skip_if_exists=False)
             return not self.ctx.devices.alive
+        if no_space(exc) is not None:  # every trial after it would fail alike: stop
+            trial.study.enqueue_trial(trial.params, skip_if_exists=False)
+            return True
         return False
 
     # --- the trial's lifetime ----------------------------------------------------------

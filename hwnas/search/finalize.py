@@ -83,6 +83,7 @@ def finalize_run(run_dir: Path, top: int, max_steps: int | None = None,
     """Finalize the ``top`` best feasible trials of a run (see the module's docstring).
     ``max_steps``/``max_seconds`` default to ten times the search's fine-tuning."""
     from hwnas.logs import run_log
+    from hwnas.run_lock import writer_lock
 
     if top < 1:
         raise ConfigError(f"--top {top}: give how many of the best feasible trials to finalize "
@@ -93,7 +94,7 @@ def finalize_run(run_dir: Path, top: int, max_steps: int | None = None,
         raise ConfigError(f"--max-seconds {max_seconds:g}: give the fine-tuning time limit in "
                           f"seconds (more than 0)")
     run = RunFolder.load(run_dir)
-    with run_log(run.log_path):
+    with writer_lock(run.path, "hwnas finalize"), run_log(run.log_path):
         study = run.open_study()
         found = outcomes(study)
         chosen = pick(found, top)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -248,19 +249,26 @@ def cell_proxies(ops: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
     return CellProxies(parameters, flops, log_synflow, naswot, grad_norm, snip, jacob_cov)
 
 
-def fashion_mnist_batch(count: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real images for the data-dependent proxies: Fashion-MNIST padded to 32x32, 3 channels.
+PROXY_IMAGES_HOW = "pass the folder holding them (search_replay.py --fashion-mnist DIR)"
+
+
+def fashion_mnist_batch(count: int = 16, seed: int = 0, folder: Path | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real images for the data-dependent proxies: Fashion-MNIST padded to 32x32, 3 channels,
+    from ``folder`` (default: where the Debian package dataset-fashion-mnist puts it).
 
     CIFAR-10 is not available here; these are real photographs of a 10-class task at the
     benchmark's input size, which is what NASWOT/jacob_cov/grad_norm need (not the labels
     of CIFAR itself).
     """
-    from hwnas.data.fashion_mnist import DEBIAN_DIR, FILES, MEAN, STD, _find, read_idx
+    from hwnas.data import fashion_mnist
 
-    images = read_idx(_find(DEBIAN_DIR, FILES["train_images"]))
-    labels = read_idx(_find(DEBIAN_DIR, FILES["train_labels"]))
+    found = fashion_mnist.idx_files(folder or fashion_mnist.DEBIAN_DIR,
+                                    ("train_images", "train_labels"), PROXY_IMAGES_HOW)
+    images = fashion_mnist.read_idx(found["train_images"])
+    labels = fashion_mnist.read_idx(found["train_labels"])
     pick = np.random.default_rng(seed).choice(len(images), size=count, replace=False)
-    x = (images[pick].astype(np.float32) / 255.0 - MEAN) / STD
+    x = (images[pick].astype(np.float32) / 255.0 - fashion_mnist.MEAN) / fashion_mnist.STD
     x = np.pad(x, ((0, 0), (2, 2), (2, 2)))
     x = np.repeat(x[:, None], 3, axis=1)
     return torch.from_numpy(x), torch.from_numpy(labels[pick].astype(np.int64))

@@ -32,6 +32,7 @@ from hwnas.export.precision import ExportStyle
 from hwnas.models import model_stages, output_channels
 from hwnas.budgets import (NOT_EVALUATED, breaks_a_budget, constraint_values, describe_excess,
                            latency_uses, objective_values)
+from hwnas.disk import no_space
 from hwnas.errors import DeviceError, JobInterrupted, MeasurementError
 from hwnas.records import (Artifact, Candidate, FineTuneReport, Measurement, OutputFidelity,
                            TrialOutcome, TrialStage)
@@ -245,6 +246,7 @@ class Objective:
     def __init__(self, ctx: TrialContext) -> None:
         self.ctx = ctx
         self.builder = CandidateBuilder(ctx)
+        self.out_of_space: BaseException | None = None  # the error that stopped the study
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         ctx, timings = self.ctx, Timings()
@@ -279,7 +281,14 @@ class Objective:
                 trial.study.stop()
             raise
         except Exception as exc:
+            if no_space(exc) is not None:
+                # a full disk fails every trial after this one: stop the study (its finished
+                # trials are kept) and try this candidate again when the search resumes
+                self.out_of_space = exc
+                trial.study.stop()
             progress.failed(exc)
+            if self.out_of_space is exc:
+                trial.study.enqueue_trial(trial.params, skip_if_exists=False)
             raise
         finally:
             progress.update(timings_s=tuple(timings.seconds.items()), device=lease.device.name,

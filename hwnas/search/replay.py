@@ -139,7 +139,9 @@ class ReplayEvaluator(Evaluator):
     def __init__(self, space: CellSpace, table: ReplayTable, budgets: Sequence[Budget],
                  proxies: Mapping[tuple[int, ...], Mapping[str, float]] | None = None,
                  noise_cv: float = 0.0, default_rounds: int = 1, seed: int = 0,
-                 drift_cv: float = 0.0) -> None:
+                 drift_cv: float = 0.0, proxy_images: Path | None = None) -> None:
+        """``proxy_images``: the Fashion-MNIST folder that scores cells missing from
+        ``proxies`` (default: the Debian package's)."""
         if tuple(space.operations) != OPERATIONS or len(space.edges) != 6:
             raise ConfigError(f"search space {space.name}: the NAS-Bench-201 tables encode six "
                               f"edges and the operations {list(OPERATIONS)} in this order")
@@ -147,6 +149,7 @@ class ReplayEvaluator(Evaluator):
         self.budgets = tuple(budgets)
         self.figures = tuple(dict.fromkeys(b.figure for b in budgets))
         self._proxies = proxies
+        self.proxy_images = proxy_images
         self.noise_cv, self.default_rounds = noise_cv, default_rounds
         if drift_cv and not noise_cv:
             raise ValueError("drift_cv needs noise_cv: a measurement without an interval is exact")
@@ -197,15 +200,17 @@ class ReplayEvaluator(Evaluator):
             return {}
         if candidate.ops not in self._proxies:
             self._proxies = dict(self._proxies)
-            self._proxies[candidate.ops] = _compute_proxies(candidate.ops, self.space)
+            self._proxies[candidate.ops] = _compute_proxies(candidate.ops, self.space,
+                                                            self.proxy_images)
         return self._proxies[candidate.ops]
 
 
-def _compute_proxies(ops: tuple[int, ...], space: CellSpace) -> dict[str, float]:
+def _compute_proxies(ops: tuple[int, ...], space: CellSpace,
+                     images_folder: Path | None = None) -> dict[str, float]:
     """A cell missing from the cache: built and scored now (about a second on a CPU)."""
     from hwnas.search.nb201 import cell_proxies, fashion_mnist_batch
 
-    images, labels = fashion_mnist_batch()
+    images, labels = fashion_mnist_batch(folder=images_folder)
     net = space.network
     return cell_proxies(ops, images, labels, channels=net.channels,
                         cells_per_stage=net.cells_per_stage,

@@ -23,6 +23,7 @@ from hwnas.logs import run_log
 from hwnas.models import model_stages
 from hwnas.records import StudyRecord, TrialStage
 from hwnas.run import RunFolder, completed_search_trials, make_storage, outcomes
+from hwnas.run_lock import RunFolderBusy, writer_lock
 from hwnas.search.controllers import fail_abandoned_trials, fail_own_trials
 from hwnas.space import check_enqueued, space_shape
 
@@ -211,11 +212,13 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
     )
 
     paths = device_paths(device_path)
-    space_text = Path(space_path).read_text()
     space = with_locations(load_search_space(space_path), storage, study_name, artifact_store)
+    space_text = Path(space_path).read_text()  # after the loader: it names a file that is not text
     devices = cross_check(space, space_path, paths)  # refused before a run folder exists
     run = RunFolder.locate(space, devices[0], run_dir)
-    with run_log(run.log_path):
+    # one writer per run folder: a second search here would run trials beyond n_trials
+    with writer_lock(run.path, f"hwnas {'worker' if worker else 'search'}",
+                     WORKER_ADVICE if worker else SEARCH_ADVICE), run_log(run.log_path):
         if not fork:
             refuse_changed(run, Path(space_path), paths)
         joined = existing_study(run)
@@ -255,14 +258,29 @@ def run_worker(storage: str, study_name: str, device_path: str | Path | list,
     if joined is None or joined[1].search_space_yaml is None:
         raise ConfigError(f"no hwnas study {study_name!r} in {storage}: start it with "
                           f"`hwnas search SPACE.yaml --storage URL` first")
-    run_dir = Path(run_dir or Path("runs") / f"{study_name}--worker")
-    space_path = run_dir / "study-search-space.yaml"
-    space_path.parent.mkdir(parents=True, exist_ok=True)
-    space_path.write_text(joined[1].search_space_yaml)
-    # the study's store unless this machine reaches it elsewhere (another mount point)
-    return run_search(space_path, device_path, run_dir, None, progress, log, storage=storage,
-                      study_name=study_name, worker=True,
-                      artifact_store=artifact_store or joined[1].artifact_store)
+    with contextlib.ExitStack() as stack:
+        if run_dir is None:  # several workers on one machine: each its own default folder
+            default = Path("runs") / f"{study_name}--worker"
+            for index in range(1, 1000):
+                run_dir = default if index == 1 else default.with_name(f"{default.name}-{index}")
+                try:
+                    stack.enter_context(writer_lock(run_dir, "hwnas worker", WORKER_ADVICE))
+                    break
+                except RunFolderBusy:
+                    continue
+        else:
+            stack.enter_context(writer_lock(run_dir, "hwnas worker", WORKER_ADVICE))
+        space_path = Path(run_dir) / "study-search-space.yaml"
+        space_path.write_text(joined[1].search_space_yaml)
+        # the study's store unless this machine reaches it elsewhere (another mount point)
+        return run_search(space_path, device_path, run_dir, None, progress, log,
+                          storage=storage, study_name=study_name, worker=True,
+                          artifact_store=artifact_store or joined[1].artifact_store)
+
+
+SEARCH_ADVICE = ("use another --run-dir (more machines join one search as `hwnas worker`s on a "
+                 "shared --storage)")
+WORKER_ADVICE = "give each worker its own --run-dir"
 
 
 def with_locations(space: SearchSpace, storage: str | None, study_name: str | None,
@@ -355,6 +373,8 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
                            catch=(Exception,), gc_after_trial=True)
         finally:
             callbacks[0].close()
+        if objective.out_of_space is not None:
+            raise objective.out_of_space  # the CLI names the full disk
         if not pool.alive:
             done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
             raise DeviceError(f"every device was lost; the study keeps its {done} completed "

@@ -78,6 +78,15 @@ LogLevel INFO
         except FileNotFoundError:
             return 0
 
+    def serve_sftp(self, subsystem: str | None) -> "SSHServer":
+        """Restart with another SFTP subsystem: a command (e.g. one that exits at once), or
+        None for a server without one, as some minimal device images ship."""
+        text = "".join(line for line in self.config.read_text().splitlines(keepends=True)
+                       if not line.startswith("Subsystem sftp "))
+        self.config.write_text(text + (f"Subsystem sftp {subsystem}\n" if subsystem else ""))
+        self.stop()
+        return self.start()
+
     def fingerprint(self) -> str:
         out = subprocess.run(["ssh-keygen", "-lf", str(self.host_key) + ".pub"], check=True,
                              capture_output=True, text=True).stdout

@@ -424,3 +424,55 @@ def test_ipv6_loopback_device_and_jump(tmp_path):
         assert device.server.accepted_logins() == 3
     finally:
         device.stop()
+
+
+# --- a device whose sshd serves no SFTP --------------------------------------------------------
+
+
+def one_line_exit_2(args: list[str]) -> str:
+    done = subprocess.run([HWNAS, *args], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_a_device_without_sftp_is_one_clear_line(ssh_world):
+    """A minimal image whose sshd_config has no `Subsystem sftp` line: every verb that needs
+    the agent's files says so, and how to enable it, instead of paramiko's 'Channel closed.'"""
+    ssh_world.server.serve_sftp(None)
+    profile = ssh_world.profile()
+    for verb in ("status", "install"):
+        line = one_line_exit_2(["agent", verb, str(profile)])
+        assert "has no SFTP subsystem" in line and "Subsystem sftp internal-sftp" in line, line
+        assert "restart sshd" in line
+    done = subprocess.run([HWNAS, "devices", "check", str(profile)], capture_output=True,
+                          text=True, timeout=180)
+    # a check reports each device (the others are still checked): FAILED, with the reason
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+    assert "FAILED" in done.stdout and "has no SFTP subsystem" in done.stdout
+
+
+def test_an_sftp_server_that_exits_at_once_is_one_clear_line(ssh_world):
+    ssh_world.server.serve_sftp("/bin/true")
+    line = one_line_exit_2(["agent", "status", str(ssh_world.profile())])
+    assert "SFTP server" in line and "exited at once" in line and "sshd_config" in line, line
+
+
+def test_a_link_dropped_while_sftp_opens_is_retried_then_one_clear_line(ssh_world):
+    """The SSH connection dies the moment SFTP starts (its sshd session process is killed):
+    a dropped link, reconnected and retried, then named as such; never 'no SFTP'."""
+    ssh_world.server.serve_sftp("kill -9 $PPID")  # run by the login shell: $PPID is its sshd
+    profile = load_device_profile(ssh_world.profile())
+    session = SSHSession(profile.name, profile.connection)
+    try:
+        with pytest.raises(DeviceError, match="dropped while SFTP opened.*3 times"):
+            session.read_file("anything")
+    finally:
+        session.close()
+    assert ssh_world.server.accepted_logins() == 3  # reconnected for each attempt
+    line = one_line_exit_2(["agent", "status", str(ssh_world.profile())])
+    assert "dropped while SFTP opened" in line and "SFTP subsystem" not in line, line
+    done = subprocess.run([HWNAS, "devices", "check", str(ssh_world.profile())],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1 and done.stderr == "" and "dropped while SFTP" in done.stdout

@@ -105,3 +105,32 @@ def test_the_replay_tables_are_the_published_files():
     assert len(listed) == 4
     for name, sha256 in listed.items():
         assert hashlib.sha256((DATA / name).read_bytes()).hexdigest() == sha256, name
+
+
+def test_proxy_images_missing_name_the_debian_package(tmp_path, monkeypatch):
+    """Without dataset-fashion-mnist (its folder empty here): a ConfigError that says where
+    the images come from, not "'NoneType' object has no attribute 'suffix'"."""
+    from hwnas.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=r"no train-images-idx3-ubyte, train-labels-idx1-ubyte "
+                                          r".*Debian package dataset-fashion-mnist"):
+        fashion_mnist_batch()
+    with pytest.raises(ConfigError, match=r"--fashion-mnist DIR"):
+        fashion_mnist_batch(folder=tmp_path / "elsewhere")
+
+
+def test_the_replay_benchmark_without_the_images_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "search_replay.py"),
+         "--accuracy", str(DATA / "nb201_valid_nets.csv"), "--hardware",
+         str(DATA / "hw_cifar10.csv"), "--metric", METRIC, "--budget-quantile", "0.1",
+         "--seeds", "1", "--strategies", "hwnas", "--json", str(tmp_path / "r.json"),
+         "--fashion-mnist", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+    assert "dataset-fashion-mnist" in lines[0] and str(tmp_path) in lines[0]
+    assert not (tmp_path / "r.json").exists()

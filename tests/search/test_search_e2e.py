@@ -186,3 +186,41 @@ def test_optuna_dashboard_shows_the_searched_budgets_and_feasibility(searched):
         # a candidate rejected by screening was never fine-tuned: nothing of it is kept
         assert kept == ({f"{sha256}.onnx", f"{sha256}.pt", f"{sha256}.plan.json"}
                         if outcome.deployable else set())
+
+
+def test_an_export_stopped_by_a_signal_leaves_the_whole_export_or_nothing(searched, tmp_path):
+    """SIGTERM at several moments of a real export (from the first file it writes on): the
+    destination holds all four files or none, never an .onnx without its card; nothing
+    temporary is left; an interrupted export says so in one line."""
+    import signal
+    import time
+
+    _, _, run_dir, _ = searched
+    best = best_feasible(outcomes(RunFolder.load(run_dir).open_study()))
+    stem = f"{RunFolder.load(run_dir).study_name}-trial{best.number}"
+    whole = {f"{stem}{suffix}" for suffix in (".onnx", ".pt", ".plan.json", ".card.json")}
+    seen = []
+    for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2):
+        out = tmp_path / f"after-{delay}"
+        out.mkdir()
+        export = subprocess.Popen([HWNAS, "export", str(run_dir), "--trial", str(best.number),
+                                   "--out", str(out)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        while not any(out.iterdir()) and export.poll() is None:
+            time.sleep(0.001)  # until the export writes its first file
+        time.sleep(delay)
+        export.send_signal(signal.SIGTERM)
+        stdout, stderr = export.communicate(timeout=120)
+        seen.append((delay, sorted(p.name for p in out.iterdir()), export.returncode, stderr))
+    for delay, left, code, stderr in seen:
+        assert set(left) in (set(), whole), seen
+        if left:  # it was in place first: finished (or terminated on its way out)
+            assert code in (0, -signal.SIGTERM), seen
+        else:
+            assert code == 143, seen
+            assert stderr == f"hwnas: export interrupted (SIGTERM): nothing written to " \
+                             f"{tmp_path / f'after-{delay}'}\n", seen
+    assert not seen[0][1], f"the first SIGTERM came after the export was done: {seen}"
+    done = subprocess.run([HWNAS, "export", str(run_dir), "--trial", str(best.number), "--out",
+                           str(tmp_path / "clean")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and {p.name for p in (tmp_path / "clean").iterdir()} == whole

@@ -1,0 +1,81 @@
+"""A damaged study.db: every command that opens it says which file and what to do, in one
+line, exits 2, and leaves the file as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hwnas.config import load_device_profile, load_search_space
+from hwnas.records import TrialOutcome, TrialStage
+from hwnas.run import RunFolder, make_storage
+from tests.conftest import DIGITS_SPACE, ENQUEUED, FAST_DEVICE
+
+HWNAS = str(Path(sys.executable).parent / "hwnas")
+
+
+@pytest.fixture()
+def run_folder(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A run folder as `hwnas search` leaves it: its configs recorded and a real SQLite study
+    with finished trials (made here, without the minutes of a search)."""
+    space, device = tmp_path / "space.yaml", tmp_path / "device.yaml"
+    space.write_text(textwrap.dedent(DIGITS_SPACE) + ENQUEUED)
+    device.write_text(FAST_DEVICE)
+    run = RunFolder.locate(load_search_space(space), load_device_profile(device),
+                           tmp_path / "run")
+    run.path.mkdir()
+    run.record_configs(space, [device])
+    study = optuna.create_study(storage=make_storage(run.storage_url), study_name=run.study_name,
+                                directions=["maximize", "minimize", "minimize"])
+    for number in range(40):  # hwnas's own trial records (failed ones: the fewest fields)
+        failed = TrialOutcome(TrialStage.FAILED, failure=f"trial {number}: " + "x" * 2000)
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.FAIL, params={"x": number},
+            distributions={"x": optuna.distributions.IntDistribution(0, 100)},
+            user_attrs=failed.attributes()))
+    del study
+    return space, device, run.path
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":  # a copy or a disk that stopped half-way
+        path.write_bytes(data[:len(data) // 2])
+    elif how == "garbage":  # overwritten by something else entirely
+        path.write_bytes(bytes(range(256)) * (len(data) // 256))
+    else:  # pages in the middle overwritten: the header and schema still read
+        page = 4096
+        path.write_bytes(data[:2 * page] + b"\xff" * (len(data) - 3 * page) + data[-page:])
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "pages"])
+def test_a_damaged_study_db_is_one_line_naming_the_file(run_folder, how):
+    space, device, run_dir = run_folder
+    database = run_dir / "study.db"
+    damage(database, how)
+    before = hashlib.sha256(database.read_bytes()).hexdigest()
+    commands = {"search": ["search", str(space), "--device", str(device), "--run-dir",
+                           str(run_dir), "--no-progress", "--trials", "41"],
+                "report": ["report", str(run_dir)], "status": ["status", str(run_dir)]}
+    for verb, args in commands.items():
+        done = subprocess.run([HWNAS, *args], capture_output=True, text=True, timeout=300)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, f"{verb}: {done.stderr[-3000:]}"
+        assert f"the study database {database.resolve()} is damaged" in lines[0], lines[0]
+        assert "restore it from a backup" in lines[0] and "--run-dir" in lines[0]
+        assert "pre-flight" not in done.stdout  # refused before any model work
+    assert hashlib.sha256(database.read_bytes()).hexdigest() == before  # left as it was
+
+
+def test_the_same_folder_undamaged_reads(run_folder):
+    """The fixture's study is a real one: what the damaged copies are compared with."""
+    _, _, run_dir = run_folder
+    done = subprocess.run([HWNAS, "status", str(run_dir)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "40" in done.stdout, done.stderr[-2000:]
