@@ -139,3 +139,14 @@ def test_no_hwnas_module_imports_itself_round_a_circle() -> None:
     """Issue 21.6: export/onnx.py <-> export/precision.py and report/plot.py <-> report/tables.py
     were circles, one of them through lazy imports; none may come back."""
     assert import_circles(hwnas_import_graph(ROOT)) == []
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    """Issue 21.6: a newcomer finds every module in the README's Layout; a new module that is
+    not named there fails here."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    unnamed = [p.relative_to(ROOT).as_posix()
+               for base in ("hwnas", "agents/hwnas_agent") for p in sorted((ROOT / base).rglob("*.py"))
+               if p.name != "__init__.py" and p.name not in layout]
+    assert unnamed == [], f"modules not named in README.md's Layout: {unnamed}"
