@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import optuna
-import yaml
 
 from hwnas import __version__
 from hwnas.errors import ConfigError, ExportError, StorageUnreachable
@@ -286,9 +285,12 @@ class RunFolder:
         version = version or self._info().get("current_config")
         if version is None:
             return None
+        from hwnas.config.safe_yaml import read_yaml
+
+        path = self.path / "configs" / version / name
         try:
-            return yaml.safe_load((self.path / "configs" / version / name).read_text())
-        except (OSError, yaml.YAMLError):
+            return read_yaml(path.read_text(), str(path))
+        except (OSError, ValueError, ConfigError):
             return None
 
     def device_config(self, version: str | None, device_name: str | None) -> Any:

@@ -9,10 +9,10 @@ import typing
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from hwnas.config.models import DeviceProfile, SearchSpace
+from hwnas.config.safe_yaml import read_yaml
 from hwnas.errors import ConfigError
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
@@ -74,13 +74,10 @@ def load_record(path: str | Path, record: type[RecordT], what: str) -> RecordT:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML: "
-                          f"{getattr(exc, 'problem', None) or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: a {what} is UTF-8 text; byte {exc.start} is not "
+                          f"({exc.reason})") from None
+    data = read_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {what} is a YAML mapping of keys "
                           f"({', '.join(sorted(record.model_fields))}), not {type(data).__name__}")

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
 from hwnas.budgets import breaks_a_budget, constraint_values, objective_values
+from hwnas.config.safe_yaml import read_yaml
 from hwnas.errors import ConfigError
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.run import SPACE_FILE, RunFolder, device_file, make_storage, outcomes
@@ -71,7 +71,7 @@ def _under(key: str, prefixes: Sequence[str]) -> bool:
 
 def diff(run: RunFolder, version: str, space_path: Path, device_paths: Sequence[Path]) -> ConfigDiff:
     def read(path: Path) -> Any:
-        return yaml.safe_load(path.read_text())
+        return read_yaml(path.read_text(), str(path))
 
     space = config_changes(run.config(version, SPACE_FILE), read(space_path))
     devices: list[tuple[str, Any, Any]] = []

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
-import yaml
 
+from hwnas.config.safe_yaml import read_yaml
 from hwnas.errors import ConfigError
 from hwnas.records import StudyRecord
 from hwnas.run import RunFolder, make_storage
@@ -51,7 +51,8 @@ def parent_filename(sha256: str) -> str:
 def same_sections(record: StudyRecord, space_yaml: str, sections: tuple[str, ...]) -> bool:
     if record.search_space_yaml is None:
         return False
-    recorded, current = yaml.safe_load(record.search_space_yaml), yaml.safe_load(space_yaml)
+    recorded = read_yaml(record.search_space_yaml, "the study's recorded search space")
+    current = read_yaml(space_yaml, "the search space")
     return all(recorded.get(s) == current.get(s) for s in sections)
 
 
@@ -114,8 +115,9 @@ def refuse_other_space(study: optuna.Study, record: StudyRecord, space_yaml: str
 
     if record.search_space_yaml is None:
         return
-    changes = [c for c in config_changes(_without_local(record.search_space_yaml),
-                                         _without_local(space_yaml))]
+    changes = [c for c in config_changes(
+        _without_local(record.search_space_yaml, f"study {study.study_name}'s search space"),
+        _without_local(space_yaml, "the search space"))]
     if changes:
         shown = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, old, new in changes[:30])
         raise ConfigError(f"study {study.study_name} runs another search space than the one "
@@ -123,8 +125,8 @@ def refuse_other_space(study: optuna.Study, record: StudyRecord, space_yaml: str
                           f"study's own space), or start a new study (another study_name)")
 
 
-def _without_local(text: str) -> Any:
-    data = yaml.safe_load(text) or {}
+def _without_local(text: str, source: str) -> Any:
+    data = read_yaml(text, source) or {}
     search = dict(data.get("search") or {})
     for key in LOCAL_KEYS:
         search.pop(key.split(".", 1)[1], None)

@@ -211,8 +211,8 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
     )
 
     paths = device_paths(device_path)
-    space_text = Path(space_path).read_text()
     space = with_locations(load_search_space(space_path), storage, study_name, artifact_store)
+    space_text = Path(space_path).read_text()  # UTF-8: it loaded
     devices = cross_check(space, space_path, paths)  # refused before a run folder exists
     run = RunFolder.locate(space, devices[0], run_dir)
     with run_log(run.log_path):
