@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.artifacts import upload_artifact as _upload
 
-from hwnas.errors import ConfigError, ExportError
+from hwnas.errors import ConfigError, ExportError, excerpt
 
 
 def open_store(url: str) -> Any:
@@ -44,7 +44,7 @@ def open_store(url: str) -> Any:
         return Boto3ArtifactStore(parsed.netloc, client=client) if not parsed.path.strip("/") \
             else _PrefixedStore(Boto3ArtifactStore(parsed.netloc, client=client),
                                 parsed.path.strip("/"))
-    raise ConfigError(f"artifact store {url!r}: write file:///absolute/path or s3://bucket/prefix")
+    raise ConfigError(f"artifact store {excerpt(url)}: write file:///absolute/path or s3://bucket/prefix")
 
 
 class _PrefixedStore:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from hwnas.config.models import DeviceProfile, SearchSpace
 from hwnas.config.safe_yaml import read_yaml
-from hwnas.errors import ConfigError
+from hwnas.errors import ConfigError, excerpt
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
@@ -62,10 +62,10 @@ def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
     if error["type"] == "missing":
         return f"key '{key}': required but missing"
     if error["type"] == "union_tag_invalid":
-        return f"key '{key}.kind': {error['msg']} (got {error.get('input', {}).get('kind')!r})" \
+        return f"key '{key}.kind': {error['msg']} (got {excerpt(error['input'].get('kind'))})" \
             if isinstance(error.get("input"), dict) else f"key '{key}': {error['msg']}"
     message = error["msg"].removeprefix("Value error, ")
-    return f"key '{key}': {message} (got {error.get('input')!r})"
+    return f"key '{key}': {message} (got {excerpt(error.get('input'))})"
 
 
 def load_record(path: str | Path, record: type[RecordT], what: str) -> RecordT:

@@ -16,6 +16,8 @@ from hwnas_agent.protocol import (POWER_SOURCES, MeasureRequest, ProtocolError, 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator,
                       model_validator)
 
+from hwnas.errors import excerpt
+
 # what each means in the exported bytes: hwnas/export/precision.py
 PRECISIONS = ("fp32", "fp16", "int8", "a16w8", "int8_weight_only")
 Precision = Literal["fp32", "fp16", "int8", "a16w8", "int8_weight_only"]
@@ -31,13 +33,13 @@ class Frozen(BaseModel):
 
 def _check_entry_point(value: str) -> str:
     if not ENTRY_POINT.match(value):
-        raise ValueError(f"{value!r} is not an entry point; write it as 'package.module:function'")
+        raise ValueError(f"{excerpt(value)} is not an entry point; write it as 'package.module:function'")
     return value
 
 
 def _check_name(value: str) -> str:
     if not NAME.match(value):
-        raise ValueError(f"{value!r}: use letters, digits, '.', '_' and '-' (it names files)")
+        raise ValueError(f"{excerpt(value)}: use letters, digits, '.', '_' and '-' (it names files)")
     return value
 
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from hwnas.budgets import breaks_a_budget, constraint_values, objective_values
 from hwnas.config.safe_yaml import read_yaml
-from hwnas.errors import ConfigError
+from hwnas.errors import ConfigError, excerpt
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.run import SPACE_FILE, RunFolder, device_file, make_storage, outcomes
 from hwnas.space import distributions, fits
@@ -84,7 +84,7 @@ def diff(run: RunFolder, version: str, space_path: Path, device_paths: Sequence[
 
 
 def refusal(run: RunFolder, previous: str, changes: list[tuple[str, Any, Any]]) -> ConfigError:
-    shown = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, old, new in changes[:30])
+    shown = "\n".join(f"  {key}: {excerpt(old)} -> {excerpt(new)}" for key, old, new in changes[:30])
     more = f"\n  ... and {len(changes) - 30} more" if len(changes) > 30 else ""
     return ConfigError(
         f"{run.path}: the configuration changed since this study's trials ran (config "

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import optuna
 
 from hwnas.config.safe_yaml import read_yaml
-from hwnas.errors import ConfigError
+from hwnas.errors import ConfigError, excerpt
 from hwnas.records import StudyRecord
 from hwnas.run import RunFolder, make_storage
 
@@ -119,7 +119,7 @@ def refuse_other_space(study: optuna.Study, record: StudyRecord, space_yaml: str
         _without_local(record.search_space_yaml, f"study {study.study_name}'s search space"),
         _without_local(space_yaml, "the search space"))]
     if changes:
-        shown = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, old, new in changes[:30])
+        shown = "\n".join(f"  {key}: {excerpt(old)} -> {excerpt(new)}" for key, old, new in changes[:30])
         raise ConfigError(f"study {study.study_name} runs another search space than the one "
                           f"given here:\n{shown}\nJoin it with `hwnas worker` (which runs the "
                           f"study's own space), or start a new study (another study_name)")

@@ -310,3 +310,16 @@ def test_an_enqueued_value_off_the_space_is_refused_before_any_trial(tmp_path):
         enqueue("{pruning_criterion: l2}")
     with pytest.raises(ConfigError, match=r"search.enqueue.0: unknown parameter\(s\) \['keep_x'\]"):
         enqueue("{keep_x: 0.5}")
+
+
+@pytest.mark.parametrize("text, key", [
+    (GOOD_SPACE + "budgets: {latency_p90_ms: [" + ", ".join(map(str, range(20000))) + "]}\n",
+     "budgets.latency_p90_ms"),
+    (GOOD_SPACE.replace("name: ok", "name: '" + "x" * 100000 + "!'"), "name"),
+    (GOOD_SPACE.replace("{builtin: small_cnn}", "{factory: '" + "m." * 50000 + "'}"),
+     "base_model.factory"),
+])
+def test_an_error_quotes_a_short_excerpt_of_a_long_value(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=f"key '{key}'") as caught:
+        load_search_space(write(tmp_path, text))
+    assert len(str(caught.value)) < 400, str(caught.value)[:1000]
