@@ -65,6 +65,9 @@ def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
         return f"key '{key}.kind': {error['msg']} (got {excerpt(error['input'].get('kind'))})" \
             if isinstance(error.get("input"), dict) else f"key '{key}': {error['msg']}"
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "finite_number":
+        message = ("expected a finite number: YAML reads .inf, .nan and numbers beyond 1.8e308 "
+                   "(such as 1e400) as infinite or not a number; leave a budget out for no limit")
     return f"key '{key}': {message} (got {excerpt(error.get('input'))})"
 
 

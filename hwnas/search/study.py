@@ -69,6 +69,13 @@ def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
 
 
+def resumption_seed(seed: int, trials: int, worker: bool) -> int:
+    """The sampler's seed for this controller: a fresh seed per resumption, and per worker (the
+    same seed would replay the same random start-up trials, and several workers would propose
+    the same candidates); within what the samplers accept (< 2**32)."""
+    return (seed + trials + (os.getpid() if worker else 0)) % 2**32
+
+
 def device_paths(device_path: str | Path | list[str | Path] | tuple) -> list[Path]:
     return [Path(p) for p in device_path] if isinstance(device_path, (list, tuple)) \
         else [Path(device_path)]
@@ -286,11 +293,8 @@ def _open_study(run: RunFolder, prepared: Prepared, log: Callable[[str], None],
         log(f"trials {abandoned} were left running by a controller that stopped: their "
             f"candidates are retried first, reusing what was already measured")
     trials = probe.get_trials(deepcopy=False)
-    # a fresh seed per resumption, and per worker: the same seed would replay the same random
-    # start-up trials (and several workers would propose the same candidates)
-    seed = space.search.seed + len(trials) + (os.getpid() if worker else 0)
-    study = optuna.load_study(study_name=run.study_name, storage=storage,
-                              sampler=make_sampler(space, seed))
+    study = optuna.load_study(study_name=run.study_name, storage=storage, sampler=make_sampler(
+        space, resumption_seed(space.search.seed, len(trials), worker)))
     if not trials:
         for params in space.search.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
