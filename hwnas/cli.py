@@ -471,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     except HwnasError as exc:
         if args.debug:
             raise
-        print(f"hwnas: error: {exc}", file=sys.stderr)
+        from hwnas.redaction import redact
+
+        print(f"hwnas: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         if args.debug or exc.filename is None:

@@ -19,6 +19,7 @@ from hwnas.budgets import breaks_a_budget, constraint_values, objective_values
 from hwnas.config.safe_yaml import read_yaml
 from hwnas.errors import ConfigError, excerpt
 from hwnas.records import TrialOutcome, TrialStage
+from hwnas.redaction import redact
 from hwnas.run import SPACE_FILE, RunFolder, device_file, make_storage, outcomes
 from hwnas.space import distributions, fits
 
@@ -71,7 +72,8 @@ def _under(key: str, prefixes: Sequence[str]) -> bool:
 
 def diff(run: RunFolder, version: str, space_path: Path, device_paths: Sequence[Path]) -> ConfigDiff:
     def read(path: Path) -> Any:
-        return read_yaml(path.read_text(), str(path))
+        # as the run folder keeps it: a password in a URL is no change (nor shown in one)
+        return read_yaml(redact(path.read_text()), str(path))
 
     space = config_changes(run.config(version, SPACE_FILE), read(space_path))
     devices: list[tuple[str, Any, Any]] = []

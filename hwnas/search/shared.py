@@ -19,6 +19,7 @@ import optuna
 from hwnas.config.safe_yaml import read_yaml
 from hwnas.errors import ConfigError, excerpt
 from hwnas.records import StudyRecord
+from hwnas.redaction import redact
 from hwnas.run import RunFolder, make_storage
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def fetch_parent(run: RunFolder, study: optuna.Study, record: StudyRecord) -> Pa
     artifact_id = find(study, parent_filename(sha256))
     if artifact_id is None:
         raise ConfigError(f"study {study.study_name}: its parent weights ({sha256[:12]}) are not "
-                          f"in the artifact store {run.store_url}; every machine of a study must "
+                          f"in the artifact store {redact(run.store_url)}; every machine of a study must "
                           f"reach one store: set search.artifact_store (file:///shared/path or "
                           f"s3://bucket/prefix), or --artifact-store")
     return fetch(run.store(), artifact_id, target, sha256)

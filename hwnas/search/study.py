@@ -22,6 +22,7 @@ from hwnas.export.onnx import plan_units, precision_units
 from hwnas.logs import run_log
 from hwnas.models import model_stages
 from hwnas.records import StudyRecord, TrialOutcome, TrialStage
+from hwnas.redaction import has_hidden_credentials, redact
 from hwnas.run import RunFolder, completed_search_trials, make_storage, outcomes
 from hwnas.search.controllers import fail_abandoned_trials, fail_own_trials
 from hwnas.space import check_enqueued, space_shape
@@ -219,7 +220,8 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
 
     paths = device_paths(device_path)
     space = with_locations(load_search_space(space_path), storage, study_name, artifact_store)
-    space_text = Path(space_path).read_text()  # UTF-8: it loaded
+    # what the study records and compares: no credential of a URL in it (redaction.py)
+    space_text = redact(Path(space_path).read_text())  # UTF-8: it loaded
     devices = cross_check(space, space_path, paths)  # refused before a run folder exists
     run = RunFolder.locate(space, devices[0], run_dir)
     with run_log(run.log_path):
@@ -227,8 +229,8 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
             refuse_changed(run, Path(space_path), paths)
         joined = existing_study(run)
         if worker and (joined is None or joined[1].search_space_yaml is None):
-            raise ConfigError(f"no hwnas study {run.study_name!r} in {run.storage_url}: start "
-                              f"it with `hwnas search SPACE.yaml --storage URL` first")
+            raise ConfigError(f"no hwnas study {run.study_name!r} in {redact(run.storage_url)}: "
+                              f"start it with `hwnas search SPACE.yaml --storage URL` first")
         if worker and space.search.sampler == "engine":
             raise ConfigError(f"{space_path}: key 'search.sampler' is engine, which runs one "
                               f"controller per study; workers join studies of sampler tpe, "
@@ -260,16 +262,19 @@ def run_worker(storage: str, study_name: str, device_path: str | Path | list,
     probe = RunFolder(Path("."), storage, study_name)
     joined = existing_study(probe)
     if joined is None or joined[1].search_space_yaml is None:
-        raise ConfigError(f"no hwnas study {study_name!r} in {storage}: start it with "
+        raise ConfigError(f"no hwnas study {study_name!r} in {redact(storage)}: start it with "
                           f"`hwnas search SPACE.yaml --storage URL` first")
+    store = artifact_store or joined[1].artifact_store
+    if store and has_hidden_credentials(store):
+        raise ConfigError(f"study {study_name}: its artifact store's credentials are not kept in "
+                          f"the study ({store}); give the store with --artifact-store URL")
     run_dir = Path(run_dir or Path("runs") / f"{study_name}--worker")
     space_path = run_dir / "study-search-space.yaml"
     space_path.parent.mkdir(parents=True, exist_ok=True)
-    space_path.write_text(joined[1].search_space_yaml)
+    space_path.write_text(redact(joined[1].search_space_yaml))
     # the study's store unless this machine reaches it elsewhere (another mount point)
     return run_search(space_path, device_path, run_dir, None, progress, log, storage=storage,
-                      study_name=study_name, worker=True,
-                      artifact_store=artifact_store or joined[1].artifact_store)
+                      study_name=study_name, worker=True, artifact_store=store)
 
 
 def with_locations(space: SearchSpace, storage: str | None, study_name: str | None,
@@ -314,7 +319,7 @@ def _share(run: RunFolder, study: optuna.Study, prepared: Prepared, space_text: 
             study_record(prepared), parent_weights_sha256=weights,
             data_fingerprint=prepared.task.fingerprint, search_space_yaml=space_text,
             config_version=config_version, n_trials=prepared.space.search.n_trials,
-            artifact_store=run.store_url).write(study)
+            artifact_store=redact(run.store_url)).write(study)
 
 
 class MaxSearchTrials:
@@ -339,7 +344,7 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
     completed = completed_search_trials(study)
     remaining = max(0, space.search.n_trials - completed)
     log(f"study {run.study_name}: {completed} trials done, {remaining} to go "
-        f"(storage {run.storage_url})")
+        f"(storage {redact(run.storage_url)})")
     if remaining == 0:
         return SearchOutcome(run, study, 0)
 
