@@ -23,7 +23,8 @@ from urllib.parse import urlparse
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.artifacts import upload_artifact as _upload
 
-from hwnas.errors import ConfigError, ExportError
+from hwnas.errors import ConfigError, ExportError, excerpt
+from hwnas.redaction import redact
 
 
 def open_store(url: str) -> Any:
@@ -36,7 +37,7 @@ def open_store(url: str) -> Any:
         try:
             import boto3
         except ImportError:
-            raise ConfigError(f"artifact store {url}: an s3:// store needs boto3 "
+            raise ConfigError(f"artifact store {redact(url)}: an s3:// store needs boto3 "
                               f"(pip install boto3)") from None
         from optuna.artifacts import Boto3ArtifactStore
 
@@ -44,7 +45,7 @@ def open_store(url: str) -> Any:
         return Boto3ArtifactStore(parsed.netloc, client=client) if not parsed.path.strip("/") \
             else _PrefixedStore(Boto3ArtifactStore(parsed.netloc, client=client),
                                 parsed.path.strip("/"))
-    raise ConfigError(f"artifact store {url!r}: write file:///absolute/path or s3://bucket/prefix")
+    raise ConfigError(f"artifact store {excerpt(redact(url))}: write file:///absolute/path or s3://bucket/prefix")
 
 
 class _PrefixedStore:

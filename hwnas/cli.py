@@ -531,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
         if full is not None:
             exc = full
         if isinstance(exc, HwnasError):
-            print(f"hwnas: error: {exc}", file=sys.stderr)
+            from hwnas.redaction import redact
+
+            print(f"hwnas: error: {redact(str(exc))}", file=sys.stderr)
             return 2
         if isinstance(exc, OSError) and exc.filename is not None:
             print(f"hwnas: error: {exc.filename}: {exc.strerror}", file=sys.stderr)

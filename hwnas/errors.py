@@ -32,3 +32,16 @@ class StorageUnreachable(HwnasError):
 
 class StorageDamaged(HwnasError):
     """The study's SQLite file is corrupt or not a database: named, and left untouched."""
+
+
+def excerpt(value: object, limit: int = 80) -> str:
+    """A short repr of a value the user gave, for an error message: a long string, a deep
+    or long list is cut (with '...'), never printed whole."""
+    import reprlib
+
+    short = reprlib.Repr()  # keyword arguments only from Python 3.12
+    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 3, limit, limit, 40
+    for kind in ("tuple", "list", "array", "dict", "set", "frozenset", "deque"):
+        setattr(short, f"max{kind}", 4)
+    shown = short.repr(value)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."

@@ -10,6 +10,8 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from hwnas.redaction import redact
+
 # what a run's log keeps at INFO: the search's own story (trials finished, storage retries)
 VERBOSE_LOGGERS = ("hwnas", "optuna")
 # loggers whose lines belong in the run's log, not on the user's terminal
@@ -37,13 +39,20 @@ class _RunLogFile(logging.FileHandler):
         super().handleError(record)
 
 
+class RedactingFormatter(logging.Formatter):
+    """A log line as the run folder keeps it: no URL's credential (message, traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 @contextlib.contextmanager
 def run_log(path: Path) -> Iterator[logging.Handler]:
     """Append library log lines and Python warnings to ``path`` while the block runs; the
     terminal gets none of them. Restores the logging state afterwards."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = _RunLogFile(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     saved = []
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)

@@ -1,7 +1,8 @@
 """The run folder: where one search lives, and what `search`, `report` and `export` share.
 
     runs/<space>--<device>/
-      run.json                 storage URL, study name, hwnas version, config versions
+      run.json                 storage URL (its password hidden: redaction.py), study name,
+                               hwnas version, config versions
       configs/<version>/       every version of the search space and device profiles used,
                                by content hash: a trial's card shows the config it ran under
       study.db                 the Optuna study (SQLite default; any storage URL in run.json)
@@ -35,12 +36,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import optuna
-import yaml
 
 from hwnas import __version__
 from hwnas.errors import ConfigError, ExportError, StorageUnreachable
 from hwnas.records import Artifact, TrialOutcome
 from hwnas.study_file import NOT_TRANSIENT, refuse_damaged, sqlite_code
+from hwnas.redaction import redact, with_credentials
 
 if TYPE_CHECKING:
     from hwnas.config.models import DeviceProfile, SearchSpace
@@ -68,7 +69,14 @@ def _transient(exc: BaseException) -> bool:
         return False
     lost = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
             sqlalchemy.exc.DisconnectionError)
-    return isinstance(exc, lost) or isinstance(exc.__cause__, lost)
+    return (isinstance(exc, lost) or isinstance(exc.__cause__, lost)) and not _refused(exc)
+
+
+def _refused(exc: BaseException) -> bool:
+    """The database answered and refused the credentials: waiting will not change that."""
+    text = str(exc).lower()
+    return any(words in text for words in ("authentication failed", "no password supplied",
+                                           "access denied for user"))
 
 
 def _wait_out(call: Callable[[int], Any], what: str, outage_s: float) -> Any:
@@ -126,16 +134,6 @@ def _retrying_storage_class() -> type:
     return type("RetryingRDBStorage", (RDBStorage,), namespace)
 
 
-def redact(url: str) -> str:
-    """A storage URL fit for a message or a log: its password hidden."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
-
-
 def make_storage(url: str) -> optuna.storages.BaseStorage | str:
     """Optuna storage for a URL. RDB storages get heartbeats (a resumed search finds the trials
     a killed controller left RUNNING: failed, then retried) and wait out a lost database
@@ -154,6 +152,11 @@ def make_storage(url: str) -> optuna.storages.BaseStorage | str:
         return _wait_out(connect, "connecting", OUTAGE_S)
     except Exception as exc:
         refuse_damaged(exc, url)
+        if _refused(exc):
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"the study database {redact(url)} refused the credentials "
+                              f"({redact(first)}); give the right password: --storage URL, "
+                              f"$HWNAS_STORAGE, or PGPASSWORD / ~/.pgpass") from None
         if not _transient(exc):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -192,24 +195,31 @@ class RunFolder:
     @classmethod
     def locate(cls, space: "SearchSpace", device: "DeviceProfile",
                run_dir: Path | None = None) -> "RunFolder":
-        """Where a search of ``space`` on ``device`` lives (flags and config decide, in that order)."""
+        """Where a search of ``space`` on ``device`` lives (flags and config decide, in that
+        order; else a run folder goes on with the database other than its SQLite and the
+        artifact store its run.json names)."""
         path = Path(run_dir or space.search.run_dir or Path("runs") / f"{space.name}--{device.name}")
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--run-dir {path}: exists and is not a folder")
         for parent in path.parents:
             if parent.exists() and not parent.is_dir():
                 raise ConfigError(f"--run-dir {path}: {parent} is a file, not a folder")
-        storage = space.search.storage or f"sqlite:///{path.resolve() / 'study.db'}"
+        info = cls(path, "", "")._info()
+        recorded = info.get("storage")
+        storage = space.search.storage or (
+            with_credentials(recorded, str(path / RUN_FILE))
+            if isinstance(recorded, str) and not recorded.startswith("sqlite")
+            else f"sqlite:///{path.resolve() / 'study.db'}")
         return cls(path, storage, space.search.study_name or f"{space.name}--{device.name}",
-                   space.search.artifact_store or "")
+                   space.search.artifact_store or str(info.get("artifact_store") or ""))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "RunFolder":
         path = Path(run_dir) / RUN_FILE
         try:
             data = json.loads(path.read_text())
-            return cls(Path(run_dir), data["storage"], data["study_name"],
-                       data.get("artifact_store", ""))
+            storage = with_credentials(data["storage"], str(path))
+            return cls(Path(run_dir), storage, data["study_name"], data.get("artifact_store", ""))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}: not a search run folder ({exc}); pass the folder that "
                               f"`hwnas search` printed") from None
@@ -254,7 +264,7 @@ class RunFolder:
         """The content hash of a set of config files: a run's config version."""
         digest = hashlib.sha256()
         for name, source in cls._config_files(space_path, device_paths):
-            digest.update(name.encode() + b"\0" + source.read_bytes() + b"\0")
+            digest.update(name.encode() + b"\0" + _kept_text(source) + b"\0")
         return digest.hexdigest()[:12]
 
     def current_config(self) -> str | None:
@@ -272,7 +282,7 @@ class RunFolder:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             for name, source in files:
-                shutil.copyfile(source, tmp / name)
+                (tmp / name).write_bytes(_kept_text(source))
             tmp.replace(folder)
         info = self._info()
         versions = info.get("config_versions", [])
@@ -283,10 +293,10 @@ class RunFolder:
         studies = info.get("studies", [])
         if self.study_name not in studies:
             studies.append(self.study_name)
-        info.update({"storage": self.storage_url, "study_name": self.study_name,
+        info.update({"storage": redact(self.storage_url), "study_name": self.study_name,
                      "hwnas_version": __version__, "config_versions": versions,
                      "current_config": version, "studies": studies,
-                     "artifact_store": self.artifact_store_url})
+                     "artifact_store": redact(self.artifact_store_url)})
         _write_json_atomic(self.path / RUN_FILE, info)
         return version
 
@@ -295,9 +305,13 @@ class RunFolder:
         version = version or self._info().get("current_config")
         if version is None:
             return None
+        from hwnas.config.safe_yaml import read_yaml
+
+        path = self.path / "configs" / version / name
         try:
-            return yaml.safe_load((self.path / "configs" / version / name).read_text())
-        except (OSError, yaml.YAMLError):
+            # redacted again: a copy an older hwnas kept whole shows no password either
+            return read_yaml(redact(path.read_text()), str(path))
+        except (OSError, ValueError, ConfigError):
             return None
 
     def device_config(self, version: str | None, device_name: str | None) -> Any:
@@ -317,7 +331,7 @@ class RunFolder:
             return optuna.load_study(study_name=self.study_name, storage=make_storage(self.storage_url))
         except KeyError:
             raise ConfigError(f"{self.path}: the study {self.study_name!r} is not in "
-                              f"{self.storage_url}") from None
+                              f"{redact(self.storage_url)}") from None
 
     # -- artifacts ---------------------------------------------------------------------------
     def store(self) -> Any:
@@ -373,11 +387,21 @@ class RunFolder:
             artifact_id = find(trial, f"{sha256}.onnx", storage=study._storage)
             if artifact_id is None:
                 raise ExportError(f"trial {outcome.number}: its bytes ({sha256[:12]}) were not "
-                                  f"kept in the artifact store {self.store_url}")
+                                  f"kept in the artifact store {redact(self.store_url)}")
             fetch(self.store(), artifact_id, target, sha256)
         artifact = dataclasses.replace(outcome.artifact, path=str(target))
         artifact.read_bytes()  # verified again: the cache is a plain folder
         return artifact
+
+
+def _kept_text(source: Path) -> bytes:
+    """A config file as the run folder keeps it: with any URL's credentials hidden (its
+    version is the hash of this, so the hash says nothing of a password either)."""
+    data = source.read_bytes()
+    try:
+        return redact(data.decode()).encode()
+    except UnicodeDecodeError:
+        return data
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:

@@ -8,7 +8,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from hwnas.config.models import DeviceProfile, SearchSpace
-from hwnas.errors import ConfigError
+from hwnas.errors import ConfigError, excerpt
 from hwnas.records import Candidate
 
 
@@ -86,7 +86,7 @@ def check_enqueued(space: SearchSpace, shape: SpaceShape) -> None:
                               f"allowed: {', '.join(sorted(found))}")
         for name, value in params.items():
             if not fits(found[name], value):
-                raise ConfigError(f"search.enqueue.{index}.{name}: {value!r} is not in the "
+                raise ConfigError(f"search.enqueue.{index}.{name}: {excerpt(value)} is not in the "
                                   f"space; allowed: {describe(found[name])}")
 
 

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAST_DEVICE
+
 BIN = Path(sys.executable).parent
 
 
@@ -104,3 +106,25 @@ def test_a_wrong_argument_is_one_line_too(argv, words):
     done = subprocess.run([str(BIN / "hwnas"), *argv], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(words) and "--help" in done.stderr
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("search: {seed: 100000000000000000000000000000}\n",
+     ["key 'search.seed': Input should be less than or equal to 4294967295"]),
+    ("budgets: {latency_p90_ms: 1e400}\n",
+     ["key 'budgets.latency_p90_ms': expected a finite number", "(got '1e400')"]),
+])
+def test_a_number_out_of_the_samplers_or_budgets_range_is_refused_before_any_work(
+        tmp_path, extra, words):
+    space = tmp_path / "s.yaml"
+    space.write_text("name: x\nbase_model: {builtin: small_cnn}\ndataset: {builtin: digits}\n"
+                     + extra)
+    device = tmp_path / "d.yaml"
+    device.write_text(FAST_DEVICE)
+    done = subprocess.run([str(BIN / "hwnas"), "search", str(space), "--device", str(device),
+                           "--run-dir", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"{space}: invalid search space" in done.stderr
+    assert all(word in done.stderr for word in words), done.stderr
+    assert not (tmp_path / "run").exists()

@@ -33,7 +33,7 @@ import torch_pruning as tp
 from torch import nn
 
 from hwnas.config.models import SearchSpace
-from hwnas.errors import ConfigError
+from hwnas.errors import ConfigError, excerpt
 from hwnas.models import output_layers, unwrapped_parameters
 from hwnas.models.transformers import SplitHeadAttention, attention_layers, mlp_layers, sync_dimensions
 from hwnas.records import Candidate
@@ -78,7 +78,7 @@ def _modules(model: nn.Module, names: Sequence[str], key: str) -> list[nn.Module
         matches = [named[pattern]] if pattern in named else [
             module for name, module in named.items() if name and fnmatch.fnmatchcase(name, pattern)]
         if not matches:
-            raise ConfigError(f"{key}: no module named {pattern!r} in the model; modules are "
+            raise ConfigError(f"{key}: no module named {excerpt(pattern)} in the model; modules are "
                               f"e.g. {', '.join(list(named)[1:8])}")
         found += [m for m in matches if all(m is not f for f in found)]
     return found

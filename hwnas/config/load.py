@@ -9,11 +9,11 @@ import typing
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from hwnas.config.models import DeviceProfile, SearchSpace
-from hwnas.errors import ConfigError
+from hwnas.config.safe_yaml import read_yaml
+from hwnas.errors import ConfigError, excerpt
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
@@ -62,10 +62,13 @@ def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
     if error["type"] == "missing":
         return f"key '{key}': required but missing"
     if error["type"] == "union_tag_invalid":
-        return f"key '{key}.kind': {error['msg']} (got {error.get('input', {}).get('kind')!r})" \
+        return f"key '{key}.kind': {error['msg']} (got {excerpt(error['input'].get('kind'))})" \
             if isinstance(error.get("input"), dict) else f"key '{key}': {error['msg']}"
     message = error["msg"].removeprefix("Value error, ")
-    return f"key '{key}': {message} (got {error.get('input')!r})"
+    if error["type"] == "finite_number":
+        message = ("expected a finite number: YAML reads .inf, .nan and numbers beyond 1.8e308 "
+                   "(such as 1e400) as infinite or not a number; leave a budget out for no limit")
+    return f"key '{key}': {message} (got {excerpt(error.get('input'))})"
 
 
 def load_record(path: str | Path, record: type[RecordT], what: str) -> RecordT:
@@ -74,13 +77,10 @@ def load_record(path: str | Path, record: type[RecordT], what: str) -> RecordT:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML: "
-                          f"{getattr(exc, 'problem', None) or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: a {what} is UTF-8 text; byte {exc.start} is not "
+                          f"({exc.reason})") from None
+    data = read_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {what} is a YAML mapping of keys "
                           f"({', '.join(sorted(record.model_fields))}), not {type(data).__name__}")

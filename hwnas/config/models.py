@@ -16,6 +16,8 @@ from hwnas_agent.protocol import (POWER_SOURCES, MeasureRequest, ProtocolError, 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator,
                       model_validator)
 
+from hwnas.errors import excerpt
+
 # what each means in the exported bytes: hwnas/export/precision.py
 PRECISIONS = ("fp32", "fp16", "int8", "a16w8", "int8_weight_only")
 Precision = Literal["fp32", "fp16", "int8", "a16w8", "int8_weight_only"]
@@ -23,21 +25,25 @@ CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+# what numpy's and Optuna's seeded generators accept (np.random.seed, RandomState)
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no number in a config is infinite or NaN: YAML reads .inf, .nan and 1e400 as such, and a
+    # budget of inf would look set while it limits nothing (leave a budget out for no limit)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_entry_point(value: str) -> str:
     if not ENTRY_POINT.match(value):
-        raise ValueError(f"{value!r} is not an entry point; write it as 'package.module:function'")
+        raise ValueError(f"{excerpt(value)} is not an entry point; write it as 'package.module:function'")
     return value
 
 
 def _check_name(value: str) -> str:
     if not NAME.match(value):
-        raise ValueError(f"{value!r}: use letters, digits, '.', '_' and '-' (it names files)")
+        raise ValueError(f"{excerpt(value)}: use letters, digits, '.', '_' and '-' (it names files)")
     return value
 
 
@@ -54,7 +60,7 @@ class TrainSettings(Frozen):
     epochs: Annotated[int, Field(ge=1, le=200)] = 3
     batch_size: Annotated[int, Field(ge=1)] = 128
     learning_rate: Annotated[float, Field(gt=0)] = 2e-3
-    seed: int = 0
+    seed: Seed = 0
 
 
 class BaseModelSpec(Frozen):
@@ -296,7 +302,7 @@ class SearchSettings(Frozen):
     # engine: hwnas's own policy (hwnas/search/engine.py), one controller, one device profile;
     # tpe / nsga2 / random: an Optuna sampler with the budgets as constraints
     sampler: Literal["engine", "tpe", "nsga2", "random"] = "tpe"
-    seed: int = 0
+    seed: Seed = 0
     storage: str | None = None  # any Optuna storage URL; default: SQLite in the run folder
     study_name: str | None = None
     run_dir: Path | None = None  # default: runs/<space>--<device>

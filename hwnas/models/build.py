@@ -12,7 +12,7 @@ from torch import nn
 
 from hwnas.config.models import BaseModelSpec
 from hwnas.entry_points import call_entry_point, load_entry_point
-from hwnas.errors import ConfigError
+from hwnas.errors import ConfigError, excerpt
 from hwnas.models import build_builtin
 
 # what the factory may receive besides base_model.kwargs
@@ -54,7 +54,7 @@ def _torchvision_builder(name: str) -> tuple[Callable[..., nn.Module], bool]:
         return cls, False
     close = difflib.get_close_matches(name, names, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"base_model.torchvision: {name!r} is not a torchvision classification model"
+    raise ConfigError(f"base_model.torchvision: {excerpt(name)} is not a torchvision classification model"
                       f"{hint} (allowed: a name from torchvision.models.list_models(), e.g. "
                       f"resnet18, mobilenet_v2, efficientnet_b0, vit_b_16, or a model class such "
                       f"as VisionTransformer)")
@@ -99,7 +99,7 @@ def build_torchvision(spec: BaseModelSpec, input_shape: tuple[int, ...], num_cla
     try:
         model = builder(weights=None, **kwargs) if is_function else builder(**kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
-        raise ConfigError(f"base_model: torchvision {name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
+        raise ConfigError(f"base_model: torchvision {name}({', '.join(f'{k}={excerpt(v)}' for k, v in kwargs.items())}) "
                           f"failed: {exc or type(exc).__name__}; check base_model.kwargs") from None
     adapted = _adapt_input_channels(model, input_shape[0])
     if adapted:

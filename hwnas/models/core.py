@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hwnas.config.models import BaseModelSpec
-from hwnas.errors import ConfigError
+from hwnas.errors import ConfigError, excerpt
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -67,7 +67,7 @@ class SmallCNN(nn.Module):
 def build_builtin(name: str, in_channels: int, num_classes: int) -> nn.Module:
     if name == "small_cnn":
         return SmallCNN(in_channels, num_classes)
-    raise ConfigError(f"base_model.builtin: unknown model {name!r}; allowed: small_cnn")
+    raise ConfigError(f"base_model.builtin: unknown model {excerpt(name)}; allowed: small_cnn")
 
 
 def model_stages(model: nn.Module, spec: BaseModelSpec) -> dict[str, list[nn.Module]]:
@@ -79,7 +79,7 @@ def model_stages(model: nn.Module, spec: BaseModelSpec) -> dict[str, list[nn.Mod
             modules = [named[p] for p in prefixes if p in named]
             missing = [p for p in prefixes if p not in named]
             if missing:
-                raise ConfigError(f"base_model.stages.{stage}: no module named {missing[0]!r} in "
+                raise ConfigError(f"base_model.stages.{stage}: no module named {excerpt(missing[0])} in "
                                   f"the model; modules are e.g. {', '.join(list(named)[1:8])}")
             stages[stage] = modules
         return stages

@@ -16,6 +16,7 @@ import optuna
 from hwnas import __version__
 from hwnas.errors import ConfigError
 from hwnas.records import StudyRecord, TrialOutcome
+from hwnas.redaction import redact
 from hwnas.run import RunFolder, outcomes
 
 
@@ -125,7 +126,7 @@ def model_card(run: RunFolder, study: optuna.Study, outcome: TrialOutcome) -> di
     return {
         "hwnas_version": __version__,
         "study": run.study_name,
-        "storage": run.storage_url,
+        "storage": redact(run.storage_url),
         "trial": outcome.number,
         "model_sha256": outcome.artifact.sha256,
         "artifact": outcome.artifact.to_dict(),

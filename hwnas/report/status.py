@@ -10,6 +10,7 @@ import optuna
 
 from hwnas.errors import ConfigError
 from hwnas.records import StudyRecord, TrialStage
+from hwnas.redaction import redact
 from hwnas.run import RunFolder, best_feasible, make_storage, outcomes
 
 FINALIZED = "finalized"  # a stage count of its own in the status: not a search trial
@@ -24,7 +25,7 @@ def _locate(target: str, study_name: str | None) -> tuple[str, str]:
         return target, study_name
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if len(names) != 1:
-        raise ConfigError(f"{target}: holds {len(names)} studies ({', '.join(names) or 'none'}); "
+        raise ConfigError(f"{redact(target)}: holds {len(names)} studies ({', '.join(names) or 'none'}); "
                           f"name one with --study")
     return target, names[0]
 
@@ -37,7 +38,7 @@ def study_status(target: str, study_name: str | None = None) -> dict[str, Any]:
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise ConfigError(f"{storage_url}: no study named {name!r}") from None
+        raise ConfigError(f"{redact(storage_url)}: no study named {name!r}") from None
     record = StudyRecord.from_study(study)
     found = outcomes(study)
     stale_ids = set(getattr(study._storage, "_get_stale_trial_ids", lambda _: [])(study._study_id))
@@ -58,7 +59,7 @@ def study_status(target: str, study_name: str | None = None) -> dict[str, Any]:
     stages = collections.Counter(FINALIZED if o.finalized_from is not None else o.stage.value
                                  for o in found)
     return {
-        "study": name, "storage": storage_url, "trials_wanted": record.n_trials,
+        "study": name, "storage": redact(storage_url), "trials_wanted": record.n_trials,
         "trials": len(found), "stages": dict(stages),
         "best_feasible": None if best is None else {
             "trial": best.number, "accuracy_val": best.accuracy_val,

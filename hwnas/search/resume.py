@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
 from hwnas.budgets import breaks_a_budget, constraint_values, objective_values
-from hwnas.errors import ConfigError
+from hwnas.config.safe_yaml import read_yaml
+from hwnas.errors import ConfigError, excerpt
 from hwnas.records import TrialOutcome, TrialStage
+from hwnas.redaction import redact
 from hwnas.run import SPACE_FILE, RunFolder, device_file, make_storage, outcomes
 from hwnas.space import distributions, fits
 
@@ -71,7 +72,8 @@ def _under(key: str, prefixes: Sequence[str]) -> bool:
 
 def diff(run: RunFolder, version: str, space_path: Path, device_paths: Sequence[Path]) -> ConfigDiff:
     def read(path: Path) -> Any:
-        return yaml.safe_load(path.read_text())
+        # as the run folder keeps it: a password in a URL is no change (nor shown in one)
+        return read_yaml(redact(path.read_text()), str(path))
 
     space = config_changes(run.config(version, SPACE_FILE), read(space_path))
     devices: list[tuple[str, Any, Any]] = []
@@ -84,7 +86,7 @@ def diff(run: RunFolder, version: str, space_path: Path, device_paths: Sequence[
 
 
 def refusal(run: RunFolder, previous: str, changes: list[tuple[str, Any, Any]]) -> ConfigError:
-    shown = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, old, new in changes[:30])
+    shown = "\n".join(f"  {key}: {excerpt(old)} -> {excerpt(new)}" for key, old, new in changes[:30])
     more = f"\n  ... and {len(changes) - 30} more" if len(changes) > 30 else ""
     return ConfigError(
         f"{run.path}: the configuration changed since this study's trials ran (config "

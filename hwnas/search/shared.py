@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
-import yaml
 
-from hwnas.errors import ConfigError
+from hwnas.config.safe_yaml import read_yaml
+from hwnas.errors import ConfigError, excerpt
 from hwnas.records import StudyRecord
+from hwnas.redaction import redact
 from hwnas.run import RunFolder, make_storage
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ def parent_filename(sha256: str) -> str:
 def same_sections(record: StudyRecord, space_yaml: str, sections: tuple[str, ...]) -> bool:
     if record.search_space_yaml is None:
         return False
-    recorded, current = yaml.safe_load(record.search_space_yaml), yaml.safe_load(space_yaml)
+    recorded = read_yaml(record.search_space_yaml, "the study's recorded search space")
+    current = read_yaml(space_yaml, "the search space")
     return all(recorded.get(s) == current.get(s) for s in sections)
 
 
@@ -67,7 +69,7 @@ def fetch_parent(run: RunFolder, study: optuna.Study, record: StudyRecord) -> Pa
     artifact_id = find(study, parent_filename(sha256))
     if artifact_id is None:
         raise ConfigError(f"study {study.study_name}: its parent weights ({sha256[:12]}) are not "
-                          f"in the artifact store {run.store_url}; every machine of a study must "
+                          f"in the artifact store {redact(run.store_url)}; every machine of a study must "
                           f"reach one store: set search.artifact_store (file:///shared/path or "
                           f"s3://bucket/prefix), or --artifact-store")
     return fetch(run.store(), artifact_id, target, sha256)
@@ -114,17 +116,18 @@ def refuse_other_space(study: optuna.Study, record: StudyRecord, space_yaml: str
 
     if record.search_space_yaml is None:
         return
-    changes = [c for c in config_changes(_without_local(record.search_space_yaml),
-                                         _without_local(space_yaml))]
+    changes = [c for c in config_changes(
+        _without_local(record.search_space_yaml, f"study {study.study_name}'s search space"),
+        _without_local(space_yaml, "the search space"))]
     if changes:
-        shown = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, old, new in changes[:30])
+        shown = "\n".join(f"  {key}: {excerpt(old)} -> {excerpt(new)}" for key, old, new in changes[:30])
         raise ConfigError(f"study {study.study_name} runs another search space than the one "
                           f"given here:\n{shown}\nJoin it with `hwnas worker` (which runs the "
                           f"study's own space), or start a new study (another study_name)")
 
 
-def _without_local(text: str) -> Any:
-    data = yaml.safe_load(text) or {}
+def _without_local(text: str, source: str) -> Any:
+    data = read_yaml(text, source) or {}
     search = dict(data.get("search") or {})
     for key in LOCAL_KEYS:
         search.pop(key.split(".", 1)[1], None)

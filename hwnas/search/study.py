@@ -22,6 +22,7 @@ from hwnas.export.onnx import plan_units, precision_units
 from hwnas.logs import run_log
 from hwnas.models import model_stages
 from hwnas.records import StudyRecord, TrialStage
+from hwnas.redaction import has_hidden_credentials, redact
 from hwnas.run import RunFolder, completed_search_trials, make_storage, outcomes
 from hwnas.run_lock import RunFolderBusy, writer_lock
 from hwnas.search.controllers import fail_abandoned_trials, fail_own_trials
@@ -68,6 +69,13 @@ def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=seed)
     startup = min(10, max(3, space.search.n_trials // 3))
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+
+
+def resumption_seed(seed: int, trials: int, worker: bool) -> int:
+    """The sampler's seed for this controller: a fresh seed per resumption, and per worker (the
+    same seed would replay the same random start-up trials, and several workers would propose
+    the same candidates); within what the samplers accept (< 2**32)."""
+    return (seed + trials + (os.getpid() if worker else 0)) % 2**32
 
 
 def device_paths(device_path: str | Path | list[str | Path] | tuple) -> list[Path]:
@@ -213,7 +221,9 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
 
     paths = device_paths(device_path)
     space = with_locations(load_search_space(space_path), storage, study_name, artifact_store)
-    space_text = Path(space_path).read_text()  # after the loader: it names a file that is not text
+    # after the loader (it names a file that is not text); what the study records and
+    # compares holds no credential of a URL (redaction.py)
+    space_text = redact(Path(space_path).read_text())
     devices = cross_check(space, space_path, paths)  # refused before a run folder exists
     run = RunFolder.locate(space, devices[0], run_dir)
     # one writer per run folder: a second search here would run trials beyond n_trials
@@ -223,8 +233,8 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
             refuse_changed(run, Path(space_path), paths)
         joined = existing_study(run)
         if worker and (joined is None or joined[1].search_space_yaml is None):
-            raise ConfigError(f"no hwnas study {run.study_name!r} in {run.storage_url}: start "
-                              f"it with `hwnas search SPACE.yaml --storage URL` first")
+            raise ConfigError(f"no hwnas study {run.study_name!r} in {redact(run.storage_url)}: "
+                              f"start it with `hwnas search SPACE.yaml --storage URL` first")
         if worker and space.search.sampler == "engine":
             raise ConfigError(f"{space_path}: key 'search.sampler' is engine, which runs one "
                               f"controller per study; workers join studies of sampler tpe, "
@@ -256,8 +266,12 @@ def run_worker(storage: str, study_name: str, device_path: str | Path | list,
     probe = RunFolder(Path("."), storage, study_name)
     joined = existing_study(probe)
     if joined is None or joined[1].search_space_yaml is None:
-        raise ConfigError(f"no hwnas study {study_name!r} in {storage}: start it with "
+        raise ConfigError(f"no hwnas study {study_name!r} in {redact(storage)}: start it with "
                           f"`hwnas search SPACE.yaml --storage URL` first")
+    store = artifact_store or joined[1].artifact_store
+    if store and has_hidden_credentials(store):
+        raise ConfigError(f"study {study_name}: its artifact store's credentials are not kept in "
+                          f"the study ({store}); give the store with --artifact-store URL")
     with contextlib.ExitStack() as stack:
         if run_dir is None:  # several workers on one machine: each its own default folder
             default = Path("runs") / f"{study_name}--worker"
@@ -271,11 +285,11 @@ def run_worker(storage: str, study_name: str, device_path: str | Path | list,
         else:
             stack.enter_context(writer_lock(run_dir, "hwnas worker", WORKER_ADVICE))
         space_path = Path(run_dir) / "study-search-space.yaml"
-        space_path.write_text(joined[1].search_space_yaml)
+        space_path.write_text(redact(joined[1].search_space_yaml))
         # the study's store unless this machine reaches it elsewhere (another mount point)
         return run_search(space_path, device_path, run_dir, None, progress, log,
                           storage=storage, study_name=study_name, worker=True,
-                          artifact_store=artifact_store or joined[1].artifact_store)
+                          artifact_store=store)
 
 
 SEARCH_ADVICE = ("use another --run-dir (more machines join one search as `hwnas worker`s on a "
@@ -304,11 +318,8 @@ def _open_study(run: RunFolder, prepared: Prepared, log: Callable[[str], None],
         log(f"trials {abandoned} were left running by a controller that stopped: their "
             f"candidates are retried first, reusing what was already measured")
     trials = probe.get_trials(deepcopy=False)
-    # a fresh seed per resumption, and per worker: the same seed would replay the same random
-    # start-up trials (and several workers would propose the same candidates)
-    seed = space.search.seed + len(trials) + (os.getpid() if worker else 0)
-    study = optuna.load_study(study_name=run.study_name, storage=storage,
-                              sampler=make_sampler(space, seed))
+    study = optuna.load_study(study_name=run.study_name, storage=storage, sampler=make_sampler(
+        space, resumption_seed(space.search.seed, len(trials), worker)))
     if not trials:
         for params in space.search.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
@@ -328,7 +339,7 @@ def _share(run: RunFolder, study: optuna.Study, prepared: Prepared, space_text: 
             study_record(prepared), parent_weights_sha256=weights,
             data_fingerprint=prepared.task.fingerprint, search_space_yaml=space_text,
             config_version=config_version, n_trials=prepared.space.search.n_trials,
-            artifact_store=run.store_url).write(study)
+            artifact_store=redact(run.store_url)).write(study)
 
 
 class MaxSearchTrials:
@@ -353,7 +364,7 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
     completed = completed_search_trials(study)
     remaining = max(0, space.search.n_trials - completed)
     log(f"study {run.study_name}: {completed} trials done, {remaining} to go "
-        f"(storage {run.storage_url})")
+        f"(storage {redact(run.storage_url)})")
     if remaining == 0:
         return SearchOutcome(run, study, 0)
 

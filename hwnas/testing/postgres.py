@@ -77,6 +77,19 @@ class PostgresCluster:
             raise RuntimeError(f"createdb failed: {created.stderr}")
         return self.url.rsplit("/", 1)[0] + "/" + name
 
+    def password_role(self, name: str, password: str) -> str:
+        """A role that logs in with its password only (scram-sha-256 over TCP), owning a new
+        database of its name; the URL with the password (the tests of what hwnas keeps of it)."""
+        psql = [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d",
+                self.database, "-v", "ON_ERROR_STOP=1", "-c"]
+        self._run(*psql, f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        self._run(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user,
+                  "-O", name, name)
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"host all {name} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        self._pg_ctl("reload")
+        return f"postgresql+psycopg2://{name}:{password}@127.0.0.1:{self.port}/{name}"
+
     def _pg_ctl(self, *args: str) -> None:
         done = self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), *args,
                          check=False)

@@ -310,3 +310,66 @@ def test_an_enqueued_value_off_the_space_is_refused_before_any_trial(tmp_path):
         enqueue("{pruning_criterion: l2}")
     with pytest.raises(ConfigError, match=r"search.enqueue.0: unknown parameter\(s\) \['keep_x'\]"):
         enqueue("{keep_x: 0.5}")
+
+
+@pytest.mark.parametrize("text, key", [
+    (GOOD_SPACE + "budgets: {latency_p90_ms: [" + ", ".join(map(str, range(20000))) + "]}\n",
+     "budgets.latency_p90_ms"),
+    (GOOD_SPACE.replace("name: ok", "name: '" + "x" * 100000 + "!'"), "name"),
+    (GOOD_SPACE.replace("{builtin: small_cnn}", "{factory: '" + "m." * 50000 + "'}"),
+     "base_model.factory"),
+])
+def test_an_error_quotes_a_short_excerpt_of_a_long_value(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=f"key '{key}'") as caught:
+        load_search_space(write(tmp_path, text))
+    assert len(str(caught.value)) < 400, str(caught.value)[:1000]
+
+
+@pytest.mark.parametrize("seed", ["100000000000000000000000000000", "4294967296", "-1"])
+def test_a_seed_the_samplers_cannot_take_is_refused(tmp_path, seed):
+    with pytest.raises(ConfigError, match=r"key 'search.seed': Input should be (greater|less) "
+                                          rf"than or equal to (0|4294967295) \(got {seed}\)"):
+        load_search_space(write(tmp_path, GOOD_SPACE + f"search: {{seed: {seed}}}\n"))
+    with pytest.raises(ConfigError, match=r"key 'base_model.train.seed'"):
+        load_search_space(write(tmp_path, GOOD_SPACE.replace(
+            "{builtin: small_cnn}", f"{{builtin: small_cnn, train: {{seed: {seed}}}}}")))
+
+
+def test_the_largest_seed_is_a_sampler_seed_on_every_resumption(tmp_path):
+    import numpy as np
+
+    from hwnas.search.study import make_sampler, resumption_seed
+
+    space = load_search_space(write(tmp_path, GOOD_SPACE + "search: {seed: 4294967295}\n"))
+    for sampler in ("tpe", "nsga2", "random", "engine"):
+        fitted = space.model_copy(update={"search": space.search.model_copy(
+            update={"sampler": sampler})})
+        for trials, worker in ((0, False), (7, False), (7, True)):
+            seed = resumption_seed(fitted.search.seed, trials, worker)
+            make_sampler(fitted, seed)
+            np.random.seed(seed)  # seed_everything's
+    assert resumption_seed(4294967295, 2, False) == 1
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e400", "1.0e400"])
+@pytest.mark.parametrize("budget", ["latency_p90_ms", "model_size_mb", "fidelity_cosine_min"])
+def test_an_infinite_or_nan_budget_is_refused_and_explained(tmp_path, value, budget):
+    for name, text, load in (
+            ("space.yaml", GOOD_SPACE, load_search_space),
+            ("device.yaml", DEVICE, load_device_profile)):
+        path = write(tmp_path, text + f"budgets: {{{budget}: {value}}}\n", name)
+        with pytest.raises(ConfigError, match=rf"{path}: invalid .*\n  key 'budgets.{budget}': "
+                                              r"expected a finite number: YAML reads \.inf"):
+            load(path)
+
+
+@pytest.mark.parametrize("text", [
+    "finetune: {max_seconds: .inf}\n",
+    "dataset: {builtin: digits, preprocessing: {mean: [.nan], std: [1.0]}}\n",
+    "search: {enqueue: [{keep_stage1: .inf}]}\n",
+])
+def test_no_number_of_a_config_may_be_infinite_or_nan(tmp_path, text):
+    space = GOOD_SPACE.replace("dataset: {builtin: digits}\n", "") if "dataset" in text \
+        else GOOD_SPACE
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        load_search_space(write(tmp_path, space + text))
