@@ -88,6 +88,8 @@ def load_record(path: str | Path, record: type[RecordT], what: str) -> RecordT:
         return record.model_validate(data)
     except ValidationError as exc:
         lines = [_describe(error, record) for error in exc.errors()]
+        if len(lines) == 1:  # one mistake, one line; several are listed a key a line
+            raise ConfigError(f"{path}: invalid {what}: {lines[0]}") from None
         raise ConfigError(f"{path}: invalid {what}:\n  " + "\n  ".join(lines)) from None
 
 
