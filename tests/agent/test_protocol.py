@@ -28,3 +28,43 @@ def test_bad_requests_are_refused_with_a_clear_message(payload, code, fragment):
     assert caught.value.status == 400
     assert caught.value.code == code
     assert fragment in caught.value.message
+
+
+QNN = "QNNExecutionProvider"
+
+
+@pytest.mark.parametrize("provider, options, fragment", [
+    # a trial attack (issue 25 review): QNN's profiler wrote a CSV holding the model's node
+    # names wherever the request said; backend_path and op_packages load any file as a library
+    (QNN, {"backend_path": "libQnnHtp.so", "profiling_level": "detailed",
+           "profiling_file_path": "/home/agent/.bashrc"}, "'profiling_file_path' is not one"),
+    (QNN, {"backend_path": "/tmp/state/token"}, "backend_path '/tmp/state/token' must be one"),
+    (QNN, {"backend_path": "libQnnHtp.so", "op_packages": "x:/tmp/evil.so:f"}, "'op_packages'"),
+    (QNN, {"qnn_saver_path": "/tmp/libQnnSaver.so"}, "'qnn_saver_path'"),
+    (QNN, {"soc_model": "../../x"}, "a value may not be a path"),
+    ("CUDAExecutionProvider", {"gpu_external_alloc": "140737488355328"}, "'gpu_external_alloc'"),
+    ("TensorrtExecutionProvider", {"trt_engine_cache_path": "/etc"}, "'trt_engine_cache_path'"),
+    ("OpenVINOExecutionProvider", {"cache_dir": "/tmp"}, "names a place on the device"),
+    ("OpenVINOExecutionProvider", {"device_type": "/dev/x"}, "a value may not be a path"),
+])
+def test_provider_options_carry_settings_never_places_or_addresses(provider, options, fragment):
+    with pytest.raises(ProtocolError) as caught:
+        MeasureRequest.from_dict({"model_sha256": SHA, "execution_providers": [provider],
+                                  "provider_options": [options]})
+    assert caught.value.status == 400 and caught.value.field == "provider_options"
+    assert fragment in caught.value.message
+
+
+@pytest.mark.parametrize("provider, options", [
+    (QNN, {"backend_path": "libQnnHtp.so", "htp_performance_mode": "burst",
+           "profiling_level": "basic"}),
+    (QNN, {"backend_type": "htp", "enable_htp_fp16_precision": "1"}),
+    ("TensorrtExecutionProvider", {"trt_fp16_enable": "True", "trt_int8_enable": "True",
+                                   "trt_engine_cache_enable": "True"}),
+    ("CUDAExecutionProvider", {"device_id": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}),
+    ("OpenVINOExecutionProvider", {"device_type": "GPU", "precision": "FP16"}),
+])
+def test_the_settings_the_device_profiles_use_still_pass(provider, options):
+    request = MeasureRequest.from_dict({"model_sha256": SHA, "execution_providers": [provider],
+                                        "provider_options": [options]})
+    assert request.provider_options == [options]

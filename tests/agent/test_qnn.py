@@ -166,3 +166,28 @@ def test_node_assignment_from_a_profile_for_older_onnxruntime(tmp_path):
     assert assignment["counts"] == {"CPUExecutionProvider": 1, QNN: 1}
     assert assignment["elsewhere"] == [{"name": "input_QuantizeLinear", "op_type": "QuantizeLinear",
                                         "provider": "CPUExecutionProvider"}]
+
+
+def test_the_agent_refuses_provider_options_that_name_a_file(qnn, local_agent, tmp_path):
+    """A trial attack: with profiling_file_path the QNN provider wrote a file (holding the
+    model's node names) wherever the request said. The agent answers 400 and nothing is
+    written."""
+    import json
+
+    from tests.agent.test_server import raw
+
+    client, process = local_agent
+    artifact = probe(tmp_path, "int8", "int8.onnx")
+    client.ensure_model(artifact)
+    target = tmp_path / "pwned.csv"
+    request = htp_request(artifact.sha256).to_dict()
+    request["provider_options"] = [{"backend_path": "libQnnHtp.so", "profiling_level": "detailed",
+                                    "profiling_file_path": str(target)}]
+    status, payload = raw(process, "POST", "/v1/jobs", body=json.dumps(request),
+                          headers={"Content-Type": "application/json"})
+    assert status == 400 and "profiling_file_path" in payload["error"]["message"]
+    request["provider_options"] = [{"backend_path": str(process.token_file)}]
+    status, payload = raw(process, "POST", "/v1/jobs", body=json.dumps(request),
+                          headers={"Content-Type": "application/json"})
+    assert status == 400 and "must be one of" in payload["error"]["message"]
+    assert not list(tmp_path.glob("pwned*"))
