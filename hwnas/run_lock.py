@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -88,7 +89,18 @@ def _acquire(folder: Path, command: str, advice: str | None) -> int | None:
     """The locked descriptor, or None on a filesystem without locks (said in the log)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:  # never through a link, never a FIFO or device: the holder's record is written in it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                     0o644)
+    except OSError as exc:
+        raise RunFolderBusy(f"{path}: the run folder's lock file cannot be opened "
+                            f"({exc.strerror}{'; it is a symbolic link' if path.is_symlink() else ''})"
+                            f": remove it (no hwnas command leaves it other than a plain file)") \
+            from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunFolderBusy(f"{path}: the run folder's lock file is not a plain file: remove it "
+                            f"(no hwnas command leaves it other than a plain file)")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -119,3 +119,20 @@ def test_a_second_search_on_the_same_folder_is_refused_and_a_killed_one_leaves_n
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "3 trials done, 0 to go" in again.stdout
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+def test_a_lock_file_that_is_not_a_plain_file_is_refused_and_nothing_is_written_through_it(
+        tmp_path, kind):
+    """A trial attack: writer.lock as a symbolic link had its target overwritten with the
+    holder's record; as a FIFO the command ended in a traceback."""
+    folder, victim = tmp_path / "run", tmp_path / "victim.txt"
+    folder.mkdir()
+    victim.write_text("precious\n")
+    lock = folder / "writer.lock"
+    {"symlink": lambda: lock.symlink_to(victim), "fifo": lambda: os.mkfifo(lock),
+     "directory": lambda: lock.mkdir()}[kind]()
+    with pytest.raises(RunFolderBusy, match=r"writer\.lock: the run folder's lock file .*remove it"):
+        with writer_lock(folder, "hwnas search"):
+            pass
+    assert victim.read_text() == "precious\n"
