@@ -6,7 +6,7 @@ from __future__ import annotations
 from hwnas.errors import StorageDamaged
 
 # SQLite's primary result codes of a file that no waiting heals
-SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
+SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 10, 11, 13, 14, 26
 
 
 def sqlite_code(exc: BaseException) -> int | None:
@@ -29,12 +29,13 @@ def sqlite_code(exc: BaseException) -> int | None:
     return None
 
 
-NOT_TRANSIENT = (SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB)
+NOT_TRANSIENT = (SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB)
 
 
 def refuse_damaged(exc: BaseException, url: str, reading: bool = True) -> None:
     """A damaged SQLite study file as one clear error naming it (nothing is done to it)."""
-    if sqlite_code(exc) not in (SQLITE_CORRUPT, SQLITE_NOTADB):
+    code = sqlite_code(exc)
+    if code not in (SQLITE_CORRUPT, SQLITE_NOTADB, SQLITE_CANTOPEN, SQLITE_IOERR):
         return
     from sqlalchemy.engine import make_url
 
@@ -42,6 +43,11 @@ def refuse_damaged(exc: BaseException, url: str, reading: bool = True) -> None:
     cause: BaseException | None = exc
     while getattr(cause, "orig", None) or (cause is not None and cause.__cause__):
         cause = getattr(cause, "orig", None) or cause.__cause__  # type: ignore[union-attr]
+    if code in (SQLITE_CANTOPEN, SQLITE_IOERR):  # a local file: no waiting makes it openable
+        raise StorageDamaged(
+            f"the study database {path} cannot be opened as a file (sqlite: {cause}): it is "
+            f"missing, not a plain file, or its run folder moved (run.json names it by the path "
+            f"the search made it at); put it back there, or restore it from a backup") from exc
     what = ("cannot be read: no hwnas command (search, report, status) can use it" if reading
             else "cannot be written: `hwnas search` cannot continue it (`hwnas report` may "
                  "still read what it holds)")

@@ -79,3 +79,28 @@ def test_the_same_folder_undamaged_reads(run_folder):
     done = subprocess.run([HWNAS, "status", str(run_dir)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and "40" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("how", ["moved", "directory", "dev-null"])
+def test_a_study_db_that_cannot_be_opened_is_one_line_not_a_wait(run_folder, tmp_path, how):
+    """A trial attack: a moved run folder (run.json names study.db by its path) and a study.db
+    that is a folder or a link to /dev/null were waited out as a lost database for 600 s."""
+    import os
+    import shutil
+    import time
+
+    _, _, run_dir = run_folder
+    database = run_dir / "study.db"
+    if how == "moved":
+        run_dir = Path(shutil.move(str(run_dir), str(tmp_path / "elsewhere")))
+    else:
+        database.unlink()
+        database.mkdir() if how == "directory" else os.symlink("/dev/null", database)
+    for verb in ("report", "status"):
+        started = time.monotonic()
+        done = subprocess.run([HWNAS, verb, str(run_dir)], capture_output=True, text=True,
+                              timeout=300)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, f"{verb}: {done.stderr[-3000:]}"
+        assert "cannot be opened as a file" in lines[0] and "study.db" in lines[0], lines[0]
+        assert time.monotonic() - started < 120  # never the 600 s outage wait
