@@ -87,5 +87,5 @@ def no_space_left(exc: BaseException, folders: dict[Path, str | None]
 
 
 def cache_folder() -> Path:
-    """hwnas's cache (trained base models, data sets): hwnas.train.cache_dir, without torch."""
+    """hwnas's cache (trained base models, data sets); light to import (no torch)."""
     return Path(os.environ.get("HWNAS_CACHE_DIR", Path.home() / ".cache" / "hwnas"))

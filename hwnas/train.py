@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hwnas.config.models import BaseModelSpec, TrainSettings
+from hwnas.disk import cache_folder
 from hwnas.data import Split, TaskData
 from hwnas.errors import ConfigError
 from hwnas.models.build import build_model
@@ -49,7 +50,7 @@ class BaseModel:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("HWNAS_CACHE_DIR", Path.home() / ".cache" / "hwnas"))
+    return cache_folder()  # one definition (disk.py: the full-disk messages name it too)
 
 
 def torch_accuracy(model: nn.Module, x: np.ndarray | Split, y: np.ndarray | None = None,
