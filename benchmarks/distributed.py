@@ -64,13 +64,13 @@ def controller(args: list[str]) -> int:
     `worker STORAGE STORE DEVICE RUN`, with the fine-tune replaced by a wait if asked."""
     seconds = float(os.environ.get("HWNAS_BENCH_FINETUNE_S", "0"))
     if seconds > 0:
-        import hwnas.search.objective as objective
+        import hwnas.search.candidates as candidates
 
         def fixed_cost_finetune(*_: object, **__: object) -> dict[str, float]:
             time.sleep(seconds)  # a GPU elsewhere would be busy; this CPU is not
             return {"steps": 0, "seconds": seconds, "final_loss": None}
 
-        objective.finetune = fixed_cost_finetune  # type: ignore[assignment]
+        candidates.finetune = fixed_cost_finetune  # type: ignore[assignment]
     from hwnas.search import run_search, run_worker
 
     def quiet(_: str) -> None:

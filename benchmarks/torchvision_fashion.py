@@ -29,7 +29,8 @@ from hwnas.evaluate import onnx_split_accuracy  # noqa: E402
 from hwnas.records import Artifact  # noqa: E402
 from hwnas.run import RunFolder, best_feasible, outcomes  # noqa: E402
 from hwnas.search import open_pool, prepare, run_search, trial_context  # noqa: E402
-from hwnas.search.objective import CandidateBuilder, DeviceLease, Timings, TrialMeasurer  # noqa: E402
+from hwnas.search.candidates import CandidateBuilder, Timings  # noqa: E402
+from hwnas.search.measuring import DeviceLease, TrialMeasurer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = REPO / "device_profiles" / "local.yaml"

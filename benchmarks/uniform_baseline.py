@@ -60,7 +60,8 @@ from hwnas.models import output_channels  # noqa: E402
 from hwnas.records import Artifact, Candidate, TrialOutcome  # noqa: E402
 from hwnas.run import RunFolder  # noqa: E402
 from hwnas.search import open_pool, prepare, run_search, trial_context  # noqa: E402
-from hwnas.search.objective import CandidateBuilder, DeviceLease, Timings, TrialMeasurer  # noqa: E402
+from hwnas.search.candidates import CandidateBuilder, Timings  # noqa: E402
+from hwnas.search.measuring import DeviceLease, TrialMeasurer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = [round(0.125 + i / 16, 10) for i in range(15)]  # 0.125 ... 1.0

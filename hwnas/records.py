@@ -347,7 +347,7 @@ class TrialOutcome:
     pending_job: tuple[str, str, str] | None = None  # (device, job id, model sha256) being measured
     copied_from: str | None = None  # "study#trial": history kept by a fork of another study
     # several controllers proposing one candidate at once: which one measures it ("measures"),
-    # which ones wait for its result ("waits"); see hwnas.search.objective.finished_twin
+    # which ones wait for its result ("waits"); see hwnas.search.twins.finished_twin
     twin_role: str | None = None
     # `hwnas finalize`: the search trial whose candidate this one fine-tuned again to full
     # fidelity (a longer distillation), with its own bytes, accuracies and measurement

@@ -38,6 +38,11 @@ class DevicePool:
         self._down: set[str] = set()
         self._condition = threading.Condition()
 
+    @property
+    def devices(self) -> list[Device]:
+        """Every device of the pool, down or not."""
+        return list(self._devices)
+
     def __len__(self) -> int:
         return len(self._devices)
 

@@ -85,10 +85,18 @@ def _fail_and_retry(study: optuna.Study,
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        frozen = study.get_trials(deepcopy=True)[trial.number]
         failed.append(trial.number)
-        get_callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)
-        retry = get_callback() if get_callback is not None else None
-        if retry is not None:  # the same retry the heartbeat would have made
-            retry(study, frozen)
+        retry_trial(study, trial.number)
     return failed
+
+
+def retry_trial(study: optuna.Study, number: int) -> None:
+    """Enqueue a retry of a trial that is failing (or failed): the same retry the heartbeat
+    would have made, carrying what it recorded (a retry reuses what it measured)."""
+    frozen = study.get_trials(deepcopy=True)[number]
+    get_callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)
+    retry = get_callback() if get_callback is not None else None
+    if retry is not None:
+        retry(study, frozen)
+    else:
+        study.enqueue_trial(frozen.params, user_attrs=frozen.user_attrs, skip_if_exists=False)

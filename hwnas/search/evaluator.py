@@ -70,6 +70,19 @@ class Budget:
     def constraint(self, value: float) -> float:
         return value / self.limit - 1.0
 
+    def met(self, value: float) -> bool:
+        return value <= self.limit
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceleratorVerdict:
+    """Whether the device's accelerator runs a candidate whole (screened before anything is
+    measured or fine-tuned); ``figures``: what is known exactly of a refused one (its size)."""
+
+    compatible: bool
+    reason: str | None = None
+    figures: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
 
 class Evaluator(abc.ABC):
     """The contract between the search policy and what it searches.
@@ -105,6 +118,15 @@ class Evaluator(abc.ABC):
         default."""
         return {}
 
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution] | None:
+        """Every parameter ``suggest`` asks for, if known before any trial (the engine can then
+        propose the very first one); None: learnt from the first trial."""
+        return None
+
+    def budgets_for(self, pool: str | None) -> tuple[Budget, ...]:
+        """The budgets of a device pool (a fleet's devices may have their own)."""
+        return self.budgets
+
     def ladders(self) -> list[list[dict[str, Any]]]:
         """Families of candidates (trial parameters), each ordered from the most capable down,
         its hardware figures falling along it (e.g. the same keep ratio in every stage, one
@@ -134,16 +156,40 @@ class Evaluator(abc.ABC):
         ``report`` decided the budgets (the median of separate measurements, not always the
         last): the record keeps that one."""
 
+    def open_trial(self, trial: optuna.Trial) -> str | None:
+        """A trial starts, before its candidate is proposed (e.g. a device is leased): returns
+        the device pool it measures on (the engine proposes for that pool), None if none."""
+        return None
+
     def start_trial(self, trial: optuna.Trial, candidate: Hashable) -> None:
-        """The engine acts on ``candidate`` in ``trial`` (measure/evaluate calls follow)."""
+        """The pipeline acts on ``candidate`` in ``trial`` (measure/evaluate calls follow)."""
+
+    def twin(self, trial: optuna.Trial, candidate: Hashable, own_pool_only: bool
+             ) -> "optuna.trial.FrozenTrial | None":
+        """A finished trial of the same candidate that another controller ran (waiting for it
+        if it still runs), whose record this trial copies; None by default."""
+        return None
+
+    def accelerator_screen(self, candidate: Hashable) -> AcceleratorVerdict | None:
+        """Whether the device's accelerator runs the candidate whole; None: nothing to screen."""
+        return None
 
     def end_trial(self, trial: optuna.Trial, candidate: Hashable, stage: str,
                   earlier: "optuna.trial.FrozenTrial | None" = None) -> None:
         """Before the engine tells the study: ``stage`` is how the trial ended (``earlier``:
         the trial a duplicate repeats)."""
 
-    def trial_failed(self, trial: optuna.Trial, candidate: Hashable, exc: Exception) -> bool:
-        """The trial raised ``exc`` and is failed; True: the search cannot go on (re-raise)."""
+    def interrupted(self, trial: optuna.Trial) -> None:
+        """The controller is being stopped (Ctrl-C) during the trial, which then fails."""
+
+    def close_trial(self, trial: optuna.Trial) -> None:
+        """Whatever way the trial ended (also by an error or an interrupt): release what it
+        held. Called before the study is told."""
+
+    def trial_failed(self, trial: optuna.Trial, candidate: Hashable | None,
+                     exc: Exception) -> bool:
+        """The trial raised ``exc`` and is failed (``candidate`` None: before it had one);
+        True: the search cannot go on (the study stops)."""
         return True
 
 

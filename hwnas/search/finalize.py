@@ -35,7 +35,7 @@ from hwnas.run import SPACE_FILE, RunFolder, device_file, outcomes
 
 if TYPE_CHECKING:
     from hwnas.config.models import FineTuneSettings
-    from hwnas.search.objective import CandidateBuilder, TrialContext
+    from hwnas.search.candidates import CandidateBuilder, TrialContext
 
 FULL_FIDELITY_FACTOR = 10  # default: ten times the search's fine-tuning steps and seconds
 
@@ -118,7 +118,7 @@ def _finalize_group(run: RunFolder, study: optuna.Study, found: list[TrialOutcom
                     max_seconds: float | None, again: bool,
                     log: Callable[[str], None]) -> list[Finalized]:
     """Finalize the chosen trials that ran under one configuration version."""
-    from hwnas.search.objective import CandidateBuilder, seed_everything
+    from hwnas.search.candidates import CandidateBuilder, seed_everything
     from hwnas.search.shared import PARENT_SECTIONS, fetch_parent, same_sections
     from hwnas.search.study import open_pool, prepare, trial_context
 
@@ -169,8 +169,8 @@ def _finalize_one(ctx: "TrialContext", builder: "CandidateBuilder", study: optun
     from hwnas.compress.finetune import finetune
     from hwnas.evaluate import FIDELITY_SAMPLES, onnx_split_accuracy, output_fidelity
     from hwnas.search.controllers import controller_id
-    from hwnas.search.objective import (DeviceLease, Timings, TrialMeasurer,
-                                        refuse_emulated_latency)
+    from hwnas.search.candidates import Timings, refuse_emulated_latency
+    from hwnas.search.measuring import DeviceLease, TrialMeasurer
 
     assert source.candidate is not None and source.number is not None
     timings = Timings()

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from hwnas.config.models import Budgets
     from hwnas.data import TaskData
     from hwnas.remote.pool import DevicePool
-    from hwnas.search.objective import CandidateBuilder, Objective, TrialContext
+    from hwnas.search.candidates import CandidateBuilder, TrialContext
     from hwnas.space import SpaceShape
     from hwnas.train import BaseModel
 
@@ -62,7 +62,8 @@ class Prepared:
 
 
 def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-    # the engine asks the study's sampler only for its first trial (and runs retries)
+    """The Optuna sampler of ``search.sampler`` (the engine's is made with its evaluator:
+    `_optimize`; this one is its base sampler then)."""
     if space.search.sampler in ("random", "engine"):
         return optuna.samplers.RandomSampler(seed=seed)
     if space.search.sampler == "nsga2":
@@ -140,24 +141,7 @@ def cross_check(space: SearchSpace, space_path: str | Path,
     for profile, path in zip(devices, paths):
         check_power_is_measured(space, Path(space_path), profile, path)
         refuse_emulated_latency(space, profile, path)
-    if space.search.sampler == "engine":
-        refuse_for_engine(space_path, devices, paths)
     return devices
-
-
-def refuse_for_engine(space_path: str | Path, devices: tuple[DeviceProfile, ...],
-                      paths: list[Path]) -> None:
-    """What the engine's policy does not do yet, refused before any trial."""
-    from hwnas.remote.screen import needs_screening
-
-    if len(devices) > 1:
-        raise ConfigError(f"{space_path}: key 'search.sampler': engine searches on one device "
-                          f"profile at a time; got {len(devices)} (--device). Use sampler tpe "
-                          f"for a pool of devices")
-    if needs_screening(devices[0]):
-        raise ConfigError(f"{space_path}: key 'search.sampler': engine does not yet screen "
-                          f"accelerator compatibility, which device {devices[0].name} "
-                          f"({paths[0]}) needs; use sampler tpe for it")
 
 
 def refuse_emulated_latency(space: SearchSpace, profile: DeviceProfile, path: Path) -> None:
@@ -175,7 +159,7 @@ def refuse_emulated_latency(space: SearchSpace, profile: DeviceProfile, path: Pa
 
 def trial_context(prepared: Prepared, pool: "DevicePool", run: RunFolder,
                   config_version: str | None = None) -> "TrialContext":
-    from hwnas.search.objective import TrialContext
+    from hwnas.search.candidates import TrialContext
 
     return TrialContext(prepared.space, prepared.device, prepared.budgets, prepared.task,
                         prepared.base.module, prepared.shape, pool, run, config_version,
@@ -235,10 +219,6 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
         if worker and (joined is None or joined[1].search_space_yaml is None):
             raise ConfigError(f"no hwnas study {run.study_name!r} in {redact(run.storage_url)}: "
                               f"start it with `hwnas search SPACE.yaml --storage URL` first")
-        if worker and space.search.sampler == "engine":
-            raise ConfigError(f"{space_path}: key 'search.sampler' is engine, which runs one "
-                              f"controller per study; workers join studies of sampler tpe, "
-                              f"nsga2 or random")
         parent = None
         if joined is not None:
             study, record = joined
@@ -356,8 +336,17 @@ class MaxSearchTrials:
 
 def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_version: str,
               progress: bool, log: Callable[[str], None]) -> SearchOutcome:
-    from hwnas.search.objective import Objective, seed_everything
+    """Every sampler through the one trial pipeline: one trial per device of the pool at a
+    time, until the study has its ``n_trials`` completed search trials (whichever controller
+    ran them); a failing trial (lost device, a candidate that cannot be built) records its
+    reason and fails alone, not the study."""
+    from hwnas.search.candidates import seed_everything
+    from hwnas.search.compression import CompressionEvaluator
+    from hwnas.search.engine import write_summary
+    from hwnas.search.pipeline import TrialPipeline, stop_when_exhausted
+    from hwnas.search.policy import COMPRESSION, PLAIN
     from hwnas.search.progress import ProgressCallback
+    from hwnas.search.proposer import EngineSampler
 
     space = prepared.space
     seed_everything(space.search.seed)
@@ -367,73 +356,41 @@ def _optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ve
         f"(storage {redact(run.storage_url)})")
     if remaining == 0:
         return SearchOutcome(run, study, 0)
-
-    if space.search.sampler == "engine":
-        return _optimize_with_engine(prepared, run, study, config_version, progress, log)
-    with open_pool(prepared.devices) as pool:
-        objective = Objective(trial_context(prepared, pool, run, config_version))
-        _measure_base_model(study, objective.ctx, objective.builder, log)
-        callbacks = [ProgressCallback(remaining, enabled=progress, study=study),
-                     # several controllers on one study: stop when the study has its trials
-                     MaxSearchTrials(space.search.n_trials)]
-        try:
-            # one trial per device at a time; a failing trial (lost device, a candidate that
-            # cannot be built) records its reason and fails alone, not the study
-            study.optimize(objective,
-                           n_trials=remaining, n_jobs=len(pool), callbacks=callbacks,
-                           catch=(Exception,), gc_after_trial=True)
-        finally:
-            callbacks[0].close()
-        if objective.out_of_space is not None:
-            raise objective.out_of_space  # the CLI names the full disk
-        if not pool.alive:
-            done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-            raise DeviceError(f"every device was lost; the study keeps its {done} completed "
-                              f"trials: run the same command again to continue")
-        retried = _run_retries(study, objective, len(pool), log)
-    fail_abandoned_trials(study)  # none left RUNNING by a controller that died meanwhile
-    ran = callbacks[0].done + retried
-    _refuse_all_failed(study, ran)
-    return SearchOutcome(run, study, ran)
-
-
-#: the engine's policy for compression: along the budgets' frontier (the uniform ladders,
-#: then budget moved between stages and precisions); few trials: the predictor starts early
-COMPRESSION_POLICY = dict(acquisition="frontier", use_proxies=True, startup_evaluations=3,
-                          predictor_min_measurements=6, pool_size=500, max_evaluations=10 ** 9)
-
-
-def _optimize_with_engine(prepared: Prepared, run: RunFolder, study: optuna.Study,
-                          config_version: str, progress: bool,
-                          log: Callable[[str], None]) -> SearchOutcome:
-    """The compression search through the search engine, the policy the replay benchmark
-    measures: until the study has its ``n_trials`` completed search trials."""
-    from hwnas.search.compression import CompressionEvaluator
-    from hwnas.search.engine import Policy, SearchEngine
-    from hwnas.search.objective import seed_everything
-    from hwnas.search.progress import ProgressCallback
-
-    space = prepared.space
-    seed_everything(space.search.seed)
-    remaining = space.search.n_trials - completed_search_trials(study)
-    bar = ProgressCallback(remaining, enabled=progress, study=study)
     with open_pool(prepared.devices) as pool:
         evaluator = CompressionEvaluator(trial_context(prepared, pool, run, config_version))
         _measure_base_model(study, evaluator.ctx, evaluator.builder, log)
-        engine = SearchEngine(evaluator, study, Policy(**COMPRESSION_POLICY),
-                              seed=space.search.seed, objectives=tuple(space.objectives[1:]),
-                              after_trial=lambda trial: bar(study, trial))
+        engine = None
+        if space.search.sampler == "engine":
+            engine = EngineSampler(evaluator, COMPRESSION, space.search.seed, base=study.sampler)
+            study.sampler = engine
+        pipeline = TrialPipeline(evaluator, COMPRESSION if engine else PLAIN, engine,
+                                 tuple(space.objectives[1:]), log)
+        bar = ProgressCallback(remaining, enabled=progress, study=study)
+        # several controllers on one study: stop when the study has its trials
+        callbacks = [bar, MaxSearchTrials(space.search.n_trials)]
+        if engine is not None:
+            callbacks += [stop_when_exhausted(engine),
+                          lambda study, _trial: write_summary(study, engine)]
         try:
-            engine.run(stop_when=lambda _evaluations:
-                       completed_search_trials(study) >= space.search.n_trials)
+            study.optimize(pipeline, n_trials=remaining, n_jobs=len(pool), callbacks=callbacks,
+                           catch=(Exception,), gc_after_trial=True)
+            if not pool.alive:
+                done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+                raise DeviceError(f"every device was lost; the study keeps its {done} completed "
+                                  f"trials: run the same command again to continue")
+            if pipeline.fatal is not None:
+                raise pipeline.fatal  # e.g. a full disk: the CLI names it
+            retried = _run_retries(study, pipeline, len(pool), log)
         except KeyboardInterrupt:
             # what it measured stays; the next run retries the candidate first
             fail_own_trials(study)
             raise
         finally:
             bar.close()
-    _refuse_all_failed(study, bar.done)
-    return SearchOutcome(run, study, bar.done)
+    fail_abandoned_trials(study)  # none left RUNNING by a controller that died meanwhile
+    ran = bar.done + retried
+    _refuse_all_failed(study, ran)
+    return SearchOutcome(run, study, ran)
 
 
 def _run_retries(study: optuna.Study, objective: Any, n_jobs: int,
@@ -464,7 +421,7 @@ def _measure_base_model(study: optuna.Study, ctx: "TrialContext", builder: "Cand
                         log: Callable[[str], None]) -> None:
     """The unpruned parent measured once per study on the search's device: model cards give
     it beside each trial's latency."""
-    from hwnas.search.objective import measure_base_model
+    from hwnas.search.measuring import measure_base_model
 
     record = StudyRecord.from_study(study)
     if record.base_model_measurement is not None:

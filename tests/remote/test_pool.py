@@ -14,7 +14,8 @@ from hwnas.records import Artifact
 from hwnas.remote.local import LocalAgentProcess
 from hwnas.run import RunFolder
 from hwnas.search import open_pool, run_search
-from hwnas.search.objective import DeviceLease, Timings, TrialMeasurer
+from hwnas.search.candidates import Timings
+from hwnas.search.measuring import DeviceLease, TrialMeasurer
 from tests.conftest import DIGITS_SPACE
 
 SPACE = DIGITS_SPACE + "search: {n_trials: %d, sampler: random, seed: 1}\n"

@@ -77,7 +77,7 @@ def dashboard(tmp_path):
         TrialOutcome(stage=TrialStage.EVALUATED, artifact=artifact,
                      accuracy_val=0.8 + number / 100, device="test-local").write(trial)
         kept.append(run.keep_artifact(artifact, trial))
-        for name, value in excess.items():  # as hwnas.search.objective does
+        for name, value in excess.items():  # as hwnas.search.pipeline does
             trial.set_constraint(name, value)
         study.tell(trial, [0.8 + number / 100, 5.0 * (1 + excess["latency_p90_ms"])])
 

@@ -44,9 +44,11 @@ def _pg(name: str) -> str:
     return pg_bin(name)
 
 
-def configs(tmp_path: Path, n_trials: int, finetune: str = "") -> tuple[Path, list[Path]]:
+def configs(tmp_path: Path, n_trials: int, finetune: str = "", sampler: str = "tpe"
+            ) -> tuple[Path, list[Path]]:
     space = tmp_path / "space.yaml"
-    text = DIGITS_SPACE + ENQUEUED.replace("n_trials: 5", f"n_trials: {n_trials}")
+    text = DIGITS_SPACE + ENQUEUED.replace("n_trials: 5",
+                                           f"n_trials: {n_trials}\n  sampler: {sampler}")
     if finetune:
         text = text.replace("max_steps: 60, max_seconds: 60", finetune)
     space.write_text(text)
@@ -79,8 +81,8 @@ def record_of(url: str) -> StudyRecord | None:
         return None
 
 
-def primary_and_workers(tmp_path, url, n_workers, n_trials, finetune=""):
-    space, devices = configs(tmp_path, n_trials, finetune)
+def primary_and_workers(tmp_path, url, n_workers, n_trials, finetune="", sampler="tpe"):
+    space, devices = configs(tmp_path, n_trials, finetune, sampler)
     store = f"file://{tmp_path / 'shared-artifacts'}"
     folders = [tmp_path / f"c{i}" for i in range(n_workers + 1)]
     for folder in folders:
@@ -134,6 +136,31 @@ def test_two_workers_join_a_study_with_one_parent_and_a_shared_store(tmp_path, s
     assert list((tmp_path / "exported").glob("*.onnx"))
     status = hwnas("status", study_url, "--study", STUDY)
     assert "best feasible so far: trial" in status and status.count("devices dev") >= 2
+
+
+def test_the_engine_runs_with_two_workers_and_no_candidate_is_fine_tuned_twice(tmp_path,
+                                                                              study_url):
+    """sampler: engine (the default policy) on one PostgreSQL study with two `hwnas worker`s:
+    each proposal is the engine's, each worker reads what the others finished from the study,
+    and no two controllers fine-tune the same candidate."""
+    processes, folders = primary_and_workers(tmp_path, study_url, n_workers=2, n_trials=8,
+                                             sampler="engine")
+    logs = finish(processes, folders)
+    assert [p.returncode for p in processes] == [0, 0, 0], "\n".join(logs)[-4000:]
+    study = optuna.load_study(study_name=STUDY, storage=make_storage(study_url))
+    found, trials = outcomes(study), study.get_trials()
+    assert sum(o.stage in (TrialStage.EVALUATED, TrialStage.REJECTED) for o in found) >= 8
+    assert not [o for o in found if o.stage in (TrialStage.RUNNING, TrialStage.WAITING)]
+    never_measured_twice(found)
+    tuned = [o.candidate for o in found if o.finetune is not None and o.copied_from is None]
+    assert tuned and len(tuned) == len(set(tuned)), "a candidate was fine-tuned twice"
+    controllers = {o.controller.rsplit(":", 1)[0] for o in found if o.controller}
+    assert len(controllers) >= 2, "the workers ran no trial"
+    proposed = [t.user_attrs.get("proposed_by") for t in trials]
+    # the user's two enqueued candidates, then the engine's strategies: never the base sampler
+    assert proposed.count("enqueued") >= 2 and "base_sampler" not in proposed, proposed
+    assert {"ladder_start", "budget_exchange", "model_pool"} & set(proposed), proposed
+    assert study.user_attrs["engine"]["policy"]["acquisition"] == "frontier"
 
 
 def test_a_worker_killed_mid_trial_is_retried_by_another_and_nothing_is_lost(tmp_path, study_url):

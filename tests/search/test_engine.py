@@ -106,7 +106,8 @@ def test_the_spread_between_measurements_is_learnt_recorded_and_resumed(tmp_path
     assert learnt["degrees_of_freedom"] >= 10
     assert learnt["sd_log"] < 0.10  # towards the 6% drift, away from the 15% prior
     resumed = SearchEngine(evaluator(space, table, noise_cv=0.01, drift_cv=0.06), study, policy)
-    assert resumed._between()[METRIC].sd == pytest.approx(learnt["sd_log"])
+    assert resumed.sampler.books_of(None, study).between()[METRIC].sd == \
+        pytest.approx(learnt["sd_log"])
 
 
 def test_plain_search_evaluates_every_trial_and_sets_constraints(tmp_path, space, table):

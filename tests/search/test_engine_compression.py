@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hwnas.records import TrialOutcome, TrialStage
+from hwnas.records import TrialStage
 from hwnas.run import RunFolder, outcomes
 from hwnas.search.engine import Policy, SearchEngine
 from hwnas.search.evaluator import Budget, Evaluator, HardwareFigure, HardwareReport
@@ -43,9 +43,11 @@ def test_the_engine_runs_the_compression_search_and_keeps_the_same_records(engin
     found = outcomes(study)
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 9
     assert study.user_attrs["engine"]["policy"]["acquisition"] == "frontier"
-    # beyond the user's two enqueued candidates, the engine proposed every candidate (it
-    # enqueues what it acts on), not an Optuna sampler
-    assert all("fixed_params" in t.system_attrs for t in trials)
+    # beyond the user's two enqueued candidates, the engine's strategies proposed every
+    # candidate (as the study's sampler), not its base sampler
+    proposed = [t.user_attrs["proposed_by"] for t in trials]
+    assert proposed[:2] == ["enqueued", "enqueued"]
+    assert set(proposed[2:]) <= {"ladder_start", "budget_exchange", "model_pool"}, proposed
     # it started on a uniform ladder: the same keep in every stage, one precision, no
     # global pruning; the first of them that fits the size budget statically
     start = found[2].candidate
@@ -94,16 +96,28 @@ def test_the_engine_study_reports_and_continues(engine_run):
     assert (folder / "run" / "report" / "report.html").is_file()
 
 
-def test_engine_refuses_workers_and_device_pools(tmp_path):
+def test_the_engine_searches_a_pool_of_two_devices(tmp_path):
+    """sampler: engine on two devices of different pools: one trial per device at a time,
+    each proposed for its device's pool from that pool's own books (its figures, its
+    budgets), and no candidate measured twice on one pool."""
     space, device, other = tmp_path / "s.yaml", tmp_path / "d.yaml", tmp_path / "e.yaml"
-    space.write_text(ENGINE_SPACE)
+    space.write_text(ENGINE_SPACE.replace("n_trials: 9", "n_trials: 6"))
     device.write_text(FAST_DEVICE)
     other.write_text(FAST_DEVICE.replace("name: test-local", "name: test-other"))
     output = run_hwnas("search", space, "--device", device, "--device", other, "--run-dir",
-                       tmp_path / "run", expect=2)
-    assert "'search.sampler': engine searches on one device profile" in output
+                       tmp_path / "run", "--no-progress")
     assert "Traceback" not in output
-    assert not (tmp_path / "run").exists()  # refused from the files: no run folder left behind
+    study = RunFolder.load(tmp_path / "run").open_study()
+    trials, found = study.get_trials(), outcomes(study)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 6
+    assert {o.device_pool for o in found} == {"test-local", "test-other"}
+    proposed = [t.user_attrs.get("proposed_by") for t in trials]
+    assert "base_sampler" not in proposed and proposed.count("enqueued") == 2, proposed
+    for pool in ("test-local", "test-other"):
+        paid = [o.candidate for o in found if o.device_pool == pool and o.copied_from is None
+                and o.stage in (TrialStage.EVALUATED, TrialStage.REJECTED)]
+        assert len(paid) == len(set(paid)), f"a candidate was measured twice on {pool}"
+    assert set(study.user_attrs["engine"]["pools"]) == {"test-local", "test-other"}
 
 
 class Quadratic(Evaluator):
@@ -131,7 +145,8 @@ def test_the_engine_proposes_stepped_floats_on_their_grid():
     values = [t.params["keep"] for t in study.trials]
     assert all(abs((v - 0.125) / 0.0625 - round((v - 0.125) / 0.0625)) < 1e-9 for v in values)
     assert len(values) == len(set(values))  # nothing proposed twice
-    assert engine._neighbours({"keep": 0.5}) == [{"keep": 0.4375}, {"keep": 0.5625}]
+    ranker = engine.sampler._ranker(None, study)[0]
+    assert ranker.neighbours({"keep": 0.5}) == [{"keep": 0.4375}, {"keep": 0.5625}]
     assert max(e.accuracy for e in result.evaluations if e.feasible) >= 1.0 - 0.0625 ** 2
 
 

@@ -53,13 +53,14 @@ def test_the_cpu_search_can_pick_fp16_and_records_fidelity(tmp_path):
     assert "fidelity" in text_table([trial])
 
 
-# the digits space, searched on the simulator: no latency objective or budget (see below)
+# the digits space, searched on the simulator with the engine (the default policy, accelerator
+# screening inside its one pipeline): no latency objective or budget (see below)
 HTP_SPACE = DIGITS_SPACE.replace(
     "precision: {granularity: stage}",
     "precision: {granularity: stage, calibration: [minmax, percentile]}").replace(
     "budgets: {latency_p90_ms: 2.0, model_size_mb: 0.1}",
     "objectives: [accuracy, model_size_mb]\nbudgets: {model_size_mb: 1.0, fidelity_cosine_min: 0.98}"
-) + "search:\n  n_trials: 3\n  seed: 1\n  enqueue:\n"
+) + "search:\n  n_trials: 3\n  seed: 1\n  sampler: engine\n  enqueue:\n"
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,10 @@ def test_htp_candidates_the_npu_refuses_are_rejected_naming_the_op(htp_search):
     assert "DequantizeLinear" in refused.rejection
     assert "in unit head (int8_weight_only)" in refused.rejection
     assert dict(refused.constraints)["accelerator_compatible"] > 0
+    # after the user's two candidates, the engine proposed the third, screened alike
+    third = outcome.study.get_trials()[2]
+    assert third.user_attrs["proposed_by"] in ("ladder_start", "budget_exchange", "model_pool")
+    assert "accelerator_compatible" in third.constraints
 
 
 def test_htp_candidates_that_compile_carry_simulated_fidelity(htp_search):

@@ -1,5 +1,5 @@
 """Several controllers proposing one candidate at once measure it once (issue 13): the twin
-protocol of hwnas.search.objective.finished_twin, on a real SQLite study, with real threads
+protocol of hwnas.search.twins.finished_twin, on a real SQLite study, with real threads
 racing in every order."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.run import make_storage
-from hwnas.search.objective import MEASURES, Progress, finished_twin, reuse
+from hwnas.search.twins import MEASURES, Progress, finished_twin, reuse
 
 # the trials here are asked and told by hand, as several controllers do it inside optimize
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")

@@ -1,0 +1,196 @@
+"""The engine's policy as an Optuna sampler: ``search.sampler: engine``.
+
+It proposes each trial's parameters from the study's own books (books.py) of the trial's
+device pool, through its acquisition strategies (acquisition.py), tried in order: the
+frontier's ladder start and budget exchanges, then the model-ranked pool; a strategy that
+has nothing to propose passes to the next, and the base sampler (random by default) fills
+whatever is left (the first trial of a space whose parameters are learnt from its trials, a
+parameter outside the engine's space). ``acquisition="sampler"`` hands every proposal to the
+base sampler (TPE, GP, random): the pipeline's screening and bookkeeping stay the policy's.
+
+Because it is a sampler, every way of running a study runs it: ``study.optimize`` with one
+thread per device of a pool, several ``hwnas worker`` processes on one storage (each reads
+what the others finished from the study), and retries of trials a dead controller left.
+A candidate another trial holds is never proposed again; two controllers that propose one
+candidate at the same instant meet in the pipeline, where one measures it and the other
+records a copy (objective.py ``finished_twin``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from hwnas.search.acquisition import BudgetExchange, LadderStart, ModelPool, Ranker
+from hwnas.search.books import Books, PoolBooks, trial_pool
+from hwnas.search.evaluator import Evaluator
+from hwnas.search.policy import Policy
+
+
+class EngineSampler(BaseSampler):
+    def __init__(self, evaluator: Evaluator, policy: Policy = Policy(), seed: int = 0,
+                 base: BaseSampler | None = None, candidate_cache: dict | None = None) -> None:
+        """``candidate_cache``: params -> (candidate, encoding), shareable between samplers on
+        the same evaluator and space (a benchmark's seeds)."""
+        self.evaluator, self.policy, self.seed = evaluator, policy, seed
+        self.base = base or RandomSampler(seed=seed)
+        self.books = PoolBooks(lambda pool: Books(evaluator, policy, evaluator.budgets_for(pool),
+                                                  pool))
+        self._lock = threading.RLock()
+        self._rankers: dict[str | None, tuple[Ranker, list[Any]]] = {}
+        self._cache = candidate_cache
+        self._predicted: dict[int, dict[str, float]] = {}
+        self._proposed_by: dict[int, str] = {}  # trial -> the strategy that proposed it
+        self._held: dict[int, tuple[str | None, Hashable]] = {}  # trial -> (pool, candidate)
+        self._rng: np.random.Generator | None = None
+        self.exhausted = False  # no strategy had a candidate left
+
+    # --- Optuna's sampler contract ------------------------------------------------------------
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial
+                                    ) -> dict[str, BaseDistribution]:
+        if self.policy.acquisition == "sampler":
+            return self.base.infer_relative_search_space(study, trial)
+        books = self._books(study, trial)
+        return dict(books.distributions or {})
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        if self.policy.acquisition == "sampler":
+            return self.base.sample_relative(study, trial, search_space)
+        with self._lock:
+            proposal = self._propose(study, trial)
+            if proposal is None:
+                # nothing learnt yet: the base sampler proposes; else every candidate is taken
+                self.exhausted = bool(search_space) and not self._waiting(study)
+                return {}
+            params = self._record(trial, proposal)
+            return {name: value for name, value in params.items() if name in search_space}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Where the evaluator cannot name its parameters before a trial ran, a first
+        proposal (e.g. a ladder's start) is fixed on the trial, as an enqueued one is; every
+        other proposal is relative, made once the trial knows its device pool."""
+        self.base.before_trial(study, trial)
+        if self.policy.acquisition == "sampler" or trial.system_attrs.get("fixed_params"):
+            return
+        with self._lock:
+            if self._books(study, trial).distributions is not None:
+                return
+            proposal = self._propose(study, trial)
+            if proposal is not None:
+                params = self._record(trial, proposal)
+                study._storage.set_trial_system_attr(trial._trial_id, "fixed_params", params)
+                trial.system_attrs["fixed_params"] = params  # the trial reads it from here
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.base.after_trial(study, trial, state, values)
+        with self._lock:
+            held = self._held.pop(trial.number, None)
+            self._predicted.pop(trial.number, None)
+            self._proposed_by.pop(trial.number, None)
+            if held is not None:
+                self._ranker(held[0], None)[0].held.discard(held[1])
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+        self._rng = None
+
+    # --- what the pipeline asks ----------------------------------------------------------------
+
+    def books_of(self, pool: str | None, study: optuna.Study) -> Books:
+        books = self.books.of(pool, study)
+        books.learn_distributions(self.evaluator.distributions() or {})
+        return books
+
+    def predicted(self, trial: optuna.Trial, candidate: Hashable, pool: str | None
+                  ) -> dict[str, float]:
+        """The figures predicted for a trial's candidate (those its proposal was ranked on, or
+        the predictors' now, for a trial the engine did not propose)."""
+        with self._lock:
+            if trial.number in self._predicted:
+                return self._predicted[trial.number]
+            books = self.books_of(pool, trial.study)
+            if books.encoder is None:
+                return {}
+            return books.predict(candidate, trial.params)
+
+    def proposed_by(self, trial: optuna.Trial) -> str:
+        """Which part of the policy proposed a trial's candidate (provenance for the record)."""
+        with self._lock:
+            if trial.number in self._proposed_by:
+                return self._proposed_by[trial.number]
+        system = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+        if system.get("fixed_params"):
+            return "enqueued"  # the user's, or a retry of a trial whose controller died
+        return "base_sampler"
+
+    def summary(self) -> dict[str, Any]:
+        """What the study keeps of the policy: its settings and, per device pool, its books."""
+        pools = {str(b.pool): b.summary() for b in self.books.all()}
+        single = next(iter(pools.values())) if len(pools) == 1 else {}
+        return {**single, "pools": pools, "policy": {k: getattr(self.policy, k) for k in
+                                                       self.policy.__dataclass_fields__}}
+
+    # --- proposing -----------------------------------------------------------------------------
+
+    def _books(self, study: optuna.Study, trial: FrozenTrial) -> Books:
+        return self.books_of(trial_pool(trial), study)
+
+    def _ranker(self, pool: str | None, study: optuna.Study | None) -> tuple[Ranker, list[Any]]:
+        if pool not in self._rankers:
+            if self._rng is None:
+                trials = len(study.get_trials(deepcopy=False)) if study is not None else 0
+                self._rng = np.random.default_rng(self.seed + trials)
+            books = self.books.of(pool)
+            strategies: list[Any] = [ModelPool()]
+            if self.policy.acquisition == "frontier":
+                strategies = [LadderStart(), BudgetExchange(), *strategies]
+            self._rankers[pool] = (Ranker(self.evaluator, books, self._rng, self._cache),
+                                   strategies)
+        return self._rankers[pool]
+
+    def _record(self, trial: FrozenTrial,
+                proposal: tuple[dict[str, Any], dict[str, float] | None, str]
+                ) -> dict[str, Any]:
+        """Hold the proposed candidate until the trial ends; keep its predictions."""
+        params, predicted, strategy = proposal
+        self._proposed_by[trial.number] = strategy
+        pool = trial_pool(trial)
+        ranker = self._ranker(pool, None)[0]
+        candidate = ranker.plain_candidate(params)
+        ranker.held.add(candidate)
+        self._held[trial.number] = (pool, candidate)
+        if predicted is not None:
+            self._predicted[trial.number] = predicted
+        return params
+
+    @staticmethod
+    def _waiting(study: optuna.Study) -> bool:
+        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    def _propose(self, study: optuna.Study, trial: FrozenTrial
+                 ) -> tuple[dict[str, Any], dict[str, float] | None, str] | None:
+        books = self._books(study, trial)
+        ranker, strategies = self._ranker(trial_pool(trial), study)
+        waiting = self._waiting(study)
+        for strategy in strategies:
+            if waiting and not isinstance(strategy, ModelPool):
+                continue  # a user's enqueued candidates go first: the frontier waits for them
+            if isinstance(strategy, ModelPool) and books.encoder is None:
+                continue
+            proposal = strategy.propose(ranker)
+            if proposal is not None:
+                return (*proposal, strategy.name)
+        return None
