@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from hwnas.search.nb201 import CellProxies, cell_proxies, fashion_mnist_batch, parse_net
+from hwnas.bench.nb201 import CellProxies, cell_proxies, fashion_mnist_batch, parse_net
 
 OUT = Path(__file__).resolve().parent / "nb201_proxies.csv"
 COLUMNS = ["net"] + [f.name for f in dataclasses.fields(CellProxies)]

@@ -33,13 +33,13 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, table  # noqa: E402
 
-from hwnas.config.cells import load_cell_space  # noqa: E402
+from hwnas.bench.cells import load_cell_space  # noqa: E402
+from hwnas.bench.nb201 import PROXY_IMAGES_HOW  # noqa: E402
+from hwnas.bench.replay import (ReplayEvaluator, ReplayTable, common_features,  # noqa: E402
+                                load_proxies)
 from hwnas.data.fashion_mnist import DEBIAN_DIR, idx_files  # noqa: E402
 from hwnas.errors import HwnasError  # noqa: E402
 from hwnas.search.engine import Evaluation, Policy, SearchEngine  # noqa: E402
-from hwnas.search.nb201 import PROXY_IMAGES_HOW  # noqa: E402
-from hwnas.search.replay import (ReplayEvaluator, ReplayTable, common_features,  # noqa: E402
-                                 load_proxies)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -150,3 +150,32 @@ def test_the_readme_layout_names_every_module() -> None:
                for base in ("hwnas", "agents/hwnas_agent") for p in sorted((ROOT / base).rglob("*.py"))
                if p.name != "__init__.py" and p.name not in layout]
     assert unnamed == [], f"modules not named in README.md's Layout: {unnamed}"
+
+
+BENCH = "hwnas.bench"  # the replay benchmark's plug-in: cells, NAS-Bench-201 networks, replay
+
+
+def fence_breaches(graph: dict[str, set[str]]) -> list[str]:
+    """Controller modules that import the benchmark plug-in (lazily or not)."""
+    inside = (lambda name: name == BENCH or name.startswith(BENCH + "."))
+    return sorted(f"{module} -> {target}" for module, targets in graph.items()
+                  if not inside(module) for target in targets if inside(target))
+
+
+def test_a_breach_of_the_fence_is_found(tmp_path: Path) -> None:
+    for name, text in {"hwnas/__init__.py": "", "hwnas/bench/__init__.py": "",
+                       "hwnas/bench/replay.py": "from hwnas.bench.cells import CellSpace\n",
+                       "hwnas/bench/cells.py": "", "hwnas/search/__init__.py": "",
+                       "hwnas/search/engine.py": "def f():\n    from hwnas.bench import replay\n"
+                       }.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert fence_breaches(hwnas_import_graph(tmp_path)) == [
+        "hwnas.search.engine -> hwnas.bench", "hwnas.search.engine -> hwnas.bench.replay"]
+
+
+def test_no_controller_module_imports_the_benchmark_plug_in() -> None:
+    """Issue 21.6: the NAS-Bench-201 replay (hwnas/bench/) serves benchmarks/ and tests only;
+    the controller that ships never depends on it."""
+    assert (ROOT / "hwnas" / "bench" / "replay.py").is_file()
+    assert fence_breaches(hwnas_import_graph(ROOT)) == []

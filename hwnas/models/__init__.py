@@ -1,4 +1,4 @@
-"""Base models (core.py, build.py, stages.py, transformers.py, saved.py)."""
+"""Base models (core.py, build.py, stages.py, transformers.py, saved.py, unsupported.py)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""Reaching agents: transports (local loopback now; SSH next), the client, device sessions."""
+"""Reaching agents: transports (loopback, SSH: transport.py, ssh/), the client, device sessions,
+the local agent, install over SSH, the device pool, checks and accelerator screening."""

@@ -1,7 +1,7 @@
 """A transport carries one HTTP request to an agent and brings back the response.
 
-The local transport talks to 127.0.0.1:PORT; the SSH transport (later) opens the same
-HTTP connection through a direct-tcpip channel. The client above never knows which.
+The loopback transport talks to 127.0.0.1:PORT; the SSH transport (ssh/tunnel.py) opens the
+same HTTP connection through a direct-tcpip channel. The client above never knows which.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Reports of a search, read from TrialOutcome records: terminal table, Pareto plot (PNG),
-Markdown and HTML (tables.py, plot.py, html.py), and model cards (card.py)."""
+"""Reports of a search, read from TrialOutcome records: terminal and Markdown tables (tables.py),
+Pareto plots (plot.py, PNG), HTML (html.py), the report folder (write.py), model cards
+(card.py), a study's progress (status.py) and optuna-dashboard (dashboard.py)."""
 
 from hwnas.report.tables import Report, text_table, why_nothing_fits
 from hwnas.report.write import write_report

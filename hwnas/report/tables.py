@@ -1,4 +1,5 @@
-"""The trial table (terminal and Markdown) and the report files of a search."""
+"""The trial table (terminal and Markdown) and the Markdown report of a search (write.py writes
+the files)."""
 
 from __future__ import annotations
 

@@ -242,7 +242,7 @@ def test_example_search_spaces_are_valid(path):
     import yaml
 
     from hwnas.config import load_search_space
-    from hwnas.config.cells import load_cell_space
+    from hwnas.bench.cells import load_cell_space
 
     # a cell space (NAS-Bench-201 for the replay benchmark) has its own schema
     cells = "edges" in (yaml.safe_load(path.read_text()) or {})

@@ -9,10 +9,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hwnas.config.cells import load_cell_space
+from hwnas.bench.cells import load_cell_space
+from hwnas.bench.replay import ReplayEvaluator, ReplayTable
 from hwnas.search.engine import (STAGE_DUPLICATE, STAGE_EVALUATED, STAGE_REJECTED, STAGE_SKIPPED,
                                  STAGE_STOPPED, Policy, SearchEngine)
-from hwnas.search.replay import ReplayEvaluator, ReplayTable
 from tests.conftest import REPO
 
 DATA = REPO / "benchmarks" / "data" / "hw-nas-bench"  # in the repository: no test skips

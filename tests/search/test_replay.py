@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from hwnas.config.cells import load_cell_space
+from hwnas.bench.cells import load_cell_space
+from hwnas.bench.nb201 import CellNetwork, canonical_cell, cell_proxies, fashion_mnist_batch
+from hwnas.bench.replay import ReplayEvaluator, ReplayTable, load_proxies
 from hwnas.errors import ConfigError
-from hwnas.search.nb201 import CellNetwork, canonical_cell, cell_proxies, fashion_mnist_batch
-from hwnas.search.replay import ReplayEvaluator, ReplayTable, load_proxies
 from tests.conftest import REPO
 from tests.search.test_engine import DATA, METRIC, space, table  # noqa: F401
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hwnas.bench.replay import Cell, ReplayEvaluator
 from hwnas.search.evaluator import Budget
-from hwnas.search.replay import Cell, ReplayEvaluator
 from hwnas.search.screening import BetweenMeasurements, FigurePredictor, screen
 from tests.search.test_engine import METRIC, space, table  # noqa: F401 (fixtures)
 

@@ -26,10 +26,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import optuna
 
-from hwnas.config.cells import CellSpace
+from hwnas.bench.cells import CellSpace
+from hwnas.bench.nb201 import OPERATIONS, canonical_cell, parse_net
 from hwnas.errors import ConfigError
 from hwnas.search.evaluator import Budget, Evaluator, HardwareFigure, HardwareReport
-from hwnas.search.nb201 import OPERATIONS, canonical_cell, parse_net
 
 Z95 = 1.959964
 
@@ -115,7 +115,7 @@ class ReplayTable:
 
 def load_proxies(path: str | Path) -> dict[tuple[int, ...], dict[str, float]]:
     """The cache written by benchmarks/nb201_proxies.py: cell -> proxy features."""
-    from hwnas.search.nb201 import CellProxies
+    from hwnas.bench.nb201 import CellProxies
 
     cached: dict[tuple[int, ...], dict[str, float]] = {}
     for row in _rows(Path(path), ["net", "parameters", "flops"]):
@@ -208,7 +208,7 @@ class ReplayEvaluator(Evaluator):
 def _compute_proxies(ops: tuple[int, ...], space: CellSpace,
                      images_folder: Path | None = None) -> dict[str, float]:
     """A cell missing from the cache: built and scored now (about a second on a CPU)."""
-    from hwnas.search.nb201 import cell_proxies, fashion_mnist_batch
+    from hwnas.bench.nb201 import cell_proxies, fashion_mnist_batch
 
     images, labels = fashion_mnist_batch(folder=images_folder)
     net = space.network

@@ -1,4 +1,4 @@
-"""Validated records for cell search spaces (NAS-Bench-201 style), beside config/models.py.
+"""Validated records for cell search spaces (NAS-Bench-201 style), built on config/models.py.
 
 A cell space names the edges of a small DAG and the operations an edge may carry. The
 order of `operations` is the encoding of the benchmark tables (operation index per edge),
