@@ -6,8 +6,10 @@ their own process group under a memory limit and die with the agent (lifeline.py
 records its pid and start time, so that a restarted agent kills a worker left over from an
 interrupted job before it starts the next one: one measurement at a time, always.
 
-One worker process at a time, measure or load check (WorkerSlot): the memory limit then holds
-for all of them together, and no load check ever runs beside a timed phase.
+One worker process at a time, measure or load check (workers.WorkerSlot): the memory limit
+then holds for all of them together, and no load check ever runs beside a timed phase.
+Uploads go through intake.py, which shares the reference counts: a model a queued or running
+job needs is never evicted.
 """
 
 from __future__ import annotations
