@@ -29,8 +29,8 @@ SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class JobState(str, enum.Enum):
-    """A job's state; the wire carries the value. A str, so that "done" == JobState.DONE
-    (membership tests use tuples: an Enum hashes by its name, not its value)."""
+    """A job's state; the wire and the job folders carry the value. A str, so that the plain
+    "done" of a record read back equals, and hashes as, JobState.DONE."""
 
     QUEUED = "queued"
     RUNNING = "running"

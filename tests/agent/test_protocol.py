@@ -81,6 +81,7 @@ def test_job_states_are_an_enum_with_the_same_wire_strings():
     # a record read back from the wire or the disk holds plain strings
     assert "done" in FINISHED_STATES and "failed" in FINISHED_STATES
     assert "running" not in FINISHED_STATES and "queued" not in FINISHED_STATES
+    assert "done" in set(FINISHED_STATES)  # the job history prunes with a set
 
 
 def test_runtime_names_and_power_kinds_are_the_protocols():
