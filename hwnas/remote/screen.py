@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Mapping
 
-from hwnas_agent.protocol import ONNXRUNTIME
+from hwnas_agent.protocol import NO_POWER, ONNXRUNTIME
 
 from hwnas.errors import MeasurementError
 from hwnas.records import Artifact, Measurement
@@ -96,7 +96,7 @@ def screening_request(profile: "DeviceProfile", sha256: str) -> Any:
         options[index] = {**_SCREEN_OPTIONS.get(provider, {}), **options[index]}
     return dataclasses.replace(
         request, disable_cpu_fallback=False, provider_options=options, warmup_iterations=0,
-        warmup_seconds=0.0, min_iterations=1, min_seconds=0.0, rounds=1, power_source="none",
+        warmup_seconds=0.0, min_iterations=1, min_seconds=0.0, rounds=1, power_source=NO_POWER,
         cooldown_below_c=None)
 
 
