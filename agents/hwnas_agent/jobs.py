@@ -127,8 +127,8 @@ class Agent:
                     request = MeasureRequest.from_dict(self.jobs.request(job_id))
                     job = Job(job_id, request, self._power_source(request))
                 except ProtocolError as exc:
-                    self.jobs.set_state(job_id, JobState.FAILED, error="cannot run after a restart: %s"
-                                        % exc.message)
+                    self.jobs.set_state(job_id, JobState.FAILED,
+                                        error="cannot run after a restart: %s" % exc.message)
                     continue
                 try:
                     self._queue.put_nowait(job)

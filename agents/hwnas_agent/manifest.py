@@ -80,7 +80,8 @@ def check_path(path: Any, where: str = "manifest") -> str:
     if not isinstance(path, str) or not path:
         raise ManifestError("%s: a path must be a non-empty string, not %r" % (where, path))
     if len(path) > MAX_PATH_CHARS:
-        raise ManifestError("%s: path %r is over %d characters" % (where, path[:80], MAX_PATH_CHARS))
+        raise ManifestError("%s: path %r is over %d characters"
+                            % (where, path[:80], MAX_PATH_CHARS))
     if path.startswith("/") or "\\" in path or re.match(r"^[A-Za-z]:", path):
         raise ManifestError("%s: path %r is absolute or not '/'-separated; paths are relative "
                             "to the model's folder" % (where, path))

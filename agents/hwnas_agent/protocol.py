@@ -3,10 +3,11 @@
 Standard library only: the controller imports this module too, so both sides agree on
 field names, defaults and validation. HTTP + JSON; models travel as raw ONNX bytes
 addressed by their sha256, or as several files addressed by their manifest's (manifest.py).
-The measurement result the controller reads is defined here too (RESULT_FIELDS). Nothing received is ever executed or unpickled: a request names a
-power source, and what that source is (a sensor, or a meter program and its arguments) comes
-from the agent's own configuration file on the device (config.py). Every request carries the
-agent's secret token (``Authorization: Bearer <token>``).
+The measurement result the controller reads is defined here too (RESULT_FIELDS). Nothing
+received is ever executed or unpickled: a request names a power source, and what that source
+is (a sensor, or a meter program and its arguments) comes from the agent's own configuration
+file on the device (config.py). Every request carries the agent's secret token
+(``Authorization: Bearer <token>``).
 """
 
 from __future__ import annotations

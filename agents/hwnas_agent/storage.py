@@ -273,7 +273,8 @@ class JobStore:
         return read_json(os.path.join(self.job_dir(job_id), "request.json"))
 
     def set_state(self, job_id: str, state: JobState, **extra: Any) -> Dict[str, Any]:
-        record = {"job_id": job_id, "state": JobState(state).value, "updated_unix_time": time.time()}
+        record = {"job_id": job_id, "state": JobState(state).value,
+                  "updated_unix_time": time.time()}
         record.update(extra)
         write_json_atomic(os.path.join(self.job_dir(job_id), "state.json"), record)
         return record

@@ -107,7 +107,8 @@ def test_the_store_keeps_a_verified_folder_and_evicts_it_whole(tmp_path):
     meta = store.commit(tmp, found.sha256, {"inputs": []}, found)
     assert meta["size_bytes"] == 60 and meta["manifest"] == found.to_dict()
     path, data_files = store.files(found.sha256)
-    assert path == os.path.join(store.folder(found.sha256), "net.onnx") and data_files == ["w/a.bin"]
+    assert path == os.path.join(store.folder(found.sha256), "net.onnx")
+    assert data_files == ["w/a.bin"]
     assert sorted(os.listdir(store.folder(found.sha256))) == ["net.onnx", "w"]
     assert store.stored() == [(os.stat(store.folder(found.sha256)).st_mtime, 60, found.sha256)]
     assert store.evict(set(), room_for=50) == [found.sha256]

@@ -85,7 +85,8 @@ def test_a_model_with_external_data_is_shipped_verified_and_measured(agent, exte
     assert sha256 == parse(json.loads(_manifest_of(external_model))).sha256
     folder = agent.state_dir / "models" / f"{sha256}.d"
     assert sorted(os.listdir(folder)) == ["net.onnx", "net.onnx.data"]
-    assert (folder / "net.onnx.data").read_bytes() == (external_model / "net.onnx.data").read_bytes()
+    sent = (external_model / "net.onnx.data").read_bytes()
+    assert (folder / "net.onnx.data").read_bytes() == sent
     status, meta = call(agent, "GET", f"/v1/models/{sha256}")
     assert status == 200 and meta["manifest"]["model"] == "net.onnx"
     assert meta["size_bytes"] == sum(p.stat().st_size for p in external_model.iterdir())
