@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from hwnas_agent.protocol import ONNXRUNTIME
 
 from hwnas.data import ArraySplit, Split
 from hwnas.records import Artifact, OutputFidelity
@@ -77,12 +78,12 @@ class DeviceSession:
         self.emulated = False
         self.fixed_batch = False
         self.session, self.runtime = None, CONTROLLER_CPU
-        if device is not None and device.runtime.name == "onnxruntime":
+        if device is not None and device.runtime.name == ONNXRUNTIME:
             self._open_like_device(str(model_path), device)
         if self.session is None:
             self.session = _cpu_session(str(model_path))
             wanted = (None if device is None else "native TensorRT" if device.runtime.name != \
-                      "onnxruntime" else device.runtime.execution_providers[0])
+                      ONNXRUNTIME else device.runtime.execution_providers[0])
             if wanted not in (None, "CPUExecutionProvider"):
                 self.runtime = f"{CONTROLLER_CPU} ({wanted} of {device.name} is not available here)"
 

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # optuna is only needed to write; reading takes any FrozenTri
     import optuna
     from optuna.trial import FrozenTrial
 
+from hwnas_agent.protocol import read_result
+
 from hwnas.errors import ExportError, MeasurementError
 
 
@@ -214,30 +216,19 @@ class Measurement:
     @classmethod
     def from_agent(cls, device: str, report: Mapping[str, Any]) -> "Measurement":
         try:
-            latency = report["latency_ms"]
+            # the result schema is the agent protocol's (RESULT_FIELDS): one definition
+            values = read_result(report)
+            reported_power = values.pop("power")
             power, power_error = None, None
-            if report.get("power"):
-                if report["power"].get("mean_w") is None or report["power"].get("error"):
-                    power_error = str(report["power"].get("error") or "no mean power reported")
+            if reported_power:
+                if reported_power.get("mean_w") is None or reported_power.get("error"):
+                    power_error = str(reported_power.get("error") or "no mean power reported")
                 else:
-                    power = PowerReading.from_agent(report["power"])
-            return cls(
-                device=device,
-                model_sha256=report["model_sha256"],
-                latency_ms_p50=float(latency["p50"]),
-                latency_ms_p90=float(latency["p90"]),
-                latency_ms_p99=float(latency["p99"]),
-                latency_ms_mean=float(latency["mean"]),
-                latency_ms_std=float(latency["std"]),
-                latency_cv=float(latency["cv"]),
-                latency_ms_p50_ci95=(float(latency["ci95_p50"][0]), float(latency["ci95_p50"][1])),
-                iterations=int(report["iterations"]),
-                unstable=bool(report["unstable"]),
-                execution_providers=tuple(report["runtime"]["execution_providers"]),
-                agent_report=dict(report),
-                power=power, power_error=power_error,
-                emulated=bool(report["runtime"].get("emulated", False)),
-            )
+                    power = PowerReading.from_agent(reported_power)
+            fields = {f.name for f in dataclasses.fields(cls)}
+            return cls(device=device, agent_report=dict(report), power=power,
+                       power_error=power_error,
+                       **{name: value for name, value in values.items() if name in fields})
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise MeasurementError(f"the agent on {device} sent a malformed measurement "
                                    f"({exc!r}); check that hwnas and hwnas-agent versions match") from None

@@ -19,7 +19,7 @@ import re
 import stat
 from typing import Any, Dict, Optional
 
-from hwnas_agent.protocol import POWER_SOURCES, SOURCE_NAME_RE
+from hwnas_agent.protocol import NO_POWER, POWER_KINDS, SOURCE_NAME_RE
 
 DEFAULT_PORT = 8765
 WORKER_MEMORY_FRACTION = 0.5  # of the device's RAM, when the file does not say
@@ -124,15 +124,15 @@ def _power_sources(data: Any, where: str) -> Dict[str, PowerSourceConfig]:
         raise AgentConfigError("%s: power_sources must be an object {name: {kind, options}}" % where)
     sources = {}
     for name, entry in data.items():
-        if not SOURCE_NAME_RE.match(name) or name == "none":
+        if not SOURCE_NAME_RE.match(name) or name == NO_POWER:
             raise AgentConfigError("%s: power source name %r: use letters, digits, '.', '_', '-' "
-                                   "(and not 'none')" % (where, name))
+                                   "(and not '%s')" % (where, name, NO_POWER))
         if not isinstance(entry, dict) or set(entry) - {"kind", "options"}:
             raise AgentConfigError("%s: power_sources.%s must be {kind, options}" % (where, name))
         kind, options = entry.get("kind"), entry.get("options", {})
-        if kind not in POWER_SOURCES or kind == "none":
+        if kind not in POWER_KINDS:
             raise AgentConfigError("%s: power_sources.%s.kind = %r; allowed: %s" % (
-                where, name, kind, ", ".join(k for k in POWER_SOURCES if k != "none")))
+                where, name, kind, ", ".join(POWER_KINDS)))
         if not isinstance(options, dict) or not all(_OPTION_NAME.match(k) for k in options):
             raise AgentConfigError("%s: power_sources.%s.options must be an object of option "
                                    "names" % (where, name))

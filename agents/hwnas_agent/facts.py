@@ -16,6 +16,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from hwnas_agent import __version__
+from hwnas_agent.protocol import ONNXRUNTIME
 
 
 def _read(path: str) -> Optional[str]:
@@ -82,9 +83,9 @@ def runtimes() -> Dict[str, Any]:
     try:
         import onnxruntime as ort
 
-        from hwnas_agent.runtimes.onnxruntime import available_providers, plugin_versions
+        from hwnas_agent.runtimes.ort_providers import available_providers, plugin_versions
 
-        found["onnxruntime"] = {"version": ort.__version__,
+        found[ONNXRUNTIME] = {"version": ort.__version__,
                                 "execution_providers": available_providers(),
                                 "plugins": plugin_versions()}
     except ImportError:

@@ -6,13 +6,14 @@ their own process group under a memory limit and die with the agent (lifeline.py
 records its pid and start time, so that a restarted agent kills a worker left over from an
 interrupted job before it starts the next one: one measurement at a time, always.
 
-One worker process at a time, measure or load check (WorkerSlot): the memory limit then holds
-for all of them together, and no load check ever runs beside a timed phase.
+One worker process at a time, measure or load check (workers.WorkerSlot): the memory limit
+then holds for all of them together, and no load check ever runs beside a timed phase.
+Uploads go through intake.py, which shares the reference counts: a model a queued or running
+job needs is never evicted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -23,16 +24,15 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from hwnas_agent import facts, lifeline
 from hwnas_agent.config import AgentConfig, PowerSourceConfig
-from hwnas_agent.protocol import FINISHED_STATES, MeasureRequest, ProtocolError
-from hwnas_agent.storage import JobStore, ModelStore, StoreFull, read_json
-from hwnas_agent.wire_text import redact
+from hwnas_agent.intake import ModelIntake
+from hwnas_agent.protocol import FINISHED_STATES, NO_POWER, JobState, MeasureRequest, ProtocolError
+from hwnas_agent.storage import JobStore, ModelStore, read_json
+from hwnas_agent.workers import Workers, WorkerSlot, reap_group, signal_name, tail
 
-INSPECT_TIMEOUT_S = 120.0
-LOG_TAIL_BYTES = 2000
 # long-polls held at once: on one job, and in all (a share of max_connections), so that waits
 # never take the connections hello, facts and the other controllers need; a wait over the
 # bound is answered at once with the job's state (a wait is a maximum, never a promise).
@@ -40,49 +40,6 @@ LOG_TAIL_BYTES = 2000
 # 127.0.0.1 through SSH): the job waited on is what separates one controller's waits.
 MAX_WAITS_PER_JOB = 4
 WAITS_SHARE_OF_CONNECTIONS = 4  # at most max_connections // 4 waits in all
-
-
-class WorkerSlot:
-    """One worker process at a time, a measurement or a load check.
-
-    RLIMIT_DATA is per process, so a per-worker limit let a measure worker and a load check
-    together take twice worker_memory_mb (1,879 MB against 1,500 MB on a device). Splitting
-    the budget between them would halve what one model may use; summing RSS from a supervisor
-    polls, and a burst between two polls passes. One at a time keeps the whole budget for each
-    worker and holds by construction; it also keeps a load check (a CPU- and memory-heavy
-    session build) out of a timed phase, which it would slow. A load check waiting goes before
-    the next queued job: an upload waits at most for the job that runs (its timeout_s)."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._held = False
-        self._checks_waiting = 0
-
-    def acquire(self, load_check: bool, give_up: Callable[[], bool] = lambda: False) -> bool:
-        with self._changed:
-            self._checks_waiting += load_check
-            try:
-                while self._held or (not load_check and self._checks_waiting):
-                    if give_up():
-                        return False
-                    self._changed.wait(timeout=0.2)
-                self._held = True
-                return True
-            finally:
-                self._checks_waiting -= load_check
-
-    def release(self) -> None:
-        with self._changed:
-            self._held = False
-            self._changed.notify_all()
-
-    @contextlib.contextmanager
-    def load_check(self) -> Iterator[None]:
-        self.acquire(load_check=True)
-        try:
-            yield
-        finally:
-            self.release()
 
 
 class AgentBusy(Exception):
@@ -108,25 +65,6 @@ class Job:
         return self.request.model_sha256
 
 
-def signal_name(returncode: int) -> str:
-    try:
-        return signal.Signals(-returncode).name
-    except ValueError:
-        return "signal %d" % -returncode
-
-
-def _tail(path: str) -> str:
-    """The end of a worker's log, fit for the wire (a runtime's output can print tensor
-    values): the whole log stays on the device."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
-            return redact(handle.read().decode("utf-8", "replace").strip(), keep_end=True)
-    except OSError:
-        return ""
-
-
 class Agent:
     """Model store, persisted jobs and the single measuring thread."""
 
@@ -138,13 +76,15 @@ class Agent:
         max_store = int(config.max_store_mb * 1e6) if config.max_store_mb else None
         self.models = ModelStore(os.path.join(self.state_dir, "models"), max_store)
         self.jobs = JobStore(os.path.join(self.state_dir, "jobs"))
-        self.python = python
+        self.engines_dir = os.path.join(self.state_dir, "engines")  # what runtimes build
         self.worker_memory_bytes = config.worker_memory_bytes(facts.memory_total_mb())
+        self.workers = Workers(python, self.worker_memory_bytes)
         self._in_use: Dict[str, int] = {}  # sha256 -> queued or running jobs using it
-        self._reserved_bytes = 0  # declared lengths of uploads in progress
         self._queue: "queue.Queue[Job]" = queue.Queue(maxsize=config.max_queue)
         self._lock = threading.Lock()  # the queue's admission, reference counts, reservations
         self._worker_slot = WorkerSlot()  # one worker process at a time, of either kind
+        self.intake = ModelIntake(self.models, self.workers, self._worker_slot, self._lock,
+                                  self._in_use)
         self._current: Optional[subprocess.Popen] = None
         self._stopping = threading.Event()
         self._finished = threading.Condition()  # notified whenever a job finishes
@@ -172,36 +112,37 @@ class Agent:
         if it survived the agent, is killed before anything else runs."""
         for job_id in self.jobs.all_ids():
             record = self.jobs.get(job_id) or {}
-            if record.get("state") == "running":
+            if record.get("state") == JobState.RUNNING:
                 worker = self.jobs.worker(job_id) or {}
                 outcome = "no worker"
                 if isinstance(worker.get("pid"), int):
                     outcome = lifeline.kill_group_if_same(worker["pid"], worker.get("start_ticks"))
                     if outcome in ("still running", "not ours"):  # waited out before any job
                         self._leftovers.append((worker["pid"], worker.get("start_ticks")))
-                self.jobs.set_state(job_id, "interrupted",
+                self.jobs.set_state(job_id, JobState.INTERRUPTED,
                                     error="the agent stopped while this job was running",
                                     leftover_worker=outcome)
-            elif record.get("state") == "queued":
+            elif record.get("state") == JobState.QUEUED:
                 try:
                     request = MeasureRequest.from_dict(self.jobs.request(job_id))
                     job = Job(job_id, request, self._power_source(request))
                 except ProtocolError as exc:
-                    self.jobs.set_state(job_id, "failed", error="cannot run after a restart: %s"
-                                        % exc.message)
+                    self.jobs.set_state(job_id, JobState.FAILED,
+                                        error="cannot run after a restart: %s" % exc.message)
                     continue
                 try:
                     self._queue.put_nowait(job)
                     self._use(job.model_sha256, +1)
                 except queue.Full:
-                    self.jobs.set_state(job_id, "failed", error="queue full when the agent restarted")
+                    self.jobs.set_state(job_id, JobState.FAILED,
+                                        error="queue full when the agent restarted")
 
     def _power_source(self, request: MeasureRequest) -> Optional[PowerSourceConfig]:
-        if request.power_source == "none":
+        if request.power_source == NO_POWER:
             return None
         source = self.config.power_sources.get(request.power_source)
         if source is None:
-            configured = ", ".join(sorted(self.config.power_sources)) or "none"
+            configured = ", ".join(sorted(self.config.power_sources)) or NO_POWER
             raise ProtocolError(400, "unknown_power_source",
                                 "power source %r is not configured on this agent (configured: %s);"
                                 " power sources are set in the agent's configuration file on the "
@@ -291,7 +232,7 @@ class Agent:
             try:
                 self._execute(job)
             except Exception as exc:  # a job fails; the agent keeps serving
-                self.jobs.set_state(job.job_id, "failed", error="agent error: %s" % exc)
+                self.jobs.set_state(job.job_id, JobState.FAILED, error="agent error: %s" % exc)
             finally:
                 self._worker_slot.release()
                 with self._lock:
@@ -303,45 +244,22 @@ class Agent:
             except OSError:  # a full or read-only disk must not stop the measuring thread
                 pass
 
-    def _worker_command(self, mode: str, *args: str) -> List[str]:
-        command = [self.python, "-m", "hwnas_agent.worker", mode, *args,
-                   "--parent-pid", str(os.getpid())]
-        if self.worker_memory_bytes:
-            command += ["--memory-limit-bytes", str(self.worker_memory_bytes)]
-        return command
-
-    def _spawn(self, command: List[str], stdout: Any, stderr: Any,
-               record: Optional[Callable[[subprocess.Popen], None]] = None
-               ) -> Tuple[subprocess.Popen, int]:
-        """A worker in its own process group, holding the read end of a pipe whose write end
-        (returned) only this agent holds: it reads EOF, and exits, when the agent dies."""
-        lease_read, lease_write = os.pipe()
-        try:
-            process = subprocess.Popen(command, stdin=lease_read, stdout=stdout, stderr=stderr,
-                                       start_new_session=True)
-        except BaseException:
-            os.close(lease_write)
-            raise
-        finally:
-            os.close(lease_read)
-        if record is not None:
-            record(process)
-        return process, lease_write
-
     def _execute(self, job: Job) -> None:
         job_dir = self.jobs.job_dir(job.job_id)
         started = time.time()
         # when it started and how long it waited in the queue: every later state keeps both
         timing = {"started_unix_time": started, "queued_unix_time": job.queued_at,
                   "queued_seconds": max(0.0, started - job.queued_at)}
-        self.jobs.set_state(job.job_id, "running", **timing)
-        command = self._worker_command("measure", job_dir, self.models.path(job.model_sha256))
+        self.jobs.set_state(job.job_id, JobState.RUNNING, **timing)
+        model_path, data_files = self.models.files(job.model_sha256)
+        command = self.workers.command("measure", job_dir, model_path, "--data-files",
+                                       json.dumps(data_files), "--cache-dir", self.engines_dir)
         if job.power is not None:
             command += ["--power-source", json.dumps({"kind": job.power.kind,
                                                       "options": job.power.options})]
         log_path = os.path.join(job_dir, "worker.log")
         with open(log_path, "wb") as log:
-            process, lease = self._spawn(
+            process, lease = self.workers.spawn(
                 command, log, subprocess.STDOUT,
                 lambda p: self.jobs.set_worker(job.job_id, p.pid, lifeline.start_ticks(p.pid)))
         self._current = process
@@ -350,118 +268,29 @@ class Agent:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            self.jobs.set_state(job.job_id, "failed", **timing,
+            self.jobs.set_state(job.job_id, JobState.FAILED, **timing,
                                 error="timed out after %.0f s (timeout_s)" % job.request.timeout_s)
             return
         finally:
             self._current = None
             os.close(lease)
-            self._reap_group(process.pid)
+            reap_group(process.pid)
         wall = time.time() - started
         if self._stopping.is_set():
-            self.jobs.set_state(job.job_id, "interrupted",
+            self.jobs.set_state(job.job_id, JobState.INTERRUPTED,
                                 error="the agent was stopped during the job")
         elif process.returncode == 0 and os.path.exists(os.path.join(job_dir, "result.json")):
-            self.jobs.set_state(job.job_id, "done", job_wall_seconds=wall, **timing)
+            self.jobs.set_state(job.job_id, JobState.DONE, job_wall_seconds=wall, **timing)
         elif process.returncode < 0:
-            self.jobs.set_state(job.job_id, "failed", **timing,
+            self.jobs.set_state(job.job_id, JobState.FAILED, **timing,
                                 error="the runtime crashed (%s)%s; output: %s"
-                                % (signal_name(process.returncode), self._memory_note(),
-                                   _tail(log_path)))
+                                % (signal_name(process.returncode), self.workers.memory_note(),
+                                   tail(log_path)))
         else:
             error = (read_json(os.path.join(job_dir, "error.json")) or {}).get("error", {})
-            message = error.get("message") or _tail(log_path)
-            self.jobs.set_state(job.job_id, "failed", **timing,
+            message = error.get("message") or tail(log_path)
+            self.jobs.set_state(job.job_id, JobState.FAILED, **timing,
                                 error="%s: %s" % (error.get("type", "worker"), message))
-
-    @staticmethod
-    def _reap_group(pgid: int) -> None:
-        """Whatever the worker started (a meter program) ends with it."""
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def _memory_note(self) -> str:
-        if not self.worker_memory_bytes:
-            return ""
-        return (" (the worker's memory limit is %.0f MB: worker_memory_mb in the agent "
-                "configuration, the memory all the agent's workers share, one at a time)"
-                % (self.worker_memory_bytes / 1048576.0))
-
-    # -- models -------------------------------------------------------------
-    def put_model(self, sha256: str, read: Callable[[int], bytes], length: int
-                  ) -> Tuple[int, Dict[str, Any]]:
-        """Stream an upload to disk while hashing it, load it once to prove it is a model,
-        store it by its sha256."""
-        with self._lock:
-            try:
-                self.models.evict(set(self._in_use), room_for=self._reserved_bytes + length)
-            except StoreFull as exc:
-                raise ProtocolError(507, "store_full", str(exc))
-            self._reserved_bytes += length
-        tmp = None
-        try:
-            try:
-                tmp, actual = self.models.receive(read, length)
-            except EOFError as exc:  # the client stopped sending, or too slowly
-                raise ProtocolError(400, "truncated_body", "the upload did not arrive whole: %s"
-                                    % exc)
-            except OSError as exc:
-                raise ProtocolError(507, "store_failed", "cannot store the upload: %s"
-                                    % (exc.strerror or exc))
-            if actual != sha256:
-                raise ProtocolError(422, "sha256_mismatch", "the body hashes to %s but the URL "
-                                    "names %s; nothing was stored" % (actual, sha256))
-            existing = self.models.meta(sha256)
-            if existing is not None:
-                return 200, existing
-            with self._worker_slot.load_check():
-                signature = self._inspect(tmp)
-            meta = self.models.commit(tmp, sha256, signature)
-            with self._lock:
-                meta["evicted"] = self.models.evict(set(self._in_use) | {sha256})
-            return 201, meta
-        finally:
-            with self._lock:
-                self._reserved_bytes -= length
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-
-    def _inspect(self, path: str) -> Dict[str, Any]:
-        """Load the model once in a separate process: corrupt bytes cannot crash the agent."""
-        process, lease = self._spawn(self._worker_command("inspect", path), subprocess.PIPE,
-                                     subprocess.PIPE)
-        try:
-            out, err = process.communicate(timeout=INSPECT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise ProtocolError(422, "invalid_model", "loading the model took over %.0f s"
-                                % INSPECT_TIMEOUT_S)
-        finally:
-            os.close(lease)
-        try:
-            payload = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            payload = None
-        if process.returncode == 0 and isinstance(payload, dict) and "inputs" in payload:
-            return payload
-        if process.returncode != 0 and err:  # the whole text, for the device's log only
-            sys.stderr.write("hwnas-agent: loading %s failed:\n%s\n"
-                             % (path, err.decode("utf-8", "replace").rstrip()))
-        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            kind = payload["error"].get("type", "error")
-            text = payload["error"].get("message", "")
-            if kind == "ModelRefused":  # the worker's own check (onnx_refs) said why
-                raise ProtocolError(422, "invalid_model", "model refused: %s" % text)
-            message = text if kind == "MalformedModel" else "%s: %s" % (kind, text)
-        elif process.returncode < 0:
-            message = "onnxruntime crashed (%s) loading it%s" % (
-                signal_name(process.returncode), self._memory_note())
-        else:
-            message = redact(err.decode("utf-8", "replace").strip(), keep_end=True)
-        raise ProtocolError(422, "invalid_model", "not a loadable ONNX model: %s" % message.strip())
 
     def stop(self) -> None:
         self._stopping.set()

@@ -2,17 +2,22 @@
 
 Standard library only: the controller imports this module too, so both sides agree on
 field names, defaults and validation. HTTP + JSON; models travel as raw ONNX bytes
-addressed by their sha256. Nothing received is ever executed or unpickled: a request names a
-power source, and what that source is (a sensor, or a meter program and its arguments) comes
-from the agent's own configuration file on the device (config.py). Every request carries the
-agent's secret token (``Authorization: Bearer <token>``).
+addressed by their sha256, or as several files addressed by their manifest's (manifest.py).
+The measurement result the controller reads is defined here too (RESULT_FIELDS). Nothing
+received is ever executed or unpickled: a request names a power source, and what that source
+is (a sensor, or a meter program and its arguments) comes from the agent's own configuration
+file on the device (config.py). Every request carries the agent's secret token
+(``Authorization: Bearer <token>``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from hwnas_agent.provider_options import provider_option_problem
 
 PROTOCOL_VERSION = 2
 PROTOCOL_HEADER = "X-Hwnas-Protocol"
@@ -22,65 +27,35 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # a power source is named, never described, on the wire
 SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-JOB_STATES = ("queued", "running", "done", "failed", "interrupted")
-FINISHED_STATES = ("done", "failed", "interrupted")
-RUNTIMES = ("onnxruntime", "tensorrt")
+
+
+class JobState(str, enum.Enum):
+    """A job's state; the wire and the job folders carry the value. A str, so that the plain
+    "done" of a record read back equals, and hashes as, JobState.DONE."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+JOB_STATES = tuple(state.value for state in JobState)
+FINISHED_STATES = (JobState.DONE, JobState.FAILED, JobState.INTERRUPTED)
+# the one definition of the runtime names: requests, profiles and the agent's runtime
+# registry (runtimes/base.py) all read these
+ONNXRUNTIME = "onnxruntime"
+TENSORRT = "tensorrt"
+RUNTIMES = (ONNXRUNTIME, TENSORRT)
 TENSORRT_FLAGS = ("fp16", "int8")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-# the kinds of power source an agent configuration (and a profile's power section) may name
-POWER_SOURCES = ("none", "ina3221", "tegrastats", "pi5_pmic", "hwmon", "rapl", "nvml",
-                 "power_supply", "command")
-
-
-# Provider options reach onnxruntime's execution providers as they are, and several of them
-# name files or memory: QNN's profiling_file_path writes a file where the request says (with
-# the model's node names inside), its backend_path / op_packages / qnn_saver_path load a
-# library from any path, CUDA's gpu_external_alloc / user_compute_stream are raw addresses,
-# TensorRT's *_path options read and write caches anywhere. The wire carries settings, never
-# places or addresses: providers we know take only the options listed here, any other
-# provider none whose name says file, path, library or address, and no value is a path.
-# (A QNN backend is named by its library's bare name, resolved beside the installed plugin.)
-PROVIDER_OPTIONS = {
-    "QNNExecutionProvider": (
-        "backend_type", "backend_path", "htp_performance_mode", "profiling_level",
-        "htp_graph_finalization_optimization_mode", "soc_model", "htp_arch", "device_id",
-        "enable_htp_fp16_precision", "vtcm_mb", "rpc_control_latency", "qnn_context_priority",
-        "offload_graph_io_quantization", "enable_htp_spill_fill_buffer", "htp_bf16_enable"),
-    "TensorrtExecutionProvider": (
-        "device_id", "trt_fp16_enable", "trt_int8_enable", "trt_bf16_enable",
-        "trt_engine_cache_enable", "trt_timing_cache_enable", "trt_max_workspace_size",
-        "trt_builder_optimization_level", "trt_min_subgraph_size", "trt_max_partition_iterations",
-        "trt_layer_norm_fp32_fallback", "trt_cuda_graph_enable", "trt_dla_enable", "trt_dla_core",
-        "trt_sparsity_enable", "trt_auxiliary_streams", "trt_force_sequential_engine_build",
-        "trt_context_memory_sharing_enable", "trt_detailed_build_log",
-        "trt_build_heuristics_enable", "trt_force_timing_cache"),
-    "CUDAExecutionProvider": (
-        "device_id", "cudnn_conv_algo_search", "arena_extend_strategy", "gpu_mem_limit",
-        "do_copy_in_default_stream", "cudnn_conv_use_max_workspace", "cudnn_conv1d_pad_to_nc1d",
-        "enable_cuda_graph", "tunable_op_enable", "tunable_op_tuning_enable", "use_tf32",
-        "prefer_nhwc", "enable_skip_layer_norm_strict_mode", "use_ep_level_unified_stream"),
-}
-QNN_BACKEND_LIBRARIES = ("libQnnHtp.so", "libQnnCpu.so", "libQnnGpu.so", "QnnHtp.dll",
-                         "QnnCpu.dll", "QnnGpu.dll")
-_PLACE_WORDS = re.compile(r"path|file|dir|folder|librar|package|alloc|stream|address|dump|saver",
-                          re.IGNORECASE)
-
-
-def provider_option_problem(provider: str, key: str, value: str) -> Optional[str]:
-    """Why the wire may not carry this option of ``provider``, or None when it may."""
-    known = PROVIDER_OPTIONS.get(provider)
-    if known is not None and key not in known:
-        return ("%s option '%s' is not one the agent passes on (it may name a file, a library "
-                "or memory on the device); allowed: %s" % (provider, key, ", ".join(known)))
-    if known is None and _PLACE_WORDS.search(key):
-        return ("%s option '%s' names a place on the device (a file, library or address): "
-                "options over the wire are settings only" % (provider, key))
-    if key == "backend_path" and value not in QNN_BACKEND_LIBRARIES:
-        return ("QNN backend_path '%s' must be one of %s, found beside the installed QNN "
-                "libraries" % (value[:80], ", ".join(QNN_BACKEND_LIBRARIES)))
-    if "/" in value or "\\" in value or "\x00" in value:
-        return "%s option '%s': a value may not be a path" % (provider, key)
-    return None
+# the kinds of power source an agent configuration (and a profile's power section) may name,
+# best first (board input before partial rails: the order detection tries them); the agent's
+# sensor registry (power/base.py) is built from this list
+NO_POWER = "none"
+POWER_KINDS = ("ina3221", "pi5_pmic", "hwmon", "power_supply", "rapl", "nvml", "tegrastats",
+               "command")
+POWER_SOURCES = (NO_POWER,) + POWER_KINDS
 
 
 class ProtocolError(Exception):
@@ -191,7 +166,7 @@ class MeasureRequest:
 
     model_sha256: str = _setting(None, _sha256, "")
     # -- runtime: section `runtime` of a device profile
-    runtime: str = _setting("runtime", _one_of(*RUNTIMES), "onnxruntime", key="name")
+    runtime: str = _setting("runtime", _one_of(*RUNTIMES), ONNXRUNTIME, key="name")
     execution_providers: List[str] = _setting("runtime", _provider_names,
                                               factory=lambda: ["CPUExecutionProvider"])
     # one options dict per execution provider, same order (may be shorter)
@@ -224,7 +199,7 @@ class MeasureRequest:
     # -- power: section `power`; sampled during the timed phase, which extends until
     # power_min_samples exist. Only the source's name travels: its kind and options are the
     # agent's configuration (the profile's power.options go there, by `hwnas agent install`)
-    power_source: str = _setting("power", _source_name, "none", key="source")
+    power_source: str = _setting("power", _source_name, NO_POWER, key="source")
     power_min_samples: int = _setting("power", _int_range(2, 10 ** 6), 20, key="min_samples")
     idle_seconds: float = _setting("power", _number_range(0.0, 3600.0), 2.0)
 
@@ -298,6 +273,77 @@ def check_setting(field_name: str, value: Any) -> Optional[str]:
     """None if ``value`` is allowed for the field, else what is expected."""
     field = next(f for f in dataclasses.fields(MeasureRequest) if f.name == field_name)
     return field.metadata["check"](value)
+
+
+# -- the measurement result: one definition, read by the controller ---------------------------
+# A done job's "measurement" is the worker's report (worker.measure_file): rounds, provenance,
+# thermal and more travel whole as the agent's report; these are the fields the controller
+# reads from it, by their path in the report. A renamed or retyped field fails here, on both
+# sides' tests, not as a KeyError deep in the controller.
+@dataclasses.dataclass(frozen=True)
+class ResultField:
+    path: Tuple[str, ...]  # keys from the report's top down
+    kind: str  # one of _RESULT_KINDS
+    required: bool = True
+    default: Any = None  # when absent and not required
+
+
+_RESULT_KINDS: Dict[str, Callable[[Any], Any]] = {
+    "number": lambda v: float(v) if _is_number(v) else _wrong("a number"),
+    "integer": lambda v: int(v) if _is_int(v) else _wrong("an integer"),
+    "bool": lambda v: v if isinstance(v, bool) else _wrong("true or false"),
+    "sha256": lambda v: v if is_sha256(v) else _wrong("64 lowercase hex digits"),
+    "texts": lambda v: tuple(v) if isinstance(v, list) and all(isinstance(t, str) for t in v)
+    else _wrong("a list of strings"),
+    "interval": lambda v: (float(v[0]), float(v[1])) if isinstance(v, list) and len(v) == 2
+    and all(_is_number(x) for x in v) else _wrong("two numbers"),
+    "object": lambda v: dict(v) if isinstance(v, dict) else _wrong("an object"),
+}
+RESULT_FIELDS: Dict[str, ResultField] = {
+    "model_sha256": ResultField(("model_sha256",), "sha256"),
+    "latency_ms_p50": ResultField(("latency_ms", "p50"), "number"),
+    "latency_ms_p90": ResultField(("latency_ms", "p90"), "number"),
+    "latency_ms_p99": ResultField(("latency_ms", "p99"), "number"),
+    "latency_ms_mean": ResultField(("latency_ms", "mean"), "number"),
+    "latency_ms_std": ResultField(("latency_ms", "std"), "number"),
+    "latency_cv": ResultField(("latency_ms", "cv"), "number"),
+    "latency_ms_p50_ci95": ResultField(("latency_ms", "ci95_p50"), "interval"),
+    "iterations": ResultField(("iterations",), "integer"),
+    "unstable": ResultField(("unstable",), "bool"),
+    "execution_providers": ResultField(("runtime", "execution_providers"), "texts"),
+    # a simulator's figure (Qualcomm's HTP simulated on x86): never a device latency
+    "emulated": ResultField(("runtime", "emulated"), "bool", False, False),
+    "peak_rss_mb": ResultField(("peak_rss_mb",), "number", False),
+    # the power summary (power/sampler.py summarize); null when none was asked for
+    "power": ResultField(("power",), "object", False),
+}
+
+
+def _wrong(expected: str) -> Any:
+    raise ValueError(expected)
+
+
+def read_result(report: Any) -> Dict[str, Any]:
+    """The controller's fields of a done job's measurement (RESULT_FIELDS); ValueError naming
+    the field and what it should be when one is missing or of the wrong kind."""
+    if not isinstance(report, dict):
+        raise ValueError("the measurement is not a JSON object")
+    values: Dict[str, Any] = {}
+    for name, field in RESULT_FIELDS.items():
+        value: Any = report
+        for key in field.path:
+            value = value.get(key) if isinstance(value, dict) else None
+        where = ".".join(field.path)
+        if value is None:
+            if field.required:
+                raise ValueError("the measurement has no '%s'" % where)
+            values[name] = field.default
+            continue
+        try:
+            values[name] = _RESULT_KINDS[field.kind](value)
+        except ValueError as exc:
+            raise ValueError("the measurement's '%s' = %r is not %s" % (where, value, exc)) from None
+    return values
 
 
 def error_message(payload: Optional[Dict[str, Any]]) -> str:

@@ -7,6 +7,9 @@ request carries ``Authorization: Bearer <token>`` (401 without it):
   GET  /v1/models/<sha256>     200 with the stored model's signature, 404 if absent
   PUT  /v1/models/<sha256>     raw ONNX bytes, streamed to disk; verified against the sha256,
                                loaded once to prove they are a model, stored content-addressed
+  PUT  /v1/models/<sha256>/files  a model of several files (manifest.py), addressed by its
+                               manifest's sha256: the manifest's JSON on one line, then each
+                               file's bytes in its order; every file verified, then as above
   POST /v1/jobs                a MeasureRequest; 202 with the queued job
   GET  /v1/jobs/<id>[?wait=S]  the job's state, and its measurement once done; with wait,
                                held up to S seconds (<= 60) until the job finishes
@@ -15,8 +18,9 @@ Limits: at most ``max_connections`` connections; a connection gets HEADER_DEADLI
 its request line and headers (a slow-loris client cannot hold a slot longer), and when the
 cap is reached the oldest connection not yet past authentication makes room for a new one.
 When every connection is past authentication (uploads, long-polls), RESERVE_CONNECTIONS more
-serve hello and facts alone (anything else there: 503), so that they always answer; and
-long-polls held at once are bounded (jobs.py), so that they cannot take every connection.
+serve hello and facts alone (anything else there: 503), so that they always answer
+(connections.py); and long-polls held at once are bounded (jobs.py), so that they cannot
+take every connection.
 """
 
 from __future__ import annotations
@@ -27,16 +31,17 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Tuple
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Dict, Optional, Tuple
 
 from hwnas_agent import __version__, facts, lifeline
 from hwnas_agent.config import AgentConfig, read_or_create_token
+from hwnas_agent.connections import IDLE_READ_S, AgentHTTPServer, DeadlineReader
 from hwnas_agent.jobs import Agent
+from hwnas_agent.manifest import MAX_MANIFEST_BYTES
 from hwnas_agent.protocol import (
     AUTH_HEADER,
     AUTH_SCHEME,
@@ -51,109 +56,8 @@ DEFAULT_MAX_MODEL_BYTES = 1 << 30
 DEFAULT_MAX_JSON_BYTES = 1 << 20
 MAX_WAIT_S = 60.0
 HEADER_DEADLINE_S = 10.0  # request line and headers, from the first byte awaited
-IDLE_READ_S = 30.0  # no byte for this long ends the connection
 MIN_BODY_BYTES_PER_S = 32 * 1024  # a body may take 30 s plus its length at this rate
-RESERVE_CONNECTIONS = 4  # over max_connections, one request each, hello and facts only
 RESERVE_ROUTES = ("hello", "facts")
-
-
-class _Connection:
-    """What the server knows of one open connection, for the cap and for eviction."""
-
-    __slots__ = ("sock", "opened", "authenticated", "evicted", "reserve")
-
-    def __init__(self, sock: socket.socket, reserve: bool = False) -> None:
-        self.sock = sock
-        self.opened = time.monotonic()
-        self.authenticated = False  # past the token check, serving a request
-        self.evicted = False
-        self.reserve = reserve  # over the cap: hello and facts only, then closed
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A socket reader that gives up at the handler's deadline, however slowly bytes come."""
-
-    def __init__(self, sock: socket.socket, handler: "Handler") -> None:
-        self._sock = sock
-        self._handler = handler
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self._handler.deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("the client is too slow")
-        self._sock.settimeout(min(IDLE_READ_S, left))
-        return self._sock.recv_into(buffer)
-
-
-class AgentHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(self, address: Tuple[str, int], handler: type, max_connections: int) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.max_connections = max_connections
-        self.connections: Dict[socket.socket, _Connection] = {}
-        self.connections_lock = threading.Lock()
-        self.refused = 0
-        self.evictions = 0
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            live = [c for c in self.connections.values() if not c.evicted]
-            slots = [c for c in live if not c.reserve]
-            reserve = False
-            if len(slots) >= self.max_connections and not self._evict(slots):
-                # every slot serves a request past the token check: the reserve answers
-                # hello and facts, so that a client can always learn the agent is there
-                spare = [c for c in live if c.reserve]
-                if len(spare) >= RESERVE_CONNECTIONS and not self._evict(spare):
-                    self.refused += 1
-                    self.shutdown_request(request)
-                    return
-                reserve = True
-            self.connections[request] = _Connection(request, reserve)
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread could be started: forget it
-            self._forget(request)
-            raise
-
-    def _evict(self, connections: List[_Connection]) -> bool:
-        """Make room: close the oldest of ``connections`` not yet past the token check."""
-        waiting = [c for c in connections if not c.authenticated]
-        if not waiting:
-            return False
-        victim = min(waiting, key=lambda c: c.opened)
-        victim.evicted = True
-        self.evictions += 1
-        try:
-            victim.sock.shutdown(socket.SHUT_RDWR)  # its thread reads EOF and ends
-        except OSError:
-            pass
-        return True
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._forget(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
-            return  # a client that went away or stalled: nothing to report
-        super().handle_error(request, client_address)
-
-    def _forget(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.pop(request, None)
-
-    def connection_state(self, request: Any) -> Optional[_Connection]:
-        with self.connections_lock:
-            return self.connections.get(request)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -167,7 +71,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self), 64 * 1024)
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, self), 64 * 1024)
 
     def handle_one_request(self) -> None:
         state = self.server.connection_state(self.request)
@@ -247,6 +151,7 @@ class Handler(BaseHTTPRequestHandler):
             ("facts", 0): {"GET": lambda: (200, facts.device_facts())},
             ("models", 1): {"GET": lambda: self._get_model(rest[0]),
                             "PUT": lambda: self._put_model(rest[0])},
+            ("models", 2): {"PUT": lambda: self._put_files(rest[0], rest[1])},
             ("jobs", 0): {"POST": lambda: (202, self.agent.submit(self._read_json()))},
             ("jobs", 1): {"GET": lambda: self._get_job(rest[0])},
         }
@@ -300,15 +205,32 @@ class Handler(BaseHTTPRequestHandler):
     def _put_model(self, sha256: str) -> Tuple[int, Dict[str, Any]]:
         if not is_sha256(sha256):
             raise ProtocolError(400, "bad_sha256", "%r is not a sha256 (64 lowercase hex)" % sha256)
+        length = self._body_length(self._model_limit())
+        self._body_read = True  # from here on the body is consumed or the connection closed
+        self.close_connection = True
+        status, meta = self.agent.intake.put_model(sha256, self.rfile.read, length)
+        self.close_connection = False
+        return status, meta
+
+    def _put_files(self, sha256: str, what: str) -> Tuple[int, Dict[str, Any]]:
+        if what != "files":
+            raise ProtocolError(404, "unknown_operation", "no operation at PUT %s" % self.path)
+        if not is_sha256(sha256):
+            raise ProtocolError(400, "bad_sha256", "%r is not a sha256 (64 lowercase hex)" % sha256)
+        limit = self._model_limit()
+        length = self._body_length(limit + MAX_MANIFEST_BYTES + 1)
+        self._body_read = True
+        self.close_connection = True
+        status, meta = self.agent.intake.put_files(sha256, self.rfile.readline, self.rfile.read,
+                                                   length, limit)
+        self.close_connection = False
+        return status, meta
+
+    def _model_limit(self) -> int:
         limit = DEFAULT_MAX_MODEL_BYTES
         if self.agent.models.max_bytes is not None:
             limit = min(limit, self.agent.models.max_bytes)
-        length = self._body_length(limit)
-        self._body_read = True  # from here on the body is consumed or the connection closed
-        self.close_connection = True
-        status, meta = self.agent.put_model(sha256, self.rfile.read, length)
-        self.close_connection = False
-        return status, meta
+        return limit
 
     def _body_length(self, limit: int) -> int:
         length_text = self.headers.get("Content-Length")

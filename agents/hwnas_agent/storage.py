@@ -10,7 +10,13 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from hwnas_agent.manifest import Manifest
+from hwnas_agent.manifest import parse as parse_manifest
+from hwnas_agent.protocol import JobState
+
 UPLOAD_PREFIX = ".upload-"
+REMOVED_PREFIX = ".removed-"
+BUNDLE_SUFFIX = ".d"
 CHUNK_BYTES = 1 << 20
 
 
@@ -42,8 +48,41 @@ class StoreFull(Exception):
     """No room for an upload even after evicting every model no job needs."""
 
 
+class FileMismatch(Exception):
+    """A file of a multi-file upload does not hash to its manifest entry."""
+
+
+def _copy(read: Callable[[int], bytes], out: Any, length: int, digest: Any) -> None:
+    """``length`` bytes from ``read`` to ``out``, hashed as they come; EOFError if the stream
+    ends or stalls early."""
+    left = length
+    while left > 0:
+        try:
+            chunk = read(min(CHUNK_BYTES, left))
+        except OSError as exc:  # the sender stalled or went away
+            raise EOFError("expected %d bytes, got %d (%s)"
+                           % (length, length - left, exc or type(exc).__name__))
+        if not chunk:
+            raise EOFError("expected %d bytes, got %d" % (length, length - left))
+        digest.update(chunk)
+        out.write(chunk)
+        left -= len(chunk)
+
+
+def _remove(path: str) -> None:
+    """A file, or a folder renamed away first (a kill mid-removal leaves no half model)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        doomed = os.path.join(os.path.dirname(path), REMOVED_PREFIX + os.path.basename(path))
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    else:
+        os.unlink(path)
+
+
 class ModelStore:
-    """Models stored as ``<sha256>.onnx`` with ``<sha256>.json`` (their signature).
+    """Models stored as ``<sha256>.onnx`` with ``<sha256>.json`` (their signature), or, made of
+    several files (manifest.py), as the folder ``<sha256>.d`` holding exactly the manifest's
+    files, addressed by the manifest's sha256, with ``<sha256>.json`` (signature and manifest).
 
     With ``max_bytes``, storing a model evicts the least recently used others until the
     store fits; models in use by a queued or running job (``protected``) are never evicted.
@@ -60,30 +99,46 @@ class ModelStore:
     def _remove_stale(self) -> int:
         removed = 0
         for name in os.listdir(self.root):
-            if name.startswith(UPLOAD_PREFIX) or name.startswith(".tmp-"):
+            if name.startswith((UPLOAD_PREFIX, ".tmp-", REMOVED_PREFIX)):
                 try:
-                    os.unlink(os.path.join(self.root, name))
+                    _remove(os.path.join(self.root, name))
                     removed += 1
                 except OSError:
                     pass
         return removed
 
+    def folder(self, sha256: str) -> str:
+        """Where a multi-file model's files are (it exists for those only)."""
+        return os.path.join(self.root, sha256 + BUNDLE_SUFFIX)
+
+    def _stored_path(self, sha256: str) -> str:
+        folder = self.folder(sha256)
+        return folder if os.path.isdir(folder) else os.path.join(self.root, sha256 + ".onnx")
+
     def touch(self, sha256: str) -> None:
-        """Mark as used now (the model file's mtime is its last use)."""
+        """Mark as used now (the model file's, or folder's, mtime is its last use)."""
         try:
-            os.utime(self.path(sha256))
+            os.utime(self._stored_path(sha256))
         except OSError:
             pass
 
     def stored(self) -> List[Tuple[float, int, str]]:
         entries = []
         for name in os.listdir(self.root):
-            if name.endswith(".onnx") and not name.startswith("."):
+            if name.startswith("."):
+                continue
+            for suffix in (".onnx", BUNDLE_SUFFIX):
+                if not name.endswith(suffix):
+                    continue
+                sha256 = name[:-len(suffix)]
                 try:
                     stat = os.stat(os.path.join(self.root, name))
                 except OSError:  # evicted meanwhile
                     continue
-                entries.append((stat.st_mtime, stat.st_size, name[:-len(".onnx")]))
+                size = stat.st_size
+                if suffix == BUNDLE_SUFFIX:
+                    size = int((self.meta(sha256) or {}).get("size_bytes") or 0)
+                entries.append((stat.st_mtime, size, sha256))
         return sorted(entries)
 
     def evict(self, protected: Set[str], room_for: int = 0) -> List[str]:
@@ -99,9 +154,9 @@ class ModelStore:
                 break
             if sha256 in protected:
                 continue
-            for suffix in (".onnx", ".json"):
+            for path in (self._stored_path(sha256), os.path.join(self.root, sha256 + ".json")):
                 try:
-                    os.unlink(os.path.join(self.root, sha256 + suffix))
+                    _remove(path)
                 except FileNotFoundError:
                     pass
             total -= size
@@ -112,10 +167,21 @@ class ModelStore:
         return evicted
 
     def path(self, sha256: str) -> str:
-        return os.path.join(self.root, sha256 + ".onnx")
+        """The file a runtime opens."""
+        return self.files(sha256)[0]
+
+    def files(self, sha256: str) -> Tuple[str, List[str]]:
+        """(the file a runtime opens, its data files relative to that file's folder)."""
+        folder = self.folder(sha256)
+        if os.path.isdir(folder):
+            manifest = (read_json(os.path.join(self.root, sha256 + ".json")) or {}).get("manifest")
+            if isinstance(manifest, dict):
+                parsed = parse_manifest(manifest)
+                return os.path.join(folder, parsed.model), parsed.data_files()
+        return os.path.join(self.root, sha256 + ".onnx"), []
 
     def meta(self, sha256: str) -> Optional[Dict[str, Any]]:
-        if not os.path.exists(self.path(sha256)):
+        if not os.path.exists(self._stored_path(sha256)):
             return None
         return read_json(os.path.join(self.root, sha256 + ".json"))
 
@@ -128,18 +194,7 @@ class ModelStore:
         digest = hashlib.sha256()
         try:
             with os.fdopen(handle, "wb") as out:
-                left = length
-                while left > 0:
-                    try:
-                        chunk = read(min(CHUNK_BYTES, left))
-                    except OSError as exc:  # the sender stalled or went away
-                        raise EOFError("expected %d bytes, got %d (%s)"
-                                       % (length, length - left, exc or type(exc).__name__))
-                    if not chunk:
-                        raise EOFError("expected %d bytes, got %d" % (length, length - left))
-                    digest.update(chunk)
-                    out.write(chunk)
-                    left -= len(chunk)
+                _copy(read, out, length, digest)
                 out.flush()
                 os.fsync(out.fileno())
         except BaseException:
@@ -147,18 +202,47 @@ class ModelStore:
             raise
         return tmp, digest.hexdigest()
 
-    def commit(self, tmp: str, sha256: str, meta: Dict[str, Any]) -> Dict[str, Any]:
-        meta = dict(meta, sha256=sha256, size_bytes=os.path.getsize(tmp), stored_unix_time=time.time())
+    def receive_files(self, read: Callable[[int], bytes], manifest: Manifest) -> str:
+        """Stream a manifest's files, in its order, into a temporary folder inside the store,
+        each checked against its sha256 as it arrives (FileMismatch naming it). Files are
+        created new, never through a link; returns the folder."""
+        tmp = tempfile.mkdtemp(dir=self.root, prefix=UPLOAD_PREFIX, suffix=BUNDLE_SUFFIX)
+        try:
+            for entry in manifest.files:
+                target = os.path.join(tmp, *entry.path.split("/"))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                digest = hashlib.sha256()
+                with os.fdopen(os.open(target, flags, 0o600), "wb") as out:
+                    _copy(read, out, entry.size, digest)
+                    out.flush()
+                    os.fsync(out.fileno())
+                if digest.hexdigest() != entry.sha256:
+                    raise FileMismatch("file %r hashes to %s but the manifest says %s"
+                                       % (entry.path, digest.hexdigest(), entry.sha256))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return tmp
+
+    def commit(self, tmp: str, sha256: str, meta: Dict[str, Any],
+               manifest: Optional[Manifest] = None) -> Dict[str, Any]:
+        """Store an upload that passed its checks: a file, or with ``manifest`` a folder."""
+        size = manifest.total_bytes if manifest is not None else os.path.getsize(tmp)
+        meta = dict(meta, sha256=sha256, size_bytes=size, stored_unix_time=time.time())
+        if manifest is not None:
+            meta["manifest"] = manifest.to_dict()
         write_json_atomic(os.path.join(self.root, sha256 + ".json"), meta)
-        os.replace(tmp, self.path(sha256))
+        if manifest is None:
+            os.replace(tmp, self.path(sha256))
+        elif not os.path.isdir(self.folder(sha256)):  # else the same files arrived meanwhile
+            os.rename(tmp, self.folder(sha256))
         return meta
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
-
-REMOVED_PREFIX = ".removed-"
 
 
 class JobStore:
@@ -183,13 +267,14 @@ class JobStore:
     def create(self, job_id: str, request: Dict[str, Any]) -> Dict[str, Any]:
         os.makedirs(self.job_dir(job_id))
         write_json_atomic(os.path.join(self.job_dir(job_id), "request.json"), request)
-        return self.set_state(job_id, "queued")
+        return self.set_state(job_id, JobState.QUEUED)
 
     def request(self, job_id: str) -> Any:
         return read_json(os.path.join(self.job_dir(job_id), "request.json"))
 
-    def set_state(self, job_id: str, state: str, **extra: Any) -> Dict[str, Any]:
-        record = {"job_id": job_id, "state": state, "updated_unix_time": time.time()}
+    def set_state(self, job_id: str, state: JobState, **extra: Any) -> Dict[str, Any]:
+        record = {"job_id": job_id, "state": JobState(state).value,
+                  "updated_unix_time": time.time()}
         record.update(extra)
         write_json_atomic(os.path.join(self.job_dir(job_id), "state.json"), record)
         return record
@@ -206,7 +291,7 @@ class JobStore:
         state = read_json(os.path.join(self.job_dir(job_id), "state.json"))
         if state is None:
             return None
-        if state.get("state") == "done":
+        if state.get("state") == JobState.DONE:
             state["measurement"] = read_json(os.path.join(self.job_dir(job_id), "result.json"))
         return state
 

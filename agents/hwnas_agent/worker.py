@@ -5,11 +5,13 @@ A failure writes {"error": {...}} and exits 3; a runtime's message goes there wi
 tensor values it may print (wire_text), its full text to stderr, the device's own log.
 
 Every model is checked before a runtime opens it (onnx_refs): a stored model reads no file
-but itself, whatever the onnxruntime installed here would allow.
+but itself and, for a model of several files, the other files of its manifest
+(``--data-files``), whatever the onnxruntime installed here would allow.
 
 Started by the agent only, one worker at a time: ``--parent-pid`` (die with the agent),
-``--memory-limit-bytes`` (RLIMIT_DATA: the agent's whole worker budget) and
-``--power-source`` (the configured source the job named, as JSON).
+``--memory-limit-bytes`` (RLIMIT_DATA: the agent's whole worker budget),
+``--power-source`` (the configured source the job named, as JSON), ``--data-files`` (JSON
+list) and ``--cache-dir`` (where a runtime keeps what it builds: TensorRT engines).
 """
 
 from __future__ import annotations
@@ -22,26 +24,28 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from hwnas_agent import facts, lifeline, onnx_refs, power, runtimes, thermal
 from hwnas_agent.config import PowerSourceConfig
-from hwnas_agent.measure import run_timed
 from hwnas_agent.power.sampler import PowerSampler, summarize
 from hwnas_agent.protocol import MeasureRequest
 from hwnas_agent.storage import write_json_atomic
 from hwnas_agent.wire_text import runtime_message, wire_error
 
 
-def check_stored_model(model_path: str) -> None:
-    """ModelRefused unless the model reads no file but itself. The store keeps each model as
-    one file (storage.ModelStore) beside other models and their signatures, none of which is
-    this model's: an external-data reference to any of them, or out of the folder, is refused."""
-    onnx_refs.check_external_data(model_path, data_files=())
+def check_stored_model(model_path: str, data_files: Sequence[str] = ()) -> None:
+    """ModelRefused unless the model reads no file but itself and its ``data_files`` (paths
+    relative to its folder: the other files of its manifest). The store keeps a one-file
+    model beside other models and their signatures, none of which is this model's, and a
+    multi-file model in a folder of its own: an external-data reference to any other file,
+    or out of the folder, is refused."""
+    onnx_refs.check_external_data(model_path, data_files=tuple(data_files))
 
 
 def measure_file(model_path: str, request: MeasureRequest,
-                 power_source: Optional[PowerSourceConfig] = None) -> Dict[str, Any]:
+                 power_source: Optional[PowerSourceConfig] = None,
+                 cache_dir: Optional[str] = None) -> Dict[str, Any]:
     started = time.perf_counter()
     started_unix_time = time.time()
     if request.cpu_affinity and hasattr(os, "sched_setaffinity"):
@@ -51,7 +55,7 @@ def measure_file(model_path: str, request: MeasureRequest,
         cooldown = thermal.cool_down(request.cooldown_below_c, request.cooldown_timeout_s)
     before = facts.provenance()
     load_start = time.perf_counter()
-    model = runtimes.load(model_path, request)
+    model = runtimes.load(model_path, request, cache_dir)
     load_seconds = time.perf_counter() - load_start
     start_probe = thermal.round_probe()
     source = None
@@ -83,18 +87,18 @@ def measure_file(model_path: str, request: MeasureRequest,
     return result
 
 
-def _timed_with_power(model: Any, request: MeasureRequest,
+def _timed_with_power(model: runtimes.LoadedModel, request: MeasureRequest,
                       source: Optional[power.PowerSource]) -> Tuple[Dict[str, Any], Any]:
     if source is None:
-        return run_timed(model.run_once, request, after_round=thermal.round_probe), None
+        return model.timed_loop(request, after_round=thermal.round_probe), None
     # idle baseline: the model is loaded, nothing runs
     idle_sampler = PowerSampler(source).start()
     time.sleep(request.idle_seconds)
     idle = idle_sampler.stop()
     sampler = PowerSampler(source)
-    result = run_timed(model.run_once, request, before_timed=sampler.start,
-                       enough=lambda: sampler.enough(request.power_min_samples),
-                       after_round=thermal.round_probe)
+    result = model.timed_loop(request, before_timed=sampler.start,
+                              enough=lambda: sampler.enough(request.power_min_samples),
+                              after_round=thermal.round_probe)
     timed = sampler.stop()
     # raises PowerUnavailable (the job fails with the sensor's reason) rather than report
     # a measurement without the power it was asked for
@@ -127,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--memory-limit-bytes", type=int, default=None)
     parser.add_argument("--power-source", default=None)
+    parser.add_argument("--data-files", default="[]")
+    parser.add_argument("--cache-dir", default=None)
     return parser
 
 
@@ -148,14 +154,14 @@ def main(argv: Any = None) -> int:
                 if args.power_source:
                     spec = json.loads(args.power_source)
                     source = PowerSourceConfig(spec["kind"], spec.get("options", {}))
-                check_stored_model(args.paths[1])
-                result = measure_file(args.paths[1], request, source)
+                check_stored_model(args.paths[1], json.loads(args.data_files))
+                result = measure_file(args.paths[1], request, source, args.cache_dir)
                 write_json_atomic(os.path.join(args.paths[0], "result.json"), result)
                 return 0
             if args.mode == "inspect" and len(args.paths) == 1:
                 from hwnas_agent.runtimes import onnxruntime as ort_runtime
 
-                check_stored_model(args.paths[0])
+                check_stored_model(args.paths[0], json.loads(args.data_files))
                 print(json.dumps(ort_runtime.inspect(args.paths[0])))
                 return 0
         except Exception as exc:

@@ -11,8 +11,8 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
-from hwnas_agent.protocol import (POWER_SOURCES, MeasureRequest, ProtocolError, check_setting,
-                                  section_fields, setting_key)
+from hwnas_agent.protocol import (POWER_SOURCES, TENSORRT, MeasureRequest, ProtocolError,
+                                  check_setting, section_fields, setting_key)
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator,
                       model_validator)
 
@@ -481,14 +481,14 @@ class DeviceProfile(Frozen):
         runtime = data.get("runtime") or {}
         providers = runtime.get("execution_providers") or []
         export = data.get("export", {})
-        if (runtime.get("name") == "tensorrt" or "TensorrtExecutionProvider" in providers) and \
+        if (runtime.get("name") == TENSORRT or "TensorrtExecutionProvider" in providers) and \
                 isinstance(export, dict) and "int8_activations" not in export:
             data = {**data, "export": {**export, "int8_activations": "int8"}}
         return data
 
     @model_validator(mode="after")
     def _tensorrt_int8_is_symmetric(self) -> "DeviceProfile":
-        tensorrt = self.runtime.name == "tensorrt" or \
+        tensorrt = self.runtime.name == TENSORRT or \
             "TensorrtExecutionProvider" in self.runtime.execution_providers
         if tensorrt and "int8" in self.precisions and self.export.int8_activations != "int8":
             raise ValueError("export.int8_activations: TensorRT quantizes symmetrically only; "

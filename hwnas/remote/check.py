@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from hwnas_agent.protocol import NO_POWER
 from onnx import TensorProto, helper, numpy_helper
 
 from hwnas.config.models import DeviceProfile, SSHConnection
@@ -81,7 +82,7 @@ def precision_support(client: Any, profile: DeviceProfile, folder: Path) -> dict
             client.ensure_model(artifact)
             request = dataclasses.replace(
                 profile.measure_request(artifact.sha256), min_seconds=0.0, min_iterations=3,
-                warmup_seconds=0.0, warmup_iterations=1, rounds=1, power_source="none",
+                warmup_seconds=0.0, warmup_iterations=1, rounds=1, power_source=NO_POWER,
                 cooldown_below_c=None)
             measured = client.measure(request)
             found[precision] = "ok" + (" (simulated accelerator)" if measured.emulated else "")
@@ -118,7 +119,7 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
                 request = profile.measure_request(artifact.sha256)
                 request = type(request)(**{**request.to_dict(), "min_seconds": CALIBRATION_SECONDS,
                                            "min_iterations": 20, "warmup_seconds": 0.1,
-                                           "power_source": "none"})
+                                           "power_source": NO_POWER})
                 measured = client.measure(request)
             result["calibration_p50_ms"] = measured.latency_ms_p50
             result["calibration_cv"] = measured.latency_cv

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any, Callable
 
+from hwnas_agent.manifest import ManifestError
+from hwnas_agent.manifest import from_folder as manifest_from_folder
 from hwnas_agent.protocol import (
     AUTH_HEADER,
     AUTH_SCHEME,
@@ -16,7 +20,7 @@ from hwnas_agent.protocol import (
     error_message,
 )
 
-from hwnas.errors import DeviceError, JobInterrupted, MeasurementError
+from hwnas.errors import DeviceError, ExportError, JobInterrupted, MeasurementError
 from hwnas.records import Artifact, Measurement
 from hwnas.remote.transport import Response, Transport
 
@@ -87,6 +91,29 @@ class AgentClient:
             raise MeasurementError(f"{self.device} refused model {artifact.sha256[:12]}: "
                                    f"{error_message(response.json())}")
         return True
+
+    def ensure_files(self, folder: str | Path, model: str) -> str:
+        """Ship a model made of every file under ``folder`` (ONNX with external data, ...),
+        ``model`` being the file a runtime opens, unless the agent already holds it; returns
+        its address (its manifest's sha256), the ``model_sha256`` of a MeasureRequest."""
+        try:
+            manifest = manifest_from_folder(str(folder), model)
+        except ManifestError as exc:
+            raise ExportError(f"{folder}: {exc}") from None
+        if self.has_model(manifest.sha256):
+            return manifest.sha256
+        body = bytearray(manifest.canonical() + b"\n")  # the manifest line, then the files
+        for entry in manifest.files:
+            data = (Path(folder) / entry.path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise ExportError(f"{Path(folder) / entry.path} changed while it was being sent")
+            body += data
+        response = self._call("PUT", f"/v1/models/{manifest.sha256}/files", bytes(body),
+                              "application/octet-stream", timeout=600.0)
+        if response.status not in (200, 201):
+            raise MeasurementError(f"{self.device} refused model {manifest.sha256[:12]} "
+                                   f"({folder}): {error_message(response.json())}")
+        return manifest.sha256
 
     def submit(self, request: MeasureRequest) -> str:
         response = self._call("POST", "/v1/jobs", json.dumps(request.to_dict()).encode())

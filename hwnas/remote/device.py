@@ -6,6 +6,8 @@ import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
+from hwnas_agent.protocol import NO_POWER
+
 from hwnas.config.models import DeviceProfile, SSHConnection
 from hwnas.errors import DeviceError
 from hwnas.remote.client import AgentClient
@@ -24,7 +26,7 @@ def power_sources(profile: DeviceProfile) -> dict[str, dict[str, Any]]:
     """The agent configuration's power sources for this profile: the profile's source under
     its kind's name (the name is all a measure request carries)."""
     power = profile.power
-    if power.source == "none":
+    if power.source == NO_POWER:
         return {}
     return {power.source: {"kind": power.source, "options": dict(power.options)}}
 

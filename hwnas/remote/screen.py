@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Mapping
 
+from hwnas_agent.protocol import NO_POWER, ONNXRUNTIME
+
 from hwnas.errors import MeasurementError
 from hwnas.records import Artifact, Measurement
 
@@ -81,7 +83,7 @@ class CompatibilityScreen:
 def needs_screening(profile: "DeviceProfile") -> bool:
     """An accelerator with CPU fallback disabled: a graph it cannot take whole cannot run."""
     runtime = profile.runtime
-    return (runtime.name == "onnxruntime" and runtime.disable_cpu_fallback
+    return (runtime.name == ONNXRUNTIME and runtime.disable_cpu_fallback
             and runtime.execution_providers[0] != CPU)
 
 
@@ -94,7 +96,7 @@ def screening_request(profile: "DeviceProfile", sha256: str) -> Any:
         options[index] = {**_SCREEN_OPTIONS.get(provider, {}), **options[index]}
     return dataclasses.replace(
         request, disable_cpu_fallback=False, provider_options=options, warmup_iterations=0,
-        warmup_seconds=0.0, min_iterations=1, min_seconds=0.0, rounds=1, power_source="none",
+        warmup_seconds=0.0, min_iterations=1, min_seconds=0.0, rounds=1, power_source=NO_POWER,
         cooldown_below_c=None)
 
 
@@ -137,7 +139,7 @@ def screen_compatibility(client: "AgentClient", profile: "DeviceProfile", artifa
 def known_emulation(profile: "DeviceProfile") -> str | None:
     """Why a local device's figures will be a simulator's (None if they will not, or if the
     device is remote: its agent says so in each result)."""
-    if profile.connection.kind != "local" or profile.runtime.name != "onnxruntime":
+    if profile.connection.kind != "local" or profile.runtime.name != ONNXRUNTIME:
         return None
     from hwnas_agent.runtimes.onnxruntime import emulation
 

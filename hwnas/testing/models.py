@@ -9,8 +9,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def matmul_onnx(path: Path, megabytes: float, seed: int = 0) -> Path:
-    """One dense layer whose float32 weight makes the file about ``megabytes`` large."""
+def matmul_onnx(path: Path, megabytes: float, seed: int = 0,
+                external_data: str | None = None) -> Path:
+    """One dense layer whose float32 weight makes the file about ``megabytes`` large; with
+    ``external_data``, the weight is saved in that file beside the model instead."""
     side = int((megabytes * 1e6 / 4) ** 0.5)
     weight = np.random.default_rng(seed).standard_normal((side, side)).astype(np.float32)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "dense",
@@ -19,5 +21,9 @@ def matmul_onnx(path: Path, megabytes: float, seed: int = 0) -> Path:
                               [numpy_helper.from_array(weight, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # loadable by the onnxruntime of older devices too
-    onnx.save(model, str(path))
+    if external_data is None:
+        onnx.save(model, str(path))
+    else:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=external_data, size_threshold=0)
     return path

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hwnas_agent import onnx_refs
+from hwnas_agent import onnx_wire
 from hwnas_agent.onnx_refs import ModelRefused, check_external_data, external_references
 
 from tests.conftest import REPO
@@ -308,7 +308,7 @@ def test_malformed_protobuf_is_refused_clearly(tmp_path, data, why):
 def test_graphs_nested_too_deep_are_refused(tmp_path):
     # written by hand: protobuf's own Python parser stops at 100 messages deep
     graph = b""
-    for _ in range(onnx_refs.MAX_DEPTH + 1):  # GraphProto.node -> NodeProto.attribute -> .g
+    for _ in range(onnx_wire.MAX_DEPTH + 1):  # GraphProto.node -> NodeProto.attribute -> .g
         graph = _message(1, _message(4, b"If") + _message(5, _message(1, b"then_branch")
                                                         + _message(6, graph)))
     path = tmp_path / "deep.onnx"
@@ -322,7 +322,7 @@ def test_too_many_fields_is_refused_not_walked_for_ever(tmp_path, monkeypatch):
     started = time.perf_counter()
     assert check_external_data(str(path)) == []
     assert time.perf_counter() - started < 2.0
-    monkeypatch.setattr(onnx_refs, "MAX_FIELDS", 1000)
+    monkeypatch.setattr(onnx_wire, "MAX_FIELDS", 1000)
     assert "protobuf fields" in refused(path)
 
 

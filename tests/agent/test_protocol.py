@@ -68,3 +68,32 @@ def test_the_settings_the_device_profiles_use_still_pass(provider, options):
     request = MeasureRequest.from_dict({"model_sha256": SHA, "execution_providers": [provider],
                                         "provider_options": [options]})
     assert request.provider_options == [options]
+
+
+def test_job_states_are_an_enum_with_the_same_wire_strings():
+    import json
+
+    from hwnas_agent.protocol import FINISHED_STATES, JOB_STATES, JobState
+
+    assert JOB_STATES == ("queued", "running", "done", "failed", "interrupted")
+    assert json.dumps({"state": JobState.DONE}) == '{"state": "done"}'
+    assert JobState("interrupted") is JobState.INTERRUPTED
+    # a record read back from the wire or the disk holds plain strings
+    assert "done" in FINISHED_STATES and "failed" in FINISHED_STATES
+    assert "running" not in FINISHED_STATES and "queued" not in FINISHED_STATES
+    assert "done" in set(FINISHED_STATES)  # the job history prunes with a set
+
+
+def test_runtime_names_and_power_kinds_are_the_protocols():
+    from hwnas_agent import power
+    from hwnas_agent.power.base import DETECTED
+    from hwnas_agent.protocol import NO_POWER, POWER_KINDS, POWER_SOURCES, RUNTIMES
+
+    assert RUNTIMES == ("onnxruntime", "tensorrt")
+    assert POWER_SOURCES == (NO_POWER,) + POWER_KINDS
+    assert tuple(power.KINDS) == POWER_KINDS  # the registry is built from the one list
+    assert set(DETECTED) == set(POWER_KINDS) - {"command"}
+    for kind in POWER_KINDS:  # each module declares the kind it is registered under
+        module = __import__(power.KINDS[kind], fromlist=["x"])
+        declared = {getattr(v, "kind", None) for v in vars(module).values() if isinstance(v, type)}
+        assert kind in declared, (kind, declared)

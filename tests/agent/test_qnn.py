@@ -7,7 +7,8 @@ import dataclasses
 import onnx
 import pytest
 from hwnas_agent.protocol import MeasureRequest
-from hwnas_agent.runtimes.onnxruntime import _rejection_reasons, emulation, qnn_backend
+from hwnas_agent.runtimes.ort_assignment import rejection_reasons
+from hwnas_agent.runtimes.ort_providers import emulation, qnn_backend
 
 from hwnas.records import Artifact
 
@@ -31,7 +32,7 @@ VERBOSE_LOG = """\
 
 
 def test_refusal_reasons_are_read_from_the_verbose_log():
-    assert _rejection_reasons(VERBOSE_LOG) == {
+    assert rejection_reasons(VERBOSE_LOG) == {
         "input_QuantizeLinear": "QNN EP is configured to not take Q nodes that consume a graph input.",
         "/fc/Gemm_w_DequantizeLinear":
             "QNN EP does not support a standalone DQ op with per-channel quantization"}
@@ -158,7 +159,7 @@ PROFILE_EVENTS = [
 def test_node_assignment_from_a_profile_for_older_onnxruntime(tmp_path):
     import json
 
-    from hwnas_agent.runtimes.onnxruntime import assignment_from_profile
+    from hwnas_agent.runtimes.ort_assignment import assignment_from_profile
 
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(PROFILE_EVENTS))

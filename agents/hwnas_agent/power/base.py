@@ -23,16 +23,14 @@ import inspect
 import time
 from typing import Any, Dict, List, Optional
 
-KINDS = {
-    "ina3221": "hwnas_agent.power.ina3221",
-    "tegrastats": "hwnas_agent.power.tegrastats",
-    "pi5_pmic": "hwnas_agent.power.vcgencmd",
-    "hwmon": "hwnas_agent.power.hwmon",
-    "rapl": "hwnas_agent.power.rapl",
-    "nvml": "hwnas_agent.power.nvml",
-    "power_supply": "hwnas_agent.power.power_supply",
-    "command": "hwnas_agent.power.command",
-}
+from hwnas_agent.protocol import POWER_KINDS
+
+# kind (protocol.POWER_KINDS, the one list of names) -> its module; a kind's module has its
+# name unless listed here
+_MODULE_OF = {"pi5_pmic": "vcgencmd"}
+KINDS = {kind: "hwnas_agent.power." + _MODULE_OF.get(kind, kind) for kind in POWER_KINDS}
+# the sensors detect() looks for, best first; a meter program is configured, never detected
+DETECTED = tuple(kind for kind in POWER_KINDS if kind != "command")
 
 # board_input: everything the board draws at its input (VDD_IN, VIN, a meter at the plug);
 # partial: some rails or domains only (CPU package, GPU, PMIC outputs, a sum of module rails);
@@ -100,7 +98,7 @@ def open_source(kind: str, options: Optional[Dict[str, Any]] = None) -> PowerSou
 def detect(sysfs_root: str = "/sys") -> List[Dict[str, Any]]:
     """Every power source this device offers, best first (board input before partial rails)."""
     found = []
-    for kind in ("ina3221", "pi5_pmic", "hwmon", "power_supply", "rapl", "nvml", "tegrastats"):
+    for kind in DETECTED:
         module = importlib.import_module(KINDS[kind])
         try:
             source = module.open_source(sysfs_root=sysfs_root) if module.USES_SYSFS \

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from hwnas_agent.runtimes.base import (  # noqa: F401
+    LoadedModel,
+    Runtime,
     RuntimeUnavailable,
     load,
+    runtime,
 )
 
-__all__ = ['RuntimeUnavailable', 'load']
+__all__ = ['LoadedModel', 'Runtime', 'RuntimeUnavailable', 'load', 'runtime']

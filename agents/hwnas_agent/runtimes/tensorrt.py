@@ -16,15 +16,18 @@ device (JetPack, or pip install tensorrt) and the CUDA runtime.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
+import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from hwnas_agent.runtimes import RuntimeUnavailable
-from hwnas_agent.runtimes.onnxruntime import make_feeds_for_shapes
+from hwnas_agent.protocol import TENSORRT
+from hwnas_agent.runtimes.base import LoadedModel, Runtime, RuntimeUnavailable
+from hwnas_agent.runtimes.feeds import make_feeds_for_shapes
 
 FLAGS = ("fp16", "int8")
 
@@ -70,7 +73,9 @@ def engine_key(sha256: str, request: Any, trt_version: str, device: str) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:32]
 
 
-class TensorRTModel:
+class TensorRTModel(LoadedModel):
+    name = TENSORRT
+
     def __init__(self, trt: Any, engine: Any, request: Any, build_seconds: float, cached: bool,
                  cuda: Any) -> None:
         self._cuda = cuda
@@ -97,7 +102,7 @@ class TensorRTModel:
             if name in feeds:
                 cuda.copy_to_device(pointer, np.ascontiguousarray(feeds[name]))
         self.inputs = [{"name": n, "shape": shapes[n], "dtype": str(dtypes[n])} for n in inputs]
-        self._describe = {"name": "tensorrt", "version": trt.__version__,
+        self._describe = {"name": self.name, "version": trt.__version__,
                           "flags": sorted(request.tensorrt_flags),
                           "typing": build_settings(trt, request.tensorrt_flags).typing,
                           "emulated": False, "emulation": None, "engine_cached": cached,
@@ -109,24 +114,48 @@ class TensorRTModel:
             raise RuntimeError("TensorRT execution failed")
         self._cuda.synchronize(self._stream)
 
+    def node_assignment(self) -> Optional[Dict[str, Any]]:
+        """The whole network is one engine on the GPU (a layer TensorRT cannot build fails
+        the build): no node runs elsewhere."""
+        return None
+
     def describe(self) -> Dict[str, Any]:
         return dict(self._describe)
 
 
-def load(model_path: str, request: Any) -> TensorRTModel:
-    try:
-        import tensorrt as trt  # type: ignore[import-not-found]
-    except ImportError:
-        raise RuntimeUnavailable("runtime 'tensorrt' needs the tensorrt Python package "
-                                 "(JetPack ships it; elsewhere pip install tensorrt)")
+class TensorRT(Runtime):
+    name = TENSORRT
+
+    def available(self) -> Optional[str]:
+        if importlib.util.find_spec("tensorrt") is None:
+            return ("runtime 'tensorrt' needs the tensorrt Python package (JetPack ships it; "
+                    "elsewhere pip install tensorrt)")
+        return None
+
+    def open(self, model_path: str, request: Any, cache_dir: Optional[str] = None
+             ) -> TensorRTModel:
+        why = self.available()
+        if why is not None:
+            raise RuntimeUnavailable(why)
+        return _open(model_path, request, cache_dir)
+
+
+RUNTIME = TensorRT()
+
+
+def _open(model_path: str, request: Any, cache_dir: Optional[str]) -> TensorRTModel:
+    import tensorrt as trt  # type: ignore[import-not-found]
+
     from hwnas_agent.runtimes._cudart import CudaRuntime
 
     cuda = CudaRuntime()
     logger = trt.Logger(trt.Logger.WARNING)
     with open(model_path, "rb") as handle:
         onnx_bytes = handle.read()
-    sha256 = hashlib.sha256(onnx_bytes).hexdigest()
-    cache_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(model_path))), "engines")
+    # the model's address covers all its files (a manifest's hash for a multi-file model)
+    sha256 = request.model_sha256 or hashlib.sha256(onnx_bytes).hexdigest()
+    if cache_dir is None:  # nowhere lasting: built for this process only
+        cache_dir = tempfile.mkdtemp(prefix="hwnas-engines-")
     os.makedirs(cache_dir, exist_ok=True)
     cache = os.path.join(cache_dir, engine_key(sha256, request, trt.__version__, "gpu0") + ".engine")
     build_seconds, cached = 0.0, os.path.exists(cache)
@@ -135,7 +164,7 @@ def load(model_path: str, request: Any) -> TensorRTModel:
             serialized = handle.read()
     else:
         started = time.perf_counter()
-        serialized = _build(trt, logger, onnx_bytes, request)
+        serialized = _build(trt, logger, onnx_bytes, model_path, request)
         build_seconds = time.perf_counter() - started
         tmp = cache + ".tmp"
         with open(tmp, "wb") as handle:
@@ -147,12 +176,13 @@ def load(model_path: str, request: Any) -> TensorRTModel:
     return TensorRTModel(trt, engine, request, build_seconds, cached, cuda)
 
 
-def _build(trt: Any, logger: Any, onnx_bytes: bytes, request: Any) -> bytes:
+def _build(trt: Any, logger: Any, onnx_bytes: bytes, model_path: str, request: Any) -> bytes:
     settings = build_settings(trt, request.tensorrt_flags)
     builder = trt.Builder(logger)
     network = builder.create_network(settings.creation_flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes):
+    # the path lets the parser find external data beside the model (a multi-file model)
+    if not parser.parse(onnx_bytes, model_path):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeUnavailable("TensorRT cannot parse the model: " + errors)
     config = builder.create_builder_config()
