@@ -222,12 +222,15 @@ _KNOB_SECTIONS: dict[str, tuple[Any, Any]] = {}
 Knobs: type[KnobsSection] = KnobsSection
 
 
-def add_knob_section(name: str, section: type[Frozen], enabled_by_default: bool) -> None:
-    """Give ``knobs:`` a section for a newly registered knob: the section model is rebuilt and
-    the search space validates it from then on (errors name ``knobs.<name>.<key>`` and the
-    keys allowed, as every other section's do)."""
+def add_knob_section(name: str, section: type[Frozen] | None, enabled_by_default: bool) -> None:
+    """Give ``knobs:`` a section for a newly registered knob (None: take its section away):
+    the section model is rebuilt and the search space validates it from then on (errors name
+    ``knobs.<name>.<key>`` and the keys allowed, as every other section's do)."""
     global Knobs
-    _KNOB_SECTIONS[name] = (section | None, section() if enabled_by_default else None)
+    if section is None:
+        _KNOB_SECTIONS.pop(name, None)
+    else:
+        _KNOB_SECTIONS[name] = (section | None, section() if enabled_by_default else None)
     Knobs = create_model("Knobs", __base__=KnobsSection, __module__=__name__,
                          **_KNOB_SECTIONS)  # type: ignore[call-overload]
     # pydantic keeps a model's fields in model_fields; a forced rebuild recompiles its validator

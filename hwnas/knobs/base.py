@@ -162,6 +162,13 @@ def register(knob: Knob) -> Knob:
     return knob
 
 
+def unregister(name: str) -> None:
+    """Take a knob (and its YAML section) away again: a test's own knob, once it is done."""
+    gone = _REGISTRY.pop(name, None)
+    if gone is not None and gone.config is not None:
+        add_knob_section(name, None, False)
+
+
 def registered() -> list[Knob]:
     """Every knob, in suggestion order."""
     return sorted(_REGISTRY.values(), key=lambda k: (k.order, k.name))
