@@ -178,7 +178,8 @@ def knob(name: str) -> Knob:
     return _REGISTRY[name]
 
 
-def pairs(mapping: Mapping[str, Any] | Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
+def pairs(mapping: Mapping[str, Any] | Sequence[tuple[str, Any]] | None
+          ) -> tuple[tuple[str, Any], ...]:
     """A mapping as the sorted (key, value) pairs a Candidate holds."""
     items = mapping.items() if isinstance(mapping, Mapping) else (mapping or ())
     return tuple(sorted(items))

@@ -60,7 +60,9 @@ class UnitKeep(Knob):
         return ()
 
     def least_destructive(self, params: Mapping[str, BaseDistribution]) -> dict[str, Any]:
-        return {name: max(dist.choices) for name, dist in params.items()}  # type: ignore[attr-defined]
+        # every unit whole
+        return {name: max(dist.choices)  # type: ignore[attr-defined]
+                for name, dist in params.items()}
 
     def normalize(self, value: Any) -> Hashable:
         return pairs({unit: float(keep) for unit, keep in dict(value).items()})

@@ -57,7 +57,8 @@ class Pruning(Knob):
     def least_destructive(self, params: Mapping[str, BaseDistribution]) -> dict[str, Any]:
         found = super().least_destructive(params)
         if "global_pruning_ratio" in params:
-            found["global_pruning_ratio"] = min(params["global_pruning_ratio"].choices)  # type: ignore[attr-defined]
+            ratios = params["global_pruning_ratio"].choices  # type: ignore[attr-defined]
+            found["global_pruning_ratio"] = min(ratios)  # none pruned globally
         return found
 
     def normalize(self, value: Any) -> Hashable:

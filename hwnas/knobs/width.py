@@ -105,7 +105,8 @@ class Width(Knob):
     order = 10
     apply_order = 30
     ladder_role = "rungs"
-    advice = "leave that stage out (knobs.width.stages) or its failing modules (knobs.width.exclude)"
+    advice = ("leave that stage out (knobs.width.stages) or its failing modules "
+              "(knobs.width.exclude)")
 
     def units(self, settings: Any, model: ModelParts) -> dict[str, list[Any]]:
         from hwnas.compress.prune import named_modules, within
