@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -22,77 +21,11 @@ if TYPE_CHECKING:  # optuna is only needed to write; reading takes any FrozenTri
 from hwnas_agent.protocol import read_result
 
 from hwnas.errors import ExportError, MeasurementError
+from hwnas.knobs.candidate import Candidate  # noqa: F401 - the chain starts with it (hwnas/knobs)
 
 
 def _pairs(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(mapping.items()))
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    """One compression of the base model: what the search proposes for a trial."""
-
-    keep_ratios: tuple[tuple[str, float], ...]  # stage -> fraction of channels kept
-    pruning_criterion: str  # "l1" | "saliency"
-    global_pruning_ratio: float  # channels removed globally after width, by importance rank
-    precision_plan: tuple[tuple[str, str], ...]  # precision unit (stage or layer) -> precision
-    calibration_method: str = "minmax"  # int8/a16w8 activation ranges: minmax|entropy|percentile
-    # transformers: unit (stage or attention layer) -> fraction of attention heads kept
-    head_keep_ratios: tuple[tuple[str, float], ...] = ()
-    # transformers: unit (stage or MLP) -> fraction of MLP hidden units kept
-    mlp_keep_ratios: tuple[tuple[str, float], ...] = ()
-
-    @classmethod
-    def build(cls, keep_ratios: Mapping[str, float], pruning_criterion: str,
-              global_pruning_ratio: float, precision_plan: Mapping[str, str],
-              calibration_method: str = "minmax",
-              head_keep_ratios: Mapping[str, float] | None = None,
-              mlp_keep_ratios: Mapping[str, float] | None = None) -> "Candidate":
-        return cls(_pairs(keep_ratios), pruning_criterion, float(global_pruning_ratio),
-                   _pairs(precision_plan), calibration_method, _pairs(head_keep_ratios or {}),
-                   _pairs(mlp_keep_ratios or {}))
-
-    def finetune_seed(self, base: int) -> int:
-        """The fine-tuning seed of this compression: ``base`` (the search's seed) plus a number
-        drawn from the candidate itself, so the same compression is fine-tuned the same way by
-        any trial, resumed trial, worker, finalize or benchmark (a side-by-side comparison of
-        two policies that pick the same model then ties instead of differing by fine-tuning
-        noise), and different compressions draw different seeds."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return base + int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            "keep_ratios": dict(self.keep_ratios),
-            "pruning_criterion": self.pruning_criterion,
-            "global_pruning_ratio": self.global_pruning_ratio,
-            "precision_plan": dict(self.precision_plan),
-            "calibration_method": self.calibration_method,
-        }
-        if self.head_keep_ratios:
-            data["head_keep_ratios"] = dict(self.head_keep_ratios)
-        if self.mlp_keep_ratios:
-            data["mlp_keep_ratios"] = dict(self.mlp_keep_ratios)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Candidate":
-        return cls.build(data["keep_ratios"], data["pruning_criterion"],
-                         data["global_pruning_ratio"], data["precision_plan"],
-                         data.get("calibration_method", "minmax"),
-                         data.get("head_keep_ratios"), data.get("mlp_keep_ratios"))
-
-    def summary(self) -> str:
-        keep = " ".join(f"{k}={v:g}" for k, v in self.keep_ratios)
-        plan = " ".join(f"{k}:{v}" for k, v in self.precision_plan)
-        calibration = (f" cal={self.calibration_method}"
-                       if any(p in ("int8", "a16w8") for _, p in self.precision_plan) else "")
-        transformer = "".join(
-            f" {label}[{' '.join(f'{k}={v:g}' for k, v in ratios)}]"
-            for label, ratios in (("heads", self.head_keep_ratios), ("mlp", self.mlp_keep_ratios))
-            if ratios)
-        return (f"keep[{keep}]{transformer} {self.pruning_criterion} "
-                f"global={self.global_pruning_ratio:g} prec[{plan}]{calibration}")
 
 
 @dataclasses.dataclass(frozen=True)

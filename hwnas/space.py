@@ -1,77 +1,108 @@
-"""Define-by-run search space: (Optuna trial, SearchSpace) -> Candidate."""
+"""Define-by-run search space: (Optuna trial, SearchSpace) -> Candidate, each registered knob
+(hwnas/knobs) suggesting its own parameters."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Hashable, Mapping, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from hwnas.config.models import DeviceProfile, SearchSpace
 from hwnas.errors import ConfigError, excerpt
-from hwnas.records import Candidate
+from hwnas.knobs import Candidate, Knob, registered
 
 
 @dataclasses.dataclass(frozen=True)
 class SpaceShape:
-    """What the base model and device allow: the names the knobs range over."""
+    """What the base model and device allow: the units each knob ranges over, and the choices
+    the device allows it (the precision knob: the device's precisions)."""
 
-    stages: tuple[str, ...]  # what the width knob scales (convolutional stages)
-    precision_units: tuple[str, ...]
-    precisions: tuple[str, ...]
-    head_units: tuple[str, ...] = ()  # transformers: what the heads knob ranges over
-    mlp_units: tuple[str, ...] = ()  # transformers: what the mlp knob ranges over
+    units: tuple[tuple[str, tuple[str, ...]], ...]  # knob -> its units
+    choices: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # knob -> choices the device allows
+
+    def units_of(self, knob: str) -> tuple[str, ...]:
+        return dict(self.units).get(knob, ())
+
+    def choices_of(self, knob: str) -> tuple[Any, ...]:
+        return dict(self.choices).get(knob, ())
+
+    # the built-in knobs' units, by the names the trial pipeline reads
+    @property
+    def stages(self) -> tuple[str, ...]:  # what the width knob scales (convolutional stages)
+        return self.units_of("width")
+
+    @property
+    def precision_units(self) -> tuple[str, ...]:
+        return self.units_of("precision")
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return self.choices_of("precision") or ("fp32",)
+
+    @property
+    def head_units(self) -> tuple[str, ...]:
+        return self.units_of("heads")
+
+    @property
+    def mlp_units(self) -> tuple[str, ...]:
+        return self.units_of("mlp")
 
 
-def space_shape(space: SearchSpace, device: DeviceProfile, stages: list[str],
-                precision_units: list[str], head_units: list[str] | tuple[str, ...] = (),
-                mlp_units: list[str] | tuple[str, ...] = ()) -> SpaceShape:
-    """Check the search space against the model and the device; name what is wrong."""
-    width = space.knobs.width
-    if width is not None and width.stages is not None:
-        unknown = sorted(set(width.stages) - set(stages))
-        if unknown:
-            raise ConfigError(f"knobs.width.stages: {unknown} are not stages of the model; "
-                              f"allowed: {', '.join(stages)}")
-    precisions: tuple[str, ...] = ("fp32",)
-    if space.knobs.precision is not None:
-        wanted = space.knobs.precision.choices or device.precisions
-        unsupported = sorted(set(wanted) - set(device.precisions))
-        if unsupported:
-            raise ConfigError(f"knobs.precision.choices: {unsupported} not supported by device "
-                              f"{device.name}; it supports: {', '.join(device.precisions)}")
-        precisions = tuple(dict.fromkeys(wanted))
-    return SpaceShape(tuple(stages), tuple(precision_units), precisions,
-                      tuple(head_units) if space.knobs.heads is not None else (),
-                      tuple(mlp_units) if space.knobs.mlp is not None else ())
+def space_shape(space: SearchSpace, device: DeviceProfile,
+                units: Mapping[str, Sequence[str]]) -> SpaceShape:
+    """Check the search space against the model (``units``: knob -> the units it found in the
+    model, ``PruningSetup.units``) and the device; name what is wrong."""
+    found, choices = [], []
+    for knob in registered():
+        knob_units, knob_choices = knob.shape(knob.settings(space.knobs),
+                                              tuple(units.get(knob.name, ())), device)
+        found.append((knob.name, knob_units))
+        choices.append((knob.name, knob_choices))
+    return SpaceShape(tuple(found), tuple(choices))
+
+
+def knob_distributions(space: SearchSpace, shape: SpaceShape
+                       ) -> list[tuple[Knob, dict[str, BaseDistribution]]]:
+    """Each knob that is on, with its Optuna parameters."""
+    found = []
+    for knob in registered():
+        settings = knob.settings(space.knobs)
+        if settings is not None:
+            found.append((knob, knob.distributions(settings, shape.units_of(knob.name),
+                                                   shape.choices_of(knob.name))))
+    return found
 
 
 def distributions(space: SearchSpace, shape: SpaceShape) -> dict[str, BaseDistribution]:
     """Every Optuna parameter of this space and its choices: what suggest() asks for, and what
     a trial of another study must fit to be kept as history. A width ``keep_range`` is an
     ordered (stepped float) parameter; every other knob is categorical."""
-    knobs = space.knobs
-    found: dict[str, BaseDistribution] = {}
-    if knobs.width is not None:
-        keep_range = knobs.width.keep_range
-        for stage in shape.stages:
-            if knobs.width.stages is None or stage in knobs.width.stages:
-                found[f"keep_{stage}"] = CategoricalDistribution(knobs.width.keep_ratios) \
-                    if keep_range is None else \
-                    FloatDistribution(keep_range.low, keep_range.high, step=keep_range.step)
-    if knobs.pruning is not None:
-        found["pruning_criterion"] = CategoricalDistribution(knobs.pruning.criteria)
-        found["global_pruning_ratio"] = CategoricalDistribution(knobs.pruning.global_ratios)
-    if knobs.precision is not None:
-        for unit in shape.precision_units:
-            found[f"precision_{unit}"] = CategoricalDistribution(list(shape.precisions))
-        if len(knobs.precision.calibration) > 1:
-            found["calibration_method"] = CategoricalDistribution(knobs.precision.calibration)
-    for unit in shape.head_units:
-        found[f"heads_{unit}"] = CategoricalDistribution(knobs.heads.keep_ratios)
-    for unit in shape.mlp_units:
-        found[f"mlp_{unit}"] = CategoricalDistribution(knobs.mlp.keep_ratios)
-    return found
+    return {name: dist for _knob, params in knob_distributions(space, shape)
+            for name, dist in params.items()}
+
+
+def uniform_ladders(space: SearchSpace, shape: SpaceShape) -> list[list[dict[str, Any]]]:
+    """The engine's uniform models, as Optuna parameters: each knob says what "cheaper" means
+    for it (hwnas/knobs base.py ``ladder_role``). With the built-in knobs: the same keep
+    ratio in every stage (largest first) down each ladder, one ladder per precision of the
+    device (one precision for the whole model), the other knobs at their least destructive
+    choice (no global pruning, every head and MLP unit kept, the first criterion and
+    calibration)."""
+    fixed: dict[str, Any] = {}
+    rungs: list[dict[str, Any]] = [{}]
+    ladders: list[dict[str, Any]] = [{}]
+    for knob, params in knob_distributions(space, shape):
+        if not params:
+            continue
+        if knob.ladder_role == "rungs":
+            rungs = [rung | step for rung in rungs for step in knob.uniform(params)]
+        elif knob.ladder_role == "ladders":
+            ladders = [ladder | step for ladder in ladders for step in knob.uniform(params)]
+        else:
+            fixed |= knob.least_destructive(params)
+    return [[fixed | ladder | rung for rung in rungs] for ladder in ladders]
 
 
 def check_enqueued(space: SearchSpace, shape: SpaceShape) -> None:
@@ -120,18 +151,13 @@ def suggest_parameter(trial: optuna.trial.BaseTrial, name: str,
 def suggest(trial: optuna.trial.BaseTrial, space: SearchSpace, shape: SpaceShape) -> Candidate:
     found = distributions(space, shape)
 
-    def pick(name: str, default: float | str) -> float | str:
+    def pick(name: str, default: Any) -> Any:
         return suggest_parameter(trial, name, found[name]) if name in found else default
 
-    # stepped floats carry binary noise (0.125 + 3 * 0.0625): the ratio is the step's decimal
-    keep_ratios = {stage: round(float(pick(f"keep_{stage}", 1.0)), 10) for stage in shape.stages}
-    plan = {unit: str(pick(f"precision_{unit}", "fp32")) for unit in shape.precision_units}
-    precision = space.knobs.precision
-    calibration = precision.calibration[0] if precision is not None else "minmax"
-    if any(p in ("int8", "a16w8") for p in plan.values()):
-        # define-by-run: the method is a parameter only where it changes the bytes
-        calibration = str(pick("calibration_method", calibration))
-    heads = {unit: float(pick(f"heads_{unit}", 1.0)) for unit in shape.head_units}
-    mlp = {unit: float(pick(f"mlp_{unit}", 1.0)) for unit in shape.mlp_units}
-    return Candidate.build(keep_ratios, str(pick("pruning_criterion", "l1")),
-                           float(pick("global_pruning_ratio", 0.0)), plan, calibration, heads, mlp)
+    chosen: dict[str, Hashable] = {}
+    for knob in registered():
+        value = knob.suggest(pick, knob.settings(space.knobs), shape.units_of(knob.name), chosen)
+        if value is not None:
+            chosen[knob.name] = value
+    return Candidate.of(chosen)
+

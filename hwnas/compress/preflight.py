@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fnmatch
 import signal
 import tempfile
 import threading
@@ -30,7 +29,7 @@ from hwnas.config.models import SearchSpace
 from hwnas.errors import ConfigError
 from hwnas.models import first_line, run_once
 from hwnas.models.unsupported import unsupported_module
-from hwnas.records import Candidate
+from hwnas.knobs import Candidate, Knob, registered
 
 TIME_LIMIT_S = 300.0
 STRUCTURE_OFF = "knobs: {width: null, pruning: null, heads: null, mlp: null}"
@@ -80,40 +79,20 @@ class PreflightReport:
 
 
 def most_aggressive(setup: PruningSetup, space: SearchSpace) -> Candidate:
-    knobs = space.knobs
-    width = min(knobs.width.ratios()) if knobs.width else 1.0
-    searched = set(knobs.width.stages or setup.width_units) if knobs.width else set()
-    return Candidate.build(
-        {s: (width if s in searched else 1.0) for s in setup.width_units}, "l1",
-        max(knobs.pruning.global_ratios) if knobs.pruning else 0.0, {}, "minmax",
-        {u: min(knobs.heads.keep_ratios) for u in setup.head_units} if knobs.heads else {},
-        {u: min(knobs.mlp.keep_ratios) for u in setup.mlp_units} if knobs.mlp else {})
+    """Every knob at its most aggressive value (precision: fp32, structure is what breaks)."""
+    return Candidate.of({knob.name: knob.most_aggressive(knob.settings(space.knobs),
+                                                         list(setup.units_of(knob.name)))
+                         for knob in registered()})
 
 
-def _parts(candidate: Candidate) -> list[tuple[str, Candidate]]:
-    """The candidate's knobs one at a time: which one breaks?"""
-    keep = {s: 1.0 for s, _ in candidate.keep_ratios}
-    parts = [(f"knobs.width on stage {stage!r}",
-              Candidate.build({**keep, stage: ratio}, "l1", 0.0, {}))
-             for stage, ratio in candidate.keep_ratios if ratio < 1.0]
-    if candidate.global_pruning_ratio > 0:
-        parts.append(("knobs.pruning (global ratio "
-                      f"{candidate.global_pruning_ratio:g})",
-                      Candidate.build(keep, "l1", candidate.global_pruning_ratio, {})))
-    parts += [(f"knobs.heads on {unit!r}", Candidate.build(keep, "l1", 0.0, {}, head_keep_ratios={unit: ratio}))
-              for unit, ratio in candidate.head_keep_ratios if ratio < 1.0]
-    parts += [(f"knobs.mlp on {unit!r}", Candidate.build(keep, "l1", 0.0, {}, mlp_keep_ratios={unit: ratio}))
-              for unit, ratio in candidate.mlp_keep_ratios if ratio < 1.0]
-    return parts
-
-
-def _advice(part: str) -> str:
-    if part.startswith("knobs.width"):
-        return ("leave that stage out (knobs.width.stages) or its failing modules "
-                "(knobs.width.exclude)")
-    if part.startswith("knobs.pruning"):
-        return "set knobs.pruning: null, or exclude modules with knobs.pruning.exclude"
-    return f"set {part.split(' ')[0]}: null"
+def _parts(setup: PruningSetup, candidate: Candidate) -> list[tuple[Knob, str, Candidate]]:
+    """The candidate's knobs one at a time, every other knob left neutral: which one breaks?"""
+    values = dict(candidate.values)
+    neutral = {knob.name: knob.neutral(list(setup.units_of(knob.name))) for knob in registered()
+               if knob.name in values}
+    return [(knob, label, Candidate.of({**neutral, knob.name: part}))
+            for knob in registered() if knob.name in values
+            for label, part in knob.alone(values[knob.name])]
 
 
 def _run(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
@@ -129,26 +108,6 @@ def _check_output(output: object, num_classes: int, what: str, shape: tuple[int,
                           f"number of classes)")
 
 
-def _unchanged_grouped_convs(setup: PruningSetup, candidate: Candidate, pruned: nn.Module
-                             ) -> list[tuple[str, str, int, int]]:
-    """(stage, module, groups, channels) of grouped convolutions in stages the width knob
-    shrinks whose channels stayed as they were."""
-    names = {id(m): n for n, m in setup.base.named_modules()}
-    after = dict(pruned.named_modules())
-    excluded = {id(m) for e in setup.width_excluded for m in e.modules()}
-    found = []
-    for stage, keep in candidate.keep_ratios:
-        if keep >= 1.0:
-            continue
-        for module in setup.width_units[stage]:
-            for conv in module.modules():
-                if (isinstance(conv, nn.Conv2d) and 1 < conv.groups != conv.out_channels
-                        and id(conv) not in excluded
-                        and after[names[id(conv)]].out_channels == conv.out_channels):
-                    found.append((stage, names[id(conv)], conv.groups, conv.out_channels))
-    return found
-
-
 def preflight(setup: PruningSetup, space: SearchSpace, num_classes: int,
               export: Callable[[nn.Module, Path], None] | None = None,
               time_limit_s: float = TIME_LIMIT_S) -> PreflightReport:
@@ -162,9 +121,9 @@ def preflight(setup: PruningSetup, space: SearchSpace, num_classes: int,
     _check_output(base_output, num_classes, "base_model", shape)
     candidate = most_aggressive(setup, space)
     parameters = sum(p.numel() for p in setup.base.parameters())
-    structural = (any(k < 1 for _, k in candidate.keep_ratios) or candidate.global_pruning_ratio > 0
-                  or candidate.head_keep_ratios or candidate.mlp_keep_ratios)
-    if not structural:
+    values = dict(candidate.values)
+    if not any(knob.changes_structure(values[knob.name]) for knob in registered()
+               if knob.name in values):
         return PreflightReport(candidate, parameters, parameters, time.perf_counter() - started)
     unsupported = unsupported_module(setup.base)
     if unsupported is not None:
@@ -190,17 +149,11 @@ def preflight(setup: PruningSetup, space: SearchSpace, num_classes: int,
                        f"({first_line(exc)})")
         raise ConfigError(message) from None
     _check_output(output, num_classes, "the pruned model", shape)
-    stuck = _unchanged_grouped_convs(setup, candidate, pruned)
-    if stuck:
-        stage, module, groups, channels = stuck[0]
-        modules = sorted({m for _, m, _, _ in stuck})
-        raise ConfigError(
-            f"grouped conv with groups != channels in layer {module} ({groups} groups, "
-            f"{channels} channels, stage {stage!r}): its channels cannot shrink in equal groups "
-            f"to a multiple of the device's channel_multiple {setup.round_to}, so the width knob "
-            f"does not change it ({len(modules)} such layers); exclude them with "
-            f"knobs.width.exclude: {_exclusion(setup.base, modules)}, or leave the stage out "
-            f"with knobs.width.stages")
+    for knob in registered():  # a knob that cannot do what it is asked, named
+        problem = knob.check_pruned(setup, values[knob.name], pruned) \
+            if knob.name in values else None
+        if problem:
+            raise ConfigError(problem)
     if export is None:
         from hwnas.export.onnx import export_fp32
 
@@ -212,29 +165,14 @@ def preflight(setup: PruningSetup, space: SearchSpace, num_classes: int,
                            time.perf_counter() - started)
 
 
-def _exclusion(model: nn.Module, modules: list[str]) -> list[str]:
-    """The shortest exclusion list: one shell pattern when the modules share a name ending
-    that nothing else has, else their names."""
-    parts = [name.split(".") for name in modules]
-    common: list[str] = []
-    while all(len(p) > len(common) for p in parts) and len(
-            {p[-1 - len(common)] for p in parts}) == 1:
-        common.insert(0, parts[0][-1 - len(common)])
-    if common and len(modules) > 1:
-        pattern = "*." + ".".join(common)
-        matched = [n for n, _ in model.named_modules() if fnmatch.fnmatchcase(n, pattern)]
-        if sorted(matched) == modules:
-            return [pattern]
-    return modules
-
-
 def _explain(setup: PruningSetup, candidate: Candidate, exc: BaseException) -> str:
     failing = []
-    for part, single in _parts(candidate):
+    for knob, part, single in _parts(setup, candidate):
         try:
             _run(prune(setup, single, []).module, torch.randn(setup.example_input.shape))
         except Exception as part_exc:  # noqa: BLE001 - reported
-            failing.append(f"{part} fails ({first_line(part_exc)}): {_advice(part)}")
+            advice = knob.advice or f"set knobs.{knob.name}: null"
+            failing.append(f"{part} fails ({first_line(part_exc)}): {advice}")
     leftover = [name for name, m in setup.base.named_modules()
                 if isinstance(m, nn.MultiheadAttention)]
     note = (f"; the model keeps nn.MultiheadAttention in {leftover[:3]}, which hwnas can split "

@@ -1,55 +1,24 @@
 """Validated, frozen records for search spaces and device profiles.
 
-Every model forbids unknown keys: a typo in a YAML file is an error, never ignored.
+Every model forbids unknown keys: a typo in a YAML file is an error, never ignored. The knobs'
+own sections are declared by the knobs (hwnas/knobs) and joined into ``knobs:`` here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
 from hwnas_agent.protocol import (POWER_SOURCES, TENSORRT, MeasureRequest, ProtocolError,
-                                  check_setting, section_fields, setting_key)
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator,
-                      model_validator)
+                                  check_setting,
+                                  section_fields, setting_key)
+from pydantic import AfterValidator, Field, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
-from hwnas.errors import excerpt
-
-# what each means in the exported bytes: hwnas/export/precision.py
-PRECISIONS = ("fp32", "fp16", "int8", "a16w8", "int8_weight_only")
-Precision = Literal["fp32", "fp16", "int8", "a16w8", "int8_weight_only"]
-CalibrationMethod = Literal["minmax", "entropy", "percentile"]
-ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
-# what numpy's and Optuna's seeded generators accept (np.random.seed, RandomState)
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
-
-
-class Frozen(BaseModel):
-    # no number in a config is infinite or NaN: YAML reads .inf, .nan and 1e400 as such, and a
-    # budget of inf would look set while it limits nothing (leave a budget out for no limit)
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def _check_entry_point(value: str) -> str:
-    if not ENTRY_POINT.match(value):
-        raise ValueError(f"{excerpt(value)} is not an entry point; write it as 'package.module:function'")
-    return value
-
-
-def _check_name(value: str) -> str:
-    if not NAME.match(value):
-        raise ValueError(f"{excerpt(value)}: use letters, digits, '.', '_' and '-' (it names files)")
-    return value
-
-
-EntryPoint = Annotated[str, AfterValidator(_check_entry_point)]
-Name = Annotated[str, AfterValidator(_check_name)]
-
+from hwnas.config.connection import LocalConnection, SSHConnection  # noqa: F401
+from hwnas.config.fields import EntryPoint, Frozen, Name, Positive, Precision, Seed
 
 # --- search spaces --------------------------------------------------------------------------
 
@@ -162,97 +131,15 @@ class DatasetSpec(Frozen):
         return self
 
 
-class KeepRange(Frozen):
-    """Every keep ratio from ``low`` to ``high`` in steps of ``step``: an ordered knob (an Optuna
-    stepped float), so a sampler can move between ratios it has seen. Channel counts are still
-    rounded to the device's channel multiple, so neighbouring ratios may build the same model."""
-
-    low: Fraction
-    high: Fraction = 1.0
-    step: Annotated[float, Field(gt=0.0, le=1.0)] = 0.0625
+class KnobsSection(Frozen):
+    """``knobs:``, one section per registered knob (hwnas/knobs: each knob declares its own
+    section); ``null`` turns a knob off. The fields are added as knobs register."""
 
     @model_validator(mode="after")
-    def _whole_steps(self) -> "KeepRange":
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low:g}) must not exceed high ({self.high:g})")
-        steps = (self.high - self.low) / self.step
-        if abs(steps - round(steps)) > 1e-6:
-            raise ValueError(f"high - low ({self.high - self.low:g}) must be a whole number of "
-                             f"steps of {self.step:g}")
-        return self
-
-    def values(self) -> list[float]:
-        count = round((self.high - self.low) / self.step)
-        return [round(self.low + i * self.step, 10) for i in range(count + 1)]
-
-
-class WidthKnob(Frozen):
-    """Per-stage fraction of channels kept: a list of choices (``keep_ratios``), or
-    ``keep_range`` ({low, high, step}: fine, ordered steps)."""
-
-    keep_ratios: list[Fraction] = [0.25, 0.5, 0.75, 1.0]
-    keep_range: KeepRange | None = None
-    stages: list[str] | None = None  # default: every convolutional stage of the model
-    # module names (or shell patterns such as "*.f.b.0") whose output channels the width knob
-    # leaves alone, with their submodules
-    exclude: list[str] = []
-
-    @model_validator(mode="after")
-    def _one_form(self) -> "WidthKnob":
-        if self.keep_range is not None and "keep_ratios" in self.model_fields_set:
-            raise ValueError("give either 'keep_ratios' (a list of choices) or 'keep_range' "
-                             "({low, high, step}), not both")
-        return self
-
-    def ratios(self) -> list[float]:
-        """Every keep ratio the knob allows, smallest first."""
-        return self.keep_range.values() if self.keep_range is not None \
-            else sorted(self.keep_ratios)
-
-
-class PruningKnob(Frozen):
-    criteria: list[Literal["l1", "saliency"]] = ["l1", "saliency"]
-    global_ratios: list[Annotated[float, Field(ge=0.0, le=0.9)]] = [0.0, 0.1, 0.2, 0.3]
-    saliency_batches: Annotated[int, Field(ge=1, le=100)] = 4
-    # module names or patterns whose output channels global pruning leaves alone
-    exclude: list[str] = []
-
-
-class HeadsKnob(Frozen):
-    """Attention heads kept, as a fraction of each attention layer's heads (at least one is
-    kept); one value per stage, or per attention layer. Applies to vision transformers."""
-
-    keep_ratios: list[Fraction] = [0.5, 0.75, 1.0]
-    granularity: Literal["stage", "layer"] = "stage"
-
-
-class MlpKnob(Frozen):
-    """Hidden units kept in each transformer block's MLP (rounded to the device's channel
-    multiple); one value per stage, or per MLP. Applies to vision transformers."""
-
-    keep_ratios: list[Fraction] = [0.5, 0.75, 1.0]
-    granularity: Literal["stage", "layer"] = "stage"
-
-
-class PrecisionKnob(Frozen):
-    granularity: Literal["stage", "layer"] = "stage"
-    choices: list[Precision] | None = None  # default: every precision the device supports
-    # how int8/a16w8 activation ranges are calibrated; more than one makes it a searched knob
-    calibration: Annotated[list[CalibrationMethod], Field(min_length=1)] = ["minmax"]
-
-
-class Knobs(Frozen):
-    width: WidthKnob | None = WidthKnob()
-    pruning: PruningKnob | None = PruningKnob()
-    precision: PrecisionKnob | None = PrecisionKnob()
-    heads: HeadsKnob | None = HeadsKnob()  # only where the model has attention layers
-    mlp: MlpKnob | None = MlpKnob()  # only where the model has transformer MLPs
-
-    @model_validator(mode="after")
-    def _some_knob(self) -> "Knobs":
-        if all(knob is None for knob in (self.width, self.pruning, self.precision, self.heads,
-                                          self.mlp)):
-            raise ValueError("enable at least one knob: width, pruning, precision, heads or mlp")
+    def _some_knob(self) -> "KnobsSection":
+        names = list(type(self).model_fields)
+        if names and all(getattr(self, name) is None for name in names):
+            raise ValueError(f"enable at least one knob: {', '.join(names)}")
         return self
 
 
@@ -263,9 +150,6 @@ class FineTuneSettings(Frozen):
     learning_rate: Annotated[float, Field(gt=0)] = 1e-3
     temperature: Annotated[float, Field(gt=0)] = 4.0
     distill_weight: Annotated[float, Field(ge=0, le=1)] = 0.7
-
-
-Positive = Annotated[float, Field(gt=0)]
 
 
 class Budgets(Frozen):
@@ -318,7 +202,7 @@ class SearchSpace(Frozen):
     name: Name
     base_model: BaseModelSpec
     dataset: DatasetSpec
-    knobs: Knobs = Knobs()
+    knobs: KnobsSection = Field(default_factory=lambda: Knobs())
     finetune: FineTuneSettings = FineTuneSettings()
     objectives: list[Literal["accuracy", "latency_p90_ms", "latency_p50_ms", "model_size_mb",
                              "power_mean_w", "energy_mj_per_inference"]] = [
@@ -334,63 +218,29 @@ class SearchSpace(Frozen):
         return value
 
 
+# knob name -> (its section's type, its default): filled by hwnas/knobs as knobs register
+_KNOB_SECTIONS: dict[str, tuple[Any, Any]] = {}
+Knobs: type[KnobsSection] = KnobsSection
+
+
+def add_knob_section(name: str, section: type[Frozen] | None, enabled_by_default: bool) -> None:
+    """Give ``knobs:`` a section for a newly registered knob (None: take its section away):
+    the section model is rebuilt and the search space validates it from then on (errors name
+    ``knobs.<name>.<key>`` and the keys allowed, as every other section's do)."""
+    global Knobs
+    if section is None:
+        _KNOB_SECTIONS.pop(name, None)
+    else:
+        _KNOB_SECTIONS[name] = (section | None, section() if enabled_by_default else None)
+    Knobs = create_model("Knobs", __base__=KnobsSection, __module__=__name__,
+                         **_KNOB_SECTIONS)  # type: ignore[call-overload]
+    # pydantic keeps a model's fields in model_fields; a forced rebuild recompiles its validator
+    SearchSpace.model_fields["knobs"] = FieldInfo(annotation=Knobs,
+                                                  default_factory=lambda: Knobs())
+    SearchSpace.model_rebuild(force=True)
+
+
 # --- device profiles ------------------------------------------------------------------------
-
-
-class LocalConnection(Frozen):
-    """The agent runs on this machine, started by the controller on a free loopback port."""
-
-    kind: Literal["local"]
-
-
-class SSHConnection(Frozen):
-    """The agent listens on the device's 127.0.0.1 and is reached through SSH (direct-tcpip).
-
-    ``host`` may be a Host alias of ~/.ssh/config (HostName, Port, User, IdentityFile and
-    ProxyJump are taken from it). Host keys are checked strictly against ``known_hosts``.
-    Keys come from ``identity_file`` or the ssh-agent; passwords are not accepted.
-    """
-
-    kind: Literal["ssh"]
-    host: Annotated[str, Field(min_length=1)]
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None
-    user: str | None = None
-    identity_file: Path | None = None
-    use_ssh_agent: bool = True
-    jump_host: str | None = None  # [user@]host[:port] or a Host alias
-    known_hosts: Path = Path("~/.ssh/known_hosts")
-    ssh_config: Path | None = Path("~/.ssh/config")
-    agent_port: Annotated[int, Field(ge=1, le=65535)] = 8765
-    remote_dir: str = ".local/share/hwnas-agent"  # relative to the remote home
-    connect_timeout_s: Annotated[float, Field(gt=0)] = 15.0
-    retries: Annotated[int, Field(ge=0, le=20)] = 4
-
-    # these fields reach a remote shell, a unit file or a printed command: refuse what could
-    # end a line or be read as an option there (they are also always quoted)
-    @field_validator("host", "user", "jump_host", "remote_dir", "identity_file", "known_hosts",
-                     "ssh_config")
-    @classmethod
-    def _no_control_characters(cls, value: object) -> object:
-        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in str(value)):
-            raise ValueError("holds a control character (newline, tab, escape...)")
-        return value
-
-    @field_validator("host", "user", "jump_host")
-    @classmethod
-    def _not_an_option(cls, value: str | None) -> str | None:
-        if value is not None and any(part.strip().startswith("-") for part in value.split(",")):
-            raise ValueError("starts with '-', which a command would take for an option")
-        return value
-
-    @field_validator("remote_dir")
-    @classmethod
-    def _own_folder(cls, value: str) -> str:
-        parts = [p for p in value.strip().split("/") if p not in ("", ".")]
-        if not parts or parts == ["~"] or ".." in parts or value.startswith("-"):
-            raise ValueError("name a folder of its own for the agent (uninstall removes it), "
-                             "e.g. .local/share/hwnas-agent; no '..', not '/' or the home "
-                             "itself, not starting with '-'")
-        return value
 
 
 def _protocol_check(field_name: str) -> Callable[[Any], Any]:

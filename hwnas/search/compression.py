@@ -25,7 +25,6 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import optuna
 import torch
-from optuna.distributions import CategoricalDistribution
 
 from hwnas.budgets import constraint_values, describe_excess, measured
 from hwnas.config.models import Budgets
@@ -44,7 +43,7 @@ from hwnas.search.candidates import (CandidateBuilder, Timings, TrialContext,
 from hwnas.search.measuring import DeviceLease, TrialMeasurer
 from hwnas.search.twins import Progress, finished_twin, reuse
 from hwnas.models.core import multiply_accumulates
-from hwnas.space import distributions, suggest
+from hwnas.space import distributions, suggest, uniform_ladders
 
 # figures the exported bytes give exactly, before any device sees them
 _STATIC = ("model_size_mb",)
@@ -141,32 +140,8 @@ class CompressionEvaluator(Evaluator):
         return {"log_macs": float(torch.log(torch.tensor(float(self._build(candidate)[1]))))}
 
     def ladders(self) -> list[list[dict[str, Any]]]:
-        """Uniform models: the same keep ratio (every value of the width knob, largest first)
-        in every stage, one precision for the whole model, per precision of the device; the
-        other knobs at their least destructive choice (no global pruning, every head and MLP
-        unit kept, the first criterion and calibration)."""
-        found = distributions(self.ctx.space, self.ctx.shape)
-        keeps = sorted({value for name, d in found.items() if name.startswith("keep_")
-                        for value in _values(d)}, reverse=True) or [1.0]
-        fixed: dict[str, Any] = {}
-        for name, dist in found.items():
-            if not isinstance(dist, CategoricalDistribution) or name.startswith("precision_"):
-                continue
-            if name == "global_pruning_ratio":
-                fixed[name] = min(dist.choices)  # type: ignore[type-var]
-            elif name.startswith(("heads_", "mlp_")):
-                fixed[name] = max(dist.choices)  # type: ignore[type-var]
-            elif not name.startswith("keep_"):
-                fixed[name] = dist.choices[0]
-        ladders = []
-        for precision in self.ctx.shape.precisions:
-            plan = {name: precision for name in found if name.startswith("precision_")}
-            ladders.append([fixed | plan | {name: _nearest(found[name], keep)
-                                            for name in found if name.startswith("keep_")}
-                            for keep in keeps])
-            if not plan:  # no precision knob: one ladder
-                break
-        return ladders
+        """Uniform models: each knob says what "cheaper" means for it (hwnas/space.py)."""
+        return uniform_ladders(self.ctx.space, self.ctx.shape)
 
     def _build(self, candidate: Hashable) -> tuple[float, int]:
         assert isinstance(candidate, Candidate)
@@ -346,15 +321,3 @@ class CompressionEvaluator(Evaluator):
     def _figures(self, measurement: Measurement, artifact: Artifact) -> HardwareReport:
         return compression_figures(measurement, artifact,
                                    self.ctx.budgets_for(measurement).basis, self.wanted)
-
-
-def _values(distribution: Any) -> list[float]:
-    if isinstance(distribution, CategoricalDistribution):
-        return [float(v) for v in distribution.choices]
-    count = int(round((distribution.high - distribution.low) / distribution.step))
-    return [round(distribution.low + i * distribution.step, 10) for i in range(count + 1)]
-
-
-def _nearest(distribution: Any, value: float) -> Any:
-    """The value a stage's width parameter allows closest to ``value`` (stages may differ)."""
-    return min(_values(distribution), key=lambda v: abs(v - value))

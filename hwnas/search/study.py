@@ -18,9 +18,7 @@ from hwnas.config import load_device_profile, load_search_space
 from hwnas.config.load import naming_the_file
 from hwnas.config.models import DeviceProfile, SearchSpace
 from hwnas.errors import ConfigError, DeviceError, HwnasError
-from hwnas.export.onnx import plan_units, precision_units
 from hwnas.logs import run_log
-from hwnas.models import model_stages
 from hwnas.records import StudyRecord, TrialStage
 from hwnas.redaction import has_hidden_credentials, redact
 from hwnas.run import RunFolder, completed_search_trials, make_storage, outcomes
@@ -116,16 +114,13 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
     # the stage map as resolved (the space's, the model's stages(), or found from its structure)
     space = space.model_copy(update={"base_model": space.base_model.model_copy(
         update={"stages": {name: list(prefixes) for name, prefixes in base.stages.items()}})})
-    stages = model_stages(base.module, space.base_model)
     setup = pruning_setup(base.module, base.stages, space, task.input_shape, task.num_classes,
                           device.channel_multiple)
     log(preflight(setup, space, task.num_classes).summary())  # refuses what cannot be searched
-    granularity = space.knobs.precision.granularity if space.knobs.precision else "stage"
-    units = plan_units(precision_units(base.module, stages, granularity))
-    knob_units = (list(setup.width_units), units, list(setup.head_units), list(setup.mlp_units))
+    knob_units = {knob: list(units) for knob, units in setup.units.items()}  # hwnas/knobs
     for other in devices[1:]:  # every device must run every precision the search may pick
-        space_shape(space, other, *knob_units)
-    shape = space_shape(space, device, *knob_units)
+        space_shape(space, other, knob_units)
+    shape = space_shape(space, device, knob_units)
     check_enqueued(space, shape)
     return Prepared(space, device, effective_budgets(space, device), task, base, shape, devices)
 

@@ -28,9 +28,8 @@ def trained():
 def prune_model(model, candidate, stages, example_input, ignored_layers, round_to,
                 saliency_batches):
     """Width and global pruning by stage modules, through the search's own ``prune``."""
-    setup = PruningSetup(base=model, example_input=example_input, width_units=dict(stages),
-                         head_units={}, mlp_units={}, protected=list(ignored_layers),
-                         width_excluded=[], global_excluded=[], round_to=round_to)
+    setup = PruningSetup(base=model, example_input=example_input, units={"width": dict(stages)},
+                         protected=list(ignored_layers), excluded={}, round_to=round_to)
     return prune_setup(setup, candidate, saliency_batches).module
 
 

@@ -55,7 +55,7 @@ def test_split_attention_computes_what_torchvision_computes(vit):
 def test_heads_are_removed_whole_and_the_rest_computes_as_before(vit):
     model, x, _ = vit
     setup = setup_for(model, space())
-    assert list(setup.head_units) == ["encoder_layer_0", "encoder_layer_1"]
+    assert list(setup.units_of("heads")) == ["encoder_layer_0", "encoder_layer_1"]
     pruned = prune(setup, Candidate.build({}, "l1", 0.0, {}, head_keep_ratios={"encoder_layer_0": 0.5}), []).module
     first = attention_layers(pruned)["encoder.layers.encoder_layer_0.self_attention"]
     assert first.num_heads == 2 and first.qkv.out_features == 3 * 2 * 16
@@ -81,7 +81,7 @@ def test_heads_are_removed_whole_and_the_rest_computes_as_before(vit):
 def test_mlp_units_rounded_to_the_channel_multiple(vit):
     model, x, _ = vit
     setup = setup_for(model, space(mlp={"granularity": "layer", "keep_ratios": [0.3, 1.0]}), 16)
-    assert list(setup.mlp_units) == ["encoder.layers.encoder_layer_0.mlp",
+    assert list(setup.units_of("mlp")) == ["encoder.layers.encoder_layer_0.mlp",
                                      "encoder.layers.encoder_layer_1.mlp"]
     pruned = prune(setup, Candidate.build({}, "l1", 0.0, {}, mlp_keep_ratios=
                                           {"encoder.layers.encoder_layer_1.mlp": 0.3}), []).module
@@ -155,8 +155,8 @@ def test_rebuilt_from_the_channel_plan_with_the_same_outputs(name):
     model = fresh()
     wanted = space()
     setup = setup_for(model, wanted)
-    candidate = Candidate.build({s: 0.5 for s in setup.width_units}, "l1", 0.2, {}, "minmax",
-                                {u: 0.5 for u in setup.head_units}, {u: 0.5 for u in setup.mlp_units})
+    candidate = Candidate.build({s: 0.5 for s in setup.units_of("width")}, "l1", 0.2, {}, "minmax",
+                                {u: 0.5 for u in setup.units_of("heads")}, {u: 0.5 for u in setup.units_of("mlp")})
     pruned = prune(setup, candidate, [])
     assert len(pruned.plan()) == (2 if name == "vit" else 2)  # heads+mlp or width, then global
     rebuilt = replay(fresh(), pruned.plan(), torch.zeros(1, *SHAPE))

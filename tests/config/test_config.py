@@ -133,10 +133,10 @@ def test_space_checked_against_model_and_device(tmp_path):
     device = load_device_profile(write(tmp_path, DEVICE + "precisions: [fp32]\n", "d.yaml"))
     space = load_search_space(write(tmp_path, GOOD_SPACE + "knobs: {precision: {choices: [int8]}}\n"))
     with pytest.raises(ConfigError, match=r"\['int8'\] not supported by device dev"):
-        space_shape(space, device, ["stage1"], ["stage1"])
+        space_shape(space, device, {"width": ["stage1"], "precision": ["stage1"]})
     space = load_search_space(write(tmp_path, GOOD_SPACE + "knobs: {width: {stages: [stem]}}\n"))
     with pytest.raises(ConfigError, match=r"\['stem'\] are not stages of the model; allowed: stage1"):
-        space_shape(space, device, ["stage1"], ["stage1"])
+        space_shape(space, device, {"width": ["stage1"], "precision": ["stage1"]})
 
 
 # a non-default value for every setting of the agent protocol: a field added to MeasureRequest
@@ -247,7 +247,8 @@ def test_the_width_keep_range_is_an_ordered_fine_knob(tmp_path):
     assert space.knobs.width.ratios()[:3] == [0.125, 0.1875, 0.25]
     assert 0.375 in space.knobs.width.ratios() and space.knobs.width.ratios()[-1] == 1.0
     device = DeviceProfile(name="d", connection={"kind": "local"}, precisions=["fp32", "int8"])
-    shape = space_shape(space, device, ["stage1", "stage2", "stage3"], ["stage1", "head"])
+    shape = space_shape(space, device, {"width": ["stage1", "stage2", "stage3"],
+                                          "precision": ["stage1", "head"]})
     found = distributions(space, shape)
     assert isinstance(found["keep_stage1"], FloatDistribution) and found["keep_stage1"].step == 0.0625
     # uniform keep 0.375 is expressible, and a stored stepped value fits the space again
@@ -295,8 +296,8 @@ def test_an_enqueued_value_off_the_space_is_refused_before_any_trial(tmp_path):
         path = tmp_path / "space.yaml"
         path.write_text(text + f"  enqueue:\n    - {params}\n")
         space = load_search_space(path)
-        check_enqueued(space, space_shape(space, device, ["stage1", "stage2", "stage3"],
-                                          ["stage1", "head"]))
+        check_enqueued(space, space_shape(space, device, {"width": ["stage1", "stage2", "stage3"],
+                                                          "precision": ["stage1", "head"]}))
 
     enqueue("{keep_stage1: 0.375, keep_stage2: 0.8125, pruning_criterion: saliency}")
     # Optuna itself would only warn and sample another keep in its place

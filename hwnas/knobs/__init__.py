@@ -1,0 +1,10 @@
+"""Compression knobs as plug-ins (base.py: the contract and registry; candidate.py: the
+Candidate record; one module per knob); importing the package registers the built-in knobs."""
+
+# imported in this order, the knobs' sections are listed in it (width first)
+from hwnas.knobs import width, pruning, precision, heads, mlp, calibration
+from hwnas.knobs.base import Knob, ModelParts, knob, register, registered, unregister
+from hwnas.knobs.candidate import Candidate
+
+__all__ = ["Candidate", "Knob", "ModelParts", "calibration", "heads", "knob", "mlp",
+           "precision", "pruning", "register", "registered", "unregister", "width"]
