@@ -11,7 +11,9 @@ import optuna
 from hwnas.errors import ConfigError
 from hwnas.records import StudyRecord, TrialStage
 from hwnas.redaction import redact
-from hwnas.run import RunFolder, best_feasible, make_storage, outcomes
+from hwnas.run import RunFolder, outcomes
+from hwnas.pareto import best_feasible
+from hwnas.storage import make_storage
 
 FINALIZED = "finalized"  # a stage count of its own in the status: not a search trial
 

@@ -9,7 +9,8 @@ import optuna
 
 from hwnas.budgets import measured
 from hwnas.records import Measurement, StudyRecord, TrialOutcome, TrialStage
-from hwnas.run import best_feasible, outcomes, pareto_front, study_directions
+from hwnas.run import outcomes
+from hwnas.pareto import best_feasible, pareto_front, study_directions
 
 
 @dataclasses.dataclass(frozen=True)

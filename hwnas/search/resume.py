@@ -20,7 +20,8 @@ from hwnas.config.safe_yaml import read_yaml
 from hwnas.errors import ConfigError, excerpt
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.redaction import redact
-from hwnas.run import SPACE_FILE, RunFolder, device_file, make_storage, outcomes
+from hwnas.run import SPACE_FILE, RunFolder, device_file, outcomes
+from hwnas.storage import make_storage
 from hwnas.space import distributions, fits
 
 # changes that leave every finished trial's figures valid

@@ -23,7 +23,8 @@ from hwnas.logs import run_log
 from hwnas.models import model_stages
 from hwnas.records import StudyRecord, TrialStage
 from hwnas.redaction import has_hidden_credentials, redact
-from hwnas.run import RunFolder, completed_search_trials, make_storage, outcomes
+from hwnas.run import RunFolder, completed_search_trials, outcomes
+from hwnas.storage import make_storage
 from hwnas.run_lock import RunFolderBusy, writer_lock
 from hwnas.search.controllers import fail_abandoned_trials, fail_own_trials
 from hwnas.space import check_enqueued, space_shape
@@ -442,7 +443,7 @@ def _run_retries(study: optuna.Study, objective: Any, n_jobs: int,
     controller died (retried as WAITING trials) are run, and a trial another controller still
     runs is waited for until it finishes or its heartbeat goes stale (then it is retried
     here). Nothing a killed worker had started is left behind."""
-    from hwnas.run import HEARTBEAT_S
+    from hwnas.storage import HEARTBEAT_S
 
     ran = 0
     while True:

@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from hwnas.records import TrialOutcome, TrialStage
-from hwnas.run import make_storage
+from hwnas.storage import make_storage
 from hwnas.search.objective import MEASURES, Progress, finished_twin, reuse
 
 # the trials here are asked and told by hand, as several controllers do it inside optimize
