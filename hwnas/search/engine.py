@@ -387,7 +387,7 @@ class SearchEngine:
                 features = self._features(candidate, params)[None, :]
                 predicted[budget.figure] = float(predictor.predict(features)[0])
                 predicted[f"{budget.figure}_probability_within"] = float(
-                    predictor.probability_within(features, budget.limit)[0])
+                    predictor.probability_within(features, budget)[0])
         return predicted
 
     def _skip(self, predicted: dict[str, float]) -> bool:
@@ -402,7 +402,7 @@ class SearchEngine:
                     rank.kendall < self.policy.skip_min_kendall:
                 continue
             if budget.figure in predicted and \
-                    predicted[budget.figure] >= (1 + self.policy.skip_margin) * budget.limit and \
+                    budget.constraint(predicted[budget.figure]) >= self.policy.skip_margin and \
                     predicted.get(f"{budget.figure}_probability_within", 1.0) < \
                     self.policy.skip_probability:
                 return True
@@ -511,7 +511,7 @@ class SearchEngine:
             if predictor is None or not predictor.ready:
                 continue
             values = predictor.predict(onehot)
-            odds = predictor.probability_within(onehot, budget.limit)
+            odds = predictor.probability_within(onehot, budget)
             feasible_odds *= odds
             for row, (value, p) in enumerate(zip(values, odds)):
                 predicted[row][budget.figure] = float(value)
@@ -565,7 +565,7 @@ class SearchEngine:
         """Within every budget the evaluator knows exactly without the device (cached)."""
         if candidate not in self._static:
             figures = self.evaluator.static_figures(candidate)
-            self._static[candidate] = all(figures[b.figure] <= b.limit for b in self.budgets
+            self._static[candidate] = all(b.met(figures[b.figure]) for b in self.budgets
                                           if b.figure in figures)
         return self._static[candidate]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import shutil
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from hwnas.evaluate import FIDELITY_SAMPLES, onnx_split_accuracy, output_fidelit
 from hwnas.export.onnx import ExportedModel, build_onnx, precision_units
 from hwnas.export.precision import ExportStyle
 from hwnas.models import model_stages, output_channels
+from hwnas import metrics
 from hwnas.budgets import (NOT_EVALUATED, breaks_a_budget, constraint_values, describe_excess,
                            latency_uses, objective_values)
 from hwnas.disk import no_space
@@ -376,7 +378,8 @@ def train_and_evaluate(ctx: TrialContext, builder: CandidateBuilder, trial: optu
 def rejected_values(space: SearchSpace, artifact: Artifact) -> tuple[float, ...]:
     """Objective values for a candidate the accelerator refused: never evaluated, and never
     measured on the accelerator: the worst the sampler can see, but for its size."""
-    return (NOT_EVALUATED, *(artifact.size_mb if name == "model_size_mb" else float("inf")
+    return (NOT_EVALUATED, *(artifact.size_mb if name == "model_size_mb"
+                             else -math.inf if metrics.get(name).higher_is_better else math.inf
                              for name in space.objectives[1:]))
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import optuna
 from optuna.trial import TrialState
 
+from hwnas import metrics
 from hwnas.budgets import check_power_is_measured, effective_budgets, latency_uses
 from hwnas.config import load_device_profile, load_search_space
 from hwnas.config.load import naming_the_file
@@ -311,7 +312,7 @@ def _open_study(run: RunFolder, prepared: Prepared, log: Callable[[str], None],
                 worker: bool) -> optuna.Study:
     space = prepared.space
     storage = make_storage(run.storage_url)
-    directions = ["maximize"] + ["minimize"] * (len(space.objectives) - 1)
+    directions = metrics.directions(space.objectives)
     probe = optuna.create_study(storage=storage, study_name=run.study_name,
                                 directions=directions, load_if_exists=True)
     abandoned = fail_abandoned_trials(probe)

@@ -127,8 +127,12 @@ def test_predictor_ranks_additive_figures_and_reports_it():
     assert rank.pairs == 50  # scored only once trained, and only before seeing the value
     assert rank.spearman > 0.8 and rank.kendall > 0.6
     x = np.ones((1, 12))
-    assert predictor.probability_within(x, 0.5 * float(costs.sum() + 1))[0] < 0.01
-    assert predictor.probability_within(x, 2.0 * float(costs.sum() + 1))[0] > 0.99
+    total = float(costs.sum() + 1)
+    assert predictor.probability_within(x, Budget("latency_ms", 0.5 * total))[0] < 0.01
+    assert predictor.probability_within(x, Budget("latency_ms", 2.0 * total))[0] > 0.99
+    # a floor (higher is better): the odds of being at least the limit
+    assert predictor.probability_within(x, Budget("latency_ms", 0.5 * total, True))[0] > 0.99
+    assert predictor.probability_within(x, Budget("latency_ms", 2.0 * total, True))[0] < 0.01
 
 
 def test_agent_measurement_becomes_figures_with_intervals():
@@ -147,7 +151,7 @@ def test_agent_measurement_becomes_figures_with_intervals():
               "runtime": {"execution_providers": ["CPUExecutionProvider"]}}
     measurement = Measurement.from_agent("this-cpu", report)
     figures = figures_from_measurement(measurement, size_mb=0.25)
-    p50, p90 = figures.figure("latency_ms_p50"), figures.figure("latency_ms_p90")
+    p50, p90 = figures.figure("latency_p50_ms"), figures.figure("latency_p90_ms")
     assert p50.rounds == p90.rounds == 4
     assert p50.ci95[0] <= p50.value <= p50.ci95[1]
     assert p90.ci95[0] <= p90.value <= p90.ci95[1]

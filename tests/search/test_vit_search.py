@@ -90,7 +90,7 @@ def test_export_writes_the_pytorch_model_that_rebuilds_to_the_onnx(searched, tmp
     card = json.loads(next(tmp_path.glob("*.card.json")).read_text())
     assert card["pytorch"]["channel_plan"] == plan.name
     base = card["base_model"]
-    assert base["device"] == "test-local" and base["latency_ms_p90"] > 0
+    assert base["device"] == "test-local" and base["latency_p90_ms"] > 0
     assert base["trial_latency_p90_ratio"] == pytest.approx(
         first.measurement.latency_ms_p90 / base["latency_ms_p90"])
     assert 0 < base["trial_size_ratio"] < 1  # the trial is a pruned copy of it
