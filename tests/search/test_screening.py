@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwnas.search.evaluator import Budget
+from hwnas.search.evaluator import Budget, Evaluator, HardwareFigure, HardwareReport
 from hwnas.search.replay import Cell, ReplayEvaluator
 from hwnas.search.screening import BetweenMeasurements, FigurePredictor, screen
 from tests.search.test_engine import METRIC, space, table  # noqa: F401 (fixtures)
@@ -158,3 +158,37 @@ def test_agent_measurement_becomes_figures_with_intervals():
     assert p90.ci95[1] - p90.ci95[0] == pytest.approx(p50.ci95[1] - p50.ci95[0])
     assert figures.figure("model_size_mb").ci95 == (0.25, 0.25)
     assert figures.detail["device"] == "this-cpu"
+
+
+class _Throughput(Evaluator):
+    """A higher-is-better figure whose interval narrows with the rounds measured."""
+
+    def __init__(self, value: float, half_width: float) -> None:
+        self.value, self.half_width, self.calls = value, half_width, []
+
+    def suggest(self, trial):
+        return "model"
+
+    def measure(self, candidate, rounds=None):
+        rounds = rounds or 1
+        self.calls.append(rounds)
+        half = self.half_width / rounds
+        return HardwareReport((HardwareFigure("throughput_per_s", self.value,
+                                              (self.value - half, self.value + half), rounds),))
+
+    def evaluate(self, candidate, fidelity):
+        return 0.0
+
+
+@pytest.mark.parametrize("value, feasible, calls", [
+    (1200.0, True, [1]),  # the interval lies above the floor: feasible at once
+    (800.0, False, [1]),  # below it: infeasible at once
+    (1010.0, True, [1, 2, 4, 8, 16]),  # holds the floor: measured again until it clears it
+])
+def test_a_floor_is_decided_from_the_interval_above_or_below_it(value, feasible, calls):
+    floor = Budget("throughput_per_s", 1000.0, higher_is_better=True)
+    evaluator = _Throughput(value, half_width=100.0)
+    report, (decision,), _others = screen(evaluator, "model", [floor], max_rounds=64)
+    assert decision.feasible is feasible and decision.settled
+    assert evaluator.calls == calls
+    assert (floor.constraint(report.figure("throughput_per_s").value) <= 0) is feasible
