@@ -113,10 +113,8 @@ def _missed(name: str) -> str:
         else "over budget"
 
 
-def budget_text(name: str, limit: float) -> str:
+def budget_text(name: str, limit: float, floor: bool) -> str:
     """'latency_p90_ms <= 2', 'throughput_per_s >= 500', 'fidelity_cosine_min >= 0.999'."""
-    metric = metrics.find(name)
-    floor = name == "fidelity_cosine_min" or (metric is not None and metric.higher_is_better)
     return f"{name} {'>=' if floor else '<='} {limit:g}"
 
 

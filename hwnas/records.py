@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # optuna is only needed to write; reading takes any FrozenTri
     import optuna
     from optuna.trial import FrozenTrial
 
+from hwnas import metrics
 from hwnas.errors import ExportError
 from hwnas.measurement import Measurement, OutputFidelity
 
@@ -328,9 +329,17 @@ class StudyRecord:
     # every trial's latency is read against
     base_model_measurement: Measurement | None = None
     base_model_size_bytes: int | None = None
+    # budgets that are floors (on a higher-is-better metric), as the registry said when the
+    # study was written: a report reads them right where a plug-in metric is not installed
+    floors: tuple[str, ...] = ()
 
     def budget(self, name: str) -> float | None:
         return dict(self.budgets).get(name)
+
+    def is_floor(self, name: str) -> bool:
+        metric = metrics.find(name)
+        return name in self.floors or name == "fidelity_cosine_min" or \
+            (metric is not None and metric.higher_is_better)
 
     def write(self, study: "optuna.Study") -> None:
         study.set_user_attr("budgets", dict(self.budgets))
@@ -339,6 +348,8 @@ class StudyRecord:
         study.set_user_attr("input_shape", list(self.input_shape))
         study.set_user_attr("preprocessing", dict(self.preprocessing))
         study.set_user_attr("energy_basis", self.energy_basis)
+        study.set_user_attr("budget_floors", [name for name, _ in self.budgets
+                                              if self.is_floor(name)])
         study.set_user_attr("parent", {"weights_sha256": self.parent_weights_sha256,
                                        "data_fingerprint": self.data_fingerprint})
         study.set_user_attr("search_space", {"yaml": self.search_space_yaml,
@@ -369,4 +380,5 @@ class StudyRecord:
                    space.get("n_trials"), space.get("artifact_store"),
                    base_model_measurement=Measurement.from_dict(measured["measurement"])
                    if same_base and measured else None,
-                   base_model_size_bytes=measured.get("size_bytes") if same_base else None)
+                   base_model_size_bytes=measured.get("size_bytes") if same_base else None,
+                   floors=tuple(attrs.get("budget_floors") or ()))

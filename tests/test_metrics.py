@@ -78,8 +78,8 @@ def test_a_budget_on_a_higher_is_better_metric_is_a_floor(throughput):
     assert throughput.constraint(0.0, 500.0) == 1.0
     assert throughput.met(1000.0, 800.0) and not throughput.met(1000.0, 1250.0)
     assert describe_excess(below) == "throughput_per_s under its floor by 20%"
-    assert budget_text("throughput_per_s", 800.0) == "throughput_per_s >= 800"
-    assert budget_text("latency_p90_ms", 2.0) == "latency_p90_ms <= 2"
+    assert budget_text("throughput_per_s", 800.0, True) == "throughput_per_s >= 800"
+    assert budget_text("latency_p90_ms", 2.0, False) == "latency_p90_ms <= 2"
     assert metrics.directions(["accuracy", "throughput_per_s"]) == ["maximize", "maximize"]
 
 

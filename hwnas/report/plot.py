@@ -60,7 +60,7 @@ def pareto_plot(report: "Report", metric: str, path: Path) -> Path:
     known = metrics.find(metric)  # a plug-in's metric not installed here: its bare name
     budget = report.study.budget(metric)
     if budget:
-        floor = known is not None and known.higher_is_better
+        floor = report.study.is_floor(metric)
         axes.axvline(budget, color="tab:red", linestyle="--",
                      label=f"{metric} {'floor' if floor else 'budget'}")
     axes.set_xlabel(known.axis(report.study.energy_basis) if known is not None else metric)

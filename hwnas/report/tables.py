@@ -147,7 +147,8 @@ def _markdown_table(rows: tuple[TrialOutcome, ...] | list[TrialOutcome], report:
 
 def markdown_report(report: Report, plots: list[Path]) -> str:
     record, best = report.study, report.best
-    budgets = ", ".join(budget_text(name, limit) for name, limit in record.budgets) or "none"
+    budgets = ", ".join(budget_text(name, limit, record.is_floor(name))
+                        for name, limit in record.budgets) or "none"
     lines = [f"# hwnas report: {report.name}", "",
              f"- budgets: {budgets}",
              f"- base model test accuracy (PyTorch): {record.base_model_test_accuracy:.4f}",
@@ -200,8 +201,8 @@ def why_nothing_fits(report: Report) -> str:
     limits = dict(report.study.budgets)
     parts = []
     for name, excess in sorted(broken.items()):
-        metric = metrics.find(name)  # the fidelity floor's excess is of the distance: over
-        floor = metric is not None and metric.higher_is_better
+        # the fidelity floor's excess is of the distance from identical outputs: over
+        floor = report.study.is_floor(name) and name != "fidelity_cosine_min"
         parts.append(f"{name} (budget {limits.get(name, float('nan')):g}; the closest trial is "
                      f"{excess:.0%} {'under' if floor else 'over'})")
     return "budgets broken: " + ", ".join(parts)
