@@ -52,8 +52,6 @@ class Metric:
     # the Measurement attribute ``field``
     read: Reader | None = dataclasses.field(default=None, compare=False)
     field: str | None = None
-    # known from the screened copy, before any fine-tuning (what screening may reject on)
-    screenable: bool = True
     budgetable: bool = True  # accuracy is an objective only
     needs_power: bool = False  # only a device with a power sensor has it
     # a simulator's figure of it is not the device's (Qualcomm's HTP simulated on x86)
@@ -72,6 +70,15 @@ class Metric:
         if self.source != "evaluation" and self.read is None and self.field is None:
             raise ValueError(f"metric {self.name}: give 'read' or 'field' (where its value comes "
                              f"from)")
+        if self.source == "evaluation" and self.budgetable:
+            raise ValueError(f"metric {self.name}: a figure from evaluation is known only after "
+                             f"fine-tuning; budgets on one are not supported")
+
+    @property
+    def screenable(self) -> bool:
+        """Known from the screened copy, before any fine-tuning (what screening may reject
+        on): every figure of a measurement or of the bytes; not an evaluation's."""
+        return self.source != "evaluation"
 
     @property
     def direction(self) -> str:
@@ -115,7 +122,7 @@ def _power(read: Callable[..., "float | None"]) -> Reader:
 
 BUILT_IN = (
     Metric("accuracy", "", True, "evaluation", "validation accuracy (exported ONNX)", "val acc",
-           screenable=False, budgetable=False, spec=".4f"),
+           budgetable=False, spec=".4f"),
     Metric("latency_p50_ms", "ms", False, "measurement", "measured latency p50 (ms)", "p50 ms",
            field="latency_ms_p50", device_only=True, shown=True),
     Metric("latency_p90_ms", "ms", False, "measurement", "measured latency p90 (ms)", "p90 ms",
@@ -144,6 +151,11 @@ _plugins_loaded = False
 
 def register(metric: Metric) -> Metric:
     """Add a metric (the same one again is a no-op; another under a taken name is refused)."""
+    if metric.source == "evaluation":
+        # the trial computes accuracy alone from evaluating the bytes; another evaluated
+        # figure (perplexity) needs its model family's evaluation first
+        raise ValueError(f"metric {metric.name}: a metric of your own comes from the "
+                         f"measurement or the bytes (source 'measurement' or 'artifact')")
     with _lock:
         known = _registry.get(metric.name)
         if known is not None and known is not metric:
