@@ -23,19 +23,20 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from hwnas.errors import ConfigError
 
 if TYPE_CHECKING:
     from hwnas.measurement import Measurement
-    from hwnas.records import Artifact
 
 SOURCES = ("measurement", "artifact", "evaluation")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 ENTRY_POINT_GROUP = "hwnas.metrics"
 
-Reader = Callable[["Measurement", "Artifact", str], "float | None"]
+# (measurement, artifact: hwnas.records.Artifact, energy basis) -> value; the artifact is not
+# typed here, as records.py reads this registry
+Reader = Callable[["Measurement", Any, str], "float | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Metric:
     def met(self, value: float, limit: float) -> bool:
         return value >= limit if self.higher_is_better else value <= limit
 
-    def value(self, measurement: "Measurement", artifact: "Artifact",
+    def value(self, measurement: "Measurement", artifact: Any,
               basis: str = "total") -> float | None:
         """Its value for one measurement of one artifact (None: not there, or evaluated)."""
         if self.read is not None:
@@ -228,7 +229,7 @@ def directions(objectives: Sequence[str]) -> list[str]:
     return [get(name).direction for name in objectives]
 
 
-def values(measurement: "Measurement", artifact: "Artifact", basis: str = "total",
+def values(measurement: "Measurement", artifact: Any, basis: str = "total",
            wanted: Iterable[str] | None = None) -> dict[str, float]:
     """Every figure one measurement of one artifact has (or those of ``wanted``): name -> value."""
     chosen = all_metrics() if wanted is None else tuple(get(name) for name in wanted)
