@@ -96,7 +96,7 @@ def spawn(role_args: list[str], finetune_s: float, log: Path) -> subprocess.Pope
 def study_of(url: str):  # type: ignore[no-untyped-def]
     import optuna
 
-    from hwnas.run import make_storage
+    from hwnas.storage import make_storage
 
     try:
         return optuna.load_study(study_name=STUDY, storage=make_storage(url))

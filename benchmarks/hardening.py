@@ -909,7 +909,8 @@ def _run_folder(folder: Path, space: Path, device: Path) -> Path:
 
     from hwnas.config import load_device_profile, load_search_space
     from hwnas.records import TrialOutcome, TrialStage
-    from hwnas.run import RunFolder, make_storage
+    from hwnas.run import RunFolder
+    from hwnas.storage import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = RunFolder.locate(load_search_space(space), load_device_profile(device), folder)

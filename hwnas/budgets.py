@@ -1,11 +1,13 @@
 """Budgets -> Optuna constraints, and measurements -> objective values, in one place.
 
-Optuna's convention: a constraint value <= 0 is met. Each is the relative excess over its
-budget (measured / budget - 1), so that budgets of different units weigh alike. Power and
-energy come only from the device's sensor: a budget on a figure the measurement does not
-have fails the measurement, it is never guessed or skipped. The output-fidelity budget is a
-floor on cosine similarity: its excess is that of the distance from identical outputs,
-(1 - cosine) / (1 - cosine_min) - 1, known once the deployed bytes exist (after fine-tuning).
+Optuna's convention: a constraint value <= 0 is met. Each is the relative distance to its
+budget as the metric registry defines it (hwnas/metrics.py): a ceiling's excess, value /
+limit - 1, or a floor's shortfall, 1 - value / limit, so that budgets of different units
+weigh alike. Power and energy come only from the device's sensor: a budget on a figure the
+measurement does not have fails the measurement, it is never guessed or skipped. The
+output-fidelity budget is a floor on cosine similarity: its excess is that of the distance
+from identical outputs, (1 - cosine) / (1 - cosine_min) - 1, known once the deployed bytes
+exist (after fine-tuning).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hwnas import metrics
 from hwnas.errors import ConfigError, MeasurementError
-from hwnas.records import Artifact, Measurement, OutputFidelity
+from hwnas.measurement import Measurement, OutputFidelity
+from hwnas.records import Artifact
 
 if TYPE_CHECKING:
     from hwnas.config.models import Budgets, DeviceProfile, SearchSpace
@@ -28,23 +32,21 @@ def effective_budgets(space: "SearchSpace", device: "DeviceProfile") -> "Budgets
     """The search space's budgets win; the device profile's defaults fill the gaps."""
     from hwnas.config.models import Budgets
 
-    return Budgets(**{name: getattr(space.budgets, name) if getattr(space.budgets, name) is not None
-                      else getattr(device.budgets, name) for name in Budgets.model_fields})
+    return Budgets(**{**device.budgets.set_values(), **space.budgets.set_values()})
 
 
 def check_power_is_measured(space: "SearchSpace", space_path: Path, device: "DeviceProfile",
                             device_path: Path) -> None:
     """A power budget or objective needs a sensor on the device: refused before any trial."""
-    from hwnas.config.models import POWER_METRICS
-
     if device.power.source != "none":
         return
-    wanted = [(f"budgets.{name}", space_path) for name in POWER_METRICS
-              if getattr(space.budgets, name) is not None]
-    wanted += [(f"budgets.{name}", device_path) for name in POWER_METRICS
-               if getattr(device.budgets, name) is not None and getattr(space.budgets, name) is None]
+    power = [metric.name for metric in metrics.all_metrics() if metric.needs_power]
+    wanted = [(f"budgets.{name}", space_path) for name in power
+              if space.budgets.limit(name) is not None]
+    wanted += [(f"budgets.{name}", device_path) for name in power
+               if device.budgets.limit(name) is not None and space.budgets.limit(name) is None]
     wanted += [(f"objectives: {name}", space_path) for name in space.objectives
-               if name in POWER_METRICS]
+               if name in power]
     if wanted:
         key, path = wanted[0]
         raise ConfigError(
@@ -56,21 +58,16 @@ def check_power_is_measured(space: "SearchSpace", space_path: Path, device: "Dev
 
 def measured(measurement: Measurement, artifact: Artifact, basis: str = "total",
              wanted: tuple[str, ...] = ()) -> dict[str, float]:
-    """Every figure a budget or objective can name, from one measurement of one artifact."""
-    figures = {"latency_p90_ms": measurement.latency_ms_p90,
-               "latency_p50_ms": measurement.latency_ms_p50, "model_size_mb": artifact.size_mb}
-    power = measurement.power
-    if power is not None:
-        figures["power_mean_w"] = power.mean_w
-        if power.peak_w is not None:
-            figures["power_peak_w"] = power.peak_w
-        energy = power.energy(basis)
-        if energy is not None:
-            figures["energy_mj_per_inference"] = energy
+    """Every figure a budget or objective can name (the registry's metrics whose value a
+    measurement or the bytes give), from one measurement of one artifact."""
+    figures = metrics.values(measurement, artifact, basis)
     missing = [name for name in wanted if name not in figures]
     if missing:
-        why = measurement.power_error or ("the device measured no power (power.source: none)"
-                                          if power is None else f"the sensor gave no {missing[0]}")
+        power = measurement.power
+        why = measurement.power_error or (
+            "the device measured no power (power.source: none)" if power is None
+            and any(metrics.get(name).needs_power for name in missing)
+            else f"the measurement gave no {missing[0]}")
         raise MeasurementError(f"{measurement.device}: {', '.join(missing)} needed, but the "
                                f"measurement has none: {why}")
     return figures
@@ -78,12 +75,13 @@ def measured(measurement: Measurement, artifact: Artifact, basis: str = "total",
 
 def constraint_values(budgets: "Budgets", measurement: Measurement, artifact: Artifact,
                       fidelity: OutputFidelity | None = None) -> dict[str, float]:
-    """Budget name -> relative excess, for the budgets that are set (the fidelity budget once
-    ``fidelity`` is known)."""
+    """Budget name -> relative excess (ceiling) or shortfall (floor), for the budgets that
+    are set (the fidelity budget once ``fidelity`` is known)."""
     limits = {name: limit for name, limit in budgets.limits().items()
               if name != "fidelity_cosine_min"}
     figures = measured(measurement, artifact, budgets.basis, tuple(limits))
-    values = {name: figures[name] / limit - 1.0 for name, limit in limits.items()}
+    values = {name: metrics.get(name).constraint(figures[name], limit)
+              for name, limit in limits.items()}
     if fidelity is not None and budgets.fidelity_cosine_min is not None:
         values["fidelity_cosine_min"] = ((1.0 - fidelity.cosine_mean)
                                          / (1.0 - budgets.fidelity_cosine_min) - 1.0)
@@ -91,9 +89,11 @@ def constraint_values(budgets: "Budgets", measurement: Measurement, artifact: Ar
 
 
 def latency_uses(objectives: "list[str] | tuple[str, ...]", budgets: "Budgets") -> list[str]:
-    """Where a search would use a latency: what a simulator's figure must never feed."""
-    uses = [o for o in objectives if o.startswith("latency")]
-    return uses + (["budgets.latency_p90_ms"] if budgets.latency_p90_ms is not None else [])
+    """Where a search would use a figure only the device gives (latency, peak memory; the
+    registry's ``device_only``): what a simulator's figure must never feed."""
+    uses = [o for o in objectives if metrics.get(o).device_only]
+    return uses + [f"budgets.{name}" for name in budgets.limits()
+                   if name != "fidelity_cosine_min" and metrics.get(name).device_only]
 
 
 def breaks_a_budget(constraints: dict[str, float]) -> bool:
@@ -101,9 +101,21 @@ def breaks_a_budget(constraints: dict[str, float]) -> bool:
 
 
 def describe_excess(constraints: dict[str, float]) -> str:
-    """'latency_p90_ms over budget by 12%, ...' for the budgets broken."""
-    return ", ".join(f"{name} over budget by {_percent(value)}"
+    """'latency_p90_ms over budget by 12%, throughput under its floor by 3%' for the budgets
+    broken."""
+    return ", ".join(f"{name} {_missed(name)} by {_percent(value)}"
                      for name, value in constraints.items() if value > 0)
+
+
+def _missed(name: str) -> str:
+    metric = metrics.find(name)
+    return "under its floor" if metric is not None and metric.higher_is_better \
+        else "over budget"
+
+
+def budget_text(name: str, limit: float, floor: bool) -> str:
+    """'latency_p90_ms <= 2', 'throughput_per_s >= 500', 'fidelity_cosine_min >= 0.999'."""
+    return f"{name} {'>=' if floor else '<='} {limit:g}"
 
 
 def _percent(excess: float) -> str:

@@ -56,7 +56,7 @@ def test_energy_can_be_an_objective():
 
 def test_the_front_has_one_row_per_model_and_drops_dominated_and_infeasible_trials():
     from hwnas.records import Artifact, TrialOutcome, TrialStage
-    from hwnas.run import pareto_front
+    from hwnas.pareto import pareto_front
 
     def trial(number, sha, values, constraints=(("latency_p90_ms", -0.1),)):
         return TrialOutcome(TrialStage.EVALUATED, artifact=Artifact("m.onnx", sha * 64, 10, (), 1),

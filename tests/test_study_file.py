@@ -14,7 +14,8 @@ import pytest
 
 from hwnas.config import load_device_profile, load_search_space
 from hwnas.records import TrialOutcome, TrialStage
-from hwnas.run import RunFolder, make_storage
+from hwnas.run import RunFolder
+from hwnas.storage import make_storage
 from tests.conftest import DIGITS_SPACE, ENQUEUED, FAST_DEVICE
 
 HWNAS = str(Path(sys.executable).parent / "hwnas")

@@ -110,7 +110,7 @@ class ReplayTable:
     def feasible(self, budgets: Sequence[Budget]) -> dict[tuple[int, ...], float]:
         """Ground truth for scoring a search (never shown to it): feasible cell -> accuracy."""
         return {net: acc for net, acc in self.accuracy.items()
-                if all(self.hardware[b.figure][net] <= b.limit for b in budgets)}
+                if all(b.met(self.hardware[b.figure][net]) for b in budgets)}
 
 
 def load_proxies(path: str | Path) -> dict[tuple[int, ...], dict[str, float]]:

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
 from hwnas_agent.protocol import (POWER_SOURCES, TENSORRT, MeasureRequest, ProtocolError,
-                                  check_setting,
-                                  section_fields, setting_key)
-from pydantic import AfterValidator, Field, create_model, field_validator, model_validator
+                                  check_setting, section_fields, setting_key)
+from pydantic import (AfterValidator, ConfigDict, Field, create_model, field_validator,
+                      model_validator)
 from pydantic.fields import FieldInfo
 
+from hwnas import metrics
 from hwnas.config.connection import LocalConnection, SSHConnection  # noqa: F401
 from hwnas.config.fields import EntryPoint, Frozen, Name, Positive, Precision, Seed
+from hwnas.errors import excerpt
 
 # --- search spaces --------------------------------------------------------------------------
 
@@ -153,32 +155,53 @@ class FineTuneSettings(Frozen):
 
 
 class Budgets(Frozen):
-    """Limits a deployable model must meet, each measured on the device (none is estimated)."""
+    """Limits a deployable model must meet, each measured on the device (none is estimated).
 
-    latency_p90_ms: Positive | None = None
-    model_size_mb: Positive | None = None
-    # mean and peak board power during sustained inference (the device's power source)
-    power_mean_w: Positive | None = None
-    power_peak_w: Positive | None = None
-    energy_mj_per_inference: Positive | None = None
+    Every key but ``energy_basis`` and ``fidelity_cosine_min`` is a metric of the registry
+    (hwnas/metrics.py, plug-ins included): a ceiling on a lower-is-better metric
+    (latency_p90_ms, model_size_mb, peak_memory_mb, power_mean_w...), a floor on a
+    higher-is-better one."""
+
+    # the metrics' limits: any key a registered metric names (checked by _metrics_only)
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Positive | None] = Field(init=False)  # type: ignore[assignment]
+
     # the energy figure budgets and objectives use: all of it, or only what inference adds
     # above the idle baseline
     energy_basis: Literal["total", "above_idle"] | None = None
-    # mean cosine similarity of the deployed bytes' outputs to the same model's fp32 export,
-    # held-out data (see hwnas/evaluate.py)
+    # a floor on the mean cosine similarity of the deployed bytes' outputs to the same
+    # model's fp32 export, held-out data (see hwnas/evaluate.py): known only after fine-tuning
     fidelity_cosine_min: Annotated[float, Field(gt=0, lt=1)] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _metrics_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data:
+            allowed = metrics.budget_names()
+            unknown = [key for key in data if key not in cls.model_fields and key not in allowed]
+            if unknown:
+                raise ValueError(f"{excerpt(unknown[0])} is not a metric a budget can bound; "
+                                 f"allowed: {', '.join(allowed + sorted(cls.model_fields))}")
+        return data
+
     def limits(self) -> dict[str, float]:
-        """Budget name -> limit, for the budgets that are set."""
-        return {name: value for name, value in self.model_dump().items()
-                if value is not None and name != "energy_basis"}
+        """Budget name -> limit, for the budgets that are set (the fidelity floor included)."""
+        found = {name: value for name, value in (self.model_extra or {}).items()
+                 if value is not None}
+        if self.fidelity_cosine_min is not None:
+            found["fidelity_cosine_min"] = self.fidelity_cosine_min
+        return found
+
+    def limit(self, name: str) -> float | None:
+        return self.limits().get(name)
+
+    def set_values(self) -> dict[str, Any]:
+        """The keys given a value: what another Budgets' own values override."""
+        return {name: value for name, value in self.model_dump().items() if value is not None}
 
     @property
     def basis(self) -> str:
         return self.energy_basis or "total"
-
-
-POWER_METRICS = ("power_mean_w", "power_peak_w", "energy_mj_per_inference")
 
 
 class SearchSettings(Frozen):
@@ -204,9 +227,8 @@ class SearchSpace(Frozen):
     dataset: DatasetSpec
     knobs: KnobsSection = Field(default_factory=lambda: Knobs())
     finetune: FineTuneSettings = FineTuneSettings()
-    objectives: list[Literal["accuracy", "latency_p90_ms", "latency_p50_ms", "model_size_mb",
-                             "power_mean_w", "energy_mj_per_inference"]] = [
-        "accuracy", "latency_p90_ms"]
+    # metrics of the registry (hwnas/metrics.py), each optimised in its own direction
+    objectives: list[str] = ["accuracy", "latency_p90_ms"]
     budgets: Budgets = Budgets()
     search: SearchSettings = SearchSettings()
 
@@ -215,6 +237,10 @@ class SearchSpace(Frozen):
     def _accuracy_first(cls, value: list[str]) -> list[str]:
         if not value or value[0] != "accuracy" or len(set(value)) != len(value):
             raise ValueError("objectives start with 'accuracy' and name each metric once")
+        unknown = [name for name in value if name not in metrics.names()]
+        if unknown:
+            raise ValueError(f"{excerpt(unknown[0])} is not a metric; allowed: "
+                             f"{', '.join(metrics.names())}")
         return value
 
 

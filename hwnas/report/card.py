@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import optuna
 
-from hwnas import __version__
+from hwnas import __version__, metrics
 from hwnas.errors import ConfigError
 from hwnas.records import StudyRecord, TrialOutcome
 from hwnas.redaction import redact
@@ -134,6 +134,7 @@ def model_card(run: RunFolder, study: optuna.Study, outcome: TrialOutcome) -> di
         "accuracy": {"validation": outcome.accuracy_val, "test": outcome.accuracy_test,
                      "how": "exported ONNX bytes, onnxruntime CPU, held-out splits"},
         "objectives": dict(zip(record.objectives, outcome.values or ())),
+        "metrics": metric_card(outcome, record.energy_basis),
         "constraints": dict(outcome.constraints),
         "budgets": dict(record.budgets, energy_basis=record.energy_basis),
         "measurement": outcome.measurement.to_dict() if outcome.measurement else None,
@@ -158,6 +159,19 @@ def model_card(run: RunFolder, study: optuna.Study, outcome: TrialOutcome) -> di
         # `hwnas finalize`: fine-tuned again to full fidelity from this search trial's candidate
         "finalized_from": outcome.finalized_from,
     }
+
+
+def metric_card(outcome: TrialOutcome, basis: str) -> dict[str, Any]:
+    """Every registered metric the deployed bytes' measurement gives, with its unit and
+    direction (a simulator's figure of a device-only metric left out)."""
+    if outcome.measurement is None or outcome.artifact is None:
+        return {}
+    return {metric.name: {"value": value, "unit": metric.unit,
+                          "better": "higher" if metric.higher_is_better else "lower"}
+            for metric in metrics.all_metrics()
+            if not (outcome.measurement.emulated and metric.device_only)
+            for value in [metric.value(outcome.measurement, outcome.artifact, basis)]
+            if value is not None}
 
 
 def power_card(outcome: TrialOutcome, basis: str) -> dict[str, Any] | None:
@@ -188,8 +202,8 @@ def _base_model(record: StudyRecord, outcome: TrialOutcome) -> dict[str, Any]:
     measured = record.base_model_measurement
     if measured is None:
         return base
-    base.update({"device": measured.device, "latency_ms_p50": measured.latency_ms_p50,
-                 "latency_ms_p90": measured.latency_ms_p90,
+    base.update({"device": measured.device, "latency_p50_ms": measured.latency_ms_p50,
+                 "latency_p90_ms": measured.latency_ms_p90,
                  "size_mb": (record.base_model_size_bytes or 0) / 1e6,
                  "how": "the unpruned model at fp32, exported and measured once per study by the "
                         "same agent and methodology as the trials", "measurement": measured.to_dict()})

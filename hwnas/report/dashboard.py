@@ -22,7 +22,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from hwnas.errors import ConfigError
-from hwnas.run import RunFolder, make_storage
+from hwnas.run import RunFolder
+from hwnas.storage import make_storage
 
 CONSTRAINTS_PREFIX = "constraints:"  # Optuna 5: one system attr per constraint name
 LEGACY_CONSTRAINTS = "constraints"  # Optuna 4's list, the form optuna-dashboard reads

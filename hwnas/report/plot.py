@@ -1,28 +1,24 @@
-"""Pareto plots (PNG): validation accuracy against each measured objective, budgets as lines."""
+"""Pareto plots (PNG): validation accuracy against each measured objective, budgets as lines;
+axes labelled by the metric registry (hwnas/metrics.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hwnas import metrics
 from hwnas.records import TrialOutcome, TrialStage
 
 if TYPE_CHECKING:
     from hwnas.report.tables import Report
 
-LABELS = {"latency_p90_ms": "measured latency p90 (ms)", "latency_p50_ms": "measured latency p50 (ms)",
-          "model_size_mb": "model size (MB)", "power_mean_w": "measured mean power (W)",
-          "power_peak_w": "measured peak power (W)",
-          "energy_mj_per_inference": "measured energy per inference (mJ, {basis})"}
-
-
 def plot_metrics(report: "Report") -> list[str]:
     """The objectives after accuracy, then every budgeted metric the trials have figures for."""
-    metrics = list(report.study.objectives[1:]) or ["latency_p90_ms"]
+    wanted = list(report.study.objectives[1:]) or ["latency_p90_ms"]
     for name, _ in report.study.budgets:
-        if name not in metrics and any(report.figure(o, name) is not None for o in report.outcomes):
-            metrics.append(name)
-    return metrics
+        if name not in wanted and any(report.figure(o, name) is not None for o in report.outcomes):
+            wanted.append(name)
+    return wanted
 
 
 def pareto_plots(report: "Report", out_dir: Path) -> list[Path]:
@@ -61,11 +57,14 @@ def pareto_plot(report: "Report", metric: str, path: Path) -> Path:
         low = min([o.accuracy_val for o in evaluated] or [0.0])  # type: ignore[type-var]
         axes.scatter([x(o) for o in rejected], [low] * len(rejected), c="grey", marker="|",
                      label="rejected before fine-tune (measured only)", zorder=1)
+    known = metrics.find(metric)  # a plug-in's metric not installed here: its bare name
     budget = report.study.budget(metric)
     if budget:
-        axes.axvline(budget, color="tab:red", linestyle="--", label=f"{metric} budget")
-    axes.set_xlabel(LABELS.get(metric, metric).format(basis=report.study.energy_basis))
-    axes.set_ylabel("validation accuracy (exported ONNX)")
+        floor = report.study.is_floor(metric)
+        axes.axvline(budget, color="tab:red", linestyle="--",
+                     label=f"{metric} {'floor' if floor else 'budget'}")
+    axes.set_xlabel(known.axis(report.study.energy_basis) if known is not None else metric)
+    axes.set_ylabel(metrics.get("accuracy").axis())
     axes.set_title(report.name, fontsize=10)
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:  # none when no trial was measured: no warning

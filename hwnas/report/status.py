@@ -11,7 +11,9 @@ import optuna
 from hwnas.errors import ConfigError
 from hwnas.records import StudyRecord, TrialStage
 from hwnas.redaction import redact
-from hwnas.run import RunFolder, best_feasible, make_storage, outcomes
+from hwnas.run import RunFolder, outcomes
+from hwnas.pareto import best_feasible
+from hwnas.storage import make_storage
 
 FINALIZED = "finalized"  # a stage count of its own in the status: not a search trial
 
@@ -64,7 +66,7 @@ def study_status(target: str, study_name: str | None = None) -> dict[str, Any]:
         "best_feasible": None if best is None else {
             "trial": best.number, "accuracy_val": best.accuracy_val,
             "accuracy_test": best.accuracy_test, "device": best.device,
-            "latency_ms_p90": best.measurement.latency_ms_p90 if best.measurement else None},
+            "latency_p90_ms": best.measurement.latency_ms_p90 if best.measurement else None},
         "workers": {who: {"stages": dict(w["stages"]), "devices": sorted(w["devices"]),
                           "stale": w["stale"]} for who, w in sorted(workers.items())},
     }
@@ -80,7 +82,7 @@ def status_text(status: dict[str, Any]) -> str:
     best = status["best_feasible"]
     lines.append("  best feasible so far: " + ("none" if best is None else
                  f"trial {best['trial']}, validation accuracy {best['accuracy_val']:.4f}, "
-                 f"test accuracy {best['accuracy_test']:.4f}, p90 {best['latency_ms_p90']:.3f} ms "
+                 f"test accuracy {best['accuracy_test']:.4f}, p90 {best['latency_p90_ms']:.3f} ms "
                  f"on {best['device']}"))
     lines.append("  workers (host:pid):")
     for who, worker in status["workers"].items():

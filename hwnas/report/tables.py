@@ -1,5 +1,8 @@
-"""The trial table (terminal and Markdown) and the Markdown report of a search (write.py writes
-the files)."""
+"""The trial table (terminal and Markdown) and the report files of a search.
+
+Its metric columns come from the metric registry (hwnas/metrics.py): the ones marked
+``shown`` (latency, size; power where a sensor measured), then every metric the study's
+objectives or budgets name (peak memory, a plug-in's)."""
 
 from __future__ import annotations
 
@@ -8,9 +11,12 @@ from pathlib import Path
 
 import optuna
 
-from hwnas.budgets import measured
-from hwnas.records import Measurement, StudyRecord, TrialOutcome, TrialStage
-from hwnas.run import best_feasible, outcomes, pareto_front, study_directions
+from hwnas import metrics
+from hwnas.budgets import budget_text, measured
+from hwnas.metrics import Metric
+from hwnas.records import StudyRecord, TrialOutcome, TrialStage
+from hwnas.run import outcomes
+from hwnas.pareto import best_feasible, pareto_front, study_directions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +49,16 @@ class Report:
         is not a measured latency)."""
         if outcome.measurement is None or outcome.artifact is None:
             return None
-        if outcome.measurement.emulated and metric.startswith("latency"):
+        known = metrics.find(metric)
+        if outcome.measurement.emulated and (known is None or known.device_only):
             return None
         return measured(outcome.measurement, outcome.artifact, self.study.energy_basis).get(metric)
+
+    def columns(self) -> list[Metric]:
+        """The metrics the table shows, in the registry's order."""
+        named = set(self.study.objectives) | {name for name, _ in self.study.budgets}
+        return [m for m in metrics.all_metrics() if m.source != "evaluation" and (
+            (m.shown and (self.has_power or not m.needs_power)) or m.name in named)]
 
     @property
     def has_emulated(self) -> bool:
@@ -71,26 +84,34 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-HEADERS = ["trial", "stage", "budget", "val acc", "test acc", "fidelity", "p50 ms", "p90 ms", "MB"]
-EMULATED = "emulated"  # in a latency cell: a simulator's figure is not shown as a latency
-POWER_HEADERS = ["W mean", "W peak", "mJ/inf"]
+HEADERS = ["trial", "stage", "budget", "val acc", "test acc", "fidelity"]
+EMULATED = "emulated"  # in a device-only cell: a simulator's figure is not the device's
 TAIL_HEADERS = ["candidate", "note"]
 
 
+def columns(report: "Report | None") -> list[Metric]:
+    if report is not None:
+        return report.columns()
+    return [m for m in metrics.all_metrics()
+            if m.source != "evaluation" and m.shown and not m.needs_power]
+
+
 def headers(report: "Report | None") -> list[str]:
-    power = POWER_HEADERS[:2] + [f"mJ/inf ({report.study.energy_basis})"] \
-        if report is not None and report.has_power else []
-    return HEADERS + power + TAIL_HEADERS
+    basis = report.study.energy_basis if report is not None else "total"
+    return HEADERS + [m.header(basis) for m in columns(report)] + TAIL_HEADERS
 
 
-def _latency(measurement: Measurement | None, value: float | None) -> str:
-    if measurement is not None and measurement.emulated:
+def _figure(outcome: TrialOutcome, metric: Metric, report: "Report | None") -> str:
+    measurement = outcome.measurement
+    if measurement is not None and measurement.emulated and metric.device_only:
         return EMULATED
-    return _fmt(value, ".3f")
+    if measurement is None or outcome.artifact is None:
+        return "-"
+    basis = report.study.energy_basis if report is not None else "total"
+    return _fmt(metric.value(measurement, outcome.artifact, basis), metric.spec)
 
 
 def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
-    measurement = outcome.measurement
     budget = "meets" if outcome.feasible else (
         "-" if outcome.stage in (TrialStage.FAILED, TrialStage.RUNNING, TrialStage.WAITING)
         else "breaks")
@@ -102,14 +123,8 @@ def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
         note = f"finalized from trial {outcome.finalized_from}" + (f"; {note}" if note else "")
     cells = [str(outcome.number), stage, budget,
              _fmt(outcome.accuracy_val, ".4f"), _fmt(outcome.accuracy_test, ".4f"),
-             _fmt(outcome.output_fidelity.cosine_mean if outcome.output_fidelity else None, ".5f"),
-             _latency(measurement, measurement.latency_ms_p50 if measurement else None),
-             _latency(measurement, measurement.latency_ms_p90 if measurement else None),
-             _fmt(outcome.artifact.size_mb if outcome.artifact else None, ".3f")]
-    if report is not None and report.has_power:
-        cells += [_fmt(report.figure(outcome, name), spec) for name, spec in
-                  (("power_mean_w", ".3f"), ("power_peak_w", ".3f"),
-                   ("energy_mj_per_inference", ".4f"))]
+             _fmt(outcome.output_fidelity.cosine_mean if outcome.output_fidelity else None, ".5f")]
+    cells += [_figure(outcome, metric, report) for metric in columns(report)]
     return cells + [outcome.summary(), note[:120]]
 
 
@@ -132,7 +147,8 @@ def _markdown_table(rows: tuple[TrialOutcome, ...] | list[TrialOutcome], report:
 
 def markdown_report(report: Report, plots: list[Path]) -> str:
     record, best = report.study, report.best
-    budgets = ", ".join(f"{name} <= {limit:g}" for name, limit in record.budgets) or "none"
+    budgets = ", ".join(budget_text(name, limit, record.is_floor(name))
+                        for name, limit in record.budgets) or "none"
     lines = [f"# hwnas report: {report.name}", "",
              f"- budgets: {budgets}",
              f"- base model test accuracy (PyTorch): {record.base_model_test_accuracy:.4f}",
@@ -161,8 +177,8 @@ def markdown_report(report: Report, plots: list[Path]) -> str:
     lines += ["", "## Pareto front (meets every budget)", ""]
     lines += _markdown_table(report.front, report) + ["", "## All trials", ""]
     lines += _markdown_table(report.outcomes, report)
-    lines += ["", "Accuracy is measured on the exported ONNX bytes with onnxruntime; latency and "
-              "power by hwnas-agent on the device. Fidelity is the mean cosine similarity of a "
+    lines += ["", "Accuracy is measured on the exported ONNX bytes with onnxruntime; latency, "
+              "peak memory and power by hwnas-agent on the device. Fidelity is the mean cosine similarity of a "
               "trial's outputs to its fp32 parent's (the same model without a precision plan) on "
               "held-out data, computed where the device's execution providers run. Rejected "
               "candidates were never fine-tuned or evaluated: their accuracy is unknown, not zero."]
@@ -185,7 +201,9 @@ def why_nothing_fits(report: Report) -> str:
     limits = dict(report.study.budgets)
     parts = []
     for name, excess in sorted(broken.items()):
+        # the fidelity floor's excess is of the distance from identical outputs: over
+        floor = report.study.is_floor(name) and name != "fidelity_cosine_min"
         parts.append(f"{name} (budget {limits.get(name, float('nan')):g}; the closest trial is "
-                     f"{excess:.0%} over)")
+                     f"{excess:.0%} {'under' if floor else 'over'})")
     return "budgets broken: " + ", ".join(parts)
 

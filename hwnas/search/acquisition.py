@@ -134,7 +134,7 @@ class Ranker:
             if predictor is None or not predictor.ready:
                 continue
             values = predictor.predict(onehot)
-            odds = predictor.probability_within(onehot, budget.limit)
+            odds = predictor.probability_within(onehot, budget)
             feasible_odds *= odds
             for row, (value, p) in enumerate(zip(values, odds)):
                 predicted[row][budget.figure] = float(value)

@@ -130,7 +130,7 @@ class Books:
                 features = self.features(candidate, params)[None, :]
                 predicted[budget.figure] = float(predictor.predict(features)[0])
                 predicted[f"{budget.figure}_probability_within"] = float(
-                    predictor.probability_within(features, budget.limit)[0])
+                    predictor.probability_within(features, budget)[0])
         return predicted
 
     def skip(self, predicted: dict[str, float]) -> bool:
@@ -145,7 +145,7 @@ class Books:
                     rank.kendall < self.policy.skip_min_kendall:
                 continue
             if budget.figure in predicted and \
-                    predicted[budget.figure] >= (1 + self.policy.skip_margin) * budget.limit and \
+                    budget.constraint(predicted[budget.figure]) >= self.policy.skip_margin and \
                     predicted.get(f"{budget.figure}_probability_within", 1.0) < \
                     self.policy.skip_probability:
                 return True

@@ -26,6 +26,7 @@ from typing import Any, Hashable, Mapping, Sequence
 import optuna
 import torch
 
+from hwnas import metrics
 from hwnas.budgets import constraint_values, describe_excess, measured
 from hwnas.config.models import Budgets
 from hwnas.compress.prune import PrunedModel
@@ -48,27 +49,23 @@ from hwnas.space import distributions, suggest, uniform_ladders
 # figures the exported bytes give exactly, before any device sees them
 _STATIC = ("model_size_mb",)
 
-# the agent's interval names -> the budgets' and objectives' names
-_INTERVALS = {"latency_p50_ms": "latency_ms_p50", "latency_p90_ms": "latency_ms_p90"}
-
-
 def compression_figures(measurement: Measurement, artifact: Artifact, basis: str,
                         wanted: Sequence[str]) -> HardwareReport:
-    """Every figure a budget or objective names (budgets.py's names), the latencies with the
-    interval the agent's rounds give (screening re-measures when it holds the budget)."""
+    """Every figure a budget or objective names (the metric registry's names), those the
+    agent's rounds give an interval for (the latencies) with it (screening re-measures when
+    it holds the budget); the energy there is the total, so another basis stays exact."""
     exact = measured(measurement, artifact, basis, tuple(wanted))
-    noisy = figures_from_measurement(measurement)
-    figures = tuple(dataclasses.replace(noisy.figure(_INTERVALS[name]), name=name)
-                    if name in _INTERVALS else HardwareFigure.exact(name, value)
-                    for name, value in exact.items())
+    noisy = {f.name: f for f in figures_from_measurement(measurement).figures}
+    figures = tuple(noisy[name] if name in noisy and noisy[name].value == value
+                    else HardwareFigure.exact(name, value) for name, value in exact.items())
     return HardwareReport(figures, {"model_sha256": artifact.sha256,
                                     "device": measurement.device})
 
 
 def _budgets(budgets: Budgets) -> tuple[Budget, ...]:
     # the output-fidelity floor is known only after fine-tuning: set by end_trial
-    return tuple(Budget(name, limit) for name, limit in budgets.limits().items()
-                 if name != "fidelity_cosine_min")
+    return tuple(Budget(name, limit, metrics.get(name).higher_is_better)
+                 for name, limit in budgets.limits().items() if name != "fidelity_cosine_min")
 
 
 @dataclasses.dataclass

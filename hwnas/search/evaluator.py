@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class HardwareFigure:
-    """One measured figure (e.g. ``latency_ms_p90``) with what the measurement knows of its noise."""
+    """One measured figure (e.g. ``latency_p90_ms``) with what the measurement knows of its noise."""
 
     name: str
     value: float
@@ -57,10 +57,14 @@ class HardwareReport:
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """A hardware figure must be at most ``limit`` (Optuna constraint: value / limit - 1 <= 0)."""
+    """A hardware figure must be at most ``limit`` (a ceiling) or, where higher is better
+    (e.g. throughput), at least ``limit`` (a floor). Optuna constraint, <= 0 when met (as
+    hwnas/metrics.py defines it): value / limit - 1 for a ceiling, 1 - value / limit for a
+    floor."""
 
     figure: str
     limit: float
+    higher_is_better: bool = False
 
     def __post_init__(self) -> None:
         if not (self.limit > 0 and math.isfinite(self.limit)):
@@ -68,11 +72,15 @@ class Budget:
                              f"got {self.limit}")
 
     def constraint(self, value: float) -> float:
-        return value / self.limit - 1.0
+        return 1.0 - value / self.limit if self.higher_is_better else value / self.limit - 1.0
 
     def met(self, value: float) -> bool:
-        return value <= self.limit
+        return value >= self.limit if self.higher_is_better else value <= self.limit
 
+    def log_excess(self, value: float) -> float:
+        """How far ``value`` is on the wrong side of the limit, in log units (< 0: met)."""
+        excess = math.log(value / self.limit)
+        return -excess if self.higher_is_better else excess
 
 @dataclasses.dataclass(frozen=True)
 class AcceleratorVerdict:
@@ -209,9 +217,9 @@ def figures_from_measurement(measurement: "Measurement", size_mb: float | None =
     n = max(1, len(rounds))
     shift = measurement.latency_ms_p90 - measurement.latency_ms_p50
     figures = [
-        HardwareFigure("latency_ms_p50", measurement.latency_ms_p50, (low, high), n,
+        HardwareFigure("latency_p50_ms", measurement.latency_ms_p50, (low, high), n,
                        measurement.latency_cv),
-        HardwareFigure("latency_ms_p90", measurement.latency_ms_p90, (low + shift, high + shift),
+        HardwareFigure("latency_p90_ms", measurement.latency_ms_p90, (low + shift, high + shift),
                        n, measurement.latency_cv),
     ]
     if size_mb is not None:  # the exported bytes: exact

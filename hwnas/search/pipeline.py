@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hwnas import metrics
 from hwnas.search.books import Books, PoolBooks
 from hwnas.search.evaluator import Budget, Evaluator, HardwareReport
 from hwnas.search.policy import (NOT_EVALUATED, PLAIN, STAGE_DUPLICATE, STAGE_EVALUATED,
@@ -98,7 +99,7 @@ class TrialPipeline:
             trial.set_constraint("accelerator_compatible", 0.0 if verdict.compatible else 1.0)
             if not verdict.compatible:
                 self._finish(trial, candidate, STAGE_REJECTED, books.budgets)
-                return [NOT_EVALUATED, *(verdict.figures.get(n, math.inf)
+                return [NOT_EVALUATED, *(verdict.figures.get(n, worst(n))
                                          for n in self.objectives)]
         report: HardwareReport | None = None
         decisions: tuple[BudgetDecision, ...] = ()
@@ -205,6 +206,11 @@ class TrialPipeline:
                 trial.set_constraint(budget.figure,
                                      budget.constraint(report.figure(budget.figure).value))
         self.evaluator.end_trial(trial, candidate, stage)
+
+
+def worst(metric: str) -> float:
+    """The value a sampler reads as the worst for an objective never measured."""
+    return -math.inf if metrics.get(metric).higher_is_better else math.inf
 
 
 def stop_when_exhausted(engine: "EngineSampler") -> Callable[[optuna.Study, Any], None]:

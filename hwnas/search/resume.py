@@ -15,12 +15,14 @@ from typing import Any, Callable, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from hwnas import metrics
 from hwnas.budgets import breaks_a_budget, constraint_values, objective_values
 from hwnas.config.safe_yaml import read_yaml
 from hwnas.errors import ConfigError, excerpt
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.redaction import redact
-from hwnas.run import SPACE_FILE, RunFolder, device_file, make_storage, outcomes
+from hwnas.run import SPACE_FILE, RunFolder, device_file, outcomes
+from hwnas.storage import make_storage
 from hwnas.space import distributions, fits
 
 # changes that leave every finished trial's figures valid
@@ -103,7 +105,7 @@ def fork_study(run: RunFolder, change: ConfigDiff, new_version: str, space: Any,
     base_name = run.study_name.split("@", 1)[0]
     forked = dataclasses.replace(run, study_name=f"{base_name}@{new_version}")
     old = run.open_study()
-    directions = ["maximize"] + ["minimize"] * (len(space.objectives) - 1)
+    directions = metrics.directions(space.objectives)
     study = optuna.create_study(storage=make_storage(forked.storage_url),
                                 study_name=forked.study_name, directions=directions,
                                 load_if_exists=True)

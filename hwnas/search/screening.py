@@ -29,6 +29,9 @@ from hwnas.search.evaluator import Budget, Evaluator, HardwareReport
 
 @dataclasses.dataclass(frozen=True)
 class BudgetDecision:
+    """Whether a figure meets its budget (a ceiling, or a floor where higher is better: its
+    interval above the floor is feasible, below it infeasible, holding it unsettled)."""
+
     figure: str
     limit: float
     value: float
@@ -129,12 +132,12 @@ def screen(evaluator: Evaluator, candidate: Hashable, budgets: Sequence[Budget],
     # the median measurement of the separate ones (by the drifting figures' distance to
     # their budgets); an odd count, so it is one real measurement, never an average
     final = sorted(separate, key=lambda r: sum(
-        math.log(r.figure(b.figure).value / b.limit) for b in drifting))[len(separate) // 2]
+        b.log_excess(r.figure(b.figure).value) for b in drifting))[len(separate) // 2]
     still_unsure = {b.figure for b in unsure_apart()}
     extra = sum(max(f.rounds for f in r.figures) for r in reports[1:])
     decisions = tuple(BudgetDecision(
         b.figure, b.limit, final.figure(b.figure).value, final.figure(b.figure).ci95,
-        final.figure(b.figure).rounds, extra, final.figure(b.figure).value <= b.limit,
+        final.figure(b.figure).rounds, extra, b.met(final.figure(b.figure).value),
         b.figure not in still_unsure if b in drifting else not _ambiguous(final, b),
         tuple(r.figure(b.figure).value for r in reports),
         between[b.figure].sd if b in drifting else None) for b in budgets)
@@ -198,11 +201,13 @@ class FigurePredictor:
         assert self._weights is not None
         return self._weights[0] + features @ self._weights[1:]
 
-    def probability_within(self, features: np.ndarray, limit: float) -> np.ndarray:
+    def probability_within(self, features: np.ndarray, budget: Budget) -> np.ndarray:
+        """The odds that each row's figure meets ``budget`` (at most a ceiling, at least a
+        floor)."""
         if not self.ready:
             return np.ones(len(features))
-        z = (limit - self.predict(features)) / self.residual_std
-        return stats.norm.cdf(z)
+        z = (budget.limit - self.predict(features)) / self.residual_std
+        return stats.norm.sf(z) if budget.higher_is_better else stats.norm.cdf(z)
 
     def rank_accuracy(self) -> RankAccuracy:
         n = len(self._predicted)

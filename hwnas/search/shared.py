@@ -20,7 +20,8 @@ from hwnas.config.safe_yaml import read_yaml
 from hwnas.errors import ConfigError, excerpt
 from hwnas.records import StudyRecord
 from hwnas.redaction import redact
-from hwnas.run import RunFolder, make_storage
+from hwnas.run import RunFolder
+from hwnas.storage import make_storage
 
 if TYPE_CHECKING:
     from hwnas.data import TaskData

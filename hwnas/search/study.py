@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import optuna
 from optuna.trial import TrialState
 
+from hwnas import metrics
 from hwnas.budgets import check_power_is_measured, effective_budgets, latency_uses
 from hwnas.config import load_device_profile, load_search_space
 from hwnas.config.load import naming_the_file
@@ -21,7 +22,8 @@ from hwnas.errors import ConfigError, DeviceError, HwnasError
 from hwnas.logs import run_log
 from hwnas.records import StudyRecord, TrialStage
 from hwnas.redaction import has_hidden_credentials, redact
-from hwnas.run import RunFolder, completed_search_trials, make_storage, outcomes
+from hwnas.run import RunFolder, completed_search_trials, outcomes
+from hwnas.storage import make_storage
 from hwnas.run_lock import RunFolderBusy, writer_lock
 from hwnas.search.controllers import fail_abandoned_trials, fail_own_trials
 from hwnas.space import check_enqueued, space_shape
@@ -285,7 +287,7 @@ def _open_study(run: RunFolder, prepared: Prepared, log: Callable[[str], None],
                 worker: bool) -> optuna.Study:
     space = prepared.space
     storage = make_storage(run.storage_url)
-    directions = ["maximize"] + ["minimize"] * (len(space.objectives) - 1)
+    directions = metrics.directions(space.objectives)
     probe = optuna.create_study(storage=storage, study_name=run.study_name,
                                 directions=directions, load_if_exists=True)
     abandoned = fail_abandoned_trials(probe)
@@ -394,7 +396,7 @@ def _run_retries(study: optuna.Study, objective: Any, n_jobs: int,
     controller died (retried as WAITING trials) are run, and a trial another controller still
     runs is waited for until it finishes or its heartbeat goes stale (then it is retried
     here). Nothing a killed worker had started is left behind."""
-    from hwnas.run import HEARTBEAT_S
+    from hwnas.storage import HEARTBEAT_S
 
     ran = 0
     while True:

@@ -13,7 +13,8 @@ import optuna
 import pytest
 
 from hwnas.records import StudyRecord, TrialOutcome, TrialStage
-from hwnas.run import make_storage, outcomes
+from hwnas.run import outcomes
+from hwnas.storage import make_storage
 from hwnas.testing.postgres import PostgresCluster
 from tests.conftest import DIGITS_SPACE, ENQUEUED, FAST_DEVICE
 from tests.search.test_search_e2e import HWNAS, hwnas

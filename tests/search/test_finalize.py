@@ -8,7 +8,8 @@ from hwnas.cli import main
 from hwnas.errors import ConfigError
 from hwnas.records import TrialStage
 from hwnas.report.status import status_text, study_status
-from hwnas.run import RunFolder, best_feasible, completed_search_trials, outcomes
+from hwnas.run import RunFolder, completed_search_trials, outcomes
+from hwnas.pareto import best_feasible
 from hwnas.search import run_search
 from hwnas.search.finalize import finalize_run
 from tests.conftest import DIGITS_SPACE, ENQUEUED, FAST_DEVICE
@@ -121,7 +122,7 @@ def test_an_interrupted_finalize_is_not_retried_by_the_search(tmp_path):
     from optuna.distributions import CategoricalDistribution
 
     from hwnas.records import TrialOutcome
-    from hwnas.run import RetryAbandoned
+    from hwnas.storage import RetryAbandoned
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}",
                                 directions=["maximize", "minimize"])

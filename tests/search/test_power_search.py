@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from hwnas.records import TrialStage
-from hwnas.run import RunFolder, outcomes, pareto_front, study_directions
+from hwnas.run import RunFolder, outcomes
+from hwnas.pareto import pareto_front, study_directions
 from tests.conftest import DIGITS_SPACE
 
 HWNAS = str(Path(sys.executable).parent / "hwnas")

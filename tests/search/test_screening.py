@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hwnas.bench.replay import Cell, ReplayEvaluator
-from hwnas.search.evaluator import Budget
+from hwnas.search.evaluator import Budget, Evaluator, HardwareFigure, HardwareReport
 from hwnas.search.screening import BetweenMeasurements, FigurePredictor, screen
 from tests.search.test_engine import METRIC, space, table  # noqa: F401 (fixtures)
 
@@ -127,8 +127,12 @@ def test_predictor_ranks_additive_figures_and_reports_it():
     assert rank.pairs == 50  # scored only once trained, and only before seeing the value
     assert rank.spearman > 0.8 and rank.kendall > 0.6
     x = np.ones((1, 12))
-    assert predictor.probability_within(x, 0.5 * float(costs.sum() + 1))[0] < 0.01
-    assert predictor.probability_within(x, 2.0 * float(costs.sum() + 1))[0] > 0.99
+    total = float(costs.sum() + 1)
+    assert predictor.probability_within(x, Budget("latency_ms", 0.5 * total))[0] < 0.01
+    assert predictor.probability_within(x, Budget("latency_ms", 2.0 * total))[0] > 0.99
+    # a floor (higher is better): the odds of being at least the limit
+    assert predictor.probability_within(x, Budget("latency_ms", 0.5 * total, True))[0] > 0.99
+    assert predictor.probability_within(x, Budget("latency_ms", 2.0 * total, True))[0] < 0.01
 
 
 def test_agent_measurement_becomes_figures_with_intervals():
@@ -147,10 +151,44 @@ def test_agent_measurement_becomes_figures_with_intervals():
               "runtime": {"execution_providers": ["CPUExecutionProvider"]}}
     measurement = Measurement.from_agent("this-cpu", report)
     figures = figures_from_measurement(measurement, size_mb=0.25)
-    p50, p90 = figures.figure("latency_ms_p50"), figures.figure("latency_ms_p90")
+    p50, p90 = figures.figure("latency_p50_ms"), figures.figure("latency_p90_ms")
     assert p50.rounds == p90.rounds == 4
     assert p50.ci95[0] <= p50.value <= p50.ci95[1]
     assert p90.ci95[0] <= p90.value <= p90.ci95[1]
     assert p90.ci95[1] - p90.ci95[0] == pytest.approx(p50.ci95[1] - p50.ci95[0])
     assert figures.figure("model_size_mb").ci95 == (0.25, 0.25)
     assert figures.detail["device"] == "this-cpu"
+
+
+class _Throughput(Evaluator):
+    """A higher-is-better figure whose interval narrows with the rounds measured."""
+
+    def __init__(self, value: float, half_width: float) -> None:
+        self.value, self.half_width, self.calls = value, half_width, []
+
+    def suggest(self, trial):
+        return "model"
+
+    def measure(self, candidate, rounds=None):
+        rounds = rounds or 1
+        self.calls.append(rounds)
+        half = self.half_width / rounds
+        return HardwareReport((HardwareFigure("throughput_per_s", self.value,
+                                              (self.value - half, self.value + half), rounds),))
+
+    def evaluate(self, candidate, fidelity):
+        return 0.0
+
+
+@pytest.mark.parametrize("value, feasible, calls", [
+    (1200.0, True, [1]),  # the interval lies above the floor: feasible at once
+    (800.0, False, [1]),  # below it: infeasible at once
+    (1010.0, True, [1, 2, 4, 8, 16]),  # holds the floor: measured again until it clears it
+])
+def test_a_floor_is_decided_from_the_interval_above_or_below_it(value, feasible, calls):
+    floor = Budget("throughput_per_s", 1000.0, higher_is_better=True)
+    evaluator = _Throughput(value, half_width=100.0)
+    report, (decision,), _others = screen(evaluator, "model", [floor], max_rounds=64)
+    assert decision.feasible is feasible and decision.settled
+    assert evaluator.calls == calls
+    assert (floor.constraint(report.figure("throughput_per_s").value) <= 0) is feasible

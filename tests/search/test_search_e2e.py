@@ -11,7 +11,8 @@ import pytest
 from optuna.trial import TrialState
 
 from hwnas.records import StudyRecord, TrialOutcome, TrialStage
-from hwnas.run import RunFolder, best_feasible, outcomes
+from hwnas.run import RunFolder, outcomes
+from hwnas.pareto import best_feasible
 
 HWNAS = str(Path(sys.executable).parent / "hwnas")
 

@@ -12,8 +12,8 @@ import optuna
 import pytest
 
 from hwnas.records import TrialOutcome, TrialStage
-from hwnas.run import make_storage
 from hwnas.search.twins import MEASURES, Progress, finished_twin, reuse
+from hwnas.storage import make_storage
 
 # the trials here are asked and told by hand, as several controllers do it inside optimize
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")

@@ -90,9 +90,13 @@ def test_export_writes_the_pytorch_model_that_rebuilds_to_the_onnx(searched, tmp
     card = json.loads(next(tmp_path.glob("*.card.json")).read_text())
     assert card["pytorch"]["channel_plan"] == plan.name
     base = card["base_model"]
-    assert base["device"] == "test-local" and base["latency_ms_p90"] > 0
+    assert base["device"] == "test-local" and base["latency_p90_ms"] > 0
     assert base["trial_latency_p90_ratio"] == pytest.approx(
-        first.measurement.latency_ms_p90 / base["latency_ms_p90"])
+        first.measurement.latency_ms_p90 / base["latency_p90_ms"])
+    # every registered metric the deployed bytes' measurement gives, by its one name
+    assert card["metrics"]["latency_p90_ms"] == {"value": first.measurement.latency_ms_p90,
+                                                 "unit": "ms", "better": "lower"}
+    assert card["metrics"]["peak_memory_mb"]["value"] > 0
     assert 0 < base["trial_size_ratio"] < 1  # the trial is a pruned copy of it
     assert card["input"]["preprocessing"]["resize"] == [28]
 
