@@ -179,3 +179,13 @@ def test_no_controller_module_imports_the_benchmark_plug_in() -> None:
     the controller that ships never depends on it."""
     assert (ROOT / "hwnas" / "bench" / "replay.py").is_file()
     assert fence_breaches(hwnas_import_graph(ROOT)) == []
+
+
+MAX_LINES = 400  # a module is read in one sitting (ARCHITECTURE.md); agents/: test_module_sizes
+
+
+def test_no_controller_module_is_over_400_lines() -> None:
+    root = Path(__file__).resolve().parents[1] / "hwnas"
+    long = {str(path.relative_to(root)): count for path in root.rglob("*.py")
+            if (count := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split by meaning: {long}"

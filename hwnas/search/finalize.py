@@ -120,7 +120,8 @@ def _finalize_group(run: RunFolder, study: optuna.Study, found: list[TrialOutcom
     """Finalize the chosen trials that ran under one configuration version."""
     from hwnas.search.candidates import CandidateBuilder, seed_everything
     from hwnas.search.shared import PARENT_SECTIONS, fetch_parent, same_sections
-    from hwnas.search.study import open_pool, prepare, trial_context
+    from hwnas.search.optimize import open_pool, trial_context
+    from hwnas.search.study import prepare
 
     space_path, device_paths = _config_paths(run, version)
     record = StudyRecord.from_study(study)
