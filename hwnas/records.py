@@ -3,8 +3,9 @@ JSON-able, and the StudyRecord that holds what a whole study shares (Measurement
 PowerReading and OutputFidelity live in hwnas/measurement.py).
 
 Everything else in hwnas is a function between these records. TrialOutcome alone writes a
-trial's attributes to the Optuna study and reads them back; StudyRecord does the same for the
-study's. No other module knows their keys.
+trial's attributes to the Optuna study and reads them back, with its policy part
+(hwnas/policy_record.py: what the trial pipeline decided and measured on the way);
+StudyRecord does the same for the study's. No other module knows their keys.
 """
 
 from __future__ import annotations
@@ -190,6 +191,12 @@ class TrialOutcome:
         # written even when empty: a finished measurement must clear the one it replaces
         attributes["pending_job"] = list(self.pending_job) if self.pending_job else None
         return attributes
+
+    @staticmethod
+    def pool_and_finalized(attrs: Mapping[str, Any]) -> tuple[str | None, int | None]:
+        """The device pool and the trial a `hwnas finalize` trial fine-tuned again, read
+        without the rest (any evaluator's trial, a replay's too)."""
+        return attrs.get("device_pool"), attrs.get("finalized_from")
 
     @classmethod
     def from_trial(cls, trial: "FrozenTrial") -> "TrialOutcome":

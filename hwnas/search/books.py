@@ -17,6 +17,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hwnas.policy_record import PolicyRecord
+from hwnas.records import TrialOutcome
 from hwnas.search.evaluator import Budget, Evaluator
 from hwnas.search.policy import STAGE_EVALUATED, STAGE_SKIPPED, Evaluation, Policy
 from hwnas.search.screening import BetweenMeasurements, FigurePredictor
@@ -25,7 +27,7 @@ from hwnas.search.surrogate import ParameterEncoder
 
 def trial_pool(trial: FrozenTrial) -> str | None:
     """The device pool a trial was measured on (None: an evaluator without pools)."""
-    return trial.user_attrs.get("device_pool")
+    return TrialOutcome.pool_and_finalized(trial.user_attrs)[0]
 
 
 class Books:
@@ -57,34 +59,34 @@ class Books:
                 if trial.number in self._read:
                     continue
                 self._read.add(trial.number)
-                if "stage" not in trial.user_attrs or \
-                        trial.user_attrs.get("finalized_from") is not None:
+                record = PolicyRecord.from_attributes(trial.user_attrs)
+                if record.stage is None or \
+                        TrialOutcome.pool_and_finalized(trial.user_attrs)[1] is not None:
                     continue  # not the pipeline's, or a longer fine-tune (`hwnas finalize`) of one
                 if self.pool is not None and trial_pool(trial) not in (self.pool, None):
                     continue  # another pool's figures: another device
-                self._take(trial)
+                self._take(trial, record)
 
     def learn_distributions(self, distributions: dict[str, BaseDistribution]) -> None:
         if self.distributions is None and distributions:
             self.distributions = dict(distributions)
             self.encoder = ParameterEncoder(distributions)
 
-    def _take(self, trial: FrozenTrial) -> None:
+    def _take(self, trial: FrozenTrial, record: PolicyRecord) -> None:
         candidate = self.evaluator.suggest(optuna.trial.FixedTrial(trial.params))
         self.learn_distributions(trial.distributions)
         first = candidate not in self.seen  # a later trial of it is a copy, not new knowledge
         self.seen.setdefault(candidate, trial)
-        attrs = trial.user_attrs
-        self.measurements += attrs.get("measurements", 0)
-        self.rounds += attrs.get("measurement_rounds", 0)
-        self.skipped += attrs["stage"] == STAGE_SKIPPED
-        for figure, values in (attrs.get("separate_measurements") or {}).items():
+        self.measurements += record.measurements or 0
+        self.rounds += record.measurement_rounds or 0
+        self.skipped += record.stage == STAGE_SKIPPED
+        for figure, values in (record.separate_measurements or {}).items():
             if figure in self.apart:
                 self.apart[figure][trial.number] = tuple(values)
-        screened = attrs.get("hardware_screened") or attrs.get("hardware")
+        screened = record.hardware_screened or record.hardware
         if screened:  # what the predictors learn from: the figures before training
             self.teach(candidate, trial.params, screened["figures"])
-        if attrs["stage"] == STAGE_EVALUATED and trial.values and first:
+        if record.stage == STAGE_EVALUATED and trial.values and first:
             feasible = all(v <= 0 for v in trial.constraints.values())
             self.evaluations.append(Evaluation(trial.number, candidate, trial.values[0], feasible))
             if feasible:

@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hwnas import metrics
+from hwnas.policy_record import PolicyProgress
 from hwnas.search.books import Books, PoolBooks
 from hwnas.search.evaluator import Budget, Evaluator, HardwareReport
 from hwnas.search.policy import (NOT_EVALUATED, PLAIN, STAGE_DUPLICATE, STAGE_EVALUATED,
@@ -55,7 +56,7 @@ class TrialPipeline:
         try:
             pool = self.evaluator.open_trial(trial)
             candidate = self.evaluator.suggest(trial)
-            return self._run(trial, candidate, pool)
+            return self._run(trial, candidate, pool, PolicyProgress(trial))
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -76,66 +77,68 @@ class TrialPipeline:
 
     # --- the trial --------------------------------------------------------------------------
 
-    def _run(self, trial: optuna.Trial, candidate: Hashable, pool: str | None) -> list[float]:
+    def _run(self, trial: optuna.Trial, candidate: Hashable, pool: str | None,
+             progress: PolicyProgress) -> list[float]:
         evaluator, policy = self.evaluator, self.policy
         books = self.books_of(pool, trial.study)
-        trial.set_user_attr("candidate", evaluator.describe(candidate))
+        progress.update(candidate=evaluator.describe(candidate))
         evaluator.start_trial(trial, candidate)
         if self.engine is not None:
-            trial.set_user_attr("proposed_by", self.engine.proposed_by(trial))
+            progress.update(proposed_by=self.engine.proposed_by(trial))
         earlier = books.seen.get(candidate) or \
             evaluator.twin(trial, candidate, own_pool_only=self.engine is not None)
         if earlier is not None:
-            return self._repeat(trial, candidate, earlier)
+            return self._repeat(trial, candidate, earlier, progress)
         predicted = self.engine.predicted(trial, candidate, pool) if self.engine else {}
         if predicted:
-            trial.set_user_attr("predicted", predicted)  # never a measurement
+            progress.update(predicted=predicted)  # never a measurement
             if books.skip(predicted):
-                self._finish(trial, candidate, STAGE_SKIPPED, books.budgets)
+                self._finish(progress, candidate, STAGE_SKIPPED, books.budgets)
                 raise optuna.TrialPruned()
         verdict = evaluator.accelerator_screen(candidate)
         if verdict is not None:
             # one constraint per name on every screened trial: <= 0 runs whole on the accelerator
             trial.set_constraint("accelerator_compatible", 0.0 if verdict.compatible else 1.0)
             if not verdict.compatible:
-                self._finish(trial, candidate, STAGE_REJECTED, books.budgets)
+                self._finish(progress, candidate, STAGE_REJECTED, books.budgets)
                 return [NOT_EVALUATED, *(verdict.figures.get(n, worst(n))
                                          for n in self.objectives)]
         report: HardwareReport | None = None
         decisions: tuple[BudgetDecision, ...] = ()
         if policy.screening:
-            report, decisions = self._measure(trial, candidate, books, screened=True)
+            report, decisions = self._measure(progress, candidate, books, screened=True)
             if not all(d.feasible for d in decisions):
-                self._finish(trial, candidate, STAGE_REJECTED, books.budgets, report)
+                self._finish(progress, candidate, STAGE_REJECTED, books.budgets, report)
                 return self._values(NOT_EVALUATED, report)
-        accuracy = self._evaluate(trial, candidate)
+        accuracy = self._evaluate(progress, candidate)
         if accuracy is None:
-            self._finish(trial, candidate, STAGE_STOPPED, books.budgets, report)
+            self._finish(progress, candidate, STAGE_STOPPED, books.budgets, report)
             raise optuna.TrialPruned()
         if not policy.screening:  # plain search: the figures come after the accuracy
-            report, decisions = self._measure(trial, candidate, books, screened=True)
+            report, decisions = self._measure(progress, candidate, books, screened=True)
         elif evaluator.measure_after_evaluation:
             # the deployed bytes decide (noise-aware as well); the screened figures stay in
             # the record as what screening saw
-            trial.set_user_attr("hardware_screened", report.to_dict() if report else None)
-            report, decisions = self._measure(trial, candidate, books, screened=False)
-        self._finish(trial, candidate, STAGE_EVALUATED, books.budgets, report)
+            if report is not None:
+                progress.update(hardware_screened=report.to_dict())
+            report, decisions = self._measure(progress, candidate, books, screened=False)
+        self._finish(progress, candidate, STAGE_EVALUATED, books.budgets, report)
         return self._values(accuracy, report)
 
     def _values(self, accuracy: float, report: HardwareReport | None) -> list[float]:
         figures = [report.figure(n).value if report else math.nan for n in self.objectives]
         return [accuracy, *figures]
 
-    def _measure(self, trial: optuna.Trial, candidate: Hashable, books: Books, screened: bool
-                 ) -> tuple[HardwareReport, tuple[BudgetDecision, ...]]:
+    def _measure(self, progress: PolicyProgress, candidate: Hashable, books: Books,
+                 screened: bool) -> tuple[HardwareReport, tuple[BudgetDecision, ...]]:
         """Measure until the budgets are decided (screening.py); every measurement is kept in
         the trial, where the books learn from it."""
-        attrs = trial.user_attrs
+        before = progress.record
         separate: dict[str, list[float]] = {} if screened else \
-            dict(attrs.get("separate_measurements") or {})
+            {f: list(v) for f, v in (before.separate_measurements or {}).items()}
         report, decisions, history = screen(
             self.evaluator, candidate, books.budgets, self.policy.max_rounds,
-            self._between(books, trial.number, separate), self.policy.max_separate,
+            self._between(books, separate), self.policy.max_separate,
             self.policy.separate_rounds)
         self.evaluator.decided(candidate, report)
         # every separate measurement of this model (the screened copy's too: the deployed
@@ -147,19 +150,17 @@ class TrialPipeline:
                                              *decision.measured]
         taken = len(history) + 1
         rounds = sum(max(f.rounds for f in r.figures) for r in (*history, report))
-        trial.set_user_attr("separate_measurements", separate)
-        trial.set_user_attr("hardware", report.to_dict())
-        trial.set_user_attr("measurements", (0 if screened else attrs.get("measurements", 0))
-                            + taken)
-        trial.set_user_attr("measurement_rounds",
-                            (0 if screened else attrs.get("measurement_rounds", 0)) + rounds)
-        trial.set_user_attr("budget_decisions", [d.to_dict() for d in decisions])
-        if history:
-            trial.set_user_attr("hardware_before_remeasuring", [r.to_dict() for r in history])
+        progress.update(
+            separate_measurements={f: tuple(v) for f, v in separate.items()},
+            hardware=report.to_dict(),
+            measurements=(0 if screened else before.measurements or 0) + taken,
+            measurement_rounds=(0 if screened else before.measurement_rounds or 0) + rounds,
+            budget_decisions=tuple(d.to_dict() for d in decisions),
+            hardware_before_remeasuring=tuple(r.to_dict() for r in history) or None)
         return report, decisions
 
     @staticmethod
-    def _between(books: Books, number: int, separate: dict[str, list[float]]
+    def _between(books: Books, separate: dict[str, list[float]]
                  ) -> dict[str, BetweenMeasurements]:
         """The study's spread between measurements, with this trial's own so far."""
         between = books.between()
@@ -168,26 +169,25 @@ class TrialPipeline:
                 between[figure] = between[figure].with_group(values)
         return between
 
-    def _evaluate(self, trial: optuna.Trial, candidate: Hashable) -> float | None:
+    def _evaluate(self, progress: PolicyProgress, candidate: Hashable) -> float | None:
         """Accuracy along the fidelity schedule; None if the study's pruner stops it early."""
-        fidelities = self.evaluator.fidelities
+        trial, fidelities = progress.trial, self.evaluator.fidelities
         accuracy = math.nan
         by_fidelity = {}
         for step, fidelity in enumerate(fidelities):
             accuracy = self.evaluator.evaluate(candidate, fidelity)
             by_fidelity[str(fidelity)] = accuracy
-            trial.set_user_attr("accuracy_by_fidelity", by_fidelity)
+            progress.update(accuracy_by_fidelity=dict(by_fidelity))
             if step < len(fidelities) - 1:
                 trial.report(accuracy, step)
                 if self.policy.prune_fidelities and trial.should_prune():
                     return None
         return accuracy
 
-    def _repeat(self, trial: optuna.Trial, candidate: Hashable, earlier: FrozenTrial
-                ) -> list[float]:
+    def _repeat(self, trial: optuna.Trial, candidate: Hashable, earlier: FrozenTrial,
+                progress: PolicyProgress) -> list[float]:
         """The same model again (e.g. an equivalent encoding): nothing is paid twice."""
-        trial.set_user_attr("stage", STAGE_DUPLICATE)
-        trial.set_user_attr("same_as_trial", earlier.number)
+        progress.update(stage=STAGE_DUPLICATE, same_as_trial=earlier.number)
         for key, value in earlier.constraints.items():
             trial.set_constraint(key, value)
         self.evaluator.end_trial(trial, candidate, STAGE_DUPLICATE, earlier)
@@ -195,12 +195,13 @@ class TrialPipeline:
             return list(earlier.values)
         raise optuna.TrialPruned()
 
-    def _finish(self, trial: optuna.Trial, candidate: Hashable, stage: str,
+    def _finish(self, progress: PolicyProgress, candidate: Hashable, stage: str,
                 budgets: tuple[Budget, ...], report: HardwareReport | None = None) -> None:
         """Record how the trial ended; the constraints come from ``report``, the measurement
         that decided (the deployed bytes for an evaluated trial, not the screened copy):
         Optuna keeps the first value set for a constraint, so they are set once, here."""
-        trial.set_user_attr("stage", stage)
+        trial = progress.trial
+        progress.update(stage=stage)
         if report is not None:
             for budget in budgets:
                 trial.set_constraint(budget.figure,
