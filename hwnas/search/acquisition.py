@@ -48,7 +48,8 @@ class Ranker:
         self.held: set[Hashable] = set()  # candidates of trials running or about to
 
     def taken(self, candidate: Hashable) -> bool:
-        return candidate in self.books.seen or candidate in self.held
+        return candidate in self.books.seen or candidate in self.held or \
+            candidate in self.books.claimed
 
     def candidate(self, params: dict[str, Any]) -> tuple[Hashable, np.ndarray]:
         key = tuple(sorted(params.items()))

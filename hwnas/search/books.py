@@ -45,6 +45,8 @@ class Books:
         # figure -> trial -> that model's separate measurements (screened and deployed)
         self.apart: dict[str, dict[int, tuple[float, ...]]] = {b.figure: {} for b in budgets}
         self.measurements = self.rounds = self.skipped = 0
+        # candidates other controllers' trials hold now (running, or enqueued to run)
+        self.claimed: set[Hashable] = set()
         self.distributions: dict[str, BaseDistribution] | None = None
         self.encoder: ParameterEncoder | None = None
         self._read: set[int] = set()
@@ -66,6 +68,23 @@ class Books:
                 if self.pool is not None and trial_pool(trial) not in (self.pool, None):
                     continue  # another pool's figures: another device
                 self._take(trial, record)
+            self.claimed = self._claims(study)
+
+    def _claims(self, study: optuna.Study) -> set[Hashable]:
+        """The candidates of this pool's running and waiting trials: another worker's proposal
+        is not proposed again here (two that propose one at the same instant still meet in
+        the pipeline, where one measures and the other copies)."""
+        found = set()
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,
+                                                              TrialState.WAITING)):
+            params = trial.params or trial.system_attrs.get("fixed_params") or {}
+            if not params or (self.pool is not None and trial_pool(trial) not in (self.pool, None)):
+                continue
+            try:
+                found.add(self.evaluator.suggest(optuna.trial.FixedTrial(params)))
+            except (ValueError, KeyError):  # its parameters are still being written
+                continue
+        return found
 
     def learn_distributions(self, distributions: dict[str, BaseDistribution]) -> None:
         if self.distributions is None and distributions:
