@@ -82,7 +82,8 @@ class EngineSampler(BaseSampler):
         proposal (e.g. a ladder's start) is fixed on the trial, as an enqueued one is; every
         other proposal is relative, made once the trial knows its device pool."""
         self.base.before_trial(study, trial)
-        if self.policy.acquisition == "sampler" or trial.system_attrs.get("fixed_params"):
+        if self.policy.acquisition == "sampler" or trial.system_attrs.get("fixed_params") or \
+                self.evaluator.distributions() is not None:
             return
         with self._lock:
             if self._books(study, trial).distributions is not None:
@@ -138,7 +139,7 @@ class EngineSampler(BaseSampler):
 
     def summary(self) -> dict[str, Any]:
         """What the study keeps of the policy: its settings and, per device pool, its books."""
-        pools = {str(b.pool): b.summary() for b in self.books.all()}
+        pools = {str(b.pool): b.summary() for b in self.books.all() if b.seen}
         single = next(iter(pools.values())) if len(pools) == 1 else {}
         return {**single, "pools": pools, "policy": {k: getattr(self.policy, k) for k in
                                                        self.policy.__dataclass_fields__}}
