@@ -3,6 +3,13 @@ kill -9 of a random worker in repeated runs (trials lost, trials recorded twice)
 
     .venv/bin/python benchmarks/distributed.py [--finetune-seconds 4] [--trials 16]
                                                [--kill-runs 20] [--skip-scaling]
+    .venv/bin/python benchmarks/distributed.py --fleet --trials 8 --kill-runs 0 --skip-scaling \
+        [--fleet-fixed-finetune --finetune-seconds 4] --save-as distributed_fleet_samplers
+
+``--fleet``: the fleet space (search_spaces/fashion_mnist_fleet.yaml, its real fine-tune) with
+``sampler: engine`` and with ``sampler: tpe``, 1 and 2 workers each, side by side in one run:
+trials per hour, and the best feasible validation accuracy each reached, at the end and
+within the shortest run's wall time.
 
 A private PostgreSQL cluster is started for the run (Debian's postgresql binaries). Every
 controller is a real process (`hwnas search` for the first, `hwnas worker` semantics for the
@@ -57,6 +64,7 @@ measurement: {warmup_iterations: 5, warmup_seconds: 0.05, min_iterations: 50, mi
               rounds: 2}
 """
 STUDY = "dist-bench--dev0"
+FLEET = Path(__file__).resolve().parents[1] / "search_spaces" / "fashion_mnist_fleet.yaml"
 
 
 def controller(args: list[str]) -> int:
@@ -81,8 +89,8 @@ def controller(args: list[str]) -> int:
         run_search(Path(space), [Path(device)], Path(run), int(trials), progress=False, log=quiet,
                    storage=storage, artifact_store=store)
     else:
-        _, storage, store, device, run = args
-        run_worker(storage, STUDY, [Path(device)], Path(run), progress=False, log=quiet,
+        _, storage, store, device, run, study = args
+        run_worker(storage, study, [Path(device)], Path(run), progress=False, log=quiet,
                    artifact_store=store)
     return 0
 
@@ -93,44 +101,47 @@ def spawn(role_args: list[str], finetune_s: float, log: Path) -> subprocess.Pope
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def study_of(url: str):  # type: ignore[no-untyped-def]
+def study_of(url: str, name: str = STUDY):  # type: ignore[no-untyped-def]
     import optuna
 
     from hwnas.storage import make_storage
 
     try:
-        return optuna.load_study(study_name=STUDY, storage=make_storage(url))
+        return optuna.load_study(study_name=name, storage=make_storage(url))
     except KeyError:
         return None
 
 
 def one_study(cluster, folder: Path, workers: int, trials: int, finetune_s: float,
-              kill: bool = False, rng: random.Random | None = None) -> dict:
+              kill: bool = False, rng: random.Random | None = None,
+              space: str | None = None, study_name: str = STUDY,
+              device: str | None = None) -> dict:
     """Primary + (workers - 1) joining workers on a fresh database; returns the figures."""
     from hwnas.records import StudyRecord, TrialStage
     from hwnas.run import outcomes
 
     url = cluster.createdb(f"b{time.time_ns() % 10 ** 12}")
     folder.mkdir(parents=True)
-    (folder / "space.yaml").write_text(SPACE % trials)
+    (folder / "space.yaml").write_text(space or SPACE % trials)
     devices = []
     for index in range(workers):
         path = folder / f"dev{index}.yaml"
-        path.write_text(DEVICE % f"dev{index}")
+        path.write_text((device or DEVICE) % f"dev{index}")
         devices.append(path)
     store = f"file://{folder / 'store'}"
     primary = spawn(["primary", url, store, str(folder / "space.yaml"), str(devices[0]),
                      str(folder / "c0"), str(trials)], finetune_s, folder / "c0.log")
     while True:  # the parent is fixed once: then the clock starts for everyone
-        study = study_of(url)
+        study = study_of(url, study_name)
         if study is not None and StudyRecord.from_study(study).parent_weights_sha256:
             break
         if primary.poll() is not None:
             raise RuntimeError((folder / "c0.log").read_text()[-3000:])
         time.sleep(0.3)
     started = time.monotonic()
-    processes = [primary] + [spawn(["worker", url, store, str(devices[i]), str(folder / f"c{i}")],
-                                   finetune_s, folder / f"c{i}.log") for i in range(1, workers)]
+    processes = [primary] + [spawn(["worker", url, store, str(devices[i]), str(folder / f"c{i}"),
+                                    study_name], finetune_s, folder / f"c{i}.log")
+                             for i in range(1, workers)]
     killed = None
     if kill:
         assert rng is not None
@@ -142,7 +153,13 @@ def one_study(cluster, folder: Path, workers: int, trials: int, finetune_s: floa
     for process in processes:
         process.wait(timeout=3600)
     seconds = time.monotonic() - started
-    found = outcomes(study_of(url))
+    study = study_of(url, study_name)
+    found = outcomes(study)
+    clock = time.time() - seconds  # the wall clock when the parent was fixed
+    # best feasible validation accuracy, with the seconds after the start it was reached
+    reached = sorted((t.datetime_complete.timestamp() - clock, o.values[0])
+                     for t, o in zip(study.get_trials(), found)
+                     if o.feasible and o.values and t.datetime_complete is not None)
     done = [o for o in found if o.stage in (TrialStage.EVALUATED, TrialStage.REJECTED)]
     measured = [o.candidate for o in done if o.copied_from is None]
     leftovers = subprocess.run(["pgrep", "-f", f"hwnas_agent serve.*{folder}"],
@@ -153,7 +170,46 @@ def one_study(cluster, folder: Path, workers: int, trials: int, finetune_s: floa
             "recorded_twice": len(measured) - len(set(measured)),
             "left_running": sum(o.stage in (TrialStage.RUNNING, TrialStage.WAITING) for o in found),
             "orphaned_processes": len(leftovers),
+            "feasible_reached": reached,
             "exit_codes": [p.returncode for p in processes]}
+
+
+def best_within(row: dict, seconds: float) -> float | None:
+    found = [accuracy for at, accuracy in row["feasible_reached"] if at <= seconds]
+    return max(found) if found else None
+
+
+def fleet(cluster, root: Path, trials: int, finetune_s: float) -> list[dict]:
+    """The fleet space, engine and TPE, 1 and 2 workers; its real fine-tune, or (finetune_s
+    > 0) a fixed wait in its place (the accuracies are then those of the pruned, quantized
+    models without fine-tuning: comparable between samplers, not a search's result)."""
+    text = FLEET.read_text()
+    # this machine's default profile (the fleet space's budgets are set for it), one pool
+    local = (FLEET.parents[1] / "device_profiles" / "local.yaml").read_text()
+    device = local.replace("name: local\n", "name: %s\npool: bench-cpu\n", 1)
+    assert "%s" in device
+    rows = []
+    for sampler in ("engine", "tpe"):
+        space = text.replace("n_trials: 16", f"n_trials: {trials}").replace(
+            "sampler: engine", f"sampler: {sampler}")
+        for workers in (1, 2):
+            row = one_study(cluster, root / f"fleet-{sampler}-{workers}", workers, trials, finetune_s,
+                            space=space, study_name="fashion-mnist-cnn-fleet--dev0",
+                            device=device)
+            row["sampler"] = sampler
+            rows.append(row)
+            print(f"  fleet {sampler}, {workers} workers: {row['trials_done']} trials in "
+                  f"{row['seconds']:.0f} s, best feasible {best_within(row, 1e9)}", flush=True)
+    shortest = min(r["seconds"] for r in rows)
+    for row in rows:
+        row["best_feasible"] = best_within(row, 1e9)
+        row["best_feasible_within_shortest"] = best_within(row, shortest)
+    print(table(["sampler", "workers", "trials", "s", "trials/h", "best feasible",
+                 f"best within {shortest:.0f} s"],
+                [[r["sampler"], r["workers"], r["trials_done"], f"{r['seconds']:.0f}",
+                  f"{r['trials_per_hour']:.0f}", r["best_feasible"],
+                  r["best_feasible_within_shortest"]] for r in rows]))
+    return rows
 
 
 def main() -> int:
@@ -163,6 +219,10 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--kill-runs", type=int, default=20)
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--fleet", action="store_true",
+                        help="the fleet space: engine vs tpe, 1 and 2 workers")
+    parser.add_argument("--fleet-fixed-finetune", action="store_true",
+                        help="--fleet with --finetune-seconds of waiting in place of fine-tuning")
     parser.add_argument("--save-as", default="distributed", help="results/NAME.json")
     args = parser.parse_args()
     if args.controller:
@@ -193,6 +253,10 @@ def main() -> int:
                             [[r["workers"], r["trials_done"], f"{r['seconds']:.0f}",
                               f"{r['trials_per_hour']:.0f}", f"{r['speedup']:.2f}",
                               f"{r['efficiency']:.2f}"] for r in rows]))
+        if args.fleet:
+            finetune_s = args.finetune_seconds if args.fleet_fixed_finetune else 0.0
+            figures["fleet"] = fleet(cluster, root, args.trials, finetune_s)
+            figures["fleet_finetune"] = f"fixed {finetune_s} s wait" if finetune_s else "real"
         kills = []
         for run in range(args.kill_runs):
             result = one_study(cluster, root / f"kill-{run}", 3, 6, 2.0, kill=True, rng=rng)
@@ -201,7 +265,7 @@ def main() -> int:
                   f"{result['trials_lost']}, twice {result['recorded_twice']}, left running "
                   f"{result['left_running']}, orphans {result['orphaned_processes']}", flush=True)
         figures["kill_runs"] = kills
-        figures["kill_summary"] = {
+        figures["kill_summary"] = {} if not kills else {
             "runs": len(kills), "killed": sum(k["killed_worker"] is not None for k in kills),
             "trials_lost": sum(k["trials_lost"] for k in kills),
             "recorded_twice": sum(k["recorded_twice"] for k in kills),
