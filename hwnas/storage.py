@@ -33,6 +33,10 @@ def _transient(exc: BaseException) -> bool:
         return False
     lost = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
             sqlalchemy.exc.DisconnectionError)
+    if isinstance(exc, sqlalchemy.exc.IntegrityError) and "alembic_version" in str(exc):
+        # another process made the same new database at the same instant (a worker, `hwnas
+        # status` polling a search that starts): its schema is there on the next try
+        return True
     return (isinstance(exc, lost) or isinstance(exc.__cause__, lost)) and not _refused(exc)
 
 
