@@ -11,9 +11,10 @@ base sampler (TPE, GP, random): the pipeline's screening and bookkeeping stay th
 Because it is a sampler, every way of running a study runs it: ``study.optimize`` with one
 thread per device of a pool, several ``hwnas worker`` processes on one storage (each reads
 what the others finished from the study), and retries of trials a dead controller left.
-A candidate another trial holds is never proposed again; two controllers that propose one
-candidate at the same instant meet in the pipeline, where one measures it and the other
-records a copy (objective.py ``finished_twin``).
+A candidate another trial holds (this controller's, or another's running or waiting trial:
+books.py ``claimed``) is never proposed again; two controllers that propose one candidate at
+the same instant meet in the pipeline, where one measures it and the other records a copy
+(twins.py ``finished_twin``).
 """
 
 from __future__ import annotations
