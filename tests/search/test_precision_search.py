@@ -5,7 +5,6 @@ rejected before fine-tuning with the op named, and no simulated figure is a late
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import onnx
