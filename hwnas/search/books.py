@@ -136,15 +136,21 @@ class Books:
         """The spread between separate measurements of one model, per budgeted figure."""
         if self.policy.between_prior is None:
             return {}
-        return {figure: BetweenMeasurements(tuple(g for g in groups.values() if len(g) > 1),
-                                            self.policy.between_prior)
-                for figure, groups in self.apart.items()}
+        with self.lock:  # another thread's refresh may be adding to it
+            return {figure: BetweenMeasurements(tuple(g for g in groups.values() if len(g) > 1),
+                                                self.policy.between_prior)
+                    for figure, groups in self.apart.items()}
 
     def predict(self, candidate: Hashable, params: dict[str, Any]) -> dict[str, float]:
         """The predictors' figures for a candidate, and the odds of each fitting its budget."""
         predicted: dict[str, float] = {}
         if not self.policy.screening or self.encoder is None:
             return predicted
+        with self.lock:
+            return self._predict(candidate, params, predicted)
+
+    def _predict(self, candidate: Hashable, params: dict[str, Any],
+                 predicted: dict[str, float]) -> dict[str, float]:
         for budget in self.budgets:
             predictor = self.predictors.get(budget.figure)
             if predictor is not None and predictor.ready:
@@ -159,6 +165,10 @@ class Books:
         accuracy on candidates measured after it predicted them (Kendall tau >= the policy's
         floor over >= 10 of them), the figure is predicted at least (1 + margin) over its
         budget, and the odds that it fits are below ``skip_probability``."""
+        with self.lock:
+            return self._skip(predicted)
+
+    def _skip(self, predicted: dict[str, float]) -> bool:
         for budget in self.budgets:
             predictor = self.predictors.get(budget.figure)
             rank = predictor.rank_accuracy() if predictor is not None else None
@@ -173,6 +183,10 @@ class Books:
         return False
 
     def summary(self) -> dict[str, Any]:
+        with self.lock:
+            return self._summary()
+
+    def _summary(self) -> dict[str, Any]:
         return {"evaluations": len(self.evaluations), "measurements": self.measurements,
                 "measurement_rounds": self.rounds, "skipped_by_prediction": self.skipped,
                 "predictor_rank_accuracy": self.rank_accuracy(),
@@ -181,7 +195,8 @@ class Books:
                         "prior_sd_log": s.prior} for n, s in self.between().items() if s.groups}}
 
     def rank_accuracy(self) -> dict[str, dict[str, Any]]:
-        return {n: p.rank_accuracy().to_dict() for n, p in self.predictors.items()}
+        with self.lock:
+            return {n: p.rank_accuracy().to_dict() for n, p in self.predictors.items()}
 
 
 class PoolBooks:

@@ -187,12 +187,13 @@ class EngineSampler(BaseSampler):
         books = self._books(study, trial)
         ranker, strategies = self._ranker(trial_pool(trial), study)
         waiting = self._waiting(study)
-        for strategy in strategies:
-            if waiting and not isinstance(strategy, ModelPool):
-                continue  # a user's enqueued candidates go first: the frontier waits for them
-            if isinstance(strategy, ModelPool) and books.encoder is None:
-                continue
-            proposal = strategy.propose(ranker)
-            if proposal is not None:
-                return (*proposal, strategy.name)
+        with books.lock:  # the pipeline's threads take finished trials into the same books
+            for strategy in strategies:
+                if waiting and not isinstance(strategy, ModelPool):
+                    continue  # a user's enqueued candidates go first: the frontier waits
+                if isinstance(strategy, ModelPool) and books.encoder is None:
+                    continue
+                proposal = strategy.propose(ranker)
+                if proposal is not None:
+                    return (*proposal, strategy.name)
         return None
