@@ -206,8 +206,9 @@ class Budgets(Frozen):
 
 class SearchSettings(Frozen):
     n_trials: Annotated[int, Field(ge=1, le=100000)] = 20
-    # engine: hwnas's own policy (hwnas/search/engine.py), one controller, one device profile;
-    # tpe / nsga2 / random: an Optuna sampler with the budgets as constraints
+    # engine: hwnas's own policy (hwnas/search/proposer.py, an Optuna sampler): one device, a
+    # device pool, `hwnas worker`s and accelerator screening alike; tpe / nsga2 / random: an
+    # Optuna sampler with the budgets as constraints; every one through the same pipeline
     sampler: Literal["engine", "tpe", "nsga2", "random"] = "tpe"
     seed: Seed = 0
     storage: str | None = None  # any Optuna storage URL; default: SQLite in the run folder
