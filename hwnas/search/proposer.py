@@ -46,6 +46,8 @@ class EngineSampler(BaseSampler):
         self._lock = threading.RLock()
         self._rankers: dict[str | None, tuple[Ranker, list[Any]]] = {}
         self._cache = candidate_cache
+        # the evaluator's parameters, if it knows them before any trial: fixed, asked once
+        self._space = evaluator.distributions()
         self._predicted: dict[int, dict[str, float]] = {}
         self._proposed_by: dict[int, str] = {}  # trial -> the strategy that proposed it
         self._held: dict[int, tuple[str | None, Hashable]] = {}  # trial -> (pool, candidate)
@@ -84,7 +86,7 @@ class EngineSampler(BaseSampler):
         other proposal is relative, made once the trial knows its device pool."""
         self.base.before_trial(study, trial)
         if self.policy.acquisition == "sampler" or trial.system_attrs.get("fixed_params") or \
-                self.evaluator.distributions() is not None:
+                self._space is not None:
             return
         with self._lock:
             if self._books(study, trial).distributions is not None:
@@ -113,7 +115,7 @@ class EngineSampler(BaseSampler):
 
     def books_of(self, pool: str | None, study: optuna.Study) -> Books:
         books = self.books.of(pool, study)
-        books.learn_distributions(self.evaluator.distributions() or {})
+        books.learn_distributions(self._space or {})
         return books
 
     def predicted(self, trial: optuna.Trial, candidate: Hashable, pool: str | None
