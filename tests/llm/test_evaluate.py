@@ -194,3 +194,19 @@ def test_the_folder_picks_the_option_the_model_makes_likely(built, model, tokeni
                                                            torch_side.acc_bytes)
     # the folder's own tokenizer (the builder's copy) is the default and agrees
     assert evaluate_folder(built["fp32"], np.asarray([[1, 2, 3]]), questions).mcq == result.mcq
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma"])
+def test_every_family_reads_back_its_torch_perplexity(family: str, tmp_path: Path) -> None:
+    """Qwen2 (attention biases) and Gemma (tied, scaled embeddings) export differently from
+    Llama; the folder's perplexity is still the torch model's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = tiny_causal_lm(tmp_path / "hf", family=family, initializer_range=0.2)
+    folder = tiny_genai_folder(hf, tmp_path / "fp32", "fp32")
+    spec = LanguageDataSpec(sequence_length=64, tokens=TokenBudgets(
+        calibration=0, saliency=0, healing=0, selection=0, evaluation=256))
+    blocks = language_data(spec, AutoTokenizer.from_pretrained(hf)).evaluation
+    torch_side = perplexity_torch(AutoModelForCausalLM.from_pretrained(hf).eval(), blocks)
+    assert perplexity_onnx(folder, blocks).perplexity == pytest.approx(torch_side.perplexity,
+                                                                       rel=1e-3)
