@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hwnas.errors import ConfigError
+from hwnas.llm.mcq import Question, read_questions
 from hwnas.llm.text_config import SPLIT_OF_USE, TRAIN_USES, LanguageDataSpec
 
 SPLITS = ("train", "val", "test")
@@ -77,6 +78,7 @@ class LanguageData:
     selection: np.ndarray
     evaluation: np.ndarray
     report: TextBudgetReport
+    questions: tuple[Question, ...] = ()  # dataset.text.mcq's, read and checked up front
 
 
 # --- reading documents -----------------------------------------------------------------------
@@ -240,4 +242,6 @@ def language_data(spec: LanguageDataSpec, tokenizer: Any) -> LanguageData:
                    for use in budgets),
         files=tuple((name, splits[name].source, splits[name].sha256) for name in SPLITS),
         tokenizer=str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__))
-    return LanguageData(report=report, **blocks)
+    # questions are read with the text so that a bad line stops the search before it starts
+    questions = tuple(read_questions(spec.text.mcq)) if spec.text.mcq is not None else ()
+    return LanguageData(report=report, questions=questions, **blocks)

@@ -95,7 +95,6 @@ def test_the_evaluation_names_the_bytes_it_read(built, blocks) -> None:
     assert result.files == {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
                             for name in ("model.onnx", "model.onnx.data")}
     assert result.mcq is None and result.threads == 2
-    assert result.perplexity == pytest.approx(result.perplexity)  # a value, printable:
     assert result.lines()[0].startswith(f"{folder}: perplexity ")
 
 

@@ -210,3 +210,18 @@ def test_the_demo_text_fills_the_default_budgets(tokenizer) -> None:
     data = language_data(LanguageDataSpec(), tokenizer)
     assert data.evaluation.shape == (16, 256) and data.healing.shape == (64, 256)
     assert data.report.files[2][1].startswith("builtin:pydoc")
+
+
+def test_the_questions_named_in_the_section_are_read_with_the_text(tmp_path: Path,
+                                                                  tokenizer) -> None:
+    source = files(tmp_path, train="x", val="y", test=" ".join(["word"] * 200))
+    mcq = tmp_path / "mcq.jsonl"
+    mcq.write_text('{"question": "q?", "options": ["a", "b"], "answer": "B"}\n')
+    spec = LanguageDataSpec(text=source.model_copy(update={"mcq": mcq}), sequence_length=16,
+                            tokens=small_budgets())
+    (question,) = language_data(spec, tokenizer).questions
+    assert (question.options, question.answer) == (("a", "b"), 1)
+    mcq.write_text('{"question": "q?", "options": ["a", "b"]}\n')
+    with pytest.raises(ConfigError, match="line 1 has no 'answer'"):
+        language_data(spec, tokenizer)
+    assert language_data(spec.model_copy(update={"text": source}), tokenizer).questions == ()
