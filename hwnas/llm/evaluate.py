@@ -25,7 +25,7 @@ from hwnas.llm.mcq import McqResult, Question, continuation_logprob, score_quest
 
 # onnxruntime's type strings -> numpy, for the inputs a genai decoder may declare
 NUMPY_OF = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-            "tensor(float16)": np.float16, "tensor(bfloat16)": np.float32}
+            "tensor(float16)": np.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +105,12 @@ class OnnxDecoder:
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types; name the file
             raise ExportError(f"{self.spec.onnx}: onnxruntime cannot load it: {exc}") from None
-        self.types = {i.name: NUMPY_OF.get(i.type, np.float32) for i in self.session.get_inputs()}
+        inputs = self.session.get_inputs()
+        odd = [f"{i.name} ({i.type})" for i in inputs if i.type not in NUMPY_OF]
+        if odd:  # numpy has no bfloat16 to feed such a cache with; say so, not a type error
+            raise ExportError(f"{self.spec.onnx}: inputs of a type this evaluation cannot "
+                              f"feed: {', '.join(odd)}; export with fp32, fp16 or int4 on cpu")
+        self.types = {i.name: NUMPY_OF[i.type] for i in inputs}
         missing = [n for n in (self.spec.input_ids, self.spec.attention_mask,
                                self.spec.past_key % 0, self.spec.past_value % 0)
                    if n not in self.types]
@@ -187,6 +192,11 @@ def perplexity_onnx(folder: str | Path | OnnxDecoder, blocks: np.ndarray,
                     threads: int | None = None, batch_size: int = 4) -> Perplexity:
     """exp(mean NLL) of the exported folder over ``blocks`` [count, sequence_length]."""
     decoder = folder if isinstance(folder, OnnxDecoder) else OnnxDecoder(folder, threads)
+    length = np.shape(blocks)[-1]
+    if length > decoder.spec.context_length:
+        raise ExportError(f"{decoder.spec.onnx.parent}: blocks of {length} tokens are longer "
+                          f"than the folder's context_length {decoder.spec.context_length}; "
+                          f"lower dataset.sequence_length")
     return _perplexity(decoder.logits, blocks, batch_size)
 
 

@@ -120,6 +120,13 @@ def test_the_decoder_is_found_through_genai_config(built, tmp_path: Path) -> Non
         read_decoder_spec(moved)
 
 
+def test_blocks_longer_than_the_folders_context_are_refused(built) -> None:
+    # the tiny models' context is 512 tokens (max_position_embeddings)
+    with pytest.raises(ExportError, match="blocks of 520 tokens are longer than the folder's "
+                                          "context_length 512; lower dataset.sequence_length"):
+        perplexity_onnx(built["fp32"], np.ones((1, 520), dtype=np.int64))
+
+
 def test_a_folder_with_last_position_logits_only_is_refused(built) -> None:
     """The builder's prune_lm_head=true computes the last position's logits alone."""
     out = built["root"] / "pruned"
