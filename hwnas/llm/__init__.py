@@ -1,0 +1,1 @@
+"""Small causal language models: load, prune, quantise, export to onnxruntime-genai, evaluate."""

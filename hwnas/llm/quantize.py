@@ -1,0 +1,151 @@
+"""Per-node weight precision in an onnxruntime-genai decoder graph, and reading it back.
+
+The model builder writes one precision for the whole graph; a plan here gives each weighted
+node its own. Starting from the builder's fp32 graph:
+
+- ``int4`` / ``int8``: onnxruntime's MatMulNBitsQuantizer, one pass per (bits, block size)
+  group, turns a MatMul into MatMulNBits (blockwise, along the input dimension K; when the
+  block size does not divide K the quantizer zero-pads the last block, which the kernel
+  accepts) and the embedding Gather into GatherBlockQuantized (4 bits only);
+- ``fp16``: the weight is STORED in float16 and a Cast back to float32 feeds the node. The
+  file halves; onnxruntime folds the Cast when it opens the session, so the CPU computes (and
+  holds the weight) in float32. The builder's own fp16 is a CUDA/DML precision whose graph
+  computes in float16 end to end, which the CPU kernels do not all offer;
+- ``fp32``: left as the builder wrote it.
+
+What each node became is read back from the written graph (``applied_precisions``), never
+assumed from the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from hwnas.errors import ExportError
+
+EMBEDDING = "/model/embed_tokens/Gather"
+LM_HEAD = "/lm_head/MatMul"
+_LAYER_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/[^/]+/MatMul$")
+_QUANT_SUFFIX = re.compile(r"_Q[48]$")
+
+
+def weight_of(node: onnx.NodeProto) -> str | None:
+    """The input that holds a weighted node's weight: B of a MatMul, the table of a Gather."""
+    if node.op_type == "MatMul":
+        return node.input[1]
+    if node.op_type == "Gather":
+        return node.input[0]
+    return None
+
+
+def weighted_nodes(model: onnx.ModelProto) -> dict[str, str]:
+    """Each MatMul/Gather with a constant weight -> its part: ``layers.N.attn``,
+    ``layers.N.mlp``, ``embedding`` or ``lm_head``; an unknown weighted node is an error
+    (a builder that names nodes differently must not be quantized by guess)."""
+    initializers = {t.name for t in model.graph.initializer}
+    parts: dict[str, str] = {}
+    for node in model.graph.node:
+        weight = weight_of(node)
+        if weight is None or weight not in initializers:
+            continue
+        match = _LAYER_NODE.match(node.name)
+        if match:
+            parts[node.name] = f"layers.{match.group(1)}.{match.group(2)}"
+        elif node.name == EMBEDDING:
+            parts[node.name] = "embedding"
+        elif node.name == LM_HEAD:
+            parts[node.name] = "lm_head"
+        else:
+            raise ExportError(f"the builder wrote a weighted node hwnas does not know: {node.name} "
+                              f"({node.op_type}); its precision cannot be planned")
+    return parts
+
+
+def _quiet_quantizer() -> None:
+    # the quantizer logs one INFO line per node through its module logger
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+
+
+def _quantize_group(model: onnx.ModelProto, names: set[str], bits: int, block_size: int,
+                    symmetric: bool, accuracy_level: int | None) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    # nodes_to_include only ADDS to op_types_to_quantize (every MatMul is taken whatever the
+    # list says), so the group is chosen by excluding every other MatMul and Gather
+    others = [n.name for n in model.graph.node
+              if n.op_type in ("MatMul", "Gather") and n.name not in names]
+    op_types = ("MatMul", "Gather") if EMBEDDING in names else ("MatMul",)
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size,
+                                     is_symmetric=symmetric, accuracy_level=accuracy_level,
+                                     nodes_to_exclude=others, op_types_to_quantize=op_types)
+    quantizer.process()
+    return quantizer.model.model
+
+
+def _store_fp16(model: onnx.ModelProto, names: set[str]) -> None:
+    """The named nodes' weights stored in float16, cast back to float32 before use."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    casts = []
+    for node in graph.node:
+        if node.name not in names:
+            continue
+        weight = initializers[weight_of(node) or ""]
+        values = numpy_helper.to_array(weight)
+        if np.abs(values).max(initial=0.0) > 65504.0:
+            raise ExportError(f"{node.name}: a weight exceeds float16's range; keep it fp32")
+        stored = numpy_helper.from_array(values.astype(np.float16), f"{weight.name}_fp16")
+        graph.initializer.remove(weight)
+        graph.initializer.append(stored)
+        casts.append(onnx.helper.make_node("Cast", [stored.name], [weight.name],
+                                           to=TensorProto.FLOAT, name=f"{weight.name}_cast_fp32"))
+    # the casts read initializers only, so putting them first keeps the graph sorted
+    nodes = casts + list(graph.node)
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+
+
+def apply_precisions(model: onnx.ModelProto, chosen: Mapping[str, tuple[str, int]],
+                     symmetric: bool = True, accuracy_level: int | None = None) -> onnx.ModelProto:
+    """``chosen``: node name -> (kind, block size), kind fp32 | fp16 | int8 | int4; weights
+    loaded in memory. Returns the rewritten model (the quantizer builds a new one)."""
+    _quiet_quantizer()
+    groups: dict[tuple[int, int], set[str]] = {}
+    for name, (kind, block) in chosen.items():
+        if kind in ("int4", "int8"):
+            groups.setdefault((int(kind[3:]), block), set()).add(name)
+    for (bits, block), names in sorted(groups.items()):
+        model = _quantize_group(model, names, bits, block, symmetric, accuracy_level)
+    _store_fp16(model, {name for name, (kind, _) in chosen.items() if kind == "fp16"})
+    return model
+
+
+def applied_precisions(model: onnx.ModelProto) -> dict[str, str]:
+    """What each weighted node of a written graph is: ``fp32``, ``fp16`` (a weight cast from
+    float16), ``int4/32`` (bits / block size of MatMulNBits or GatherBlockQuantized), keyed by
+    the builder's node name (the quantizer's ``_Q4``/``_Q8`` suffix removed)."""
+    graph = model.graph
+    dtypes = {t.name: t.data_type for t in graph.initializer}
+    cast_from = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Cast"}
+    found: dict[str, str] = {}
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+            bits = int(attrs.get("bits", 4))
+            found[_QUANT_SUFFIX.sub("", node.name)] = f"int{bits}/{int(attrs['block_size'])}"
+            continue
+        weight = weight_of(node)
+        if weight is None:
+            continue
+        if weight in dtypes:
+            found[node.name] = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16"}.get(
+                dtypes[weight], TensorProto.DataType.Name(dtypes[weight]).lower())
+        elif dtypes.get(cast_from.get(weight, "")) == TensorProto.FLOAT16:
+            found[node.name] = "fp16"
+    return found
