@@ -310,7 +310,8 @@ def export_genai(model: Any, tokenizer: Any, out_dir: Path | str, plan: Precisio
     threads written into genai_config.json's session options (the runtime's default if None)."""
     import onnx
 
-    from hwnas.llm.quantize import applied_precisions, apply_precisions, weighted_nodes
+    from hwnas.llm.quantize import (applied_precisions, apply_precisions, untie_embedding,
+                                    weighted_nodes)
 
     check_exportable(model, plan)
     started = time.perf_counter()
@@ -326,8 +327,10 @@ def export_genai(model: Any, tokenizer: Any, out_dir: Path | str, plan: Precisio
     chosen = {name: (plan.for_part(part).kind, plan.for_part(part).block_size)
               for name, part in parts.items()}
     if any(kind != "fp32" for kind, _ in chosen.values()):
-        graph = apply_precisions(onnx.load(str(graph_path)), chosen, plan.symmetric,
-                                 plan.accuracy_level)
+        graph = onnx.load(str(graph_path))
+        if {plan.embedding.kind, plan.lm_head.kind} != {"fp32"}:
+            untie_embedding(graph)  # kept tied (one fp32 tensor) while both stay fp32
+        graph = apply_precisions(graph, chosen, plan.symmetric, plan.accuracy_level)
         _write(graph, graph_path)
         graph = onnx.load(str(graph_path), load_external_data=False)
     applied = {name: kind for name, kind in applied_precisions(graph).items() if name in parts}

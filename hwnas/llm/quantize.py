@@ -44,6 +44,15 @@ def weight_of(node: onnx.NodeProto) -> str | None:
     return None
 
 
+def _source(model: onnx.ModelProto, tensor: str) -> str:
+    """The initializer behind ``tensor`` through Transpose/Cast nodes (a tied embedding is
+    the lm_head's weight transposed), else ``tensor`` itself."""
+    producers = {n.output[0]: n for n in model.graph.node if n.op_type in ("Transpose", "Cast")}
+    while tensor in producers:
+        tensor = producers[tensor].input[0]
+    return tensor
+
+
 def weighted_nodes(model: onnx.ModelProto) -> dict[str, str]:
     """Each MatMul/Gather with a constant weight -> its part: ``layers.N.attn``,
     ``layers.N.mlp``, ``embedding`` or ``lm_head``; an unknown weighted node is an error
@@ -52,7 +61,7 @@ def weighted_nodes(model: onnx.ModelProto) -> dict[str, str]:
     parts: dict[str, str] = {}
     for node in model.graph.node:
         weight = weight_of(node)
-        if weight is None or weight not in initializers:
+        if weight is None or _source(model, weight) not in initializers:
             continue
         match = _LAYER_NODE.match(node.name)
         if match:
@@ -65,6 +74,26 @@ def weighted_nodes(model: onnx.ModelProto) -> dict[str, str]:
             raise ExportError(f"the builder wrote a weighted node hwnas does not know: {node.name} "
                               f"({node.op_type}); its precision cannot be planned")
     return parts
+
+
+def untie_embedding(model: onnx.ModelProto) -> bool:
+    """With tied embeddings the builder feeds the embedding Gather the lm_head's weight
+    through a Transpose: one tensor, so one precision. Give the Gather a table of its own
+    (weights loaded in memory); True if there was a tie."""
+    graph = model.graph
+    gather = next((n for n in graph.node if n.name == EMBEDDING), None)
+    transpose = next((n for n in graph.node if gather is not None and n.op_type == "Transpose"
+                      and n.output[0] == gather.input[0]), None)
+    initializers = {t.name: t for t in graph.initializer}
+    if transpose is None or transpose.input[0] not in initializers:
+        return False
+    table = numpy_helper.to_array(initializers[transpose.input[0]]).T
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(table),
+                                                     "model.embed_tokens.weight"))
+    gather.input[0] = "model.embed_tokens.weight"
+    if not any(transpose.output[0] in n.input for n in graph.node):
+        graph.node.remove(transpose)
+    return True
 
 
 def _quiet_quantizer() -> None:
@@ -84,7 +113,10 @@ def _quantize_group(model: onnx.ModelProto, names: set[str], bits: int, block_si
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size,
                                      is_symmetric=symmetric, accuracy_level=accuracy_level,
                                      nodes_to_exclude=others, op_types_to_quantize=op_types)
-    quantizer.process()
+    # an all-zero block (the padding token's embedding row) has scale 0: the quantizer
+    # divides before its np.where picks 0 there, and numpy warns about the discarded NaN
+    with np.errstate(invalid="ignore", divide="ignore"):
+        quantizer.process()
     return quantizer.model.model
 
 
@@ -143,6 +175,7 @@ def applied_precisions(model: onnx.ModelProto) -> dict[str, str]:
         weight = weight_of(node)
         if weight is None:
             continue
+        weight = weight if weight in dtypes or weight in cast_from else _source(model, weight)
         if weight in dtypes:
             found[node.name] = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16"}.get(
                 dtypes[weight], TensorProto.DataType.Name(dtypes[weight]).lower())
