@@ -43,6 +43,7 @@ import io
 import json
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -55,6 +56,8 @@ BLOCK_SIZES = (32, 64, 128)
 BUILDERS = {"LlamaForCausalLM": "LlamaModel", "Qwen2ForCausalLM": "QwenModel",
             "GemmaForCausalLM": "GemmaModel"}
 _LOG_TAIL = 4000
+# the builder class is patched and stdout redirected while it runs: one export at a time
+_BUILDER_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +98,10 @@ class PrecisionPlan:
     lm_head: Weight = Weight()
     symmetric: bool = True
     accuracy_level: int | None = 4
+
+    def __post_init__(self) -> None:
+        if self.accuracy_level not in (None, 0, 1, 2, 3, 4):
+            raise ExportError(f"accuracy_level {self.accuracy_level} is not MatMulNBits' 0-4 (or None)")
 
     @classmethod
     def uniform(cls, kind: str, block_size: int = 32, embedding: str = "fp32",
@@ -171,9 +178,15 @@ def architecture(model: Any) -> str:
     return names[0]
 
 
-def check_exportable(model: Any, plan: PrecisionPlan) -> None:
+def check_exportable(model: Any, tokenizer: Any, plan: PrecisionPlan, out_dir: Path) -> None:
     """Everything ``export_genai`` refuses, found before any work (see the module docstring)."""
     name = architecture(model)
+    if not hasattr(tokenizer, "save_pretrained"):
+        raise ExportError("a transformers tokenizer is needed: its files go into the folder "
+                          "for onnxruntime-genai")
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ExportError("move the model to the CPU first (model.cpu()): the builder reads "
+                          "its weights there")
     if name not in BUILDERS:
         raise ExportError(f"architecture {name} cannot be exported to onnxruntime-genai here; "
                           f"supported: {', '.join(BUILDERS)}")
@@ -209,6 +222,10 @@ def check_exportable(model: Any, plan: PrecisionPlan) -> None:
     if plan.embedding.kind == "int4" and config.hidden_size % plan.embedding.block_size:
         raise ExportError(f"int4 embedding blocks of {plan.embedding.block_size} do not divide "
                           f"hidden size {config.hidden_size}")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "genai_config.json").exists():
+        # an earlier export is replaced; any other folder is not ours to empty
+        raise ExportError(f"{out_dir} holds files and no genai_config.json: not an earlier "
+                          f"export, so it is left alone; choose an empty or new folder")
 
 
 def _builder_input(model: Any, tokenizer: Any, folder: Path) -> None:
@@ -257,7 +274,7 @@ def _run_builder(model: Any, tokenizer: Any, out_dir: Path, work: Path) -> None:
     log = io.StringIO()
     try:
         # the builder prints hundreds of lines (progress bars, every tensor saved)
-        with _in_memory(builder_class, model), torch.no_grad(), \
+        with _BUILDER_LOCK, _in_memory(builder_class, model), torch.no_grad(), \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             options = builder.parse_extra_options(None, str(hf), str(out_dir), "fp32", "cpu",
                                                   str(work / "cache"), ["hf_remote=false"])
@@ -306,16 +323,16 @@ def versions() -> dict[str, str]:
 def export_genai(model: Any, tokenizer: Any, out_dir: Path | str, plan: PrecisionPlan,
                  threads: int | None = None) -> ExportedFolder:
     """Write ``model`` (a transformers causal LM, on the CPU) as an onnxruntime-genai folder
-    at ``out_dir`` (emptied first) with ``plan``'s precisions. ``threads``: the intra-op
+    at ``out_dir`` (new, empty, or an earlier export, which is replaced) with ``plan``'s precisions. ``threads``: the intra-op
     threads written into genai_config.json's session options (the runtime's default if None)."""
     import onnx
 
     from hwnas.llm.quantize import (applied_precisions, apply_precisions, untie_embedding,
                                     weighted_nodes)
 
-    check_exportable(model, plan)
-    started = time.perf_counter()
     out_dir = Path(out_dir)
+    check_exportable(model, tokenizer, plan, out_dir)
+    started = time.perf_counter()
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,10 @@ assumed from the plan.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -96,9 +97,17 @@ def untie_embedding(model: onnx.ModelProto) -> bool:
     return True
 
 
-def _quiet_quantizer() -> None:
-    # the quantizer logs one INFO line per node through its module logger
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The quantizer logs INFO lines per node through its module logger: raised to WARNING
+    while it runs, and the host program's level given back after."""
+    logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _quantize_group(model: onnx.ModelProto, names: set[str], bits: int, block_size: int,
@@ -147,13 +156,13 @@ def apply_precisions(model: onnx.ModelProto, chosen: Mapping[str, tuple[str, int
                      symmetric: bool = True, accuracy_level: int | None = None) -> onnx.ModelProto:
     """``chosen``: node name -> (kind, block size), kind fp32 | fp16 | int8 | int4; weights
     loaded in memory. Returns the rewritten model (the quantizer builds a new one)."""
-    _quiet_quantizer()
     groups: dict[tuple[int, int], set[str]] = {}
     for name, (kind, block) in chosen.items():
         if kind in ("int4", "int8"):
             groups.setdefault((int(kind[3:]), block), set()).add(name)
-    for (bits, block), names in sorted(groups.items()):
-        model = _quantize_group(model, names, bits, block, symmetric, accuracy_level)
+    with _quiet_quantizer():
+        for (bits, block), names in sorted(groups.items()):
+            model = _quantize_group(model, names, bits, block, symmetric, accuracy_level)
     _store_fp16(model, {name for name, (kind, _) in chosen.items() if kind == "fp16"})
     return model
 

@@ -258,3 +258,13 @@ def test_tied_embedding_and_lm_head_take_their_own_precisions(tokenizer: Any, tm
     assert float_tables == []  # the fp32 vocabulary table is gone, not kept beside the copies
     assert np.abs(ort_logits(done.path, PROMPT) - torch_logits(model, PROMPT)).max() < 0.1
     assert len(genai_greedy(done.path, PROMPT, NEW_TOKENS)) == NEW_TOKENS
+
+
+def test_a_folder_that_is_not_an_earlier_export_is_left_alone(tokenizer: Any, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an earlier export"):
+        export_genai(tiny_model("llama"), tokenizer, tmp_path, PrecisionPlan.uniform("fp32"))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    again = export_genai(tiny_model("llama"), tokenizer, tmp_path / "genai", PrecisionPlan.uniform("int4"))
+    again = export_genai(tiny_model("llama"), tokenizer, again.path, PrecisionPlan.uniform("fp32"))
+    assert set(again.applied.values()) == {"fp32"}  # an earlier export is replaced whole
