@@ -101,7 +101,8 @@ class PrecisionPlan:
 
     def __post_init__(self) -> None:
         if self.accuracy_level not in (None, 0, 1, 2, 3, 4):
-            raise ExportError(f"accuracy_level {self.accuracy_level} is not MatMulNBits' 0-4 (or None)")
+            raise ExportError(f"accuracy_level {self.accuracy_level} is not MatMulNBits' 0-4 "
+                              f"(or None)")
 
     @classmethod
     def uniform(cls, kind: str, block_size: int = 32, embedding: str = "fp32",
@@ -168,7 +169,8 @@ def _decoder_layers(model: Any) -> list[Any]:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:
-        raise ExportError(f"{type(model).__name__} has no model.layers: not a decoder hwnas exports")
+        raise ExportError(f"{type(model).__name__} has no model.layers: not a decoder hwnas "
+                          f"exports")
     return list(layers)
 
 
@@ -193,18 +195,21 @@ def check_exportable(model: Any, tokenizer: Any, plan: PrecisionPlan, out_dir: P
     config = model.config
     layers = _decoder_layers(model)
     if len(layers) != config.num_hidden_layers:
-        raise ExportError(f"the model has {len(layers)} decoder layers but config.num_hidden_layers "
-                          f"is {config.num_hidden_layers}: update the config after dropping layers")
+        raise ExportError(f"the model has {len(layers)} decoder layers but "
+                          f"config.num_hidden_layers is {config.num_hidden_layers}: update the "
+                          f"config after dropping layers")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     heads = [(layer.self_attn.q_proj.out_features // head_dim,
               layer.self_attn.k_proj.out_features // head_dim) for layer in layers]
     expected = (config.num_attention_heads, config.num_key_value_heads)
     uneven = {i: h for i, h in enumerate(heads) if h != expected}
     if uneven:
-        shown = "; ".join(f"layer {i}: {q} query / {kv} key-value heads" for i, (q, kv) in uneven.items())
-        raise ExportError(f"head counts differ between layers ({shown}; the config says {expected[0]} "
-                          f"/ {expected[1]}): the builder writes one GroupQueryAttention head count "
-                          f"for every layer, so heads must be removed uniformly")
+        shown = "; ".join(f"layer {i}: {q} query / {kv} key-value heads"
+                          for i, (q, kv) in uneven.items())
+        raise ExportError(f"head counts differ between layers ({shown}; the config says "
+                          f"{expected[0]} / {expected[1]}): the builder writes one "
+                          f"GroupQueryAttention head count for every layer, so heads must be "
+                          f"removed uniformly")
     if config.num_attention_heads % config.num_key_value_heads:
         raise ExportError(f"{config.num_attention_heads} query heads do not split into "
                           f"{config.num_key_value_heads} key-value groups")
@@ -212,10 +217,12 @@ def check_exportable(model: Any, tokenizer: Any, plan: PrecisionPlan, out_dir: P
         mlp = layer.mlp
         widths = {mlp.gate_proj.out_features, mlp.up_proj.out_features, mlp.down_proj.in_features}
         if len(widths) != 1:
-            raise ExportError(f"layer {index}: gate/up outputs and down inputs disagree {sorted(widths)}")
+            raise ExportError(f"layer {index}: gate/up outputs and down inputs disagree "
+                              f"{sorted(widths)}")
     wrong = sorted(i for i in plan.layers if not 0 <= i < len(layers))
     if wrong:
-        raise ExportError(f"the plan names layers {wrong}; the model has layers 0-{len(layers) - 1}")
+        raise ExportError(f"the plan names layers {wrong}; the model has layers "
+                          f"0-{len(layers) - 1}")
     if plan.embedding.kind == "int8":
         raise ExportError("an int8 embedding cannot be written (onnxruntime's GatherBlockQuantized "
                           "is 4-bit only): choose fp32, fp16 or int4")
@@ -233,7 +240,8 @@ def _builder_input(model: Any, tokenizer: Any, folder: Path) -> None:
     config = model.config.__class__.from_dict(model.config.to_dict())
     config.architectures = [architecture(model)]
     # only the builder's default; each layer's own width is set while its MLP is written
-    config.intermediate_size = max(layer.mlp.down_proj.in_features for layer in _decoder_layers(model))
+    config.intermediate_size = max(layer.mlp.down_proj.in_features
+                                   for layer in _decoder_layers(model))
     config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
@@ -323,8 +331,9 @@ def versions() -> dict[str, str]:
 def export_genai(model: Any, tokenizer: Any, out_dir: Path | str, plan: PrecisionPlan,
                  threads: int | None = None) -> ExportedFolder:
     """Write ``model`` (a transformers causal LM, on the CPU) as an onnxruntime-genai folder
-    at ``out_dir`` (new, empty, or an earlier export, which is replaced) with ``plan``'s precisions. ``threads``: the intra-op
-    threads written into genai_config.json's session options (the runtime's default if None)."""
+    at ``out_dir`` (new, empty, or an earlier export, which is replaced) with ``plan``'s
+    precisions. ``threads``: the intra-op threads written into genai_config.json's session
+    options (the runtime's default if None)."""
     import onnx
 
     from hwnas.llm.quantize import (applied_precisions, apply_precisions, untie_embedding,

@@ -128,7 +128,8 @@ def test_uneven_mlp_widths_export_and_match(tokenizer: Any, tmp_path: Path) -> N
     model = tiny_model("qwen2", seed=1)  # Qwen2: q/k/v biases and tied embeddings as well
     generator = torch.Generator().manual_seed(0)
     for index, kept in ((0, 96), (2, 64)):
-        keep_mlp_units(model.model.layers[index], torch.randperm(128, generator=generator)[:kept].sort().values)
+        kept_units = torch.randperm(128, generator=generator)[:kept].sort().values
+        keep_mlp_units(model.model.layers[index], kept_units)
     done = export_genai(model, tokenizer, tmp_path / "genai", PrecisionPlan.uniform("fp32"))
     assert_matches_torch(model, done.path)
     graph = onnx.load(str(done.path / "model.onnx"), load_external_data=False)
@@ -146,7 +147,8 @@ def test_uniform_head_reduction_exports_and_matches(tokenizer: Any, tmp_path: Pa
     done = export_genai(model, tokenizer, tmp_path / "genai", PrecisionPlan.uniform("fp32"))
     assert_matches_torch(model, done.path)
     decoder = json.loads((done.path / "genai_config.json").read_text())["model"]["decoder"]
-    assert (decoder["num_attention_heads"], decoder["num_key_value_heads"], decoder["head_size"]) == (2, 1, 16)
+    heads = (decoder["num_attention_heads"], decoder["num_key_value_heads"], decoder["head_size"])
+    assert heads == (2, 1, 16)
 
 
 def test_dropped_decoder_layer_exports_and_matches(tokenizer: Any, tmp_path: Path) -> None:
@@ -160,21 +162,26 @@ def test_dropped_decoder_layer_exports_and_matches(tokenizer: Any, tmp_path: Pat
         model.config.layer_types = model.config.layer_types[:3]
     done = export_genai(model, tokenizer, tmp_path / "genai", PrecisionPlan.uniform("fp32"))
     assert_matches_torch(model, done.path)
-    assert json.loads((done.path / "genai_config.json").read_text())["model"]["decoder"]["num_hidden_layers"] == 3
+    decoder = json.loads((done.path / "genai_config.json").read_text())["model"]["decoder"]
+    assert decoder["num_hidden_layers"] == 3
 
 
 def quantized_nodes(folder: Path) -> dict[str, tuple[int, int]]:
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
-    return {node.name: (onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == "bits")),
-                        onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == "block_size")))
-            for node in graph.node if node.op_type == "MatMulNBits"}
+    found = {}
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            found[node.name] = (attributes["bits"], attributes["block_size"])
+    return found
 
 
 def test_mixed_precision_per_layer(tokenizer: Any, tmp_path: Path) -> None:
     # hidden 128, MLP 256: block 128 divides every matmul's input dimension
     model = tiny_model("llama", seed=4, hidden_size=128, intermediate_size=256, head_dim=32)
     int4, int8 = Weight("int4", 32), Weight("int8", 128)
-    plan = PrecisionPlan(default=LayerPlan(int8, int8), layers={0: LayerPlan(int4, int4), 1: LayerPlan(int4, int4)},
+    plan = PrecisionPlan(default=LayerPlan(int8, int8),
+                         layers={0: LayerPlan(int4, int4), 1: LayerPlan(int4, int4)},
                          embedding=Weight("fp32"), lm_head=Weight("int8", 128))
     mixed = export_genai(model, tokenizer, tmp_path / "mixed", plan)
     all4 = export_genai(model, tokenizer, tmp_path / "int4", PrecisionPlan.uniform("int4", 32))
@@ -204,7 +211,8 @@ def test_fp16_weights_are_stored_half_and_computed_close(tokenizer: Any, tmp_pat
     half = export_genai(model, tokenizer, tmp_path / "fp16", PrecisionPlan.uniform("fp16", embedding="fp16"))
     assert set(half.applied.values()) == {"fp16"}
     assert half.files["model.onnx.data"] != full.files["model.onnx.data"]
-    assert (half.path / "model.onnx.data").stat().st_size < 0.6 * (full.path / "model.onnx.data").stat().st_size
+    data_bytes = [(done.path / "model.onnx.data").stat().st_size for done in (half, full)]
+    assert data_bytes[0] < 0.6 * data_bytes[1]
     assert np.abs(ort_logits(half.path, PROMPT) - torch_logits(model, PROMPT)).max() < 1e-2
     assert len(genai_greedy(half.path, PROMPT, NEW_TOKENS)) == NEW_TOKENS
 
