@@ -137,6 +137,10 @@ def test_uneven_mlp_widths_export_and_match(tokenizer: Any, tmp_path: Path) -> N
     downs = [next(dims for name, dims in shapes.items() if f"layers.{i}.mlp.down_proj" in name)
              for i in range(4)]
     assert [dims[0] for dims in downs] == [96, 128, 64, 128]
+    # the builder's shapes follow each layer's width (its one intermediate_size is patched)
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in graph.graph.value_info}
+    widths = [shapes[f"/model/layers.{i}/mlp/Mul/output_0"][-1].dim_value for i in range(4)]
+    assert widths == [96, 128, 64, 128]
 
 
 def test_uniform_head_reduction_exports_and_matches(tokenizer: Any, tmp_path: Path) -> None:
@@ -274,5 +278,9 @@ def test_a_folder_that_is_not_an_earlier_export_is_left_alone(tokenizer: Any, tm
         export_genai(tiny_model("llama"), tokenizer, tmp_path, PrecisionPlan.uniform("fp32"))
     assert (tmp_path / "notes.txt").read_text() == "mine"
     again = export_genai(tiny_model("llama"), tokenizer, tmp_path / "genai", PrecisionPlan.uniform("int4"))
-    again = export_genai(tiny_model("llama"), tokenizer, again.path, PrecisionPlan.uniform("fp32"))
+    again = export_genai(tiny_model("llama"), tokenizer, again.path, PrecisionPlan.uniform("fp32"),
+                         threads=1)
     assert set(again.applied.values()) == {"fp32"}  # an earlier export is replaced whole
+    decoder = json.loads((again.path / "genai_config.json").read_text())["model"]["decoder"]
+    assert decoder["session_options"]["intra_op_num_threads"] == 1
+    assert len(genai_greedy(again.path, PROMPT, 2)) == 2
