@@ -23,8 +23,11 @@ for the MLP matmuls (gate, up, down), and separately the embedding and the lm_he
 ``fp32``, ``fp16`` (weights stored float16, computed float32 on the CPU), ``int8``, ``int4``
 (blockwise, block 32/64/128; symmetric by default; ``accuracy_level`` is MatMulNBits': 4 lets
 the CPU compute with int8 activations, the builder's own CPU default). The embedding takes
-fp32/fp16/int4 (GatherBlockQuantized is 4-bit only). Tied embeddings are written as two
-tensors (the builder's default), so embedding and lm_head are separate choices.
+fp32/fp16/int4 (GatherBlockQuantized is 4-bit only). Tied embeddings (the builder writes the
+embedding as the lm_head's weight transposed) stay one tensor while both ends are fp32, share
+the lm_head's int4 weight when both are the same symmetric int4 (as the builder's own int4
+export does), and are split into two tensors otherwise: embedding and lm_head are separate
+choices.
 
 Refused before any work (``ExportError``): an architecture the builder path here does not
 handle (named, with the supported ones), query/key-value head counts that differ between
@@ -336,8 +339,8 @@ def export_genai(model: Any, tokenizer: Any, out_dir: Path | str, plan: Precisio
     options (the runtime's default if None)."""
     import onnx
 
-    from hwnas.llm.quantize import (applied_precisions, apply_precisions, untie_embedding,
-                                    weighted_nodes)
+    from hwnas.llm.quantize import (EMBEDDING, applied_precisions, apply_precisions, is_tied,
+                                    share_quantized_tie, untie_embedding, weighted_nodes)
 
     out_dir = Path(out_dir)
     check_exportable(model, tokenizer, plan, out_dir)
@@ -354,9 +357,16 @@ def export_genai(model: Any, tokenizer: Any, out_dir: Path | str, plan: Precisio
               for name, part in parts.items()}
     if any(kind != "fp32" for kind, _ in chosen.values()):
         graph = onnx.load(str(graph_path))
-        if {plan.embedding.kind, plan.lm_head.kind} != {"fp32"}:
-            untie_embedding(graph)  # kept tied (one fp32 tensor) while both stay fp32
+        # a tie stays one tensor while both ends are fp32, or both the same symmetric int4
+        share = (is_tied(graph) and plan.embedding == plan.lm_head
+                 and plan.embedding.kind == "int4" and plan.symmetric)
+        if share:
+            del chosen[EMBEDDING]  # it will read the lm_head's int4 weight
+        elif {plan.embedding.kind, plan.lm_head.kind} != {"fp32"}:
+            untie_embedding(graph)
         graph = apply_precisions(graph, chosen, plan.symmetric, plan.accuracy_level)
+        if share:
+            share_quantized_tie(graph, plan.embedding.block_size)
         _write(graph, graph_path)
         graph = onnx.load(str(graph_path), load_external_data=False)
     applied = {name: kind for name, kind in applied_precisions(graph).items() if name in parts}

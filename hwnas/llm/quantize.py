@@ -77,17 +77,31 @@ def weighted_nodes(model: onnx.ModelProto) -> dict[str, str]:
     return parts
 
 
-def untie_embedding(model: onnx.ModelProto) -> bool:
-    """With tied embeddings the builder feeds the embedding Gather the lm_head's weight
-    through a Transpose: one tensor, so one precision. Give the Gather a table of its own
-    (weights loaded in memory); True if there was a tie."""
+def _tie(model: onnx.ModelProto) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
+    """(embedding Gather, Transpose) where the builder wrote tied embeddings: the Gather reads
+    the lm_head's weight through a Transpose (one tensor, so one precision)."""
     graph = model.graph
     gather = next((n for n in graph.node if n.name == EMBEDDING), None)
     transpose = next((n for n in graph.node if gather is not None and n.op_type == "Transpose"
                       and n.output[0] == gather.input[0]), None)
-    initializers = {t.name: t for t in graph.initializer}
-    if transpose is None or transpose.input[0] not in initializers:
+    if transpose is None or transpose.input[0] not in {t.name for t in graph.initializer}:
+        return None
+    return gather, transpose
+
+
+def is_tied(model: onnx.ModelProto) -> bool:
+    return _tie(model) is not None
+
+
+def untie_embedding(model: onnx.ModelProto) -> bool:
+    """Give a tied embedding Gather a table of its own (weights loaded in memory), so the
+    embedding and the lm_head take different precisions; True if there was a tie."""
+    graph = model.graph
+    tie = _tie(model)
+    if tie is None:
         return False
+    gather, transpose = tie
+    initializers = {t.name: t for t in graph.initializer}
     table = numpy_helper.to_array(initializers[transpose.input[0]]).T
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(table),
                                                      "model.embed_tokens.weight"))
@@ -95,6 +109,36 @@ def untie_embedding(model: onnx.ModelProto) -> bool:
     if not any(transpose.output[0] in n.input for n in graph.node):
         graph.node.remove(transpose)
     return True
+
+
+def share_quantized_tie(model: onnx.ModelProto, block_size: int) -> None:
+    """A tied embedding reads the int4 lm_head's MatMulNBits weight (symmetric, no zero
+    points) through a Reshape into a GatherBlockQuantized, as the builder's own int4 export
+    does: one int4 table instead of two. ``block_size`` divides the hidden size."""
+    graph = model.graph
+    tie = _tie(model)
+    head = next((n for n in graph.node if n.name == f"{LM_HEAD}_Q4"), None)
+    if tie is None or head is None or len(head.input) > 3:
+        raise ExportError("the lm_head's int4 weight cannot be shared with the embedding")
+    gather, transpose = tie
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
+    if int(attrs["block_size"]) != block_size or int(attrs["K"]) % block_size:
+        raise ExportError("the lm_head's int4 blocks do not fit the embedding's")
+    shape = numpy_helper.from_array(np.array([attrs["N"], attrs["K"] // 2], np.int64),
+                                    "/model/embed_tokens/packed_shape")
+    graph.initializer.append(shape)
+    reshape = onnx.helper.make_node("Reshape", [head.input[1], shape.name],
+                                    ["/model/embed_tokens/Reshape/output_0"],
+                                    name="/model/embed_tokens/Reshape")
+    lookup = onnx.helper.make_node(
+        "GatherBlockQuantized", [reshape.output[0], gather.input[1], head.input[2]],
+        list(gather.output), name=f"{EMBEDDING}_Q4", domain="com.microsoft", bits=4,
+        block_size=block_size, gather_axis=0, quantize_axis=1)
+    nodes = [reshape] + [lookup if n is gather else n for n in graph.node if n is not transpose]
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    if not any(transpose.input[0] in n.input for n in graph.node):
+        graph.initializer.remove(next(t for t in graph.initializer if t.name == transpose.input[0]))
 
 
 @contextlib.contextmanager

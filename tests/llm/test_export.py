@@ -284,3 +284,19 @@ def test_a_folder_that_is_not_an_earlier_export_is_left_alone(tokenizer: Any, tm
     decoder = json.loads((again.path / "genai_config.json").read_text())["model"]["decoder"]
     assert decoder["session_options"]["intra_op_num_threads"] == 1
     assert len(genai_greedy(again.path, PROMPT, 2)) == 2
+
+
+def test_tied_int4_embedding_shares_the_lm_head_weight(tokenizer: Any, tmp_path: Path) -> None:
+    model = tiny_model("gemma", seed=7)  # tied, and Gemma scales the embedding by sqrt(hidden)
+    done = export_genai(model, tokenizer, tmp_path / "genai",
+                        PrecisionPlan.uniform("int4", 32, embedding="int4"))
+    assert done.applied["/model/embed_tokens/Gather"] == "int4/32" == done.applied["/lm_head/MatMul"]
+    graph = onnx.load(str(done.path / "model.onnx"), load_external_data=False).graph
+    lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.name == "/lm_head/MatMul_Q4")
+    reshape = next(n for n in graph.node if n.output[0] == lookup.input[0])
+    assert reshape.input[0] == head.input[1] and lookup.input[2] == head.input[2]  # one table
+    assert not [t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+                and sorted(t.dims) == [64, 512]]
+    assert np.abs(ort_logits(done.path, PROMPT) - torch_logits(model, PROMPT)).max() < 0.2
+    assert len(genai_greedy(done.path, PROMPT, NEW_TOKENS)) == NEW_TOKENS
