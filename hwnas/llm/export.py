@@ -17,7 +17,8 @@ How: onnxruntime-genai's model builder (``onnxruntime_genai.models.builder``) wr
 graph, fed the model IN MEMORY (its ``load_weights`` would reload the folder with
 ``from_pretrained``, which cannot hold per-layer MLP widths: one ``intermediate_size``), with
 the builder's intermediate size set per layer from the layer's own ``down_proj``. Then
-``hwnas.llm.quantize`` gives each node its precision. A plan has, per decoder layer (as
+``hwnas.llm.quantize`` gives each node its precision. A plan (``hwnas.llm.plan``, its names
+handed on here) has, per decoder layer (as
 exported: after any dropped layers), one precision for the attention matmuls (qkv, o) and one
 for the MLP matmuls (gate, up, down), and separately the embedding and the lm_head. Kinds:
 ``fp32``, ``fp16`` (weights stored float16, computed float32 on the CPU), ``int8``, ``int4``
@@ -25,8 +26,9 @@ for the MLP matmuls (gate, up, down), and separately the embedding and the lm_he
 the CPU compute with int8 activations, the builder's own CPU default). The embedding takes
 fp32/fp16/int4 (GatherBlockQuantized is 4-bit only). Tied embeddings (the builder writes the
 embedding as the lm_head's weight transposed) stay one tensor while both ends are fp32, share
-the lm_head's int4 weight when both are the same symmetric int4 (as the builder's own int4
-export does), and are split into two tensors otherwise: embedding and lm_head are separate
+the lm_head's fp16 weight when both are fp16 and its int4 weight when both are the same
+symmetric int4 (as the builder's own int4 export does), and are split into two tensors
+otherwise: embedding and lm_head are separate
 choices.
 
 Refused before any work (``ExportError``): an architecture the builder path here does not
@@ -49,100 +51,20 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from hwnas.errors import ExportError
+from hwnas.llm.plan import BLOCK_SIZES, KINDS, LayerPlan, PrecisionPlan, Weight
 
-KINDS = ("fp32", "fp16", "int8", "int4")
-BLOCK_SIZES = (32, 64, 128)
+__all__ = ["BLOCK_SIZES", "KINDS", "BUILDERS", "ExportedFolder", "LayerPlan", "PrecisionPlan",
+           "Weight", "check_exportable", "export_genai"]
+
 # config.architectures[0] -> the builder class create_model picks for it (builder.py)
 BUILDERS = {"LlamaForCausalLM": "LlamaModel", "Qwen2ForCausalLM": "QwenModel",
             "GemmaForCausalLM": "GemmaModel"}
 _LOG_TAIL = 4000
 # the builder class is patched and stdout redirected while it runs: one export at a time
 _BUILDER_LOCK = threading.Lock()
-
-
-@dataclasses.dataclass(frozen=True)
-class Weight:
-    """One precision: kind, and the block size along the input dimension for int kinds."""
-
-    kind: str = "fp32"
-    block_size: int = 32
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ExportError(f"weight precision {self.kind!r} is not one of {', '.join(KINDS)}")
-        if self.kind in ("int4", "int8") and self.block_size not in BLOCK_SIZES:
-            raise ExportError(f"block size {self.block_size} for {self.kind} is not one of "
-                              f"{', '.join(map(str, BLOCK_SIZES))}")
-
-    @property
-    def label(self) -> str:
-        """As the written graph is read back: ``int4/32``, ``fp16``."""
-        return f"{self.kind}/{self.block_size}" if self.kind in ("int4", "int8") else self.kind
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerPlan:
-    """One decoder layer: its attention matmuls (qkv, o) and its MLP matmuls (gate, up, down)."""
-
-    attention: Weight = Weight()
-    mlp: Weight = Weight()
-
-
-@dataclasses.dataclass(frozen=True)
-class PrecisionPlan:
-    """``default`` for every layer ``layers`` does not name (by exported layer index)."""
-
-    default: LayerPlan = LayerPlan()
-    layers: Mapping[int, LayerPlan] = dataclasses.field(default_factory=dict)
-    embedding: Weight = Weight()
-    lm_head: Weight = Weight()
-    symmetric: bool = True
-    accuracy_level: int | None = 4
-
-    def __post_init__(self) -> None:
-        if self.accuracy_level not in (None, 0, 1, 2, 3, 4):
-            raise ExportError(f"accuracy_level {self.accuracy_level} is not MatMulNBits' 0-4 "
-                              f"(or None)")
-
-    @classmethod
-    def uniform(cls, kind: str, block_size: int = 32, embedding: str = "fp32",
-                accuracy_level: int | None = 4) -> "PrecisionPlan":
-        """Every layer and the lm_head ``kind``; the embedding ``embedding`` (the builder
-        leaves it fp32 on the CPU too)."""
-        weight = Weight(kind, block_size)
-        return cls(LayerPlan(weight, weight), {}, Weight(embedding, block_size), weight,
-                   accuracy_level=accuracy_level)
-
-    def with_layers(self, indices: Iterable[int], attention: Weight | None = None,
-                    mlp: Weight | None = None) -> "PrecisionPlan":
-        """A copy where ``indices`` take ``attention`` and/or ``mlp`` (the rest unchanged)."""
-        layers = dict(self.layers)
-        for index in indices:
-            old = layers.get(index, self.default)
-            layers[index] = LayerPlan(attention or old.attention, mlp or old.mlp)
-        return dataclasses.replace(self, layers=layers)
-
-    def layer(self, index: int) -> LayerPlan:
-        return self.layers.get(index, self.default)
-
-    def for_part(self, part: str) -> Weight:
-        """``layers.3.attn`` / ``layers.3.mlp`` / ``embedding`` / ``lm_head`` -> its Weight."""
-        if part in ("embedding", "lm_head"):
-            return getattr(self, part)
-        _, index, kind = part.split(".")
-        chosen = self.layer(int(index))
-        return chosen.attention if kind == "attn" else chosen.mlp
-
-    def as_dict(self) -> dict[str, Any]:
-        def layer(plan: LayerPlan) -> dict[str, str]:
-            return {"attention": plan.attention.label, "mlp": plan.mlp.label}
-        return {"default": layer(self.default),
-                "layers": {str(i): layer(p) for i, p in sorted(self.layers.items())},
-                "embedding": self.embedding.label, "lm_head": self.lm_head.label,
-                "symmetric": self.symmetric, "accuracy_level": self.accuracy_level}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,17 +259,33 @@ def export_genai(model: Any, tokenizer: Any, out_dir: Path | str, plan: Precisio
     at ``out_dir`` (new, empty, or an earlier export, which is replaced) with ``plan``'s
     precisions. ``threads``: the intra-op threads written into genai_config.json's session
     options (the runtime's default if None)."""
-    import onnx
-
-    from hwnas.llm.quantize import (EMBEDDING, applied_precisions, apply_precisions, is_tied,
-                                    share_quantized_tie, untie_embedding, weighted_nodes)
-
     out_dir = Path(out_dir)
     check_exportable(model, tokenizer, plan, out_dir)
     started = time.perf_counter()
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        applied = _build(model, tokenizer, out_dir, plan)
+    except BaseException:
+        # a half-written folder (the builder's fp32 graph, not yet quantized) would load and
+        # run as if it were the plan's: nothing is left behind
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    _set_threads(out_dir, threads)
+    files = {p.name: _sha256(p) for p in sorted(out_dir.iterdir()) if p.is_file()}
+    total = sum((out_dir / name).stat().st_size for name in files)
+    return ExportedFolder(out_dir, files, total, applied, plan.as_dict(), versions(),
+                          time.perf_counter() - started)
+
+
+def _build(model: Any, tokenizer: Any, out_dir: Path, plan: PrecisionPlan) -> dict[str, str]:
+    """The builder's fp32 folder, then the plan's precisions; what each node became."""
+    import onnx
+
+    from hwnas.llm.quantize import (EMBEDDING, applied_precisions, apply_precisions, is_tied,
+                                    share_quantized_tie, untie_embedding, weighted_nodes)
+
     with tempfile.TemporaryDirectory(prefix="hwnas-genai-", dir=out_dir.parent) as scratch:
         _run_builder(model, tokenizer, out_dir, Path(scratch))
     graph_path = out_dir / "model.onnx"
@@ -357,15 +295,15 @@ def export_genai(model: Any, tokenizer: Any, out_dir: Path | str, plan: Precisio
               for name, part in parts.items()}
     if any(kind != "fp32" for kind, _ in chosen.values()):
         graph = onnx.load(str(graph_path))
-        # a tie stays one tensor while both ends are fp32, or both the same symmetric int4
+        # a tie stays one tensor while both ends take the same fp32, fp16 or symmetric int4
         share = (is_tied(graph) and plan.embedding == plan.lm_head
-                 and plan.embedding.kind == "int4" and plan.symmetric)
+                 and (plan.embedding.kind in ("fp32", "fp16") or plan.symmetric))
         if share:
-            del chosen[EMBEDDING]  # it will read the lm_head's int4 weight
+            del chosen[EMBEDDING]  # it reads the lm_head's weight (through its Cast if fp16)
         elif {plan.embedding.kind, plan.lm_head.kind} != {"fp32"}:
             untie_embedding(graph)
         graph = apply_precisions(graph, chosen, plan.symmetric, plan.accuracy_level)
-        if share:
+        if share and plan.embedding.kind == "int4":
             share_quantized_tie(graph, plan.embedding.block_size)
         _write(graph, graph_path)
         graph = onnx.load(str(graph_path), load_external_data=False)
@@ -376,8 +314,4 @@ def export_genai(model: Any, tokenizer: Any, out_dir: Path | str, plan: Precisio
              for name, part in parts.items() if applied.get(name) != plan.for_part(part).label]
     if wrong:
         raise ExportError(f"the written graph differs from the plan: {'; '.join(wrong[:5])}")
-    _set_threads(out_dir, threads)
-    files = {p.name: _sha256(p) for p in sorted(out_dir.iterdir()) if p.is_file()}
-    total = sum((out_dir / name).stat().st_size for name in files)
-    return ExportedFolder(out_dir, files, total, applied, plan.as_dict(), versions(),
-                          time.perf_counter() - started)
+    return applied

@@ -300,3 +300,15 @@ def test_tied_int4_embedding_shares_the_lm_head_weight(tokenizer: Any, tmp_path:
                 and sorted(t.dims) == [64, 512]]
     assert np.abs(ort_logits(done.path, PROMPT) - torch_logits(model, PROMPT)).max() < 0.2
     assert len(genai_greedy(done.path, PROMPT, NEW_TOKENS)) == NEW_TOKENS
+
+
+def test_tied_fp16_embedding_shares_the_lm_head_weight(tokenizer: Any, tmp_path: Path) -> None:
+    model = tiny_model("qwen2", seed=8)
+    done = export_genai(model, tokenizer, tmp_path / "genai",
+                        PrecisionPlan.uniform("fp16", embedding="fp16"))
+    assert set(done.applied.values()) == {"fp16"}
+    graph = onnx.load(str(done.path / "model.onnx"), load_external_data=False).graph
+    tables = [t for t in graph.initializer if sorted(t.dims) == [64, 512]]
+    assert [t.data_type for t in tables] == [onnx.TensorProto.FLOAT16]  # one table, half
+    assert np.abs(ort_logits(done.path, PROMPT) - torch_logits(model, PROMPT)).max() < 1e-2
+    assert genai_greedy(done.path, PROMPT, NEW_TOKENS) == torch_greedy(model, PROMPT, NEW_TOKENS)
