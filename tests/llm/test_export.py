@@ -312,3 +312,10 @@ def test_tied_fp16_embedding_shares_the_lm_head_weight(tokenizer: Any, tmp_path:
     assert [t.data_type for t in tables] == [onnx.TensorProto.FLOAT16]  # one table, half
     assert np.abs(ort_logits(done.path, PROMPT) - torch_logits(model, PROMPT)).max() < 1e-2
     assert genai_greedy(done.path, PROMPT, NEW_TOKENS) == torch_greedy(model, PROMPT, NEW_TOKENS)
+
+
+def test_a_block_larger_than_the_input_dimension_is_zero_padded(tokenizer: Any, tmp_path: Path) -> None:
+    model = tiny_model("llama", seed=9)  # hidden 64: every qkv/gate/up/lm_head K is 64 < 128
+    done = export_genai(model, tokenizer, tmp_path / "genai", PrecisionPlan.uniform("int8", 128))
+    assert quantized_nodes(done.path)["/model/layers.0/attn/qkv_proj/MatMul_Q8"] == (8, 128)
+    assert np.abs(ort_logits(done.path, PROMPT) - torch_logits(model, PROMPT)).max() < 0.05
