@@ -18,18 +18,18 @@ graph, fed the model IN MEMORY (its ``load_weights`` would reload the folder wit
 ``from_pretrained``, which cannot hold per-layer MLP widths: one ``intermediate_size``), with
 the builder's intermediate size set per layer from the layer's own ``down_proj``. Then
 ``hwnas.llm.quantize`` gives each node its precision. A plan (``hwnas.llm.plan``, its names
-handed on here) has, per decoder layer (as
-exported: after any dropped layers), one precision for the attention matmuls (qkv, o) and one
-for the MLP matmuls (gate, up, down), and separately the embedding and the lm_head. Kinds:
-``fp32``, ``fp16`` (weights stored float16, computed float32 on the CPU), ``int8``, ``int4``
-(blockwise, block 32/64/128; symmetric by default; ``accuracy_level`` is MatMulNBits': 4 lets
-the CPU compute with int8 activations, the builder's own CPU default). The embedding takes
-fp32/fp16/int4 (GatherBlockQuantized is 4-bit only). Tied embeddings (the builder writes the
-embedding as the lm_head's weight transposed) stay one tensor while both ends are fp32, share
-the lm_head's fp16 weight when both are fp16 and its int4 weight when both are the same
-symmetric int4 (as the builder's own int4 export does), and are split into two tensors
-otherwise: embedding and lm_head are separate
-choices.
+handed on here) has, per decoder layer (as exported: after any dropped layers), one precision
+for the attention matmuls (qkv, o) and one for the MLP matmuls (gate, up, down), and
+separately the embedding and the lm_head. Kinds: ``fp32``, ``fp16`` (weights stored float16,
+computed float32 on the CPU), ``int8``, ``int4`` (blockwise along the input dimension K,
+block 32/64/128, a block that does not divide K zero-padded by the quantizer; symmetric by
+default; ``accuracy_level`` is MatMulNBits': 4 lets the CPU compute with int8 activations,
+the builder's own CPU default). The embedding takes fp32/fp16/int4 (GatherBlockQuantized is
+4-bit only). Tied embeddings (the builder writes the embedding as the lm_head's weight
+transposed) stay one tensor while both ends are fp32, share the lm_head's fp16 weight when
+both are fp16 and its int4 weight when both are the same symmetric int4 (as the builder's
+own int4 export does), and are split into two tensors otherwise: embedding and lm_head are
+separate choices.
 
 Refused before any work (``ExportError``): an architecture the builder path here does not
 handle (named, with the supported ones), query/key-value head counts that differ between
