@@ -7,7 +7,7 @@ the offline demo's GGUF into the hwnas cache: GGUF -> transformers Llama -> onnx
 model builder), decode tokens/s and TTFT measured (A) through the local agent (runtime genai,
 the model shipped as a model of several files) and (B) by a bare generate loop in its own
 process with the identical methodology (same prompt ids, warm-up, rounds, greedy, no early
-stop), interleaved A B A B ... for 1 and 2 intra-op threads. Ratios agent / bare of the
+stop), in pairs A B, B A, A B ... (counterbalanced against drift) for 1 and 2 intra-op threads. Ratios agent / bare of the
 medians; the goal is agreement within 3%.
 """
 
@@ -58,6 +58,8 @@ for index in range(warmup + rounds):
     generator.generate_next_token()
     first = time.perf_counter_ns()
     for _ in range(generate - 1):
+        if generator.is_done():
+            raise SystemExit("the generation stopped early")
         generator.generate_next_token()
     end = time.perf_counter_ns()
     del generator
@@ -128,6 +130,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     args = parser.parse_args()
     folder = args.folder or demo_folder()
+    load_before = os.getloadavg()
     process = LocalAgentProcess()
     process.start()
     runs: dict = {}
@@ -136,9 +139,15 @@ def main() -> None:
         sha256 = client.ensure_files(folder, "model.onnx")
         for threads in [int(t) for t in args.threads.split(",")]:
             runs[threads] = {"agent": [], "bare": []}
-            for repeat in range(args.repeats):  # A B A B ...: drift hits both alike
-                runs[threads]["agent"].append(agent(client, sha256, threads, args.rounds))
-                runs[threads]["bare"].append(bare(folder, threads, args.rounds))
+            for repeat in range(args.repeats):
+                # A B, B A, A B ...: a pair's two runs side by side, and a drift of the machine
+                # over the pairs (this shared VM's speed doubled within minutes) favours neither
+                if repeat % 2 == 0:
+                    runs[threads]["agent"].append(agent(client, sha256, threads, args.rounds))
+                    runs[threads]["bare"].append(bare(folder, threads, args.rounds))
+                else:
+                    runs[threads]["bare"].append(bare(folder, threads, args.rounds))
+                    runs[threads]["agent"].append(agent(client, sha256, threads, args.rounds))
                 print(f"threads {threads} repeat {repeat + 1}: agent "
                       f"{runs[threads]['agent'][-1]['decode_tokens_per_s']:.1f} tok/s, bare "
                       f"{runs[threads]['bare'][-1]['decode_tokens_per_s']:.1f} tok/s", flush=True)
@@ -149,19 +158,28 @@ def main() -> None:
         figures = {side: {key: median([r[key] for r in pair[side]])
                           for key in ("ttft_ms_p50", "decode_tokens_per_s")} for side in pair}
         ratios = {key: figures["agent"][key] / figures["bare"][key] for key in figures["bare"]}
+        # each agent run against the bare run right after it: drift between pairs cancels
+        paired = {key: sorted(a[key] / b[key] for a, b in zip(pair["agent"], pair["bare"]))
+                  for key in figures["bare"]}
         summary[str(threads)] = {"agent": figures["agent"], "bare": figures["bare"],
                                  "ratio_agent_over_bare": ratios,
+                                 "paired_ratios": paired,
+                                 "paired_ratio_median": {k: median(v) for k, v in paired.items()},
                                  "within_3_percent": all(abs(r - 1) <= 0.03 for r in ratios.values())}
         rows.append([str(threads), f"{figures['agent']['decode_tokens_per_s']:.1f}",
                      f"{figures['bare']['decode_tokens_per_s']:.1f}",
                      f"{ratios['decode_tokens_per_s']:.3f}",
                      f"{figures['agent']['ttft_ms_p50']:.1f}", f"{figures['bare']['ttft_ms_p50']:.1f}",
-                     f"{ratios['ttft_ms_p50']:.3f}"])
+                     f"{ratios['ttft_ms_p50']:.3f}",
+                     "%.3f (%.3f-%.3f)" % (median(paired["decode_tokens_per_s"]),
+                                           paired["decode_tokens_per_s"][0],
+                                           paired["decode_tokens_per_s"][-1])])
     print(table(["threads", "decode tok/s agent", "bare", "ratio", "TTFT ms agent", "bare",
-                 "ratio"], rows))
+                 "ratio", "decode paired ratios: median (range)"], rows))
     save("genai_agent_overhead", {
         "model_folder": folder.name, "prompt_tokens": PROMPT, "generate_tokens": GENERATE,
         "warmup_rounds": WARMUP, "rounds_per_run": args.rounds, "repeats": args.repeats,
+        "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
         "summary": summary, "runs": {str(t): r for t, r in runs.items()}})
 
 
