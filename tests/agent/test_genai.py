@@ -95,6 +95,11 @@ def test_a_configuration_that_loads_code_or_reads_outside_is_refused(genai_folde
     (folder / "genai_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelRefused, match="not a file of the model's folder"):
         runtimes.load(str(folder / "model.onnx"), genai_request())
+    config["model"]["decoder"]["filename"] = "model.onnx"
+    config["model"]["vision"] = {"config_filename": "/etc/passwd"}
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelRefused, match="vision.config_filename = '/etc/passwd'"):
+        runtimes.load(str(folder / "model.onnx"), genai_request())
 
 
 THREADS = """

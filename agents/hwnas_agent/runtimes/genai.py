@@ -36,6 +36,8 @@ PROVIDERS = {"CPUExecutionProvider": None, "CUDAExecutionProvider": "cuda",
              "NvTensorRTRTXExecutionProvider": "NvTensorRtRtx"}
 # keys of a genai configuration that make onnxruntime load code or read what is not the model's
 REFUSED_KEYS = ("custom_ops_library", "custom_ops_libraries", "ep_context_file_path")
+# keys that name a file the runtime reads (decoder.filename, a processor's config_filename)
+FILE_KEYS = ("filename", "_file", "_path")
 
 
 class GenaiSettingError(ValueError):
@@ -57,7 +59,8 @@ def read_config(folder: str) -> Dict[str, Any]:
 
 def check_config(config: Any, folder: str, where: str = "") -> None:
     """onnx_refs.ModelRefused for a configuration that loads code or names a file outside
-    the folder; every ONNX file it names is checked for external data like the model."""
+    the folder (any key ending in filename, _file or _path); every ONNX file it names is
+    checked for external data like the model."""
     if isinstance(config, dict):
         for key, value in config.items():
             here = "%s.%s" % (where, key) if where else key
@@ -65,7 +68,7 @@ def check_config(config: Any, folder: str, where: str = "") -> None:
                 raise onnx_refs.ModelRefused("%s names %r (%s): the agent loads no code and no "
                                              "file from a model's configuration"
                                              % (CONFIG_NAME, here, value))
-            if key == "filename" and isinstance(value, str):
+            if isinstance(value, str) and key.endswith(FILE_KEYS):
                 _check_file(folder, value, here)
             else:
                 check_config(value, folder, here)
