@@ -92,6 +92,20 @@ class Measurement:
     # the measuring worker process's peak resident memory (the agent's peak_rss_mb: runtime,
     # model and buffers); None in measurements of agents from before it was reported
     peak_memory_mb: float | None = None
+    # generation (the agent's runtime genai); None for other measurements
+    prompt_tokens: int | None = None
+    generate_tokens: int | None = None
+    generation_rounds: int | None = None
+    ttft_ms_p50: float | None = None
+    ttft_ms_p90: float | None = None
+    prefill_tokens_per_s: float | None = None
+    decode_tokens_per_s: float | None = None  # median of the rounds
+    decode_tokens_per_s_ci95: tuple[float, float] | None = None
+    decode_cv: float | None = None
+    # power over the decode windows alone; None without a power source
+    decode_power_mean_w: float | None = None
+    decode_power_peak_w: float | None = None
+    energy_mj_per_token: float | None = None
 
     @property
     def power_mean_w(self) -> float | None:

@@ -44,6 +44,18 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def genai_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama as onnxruntime-genai's model builder writes it (genai_config.json,
+    model.onnx, model.onnx.data, tokenizer files), int4; skips where onnxruntime-genai is
+    not installed."""
+    pytest.importorskip("onnxruntime_genai")
+    from hwnas.testing.llm import tiny_causal_lm, tiny_genai_folder
+
+    root = tmp_path_factory.mktemp("genai")
+    return tiny_genai_folder(tiny_causal_lm(root / "hf", "llama"), root / "genai", "int4")
+
+
 @pytest.fixture()
 def local_agent(tmp_path: Path):
     """The real agent as a subprocess on a free loopback port; yields (client, process)."""

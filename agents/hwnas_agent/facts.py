@@ -6,6 +6,7 @@ Roots are parameters (never test switches inside the code): tests pass fixture t
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import platform
 import re
@@ -16,7 +17,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from hwnas_agent import __version__
-from hwnas_agent.protocol import ONNXRUNTIME
+from hwnas_agent.protocol import GENAI, ONNXRUNTIME
 
 
 def _read(path: str) -> Optional[str]:
@@ -90,6 +91,13 @@ def runtimes() -> Dict[str, Any]:
                                 "plugins": plugin_versions()}
     except ImportError:
         pass
+    if importlib.util.find_spec("onnxruntime_genai") is not None:
+        try:
+            import onnxruntime_genai as og
+
+            found[GENAI] = {"version": og.__version__}
+        except ImportError:
+            pass
     return found
 
 

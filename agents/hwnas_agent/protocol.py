@@ -46,7 +46,8 @@ FINISHED_STATES = (JobState.DONE, JobState.FAILED, JobState.INTERRUPTED)
 # registry (runtimes/base.py) all read these
 ONNXRUNTIME = "onnxruntime"
 TENSORRT = "tensorrt"
-RUNTIMES = (ONNXRUNTIME, TENSORRT)
+GENAI = "genai"  # onnxruntime-genai: generation of a model folder (runtimes/genai.py)
+RUNTIMES = (ONNXRUNTIME, TENSORRT, GENAI)
 TENSORRT_FLAGS = ("fp16", "int8")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # the kinds of power source an agent configuration (and a profile's power section) may name,
@@ -196,6 +197,12 @@ class MeasureRequest:
     # a rise of this many degrees, or a clock drop of this fraction, flags throttling
     thermal_rise_c: float = _setting("measurement", _number_range(0.0, 200.0), 10.0)
     clock_drop: float = _setting("measurement", _number_range(0.0, 1.0), 0.10)
+    # generation (runtime genai; the others ignore them): each round appends a prompt of
+    # prompt_tokens token ids, then produces generate_tokens tokens; a round is one iteration
+    # (warmup_iterations, min_iterations count rounds). Their sum must fit the model's context
+    prompt_tokens: int = _setting("measurement", _int_range(1, 2 ** 20), 128)
+    generate_tokens: int = _setting("measurement", _int_range(2, 2 ** 20, " (the first token "
+                                                                         "ends the prefill)"), 64)
     # -- power: section `power`; sampled during the timed phase, which extends until
     # power_min_samples exist. Only the source's name travels: its kind and options are the
     # agent's configuration (the profile's power.options go there, by `hwnas agent install`)
@@ -316,6 +323,24 @@ RESULT_FIELDS: Dict[str, ResultField] = {
     "peak_rss_mb": ResultField(("peak_rss_mb",), "number", False),
     # the power summary (power/sampler.py summarize); null when none was asked for
     "power": ResultField(("power",), "object", False),
+    # generation (runtime genai, generation.py); absent from other measurements
+    "prompt_tokens": ResultField(("generation", "prompt_tokens"), "integer", False),
+    "generate_tokens": ResultField(("generation", "generate_tokens"), "integer", False),
+    "generation_rounds": ResultField(("generation", "rounds"), "integer", False),
+    "ttft_ms_p50": ResultField(("generation", "ttft_ms", "p50"), "number", False),
+    "ttft_ms_p90": ResultField(("generation", "ttft_ms", "p90"), "number", False),
+    "prefill_tokens_per_s": ResultField(("generation", "prefill_tokens_per_s", "p50"), "number",
+                                        False),
+    "decode_tokens_per_s": ResultField(("generation", "decode_tokens_per_s", "p50"), "number",
+                                       False),
+    "decode_tokens_per_s_ci95": ResultField(("generation", "decode_tokens_per_s", "ci95_p50"),
+                                            "interval", False),
+    "decode_cv": ResultField(("generation", "decode_tokens_per_s", "cv"), "number", False),
+    # power over the decode windows only (power/sampler.decode_power)
+    "decode_power_mean_w": ResultField(("power", "decode", "mean_w"), "number", False),
+    "decode_power_peak_w": ResultField(("power", "decode", "peak_w"), "number", False),
+    "energy_mj_per_token": ResultField(("power", "decode", "energy_mj_per_token"), "number",
+                                       False),
 }
 
 

@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from hwnas_agent import facts, lifeline, onnx_refs, power, runtimes, thermal
 from hwnas_agent.config import PowerSourceConfig
-from hwnas_agent.power.sampler import PowerSampler, summarize
+from hwnas_agent.power.sampler import PowerSampler, decode_power, summarize
 from hwnas_agent.protocol import MeasureRequest
 from hwnas_agent.storage import write_json_atomic
 from hwnas_agent.wire_text import runtime_message, wire_error
@@ -90,7 +90,9 @@ def measure_file(model_path: str, request: MeasureRequest,
 def _timed_with_power(model: runtimes.LoadedModel, request: MeasureRequest,
                       source: Optional[power.PowerSource]) -> Tuple[Dict[str, Any], Any]:
     if source is None:
-        return model.timed_loop(request, after_round=thermal.round_probe), None
+        result = model.timed_loop(request, after_round=thermal.round_probe)
+        result.pop("decode_windows", None)
+        return result, None
     # idle baseline: the model is loaded, nothing runs
     idle_sampler = PowerSampler(source).start()
     time.sleep(request.idle_seconds)
@@ -102,8 +104,13 @@ def _timed_with_power(model: runtimes.LoadedModel, request: MeasureRequest,
     timed = sampler.stop()
     # raises PowerUnavailable (the job fails with the sensor's reason) rather than report
     # a measurement without the power it was asked for
-    return result, summarize(source, idle, timed, result["timed_seconds"], result["iterations"],
-                             request.power_min_samples)
+    summary = summarize(source, idle, timed, result["timed_seconds"], result["iterations"],
+                        request.power_min_samples)
+    windows = result.pop("decode_windows", None)
+    if windows:  # a generation: power over its decode phases alone, and per token
+        summary["decode"] = decode_power(source, timed, windows,
+                                         result["generation"]["decode_tokens"])
+    return result, summary
 
 
 class MemoryLimitExceeded(Exception):

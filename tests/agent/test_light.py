@@ -13,7 +13,7 @@ from tests.conftest import REPO
 AGENT = REPO / "agents" / "hwnas_agent"
 ALLOWED_THIRD_PARTY = {"numpy", "onnxruntime", "hwnas_agent"}
 # optional runtimes and sensors: imported inside the function that needs them, never at load
-LAZY_OPTIONAL = {"tensorrt", "pynvml"}
+LAZY_OPTIONAL = {"tensorrt", "pynvml", "onnxruntime_genai"}
 PY38 = REPO / ".venv-py38" / "bin" / "python"
 
 

@@ -89,7 +89,7 @@ def test_runtime_names_and_power_kinds_are_the_protocols():
     from hwnas_agent.power.base import DETECTED
     from hwnas_agent.protocol import NO_POWER, POWER_KINDS, POWER_SOURCES, RUNTIMES
 
-    assert RUNTIMES == ("onnxruntime", "tensorrt")
+    assert RUNTIMES == ("onnxruntime", "tensorrt", "genai")
     assert POWER_SOURCES == (NO_POWER,) + POWER_KINDS
     assert tuple(power.KINDS) == POWER_KINDS  # the registry is built from the one list
     assert set(DETECTED) == set(POWER_KINDS) - {"command"}

@@ -1,8 +1,9 @@
 """One contract, every runtime (runtimes/base.py), as the power sources have theirs: open a
 model, run once, the timed loop, node assignment, describe. Each runtime named in the protocol
-is checked here; one that cannot run on this machine (TensorRT without its package or a GPU)
-skips with its own reason. onnxruntime runs for real, here and on the oldest onnxruntime the
-agent allows (.venv-py38)."""
+is checked here; one that cannot run on this machine (TensorRT without its package or a GPU,
+genai without onnxruntime-genai) skips with its own reason. onnxruntime runs for real, here
+and on the oldest onnxruntime the agent allows (.venv-py38); genai opens a real model folder
+of onnxruntime-genai's model builder (a tiny Llama, tests/conftest.py genai_folder)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ TIMING = {"warmup_iterations": 2, "warmup_seconds": 0.0, "min_iterations": 12,
 
 
 def request_for(name: str, **overrides) -> MeasureRequest:
-    return MeasureRequest.from_dict(dict({"model_sha256": SHA, "runtime": name}, **TIMING,
+    settings = dict(TIMING, **GENERATION) if name == "genai" else TIMING
+    return MeasureRequest.from_dict(dict({"model_sha256": SHA, "runtime": name}, **settings,
                                          **overrides))
 
 
@@ -37,14 +39,23 @@ def model_path(tmp_path_factory) -> Path:
     return matmul_onnx(tmp_path_factory.mktemp("contract") / "dense.onnx", 0.01)
 
 
+DENSE_INPUTS = [{"name": "x", "shape": [1, 50], "dtype": "float32"}]
+# the genai contract runs short generation rounds on the tiny Llama
+GENERATION = {"prompt_tokens": 16, "generate_tokens": 8}
+INPUTS = {"genai": [{"name": "input_ids", "shape": [1, 16], "dtype": "int32"}]}
+
+
 @pytest.fixture(params=RUNTIMES)
 def opened(request, model_path, tmp_path):
     runtime = runtimes.runtime(request.param)
     why = runtime.available()
     if why is not None:
         pytest.skip(why)
+    path = model_path
+    if request.param == "genai":  # a model folder, opened by its ONNX file
+        path = request.getfixturevalue("genai_folder") / "model.onnx"
     try:
-        model = runtime.open(str(model_path), request_for(request.param), str(tmp_path))
+        model = runtime.open(str(path), request_for(request.param), str(tmp_path))
     except RuntimeUnavailable as exc:  # e.g. TensorRT's package without a GPU
         pytest.skip(str(exc))
     return runtime, model
@@ -59,7 +70,7 @@ def test_every_protocol_runtime_has_a_module_that_names_itself():
 
 
 def test_an_unknown_runtime_is_refused_naming_the_known_ones():
-    with pytest.raises(RuntimeUnavailable, match="onnxruntime, tensorrt"):
+    with pytest.raises(RuntimeUnavailable, match="onnxruntime, tensorrt, genai"):
         runtimes.load("x.onnx", SimpleNamespace(runtime="tflite"))
 
 
@@ -76,7 +87,7 @@ class TestRuntimeContract:
     def test_opens_a_model_with_its_inputs_ready(self, opened):
         runtime, model = opened
         assert isinstance(model, LoadedModel) and model.name == runtime.name
-        assert model.inputs == [{"name": "x", "shape": [1, 50], "dtype": "float32"}]
+        assert model.inputs == INPUTS.get(runtime.name, DENSE_INPUTS)
 
     def test_runs_once(self, opened):
         _, model = opened

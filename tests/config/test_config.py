@@ -149,7 +149,7 @@ NON_DEFAULT = {
     "min_iterations": 33, "min_seconds": 1.5, "rounds": 3, "unstable_cv": 0.2, "timeout_s": 99.0,
     "seed": 5, "cpu_affinity": [0], "cooldown_below_c": 55.0, "cooldown_timeout_s": 30.0,
     "thermal_rise_c": 7.5, "clock_drop": 0.2, "power_source": "command",
-    "power_min_samples": 30, "idle_seconds": 1.0,
+    "power_min_samples": 30, "idle_seconds": 1.0, "prompt_tokens": 16, "generate_tokens": 8,
 }
 
 

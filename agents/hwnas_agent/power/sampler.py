@@ -220,3 +220,58 @@ def summarize(source: PowerSource, idle: Window, timed: Window, timed_seconds: f
         "rails_w": rails_mean_w(timed.samples),
     })
     return result
+
+
+def _interpolate(points: List[Tuple[float, float]], at: float) -> float:
+    """The piecewise-linear value of (time, value) points at ``at`` (inside their span)."""
+    low, high = 0, len(points) - 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        if points[middle][0] <= at:
+            low = middle
+        else:
+            high = middle
+    (t0, v0), (t1, v1) = points[low], points[high]
+    return v0 if t1 <= t0 else v0 + (v1 - v0) * (at - t0) / (t1 - t0)
+
+
+def decode_power(source: PowerSource, timed: Window, windows: List[List[float]],
+                 tokens: int) -> Dict[str, Any]:
+    """Energy, mean and peak watts over the decode windows only (monotonic [start, end]
+    pairs inside the timed phase) and the energy per generated token. The energy is the
+    sensor's counter interpolated at each window's edges where it has one, else the
+    trapezoid of the watts interpolated linearly at the edges; the peak is the highest
+    watts read (or interpolated at an edge) inside a window. A window shorter than the
+    sampling period is covered by interpolation only: ``samples_inside`` says how many
+    readings fell inside the windows."""
+    label = "power source %r (%s)" % (source.kind, source.figure or source.covers)
+    watts = [(s.time_s, s.watts) for s in timed.samples if s.watts is not None]
+    energy = [(s.time_s, s.energy_j) for s in timed.samples if s.energy_j is not None]
+    use_counter = source.has_energy_counter and len(energy) >= 2
+    points = energy if use_counter else watts
+    if len(points) < 2 or not windows or tokens <= 0:
+        raise PowerUnavailable("%s: no readings or no decode windows to take the decode power "
+                               "from" % label)
+    if windows[0][0] < points[0][0] or windows[-1][1] > points[-1][0]:
+        raise PowerUnavailable("%s: the readings span %.3f..%.3f s but the decode windows "
+                               "%.3f..%.3f s" % (label, points[0][0], points[-1][0],
+                                                 windows[0][0], windows[-1][1]))
+    joules, seconds, inside, peaks = 0.0, 0.0, 0, []  # type: float, float, int, List[float]
+    for start, end in windows:
+        seconds += end - start
+        within = [(t, w) for t, w in watts if start < t < end]
+        inside += len(within)
+        edges = ([(start, _interpolate(watts, start))] + within + [(end, _interpolate(watts, end))]
+                 if len(watts) >= 2 else within)
+        peaks.extend(w for _, w in edges)
+        if use_counter:
+            joules += _interpolate(energy, end) - _interpolate(energy, start)
+        else:
+            joules += sum((t1 - t0) * (w0 + w1) / 2.0 for (t0, w0), (t1, w1)
+                          in zip(edges, edges[1:]))
+    if seconds <= 0:
+        raise PowerUnavailable("%s: the decode windows last no time" % label)
+    return {"method": "counter" if use_counter else "trapezoid", "windows": len(windows),
+            "seconds": seconds, "tokens": tokens, "samples_inside": inside,
+            "energy_j": joules, "mean_w": joules / seconds, "peak_w": max(peaks) if peaks else None,
+            "energy_mj_per_token": joules * 1000.0 / tokens}
