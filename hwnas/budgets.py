@@ -35,18 +35,37 @@ def effective_budgets(space: "SearchSpace", device: "DeviceProfile") -> "Budgets
     return Budgets(**{**device.budgets.set_values(), **space.budgets.set_values()})
 
 
+def _wanted(space: "SearchSpace", space_path: Path, device: "DeviceProfile", device_path: Path,
+            names: list[str]) -> list[tuple[str, Path]]:
+    """(key, file) of every budget or objective on one of ``names``: the space's, then the
+    device profile's defaults the space does not override."""
+    wanted = [(f"budgets.{name}", space_path) for name in names
+              if space.budgets.limit(name) is not None]
+    wanted += [(f"budgets.{name}", device_path) for name in names
+               if device.budgets.limit(name) is not None and space.budgets.limit(name) is None]
+    return wanted + [(f"objectives: {name}", space_path) for name in space.objectives
+                     if name in names]
+
+
 def check_power_is_measured(space: "SearchSpace", space_path: Path, device: "DeviceProfile",
                             device_path: Path) -> None:
-    """A power budget or objective needs a sensor on the device: refused before any trial."""
+    """A power budget or objective needs a sensor on the device, and a generation figure
+    (tokens/s, time to first token) the agent's generation runtime: refused before any trial."""
+    from hwnas_agent.protocol import GENAI
+
+    generation = [metric.name for metric in metrics.all_metrics() if metric.needs_generation]
+    wanted = _wanted(space, space_path, device, device_path, generation)
+    if wanted and device.runtime.name != GENAI:
+        key, path = wanted[0]
+        raise ConfigError(
+            f"{path}: key '{key}' is a generation figure, which only the agent's {GENAI} "
+            f"runtime measures (a language model's folder, prompt then greedy tokens); device "
+            f"{device.name} ({device_path}) measures with runtime {device.runtime.name}. Use a "
+            f"profile with runtime.name: {GENAI}, or a per-inference figure (latency_p90_ms)")
     if device.power.source != "none":
         return
     power = [metric.name for metric in metrics.all_metrics() if metric.needs_power]
-    wanted = [(f"budgets.{name}", space_path) for name in power
-              if space.budgets.limit(name) is not None]
-    wanted += [(f"budgets.{name}", device_path) for name in power
-               if device.budgets.limit(name) is not None and space.budgets.limit(name) is None]
-    wanted += [(f"objectives: {name}", space_path) for name in space.objectives
-               if name in power]
+    wanted = _wanted(space, space_path, device, device_path, power)
     if wanted:
         key, path = wanted[0]
         raise ConfigError(

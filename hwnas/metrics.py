@@ -55,6 +55,8 @@ class Metric:
     field: str | None = None
     budgetable: bool = True  # accuracy is an objective only
     needs_power: bool = False  # only a device with a power sensor has it
+    # only a generation runtime gives it (the agent's genai runtime: tokens/s, TTFT)
+    needs_generation: bool = False
     # a simulator's figure of it is not the device's (Qualcomm's HTP simulated on x86)
     device_only: bool = False
     # always a report column where trials have it (others: where the study names them)
@@ -143,6 +145,25 @@ BUILT_IN = (
            "measured energy per inference (mJ, {basis})", "mJ/inf ({basis})",
            read=_power(lambda power, basis: power.energy(basis)), needs_power=True, shown=True,
            spec=".4f"),
+    # generation, batch 1 (the agent's genai runtime: a prompt, then greedy tokens): a budget on
+    # tokens/s is a floor
+    Metric("decode_tokens_per_s", "tokens/s", True, "measurement",
+           "measured decode tokens/s (batch 1)", "decode tok/s", field="decode_tokens_per_s",
+           device_only=True, needs_generation=True, spec=".1f"),
+    Metric("prefill_tokens_per_s", "tokens/s", True, "measurement",
+           "measured prefill tokens/s (batch 1)", "prefill tok/s",
+           field="prefill_tokens_per_s", device_only=True, needs_generation=True, spec=".1f"),
+    Metric("ttft_ms_p50", "ms", False, "measurement", "measured time to first token p50 (ms)",
+           "TTFT p50 ms", field="ttft_ms_p50", device_only=True, needs_generation=True,
+           spec=".1f"),
+    Metric("ttft_ms_p90", "ms", False, "measurement", "measured time to first token p90 (ms)",
+           "TTFT p90 ms", field="ttft_ms_p90", device_only=True, needs_generation=True,
+           spec=".1f"),
+    # the decode windows' energy over the tokens they produced (the sensor's counter, or its
+    # readings integrated): what a generated token costs the battery
+    Metric("energy_mj_per_token", "mJ", False, "measurement",
+           "measured energy per generated token (mJ)", "mJ/token", field="energy_mj_per_token",
+           needs_power=True, needs_generation=True, spec=".2f"),
 )
 
 _registry: dict[str, Metric] = {metric.name: metric for metric in BUILT_IN}

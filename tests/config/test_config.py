@@ -231,6 +231,28 @@ def test_a_power_budget_on_a_device_without_a_sensor_is_refused_before_any_trial
     assert not (tmp_path / "run" / "study.db").exists()  # refused before any trial
 
 
+@pytest.mark.parametrize("extra, key", [
+    ("budgets: {decode_tokens_per_s: 20}\n", "budgets.decode_tokens_per_s"),
+    ("objectives: [accuracy, ttft_ms_p90]\n", "objectives: ttft_ms_p90"),
+])
+def test_a_generation_budget_on_a_device_that_measures_inferences_is_refused(tmp_path, extra, key):
+    """tokens/s and time to first token come from the agent's genai runtime only: a budget on
+    one, measured with onnxruntime, would fail every trial; it is refused before the first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    space = write(tmp_path, GOOD_SPACE + extra)
+    device = write(tmp_path, DEVICE, "d.yaml")
+    done = subprocess.run([str(Path(sys.executable).parent / "hwnas"), "search", str(space),
+                           "--device", str(device), "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{space}: key '{key}' is a generation figure" in done.stderr
+    assert "measures with runtime onnxruntime" in done.stderr and "runtime.name: genai" in done.stderr
+    assert not (tmp_path / "run" / "study.db").exists()
+
+
 def test_energy_basis_is_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"budgets.energy_basis.*'total' or 'above_idle'"):
         load_search_space(write(tmp_path, GOOD_SPACE + "budgets: {energy_basis: marginal}\n"))
