@@ -1,4 +1,5 @@
-"""`hwnas profile`: measure ONNX models as they are, side by side, on one device.
+"""`hwnas profile`: measure ONNX models as they are, side by side, on one device (model
+folders of onnxruntime-genai: hwnas/profile_generation.py).
 
 Models whose inputs have free dimensions besides the batch get them fixed by an input-shape
 override (the agent measures static shapes only, as a deployment runs them); the fixed copy
@@ -168,6 +169,16 @@ def profile_models(paths: Sequence[Path], profile: "DeviceProfile", precisions: 
     from hwnas.records import Artifact
     from hwnas.remote.device import open_device
 
+    folders = [Path(path) for path in paths if Path(path).is_dir()]
+    if folders:
+        if len(folders) != len(paths):
+            raise ConfigError("give ONNX files or onnxruntime-genai model folders, not both: "
+                              "their figures are of different kinds (per inference, per token)")
+        from hwnas.profile_generation import profile_folders
+
+        return ProfileResult(tuple(ProfileRow(name, AS_GIVEN, artifact, measurement)
+                                   for name, artifact, measurement
+                                   in profile_folders(folders, profile, precisions, shapes)), None)
     if precisions:
         from hwnas.export.precision import PRECISIONS
     unknown = sorted(set(precisions) - set(PRECISIONS)) if precisions else []
@@ -221,6 +232,10 @@ def profile_models(paths: Sequence[Path], profile: "DeviceProfile", precisions: 
 
 def profile_table(result: ProfileResult, device: str) -> str:
     """Side by side; each variant's p90 also as a ratio of its model as given."""
+    from hwnas.profile_generation import generation_table, is_generation
+
+    if is_generation(result):
+        return generation_table(result, device)
     given = {r.model: r.measurement.latency_ms_p90 for r in result.rows if r.precision == AS_GIVEN}
     header = ["model", "precision", "MB", "p50 ms", "p90 ms", "p99 ms", "CV", "vs given", "note"]
     lines = []

@@ -158,3 +158,54 @@ def test_int8_calibration_of_a_batch_1_model_uses_every_sample(tmp_path):
         return float(onnx.numpy_helper.to_array(initializers[node.input[1]]))
 
     assert input_scale(loud) > 10 * input_scale(quiet)
+
+
+GENAI_DEVICE = """\
+name: test-genai
+connection: {kind: local}
+runtime: {name: genai, intra_op_threads: 1}
+measurement: {warmup_iterations: 1, warmup_seconds: 0, min_iterations: 3, min_seconds: 0,
+              rounds: 1, prompt_tokens: 16, generate_tokens: 8}
+"""
+
+
+def test_genai_folders_measured_generating_side_by_side(genai_folder, tmp_path):
+    """Two onnxruntime-genai folders through the real agent's genai runtime: one table of
+    time to first token and tokens/s; the longer the prompt, the longer the first token."""
+    import shutil
+
+    device = tmp_path / "genai.yaml"
+    device.write_text(GENAI_DEVICE)
+    copy = tmp_path / "same-model"
+    shutil.copytree(genai_folder, copy)
+    done = profile(genai_folder, copy, "--device", device)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("on test-genai (") and "prompt 16 tokens, then 8 greedy" in lines[0]
+    assert lines[1].split()[:4] == ["model", "MB", "TTFT", "p50"]
+    assert [line.split()[0] for line in lines[3:5]] == [genai_folder.name, "same-model"]
+    rows = json.loads(profile(genai_folder, "--device", device, "--json").stdout)
+    generation = rows[0]["measurement"]["generation"]  # the agent's report, as it sent it
+    assert generation["decode_tokens_per_s"]["p50"] > 0 and generation["prompt_tokens"] == 16
+    assert generation["ttft_ms"]["p90"] >= generation["ttft_ms"]["p50"] > 0
+    # the folder is addressed by its manifest: the same bytes under another name, one model
+    folder_bytes = sum(p.stat().st_size for p in genai_folder.rglob("*") if p.is_file())
+    assert rows[0]["artifact"]["size_bytes"] == folder_bytes
+
+
+def test_a_folder_with_a_per_inference_profile_or_beside_a_file_is_refused(genai_folder,
+                                                                          models_dir, tmp_path):
+    device = tmp_path / "device.yaml"
+    device.write_text(FAST_DEVICE)
+    done = profile(genai_folder, "--device", device)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "measured generating by the agent's genai runtime" in done.stderr
+    assert "runtime: {name: genai}" in done.stderr
+    done = profile(genai_folder, models_dir / "small.onnx", "--device", device)
+    assert done.returncode == 2 and "not both" in done.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    genai = tmp_path / "genai.yaml"
+    genai.write_text(GENAI_DEVICE)
+    done = profile(empty, "--device", genai)
+    assert done.returncode == 2 and "without genai_config.json" in done.stderr

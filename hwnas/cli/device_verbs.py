@@ -14,7 +14,9 @@ class ProfileCommand(Command):
     help = "measure ONNX models on a device, side by side (and int8/fp16 variants of them)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("models", type=Path, nargs="+", help=".onnx files")
+        parser.add_argument("models", type=Path, nargs="+",
+                            help=".onnx files, or onnxruntime-genai model folders (measured "
+                                 "generating: a profile with runtime: {name: genai})")
         parser.add_argument("--device", type=Path, default=None,
                             help=f"device profile YAML (default: {DEFAULT_DEVICE}, {FOUND_FROM})")
         parser.add_argument("--precision", default=None,
