@@ -406,7 +406,8 @@ def test_no_number_of_a_config_may_be_infinite_or_nan(tmp_path, text):
     ("budgets: {latency_ms_p90: 2.0}\n",
      "key 'budgets': 'latency_ms_p90' is not a metric a budget can bound; allowed: "
      "latency_p50_ms, latency_p90_ms, model_size_mb, peak_memory_mb, power_mean_w, power_peak_w, "
-     "energy_mj_per_inference, energy_basis, fidelity_cosine_min"),
+     "energy_mj_per_inference, decode_tokens_per_s, prefill_tokens_per_s, ttft_ms_p50, "
+     "ttft_ms_p90, energy_mj_per_token, energy_basis, fidelity_cosine_min"),
     ("budgets: {accuracy: 0.9}\n", "'accuracy' is not a metric a budget can bound"),
     ("budgets: {peak_memory_mb: -5}\n", "key 'budgets.peak_memory_mb': Input should be greater "
                                         "than 0 (got -5)"),
@@ -422,21 +423,21 @@ def test_a_metric_registered_at_run_time_is_an_objective_and_a_floor(tmp_path):
     from hwnas.metrics import Metric
 
     metric = metrics.register(Metric(
-        "decode_tokens_per_s", "tokens/s", True, "measurement", "decode (tokens/s)", "tok/s",
+        "inferences_per_s", "inferences/s", True, "measurement", "throughput (inferences/s)", "inf/s",
         read=lambda measurement, _artifact, _basis: 1000.0 / measurement.latency_ms_p90))
     try:
         space = load_search_space(write(tmp_path, GOOD_SPACE + (
-            "objectives: [accuracy, decode_tokens_per_s]\n"
-            "budgets: {decode_tokens_per_s: 20, peak_memory_mb: 256}\n")))
-        assert space.objectives == ["accuracy", "decode_tokens_per_s"]
-        assert space.budgets.limits() == {"decode_tokens_per_s": 20.0, "peak_memory_mb": 256.0}
+            "objectives: [accuracy, inferences_per_s]\n"
+            "budgets: {inferences_per_s: 20, peak_memory_mb: 256}\n")))
+        assert space.objectives == ["accuracy", "inferences_per_s"]
+        assert space.budgets.limits() == {"inferences_per_s": 20.0, "peak_memory_mb": 256.0}
         assert metrics.directions(space.objectives) == ["maximize", "maximize"]
         # a profile's budgets fill the gaps the space leaves, plug-in metrics too
-        device = load_device_profile(write(tmp_path, DEVICE + "budgets: {decode_tokens_per_s: 5, "
+        device = load_device_profile(write(tmp_path, DEVICE + "budgets: {inferences_per_s: 5, "
                                            "latency_p90_ms: 3}\n", "d.yaml"))
         assert effective_budgets(space, device).limits() == {
-            "decode_tokens_per_s": 20.0, "peak_memory_mb": 256.0, "latency_p90_ms": 3.0}
+            "inferences_per_s": 20.0, "peak_memory_mb": 256.0, "latency_p90_ms": 3.0}
     finally:
         metrics.unregister(metric.name)
-    with pytest.raises(ConfigError, match="'decode_tokens_per_s' is not a metric"):
-        load_search_space(write(tmp_path, GOOD_SPACE + "objectives: [accuracy, decode_tokens_per_s]\n"))
+    with pytest.raises(ConfigError, match="'inferences_per_s' is not a metric"):
+        load_search_space(write(tmp_path, GOOD_SPACE + "objectives: [accuracy, inferences_per_s]\n"))
