@@ -35,8 +35,8 @@ PROBE = ("import json, os, platform, sys; print(json.dumps({'machine': platform.
 OLDEST_GLIBC = 17  # manylinux2014: the oldest tag today's wheels use
 # PEP 600 names and their legacy aliases (wheels carry either, often both)
 LEGACY = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
-INDEX_UNREACHABLE = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name "
-                     "resolution", "Network is unreachable", "ProxyError", "Could not fetch URL")
+# what pip -vv says of an index page it could not fetch (its download then finds "no version")
+INDEX_UNREACHABLE = r"Could not fetch URL \S+: connection error[^\n]*|ProxyError[^\n]*"
 
 
 class WheelMissing(DeviceError):
@@ -162,7 +162,8 @@ def wheel_set(device: str, platform: DevicePlatform, agent_wheel: Path, extras: 
         command = [sys.executable, "-m", "pip", "download", "--only-binary", ":all:",
                    "--python-version", f"{platform.python[0]}.{platform.python[1]}",
                    "--implementation", "cp", "--abi", platform.cp, "-d", scratch,
-                   "--disable-pip-version-check", "--progress-bar", "off"]
+                   "--disable-pip-version-check", "--progress-bar", "off",
+                   "-vv"]  # -vv: pip names an index page it could not fetch only there
         for tag in tags:
             command += ["--platform", tag]
         done = subprocess.run(command + wanted, capture_output=True, text=True)
@@ -179,6 +180,13 @@ def wheel_set(device: str, platform: DevicePlatform, agent_wheel: Path, extras: 
 
 
 def download_error(device: str, platform: DevicePlatform, output: str) -> DeviceError:
+    unreachable = re.search(INDEX_UNREACHABLE, output)
+    if unreachable:
+        return IndexUnreachable(
+            f"{device}: the controller cannot reach the package index to download the agent's "
+            f"wheels for {platform.describe()} ({unreachable.group(0)}); connect the controller "
+            f"(or set PIP_INDEX_URL to a mirror) and run install again. Nothing was changed on "
+            f"the device")
     missing = re.search(r"No matching distribution found for (\S+)", output)
     if missing:
         package = Requirement(missing.group(1)).name
@@ -189,11 +197,6 @@ def download_error(device: str, platform: DevicePlatform, output: str) -> Device
             f"name it (agent_install.python), or let the device build or fetch it from its own "
             f"index with `agent_install: {{index: device}}` in the profile. Nothing was changed "
             f"on the device")
-    if any(sign in output for sign in INDEX_UNREACHABLE):
-        return IndexUnreachable(
-            f"{device}: the controller cannot reach the package index to download the agent's "
-            f"wheels for {platform.describe()}: {output.strip()[-400:]}; connect the controller "
-            f"(or set PIP_INDEX_URL to a mirror) and run install again. Nothing was changed on "
-            f"the device")
+    errors = "\n".join(line for line in output.splitlines() if line.startswith("ERROR"))
     return DeviceError(f"{device}: pip download for {platform.describe()} failed: "
-                       f"{output.strip()[-800:]}. Nothing was changed on the device")
+                       f"{(errors or output.strip())[-800:]}. Nothing was changed on the device")
