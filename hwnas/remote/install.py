@@ -277,6 +277,11 @@ class RemoteAgent:
         # a system numpy that happens to satisfy the range must not stand in for ours
         own = " --ignore-installed" if plan.system_site else ""
         if plan.wheels:
+            # exactly the shipped set: no pip.conf, no PIP_* variable of the device adds an
+            # index, a find-links folder or a constraint (PIP_CONFIG_FILE=/dev/null: no files)
+            pip = (f"cd -- {self.q}/dist && PIP_CONFIG_FILE=/dev/null ../venv/bin/python -m pip "
+                   f"--isolated install -q --disable-pip-version-check --cache-dir ../pip-cache "
+                   f"--log ../pip-install.log")
             offline = f"{pip} --no-index --find-links ../wheels"
             self._run(f"{offline} --upgrade pip", 600)  # an old venv pip cannot read PEP 600 tags
             self._run(f"{offline} --upgrade{own} {agent}", 1800)

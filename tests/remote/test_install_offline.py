@@ -1,0 +1,109 @@
+"""`hwnas agent install` into a device with no package index, over a real sshd: the wheels come
+from the controller; a re-install ships nothing; a platform without wheels changes nothing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hwnas.config import load_device_profile
+from hwnas.disk import cache_folder
+from hwnas.remote.install import RemoteAgent
+from hwnas.remote.wheels import IndexUnreachable, WheelMissing
+from hwnas.testing.sshd import free_port
+
+# every session on the device sees an index that does not answer: only --no-index can work
+NO_INDEX = "SetEnv PIP_INDEX_URL=http://127.0.0.1:9/simple PIP_EXTRA_INDEX_URL=http://127.0.0.1:9/x\n"
+
+
+def offline_device(ssh_world):
+    server = ssh_world.server
+    server.config.write_text(server.config.read_text() + NO_INDEX)
+    server.stop()
+    server.start()
+
+
+def install(path: Path) -> tuple[RemoteAgent, list[str], object]:
+    remote, logged = RemoteAgent(load_device_profile(path)), []
+    try:
+        status = remote.install(cache_folder(), logged.append)
+    except IndexUnreachable as exc:
+        pytest.skip(f"the package index is unreachable from this machine: {exc}")
+    finally:
+        remote.close()
+    return remote, logged, status
+
+
+def test_offline_install_answers_then_reinstall_ships_nothing(ssh_world, tmp_path):
+    offline_device(ssh_world)
+    remote_dir = tmp_path / "device-home" / "agent"
+    profile = ssh_world.profile("offline-pi", agent_port=free_port(), remote_dir=str(remote_dir))
+
+    first, logged, status = install(profile)
+    assert status.agent_version == "0.1.0", status
+    assert "from wheels shipped from the controller" in "\n".join(logged)
+    shipped = {name.split("-")[0] for name in first.shipped.files}
+    assert {"hwnas_agent", "numpy", "onnxruntime", "pip"} <= shipped
+    assert first.shipped.bytes > 1_000_000
+    remote = RemoteAgent(load_device_profile(profile))
+    try:
+        assert remote.client().hello()["agent_version"] == "0.1.0"
+    finally:
+        remote.close()
+    # the device's pip looked only at the shipped folder, never at an index
+    pip_log = (remote_dir / "pip-install.log").read_text()
+    assert "Looking in links: ../wheels\n" in pip_log and "/opt/wheels" not in pip_log
+    assert "Looking in indexes" not in pip_log and "127.0.0.1:9" not in pip_log
+    assert "Ignoring indexes: https://pypi.org/simple" in pip_log  # what --no-index says
+    assert [line for line in pip_log.splitlines()
+            if "http" in line and "Ignoring indexes" not in line] == []
+    assert "Starting new HTTP" not in pip_log and "Getting page" not in pip_log
+    venv_numpy = subprocess.run([str(remote_dir / "venv/bin/python"), "-c",
+                                 "import numpy; print(numpy.__file__)"],
+                                capture_output=True, text=True, check=True).stdout
+    assert str(remote_dir / "venv") in venv_numpy
+
+    again, logged, status = install(profile)  # nothing changed: nothing shipped, no pip run
+    assert again.shipped.files == () and again.shipped.bytes == 0
+    assert "already installed" in "\n".join(logged) and status.agent_version == "0.1.0"
+
+    # a Jetson's venv sees the system's site packages (JetPack's tensorrt); switching it on
+    # remakes the venv from the wheels already there: nothing shipped, the agent answers
+    profile.write_text(profile.read_text() + "agent_install: {system_site_packages: true}\n")
+    switched, logged, status = install(profile)
+    assert switched.shipped.bytes == 0 and status.agent_version == "0.1.0"
+    assert "include-system-site-packages = true" in (remote_dir / "venv/pyvenv.cfg").read_text()
+    # the agent's own numpy still comes from the venv, before any system one
+    venv_numpy = subprocess.run([str(remote_dir / "venv/bin/python"), "-c",
+                                 "import numpy; print(numpy.__file__)"],
+                                capture_output=True, text=True, check=True).stdout
+    assert str(remote_dir / "venv") in venv_numpy
+    RemoteAgent(load_device_profile(profile)).stop()
+
+
+def test_a_platform_without_wheels_fails_before_the_device_changes(ssh_world, tmp_path):
+    """A device whose Python runs as 32-bit x86 (a real i686 personality, setarch): neither
+    numpy nor onnxruntime publishes wheels for it today."""
+    setarch = shutil.which("setarch")
+    if setarch is None or subprocess.run([setarch, "i686", "true"]).returncode != 0:
+        pytest.skip("setarch i686 is not available or not permitted on this machine")
+    python32 = tmp_path / "python3-i686"
+    python32.write_text(f'#!/bin/sh\nexec {setarch} i686 {shutil.which("python3")} "$@"\n')
+    python32.chmod(0o755)
+    offline_device(ssh_world)
+    remote_dir = tmp_path / "device-home" / "agent"
+    profile = ssh_world.profile("old-board", agent_port=free_port(), remote_dir=str(remote_dir))
+    profile.write_text(profile.read_text() + f"agent_install: {{python: '{python32}'}}\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    with pytest.raises(WheelMissing) as caught:
+        install(profile)
+    message = str(caught.value)
+    assert any(f"{package} publishes no wheel for i686, CPython" in message
+               for package in ("numpy", "onnxruntime")), message
+    assert "agent_install: {index: device}" in message and "Nothing was changed" in message
+    assert not (tmp_path / "device-home").exists()  # not even the folder was made
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
