@@ -110,8 +110,10 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
             facts = client.facts()
             result["cpu"] = f"{facts.get('cpu_model')} x{facts.get('cpu_count')}"
             result["memory_mb"] = facts.get("memory_total_mb")
-            result["runtimes"] = {name: info.get("execution_providers", [])
-                                  for name, info in (facts.get("runtimes") or {}).items()}
+            result["runtimes"] = {  # every runtime that imports there, its version and EPs
+                name: info.get("error") or " ".join(
+                    [str(info.get("version"))] + info.get("execution_providers", []))
+                for name, info in (facts.get("runtimes") or {}).items()}
             result["power_sources"] = [s.get("kind") for s in facts.get("power_sources", [])]
             with tempfile.TemporaryDirectory() as folder:
                 artifact = Artifact.from_file(calibration_model(Path(folder) / "cal.onnx"), {}, 0)

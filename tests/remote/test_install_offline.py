@@ -81,7 +81,15 @@ def test_offline_install_answers_then_reinstall_ships_nothing(ssh_world, tmp_pat
                                  "import numpy; print(numpy.__file__)"],
                                 capture_output=True, text=True, check=True).stdout
     assert str(remote_dir / "venv") in venv_numpy
-    RemoteAgent(load_device_profile(profile)).stop()
+    remote = RemoteAgent(load_device_profile(profile))
+    try:  # the agent's facts: each runtime that imports, its version, and where from
+        runtimes = remote.client().facts()["runtimes"]
+        assert runtimes["onnxruntime"]["location"].startswith(str(remote_dir / "venv"))
+        assert runtimes["onnxruntime"]["version"] and "CPUExecutionProvider" in \
+            runtimes["onnxruntime"]["execution_providers"]
+        remote.stop()
+    finally:
+        remote.close()
 
 
 def test_a_platform_without_wheels_fails_before_the_device_changes(ssh_world, tmp_path):
