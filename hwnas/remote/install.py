@@ -211,6 +211,10 @@ class RemoteAgent:
         wheel = agent_wheel(cache)
         python = self.python()
         platform = self.platform(python)
+        if platform.python < (3, 8):
+            raise DeviceError(f"{self.profile.name}: {python} is Python {platform.python[0]}."
+                              f"{platform.python[1]}; the agent needs >= 3.8: name another in "
+                              f"agent_install.python or install python3.8+ on the device")
         extras = sorted(set(options.extras) | set(runtime_extras(self.profile)))
         wheels = (wheel_set(self.profile.name, platform, wheel, extras, cache, log)
                   if options.index == "controller" else None)

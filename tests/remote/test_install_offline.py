@@ -70,6 +70,17 @@ def test_offline_install_answers_then_reinstall_ships_nothing(ssh_world, tmp_pat
     assert again.shipped.files == () and again.shipped.bytes == 0
     assert "already installed" in "\n".join(logged) and status.agent_version == "0.1.0"
 
+    # an upgrade ships only what the device lacks, and removes what the new set does not hold
+    wheels = remote_dir / "wheels"
+    numpy_wheel = next(wheels.glob("numpy-*.whl"))
+    numpy_wheel.unlink()
+    (wheels / "oldpkg-0.1-py3-none-any.whl").write_bytes(b"an older set's wheel")
+    (remote_dir / "installed.sha256").unlink()
+    upgraded, logged, status = install(profile)
+    assert upgraded.shipped.files == (numpy_wheel.name,) and status.agent_version == "0.1.0"
+    assert upgraded.shipped.removed == ("oldpkg-0.1-py3-none-any.whl",)
+    assert not (wheels / "oldpkg-0.1-py3-none-any.whl").exists()
+
     # a Jetson's venv sees the system's site packages (JetPack's tensorrt); switching it on
     # remakes the venv from the wheels already there: nothing shipped, the agent answers
     profile.write_text(profile.read_text() + "agent_install: {system_site_packages: true}\n")
@@ -115,3 +126,44 @@ def test_a_platform_without_wheels_fails_before_the_device_changes(ssh_world, tm
     assert "agent_install: {index: device}" in message and "Nothing was changed" in message
     assert not (tmp_path / "device-home").exists()  # not even the folder was made
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def python38() -> str | None:
+    """A real CPython 3.8 (JetPack 5's version): on PATH, or the base of scripts/setup.sh's
+    .venv-py38."""
+    from tests.conftest import REPO
+
+    candidates = [shutil.which("python3.8")]
+    cfg = REPO / ".venv-py38" / "pyvenv.cfg"
+    if cfg.exists():
+        home = dict(line.split(" = ", 1) for line in cfg.read_text().splitlines() if " = " in line)
+        candidates.insert(0, str(Path(home.get("home", "")) / "python3.8"))
+    for candidate in filter(None, candidates):  # a pyenv shim outside its shell is no Python
+        done = subprocess.run([candidate, "-c", "import sys; print(sys.executable)"],
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return None
+
+
+def test_a_python38_device_gets_a_cp38_wheel_set_offline(ssh_world, tmp_path):
+    """JetPack 5's Python 3.8, offline: the cp38 wheels pip picks are shipped and the agent
+    runs on them (on this machine's x86-64; the aarch64 set is resolved in test_wheels.py)."""
+    interpreter = python38()
+    if interpreter is None:
+        pytest.skip("no CPython 3.8 here (scripts/setup.sh makes .venv-py38 from one)")
+    offline_device(ssh_world)
+    remote_dir = tmp_path / "device-home" / "agent"
+    profile = ssh_world.profile("jetpack5-like", agent_port=free_port(), remote_dir=str(remote_dir))
+    profile.write_text(profile.read_text() + f"agent_install: {{python: '{interpreter}'}}\n")
+
+    installed, logged, status = install(profile)
+    assert status.agent_version == "0.1.0" and "CPython 3.8" in "\n".join(logged)
+    compiled = [n for n in installed.shipped.files if n.startswith(("numpy-", "onnxruntime-"))]
+    assert len(compiled) == 2 and all("-cp38-cp38-" in n for n in compiled), compiled
+    remote = RemoteAgent(load_device_profile(profile))
+    try:
+        assert remote.client().hello()["python"].startswith("3.8.")
+        remote.stop()
+    finally:
+        remote.close()
