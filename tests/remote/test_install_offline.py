@@ -87,7 +87,16 @@ def test_offline_install_answers_then_reinstall_ships_nothing(ssh_world, tmp_pat
     switched, logged, status = install(profile)
     assert switched.shipped.bytes == 0 and status.agent_version == "0.1.0"
     assert "include-system-site-packages = true" in (remote_dir / "venv/pyvenv.cfg").read_text()
-    # the agent's own numpy still comes from the venv, before any system one
+    # a system package (as JetPack's tensorrt is one) now imports in the venv...
+    home = (remote_dir / "venv/pyvenv.cfg").read_text().split("home = ")[1].split("\n")[0]
+    base = subprocess.run([f"{home}/python3", "-c", "import yaml; print(yaml.__file__)"],
+                          capture_output=True, text=True)
+    if base.returncode == 0:  # Debian's python3-yaml, where the device's Python has it
+        seen = subprocess.run([str(remote_dir / "venv/bin/python"), "-c",
+                               "import yaml; print(yaml.__file__)"],
+                              capture_output=True, text=True, check=True).stdout
+        assert seen == base.stdout and str(remote_dir) not in seen
+    # ...and the agent's own numpy still comes from the venv, before any system one
     venv_numpy = subprocess.run([str(remote_dir / "venv/bin/python"), "-c",
                                  "import numpy; print(numpy.__file__)"],
                                 capture_output=True, text=True, check=True).stdout
