@@ -265,6 +265,7 @@ class RemoteAgent:
         cfg = (self.session.read_file(self._path("venv/pyvenv.cfg")) or b"").decode()
         wanted = f"include-system-site-packages = {str(plan.system_site).lower()}"
         if cfg and wanted not in cfg:
+            self.stop()  # it runs from that venv
             self._run(f"rm -rf -- {self.q}/venv")
         flag = " --system-site-packages" if plan.system_site else ""
         self._run(f"test -x {self.q}/venv/bin/python || {shlex.quote(plan.python)} -m venv"
