@@ -36,6 +36,7 @@ from hwnas.config.models import DeviceProfile, SSHConnection
 from hwnas.errors import ConfigError, DeviceError
 from hwnas.remote.client import AgentClient
 from hwnas.remote.device import CONFIG_NAME, TOKEN_NAME, agent_config, remote_folder
+from hwnas.remote.runtime_needs import runtime_use
 from hwnas.remote.ship import Shipped, sync_folder
 from hwnas.remote.ssh import AgentNotAnswering, AgentNotRunning, SSHSession, SSHTransport
 from hwnas.remote.wheels import PROBE, DevicePlatform, WheelSet, wheel_set
@@ -247,7 +248,12 @@ class RemoteAgent:
         status = self.status()
         if not status.running:
             self.start()
-        return self.wait_ready()
+        status = self.wait_ready()
+        uses, missing = runtime_use(self.profile, self.client().facts())
+        if missing:
+            raise DeviceError(missing + " (the agent is installed and running)")
+        log(f"{self.profile.name}: measures with {uses}")
+        return status
 
     def _ship(self, plan: InstallPlan) -> None:
         wheel_sha = hashlib.sha256(plan.agent_wheel.read_bytes()).hexdigest()

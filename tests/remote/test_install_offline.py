@@ -107,6 +107,20 @@ def test_offline_install_answers_then_reinstall_ships_nothing(ssh_world, tmp_pat
         assert runtimes["onnxruntime"]["location"].startswith(str(remote_dir / "venv"))
         assert runtimes["onnxruntime"]["version"] and "CPUExecutionProvider" in \
             runtimes["onnxruntime"]["execution_providers"]
+    finally:
+        remote.close()
+    assert any("measures with onnxruntime" in line and "CPUExecutionProvider" in line
+               for line in logged)
+    # a profile asking for a runtime the device lacks: refused by `devices check`, by package
+    from hwnas.remote.check import check_device
+
+    text = profile.read_text()
+    profile.write_text(text + "runtime: {execution_providers: [CUDAExecutionProvider]}\n")
+    checked = check_device(load_device_profile(profile))
+    assert not checked["ok"] and "onnxruntime-gpu" in checked["error"], checked
+    profile.write_text(text)
+    remote = RemoteAgent(load_device_profile(profile))
+    try:
         remote.stop()
     finally:
         remote.close()
