@@ -100,3 +100,12 @@ def test_a_platform_without_wheels_is_one_error_naming_package_and_platform(agen
     assert "agent_install: {index: device}" in message and "Nothing was changed" in message
     with pytest.raises(WheelMissing, match="CPython on a glibc Linux"):
         download(DevicePlatform("aarch64", (3, 11), "cpython", None, False), agent_whl)
+
+
+def test_genai_on_a_glibc_older_than_its_wheels_is_named(agent_whl):
+    """Ubuntu 18.04's glibc 2.27 (JetPack 4): onnxruntime-genai's aarch64 wheels need newer."""
+    old = DevicePlatform("aarch64", (3, 10), "cpython", (2, 27), True)
+    with pytest.raises(WheelMissing) as caught:
+        download(old, agent_whl, extras=["genai"])
+    assert str(caught.value).startswith(
+        "board: onnxruntime-genai publishes no wheel for aarch64, CPython 3.10, glibc 2.27")
