@@ -39,7 +39,7 @@ from hwnas.remote.device import CONFIG_NAME, TOKEN_NAME, agent_config, remote_fo
 from hwnas.remote.runtime_needs import runtime_use
 from hwnas.remote.ship import Shipped, sync_folder
 from hwnas.remote.ssh import AgentNotAnswering, AgentNotRunning, SSHSession, SSHTransport
-from hwnas.remote.wheels import PROBE, DevicePlatform, WheelSet, wheel_set
+from hwnas.remote.wheels import PROBE, DevicePlatform, WheelSet, unfit_extra, wheel_set
 
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agents"
 PYTHONS = ("python3", "python3.13", "python3.12", "python3.11", "python3.10", "python3.9",
@@ -216,7 +216,15 @@ class RemoteAgent:
             raise DeviceError(f"{self.profile.name}: {python} is Python {platform.python[0]}."
                               f"{platform.python[1]}; the agent needs >= 3.8: name another in "
                               f"agent_install.python or install python3.8+ on the device")
-        extras = sorted(set(options.extras) | set(runtime_extras(self.profile)))
+        chosen = set(options.extras)
+        for extra in runtime_extras(self.profile):  # wanted, not required: a board may have
+            unfit = unfit_extra(platform, wheel, extra)  # its own build (QNN in onnxruntime)
+            if unfit:
+                log(f"{self.profile.name}: not installing the agent's '{extra}' extra ({unfit}) "
+                    f"on {platform.describe()}; the runtime must come from the device itself")
+            else:
+                chosen.add(extra)
+        extras = sorted(chosen)
         wheels = (wheel_set(self.profile.name, platform, wheel, extras, cache, log)
                   if options.index == "controller" else None)
         system_site = (platform.jetson if options.system_site_packages is None

@@ -114,26 +114,34 @@ def requirements(agent_wheel: Path) -> list[Requirement]:
             if line.startswith("Requires-Dist:")]
 
 
+def unfit_extra(platform: DevicePlatform, agent_wheel: Path, extra: str) -> str | None:
+    """The requirement of the agent's ``extra`` that the device's Python cannot have (its
+    python_version marker excludes it), or None where the extra fits."""
+    version = f"{platform.python[0]}.{platform.python[1]}"
+
+    def holds(marker, name: str) -> bool:  # under some Python version
+        return any(marker.evaluate({"extra": name, "python_version": v}) for v in ("0.0", "99.99"))
+
+    for requirement in requirements(agent_wheel):
+        marker = requirement.marker
+        if marker is None or not holds(marker, extra) or holds(marker, ""):
+            continue  # not a requirement of this extra alone
+        if not marker.evaluate({"extra": extra, "python_version": version}):
+            return str(requirement)
+    return None
+
+
 def check_extras(device: str, platform: DevicePlatform, agent_wheel: Path,
                  extras: list[str]) -> None:
     """An extra whose packages are not for this Python (a python_version marker) is refused:
     pip would skip it silently and the runtime asked for would be missing on the device."""
-    version = f"{platform.python[0]}.{platform.python[1]}"
-
-    def holds(marker, extra: str) -> bool:  # under some Python version
-        return any(marker.evaluate({"extra": extra, "python_version": v}) for v in ("0.0", "99.99"))
-
-    for requirement in requirements(agent_wheel):
-        marker = requirement.marker
-        for extra in extras:
-            if marker is None or not holds(marker, extra) or holds(marker, ""):
-                continue  # not a requirement of this extra alone
-            if not marker.evaluate({"extra": extra, "python_version": version}):
-                raise WheelMissing(
-                    f"{device}: the agent's extra '{extra}' needs {requirement}, not available "
-                    f"for {platform.describe()}; use a Python that satisfies its marker on the "
-                    f"device (agent_install.python in the profile) or drop what asks for it "
-                    f"(agent_install.extras, runtime.execution_providers)")
+    for extra in extras:
+        unfit = unfit_extra(platform, agent_wheel, extra)
+        if unfit:
+            raise WheelMissing(
+                f"{device}: the agent's extra '{extra}' needs {unfit}, not available for "
+                f"{platform.describe()}; use a Python that satisfies its marker on the device "
+                f"(agent_install.python in the profile) or drop it from agent_install.extras")
 
 
 def wheel_set(device: str, platform: DevicePlatform, agent_wheel: Path, extras: list[str],

@@ -16,7 +16,7 @@ from packaging.utils import parse_wheel_filename
 
 from hwnas.disk import cache_folder
 from hwnas.remote.wheels import (DevicePlatform, IndexUnreachable, WheelMissing, check_extras,
-                                 wheel_set)
+                                 unfit_extra, wheel_set)
 
 JETPACK5 = DevicePlatform("aarch64", (3, 8), "cpython", (2, 31), True)
 BOOKWORM = DevicePlatform("aarch64", (3, 11), "cpython", (2, 36), False)
@@ -83,6 +83,10 @@ def test_an_extra_its_python_cannot_have_is_refused_by_name(agent_whl):
     with pytest.raises(WheelMissing, match=r"extra 'genai' needs onnxruntime-genai.*CPython 3\.8"):
         check_extras("jetson", JETPACK5, agent_whl, ["genai"])
     check_extras("pi", BOOKWORM, agent_whl, ["genai", "qnn"])  # both exist for 3.11
+    # what a QNN runtime only wishes for: install leaves it out, and says so (install.py)
+    jammy = DevicePlatform("aarch64", (3, 10), "cpython", (2, 35), False)
+    assert unfit_extra(jammy, agent_whl, "qnn").startswith("onnxruntime-qnn")
+    assert unfit_extra(BOOKWORM, agent_whl, "qnn") is None
 
 
 def test_the_genai_extra_is_in_the_wheel_set_where_asked(agent_whl):
