@@ -17,7 +17,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from hwnas_agent import __version__
-from hwnas_agent.protocol import GENAI, ONNXRUNTIME
+from hwnas_agent.protocol import GENAI, ONNXRUNTIME, TENSORRT
 
 
 def _read(path: str) -> Optional[str]:
@@ -79,25 +79,41 @@ def temperatures_c(sysfs_root: str = "/sys") -> Dict[str, float]:
     return temps
 
 
-def runtimes() -> Dict[str, Any]:
-    found: Dict[str, Any] = {}
-    try:
-        import onnxruntime as ort
+# runtimes the agent can use besides onnxruntime, by import name; on a Jetson tensorrt comes
+# from JetPack's system packages (the venv sees them: `hwnas agent install` on a Jetson)
+# runtime name (protocol.RUNTIMES) -> the module it imports
+OTHER_RUNTIMES = {TENSORRT: "tensorrt", GENAI: "onnxruntime_genai"}
 
+
+def _imported(name: str) -> Optional[Dict[str, Any]]:
+    """Version and folder of a module that imports; None where it is absent; an error where
+    it is present but broken (a bindings package whose native library is missing)."""
+    try:
+        module = __import__(name)
+    except ImportError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported, never fatal to facts
+        return {"error": "%s: %s" % (type(exc).__name__, exc)}
+    where = getattr(module, "__file__", None)
+    return {"version": getattr(module, "__version__", None),
+            "location": os.path.dirname(where) if where else None}
+
+
+def runtimes() -> Dict[str, Any]:
+    """Every runtime that imports here, with its version and where it comes from (the
+    agent's venv or the system's site packages), and onnxruntime's execution providers."""
+    found: Dict[str, Any] = {}
+    info = _imported("onnxruntime")
+    if info is not None and "error" not in info:
         from hwnas_agent.runtimes.ort_providers import available_providers, plugin_versions
 
-        found[ONNXRUNTIME] = {"version": ort.__version__,
-                                "execution_providers": available_providers(),
-                                "plugins": plugin_versions()}
-    except ImportError:
-        pass
-    if importlib.util.find_spec("onnxruntime_genai") is not None:
-        try:
-            import onnxruntime_genai as og
-
-            found[GENAI] = {"version": og.__version__}
-        except ImportError:
-            pass
+        info.update({"execution_providers": available_providers(), "plugins": plugin_versions()})
+    if info is not None:
+        found[ONNXRUNTIME] = info
+    for name, module in OTHER_RUNTIMES.items():
+        info = _imported(module)
+        if info is not None:
+            found[name] = info
     return found
 
 

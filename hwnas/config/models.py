@@ -18,6 +18,7 @@ from pydantic import (AfterValidator, ConfigDict, Field, create_model, field_val
 from pydantic.fields import FieldInfo
 
 from hwnas import metrics
+from hwnas.config.agent_install import AgentInstallSpec
 from hwnas.config.connection import LocalConnection, SSHConnection  # noqa: F401
 from hwnas.config.fields import EntryPoint, Frozen, Name, Positive, Precision, Seed
 from hwnas.errors import excerpt
@@ -341,6 +342,7 @@ class DeviceProfile(Frozen):
     power: PowerSpec = PowerSpec()
     budgets: Budgets = Budgets()
     measurement: MeasurementSpec = MeasurementSpec()
+    agent_install: AgentInstallSpec = AgentInstallSpec()  # how `hwnas agent install` installs
 
     @field_validator("precisions")
     @classmethod

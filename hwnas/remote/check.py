@@ -14,9 +14,10 @@ from hwnas_agent.protocol import NO_POWER
 from onnx import TensorProto, helper, numpy_helper
 
 from hwnas.config.models import DeviceProfile, SSHConnection
-from hwnas.errors import HwnasError
+from hwnas.errors import DeviceError, HwnasError
 from hwnas.records import Artifact
 from hwnas.remote.device import open_device
+from hwnas.remote.runtime_needs import runtime_use
 from hwnas.remote.ssh import SSHSession, fingerprint
 
 CALIBRATION_SECONDS = 0.5
@@ -110,9 +111,14 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
             facts = client.facts()
             result["cpu"] = f"{facts.get('cpu_model')} x{facts.get('cpu_count')}"
             result["memory_mb"] = facts.get("memory_total_mb")
-            result["runtimes"] = {name: info.get("execution_providers", [])
-                                  for name, info in (facts.get("runtimes") or {}).items()}
+            result["runtimes"] = {  # every runtime that imports there, its version and EPs
+                name: info.get("error") or " ".join(
+                    [str(info.get("version"))] + info.get("execution_providers", []))
+                for name, info in (facts.get("runtimes") or {}).items()}
             result["power_sources"] = [s.get("kind") for s in facts.get("power_sources", [])]
+            result["uses"], missing = runtime_use(profile, facts)
+            if missing:
+                raise DeviceError(missing)
             with tempfile.TemporaryDirectory() as folder:
                 artifact = Artifact.from_file(calibration_model(Path(folder) / "cal.onnx"), {}, 0)
                 client.ensure_model(artifact)
@@ -139,7 +145,7 @@ def check_table(results: list[dict[str, Any]]) -> str:
     for r in results:
         lines.append(f"{r['device']} ({r['kind']}): {'OK' if r['ok'] else 'FAILED'}")
         for key in ("host_key", "agent_version", "python", "cpu", "memory_mb", "runtimes",
-                    "power_sources", "calibration_p50_ms", "calibration_cv", "emulated", "error"):
+                    "uses", "power_sources", "calibration_p50_ms", "calibration_cv", "emulated", "error"):
             if key in r:
                 value = r[key]
                 if isinstance(value, float):

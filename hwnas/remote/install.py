@@ -1,7 +1,11 @@
 """`hwnas agent install | status | logs | stop | uninstall PROFILE` over SSH/SFTP.
 
-Install uploads the hwnas-agent wheel built from agents/, makes a virtual environment with
-the device's own Python (>= 3.8) and package index, writes the agent's configuration file
+Install first learns the device's platform (machine, Python, glibc, Jetson) and, unless the
+profile says `agent_install: {index: device}`, downloads the agent's dependency wheels for
+exactly that platform on the controller (wheels.py): a dependency without a wheel there fails
+before anything on the device changes. It then ships what the device lacks over SFTP
+(ship.py), makes a virtual environment with the device's own Python (>= 3.8; with the
+system's site packages on a Jetson, for JetPack's tensorrt), installs with --no-index, writes the agent's configuration file
 (agent.json: port, power source from the profile) and its secret token (created once), both
 mode 0600, and starts the agent under a systemd user unit, or, where systemd is absent, under
 a small supervisor loop that restarts it on failure. Running install again upgrades in place,
@@ -32,7 +36,10 @@ from hwnas.config.models import DeviceProfile, SSHConnection
 from hwnas.errors import ConfigError, DeviceError
 from hwnas.remote.client import AgentClient
 from hwnas.remote.device import CONFIG_NAME, TOKEN_NAME, agent_config, remote_folder
+from hwnas.remote.runtime_needs import runtime_use
+from hwnas.remote.ship import Shipped, sync_folder
 from hwnas.remote.ssh import AgentNotAnswering, AgentNotRunning, SSHSession, SSHTransport
+from hwnas.remote.wheels import PROBE, DevicePlatform, WheelSet, unfit_extra, wheel_set
 
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agents"
 PYTHONS = ("python3", "python3.13", "python3.12", "python3.11", "python3.10", "python3.9",
@@ -85,6 +92,29 @@ def agent_wheel(cache: Path) -> Path:
     return target
 
 
+def runtime_extras(profile: DeviceProfile) -> list[str]:
+    """The hwnas-agent extras the profile's runtime needs (QNN: the onnxruntime-qnn plugin)."""
+    return ["qnn"] if "QNNExecutionProvider" in profile.runtime.execution_providers else []
+
+
+@dataclasses.dataclass(frozen=True)
+class InstallPlan:
+    agent_wheel: Path
+    python: str
+    platform: DevicePlatform
+    extras: list[str]
+    wheels: WheelSet | None  # None: the device's own index
+    system_site: bool
+
+    @property
+    def stamp(self) -> str:
+        """What is installed, as one hash: equal stamps mean nothing to do."""
+        return hashlib.sha256(json.dumps([
+            hashlib.sha256(self.agent_wheel.read_bytes()).hexdigest(), self.python,
+            self.extras, self.wheels.sha256 if self.wheels else "index", self.system_site],
+            sort_keys=True).encode()).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class AgentStatus:
     manager: str  # systemd | supervisor | none
@@ -100,6 +130,7 @@ class RemoteAgent:
         self.session = SSHSession(profile.name, self.connection)
         self.dir = remote_folder(self.connection)
         self.q = shlex.quote(self.dir)  # the folder, as a shell word
+        self.shipped = Shipped((), 0, ())  # what the last install copied to the device
 
     def close(self) -> None:
         self.session.close()
@@ -131,6 +162,8 @@ class RemoteAgent:
             sftp.close()
 
     def python(self) -> str:
+        if self.profile.agent_install.python:
+            return self.profile.agent_install.python
         probe = "; ".join(f"command -v {p} >/dev/null 2>&1 && {p} -c 'import sys; "
                           f"sys.exit(sys.version_info < (3, 8))' 2>/dev/null && echo {p} && exit 0"
                           for p in PYTHONS)
@@ -163,29 +196,58 @@ class RemoteAgent:
         self._run(f"chmod 600 -- {self.q}/{CONFIG_NAME} {self.q}/{TOKEN_NAME}")
         return changed
 
-    def install(self, cache: Path, log=print) -> AgentStatus:
+    def platform(self, python: str) -> DevicePlatform:
+        """What the device is, as the interpreter the venv will use sees it (reads only)."""
+        code, out, err = self.session.run(f"{shlex.quote(python)} -c {shlex.quote(PROBE)}", 60)
+        if code != 0:
+            raise DeviceError(f"{self.profile.name}: cannot run {python} on the device "
+                              f"({(err or out).strip()[-300:]}); install python3 and python3-venv "
+                              f"there, or name a working one in agent_install.python")
+        return DevicePlatform.parse(self.profile.name, out)
+
+    def plan(self, cache: Path, log=print) -> InstallPlan:
+        """Everything install will put on the device, decided before anything is changed there:
+        a platform without wheels, or an extra its Python cannot have, fails here."""
+        options = self.profile.agent_install
         wheel = agent_wheel(cache)
-        wheel_sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        self._run(f"mkdir -p -- {self.q}/dist {self.q}/state && chmod 700 -- {self.q}")
-        installed = (self.session.read_file(self._path("dist/installed.sha256")) or b"").strip()
+        python = self.python()
+        platform = self.platform(python)
+        if platform.python < (3, 8):
+            raise DeviceError(f"{self.profile.name}: {python} is Python {platform.python[0]}."
+                              f"{platform.python[1]}; the agent needs >= 3.8: name another in "
+                              f"agent_install.python or install python3.8+ on the device")
+        chosen = set(options.extras)
+        for extra in runtime_extras(self.profile):  # wanted, not required: a board may have
+            unfit = unfit_extra(platform, wheel, extra)  # its own build (QNN in onnxruntime)
+            if unfit:
+                log(f"{self.profile.name}: not installing the agent's '{extra}' extra ({unfit}) "
+                    f"on {platform.describe()}; the runtime must come from the device itself")
+            else:
+                chosen.add(extra)
+        extras = sorted(chosen)
+        wheels = (wheel_set(self.profile.name, platform, wheel, extras, cache, log)
+                  if options.index == "controller" else None)
+        system_site = (platform.jetson if options.system_site_packages is None
+                       else options.system_site_packages)
+        return InstallPlan(wheel, python, platform, extras, wheels, system_site)
+
+    def install(self, cache: Path, log=print) -> AgentStatus:
+        plan = self.plan(cache, log)
+        self.shipped = Shipped((), 0, ())
+        self._run(f"mkdir -p -- {self.q}/dist {self.q}/wheels {self.q}/state && "
+                  f"chmod 700 -- {self.q}")
+        installed = (self.session.read_file(self._path("installed.sha256")) or b"").strip()
         restart = self._configure()
-        if installed.decode() != wheel_sha:
-            python = self.python()
-            log(f"{self.profile.name}: installing hwnas-agent {AGENT_VERSION} with {python}")
-            sftp = self.session.sftp()
-            try:
-                sftp.put(str(wheel), self._path(f"dist/{wheel.name}"))
-            except (OSError, EOFError, paramiko.SSHException) as exc:
-                raise DeviceError(f"{self.profile.name}: cannot upload {wheel.name} to "
-                                  f"{self._path('dist')}: {exc or type(exc).__name__}") from None
-            finally:
-                sftp.close()
-            self._run(f"test -x {self.q}/venv/bin/python || {python} -m venv -- {self.q}/venv", 300)
-            # from inside the folder: pip reads a ';' in a requirement's path as a marker;
-            # its cache too stays inside (uninstall removes it all)
-            self._run(f"cd -- {self.q}/dist && PIP_CACHE_DIR=../pip-cache ../venv/bin/python -m "
-                      f"pip install -q --upgrade ./{shlex.quote(wheel.name)}", 1800)
-            self._write("dist/installed.sha256", wheel_sha + "\n")
+        if installed.decode() != plan.stamp:
+            where = ("wheels shipped from the controller" if plan.wheels else "the device's index")
+            log(f"{self.profile.name}: installing hwnas-agent {AGENT_VERSION} with "
+                f"{plan.python} ({plan.platform.describe()}) from {where}")
+            self._ship(plan)
+            log(f"{self.profile.name}: shipped {len(self.shipped.files)} file(s), "
+                f"{self.shipped.bytes / 1e6:.1f} MB")
+            self._venv(plan)
+            self._pip_install(plan)
+            self._write("installed.sha256", plan.stamp + "\n")
             restart = True
         else:
             log(f"{self.profile.name}: hwnas-agent {AGENT_VERSION} already installed")
@@ -194,7 +256,56 @@ class RemoteAgent:
         status = self.status()
         if not status.running:
             self.start()
-        return self.wait_ready()
+        status = self.wait_ready()
+        uses, missing = runtime_use(self.profile, self.client().facts())
+        if missing:
+            raise DeviceError(missing + " (the agent is installed and running)")
+        log(f"{self.profile.name}: measures with {uses}")
+        return status
+
+    def _ship(self, plan: InstallPlan) -> None:
+        wheel_sha = hashlib.sha256(plan.agent_wheel.read_bytes()).hexdigest()
+        agent = sync_folder(self.session, plan.python, self._path("dist"),
+                            {plan.agent_wheel: wheel_sha})
+        deps = sync_folder(self.session, plan.python, self._path("wheels"),
+                           {p: plan.wheels.sha256[p.name] for p in plan.wheels.paths}
+                           if plan.wheels else {})
+        self.shipped = Shipped(agent.files + deps.files, agent.bytes + deps.bytes,
+                               agent.removed + deps.removed)
+
+    def _venv(self, plan: InstallPlan) -> None:
+        """The venv, (re)made when absent or when whether it sees the system's site packages
+        changed (a Jetson's tensorrt lives there; the venv's own packages come first)."""
+        cfg = (self.session.read_file(self._path("venv/pyvenv.cfg")) or b"").decode()
+        wanted = f"include-system-site-packages = {str(plan.system_site).lower()}"
+        if cfg and wanted not in cfg:
+            self.stop()  # it runs from that venv
+            self._run(f"rm -rf -- {self.q}/venv")
+        flag = " --system-site-packages" if plan.system_site else ""
+        self._run(f"test -x {self.q}/venv/bin/python || {shlex.quote(plan.python)} -m venv"
+                  f"{flag} -- {self.q}/venv", 300)
+
+    def _pip_install(self, plan: InstallPlan) -> None:
+        # from inside the folder: pip reads a ';' in a requirement's path as a marker; its
+        # cache and log too stay inside (uninstall removes it all)
+        pip = (f"cd -- {self.q}/dist && PIP_CACHE_DIR=../pip-cache ../venv/bin/python -m pip "
+               f"install -q --disable-pip-version-check --log ../pip-install.log")
+        agent = shlex.quote(f"./{plan.agent_wheel.name}" +
+                            (f"[{','.join(plan.extras)}]" if plan.extras else ""))
+        # with system site packages, the venv gets its own copy of every pinned dependency:
+        # a system numpy that happens to satisfy the range must not stand in for ours
+        own = " --ignore-installed" if plan.system_site else ""
+        if plan.wheels:
+            # exactly the shipped set: no pip.conf, no PIP_* variable of the device adds an
+            # index, a find-links folder or a constraint (PIP_CONFIG_FILE=/dev/null: no files)
+            pip = (f"cd -- {self.q}/dist && PIP_CONFIG_FILE=/dev/null ../venv/bin/python -m pip "
+                   f"--isolated install -q --disable-pip-version-check --cache-dir ../pip-cache "
+                   f"--log ../pip-install.log")
+            offline = f"{pip} --no-index --find-links ../wheels"
+            self._run(f"{offline} --upgrade pip", 600)  # an old venv pip cannot read PEP 600 tags
+            self._run(f"{offline} --upgrade{own} {agent}", 1800)
+        else:
+            self._run(f"{pip} --upgrade{own} {agent}", 1800)
 
     def start(self) -> None:
         if self._has_systemd():

@@ -1,5 +1,7 @@
 """Device facts and provenance parsers, on the real outputs of the tools and sysfs trees."""
 
+from pathlib import Path
+
 from hwnas_agent.facts import (
     cpu_frequencies,
     device_facts,
@@ -71,3 +73,29 @@ def test_device_facts_lists_power_sources(tmp_path):
     assert [s["kind"] for s in facts["power_sources"]] == ["hwmon"]
     assert facts["power_sources"][0]["watts_now"] == 3.65
     assert facts["runtimes"]["onnxruntime"]["execution_providers"]
+
+
+def test_runtimes_list_every_runtime_that_imports_with_version_and_origin(tmp_path, monkeypatch):
+    import sys
+
+    import onnxruntime
+
+    from hwnas_agent import facts
+
+    found = facts.runtimes()
+    assert found["onnxruntime"]["version"] == onnxruntime.__version__
+    assert found["onnxruntime"]["location"] == str(Path(onnxruntime.__file__).parent)
+    assert "CPUExecutionProvider" in found["onnxruntime"]["execution_providers"]
+    for name in facts.OTHER_RUNTIMES:  # listed exactly where they import
+        try:
+            __import__(name)
+            assert name in found
+        except ImportError:
+            assert name not in found
+    # present but broken (JetPack bindings without their native library): named, not fatal
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.py").write_text(
+        "raise OSError('libnvinfer.so.8: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    assert "libnvinfer.so.8" in facts.runtimes()["tensorrt"]["error"]
