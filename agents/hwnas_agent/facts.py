@@ -6,7 +6,6 @@ Roots are parameters (never test switches inside the code): tests pass fixture t
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import platform
 import re
