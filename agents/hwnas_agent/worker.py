@@ -81,6 +81,9 @@ def measure_file(model_path: str, request: MeasureRequest,
         "provenance": {"before": before, "after": facts.provenance()},
         "request": request.to_dict(),
     })
+    if request.layer_profile:  # after the timed rounds and the peak memory: neither sees it
+        headline = (result.get("latency_ms") or {}).get("p50")
+        result["layers"] = model.layer_profile(request.layer_profile_runs, headline)
     result["worker_seconds"] = time.perf_counter() - started
     result["worker_started_unix_time"] = started_unix_time
     result["worker_finished_unix_time"] = time.time()
