@@ -143,8 +143,9 @@ def overhead_line(layers: Mapping[str, Any]) -> str:
 def layers_table(blocks: Sequence[tuple[str, Mapping[str, Any] | None, Sequence[UnitTime]]],
                  top: int) -> str:
     """The top ``top`` units of each (label, layer profile, unit times): side by side, a
-    column per label, when each label has at least half of the units any label has among its
-    top ones (a model and its precision variants), else one block each."""
+    column per label (the rows: every label's top units, by their largest share), when each
+    label has more than half of those units (a model and its precision variants), else one
+    block each."""
     text: list[str] = []
     ready = []
     for label, layers, units in blocks:
@@ -157,7 +158,7 @@ def layers_table(blocks: Sequence[tuple[str, Mapping[str, Any] | None, Sequence[
         return "\n".join(text)
     names = [{u.unit for u in units} for _, _, units in ready]
     tops = {u.unit for _, _, units in ready for u in units[:top]}
-    if len(ready) > 1 and all(len(tops & found) >= 0.5 * len(tops) for found in names):
+    if len(ready) > 1 and all(len(tops & found) > 0.5 * len(tops) for found in names):
         text += _side_by_side(ready, top)
     else:
         for label, layers, units in ready:
@@ -175,7 +176,7 @@ def _side_by_side(ready: Sequence[tuple[str, Mapping[str, Any], Sequence[UnitTim
     for units in (units for _, _, units in ready):
         for unit in units[:top]:
             order[unit.unit] = max(order.get(unit.unit, 0.0), unit.share)
-    rows = sorted(order, key=lambda u: -order[u])[:top]
+    rows = sorted(order, key=lambda u: -order[u])  # each label's top ones, all shown
     header = ["unit"] + [f"{label} us / share" for label, _, _ in ready]
     lines = [[unit] + [f"{found[unit].median_us:.1f} / {found[unit].share:.1%}"
                        if unit in found else "-" for found in by_label] for unit in rows]

@@ -121,3 +121,29 @@ def test_a_runtime_without_per_layer_times_is_said_so():
     said = layers_table([("m.onnx as given", {"error": "runtime 'tensorrt' gives no per-layer "
                                                         "times"}, ())], 5)
     assert said == "m.onnx as given: no per-layer times: runtime 'tensorrt' gives no per-layer times"
+
+
+def _times(**shares):
+    from hwnas.layers import UnitTime
+
+    return [UnitTime(unit, share * 1000, share, 1, ("Conv",))
+            for unit, share in sorted(shares.items(), key=lambda kv: -kv[1])]
+
+
+PROFILED = {"runs": 20, "profiled_run_ms_p50": 1.1, "headline_ms_p50": 1.0,
+            "profiler_overhead": 0.1}
+
+
+def test_side_by_side_shows_every_columns_top_units_else_a_block_each():
+    fp32 = _times(a=0.5, b=0.3, c=0.15, d=0.05)
+    int8 = _times(d=0.6, c=0.2, b=0.1, a=0.1)
+    text = layers_table([("m fp32", PROFILED, fp32), ("m int8", PROFILED, int8)], 1).splitlines()
+    assert text[0].split()[0] == "unit" and "m fp32 us / share" in text[0]
+    assert [line.split()[0] for line in text[2:4]] == ["d", "a"]  # each column's top one
+    assert text[2].split()[1:] == ["50.0", "/", "5.0%", "600.0", "/", "60.0%"]
+    assert text[4] == ("m fp32: median of 20 profiled runs; a profiled run took 1.100 ms (p50) "
+                       "against the headline p50 of 1.000 ms (+10%)")
+    other = _times(x=0.9, y=0.1)
+    text = layers_table([("m fp32", PROFILED, fp32), ("n fp32", PROFILED, other)], 2)
+    assert text.splitlines()[0].startswith("m fp32 (median of 20 profiled runs")
+    assert "\nn fp32 (median of 20" in text and "x  " in text
