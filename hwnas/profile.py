@@ -181,8 +181,9 @@ def profile_models(paths: Sequence[Path], profile: "DeviceProfile", precisions: 
     folders = [Path(path) for path in paths if Path(path).is_dir()]
     if folders:
         if layers:
-            raise ConfigError("--layers: per-layer times are for ONNX files; a generating "
-                              "model folder has none (give its model.onnx file instead)")
+            raise ConfigError("--layers: per-layer times are for ONNX files measured per "
+                              "inference; a model folder is measured generating and has none: "
+                              "leave out --layers")
         if len(folders) != len(paths):
             raise ConfigError("give ONNX files or onnxruntime-genai model folders, not both: "
                               "their figures are of different kinds (per inference, per token)")

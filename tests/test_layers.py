@@ -147,3 +147,13 @@ def test_side_by_side_shows_every_columns_top_units_else_a_block_each():
     text = layers_table([("m fp32", PROFILED, fp32), ("n fp32", PROFILED, other)], 2)
     assert text.splitlines()[0].startswith("m fp32 (median of 20 profiled runs")
     assert "\nn fp32 (median of 20" in text and "x  " in text
+
+
+def test_layers_of_a_generating_folder_are_refused_saying_what_to_give(tmp_path):
+    folder = tmp_path / "genai-out"
+    folder.mkdir()
+    done = subprocess.run([HWNAS, "profile", str(folder), "--layers"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--layers: per-layer times are for ONNX files" in done.stderr
+    assert "a model folder is measured generating and has none: leave out --layers" in done.stderr

@@ -135,3 +135,27 @@ def test_a_runtime_without_a_layer_profiler_says_so_rather_than_guess():
     said = TensorRTModel.layer_profile(SimpleNamespace(name="tensorrt"), 20, 1.0)
     assert set(said) == {"error"} and "runtime 'tensorrt' gives no per-layer times" in said["error"]
     assert "runtime onnxruntime" in said["error"]
+
+
+def test_failed_profiled_runs_cost_the_layer_profile_not_the_measurement():
+    from hwnas_agent.runtimes.base import LoadedModel
+    from hwnas_agent.worker import _layer_profile
+
+    class NoSecondSession(LoadedModel):  # e.g. no memory left for the profiled session
+        def run_once(self) -> None:
+            pass
+
+        def node_assignment(self):
+            return None
+
+        def describe(self):
+            return {}
+
+        def layer_profile(self, runs, headline_p50_ms):
+            raise MemoryError("Failed to allocate memory for the profiled session")
+
+    said = _layer_profile(NoSecondSession(), request(layer_profile=True),
+                          {"latency_ms": {"p50": 1.0}})
+    assert set(said) == {"error"}
+    assert said["error"].startswith("the profiled runs failed, the measurement stands: ")
+    assert "Failed to allocate memory" in said["error"]
