@@ -9,13 +9,15 @@ Conv with its activation and names the result after the activation's output
 each timed node stands for (a fused Conv: the Conv above the activation); its unit is then
 the unit -> node map of a model hwnas exported (``ExportedModel.node_units``), or, for any
 other ONNX file, its module path read from the exporter's node name
-(``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``), Q/DQ and other nodes of no module
+(``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``) or from the dynamo exporter's
+``name_scopes`` metadata, Q/DQ and other nodes of no module
 taking their neighbours' (``hwnas.export.onnx.follow_units``). What stays unmapped is grouped
 by op type, in parentheses.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from typing import Any, Mapping, Sequence
@@ -91,12 +93,28 @@ class GraphIndex:
         return found.name if found.op_type == op_type else node.name
 
 
+def node_module(node: onnx.NodeProto) -> str | None:
+    """The module a node was exported from: the dynamo exporter's ``name_scopes`` metadata
+    (full module paths, then the op's own name: the deepest module is the one before it),
+    else the TorchScript node name's scopes."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = [s for s in ast.literal_eval(prop.value)[:-1] if isinstance(s, str) and s]
+            except (ValueError, SyntaxError):
+                scopes = []
+            if scopes:
+                return scopes[-1]
+    return module_path(node.name)
+
+
 def module_units(graph: onnx.GraphProto) -> dict[str, str | None]:
-    """Node name -> module path, for an ONNX file hwnas did not export: read from the node
-    names; nodes without one take their neighbours' (Q/DQ, weight DequantizeLinear)."""
+    """Node name -> module path, for an ONNX file hwnas did not export: read from the
+    exporter's scopes (``node_module``); nodes without one take their neighbours' (Q/DQ,
+    weight DequantizeLinear)."""
     from hwnas.export.onnx import follow_units
 
-    paths = {n.name: module_path(n.name) for n in graph.node}
+    paths = {n.name: node_module(n) for n in graph.node}
     return follow_units(graph, {name: path for name, path in paths.items() if path})
 
 

@@ -157,3 +157,27 @@ def test_layers_of_a_generating_folder_are_refused_saying_what_to_give(tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--layers: per-layer times are for ONNX files" in done.stderr
     assert "a model folder is measured generating and has none: leave out --layers" in done.stderr
+
+
+def test_a_dynamo_export_maps_by_its_name_scopes(tmp_path):
+    """torch.onnx's dynamo exporter names nodes node_Conv_3 and keeps the module path in
+    metadata: the heavy layer still comes out on top, under its module's name."""
+    from hwnas_agent.protocol import MeasureRequest
+    from hwnas_agent.worker import measure_file
+
+    from hwnas.layers import module_units
+
+    torch.manual_seed(0)
+    path = tmp_path / "dynamo.onnx"
+    torch.onnx.export(HeavyMiddle().eval(), (torch.zeros(1, 3, 32, 32),), str(path),
+                      input_names=["input"], dynamo=True, verbose=False)
+    request = MeasureRequest.from_dict({
+        "model_sha256": "e" * 64, "warmup_iterations": 2, "warmup_seconds": 0.0,
+        "min_iterations": 10, "min_seconds": 0.0, "rounds": 1, "layer_profile": True,
+        "layer_profile_runs": 10})
+    layers = measure_file(str(path), request)["layers"]
+    graph = onnx.load(str(path)).graph
+    assert not any(n.name.startswith("/") for n in graph.node)  # no scopes in the names
+    found = unit_times(layers, module_units(graph), graph)
+    assert found[0].unit == "heavy" and found[0].share > 0.5, found
+    assert "stem" in {u.unit for u in found}
