@@ -92,6 +92,10 @@ class Measurement:
     # the measuring worker process's peak resident memory (the agent's peak_rss_mb: runtime,
     # model and buffers); None in measurements of agents from before it was reported
     peak_memory_mb: float | None = None
+    # per-node time of profiled runs after the timed ones (measurement.layer_profile), as the
+    # agent sent it (runtimes/ort_layers.py); None where none was asked for. hwnas/layers.py
+    # maps its nodes to the model's units
+    layers: Mapping[str, Any] | None = None
     # generation (the agent's runtime genai); None for other measurements
     prompt_tokens: int | None = None
     generate_tokens: int | None = None

@@ -23,6 +23,7 @@ from hwnas.export.graph import graph_inputs
 
 if TYPE_CHECKING:
     from hwnas.config.models import DeviceProfile
+    from hwnas.layers import UnitTime
     from hwnas.records import Artifact, Measurement
 
 SHAPE = re.compile(r"^(?:(?P<name>[^=]+)=)?(?P<dims>\d+(?:[x,]\d+)*)$")
@@ -108,10 +109,18 @@ class ProfileRow:
     artifact: "Artifact"
     measurement: "Measurement"
     note: str = ""
+    units: tuple["UnitTime", ...] = ()  # the layer profile per unit (--layers), largest first
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "precision": self.precision, "note": self.note,
-                "artifact": self.artifact.to_dict(), "measurement": self.measurement.to_dict()}
+        found = {"model": self.model, "precision": self.precision, "note": self.note,
+                 "artifact": self.artifact.to_dict(), "measurement": self.measurement.to_dict()}
+        if self.measurement.layers is not None:
+            from hwnas.layers import op_type_times
+
+            found["layers"] = {"units": [u.to_dict() for u in self.units],
+                               "op_types": [u.to_dict() for u in
+                                            op_type_times(self.measurement.layers)]}
+        return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,12 +174,16 @@ def make_variant(model: onnx.ModelProto, precision: str, calibration: np.ndarray
 
 def profile_models(paths: Sequence[Path], profile: "DeviceProfile", precisions: Sequence[str],
                    shapes: Sequence[InputShape], calibration_space: Path | None,
-                   samples: int) -> ProfileResult:
+                   samples: int, layers: bool = False) -> ProfileResult:
     from hwnas.records import Artifact
     from hwnas.remote.device import open_device
 
     folders = [Path(path) for path in paths if Path(path).is_dir()]
     if folders:
+        if layers:
+            raise ConfigError("--layers: per-layer times are for ONNX files measured per "
+                              "inference; a model folder is measured generating and has none: "
+                              "leave out --layers")
         if len(folders) != len(paths):
             raise ConfigError("give ONNX files or onnxruntime-genai model folders, not both: "
                               "their figures are of different kinds (per inference, per token)")
@@ -224,10 +237,31 @@ def profile_models(paths: Sequence[Path], profile: "DeviceProfile", precisions: 
             for name, precision, file, note in entries:
                 artifact = Artifact.from_file(file, {}, 0)
                 client.ensure_model(artifact)
-                measurement = client.measure(profile.measure_request(artifact.sha256))
+                request = profile.measure_request(artifact.sha256)
+                if layers:  # profiled runs after the timed ones (the agent's ort_layers.py)
+                    request = dataclasses.replace(request, layer_profile=True)
+                measurement = client.measure(request)
                 rows.append(ProfileRow(name, precision, dataclasses.replace(artifact, path=""),
-                                       measurement, note))
+                                       measurement, note, _units(measurement, file)))
     return ProfileResult(tuple(rows), statement)
+
+
+def _units(measurement: "Measurement", file: Path) -> tuple["UnitTime", ...]:
+    """The layer profile's nodes per module of the file measured (hwnas.layers)."""
+    if not measurement.layers or measurement.layers.get("error"):
+        return ()
+    from hwnas.layers import module_units, unit_times
+
+    graph = onnx.load(str(file), load_external_data=False).graph
+    return tuple(unit_times(measurement.layers, module_units(graph), graph))
+
+
+def layers_text(result: ProfileResult, top: int) -> str:
+    """The top units of each model and precision (hwnas.layers.layers_table)."""
+    from hwnas.layers import layers_table
+
+    return layers_table([(f"{r.model} {r.precision}", r.measurement.layers, r.units)
+                         for r in result.rows], top)
 
 
 def profile_table(result: ProfileResult, device: str) -> str:

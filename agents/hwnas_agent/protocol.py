@@ -197,6 +197,11 @@ class MeasureRequest:
     # a rise of this many degrees, or a clock drop of this fraction, flags throttling
     thermal_rise_c: float = _setting("measurement", _number_range(0.0, 200.0), 10.0)
     clock_drop: float = _setting("measurement", _number_range(0.0, 1.0), 0.10)
+    # a layer profile: after the timed rounds (which never run profiled), a session of its own
+    # with the runtime's profiler runs layer_profile_runs inferences; the result's "layers"
+    # gives each node's median time and share (runtimes/ort_layers.py)
+    layer_profile: bool = _setting("measurement", _bool, False)
+    layer_profile_runs: int = _setting("measurement", _int_range(1, 10000), 20)
     # generation (runtime genai; the others ignore them): each round appends a prompt of
     # prompt_tokens token ids, then produces generate_tokens tokens; a round is one iteration
     # (warmup_iterations, min_iterations count rounds). Their sum must fit the model's context
@@ -323,6 +328,9 @@ RESULT_FIELDS: Dict[str, ResultField] = {
     "peak_rss_mb": ResultField(("peak_rss_mb",), "number", False),
     # the power summary (power/sampler.py summarize); null when none was asked for
     "power": ResultField(("power",), "object", False),
+    # per-node time (request.layer_profile): absent unless asked for; {"error": why} where the
+    # runtime cannot profile its layers
+    "layers": ResultField(("layers",), "object", False),
     # generation (runtime genai, generation.py); absent from other measurements
     "prompt_tokens": ResultField(("generation", "prompt_tokens"), "integer", False),
     "generate_tokens": ResultField(("generation", "generate_tokens"), "integer", False),

@@ -29,21 +29,32 @@ class ProfileCommand(Command):
         parser.add_argument("--input-shape", action="append", default=[],
                             help="fix free input dimensions: one sample's shape without the "
                                  "batch, e.g. 3x224x224 (NAME=3x224x224 for several inputs)")
+        parser.add_argument("--layers", action="store_true",
+                            help="also time each node in profiled runs after the timed ones "
+                                 "and print the units (modules) that take the most time")
+        parser.add_argument("--top", type=int, default=10,
+                            help="how many units --layers prints per model (default 10)")
         parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.config import load_device_profile
-        from hwnas.profile import InputShape, profile_models, profile_table
+        from hwnas.errors import ConfigError
+        from hwnas.profile import InputShape, layers_text, profile_models, profile_table
+
+        if args.top < 1:
+            raise ConfigError(f"--top {args.top}: give how many units to show, at least 1")
 
         profile = load_device_profile(args.device or project_file(DEFAULT_DEVICE, "--device"))
         precisions = [p.strip() for p in (args.precision or "").split(",") if p.strip()]
         shapes = [InputShape.parse(text) for text in args.input_shape]
         result = profile_models(args.models, profile, precisions, shapes, args.calibration,
-                                args.calibration_samples)
+                                args.calibration_samples, layers=args.layers)
         if args.json:
             print(json.dumps([row.to_dict() for row in result.rows], indent=1, sort_keys=True))
         else:
             print(profile_table(result, profile.name))
+            if args.layers:
+                print(layers_text(result, args.top))
         return 0
 
 

@@ -150,6 +150,7 @@ NON_DEFAULT = {
     "seed": 5, "cpu_affinity": [0], "cooldown_below_c": 55.0, "cooldown_timeout_s": 30.0,
     "thermal_rise_c": 7.5, "clock_drop": 0.2, "power_source": "command",
     "power_min_samples": 30, "idle_seconds": 1.0, "prompt_tokens": 16, "generate_tokens": 8,
+    "layer_profile": True, "layer_profile_runs": 7,
 }
 
 

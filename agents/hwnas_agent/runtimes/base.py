@@ -4,7 +4,8 @@ A runtime module (named in protocol.RUNTIMES, file ``runtimes/<name>.py``) expos
 a Runtime: ``available()`` says why it cannot run here (or None), ``open(model_path, request,
 cache_dir)`` gives a LoadedModel. A LoadedModel runs one inference on inputs prepared at open
 time (``run_once``), runs the timed loop of measure.py (``timed_loop``; a runtime with its own
-loop may override it), says which node ran on which device (``node_assignment``) and describes
+loop may override it), says which node ran on which device (``node_assignment``), may time each node in profiled
+runs after the timed rounds (``layer_profile``) and describes
 itself (``describe``: name, version, devices in use, options, threads). ``inputs`` lists what
 it feeds (name, shape, dtype). tests/agent/test_runtimes.py checks every runtime against this.
 """
@@ -41,6 +42,13 @@ class LoadedModel(abc.ABC):
     def node_assignment(self) -> Optional[Dict[str, Any]]:
         """{"counts": {device: nodes}, "elsewhere": [...], "elsewhere_total": n}, or None
         where the runtime cannot say."""
+
+    def layer_profile(self, runs: int, headline_p50_ms: Optional[float]) -> Dict[str, Any]:
+        """Per-node time over ``runs`` profiled inferences, run after the timed rounds
+        (ort_layers.py has the format), or {"error": why} where this runtime cannot say."""
+        return {"error": "runtime %r gives no per-layer times in this agent (TensorRT's layer "
+                         "profiler is not wired in yet); measure with runtime onnxruntime to "
+                         "see onnxruntime's per-node times" % self.name}
 
     @abc.abstractmethod
     def describe(self) -> Dict[str, Any]:

@@ -7,7 +7,8 @@ package lacks is looked for among the known plugin packages and registered once 
 
 The result says which node ran where: a provider list is a wish, and an accelerator that
 quietly hands nodes back to the CPU measures the CPU. Providers and plugins: ort_providers.py;
-node assignment and refusal reasons: ort_assignment.py; inputs: feeds.py.
+node assignment and refusal reasons: ort_assignment.py; per-node time (a layer profile,
+after the timed rounds): ort_layers.py; inputs: feeds.py.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from hwnas_agent.runtimes.base import LoadedModel, Runtime, RuntimeUnavailable
 from hwnas_agent.runtimes.feeds import make_inputs
 from hwnas_agent.runtimes.ort_assignment import (assignment_with_reasons, describe_nodes,
                                                  node_assignment, profiled_assignment)
+from hwnas_agent.runtimes.ort_layers import profile_layers
 from hwnas_agent.runtimes.ort_providers import (PLUGIN_PACKAGES, QNN, available_providers,
                                                 emulation, register_plugin, registered,
                                                 resolve_options)
@@ -79,7 +81,8 @@ class SessionPlan:
                 names[meta.shape[0]] = self.request.batch_size
         return names
 
-    def session_options(self, fallback: bool, verbose: bool = False) -> Any:
+    def session_options(self, fallback: bool, verbose: bool = False,
+                        profile_prefix: Optional[str] = None) -> Any:
         ort, request = self.ort, self.request
         options = ort.SessionOptions()
         options.intra_op_num_threads = request.intra_op_threads
@@ -93,6 +96,9 @@ class SessionPlan:
             options.add_free_dimension_override_by_name(name, size)
         if verbose:
             options.log_severity_level = 0
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         if self.plugin:
             devices = self.ort.get_ep_devices()
             for provider, provider_options in zip(request.execution_providers, self.options):
@@ -101,8 +107,9 @@ class SessionPlan:
                     options.add_provider_for_devices(chosen, dict(provider_options))
         return options
 
-    def open(self, fallback: bool, verbose: bool = False) -> Any:
-        options = self.session_options(fallback, verbose)
+    def open(self, fallback: bool, verbose: bool = False,
+             profile_prefix: Optional[str] = None) -> Any:
+        options = self.session_options(fallback, verbose, profile_prefix)
         if self.plugin:
             return self.ort.InferenceSession(self.model_path, sess_options=options)
         return self.ort.InferenceSession(self.model_path, sess_options=options,
@@ -131,6 +138,11 @@ class OnnxRuntimeModel(LoadedModel):
 
     def node_assignment(self) -> Optional[Dict[str, Any]]:
         return self._assignment
+
+    def layer_profile(self, runs: int, headline_p50_ms: Optional[float]) -> Dict[str, Any]:
+        fallback = not self._request.disable_cpu_fallback
+        return profile_layers(lambda prefix: self._plan.open(fallback, profile_prefix=prefix),
+                              self._feeds, runs, headline_p50_ms)
 
     def describe(self) -> Dict[str, Any]:
         why = emulation(list(self._request.execution_providers), self._plan.options)
