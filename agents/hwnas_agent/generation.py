@@ -16,13 +16,12 @@ power can be taken over the decode phases alone (power/sampler.decode_power).
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from hwnas_agent.measure import latency_statistics
+from hwnas_agent.measure import latency_statistics, timed_rounds
 
 # (ttft ns, decode ns, decode window's monotonic start s, end s) of one round
 Round = Tuple[int, int, float, float]
@@ -36,39 +35,17 @@ def run_generation(one_round: Callable[[], Round], request: Any,
     """Warm up, then time generation rounds; the result has run_timed's keys (a round is
     one iteration: ``latency_ms`` is the whole round's) and ``generation``; the decode
     windows come in ``decode_windows`` (for the power summary, not the report)."""
-    warmup_start = clock()
-    warmup_deadline = warmup_start + int(request.warmup_seconds * 1e9)
-    warmup_rounds = 0
-    while warmup_rounds < request.warmup_iterations or clock() < warmup_deadline:
-        one_round()
-        warmup_rounds += 1
-    warmup_seconds = (clock() - warmup_start) / 1e9
+    def describe_round(group: List[Round]) -> Dict[str, Any]:
+        return {"decode_tokens_per_s_p50": float(np.median(
+                    [_decode_rate(r, request.generate_tokens) for r in group])),
+                "ttft_ms_p50": float(np.median([r[0] / 1e6 for r in group]))}
 
-    per_group_rounds = int(math.ceil(request.min_iterations / float(request.rounds)))
-    per_group_ns = int(request.min_seconds * 1e9 / request.rounds)
-    measured: List[Round] = []
-    totals_ms: List[float] = []
-    groups: List[Dict[str, Any]] = []
-    if before_timed is not None:
-        before_timed()
-    timed_start = clock()
-    while len(groups) < request.rounds or (enough is not None and not enough()):
-        group: List[Round] = []
-        group_start = clock()
-        while len(group) < per_group_rounds or clock() - group_start < per_group_ns:
-            begin = clock()
-            group.append(one_round())
-            totals_ms.append((clock() - begin) / 1e6)
-        decode = [_decode_rate(r, request.generate_tokens) for r in group]
-        record = {"iterations": len(group), "p50_ms": float(np.median(totals_ms[-len(group):])),
-                  "decode_tokens_per_s_p50": float(np.median(decode)),
-                  "ttft_ms_p50": float(np.median([r[0] / 1e6 for r in group]))}
-        if after_round is not None:
-            record.update(after_round())
-        groups.append(record)
-        measured.extend(group)
-    timed_seconds = (clock() - timed_start) / 1e9
-
+    phases = timed_rounds(one_round, request, clock, before_timed, enough, after_round,
+                          describe_round)
+    measured: List[Round] = [value for _, value in phases.samples]
+    totals_ms = [ms for ms, _ in phases.samples]
+    groups = phases.rounds
+    timed_seconds = phases.timed_seconds
     stats = latency_statistics(totals_ms)
     generation = generation_statistics(measured, request.prompt_tokens, request.generate_tokens)
     medians = [g["decode_tokens_per_s_p50"] for g in groups]
@@ -78,8 +55,8 @@ def run_generation(one_round: Callable[[], Round], request: Any,
         "latency_ms": stats,
         "iterations": len(measured),
         "timed_seconds": timed_seconds,
-        "warmup_iterations": warmup_rounds,
-        "warmup_seconds": warmup_seconds,
+        "warmup_iterations": phases.warmup_iterations,
+        "warmup_seconds": phases.warmup_seconds,
         "rounds": groups,
         "round_p50_spread": spread,
         "unstable": bool(generation["decode_tokens_per_s"]["cv"] > request.unstable_cv),

@@ -8,9 +8,10 @@ process) shows up as a spread between round medians instead of hiding in one ave
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,17 +47,31 @@ def latency_statistics(latencies_ms: Sequence[float]) -> Dict[str, Any]:
     }
 
 
-def run_timed(run_once: Callable[[], None], request: Any,
-              clock: Callable[[], int] = time.perf_counter_ns,
-              before_timed: Optional[Callable[[], None]] = None,
-              enough: Optional[Callable[[], bool]] = None,
-              after_round: Optional[Callable[[], Dict[str, Any]]] = None) -> Dict[str, Any]:
-    """Warm up, then time single inferences in rounds; returns latencies and statistics.
+@dataclasses.dataclass
+class TimedPhases:
+    """What timed_rounds ran: each timed call's milliseconds and what it returned, the rounds'
+    records, and the warm-up's and timed phase's extent."""
+
+    samples: List[Tuple[float, Any]]
+    rounds: List[Dict[str, Any]]
+    warmup_iterations: int
+    warmup_seconds: float
+    timed_seconds: float
+
+
+def timed_rounds(run_once: Callable[[], Any], request: Any,
+                 clock: Callable[[], int] = time.perf_counter_ns,
+                 before_timed: Optional[Callable[[], None]] = None,
+                 enough: Optional[Callable[[], bool]] = None,
+                 after_round: Optional[Callable[[], Dict[str, Any]]] = None,
+                 describe_round: Optional[Callable[[List[Any]], Dict[str, Any]]] = None
+                 ) -> TimedPhases:
+    """The loop every methodology shares: warm up, then time single calls in rounds.
 
     ``before_timed`` runs between warm-up and the timed phase (a power sampler starts
     there); after the configured rounds, further rounds run while ``enough()`` is false;
-    ``after_round`` returns what to record with each round (clocks, temperatures).
-    """
+    ``describe_round`` summarises what a round's calls returned, ``after_round`` what to
+    record with each round besides (clocks, temperatures)."""
     warmup_start = clock()
     warmup_deadline = warmup_start + int(request.warmup_seconds * 1e9)
     warmup_iterations = 0
@@ -67,37 +82,51 @@ def run_timed(run_once: Callable[[], None], request: Any,
 
     per_round_iterations = int(math.ceil(request.min_iterations / float(request.rounds)))
     per_round_ns = int(request.min_seconds * 1e9 / request.rounds)
-    latencies_ms: List[float] = []
+    samples: List[Tuple[float, Any]] = []
     rounds: List[Dict[str, Any]] = []
     if before_timed is not None:
         before_timed()
     timed_start = clock()
     while len(rounds) < request.rounds or (enough is not None and not enough()):
-        round_ms: List[float] = []
+        this_round: List[Tuple[float, Any]] = []
         round_start = clock()
-        while len(round_ms) < per_round_iterations or clock() - round_start < per_round_ns:
+        while len(this_round) < per_round_iterations or clock() - round_start < per_round_ns:
             begin = clock()
-            run_once()
-            round_ms.append((clock() - begin) / 1e6)
-        record = {"iterations": len(round_ms), "p50_ms": float(np.median(round_ms))}
+            value = run_once()
+            this_round.append(((clock() - begin) / 1e6, value))
+        record = {"iterations": len(this_round),
+                  "p50_ms": float(np.median([ms for ms, _ in this_round]))}
+        if describe_round is not None:
+            record.update(describe_round([value for _, value in this_round]))
         if after_round is not None:
             record.update(after_round())
         rounds.append(record)
-        latencies_ms.extend(round_ms)
-    timed_seconds = (clock() - timed_start) / 1e9
+        samples.extend(this_round)
+    return TimedPhases(samples, rounds, warmup_iterations, warmup_seconds,
+                       (clock() - timed_start) / 1e9)
 
+
+def run_timed(run_once: Callable[[], None], request: Any,
+              clock: Callable[[], int] = time.perf_counter_ns,
+              before_timed: Optional[Callable[[], None]] = None,
+              enough: Optional[Callable[[], bool]] = None,
+              after_round: Optional[Callable[[], Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Warm up, then time single inferences in rounds; returns latencies and statistics
+    (the hooks: timed_rounds')."""
+    phases = timed_rounds(run_once, request, clock, before_timed, enough, after_round)
+    latencies_ms = [ms for ms, _ in phases.samples]
     stats = latency_statistics(latencies_ms)
-    round_medians = [r["p50_ms"] for r in rounds]
+    round_medians = [r["p50_ms"] for r in phases.rounds]
     spread = (max(round_medians) - min(round_medians)) / stats["p50"] if stats["p50"] > 0 else 0.0
     return {
         "latency_ms": stats,
         "iterations": len(latencies_ms),
-        "timed_seconds": timed_seconds,
-        "warmup_iterations": warmup_iterations,
-        "warmup_seconds": warmup_seconds,
-        "rounds": rounds,
+        "timed_seconds": phases.timed_seconds,
+        "warmup_iterations": phases.warmup_iterations,
+        "warmup_seconds": phases.warmup_seconds,
+        "rounds": phases.rounds,
         "round_p50_spread": spread,
         "unstable": bool(stats["cv"] > request.unstable_cv),
-        "throughput_per_s": len(latencies_ms) * request.batch_size / timed_seconds
-        if timed_seconds > 0 else 0.0,
+        "throughput_per_s": len(latencies_ms) * request.batch_size / phases.timed_seconds
+        if phases.timed_seconds > 0 else 0.0,
     }
