@@ -86,9 +86,9 @@ def test_runtimes_list_every_runtime_that_imports_with_version_and_origin(tmp_pa
     assert found["onnxruntime"]["version"] == onnxruntime.__version__
     assert found["onnxruntime"]["location"] == str(Path(onnxruntime.__file__).parent)
     assert "CPUExecutionProvider" in found["onnxruntime"]["execution_providers"]
-    for name in facts.OTHER_RUNTIMES:  # listed exactly where they import
+    for name, module in facts.OTHER_RUNTIMES.items():  # listed exactly where they import
         try:
-            __import__(name)
+            __import__(module)
             assert name in found
         except ImportError:
             assert name not in found
