@@ -209,14 +209,9 @@ def test_measurement_settings_are_checked_by_the_agent_protocol(tmp_path, sectio
     assert error in str(caught.value)
 
 
-@pytest.mark.parametrize("extra, key", [
-    ("budgets: {power_mean_w: 5}\n", "budgets.power_mean_w"),
-    ("budgets: {energy_mj_per_inference: 2, energy_basis: above_idle}\n",
-     "budgets.energy_mj_per_inference"),
-    ("objectives: [accuracy, energy_mj_per_inference]\n", "objectives: energy_mj_per_inference"),
-])
-def test_a_power_budget_on_a_device_without_a_sensor_is_refused_before_any_trial(
-        tmp_path, extra, key):
+def refused_search(tmp_path, extra: str):
+    """`hwnas search` of GOOD_SPACE + ``extra`` on DEVICE: (its result, space, device); the
+    refusal comes before any trial (no study)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -227,9 +222,21 @@ def test_a_power_budget_on_a_device_without_a_sensor_is_refused_before_any_trial
                            "--device", str(device), "--run-dir", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "study.db").exists()  # refused before any trial
+    return done, space, device
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("budgets: {power_mean_w: 5}\n", "budgets.power_mean_w"),
+    ("budgets: {energy_mj_per_inference: 2, energy_basis: above_idle}\n",
+     "budgets.energy_mj_per_inference"),
+    ("objectives: [accuracy, energy_mj_per_inference]\n", "objectives: energy_mj_per_inference"),
+])
+def test_a_power_budget_on_a_device_without_a_sensor_is_refused_before_any_trial(
+        tmp_path, extra, key):
+    done, space, device = refused_search(tmp_path, extra)
     assert f"{space}: key '{key}' needs a measured watt figure" in done.stderr
     assert f"{device}) has power.source: none" in done.stderr and "Set power.source" in done.stderr
-    assert not (tmp_path / "run" / "study.db").exists()  # refused before any trial
 
 
 @pytest.mark.parametrize("extra, key", [
@@ -239,19 +246,9 @@ def test_a_power_budget_on_a_device_without_a_sensor_is_refused_before_any_trial
 def test_a_generation_budget_on_a_device_that_measures_inferences_is_refused(tmp_path, extra, key):
     """tokens/s and time to first token come from the agent's genai runtime only: a budget on
     one, measured with onnxruntime, would fail every trial; it is refused before the first."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    space = write(tmp_path, GOOD_SPACE + extra)
-    device = write(tmp_path, DEVICE, "d.yaml")
-    done = subprocess.run([str(Path(sys.executable).parent / "hwnas"), "search", str(space),
-                           "--device", str(device), "--run-dir", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done, space, _ = refused_search(tmp_path, extra)
     assert f"{space}: key '{key}' is a generation figure" in done.stderr
     assert "measures with runtime onnxruntime" in done.stderr and "runtime.name: genai" in done.stderr
-    assert not (tmp_path / "run" / "study.db").exists()
 
 
 def test_energy_basis_is_checked(tmp_path):
