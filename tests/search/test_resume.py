@@ -130,8 +130,10 @@ def test_an_interrupted_engine_search_leaves_no_trial_running(tmp_path):
     is failed and its candidate retried by the next run, reusing its measurement (a new user
     found it left RUNNING, which `hwnas status` then showed as a stale worker)."""
     space, device, run_dir = tmp_path / "s.yaml", tmp_path / "d.yaml", tmp_path / "run"
+    # 30 s of fine-tuning: the SIGINT must land inside it even where the study is slow to
+    # read (a loaded CI machine once saw the trial finish before the signal came)
     space.write_text(DIGITS_SPACE.replace("max_steps: 60, max_seconds: 60",
-                                          "max_steps: 100000, max_seconds: 12")
+                                          "max_steps: 100000, max_seconds: 30")
                      + "search: {n_trials: 1, seed: 3, sampler: engine}\n")
     device.write_text(FAST_DEVICE)
     controller = subprocess.Popen([HWNAS, "search", str(space), "--device", str(device),
