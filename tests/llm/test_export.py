@@ -14,6 +14,7 @@ import torch
 
 from hwnas.errors import ExportError
 from hwnas.llm.export import LayerPlan, PrecisionPlan, Weight, export_genai
+from hwnas.llm.slicing import slice_attention, slice_mlp
 from hwnas.testing.llm import tiny_config, tiny_tokenizer
 
 PROMPT = [5, 17, 99, 250, 3, 77, 8, 301]
@@ -80,37 +81,11 @@ def assert_matches_torch(model: Any, folder: Path, atol: float = 1e-4) -> None:
     assert genai_greedy(folder, PROMPT, NEW_TOKENS) == torch_greedy(model, PROMPT, NEW_TOKENS)
 
 
-def keep_mlp_units(layer: Any, keep: torch.Tensor) -> None:
-    """Structured MLP pruning: gate/up rows and down columns of the units kept."""
-    mlp = layer.mlp
-    for name in ("gate_proj", "up_proj"):
-        old = getattr(mlp, name)
-        new = torch.nn.Linear(old.in_features, len(keep), bias=old.bias is not None)
-        new.weight.data = old.weight.data[keep].clone()
-        setattr(mlp, name, new)
-    old = mlp.down_proj
-    new = torch.nn.Linear(len(keep), old.out_features, bias=old.bias is not None)
-    new.weight.data = old.weight.data[:, keep].clone()
-    mlp.down_proj = new
-
-
 def keep_kv_groups(layer: Any, groups: list[int], heads_per_group: int, head_dim: int) -> None:
-    """Drop whole key/value groups: their k/v rows, their query heads' q rows and o columns."""
-    attention = layer.self_attn
-    kv_rows = torch.cat([torch.arange(g * head_dim, (g + 1) * head_dim) for g in groups])
-    q_rows = torch.cat([torch.arange(g * heads_per_group * head_dim, (g + 1) * heads_per_group * head_dim)
-                        for g in groups])
-    for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
-        old = getattr(attention, name)
-        new = torch.nn.Linear(old.in_features, len(rows), bias=old.bias is not None)
-        new.weight.data = old.weight.data[rows].clone()
-        if old.bias is not None:
-            new.bias.data = old.bias.data[rows].clone()
-        setattr(attention, name, new)
-    old = attention.o_proj
-    new = torch.nn.Linear(len(q_rows), old.out_features, bias=old.bias is not None)
-    new.weight.data = old.weight.data[:, q_rows].clone()
-    attention.o_proj = new
+    """Drop whole key/value groups (hwnas.llm.slicing's cut, every query head of a kept group
+    kept)."""
+    slice_attention(layer, torch.tensor(groups), [torch.arange(heads_per_group)] * len(groups),
+                    head_dim, heads_per_group)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma"])
@@ -129,7 +104,7 @@ def test_uneven_mlp_widths_export_and_match(tokenizer: Any, tmp_path: Path) -> N
     generator = torch.Generator().manual_seed(0)
     for index, kept in ((0, 96), (2, 64)):
         kept_units = torch.randperm(128, generator=generator)[:kept].sort().values
-        keep_mlp_units(model.model.layers[index], kept_units)
+        slice_mlp(model.model.layers[index], kept_units)
     done = export_genai(model, tokenizer, tmp_path / "genai", PrecisionPlan.uniform("fp32"))
     assert_matches_torch(model, done.path)
     graph = onnx.load(str(done.path / "model.onnx"), load_external_data=False)
