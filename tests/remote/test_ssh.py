@@ -118,6 +118,59 @@ def test_a_port_that_closes_without_answering_is_an_agent_not_answering(ssh_worl
         listener.close()
 
 
+def _answering_server(port: int = 0):
+    """A bare HTTP server on 127.0.0.1 that answers every GET with 200 (a stand-in agent port)."""
+    import http.server
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    http.server.ThreadingHTTPServer.allow_reuse_address = True
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_an_agent_that_answered_and_stops_listening_is_waited_for(ssh_world):
+    """Its service manager restarts it: for a second or so nothing listens. Refusing at once
+    handed a measuring job to another device of the pool (a CI failure); an agent that never
+    answered is still refused at once (not installed: the message says so)."""
+    profile = load_device_profile(ssh_world.profile())
+    server = _answering_server()
+    port = server.server_address[1]
+    transport = SSHTransport(SSHSession("d", profile.connection), port, retries=4)
+    assert transport.request("GET", "/v1/hello").status == 200
+    server.shutdown()
+    server.server_close()
+    back = []
+    threading.Timer(1.2, lambda: back.append(_answering_server(port))).start()
+    try:
+        assert transport.request("GET", "/v1/hello").status == 200
+        assert transport.reconnects >= 1  # refused first, then answered by the restarted one
+    finally:
+        time.sleep(1.5)
+        for restarted in back:
+            restarted.shutdown()
+            restarted.server_close()
+    never = SSHTransport(SSHSession("d", profile.connection), free_port(), retries=4)
+    started = time.monotonic()
+    with pytest.raises(AgentNotRunning, match="hwnas agent install"):
+        never.request("GET", "/v1/hello")
+    assert never.reconnects == 0 and time.monotonic() - started < 5
+    gone = SSHTransport(SSHSession("d", profile.connection), port, retries=1)
+    gone.answered = True  # answered once, then never again: refused after its retries
+    with pytest.raises(AgentNotRunning, match="answered earlier; still not listening after 2"):
+        gone.request("GET", "/v1/hello")
+
+
 def test_unreachable_device(ssh_world):
     profile = load_device_profile(ssh_world.profile())
     ssh_world.server.stop()

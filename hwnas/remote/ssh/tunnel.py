@@ -11,7 +11,7 @@ from typing import Any
 import paramiko
 
 from hwnas.errors import DeviceError
-from hwnas.remote.ssh.errors import AgentNotAnswering, HostUnreachable, LinkDropped
+from hwnas.remote.ssh.errors import AgentNotAnswering, AgentNotRunning, HostUnreachable, LinkDropped
 from hwnas.remote.ssh.session import BACKOFF_S, SSHSession
 from hwnas.remote.transport import Response, Transport
 
@@ -46,12 +46,19 @@ class SSHTransport(Transport):
 
     Every request is safe to repeat: uploads are addressed by sha256 and a repeated job
     submission at worst measures twice; results are read by job id.
+
+    Nothing listening on the agent port fails at once while the agent has never answered on
+    this transport (not installed: the message says what to run). Once it has answered, the
+    same refusal is an agent restarting (a crash and its service manager) and is retried like
+    a dropped link: failing at once handed a job to another device of the pool in the second
+    or so between the old process exiting and the new one listening (a CI failure).
     """
 
     def __init__(self, session: SSHSession, agent_port: int, retries: int = 4) -> None:
         self.session, self.agent_port, self.retries = session, agent_port, retries
         self.description = f"agent of {session.device}"
         self.reconnects = 0
+        self.answered = False  # has the agent ever answered on this transport?
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 60.0) -> Response:
@@ -66,12 +73,19 @@ class SSHTransport(Transport):
                 last_error = exc
                 self.session.drop()
                 continue
+            except AgentNotRunning as exc:
+                if not self.answered:  # never seen: not installed, say so now
+                    raise
+                last_error = exc  # it answered before: restarting; the link itself is fine
+                continue
             connection = http.client.HTTPConnection("127.0.0.1", self.agent_port, timeout=timeout)
             connection.sock = _ChannelSocket(channel)  # type: ignore[assignment]
             try:
                 connection.request(method, path, body=body, headers=headers or {})
                 response = connection.getresponse()
-                return Response(response.status, response.read())
+                answer = Response(response.status, response.read())
+                self.answered = True
+                return answer
             except (OSError, EOFError, socket.timeout, paramiko.SSHException,
                     http.client.HTTPException) as exc:
                 last_error = exc
@@ -82,6 +96,9 @@ class SSHTransport(Transport):
             raise AgentNotAnswering(f"{self.session.device}: the agent took the connection and "
                                     f"closed it without an answer (starting or stopping?); gave "
                                     f"up after {self.retries + 1} attempts")
+        if isinstance(last_error, AgentNotRunning):
+            raise AgentNotRunning(f"{last_error} (it answered earlier; still not listening "
+                                  f"after {self.retries + 1} attempts)")
         raise DeviceError(f"{self.session.device}: the SSH link kept dropping ({last_error}); "
                           f"gave up after {self.retries + 1} attempts")
 
