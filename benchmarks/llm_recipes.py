@@ -48,7 +48,7 @@ from hwnas.llm.saliency import Saliency, measure_saliency  # noqa: E402
 from hwnas.llm.slicing import SlicePlan, slice_model  # noqa: E402
 from hwnas.llm.source import demo_model_folder, load_causal_lm  # noqa: E402
 from hwnas.llm.text import language_data  # noqa: E402
-from hwnas.llm.text_config import LanguageDataSpec, TokenBudgets  # noqa: E402
+from hwnas.config.text import LanguageDataSpec, TokenBudgets  # noqa: E402
 from hwnas.remote.local import LocalAgentProcess  # noqa: E402
 
 PROMPT, GENERATE = 128, 64

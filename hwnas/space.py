@@ -55,7 +55,7 @@ def space_shape(space: SearchSpace, device: DeviceProfile,
     """Check the search space against the model (``units``: knob -> the units it found in the
     model, ``PruningSetup.units``) and the device; name what is wrong."""
     found, choices = [], []
-    for knob in registered():
+    for knob in registered(space.family):
         knob_units, knob_choices = knob.shape(knob.settings(space.knobs),
                                               tuple(units.get(knob.name, ())), device)
         found.append((knob.name, knob_units))
@@ -67,7 +67,7 @@ def knob_distributions(space: SearchSpace, shape: SpaceShape
                        ) -> list[tuple[Knob, dict[str, BaseDistribution]]]:
     """Each knob that is on, with its Optuna parameters."""
     found = []
-    for knob in registered():
+    for knob in registered(space.family):
         settings = knob.settings(space.knobs)
         if settings is not None:
             found.append((knob, knob.distributions(settings, shape.units_of(knob.name),
@@ -155,7 +155,7 @@ def suggest(trial: optuna.trial.BaseTrial, space: SearchSpace, shape: SpaceShape
         return suggest_parameter(trial, name, found[name]) if name in found else default
 
     chosen: dict[str, Hashable] = {}
-    for knob in registered():
+    for knob in registered(space.family):
         value = knob.suggest(pick, knob.settings(space.knobs), shape.units_of(knob.name), chosen)
         if value is not None:
             chosen[knob.name] = value

@@ -66,13 +66,32 @@ class SearchCommand(Command):
 
 
 def print_outcome(outcome) -> int:  # type: ignore[no-untyped-def]
+    from hwnas.llm.report import is_language_study
     from hwnas.report import Report, text_table, why_nothing_fits
 
+    if is_language_study(outcome.study):
+        return print_language_outcome(outcome.study, outcome.run)
     report = Report.of(outcome.study)
     print("\nPareto front (meets every budget):" if report.front else
           f"\nNo trial meets every budget yet ({why_nothing_fits(report)}); all trials:")
     print(text_table(report.front or report.outcomes, report))
     return print_best_and_report(report, outcome.study, outcome.run)
+
+
+def print_language_outcome(study, run) -> int:  # type: ignore[no-untyped-def]
+    from hwnas.llm.report import best_feasible, summary
+    from hwnas.report import write_report
+
+    print("\n" + summary(study))
+    best = best_feasible(study)
+    if best is not None and best.measurement is not None:
+        print(f"\nbest feasible: trial {best.number}: next-token accuracy (val) "
+              f"{best.accuracy_val:.4f}, decode {best.measurement.decode_tokens_per_s:.1f} "
+              f"tokens/s, {best.artifact.size_mb:.1f} MB" if best.artifact else "")
+        print(f"its onnxruntime-genai folder: {run.path / 'models' / f'trial-{best.number}'}")
+    paths = write_report(study, run.report_dir)
+    print(f"report: {paths['html']}")
+    return 0
 
 
 def print_best_and_report(report, study, run) -> int:  # type: ignore[no-untyped-def]

@@ -82,16 +82,16 @@ def most_aggressive(setup: PruningSetup, space: SearchSpace) -> Candidate:
     """Every knob at its most aggressive value (precision: fp32, structure is what breaks)."""
     return Candidate.of({knob.name: knob.most_aggressive(knob.settings(space.knobs),
                                                          list(setup.units_of(knob.name)))
-                         for knob in registered()})
+                         for knob in registered("vision")})
 
 
 def _parts(setup: PruningSetup, candidate: Candidate) -> list[tuple[Knob, str, Candidate]]:
     """The candidate's knobs one at a time, every other knob left neutral: which one breaks?"""
     values = dict(candidate.values)
-    neutral = {knob.name: knob.neutral(list(setup.units_of(knob.name))) for knob in registered()
+    neutral = {knob.name: knob.neutral(list(setup.units_of(knob.name))) for knob in registered("vision")
                if knob.name in values}
     return [(knob, label, Candidate.of({**neutral, knob.name: part}))
-            for knob in registered() if knob.name in values
+            for knob in registered("vision") if knob.name in values
             for label, part in knob.alone(values[knob.name])]
 
 
@@ -122,7 +122,7 @@ def preflight(setup: PruningSetup, space: SearchSpace, num_classes: int,
     candidate = most_aggressive(setup, space)
     parameters = sum(p.numel() for p in setup.base.parameters())
     values = dict(candidate.values)
-    if not any(knob.changes_structure(values[knob.name]) for knob in registered()
+    if not any(knob.changes_structure(values[knob.name]) for knob in registered("vision")
                if knob.name in values):
         return PreflightReport(candidate, parameters, parameters, time.perf_counter() - started)
     unsupported = unsupported_module(setup.base)
@@ -149,7 +149,7 @@ def preflight(setup: PruningSetup, space: SearchSpace, num_classes: int,
                        f"({first_line(exc)})")
         raise ConfigError(message) from None
     _check_output(output, num_classes, "the pruned model", shape)
-    for knob in registered():  # a knob that cannot do what it is asked, named
+    for knob in registered("vision"):  # a knob that cannot do what it is asked, named
         problem = knob.check_pruned(setup, values[knob.name], pruned) \
             if knob.name in values else None
         if problem:

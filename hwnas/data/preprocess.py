@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hwnas.config.models import PreprocessingSpec
+from hwnas.config.dataset import PreprocessingSpec
 
 
 def _size(value: int | list[int] | None) -> list[int] | None:

@@ -51,6 +51,9 @@ class Knob(abc.ABC):
     # uniform setting; "fixed": held at its least destructive choice
     ladder_role: ClassVar[str] = "fixed"
     advice: ClassVar[str] = ""  # the way out when pre-flight finds it breaks the model
+    # the models it applies to (SearchSpace.family): "vision" (CNNs, ViTs: pruned through
+    # torch-pruning's graph) or "causal_lm" (language models: hwnas/knobs/llm.py)
+    family: ClassVar[str] = "vision"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -158,7 +161,7 @@ def register(knob: Knob) -> Knob:
                          f"{type(old).__qualname__}")
     _REGISTRY[knob.name] = knob
     if knob.config is not None:
-        add_knob_section(knob.name, knob.config, knob.enabled_by_default)
+        add_knob_section(knob.name, knob.config, knob.enabled_by_default, knob.family)
     return knob
 
 
@@ -169,9 +172,10 @@ def unregister(name: str) -> None:
         add_knob_section(name, None, False)
 
 
-def registered() -> list[Knob]:
-    """Every knob, in suggestion order."""
-    return sorted(_REGISTRY.values(), key=lambda k: (k.order, k.name))
+def registered(family: str | None = None) -> list[Knob]:
+    """Every knob (of ``family``, where given), in suggestion order."""
+    return sorted((k for k in _REGISTRY.values() if family in (None, k.family)),
+                  key=lambda k: (k.order, k.name))
 
 
 def knob(name: str) -> Knob:

@@ -91,8 +91,12 @@ class Candidate:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Candidate":
         """From to_dict's JSON as any hwnas stored it; keys of knobs this process has not
-        registered are left out."""
-        return cls.of({each.name: each.read(data) for each in registered()})
+        registered are left out. A record of a language model's knobs is of that family alone
+        (the image knobs read defaults from records written before they existed)."""
+        language = {each.name: each.read(data) for each in registered("causal_lm")}
+        if any(value is not None for value in language.values()):
+            return cls.of(language)
+        return cls.of({each.name: each.read(data) for each in registered("vision")})
 
     def summary(self) -> str:
         values = dict(self.values)

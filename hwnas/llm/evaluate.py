@@ -156,9 +156,13 @@ class Perplexity:
     tokens: int  # predicted tokens: blocks * (sequence_length - 1)
     blocks: int
     seconds: float
+    # the share of those tokens that are the most likely next token (greedy decoding's pick):
+    # the quality a search maximises (hwnas/llm/search.py), with the perplexity beside it
+    top1_accuracy: float = math.nan
 
     def line(self) -> str:
-        return (f"perplexity {self.perplexity:.4f} ({self.tokens} predicted tokens in "
+        return (f"perplexity {self.perplexity:.4f}, next-token accuracy "
+                f"{self.top1_accuracy:.4f} ({self.tokens} predicted tokens in "
                 f"{self.blocks} blocks, {self.seconds:.1f} s)")
 
 
@@ -179,13 +183,16 @@ def _perplexity(logits_of: Any, blocks: np.ndarray, batch_size: int) -> Perplexi
     if blocks.ndim != 2 or blocks.shape[0] == 0 or blocks.shape[1] < 2:
         raise ExportError(f"perplexity needs blocks [count >= 1, length >= 2], got "
                           f"{list(blocks.shape)}")
-    started, total = time.perf_counter(), 0.0
+    started, total, hits = time.perf_counter(), 0.0, 0
     for start in range(0, len(blocks), batch_size):
         chunk = blocks[start:start + batch_size]
-        total += float(token_nll(logits_of(chunk), chunk).sum())
+        logits = logits_of(chunk)
+        total += float(token_nll(logits, chunk).sum())
+        hits += int((np.asarray(logits[:, :-1]).argmax(axis=-1) == chunk[:, 1:]).sum())
     count = blocks.shape[0] * (blocks.shape[1] - 1)
     mean = total / count
-    return Perplexity(math.exp(mean), mean, count, blocks.shape[0], time.perf_counter() - started)
+    return Perplexity(math.exp(mean), mean, count, blocks.shape[0], time.perf_counter() - started,
+                      hits / count)
 
 
 def perplexity_onnx(folder: str | Path | OnnxDecoder, blocks: np.ndarray,

@@ -24,7 +24,7 @@ import numpy as np
 
 from hwnas.errors import ConfigError
 from hwnas.llm.mcq import Question, read_questions
-from hwnas.llm.text_config import SPLIT_OF_USE, TRAIN_USES, LanguageDataSpec
+from hwnas.config.text import SPLIT_OF_USE, TRAIN_USES, LanguageDataSpec
 
 SPLITS = ("train", "val", "test")
 # a document boundary in a .txt file: a line holding nothing but white space

@@ -12,6 +12,10 @@ from hwnas.report.tables import Report, markdown_report
 
 
 def write_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
+    from hwnas.llm.report import is_language_study, write_llm_report
+
+    if is_language_study(study):  # its own figures: tokens/s, perplexity (hwnas/llm)
+        return write_llm_report(study, out_dir)
     report = Report.of(study)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = pareto_plots(report, out_dir)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hwnas.errors import DeviceError, JobInterrupted, MeasurementError
+from hwnas.errors import DeviceError, ExportError, JobInterrupted, MeasurementError
 from hwnas.export.onnx import ExportedModel
 from hwnas.records import Artifact, Candidate, Measurement, TrialOutcome
 from hwnas.remote.pool import Device, DevicePool
@@ -16,6 +17,7 @@ from hwnas.remote.screen import CompatibilityScreen, screen_compatibility
 from hwnas.search.candidates import Timings
 
 if TYPE_CHECKING:
+    from hwnas.remote.client import AgentClient
     from hwnas.search.candidates import CandidateBuilder, TrialContext
     from hwnas.search.twins import Progress
 
@@ -40,6 +42,21 @@ class DeviceLease:
 
     def release(self) -> None:
         self.pool.release(self.device)
+
+
+def ship(client: "AgentClient", artifact: Artifact) -> None:
+    """The artifact's bytes to the agent unless it holds them: one ONNX file, or a model
+    folder (an onnxruntime-genai folder: every file, addressed by its manifest's sha256)."""
+    folder = Path(artifact.path) if artifact.path else None
+    if folder is not None and folder.is_dir():
+        from hwnas.profile_generation import decoder_file
+
+        sent = client.ensure_files(folder, decoder_file(folder))
+        if sent != artifact.sha256:
+            raise ExportError(f"{folder} changed since it was exported: its manifest is "
+                              f"{sent[:12]}, the trial recorded {artifact.sha256[:12]}")
+        return
+    client.ensure_model(artifact)
 
 
 class TrialMeasurer:
@@ -73,7 +90,7 @@ class TrialMeasurer:
                 return known
             try:
                 with self.timings.phase("ship"):
-                    device.client.ensure_model(artifact)
+                    ship(device.client, artifact)
                 with self.timings.phase("measure"):
                     request = device.profile.measure_request(artifact.sha256)
                     if rounds is not None:

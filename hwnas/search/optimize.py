@@ -23,6 +23,7 @@ from hwnas.search.prepared import Prepared, SearchOutcome
 
 if TYPE_CHECKING:
     from hwnas.remote.pool import DevicePool
+    from hwnas.search.evaluator import Evaluator
     from hwnas.search.candidates import CandidateBuilder, TrialContext
 
 
@@ -60,11 +61,14 @@ class MaxSearchTrials:
 
 
 def optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_version: str,
-              progress: bool, log: Callable[[str], None]) -> SearchOutcome:
+              progress: bool, log: Callable[[str], None],
+              evaluator_of: "Callable[[DevicePool], Evaluator] | None" = None) -> SearchOutcome:
     """Every sampler through the one trial pipeline: one trial per device of the pool at a
     time, until the study has its ``n_trials`` completed search trials (whichever controller
     ran them); a failing trial (lost device, a candidate that cannot be built) records its
-    reason and fails alone, not the study."""
+    reason and fails alone, not the study. ``evaluator_of``: what the trials search, given
+    the pool (default: an image model's compression, hwnas/search/compression.py; a language
+    model's is hwnas/llm/trials.py)."""
     from hwnas.search.candidates import seed_everything
     from hwnas.search.compression import CompressionEvaluator
     from hwnas.search.engine import write_summary
@@ -82,8 +86,11 @@ def optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ver
     if remaining == 0:
         return SearchOutcome(run, study, 0)
     with open_pool(prepared.devices) as pool:
-        evaluator = CompressionEvaluator(trial_context(prepared, pool, run, config_version))
-        _measure_base_model(study, evaluator.ctx, evaluator.builder, log)
+        if evaluator_of is not None:
+            evaluator = evaluator_of(pool)
+        else:
+            evaluator = CompressionEvaluator(trial_context(prepared, pool, run, config_version))
+            _measure_base_model(study, evaluator.ctx, evaluator.builder, log)
         engine = None
         if space.search.sampler == "engine":
             engine = EngineSampler(evaluator, COMPRESSION, space.search.seed, base=study.sampler)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from pathlib import Path
 from typing import Callable
 
 import optuna
 
-from hwnas import metrics
 from hwnas.budgets import check_power_is_measured, effective_budgets, latency_uses
 from hwnas.config import load_device_profile, load_search_space
 from hwnas.config.load import naming_the_file
@@ -20,30 +18,13 @@ from hwnas.logs import run_log
 from hwnas.records import StudyRecord
 from hwnas.redaction import has_hidden_credentials, redact
 from hwnas.run import RunFolder
-from hwnas.storage import make_storage
 from hwnas.run_lock import RunFolderBusy, writer_lock
-from hwnas.search.controllers import fail_abandoned_trials
+from hwnas.search.opening import SEARCH_ADVICE, WORKER_ADVICE, open_study
 from hwnas.search.optimize import optimize
 from hwnas.search.prepared import Prepared, SearchOutcome
 from hwnas.space import check_enqueued, space_shape
 
 
-def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler of ``search.sampler`` (the engine's is made with its evaluator:
-    optimize.py; this one is its base sampler then)."""
-    if space.search.sampler in ("random", "engine"):
-        return optuna.samplers.RandomSampler(seed=seed)
-    if space.search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    startup = min(10, max(3, space.search.n_trials // 3))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
-
-
-def resumption_seed(seed: int, trials: int, worker: bool) -> int:
-    """The sampler's seed for this controller: a fresh seed per resumption, and per worker (the
-    same seed would replay the same random start-up trials, and several workers would propose
-    the same candidates); within what the samplers accept (< 2**32)."""
-    return (seed + trials + (os.getpid() if worker else 0)) % 2**32
 
 
 def device_paths(device_path: str | Path | list[str | Path] | tuple) -> list[Path]:
@@ -151,6 +132,16 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
     # after the loader (it names a file that is not text); what the study records and
     # compares holds no credential of a URL (redaction.py)
     space_text = redact(Path(space_path).read_text())
+    if space.family == "causal_lm":
+        from hwnas.llm.search import run_llm_search
+
+        if worker or storage or artifact_store or space.search.storage or \
+                space.search.artifact_store:
+            raise ConfigError(f"{space_path}: a language model's search runs from one "
+                              f"controller on its run folder's SQLite study for now (no "
+                              f"--storage, artifact store or `hwnas worker`)")
+        return run_llm_search(Path(space_path), paths, space, space_text, run_dir, n_trials,
+                              progress, log, fork)
     devices = cross_check(space, space_path, paths)  # refused before a run folder exists
     run = RunFolder.locate(space, devices[0], run_dir)
     # one writer per run folder: a second search here would run trials beyond n_trials
@@ -174,7 +165,7 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
         run = guard_resume(run, prepared.space, prepared.shape, prepared.budgets, Path(space_path),
                            paths, fork, log)
         config_version = run.record_configs(Path(space_path), paths)
-        study = _open_study(run, prepared, log, worker)
+        study = open_study(run, prepared.space, log, worker)
         _share(run, study, prepared, space_text, config_version, writer=not worker)
         return optimize(prepared, run, study, config_version, progress, log)
 
@@ -215,10 +206,6 @@ def run_worker(storage: str, study_name: str, device_path: str | Path | list,
                           artifact_store=store)
 
 
-SEARCH_ADVICE = ("use another --run-dir (more machines join one search as `hwnas worker`s on a "
-                 "shared --storage)")
-WORKER_ADVICE = "give each worker its own --run-dir"
-
 
 def with_locations(space: SearchSpace, storage: str | None, study_name: str | None,
                    artifact_store: str | None) -> SearchSpace:
@@ -228,25 +215,6 @@ def with_locations(space: SearchSpace, storage: str | None, study_name: str | No
     return space.model_copy(update={"search": space.search.model_copy(update=changes)}) \
         if changes else space
 
-
-def _open_study(run: RunFolder, prepared: Prepared, log: Callable[[str], None],
-                worker: bool) -> optuna.Study:
-    space = prepared.space
-    storage = make_storage(run.storage_url)
-    directions = metrics.directions(space.objectives)
-    probe = optuna.create_study(storage=storage, study_name=run.study_name,
-                                directions=directions, load_if_exists=True)
-    abandoned = fail_abandoned_trials(probe)
-    if abandoned:
-        log(f"trials {abandoned} were left running by a controller that stopped: their "
-            f"candidates are retried first, reusing what was already measured")
-    trials = probe.get_trials(deepcopy=False)
-    study = optuna.load_study(study_name=run.study_name, storage=storage, sampler=make_sampler(
-        space, resumption_seed(space.search.seed, len(trials), worker)))
-    if not trials:
-        for params in space.search.enqueue:
-            study.enqueue_trial(params, skip_if_exists=True)
-    return study
 
 
 def _share(run: RunFolder, study: optuna.Study, prepared: Prepared, space_text: str,

@@ -357,7 +357,7 @@ def test_a_seed_the_samplers_cannot_take_is_refused(tmp_path, seed):
 def test_the_largest_seed_is_a_sampler_seed_on_every_resumption(tmp_path):
     import numpy as np
 
-    from hwnas.search.study import make_sampler, resumption_seed
+    from hwnas.search.opening import make_sampler, resumption_seed
 
     space = load_search_space(write(tmp_path, GOOD_SPACE + "search: {seed: 4294967295}\n"))
     for sampler in ("tpe", "nsga2", "random", "engine"):

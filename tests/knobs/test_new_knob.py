@@ -178,7 +178,8 @@ def test_its_yaml_section_is_checked_like_any_other(layer_width, tmp_path):
     assert str(path) in str(raised.value)
     path.write_text(SPACE.replace("knobs:\n", "knobs:\n  depth: {}\n"))
     with pytest.raises(ConfigError, match=r"key 'knobs.depth': unknown key; allowed keys here: "
-                                          r"heads, layer_width, mlp, precision, pruning, width"):
+                                          r"heads, layer_width, llm_bits, llm_heads, llm_layers, llm_mlp, mlp, "
+                                          r"precision, pruning, width"):
         load_search_space(path)
     # off unless written: a space without the section is the space it was
     assert load_search_space(_write(tmp_path, DIGITS_SPACE)).knobs.layer_width is None

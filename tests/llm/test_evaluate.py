@@ -21,7 +21,7 @@ from hwnas.llm.evaluate import (OnnxDecoder, evaluate_folder, perplexity_onnx,
                                 perplexity_torch, read_decoder_spec, torch_loglikelihood)
 from hwnas.llm.mcq import encode_pair, read_questions, score_questions
 from hwnas.llm.text import language_data
-from hwnas.llm.text_config import LanguageDataSpec, TokenBudgets
+from hwnas.config.text import LanguageDataSpec, TokenBudgets
 from hwnas.testing.llm import tiny_causal_lm, tiny_genai_folder
 
 pytest.importorskip("onnxruntime_genai")

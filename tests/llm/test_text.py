@@ -11,8 +11,8 @@ import pytest
 from hwnas.errors import ConfigError, HwnasError
 from hwnas.llm.text import (builtin_splits, language_data, pydoc_split_of, read_documents,
                             token_stream)
-from hwnas.llm.text_config import LanguageDataSpec, TextSourceSpec, TokenBudgets, \
-    load_language_data_spec
+from hwnas.config.text import LanguageDataSpec, TextSourceSpec, TokenBudgets
+from hwnas.llm.text_config import load_language_data_spec
 from hwnas.testing.llm import tiny_tokenizer
 
 

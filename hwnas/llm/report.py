@@ -1,0 +1,164 @@
+"""The report of a language model's search: every trial's figures, the Pareto front (those
+that meet every budget, best next-token accuracy against the study's other objectives), the
+front's perplexity on the held-out test text, and plots of quality against each measured
+objective. Written to the run's report folder as Markdown, HTML, JSON and PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hwnas import metrics
+from hwnas.records import TrialOutcome, TrialStage
+from hwnas.run import outcomes
+
+COLUMNS = ("trial", "stage", "budgets", "val next-token acc", "val ppl", "test ppl", "MB",
+           "decode tok/s", "TTFT p90 ms", "peak MB", "candidate")
+
+
+def is_language_study(study: optuna.Study) -> bool:
+    return study.user_attrs.get("model_family") == "causal_lm"
+
+
+def _figure(value: float | None, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else format(value, spec)
+
+
+def rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One JSON-ready row per finished trial, in trial order."""
+    tested = study.user_attrs.get("llm_test") or {}
+    front = {t.number for t in front_trials(study)}
+    found = []
+    for trial, outcome in zip(study.get_trials(deepcopy=False), outcomes(study)):
+        if outcome.stage in (TrialStage.RUNNING, TrialStage.WAITING):
+            continue
+        llm = trial.user_attrs.get("llm") or {}
+        measurement = outcome.measurement
+        found.append({
+            "trial": trial.number, "stage": outcome.stage.value, "front": trial.number in front,
+            "budgets": outcome.rejection or outcome.failure or
+            ("meets" if all(v <= 0 for v in (trial.constraints or {}).values()) else "breaks"),
+            "next_token_accuracy_val": outcome.accuracy_val,
+            "perplexity_val": llm.get("perplexity_val"),
+            "perplexity_test": (tested.get(str(trial.number)) or {}).get("perplexity"),
+            "next_token_accuracy_test": (tested.get(str(trial.number)) or {}).get(
+                "next_token_accuracy"),
+            "model_size_mb": outcome.artifact.size_mb if outcome.artifact else None,
+            "decode_tokens_per_s": getattr(measurement, "decode_tokens_per_s", None),
+            "ttft_ms_p90": getattr(measurement, "ttft_ms_p90", None),
+            "peak_memory_mb": getattr(measurement, "peak_memory_mb", None),
+            "energy_mj_per_token": getattr(measurement, "energy_mj_per_token", None),
+            "candidate": outcome.candidate.summary() if outcome.candidate else "",
+            "slice_plan": llm.get("slice_plan"), "precision_plan": llm.get("precision_plan"),
+            "heal": llm.get("heal"), "folder": llm.get("folder"),
+            "device": outcome.device})
+    return found
+
+
+def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Evaluated trials that meet every budget and no other such trial beats on every
+    objective."""
+    feasible = [t for t in study.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.COMPLETE,)) if t.user_attrs.get("stage") ==
+        TrialStage.EVALUATED.value and all(v <= 0 for v in (t.constraints or {}).values())]
+    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0
+             for d in study.directions]
+
+    def beats(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
+        pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values)]
+        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+    return [t for t in feasible if not any(beats(o, t) for o in feasible if o is not t)]
+
+
+def text_table(found: list[dict[str, Any]]) -> str:
+    cells = [[str(r["trial"]) + ("*" if r["front"] else ""), r["stage"], r["budgets"],
+              _figure(r["next_token_accuracy_val"], ".4f"), _figure(r["perplexity_val"], ".2f"),
+              _figure(r["perplexity_test"], ".2f"), _figure(r["model_size_mb"], ".2f"),
+              _figure(r["decode_tokens_per_s"], ".1f"), _figure(r["ttft_ms_p90"], ".1f"),
+              _figure(r["peak_memory_mb"], ".0f"), r["candidate"]] for r in found]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, h in enumerate(COLUMNS)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
+    return "\n".join(lines)
+
+
+def summary(study: optuna.Study) -> str:
+    found = rows(study)
+    front = [r for r in found if r["front"]]
+    head = ("Pareto front (* meets every budget; quality: next-token accuracy of the exported "
+            "folder on the val text):" if front else
+            "No trial meets every budget yet; all trials (see their budgets column):")
+    return f"{head}\n{text_table(found)}"
+
+
+def _plot(found: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in found if r.get(metric) is not None and r["perplexity_val"] is not None]
+    if not points:
+        return None
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    for front, style, label in ((False, dict(color="0.6", marker="o"), "evaluated"),
+                                (True, dict(color="tab:red", marker="*", s=140), "front")):
+        chosen = [r for r in points if r["front"] == front]
+        if chosen:
+            axes.scatter([r[metric] for r in chosen], [r["perplexity_val"] for r in chosen],
+                         label=label, **style)
+    for r in points:
+        axes.annotate(str(r["trial"]), (r[metric], r["perplexity_val"]), fontsize=7,
+                      xytext=(3, 3), textcoords="offset points")
+    axes.set_xlabel(metrics.get(metric).axis() if metrics.find(metric) else metric)
+    axes.set_ylabel("perplexity of the exported folder (val text, lower is better)")
+    axes.legend(loc="best", framealpha=0.9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_llm_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    found = rows(study)
+    plots = [p for metric in ("decode_tokens_per_s", "model_size_mb", "peak_memory_mb",
+                              "energy_mj_per_token")
+             if (p := _plot(found, metric, out_dir / f"perplexity_vs_{metric}.png"))]
+    data = {"study": study.study_name, "objectives": study.user_attrs.get("objectives"),
+            "budgets": study.user_attrs.get("budgets"), "text": study.user_attrs.get("llm_data"),
+            "trials": found}
+    json_path = out_dir / "llm_report.json"
+    json_path.write_text(json.dumps(data, indent=1, default=str))
+    lines = [f"# {study.study_name}: language-model search", "",
+             f"Budgets: {study.user_attrs.get('budgets') or 'none'}. Quality: next-token "
+             f"accuracy of the exported folder on the val text (the search's selection); "
+             f"test perplexity for the front only. Every figure is of the exported bytes.", "",
+             "```", summary(study), "```", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    md_path = out_dir / "report.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    from hwnas.report.html import html_report
+
+    html_path = out_dir / "report.html"
+    html_path.write_text(html_report(md_path.read_text(), study.study_name))
+    paths = {"markdown": md_path, "html": html_path, "json": json_path}
+    if plots:
+        paths["plot"] = plots[0]
+    return paths
+
+
+def best_feasible(study: optuna.Study) -> TrialOutcome | None:
+    front = front_trials(study)
+    if not front:
+        return None
+    best = max(front, key=lambda t: t.values[0])
+    return TrialOutcome.from_trial(best)

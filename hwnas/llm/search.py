@@ -1,0 +1,189 @@
+"""`hwnas search` of a language model (``base_model: {causal_lm: FOLDER | demo}``).
+
+What differs from an image model's search is what is made ready before the trials (the model
+loaded, the domain text tokenised into exact budgets, saliency and block influence measured
+on it, the unpruned model exported and measured once) and the evaluator (hwnas/llm/trials.py).
+The study, the run folder, the samplers (the engine's policy by default), the trial
+pipeline, resuming and Ctrl-C are the search's own (hwnas/search).
+
+After the trials, the models on the Pareto front are evaluated once on the held-out test
+text: the perplexity and next-token accuracy a report quotes (the search selected on val).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+
+from hwnas import metrics
+from hwnas.budgets import effective_budgets
+from hwnas.config.models import DeviceProfile, SearchSpace
+from hwnas.errors import ConfigError
+from hwnas.llm.trials import LlmPrepared
+
+if TYPE_CHECKING:
+    from hwnas.remote.pool import DevicePool
+    from hwnas.run import RunFolder
+    from hwnas.search.prepared import SearchOutcome
+
+# what the agent's genai runtime measures; a latency of one inference is not among them
+GENERATION_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50",
+                      "ttft_ms_p90", "peak_memory_mb", "model_size_mb", "energy_mj_per_token",
+                      "power_mean_w", "power_peak_w")
+
+
+def model_folder(space: SearchSpace, space_path: Path) -> Path:
+    """The Hugging Face folder of ``base_model.causal_lm`` (relative to the space file), or
+    the demo model's, converted once into the cache."""
+    from hwnas.disk import cache_folder
+    from hwnas.llm.source import demo_model_folder
+
+    source = space.base_model.causal_lm
+    assert source is not None
+    if source == "demo":
+        return demo_model_folder(cache_folder() / "models")
+    folder = Path(source).expanduser()
+    return folder if folder.is_absolute() else Path(space_path).parent / folder
+
+
+def check_generation_devices(space: SearchSpace, space_path: Path,
+                             devices: tuple[DeviceProfile, ...], paths: list[Path]) -> None:
+    """Every device measures generation (runtime genai), and every objective and budget is
+    a figure generation gives: refused before a run folder exists."""
+    from hwnas_agent.protocol import GENAI
+
+    from hwnas.budgets import check_power_is_measured
+
+    for profile, path in zip(devices, paths):
+        if profile.runtime.name != GENAI:
+            raise ConfigError(f"device {profile.name} ({path}): a language model is measured "
+                              f"generating by the agent's {GENAI} runtime; this profile "
+                              f"measures with {profile.runtime.name}: set runtime: "
+                              f"{{name: {GENAI}}} (device_profiles/local-genai.yaml)")
+        limits = effective_budgets(space, profile).limits()
+        for name in [*space.objectives[1:], *limits]:
+            if name not in GENERATION_METRICS and name != "accuracy":
+                raise ConfigError(f"{'objectives' if name in space.objectives else 'budgets'}:"
+                                  f" {name} is not measured when a language model generates; "
+                                  f"allowed: {', '.join(GENERATION_METRICS)}")
+        check_power_is_measured(space, space_path, profile, path)
+
+
+def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, ...],
+            log: Callable[[str], None]) -> LlmPrepared:
+    import torch
+
+    from hwnas.config.text import LanguageDataSpec
+    from hwnas.knobs import ModelParts, registered
+    from hwnas.llm.saliency import measure_saliency
+    from hwnas.llm.source import load_causal_lm
+    from hwnas.llm.text import language_data
+    from hwnas.llm.text_config import with_base
+    from hwnas.space import space_shape
+
+    folder = model_folder(space, space_path)
+    started = time.perf_counter()
+    base = load_causal_lm(folder)
+    spec: LanguageDataSpec = with_base(space.dataset.language(), Path(space_path).parent)
+    data = language_data(spec, base.tokenizer)
+    log(f"base model: {base.family} from {folder} ({sum(p.numel() for p in base.model.parameters()) / 1e6:.1f} M "
+        f"parameters, {base.config.num_hidden_layers} layers); text: "
+        f"{', '.join(data.report.lines()) if hasattr(data.report, 'lines') else data.report}")
+    saliency = measure_saliency(base.model, torch.from_numpy(data.saliency))
+    log(f"saliency and block influence measured on {saliency.tokens} tokens "
+        f"({time.perf_counter() - started:.0f} s with loading)")
+    parts = ModelParts(base.model, {}, 0, 1)
+    units = {knob.name: list(knob.units(knob.settings(space.knobs), parts))
+             for knob in registered("causal_lm") if knob.settings(space.knobs) is not None}
+    shape = space_shape(space, devices[0], units)
+    drop_order = tuple(saliency.layer_drop_order())
+    return LlmPrepared(space, devices[0], devices, effective_budgets(space, devices[0]), base,
+                       data, saliency, drop_order, shape)
+
+
+def run_llm_search(space_path: Path, paths: list[Path], space: SearchSpace, space_text: str,
+                   run_dir: Path | None, n_trials: int | None, progress: bool,
+                   log: Callable[[str], None], fork: bool) -> "SearchOutcome":
+    """Called by hwnas.search.study.run_search for a causal_lm space (its checks done)."""
+    from hwnas.config.load import load_device_profile
+    from hwnas.logs import run_log
+    from hwnas.run import RunFolder
+    from hwnas.run_lock import writer_lock
+    from hwnas.search.optimize import optimize
+    from hwnas.search.resume import refuse_changed
+    from hwnas.search.opening import SEARCH_ADVICE, open_study
+
+    devices = tuple(load_device_profile(p) for p in paths)
+    check_generation_devices(space, space_path, devices, paths)
+    if n_trials is not None:
+        space = space.model_copy(update={"search": space.search.model_copy(
+            update={"n_trials": n_trials})})
+    run = RunFolder.locate(space, devices[0], run_dir)
+    with writer_lock(run.path, "hwnas search", SEARCH_ADVICE), run_log(run.log_path):
+        if not fork:
+            refuse_changed(run, space_path, paths)
+        prepared = prepare(space, space_path, devices, log)
+        config_version = run.record_configs(space_path, paths)
+        study = open_study(run, space, log, worker=False)
+        outcome = optimize(prepared, run, study, config_version, progress, log,  # type: ignore[arg-type]
+                           evaluator_of=lambda pool: _evaluator(prepared, pool, run, study,
+                                                                config_version, space_text, log))
+        evaluate_front(prepared, run, study, log)
+        return outcome
+
+
+def _evaluator(prepared: LlmPrepared, pool: "DevicePool", run: "RunFolder",
+               study: optuna.Study, config_version: str, space_text: str,
+               log: Callable[[str], None]) -> Any:
+    from hwnas.llm.trials import LlmEvaluator
+
+    evaluator = LlmEvaluator(prepared, pool, run, config_version)
+    _write_study_record(prepared, study, space_text, config_version)
+    return evaluator
+
+
+def _write_study_record(prepared: LlmPrepared, study: optuna.Study, space_text: str,
+                        config_version: str) -> None:
+    from hwnas.records import StudyRecord
+
+    record = StudyRecord(
+        tuple(sorted(prepared.budgets.limits().items())), prepared.base.weights_sha256,
+        float("nan"), (prepared.space.dataset.sequence_length,),
+        {"tokenizer": "the model folder's tokenizer.json", "family": "causal_lm"},
+        tuple(prepared.space.objectives), prepared.budgets.basis,
+        search_space_yaml=space_text, config_version=config_version,
+        n_trials=prepared.space.search.n_trials,
+        floors=tuple(name for name in prepared.budgets.limits()
+                     if metrics.find(name) is not None and metrics.get(name).higher_is_better))
+    record.write(study)
+    study.set_user_attr("model_family", "causal_lm")
+    study.set_user_attr("llm_data", prepared.data.report.as_dict())
+
+
+def evaluate_front(prepared: LlmPrepared, run: "RunFolder", study: optuna.Study,
+                   log: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """The front's models on the held-out test text, once each: trial number -> figures,
+    kept in the study's ``llm_test`` attribute (the search selected on val)."""
+    from hwnas.llm.evaluate import evaluate_folder
+    from hwnas.records import TrialStage
+    from hwnas.run import outcomes
+
+    found = {o.number: o for o in outcomes(study)}
+    tested = dict(study.user_attrs.get("llm_test") or {})
+    for trial in study.best_trials:
+        llm = trial.user_attrs.get("llm") or {}
+        if found[trial.number].stage != TrialStage.EVALUATED or str(trial.number) in tested \
+                or not llm.get("folder") or not (run.path / llm["folder"]).is_dir():
+            continue
+        folder = run.path / llm["folder"]
+        result = evaluate_folder(folder, prepared.data.evaluation).perplexity
+        tested[str(trial.number)] = {"perplexity": result.perplexity,
+                                     "next_token_accuracy": result.top1_accuracy,
+                                     "tokens": result.tokens}
+        study.set_user_attr("llm_test", tested)
+        log(f"trial {trial.number} on the test text: perplexity {result.perplexity:.3f}, "
+            f"next-token accuracy {result.top1_accuracy:.4f} ({folder})")
+    return tested

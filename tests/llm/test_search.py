@@ -1,0 +1,178 @@
+"""`hwnas search` of a language model, end to end on a tiny Llama: the engine proposes LLM
+knobs, each candidate is sliced, exported to an onnxruntime-genai folder, measured generating
+by the real agent's genai runtime, evaluated as exported bytes, and recorded; the report and
+the kept folders are what a user deploys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hwnas.errors import ConfigError
+from hwnas.records import TrialStage
+from hwnas.run import RunFolder, outcomes
+
+pytest.importorskip("onnxruntime_genai")
+
+DEVICE = """\
+name: test-genai
+connection: {kind: local}
+runtime: {name: genai, intra_op_threads: 1}
+measurement: {warmup_iterations: 1, warmup_seconds: 0, min_iterations: 3, min_seconds: 0,
+              rounds: 1, prompt_tokens: 16, generate_tokens: 8}
+"""
+
+SPACE = """\
+name: tiny-llm
+base_model: {causal_lm: hf}
+dataset:
+  text: {builtin: pydoc}
+  tokens: {calibration: 0, saliency: 512, healing: 512, selection: 512, evaluation: 512}
+  sequence_length: 64
+knobs:
+  llm_mlp: {keep_ratios: [0.5, 0.75, 1.0], groups: 2, multiple: 16}
+  llm_layers: {drop: [0, 1]}
+  llm_bits: {precisions: [fp32, int8/32, int4/32], groups: 2, embedding: [fp32, int4/32],
+             lm_head: [fp32, int4/32]}
+budgets: {model_size_mb: 0.4}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hwnas.testing.llm import tiny_causal_lm
+
+    return tiny_causal_lm(tmp_path_factory.mktemp("llm") / "hf", "llama")
+
+
+def _write(folder: Path, hf: Path, extra: str, space: str = SPACE) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(space.replace("causal_lm: hf", f"causal_lm: {hf}")
+                                       + extra)
+    (folder / "device.yaml").write_text(DEVICE)
+    return folder / "space.yaml", folder / "device.yaml"
+
+
+def _search(space: Path, device: Path, run_dir: Path, **kwargs):  # type: ignore[no-untyped-def]
+    from hwnas.search import run_search
+
+    return run_search(space, device, run_dir, progress=False, log=lambda _: None, **kwargs)
+
+
+def test_the_engine_searches_a_language_model_on_its_exported_bytes(tiny_hf, tmp_path):
+    import onnxruntime_genai as og
+    from hwnas_agent.manifest import from_folder
+
+    from hwnas.llm.evaluate import evaluate_folder
+    from hwnas.llm.quantize import applied_precisions
+    from hwnas.report import write_report
+
+    space, device = _write(tmp_path, tiny_hf, "search: {n_trials: 5, sampler: engine, seed: 0}\n")
+    outcome = _search(space, device, tmp_path / "run")
+    study = outcome.study
+    found = outcomes(study)
+    assert len(found) == 5 and outcome.trials_run == 5
+    assert study.directions[1] == optuna.study.StudyDirection.MAXIMIZE  # decode tokens/s
+    assert all(t.user_attrs.get("proposed_by") for t in study.trials)  # the engine's policy
+    rejected = [o for o in found if o.stage == TrialStage.REJECTED]
+    evaluated = [o for o in found if o.stage == TrialStage.EVALUATED]
+    assert rejected and evaluated  # the fp32 ladder start is over 0.4 MB, int8/int4 fit
+    for o in rejected:
+        assert "model_size_mb over budget" in o.rejection and o.artifact.size_mb > 0.4
+        assert o.accuracy_val is None
+    data = RunFolder.load(tmp_path / "run").open_study()
+    assert data.user_attrs["model_family"] == "causal_lm"
+    for o in evaluated:
+        trial = study.trials[o.number]
+        llm = trial.user_attrs["llm"]
+        folder = tmp_path / "run" / llm["folder"]
+        # the bytes the agent measured and the search evaluated are the kept folder's
+        manifest = from_folder(str(folder), "model.onnx")
+        assert manifest.sha256 == o.artifact.sha256 == o.measurement.model_sha256
+        assert o.artifact.size_mb <= 0.4 and o.measurement.decode_tokens_per_s > 0
+        assert trial.values[1] == pytest.approx(o.measurement.decode_tokens_per_s)
+        again = evaluate_folder(folder, _selection(tiny_hf, space)).perplexity
+        assert o.accuracy_val == pytest.approx(again.top1_accuracy)
+        assert llm["perplexity_val"] == pytest.approx(again.perplexity)
+        # what the candidate asked is what the graph holds
+        bits = dict(o.candidate.value("llm_bits"))
+        import onnx
+
+        held = set(applied_precisions(onnx.load(str(folder / "model.onnx"),
+                                                load_external_data=False)).values())
+        assert {bits["layers_0_1"], bits["layers_2_3"]} <= held | {"fp32"}
+        drop = o.candidate.value("llm_layers")
+        assert len(llm["slice_plan"]["drop_layers"]) == drop
+        config = json.loads((folder / "genai_config.json").read_text())
+        assert config["model"]["decoder"]["num_hidden_layers"] == 4 - drop
+        og.Model(str(folder))  # onnxruntime-genai loads the folder as it is
+    tested = study.user_attrs["llm_test"]
+    assert tested and all(v["perplexity"] > 1 for v in tested.values())
+    paths = write_report(study, tmp_path / "report")
+    table = paths["markdown"].read_text()
+    assert "decode tok/s" in table and paths["json"].is_file() and paths["plot"].is_file()
+
+
+def _selection(hf: Path, space: Path):  # type: ignore[no-untyped-def]
+    from hwnas.config import load_search_space
+    from hwnas.llm.source import load_causal_lm
+    from hwnas.llm.text import language_data
+
+    spec = load_search_space(space).dataset.language()
+    return language_data(spec, load_causal_lm(hf).tokenizer).selection
+
+
+def test_healing_makes_new_bytes_that_are_measured_again(tiny_hf, tmp_path):
+    """With ``finetune`` written, the sliced model is distilled from its parent, exported
+    again, and the healed folder is what is evaluated and measured (it decides)."""
+    space, device = _write(tmp_path, tiny_hf, (
+        "finetune: {max_steps: 3, max_seconds: 60, batch_size: 2, learning_rate: 0.001}\n"
+        "search: {n_trials: 1, sampler: random, seed: 1,\n"
+        "         enqueue: [{llm_mlp_layers_0_1: 0.5, llm_mlp_layers_2_3: 0.5,\n"
+        "                    llm_drop_layers: 0, llm_bits_layers_0_1: int8/32,\n"
+        "                    llm_bits_layers_2_3: int8/32, llm_bits_embedding: int4/32,\n"
+        "                    llm_bits_lm_head: int4/32}]}\n"))
+    outcome = _search(space, device, tmp_path / "run")
+    (only,) = outcomes(outcome.study)
+    assert only.stage == TrialStage.EVALUATED, only.failure
+    llm = outcome.study.trials[0].user_attrs["llm"]
+    assert llm["heal"]["steps"] == 3 and llm["heal"]["tokens"] == 3 * 2 * 64
+    assert only.screen_measurement.model_sha256 != only.measurement.model_sha256
+    assert only.measurement.model_sha256 == only.artifact.sha256
+
+
+def test_a_search_continues_where_it_stopped(tiny_hf, tmp_path):
+    space, device = _write(tmp_path, tiny_hf, "search: {n_trials: 2, sampler: tpe, seed: 0}\n")
+    _search(space, device, tmp_path / "run")
+    outcome = _search(space, device, tmp_path / "run", n_trials=3)
+    assert outcome.trials_run == 1 and len(outcome.study.trials) == 3
+
+
+@pytest.mark.parametrize("change, message", [
+    (("dataset:\n  text: {builtin: pydoc}", "dataset:\n  builtin: digits\n  text: {builtin: pydoc}"),
+     "give exactly one of"),
+    (("knobs:\n", "knobs:\n  width: {keep_ratios: [0.5, 1.0]}\n"),
+     r"knobs.width does not apply to a language model.*llm_mlp"),
+    (("budgets: {model_size_mb: 0.4}", "budgets: {latency_p90_ms: 3.0}"),
+     "latency_p90_ms is not measured when a language model generates"),
+    (("{causal_lm: hf}", "{causal_lm: hf, train: {epochs: 1}}"), "not for a causal_lm"),
+    (("sequence_length: 64", "sequence_length: 60"), "not a multiple of sequence_length 60"),
+])
+def test_a_wrong_language_space_is_one_clear_error(tiny_hf, tmp_path, change, message):
+    space, device = _write(tmp_path, tiny_hf, "search: {n_trials: 1}\n",
+                           SPACE.replace(*change))
+    with pytest.raises(ConfigError, match=message):
+        _search(space, device, tmp_path / "run")
+    assert not (tmp_path / "run" / "study.db").exists()
+
+
+def test_an_image_profile_is_refused_for_a_language_model(tiny_hf, tmp_path):
+    space, _ = _write(tmp_path, tiny_hf, "search: {n_trials: 1}\n")
+    device = tmp_path / "onnx.yaml"
+    device.write_text(DEVICE.replace("runtime: {name: genai, intra_op_threads: 1}",
+                                     "runtime: {intra_op_threads: 1}"))
+    with pytest.raises(ConfigError, match="measured generating by the agent's genai runtime"):
+        _search(space, device, tmp_path / "run")
