@@ -36,6 +36,10 @@ def export_trial(run: RunFolder, trial_number: int, out_dir: Path,
         why = f" ({outcome.failure or outcome.rejection})" if outcome.failure or outcome.rejection else ""
         raise ConfigError(f"--trial {trial_number}: {outcome.stage}{why}; only evaluated trials "
                           f"have deployable bytes")
+    if study.user_attrs.get("model_family") == "causal_lm":  # a genai folder (hwnas/llm)
+        from hwnas.llm.card import export_language_trial
+
+        return export_language_trial(run, study, outcome, out_dir, whole)
     artifact = run.kept_artifact(outcome, study)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{run.study_name}-trial{trial_number}"

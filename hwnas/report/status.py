@@ -66,7 +66,10 @@ def study_status(target: str, study_name: str | None = None) -> dict[str, Any]:
         "best_feasible": None if best is None else {
             "trial": best.number, "accuracy_val": best.accuracy_val,
             "accuracy_test": best.accuracy_test, "device": best.device,
-            "latency_p90_ms": best.measurement.latency_ms_p90 if best.measurement else None},
+            "latency_p90_ms": best.measurement.latency_ms_p90 if best.measurement else None,
+            # a language model's (generation): its decode speed in place of one latency
+            "decode_tokens_per_s": best.measurement.decode_tokens_per_s
+            if best.measurement else None},
         "workers": {who: {"stages": dict(w["stages"]), "devices": sorted(w["devices"]),
                           "stale": w["stale"]} for who, w in sorted(workers.items())},
     }
@@ -80,13 +83,24 @@ def status_text(status: dict[str, Any]) -> str:
              f" done of {wanted if wanted is not None else '?'} wanted; "
              + ", ".join(f"{k} {v}" for k, v in sorted(stages.items()))]
     best = status["best_feasible"]
-    lines.append("  best feasible so far: " + ("none" if best is None else
-                 f"trial {best['trial']}, validation accuracy {best['accuracy_val']:.4f}, "
-                 f"test accuracy {best['accuracy_test']:.4f}, p90 {best['latency_p90_ms']:.3f} ms "
-                 f"on {best['device']}"))
+    if best is not None:
+        speed = (f"decode {_number(best.get('decode_tokens_per_s'), '.1f')} tokens/s"
+                 if best.get("decode_tokens_per_s") is not None
+                 else f"p90 {_number(best['latency_p90_ms'], '.3f')} ms")
+        lines.append(f"  best feasible so far: trial {best['trial']}, validation accuracy "
+                     f"{_number(best['accuracy_val'], '.4f')}, test accuracy "
+                     f"{_number(best['accuracy_test'], '.4f')}, {speed} on {best['device']}")
+    else:
+        lines.append("  best feasible so far: none")
     lines.append("  workers (host:pid):")
     for who, worker in status["workers"].items():
         counts = ", ".join(f"{k} {v}" for k, v in sorted(worker["stages"].items()))
         stale = "  STALE: running trials but the worker is gone or silent" if worker["stale"] else ""
         lines.append(f"    {who}: {counts}; devices {', '.join(worker['devices']) or '-'}{stale}")
     return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str) -> str:
+    """A figure, or '-' where the trial has none (a language model's test accuracy is the
+    front's only)."""
+    return "-" if value is None else format(value, spec)

@@ -96,6 +96,10 @@ def finalize_run(run_dir: Path, top: int, max_steps: int | None = None,
     run = RunFolder.load(run_dir)
     with writer_lock(run.path, "hwnas finalize"), run_log(run.log_path):
         study = run.open_study()
+        if study.user_attrs.get("model_family") == "causal_lm":
+            raise ConfigError(f"{run.path}: a language model's study is not finalized yet; heal "
+                              f"longer with finetune.max_steps in its space and search again "
+                              f"(each trial's folder is already its deployable bytes)")
         found = outcomes(study)
         chosen = pick(found, top)
         if not chosen:

@@ -69,6 +69,8 @@ def test_the_engine_searches_a_language_model_on_its_exported_bytes(tiny_hf, tmp
     from hwnas.llm.evaluate import evaluate_folder
     from hwnas.llm.quantize import applied_precisions
     from hwnas.report import write_report
+    from hwnas.report.card import export_trial
+    from hwnas.search.finalize import finalize_run
 
     space, device = _write(tmp_path, tiny_hf, "search: {n_trials: 5, sampler: engine, seed: 0}\n")
     outcome = _search(space, device, tmp_path / "run")
@@ -114,6 +116,18 @@ def test_the_engine_searches_a_language_model_on_its_exported_bytes(tiny_hf, tmp
     paths = write_report(study, tmp_path / "report")
     table = paths["markdown"].read_text()
     assert "decode tok/s" in table and paths["json"].is_file() and paths["plot"].is_file()
+    # `hwnas export`: the folder as the search measured it, and its card
+    best = max(evaluated, key=lambda o: (o.accuracy_val, o.number))
+    exported = export_trial(RunFolder.load(tmp_path / "run"), best.number, tmp_path / "out")
+    assert from_folder(str(exported["model"]), "model.onnx").sha256 == best.artifact.sha256
+    card = json.loads(exported["card"].read_text())
+    assert card["quality"]["next_token_accuracy_val"] == best.accuracy_val
+    assert card["measurement"]["model_sha256"] == best.artifact.sha256
+    assert card["slice_plan"]["drop_layers"] == study.trials[best.number].user_attrs[
+        "llm"]["slice_plan"]["drop_layers"]
+    og.Model(str(exported["model"]))
+    with pytest.raises(ConfigError, match="not finalized yet"):
+        finalize_run(tmp_path / "run", top=1)
 
 
 def _selection(hf: Path, space: Path):  # type: ignore[no-untyped-def]
