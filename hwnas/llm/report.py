@@ -127,12 +127,63 @@ def _plot(found: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
     return path
 
 
+def _layers_picture(found: list[dict[str, Any]], path: Path) -> Path | None:
+    """The front's models layer by layer: colour = share of MLP units kept, the label its
+    weight precision, a dropped layer crossed out; embedding and lm_head at the ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = [r for r in found if r["front"] and r.get("slice_plan") and r.get("precision_plan")]
+    if not front:
+        return None
+    layers = len(front[0]["slice_plan"]["mlp_units"])
+    full = max(max(r["slice_plan"]["mlp_units"]) for r in front)
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.42 * (layers + 2)), 0.6 + 0.55 * len(front)))
+    colours = plt.get_cmap("viridis")
+    for row, r in enumerate(front):
+        plan, bits = r["slice_plan"], r["precision_plan"]
+        dropped = set(plan["drop_layers"])
+        exported = iter(range(layers))
+        cells = [("emb", 1.0, bits["embedding"])]
+        for layer in range(layers):
+            if layer in dropped:
+                cells.append(("x", None, ""))
+                continue
+            new = str(next(exported))
+            precision = (bits["layers"].get(new) or bits["default"])["mlp"]
+            cells.append((str(layer), plan["mlp_units"][layer] / full, precision))
+        cells.append(("head", 1.0, bits["lm_head"]))
+        for column, (_, keep, precision) in enumerate(cells):
+            if keep is None:
+                axes.add_patch(plt.Rectangle((column, row), 1, 1, color="0.9"))
+                axes.plot([column, column + 1], [row, row + 1], color="0.5", lw=0.8)
+                continue
+            axes.add_patch(plt.Rectangle((column, row), 1, 1, color=colours(keep)))
+            axes.text(column + 0.5, row + 0.5, precision.replace("/", "\n"), ha="center",
+                      va="center", fontsize=5.5, color="white" if keep < 0.6 else "black")
+    axes.set_xlim(0, layers + 2)
+    axes.set_ylim(0, len(front))
+    axes.set_yticks([i + 0.5 for i in range(len(front))],
+                    [f"trial {r['trial']}" for r in front], fontsize=7)
+    axes.set_xticks([0.5, *[i + 1.5 for i in range(layers)], layers + 1.5],
+                    ["emb", *[str(i) for i in range(layers)], "head"], fontsize=6)
+    axes.set_title("front models by layer: colour = MLP units kept (yellow: all), text = "
+                   "weights, crossed = dropped", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def write_llm_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     found = rows(study)
     plots = [p for metric in ("decode_tokens_per_s", "model_size_mb", "peak_memory_mb",
                               "energy_mj_per_token")
              if (p := _plot(found, metric, out_dir / f"perplexity_vs_{metric}.png"))]
+    picture = _layers_picture(found, out_dir / "front_layers.png")
     data = {"study": study.study_name, "objectives": study.user_attrs.get("objectives"),
             "budgets": study.user_attrs.get("budgets"), "text": study.user_attrs.get("llm_data"),
             "trials": found}
@@ -144,6 +195,14 @@ def write_llm_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
              f"test perplexity for the front only. Every figure is of the exported bytes.", "",
              "```", summary(study), "```", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
+    if picture is not None:
+        lines += ["", "## The front, layer by layer", "", f"![front layers]({picture.name})"]
+    tested = study.user_attrs.get("llm_test") or {}
+    generated = [(number, figures["generation"]) for number, figures in tested.items()
+                 if figures.get("generation")]
+    if generated:
+        lines += ["", "## The same prompt, greedy, from each front model's folder", ""]
+        lines += [f"- trial {number}: `{' '.join(text.split())}`" for number, text in generated]
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(lines) + "\n")
     from hwnas.report.html import html_report
@@ -153,6 +212,8 @@ def write_llm_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     paths = {"markdown": md_path, "html": html_path, "json": json_path}
     if plots:
         paths["plot"] = plots[0]
+    if picture is not None:
+        paths["layers"] = picture
     return paths
 
 

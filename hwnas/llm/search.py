@@ -183,7 +183,29 @@ def evaluate_front(prepared: LlmPrepared, run: "RunFolder", study: optuna.Study,
         tested[str(trial.number)] = {"perplexity": result.perplexity,
                                      "next_token_accuracy": result.top1_accuracy,
                                      "tokens": result.tokens}
+        tested[str(trial.number)]["generation"] = generate(folder, PROMPT, GENERATED)
         study.set_user_attr("llm_test", tested)
         log(f"trial {trial.number} on the test text: perplexity {result.perplexity:.3f}, "
             f"next-token accuracy {result.top1_accuracy:.4f} ({folder})")
     return tested
+
+
+# the fixed prompt every front model continues in the report (greedy: reproducible)
+PROMPT = "The for statement in Python"
+GENERATED = 32
+
+
+def generate(folder: Path, prompt: str, tokens: int) -> str:
+    """``tokens`` greedy tokens after ``prompt`` by onnxruntime-genai from the folder."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    tokenizer = og.Tokenizer(model)
+    ids = tokenizer.encode(prompt)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + tokens, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    while not generator.is_done():
+        generator.generate_next_token()
+    return tokenizer.decode(generator.get_sequence(0))

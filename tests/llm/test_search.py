@@ -113,9 +113,12 @@ def test_the_engine_searches_a_language_model_on_its_exported_bytes(tiny_hf, tmp
         og.Model(str(folder))  # onnxruntime-genai loads the folder as it is
     tested = study.user_attrs["llm_test"]
     assert tested and all(v["perplexity"] > 1 for v in tested.values())
+    # the report's fixed prompt, continued greedily by each front folder
+    assert all(v["generation"].startswith("The for statement") for v in tested.values())
     paths = write_report(study, tmp_path / "report")
     table = paths["markdown"].read_text()
     assert "decode tok/s" in table and paths["json"].is_file() and paths["plot"].is_file()
+    assert paths["layers"].is_file() and "layer by layer" in table
     # `hwnas export`: the folder as the search measured it, and its card
     best = max(evaluated, key=lambda o: (o.accuracy_val, o.number))
     exported = export_trial(RunFolder.load(tmp_path / "run"), best.number, tmp_path / "out")
