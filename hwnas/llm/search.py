@@ -82,7 +82,7 @@ def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, 
     from hwnas.llm.source import load_causal_lm
     from hwnas.llm.text import language_data
     from hwnas.llm.text_config import with_base
-    from hwnas.space import space_shape
+    from hwnas.space import check_enqueued, space_shape
 
     folder = model_folder(space, space_path)
     started = time.perf_counter()
@@ -99,6 +99,7 @@ def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, 
     units = {knob.name: list(knob.units(knob.settings(space.knobs), parts))
              for knob in registered("causal_lm") if knob.settings(space.knobs) is not None}
     shape = space_shape(space, devices[0], units)
+    check_enqueued(space, shape)  # an off-grid or unknown parameter, named
     drop_order = tuple(saliency.layer_drop_order())
     return LlmPrepared(space, devices[0], devices, effective_budgets(space, devices[0]), base,
                        data, saliency, drop_order, shape)

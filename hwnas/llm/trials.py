@@ -27,18 +27,12 @@ from typing import TYPE_CHECKING, Any, Hashable, Mapping
 import optuna
 
 from hwnas import metrics
-from hwnas.budgets import constraint_values, describe_excess
-from hwnas.errors import DeviceError
 from hwnas.knobs import Candidate
 from hwnas.knobs.llm import LlmDraft, draft_of
-from hwnas.records import Artifact, Measurement, TrialOutcome, TrialStage
-from hwnas.search.candidates import Timings
+from hwnas.records import Artifact, Measurement, TrialStage
 from hwnas.search.compression import compression_figures, _budgets
-from hwnas.search.controllers import controller_id, fail_abandoned_trials, retry_trial
-from hwnas.search.evaluator import Budget, Evaluator, HardwareReport
-from hwnas.search.measuring import DeviceLease, TrialMeasurer
-from hwnas.search.policy import STAGE_DUPLICATE
-from hwnas.search.twins import Progress, finished_twin, reuse
+from hwnas.search.evaluator import Budget, HardwareReport
+from hwnas.search.recording import RecordingEvaluator, TrialState
 from hwnas.space import distributions, suggest, uniform_ladders
 
 if TYPE_CHECKING:
@@ -80,26 +74,16 @@ class LlmPrepared:
 
 
 @dataclasses.dataclass
-class _Trial:
-    trial: optuna.Trial
-    progress: Progress
-    measurer: TrialMeasurer
-    work: Path
-    inherited: TrialOutcome | None = None
-    candidate: Candidate | None = None
+class _Trial(TrialState):
     draft: LlmDraft | None = None
     sliced: Any = None  # the pruned transformers model, before healing
-    screen: Artifact | None = None  # the exported folder of the sliced model
-    artifact: Artifact | None = None  # the deployed folder (healed where healing is on)
-    screen_measurement: Measurement | None = None
-    measurement: Measurement | None = None
     llm: dict[str, Any] = dataclasses.field(default_factory=dict)
-    copied: bool = False
-    behind: list[tuple[HardwareReport, Measurement]] = dataclasses.field(default_factory=list)
 
 
-class LlmEvaluator(Evaluator):
+class LlmEvaluator(RecordingEvaluator):
     """One trial per thread; a pool of devices runs one thread per device."""
+
+    trial_type = _Trial
 
     def __init__(self, prepared: LlmPrepared, pool: "DevicePool", run: "RunFolder",
                  config_version: str | None) -> None:
@@ -112,7 +96,7 @@ class LlmEvaluator(Evaluator):
         # healing makes new weights: the healed folder is measured again and decides
         self.measure_after_evaluation = self.space.finetune.max_steps > 0 and \
             "finetune" in self.space.model_fields_set
-        self._local = threading.local()
+        self._recording(pool, run, config_version)
         self._lock = threading.Lock()  # one export at a time (the builder is not re-entrant)
 
     # --- the engine's contract -------------------------------------------------------------
@@ -133,36 +117,6 @@ class LlmEvaluator(Evaluator):
     def budgets_for(self, pool: str | None) -> tuple[Budget, ...]:
         return self.budgets
 
-    def open_trial(self, trial: optuna.Trial) -> str | None:
-        self.close_trial(trial)
-        inherited = TrialOutcome.from_attributes(trial.user_attrs, "RUNNING") \
-            if trial.user_attrs.get("candidate") is not None else None
-        fail_abandoned_trials(trial.study)
-        lease = DeviceLease(self.pool)
-        progress = Progress(trial, TrialOutcome(
-            TrialStage.RUNNING, config_version=self.config_version, origin=trial.number,
-            controller=controller_id(), device=lease.device.name, device_pool=lease.device.pool))
-        self._local.now = _Trial(trial, progress, TrialMeasurer(lease, Timings(), progress),
-                                 self.run.work_dir(trial.number), inherited)
-        return lease.device.pool
-
-    def start_trial(self, trial: optuna.Trial, candidate: Hashable) -> None:
-        assert isinstance(candidate, Candidate)
-        now = self._now()
-        now.candidate = candidate
-        inherited = now.inherited if now.inherited is not None and \
-            now.inherited.candidate == candidate else None
-        origin = inherited.origin if inherited and inherited.origin is not None else trial.number
-        now.progress.update(candidate=candidate, origin=origin)
-        now.measurer.inherit(inherited)
-
-    def twin(self, trial: optuna.Trial, candidate: Hashable, own_pool_only: bool
-             ) -> optuna.trial.FrozenTrial | None:
-        now = self._current(candidate)
-        pools = {now.measurer.lease.device.pool} if own_pool_only else \
-            {d.pool for d in self.pool.alive}
-        return finished_twin(trial, pools, now.progress)
-
     def measure(self, candidate: Hashable, rounds: int | None = None) -> HardwareReport:
         now = self._current(candidate)
         if now.artifact is not None:  # the deployed folder
@@ -174,17 +128,6 @@ class LlmEvaluator(Evaluator):
         now.screen_measurement = now.measurer.measure(now.screen, rounds)
         now.progress.update(screen_measurement=now.screen_measurement)
         return self._report(now, now.screen_measurement, now.screen)
-
-    def decided(self, candidate: Hashable, report: HardwareReport) -> None:
-        now = self._current(candidate)
-        chosen = next(m for r, m in now.behind if r is report)
-        now.behind.clear()
-        if now.artifact is not None:
-            now.measurement = chosen
-            now.progress.update(measurement=chosen)
-        else:
-            now.screen_measurement = chosen
-            now.progress.update(screen_measurement=chosen)
 
     def evaluate(self, candidate: Hashable, fidelity: float) -> float:
         from hwnas.llm.evaluate import evaluate_folder
@@ -228,17 +171,10 @@ class LlmEvaluator(Evaluator):
 
     def end_trial(self, trial: optuna.Trial, candidate: Hashable, stage: str,
                   earlier: optuna.trial.FrozenTrial | None = None) -> None:
-        now = self._current(candidate)
-        if stage == STAGE_DUPLICATE and earlier is not None:
-            reuse(trial, earlier, self.config_version)
-            now.copied = True
+        now, changes = self._ending(trial, candidate, stage, earlier,
+                                    lambda _measurement: self.prepared.budgets)
+        if changes is None:
             return
-        changes: dict = {"stage": TrialStage(stage)}
-        if stage == TrialStage.REJECTED.value and now.screen_measurement is not None:
-            assert now.screen is not None
-            changes.update(artifact=now.screen, measurement=now.screen_measurement,
-                           rejection=describe_excess(constraint_values(
-                               self.prepared.budgets, now.screen_measurement, now.screen)))
         if stage == TrialStage.EVALUATED.value and now.artifact is not None:
             if now.measurement is None:  # not healed: the screened folder is the deployed one
                 changes["measurement"] = now.screen_measurement
@@ -250,51 +186,6 @@ class LlmEvaluator(Evaluator):
             now.llm["folder"] = str(kept.relative_to(self.run.path))
         now.progress.update(**changes)
         trial.set_user_attr("llm", dict(now.llm))
-
-    def trial_failed(self, trial: optuna.Trial, candidate: Hashable | None,
-                     exc: Exception) -> bool:
-        now = getattr(self._local, "now", None)
-        if now is not None:
-            now.progress.failed(exc)
-        self.close_trial(trial)
-        if isinstance(exc, DeviceError):
-            if candidate is not None:
-                trial.study.enqueue_trial(trial.params, skip_if_exists=False)
-            return not self.pool.alive
-        return False
-
-    def interrupted(self, trial: optuna.Trial) -> None:
-        now = getattr(self._local, "now", None)
-        if now is not None and now.candidate is not None:
-            now.progress.failed(KeyboardInterrupt("interrupted (Ctrl-C)"))
-            retry_trial(trial.study, trial.number)
-
-    def close_trial(self, trial: optuna.Trial) -> None:
-        now = getattr(self._local, "now", None)
-        self._local.now = None
-        if now is None:
-            return
-        lease = now.measurer.lease
-        if not now.copied:
-            now.progress.update(timings_s=tuple(now.measurer.timings.seconds.items()),
-                                device=lease.device.name, device_pool=lease.device.pool,
-                                devices_lost=tuple(lease.lost))
-        lease.release()
-        shutil.rmtree(now.work, ignore_errors=True)
-
-    # --- the trial's lifetime ------------------------------------------------------------
-
-    def _now(self) -> _Trial:
-        now = getattr(self._local, "now", None)
-        if now is None:
-            raise RuntimeError("the pipeline called the evaluator outside a trial it opened")
-        return now
-
-    def _current(self, candidate: Hashable) -> _Trial:
-        now = self._now()
-        if now.candidate != candidate:
-            raise RuntimeError("the pipeline called the evaluator outside the trial it started")
-        return now
 
     def _screen_copy(self, now: _Trial) -> None:
         """The candidate sliced and exported before healing, once per trial."""
@@ -330,8 +221,7 @@ class LlmEvaluator(Evaluator):
         report = compression_figures(measurement, artifact, self.prepared.budgets.basis,
                                      self.wanted)
         report = _with_decode_interval(report, measurement)
-        now.behind.append((report, measurement))
-        return report
+        return now.report(report, measurement)
 
 
 def _with_decode_interval(report: HardwareReport, measurement: Measurement) -> HardwareReport:

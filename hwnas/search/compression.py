@@ -17,9 +17,7 @@ resumed search read it the same way. A trial left by a killed controller is retr
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
@@ -27,22 +25,17 @@ import optuna
 import torch
 
 from hwnas import metrics
-from hwnas.budgets import constraint_values, describe_excess, measured
+from hwnas.budgets import constraint_values, measured
 from hwnas.config.models import Budgets
 from hwnas.compress.prune import PrunedModel
-from hwnas.disk import no_space
-from hwnas.errors import DeviceError
-from hwnas.records import Artifact, Candidate, Measurement, OutputFidelity, TrialOutcome, TrialStage
+from hwnas.records import Artifact, Candidate, Measurement, OutputFidelity, TrialStage
 from hwnas.remote.screen import needs_screening
-from hwnas.search.controllers import controller_id, fail_abandoned_trials, retry_trial
 from hwnas.export.onnx import ExportedModel
-from hwnas.search.policy import STAGE_DUPLICATE
-from hwnas.search.evaluator import (AcceleratorVerdict, Budget, Evaluator, HardwareFigure, HardwareReport,
+from hwnas.search.evaluator import (AcceleratorVerdict, Budget, HardwareFigure, HardwareReport,
                                     figures_from_measurement)
 from hwnas.search.candidates import (CandidateBuilder, Timings, TrialContext,
                                      refuse_emulated_latency, train_and_evaluate)
-from hwnas.search.measuring import DeviceLease, TrialMeasurer
-from hwnas.search.twins import Progress, finished_twin, reuse
+from hwnas.search.recording import RecordingEvaluator, TrialState
 from hwnas.models.core import multiply_accumulates
 from hwnas.space import distributions, suggest, uniform_ladders
 
@@ -69,33 +62,17 @@ def _budgets(budgets: Budgets) -> tuple[Budget, ...]:
 
 
 @dataclasses.dataclass
-class _Trial:
+class _Trial(TrialState):
     """What one trial has built and measured so far."""
 
-    trial: optuna.Trial
-    candidate: Candidate | None
-    progress: Progress
-    measurer: TrialMeasurer
-    work: Path
-    inherited: TrialOutcome | None = None  # what a dead controller's trial had recorded
     pruned: PrunedModel | None = None
     exported: ExportedModel | None = None
-    screen: Artifact | None = None
-    screen_measurement: Measurement | None = None
-    artifact: Artifact | None = None  # the deployed bytes, once fine-tuned
-    measurement: Measurement | None = None
     fidelity: OutputFidelity | None = None
-    copied: bool = False  # a duplicate: its record is the trial it copied
-    # the measurement behind each report measure() returned (a decision picks one of them)
-    behind: list[tuple[HardwareReport, Measurement]] = dataclasses.field(default_factory=list)
-
-    def report(self, report: HardwareReport, measurement: Measurement) -> HardwareReport:
-        self.behind.append((report, measurement))
-        return report
 
 
-class CompressionEvaluator(Evaluator):
+class CompressionEvaluator(RecordingEvaluator):
     measure_after_evaluation = True
+    trial_type = _Trial
 
     def __init__(self, ctx: TrialContext, builder: CandidateBuilder | None = None) -> None:
         self.ctx = ctx
@@ -104,7 +81,7 @@ class CompressionEvaluator(Evaluator):
         self.budgets = _budgets(ctx.budgets)
         self.wanted = tuple(dict.fromkeys([b.figure for b in self.budgets] +
                                           list(ctx.space.objectives[1:])))
-        self._local = threading.local()  # one trial per thread (a pool runs several)
+        self._recording(ctx.devices, ctx.run, ctx.config_version)
         self._built: dict[Candidate, tuple[float, int]] = {}  # size MB, multiply-accumulates
 
     # --- the engine's contract -------------------------------------------------------
@@ -151,39 +128,6 @@ class CompressionEvaluator(Evaluator):
                                       multiply_accumulates(pruned.module.eval(), image))
         return self._built[candidate]
 
-    def open_trial(self, trial: optuna.Trial) -> str | None:
-        """Lease a device (any of the pool's free ones): the engine proposes for its pool."""
-        self.close_trial(trial)
-        # a retry of a trial whose controller died carries what that one had measured
-        inherited = TrialOutcome.from_attributes(trial.user_attrs, "RUNNING") \
-            if trial.user_attrs.get("candidate") is not None else None
-        # other controllers' dead trials are retried now, not after a heartbeat grace period
-        fail_abandoned_trials(trial.study)
-        lease = DeviceLease(self.ctx.devices)
-        progress = Progress(trial, TrialOutcome(
-            TrialStage.RUNNING, config_version=self.ctx.config_version, origin=trial.number,
-            controller=controller_id(), device=lease.device.name, device_pool=lease.device.pool))
-        self._local.now = _Trial(trial, None, progress, TrialMeasurer(lease, Timings(), progress),
-                                 self.ctx.run.work_dir(trial.number), inherited)
-        return lease.device.pool
-
-    def start_trial(self, trial: optuna.Trial, candidate: Hashable) -> None:
-        assert isinstance(candidate, Candidate)
-        now = self._now()
-        now.candidate = candidate
-        inherited = now.inherited if now.inherited is not None and \
-            now.inherited.candidate == candidate else None
-        origin = inherited.origin if inherited and inherited.origin is not None else trial.number
-        now.progress.update(candidate=candidate, origin=origin)
-        now.measurer.inherit(inherited)
-
-    def twin(self, trial: optuna.Trial, candidate: Hashable, own_pool_only: bool
-             ) -> optuna.trial.FrozenTrial | None:
-        now = self._current(candidate)
-        pools = {now.measurer.lease.device.pool} if own_pool_only else \
-            {d.pool for d in self.ctx.devices.alive}
-        return finished_twin(trial, pools, now.progress)
-
     def accelerator_screen(self, candidate: Hashable) -> AcceleratorVerdict | None:
         """Which nodes the device's accelerator refuses, on the pruned, quantized copy."""
         now = self._current(candidate)
@@ -215,17 +159,6 @@ class CompressionEvaluator(Evaluator):
         return now.report(self._figures(now.screen_measurement, now.screen),
                           now.screen_measurement)
 
-    def decided(self, candidate: Hashable, report: HardwareReport) -> None:
-        now = self._current(candidate)
-        chosen = next(m for r, m in now.behind if r is report)
-        now.behind.clear()
-        if now.artifact is not None:
-            now.measurement = chosen
-            now.progress.update(measurement=chosen)
-        else:
-            now.screen_measurement = chosen
-            now.progress.update(screen_measurement=chosen)
-
     def evaluate(self, candidate: Hashable, fidelity: float) -> float:
         now = self._current(candidate)
         self._screen_copy(now)  # evaluated without screening: pruned here
@@ -237,18 +170,9 @@ class CompressionEvaluator(Evaluator):
 
     def end_trial(self, trial: optuna.Trial, candidate: Hashable, stage: str,
                   earlier: optuna.trial.FrozenTrial | None = None) -> None:
-        now = self._current(candidate)
-        if stage == STAGE_DUPLICATE and earlier is not None:
-            reuse(trial, earlier, self.ctx.config_version)
-            now.copied = True
+        now, changes = self._ending(trial, candidate, stage, earlier, self.ctx.budgets_for)
+        if changes is None:
             return
-        changes: dict = {"stage": TrialStage(stage)}
-        if stage == TrialStage.REJECTED.value and now.screen_measurement is not None:
-            assert now.screen is not None
-            changes.update(artifact=now.screen, measurement=now.screen_measurement,
-                           rejection=describe_excess(constraint_values(
-                               self.ctx.budgets_for(now.screen_measurement),
-                               now.screen_measurement, now.screen)))
         if stage == TrialStage.EVALUATED.value and now.fidelity is not None:
             assert now.measurement is not None and now.artifact is not None
             budgets = self.ctx.budgets_for(now.measurement)
@@ -256,57 +180,6 @@ class CompressionEvaluator(Evaluator):
                 trial.set_constraint("fidelity_cosine_min", constraint_values(
                     budgets, now.measurement, now.artifact, now.fidelity)["fidelity_cosine_min"])
         now.progress.update(**changes)
-
-    def trial_failed(self, trial: optuna.Trial, candidate: Hashable | None,
-                     exc: Exception) -> bool:
-        now = getattr(self._local, "now", None)
-        if now is not None:
-            now.progress.failed(exc)
-        self.close_trial(trial)
-        if isinstance(exc, DeviceError):
-            # no device of its pool is left: try this candidate again when the search resumes
-            if candidate is not None:
-                trial.study.enqueue_trial(trial.params, skip_if_exists=False)
-            return not self.ctx.devices.alive
-        if no_space(exc) is not None:  # every trial after it would fail alike: stop
-            trial.study.enqueue_trial(trial.params, skip_if_exists=False)
-            return True
-        return False
-
-    def interrupted(self, trial: optuna.Trial) -> None:
-        """What it measured stays; the next run retries the candidate first, reusing it."""
-        now = getattr(self._local, "now", None)
-        if now is not None and now.candidate is not None:
-            now.progress.failed(KeyboardInterrupt("interrupted (Ctrl-C)"))
-            retry_trial(trial.study, trial.number)
-
-    def close_trial(self, trial: optuna.Trial) -> None:
-        """The trial's device back to the pool, its work folder gone, its timings recorded."""
-        now = getattr(self._local, "now", None)
-        self._local.now = None
-        if now is None:
-            return
-        lease = now.measurer.lease
-        if not now.copied:  # a copy keeps the record it copied
-            now.progress.update(timings_s=tuple(now.measurer.timings.seconds.items()),
-                                device=lease.device.name, device_pool=lease.device.pool,
-                                devices_lost=tuple(lease.lost))
-        lease.release()
-        shutil.rmtree(now.work, ignore_errors=True)
-
-    # --- the trial's lifetime ----------------------------------------------------------
-
-    def _now(self) -> _Trial:
-        now = getattr(self._local, "now", None)
-        if now is None:
-            raise RuntimeError("the pipeline called the evaluator outside a trial it opened")
-        return now
-
-    def _current(self, candidate: Hashable) -> _Trial:
-        now = self._now()
-        if now.candidate != candidate:
-            raise RuntimeError("the pipeline called the evaluator outside the trial it started")
-        return now
 
     def _screen_copy(self, now: _Trial) -> None:
         """The candidate pruned and quantized before fine-tuning, built once per trial."""
