@@ -168,6 +168,9 @@ def one_study(cluster, folder: Path, workers: int, trials: int, finetune_s: floa
             "trials_per_hour": len(done) / seconds * 3600, "killed_worker": killed,
             "trials_lost": max(0, trials - len(done)),
             "recorded_twice": len(measured) - len(set(measured)),
+            # trials that copied another controller's trial of the same candidate (a twin):
+            # no new candidate for the study
+            "copies": sum(o.copied_from is not None for o in done),
             "left_running": sum(o.stage in (TrialStage.RUNNING, TrialStage.WAITING) for o in found),
             "orphaned_processes": len(leftovers),
             "feasible_reached": reached,
@@ -179,7 +182,9 @@ def best_within(row: dict, seconds: float) -> float | None:
     return max(found) if found else None
 
 
-def fleet(cluster, root: Path, trials: int, finetune_s: float) -> list[dict]:
+def fleet(cluster, root: Path, trials: int, finetune_s: float,
+          samplers: tuple[str, ...] = ("engine", "tpe"), workers_each: tuple[int, ...] = (1, 2)
+          ) -> list[dict]:
     """The fleet space, engine and TPE, 1 and 2 workers; its real fine-tune, or (finetune_s
     > 0) a fixed wait in its place (the accuracies are then those of the pruned, quantized
     models without fine-tuning: comparable between samplers, not a search's result)."""
@@ -189,10 +194,10 @@ def fleet(cluster, root: Path, trials: int, finetune_s: float) -> list[dict]:
     device = local.replace("name: local\n", "name: %s\npool: bench-cpu\n", 1)
     assert "%s" in device
     rows = []
-    for sampler in ("engine", "tpe"):
+    for sampler in samplers:
         space = text.replace("n_trials: 16", f"n_trials: {trials}").replace(
             "sampler: engine", f"sampler: {sampler}")
-        for workers in (1, 2):
+        for workers in workers_each:
             row = one_study(cluster, root / f"fleet-{sampler}-{workers}", workers, trials, finetune_s,
                             space=space, study_name="fashion-mnist-cnn-fleet--dev0",
                             device=device)
@@ -223,6 +228,8 @@ def main() -> int:
                         help="the fleet space: engine vs tpe, 1 and 2 workers")
     parser.add_argument("--fleet-fixed-finetune", action="store_true",
                         help="--fleet with --finetune-seconds of waiting in place of fine-tuning")
+    parser.add_argument("--fleet-samplers", default="engine,tpe")
+    parser.add_argument("--fleet-workers", default="1,2")
     parser.add_argument("--save-as", default="distributed", help="results/NAME.json")
     args = parser.parse_args()
     if args.controller:
@@ -255,7 +262,9 @@ def main() -> int:
                               f"{r['efficiency']:.2f}"] for r in rows]))
         if args.fleet:
             finetune_s = args.finetune_seconds if args.fleet_fixed_finetune else 0.0
-            figures["fleet"] = fleet(cluster, root, args.trials, finetune_s)
+            figures["fleet"] = fleet(cluster, root, args.trials, finetune_s,
+                                     tuple(args.fleet_samplers.split(",")),
+                                     tuple(int(w) for w in args.fleet_workers.split(",")))
             figures["fleet_finetune"] = f"fixed {finetune_s} s wait" if finetune_s else "real"
         kills = []
         for run in range(args.kill_runs):

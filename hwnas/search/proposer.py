@@ -12,14 +12,20 @@ Because it is a sampler, every way of running a study runs it: ``study.optimize`
 thread per device of a pool, several ``hwnas worker`` processes on one storage (each reads
 what the others finished from the study), and retries of trials a dead controller left.
 A candidate another trial holds (this controller's, or another's running or waiting trial:
-books.py ``claimed``) is never proposed again; two controllers that propose one candidate at
-the same instant meet in the pipeline, where one measures it and the other records a copy
-(twins.py ``finished_twin``).
+books.py ``claimed``) is never proposed again. A proposal is claimed in the study before the
+trial runs (the trial's ``engine_claim`` system attribute, written, then read back against
+every other running trial): two controllers that propose one candidate at the same instant
+(they finish together and propose together, as two workers do after a twin) find each
+other's claim, and one steps aside and proposes again; only if that fails (CLAIM_TRIES) do
+they meet in the pipeline, where one measures it and the other records a copy (twins.py
+``finished_twin``). Without claims two workers ran in lock step: every proposal twice.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -32,6 +38,14 @@ from hwnas.search.acquisition import BudgetExchange, LadderStart, ModelPool, Ran
 from hwnas.search.books import Books, PoolBooks, trial_pool
 from hwnas.search.evaluator import Evaluator
 from hwnas.search.policy import Policy
+
+CLAIM = "engine_claim"  # a trial's system attribute: its proposal's parameters (JSON)
+CLAIM_TRIES = 4  # proposals tried before a clash is left to the pipeline (a copy)
+CLAIM_WAIT_S = 0.3  # how long an earlier trial gives a later one to see its claim
+
+
+def claim_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
 
 
 class EngineSampler(BaseSampler):
@@ -68,12 +82,16 @@ class EngineSampler(BaseSampler):
         if self.policy.acquisition == "sampler":
             return self.base.sample_relative(study, trial, search_space)
         with self._lock:
-            proposal = self._propose(study, trial)
-            if proposal is None:
-                # nothing learnt yet: the base sampler proposes; else every candidate is taken
-                self.exhausted = bool(search_space) and not self._waiting(study)
-                return {}
-            params = self._record(trial, proposal)
+            for _ in range(CLAIM_TRIES):
+                proposal = self._propose(study, trial)
+                if proposal is None:
+                    # nothing learnt yet: the base sampler proposes; else every candidate is
+                    # taken
+                    self.exhausted = bool(search_space) and not self._waiting(study)
+                    return {}
+                params = self._record(trial, proposal)
+                if self._claim(study, trial, params):
+                    break
             return {name: value for name, value in params.items() if name in search_space}
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
@@ -179,6 +197,27 @@ class EngineSampler(BaseSampler):
         if predicted is not None:
             self._predicted[trial.number] = predicted
         return params
+
+    def _claim(self, study: optuna.Study, trial: FrozenTrial, params: dict[str, Any]) -> bool:
+        """Claim the proposal in the study; False: another running trial of this pool holds
+        the same claim and keeps it (this trial proposes again; the candidate is held)."""
+        key = claim_key(params)
+        study._storage.set_trial_system_attr(trial._trial_id, CLAIM, key)
+        pool = trial_pool(trial)
+        others = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,
+                                                                      TrialState.WAITING))
+                  if t.number != trial.number and trial_pool(t) in (pool, None)
+                  and t.system_attrs.get(CLAIM) == key]
+        if not others:
+            return True
+        if not any(t.number < trial.number for t in others):
+            # only later trials hold it: each of them steps aside once it reads this claim
+            time.sleep(CLAIM_WAIT_S)
+            if not any(study._storage.get_trial_system_attrs(t._trial_id).get(CLAIM) == key
+                       for t in others):
+                return True
+        self.books.of(pool).claimed.add(self._held[trial.number][1])
+        return False
 
     @staticmethod
     def _waiting(study: optuna.Study) -> bool:

@@ -155,6 +155,13 @@ def test_the_engine_runs_with_two_workers_and_no_candidate_is_fine_tuned_twice(t
     never_measured_twice(found)
     tuned = [o.candidate for o in found if o.finetune is not None and o.copied_from is None]
     assert tuned and len(tuned) == len(set(tuned)), "a candidate was fine-tuned twice"
+    # each proposal is claimed in the study before its trial runs: two workers that propose
+    # at the same instant step aside for each other instead of one copying the other's trial
+    # (they ran in lock step: every proposal twice, in a fleet benchmark of 2026-12-07)
+    copies = [(o.number, o.copied_from) for o in found if o.copied_from is not None]
+    assert not copies, copies
+    assert all(t.system_attrs.get("engine_claim") for t in trials
+               if t.user_attrs.get("proposed_by") not in ("enqueued", None))
     controllers = {o.controller.rsplit(":", 1)[0] for o in found if o.controller}
     assert len(controllers) >= 2, "the workers ran no trial"
     proposed = [t.user_attrs.get("proposed_by") for t in trials]
