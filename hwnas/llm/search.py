@@ -89,9 +89,10 @@ def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, 
     base = load_causal_lm(folder)
     spec: LanguageDataSpec = with_base(space.dataset.language(), Path(space_path).parent)
     data = language_data(spec, base.tokenizer)
-    log(f"base model: {base.family} from {folder} ({sum(p.numel() for p in base.model.parameters()) / 1e6:.1f} M "
-        f"parameters, {base.config.num_hidden_layers} layers); text: "
-        f"{', '.join(data.report.lines()) if hasattr(data.report, 'lines') else data.report}")
+    parameters = sum(p.numel() for p in base.model.parameters()) / 1e6
+    log(f"base model: {base.family} from {folder} ({parameters:.1f} M parameters, "
+        f"{base.config.num_hidden_layers} layers)")
+    log("text: " + "; ".join(u for u in data.report.lines()[1:] if "sha256" not in u))
     saliency = measure_saliency(base.model, torch.from_numpy(data.saliency))
     log(f"saliency and block influence measured on {saliency.tokens} tokens "
         f"({time.perf_counter() - started:.0f} s with loading)")
