@@ -46,8 +46,12 @@ def kernel_machine(proc_root: str = "/proc") -> Optional[str]:
     """The kernel's architecture as the kernel itself reports it, or None where it cannot be
     told (no /proc mounted)."""
     arch = (_read(os.path.join(proc_root, "sys/kernel/arch")) or "").strip()
-    if arch:
-        return arch
+    return arch or _cpuinfo_machine(proc_root)
+
+
+def _cpuinfo_machine(proc_root: str) -> Optional[str]:
+    """Before Linux 6.1: the family /proc/cpuinfo's fields belong to. (qemu >= 8.1 writes an
+    arm one for its aarch64 guests, as the aarch64 box does: see emulator().)"""
     cpuinfo = _read(os.path.join(proc_root, "cpuinfo")) or ""
     keys = {line.partition(":")[0].strip() for line in cpuinfo.splitlines()}
     if "vendor_id" in keys and "flags" in keys:
@@ -59,7 +63,8 @@ def kernel_machine(proc_root: str = "/proc") -> Optional[str]:
 
 def emulator(machine: str, proc_root: str = "/proc") -> Optional[str]:
     """The binfmt_misc entry that hands ``machine``'s programs to an emulator, where this root
-    can see binfmt_misc (a chroot may not have it mounted)."""
+    can see binfmt_misc (a chroot may not have it mounted). Debian's qemu-user-static never
+    registers the machine's own architecture, so an enabled entry for it means emulation."""
     folder = os.path.join(proc_root, "sys/fs/binfmt_misc")
     for name in ("qemu-" + machine, machine):
         text = _read(os.path.join(folder, name))
@@ -75,18 +80,23 @@ def user_mode_emulation(proc_root: str = "/proc", machine: Optional[str] = None
     translated by a user-mode emulator (qemu-user), or None where it runs natively (or the
     kernel's architecture cannot be read)."""
     process = machine or platform.machine()
-    kernel = kernel_machine(proc_root)
-    if not kernel or family(kernel) == family(process):
-        return None
+    arch = (_read(os.path.join(proc_root, "sys/kernel/arch")) or "").strip()
+    kernel = arch or _cpuinfo_machine(proc_root)
     through = emulator(process, proc_root)
+    if kernel and family(kernel) != family(process):
+        on = "on an %s kernel " % kernel
+    elif not arch and through:  # cpuinfo may be the emulator's; binfmt_misc is the kernel's
+        kernel, on = None, ""
+    else:
+        return None
     named = "qemu-user (%s)" % through if through else "a user-mode emulator (qemu-user)"
     return {
         "process_machine": process,
         "kernel_machine": kernel,
         "emulator": through,
-        "reason": "%s code emulated on an %s kernel by %s: the latency is the emulator's, not "
-                  "an %s device's; use it for compatibility and output fidelity only"
-                  % (process, kernel, named, process),
+        "reason": "%s code emulated %sby %s: the latency is the emulator's, not an %s "
+                  "device's; use it for compatibility and output fidelity only"
+                  % (process, on, named, process),
     }
 
 

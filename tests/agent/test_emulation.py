@@ -12,7 +12,7 @@ from hwnas_agent.emulation import family, kernel_machine, mark, user_mode_emulat
 BINFMT_QEMU_AARCH64 = """\
 enabled
 interpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P
-flags: POCF
+flags: PF
 offset 0
 magic 7f454c460201010000000000000000000200b700
 mask ffffffffffffff00fffffffffffffffffeffffff
@@ -72,6 +72,17 @@ def test_before_linux_6_1_cpuinfo_tells_the_kernel(tmp_path):
     assert kernel_machine(proc(tmp_path, None, CPUINFO_X86)) == "x86_64"
     assert kernel_machine(proc(tmp_path / "pi", None, CPUINFO_PI5)) == "aarch64"
     assert user_mode_emulation(proc(tmp_path / "x", None, CPUINFO_X86), machine="aarch64")
+
+
+def test_before_linux_6_1_an_emulated_cpuinfo_is_seen_through_binfmt_misc(tmp_path):
+    """qemu >= 8.1 (and the aarch64 box) give an aarch64 guest an arm /proc/cpuinfo; the
+    kernel's binfmt_misc entry for aarch64 still says who runs it."""
+    found = user_mode_emulation(proc(tmp_path, None, CPUINFO_PI5, BINFMT_QEMU_AARCH64),
+                                machine="aarch64")
+    assert found["kernel_machine"] is None and "aarch64-binfmt-P" in found["emulator"]
+    assert found["reason"].startswith("aarch64 code emulated by qemu-user (binfmt_misc")
+    # a native Pi sees no such entry
+    assert user_mode_emulation(proc(tmp_path / "pi", None, CPUINFO_PI5), machine="aarch64") is None
 
 
 def test_native_machines_are_not_emulated(tmp_path):
