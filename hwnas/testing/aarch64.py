@@ -207,6 +207,62 @@ def root_info(root: Path) -> dict:
     return json.loads((root.parent / "box.json").read_text())
 
 
+def pids_in(mountpoint: Path) -> list[int]:
+    """Processes whose root directory is ``mountpoint`` (a box's: only the box runs there)."""
+    found, target = [], str(mountpoint)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "root") == target:
+                    found.append(int(entry.name))
+    return found
+
+
+def end_processes(mountpoint: Path, timeout_s: float = 10.0) -> None:
+    """TERM, then KILL, each process of the box at ``mountpoint``, by pid."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids_in(mountpoint):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while pids_in(mountpoint) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not pids_in(mountpoint):
+            return
+
+
+def reap_stale_boxes(mounts: Path = MOUNTS) -> list[Path]:
+    """Boxes left behind by a process that died before stop() (a killed test run): named
+    ``<pid>-<hex>`` after the process that started them, reaped once that pid is gone (its
+    processes ended, its mounts undone, its mount point removed)."""
+    reaped: list[Path] = []
+    if not mounts.is_dir():
+        return reaped
+    for point in sorted(p for p in mounts.iterdir() if p.is_dir()):
+        owner = point.name.split("-", 1)[0]
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        record = point.with_name(point.name + ".json")  # its sshd, orphaned with it
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            sshd = json.loads(record.read_text())
+            cmdline = Path(f"/proc/{sshd['pid']}/cmdline").read_bytes().decode(errors="replace")
+            if sshd["config"] in cmdline:  # that process still, not a reused pid
+                os.kill(int(sshd["pid"]), signal.SIGTERM)
+        end_processes(point)
+        with open("/proc/self/mounts") as handle:
+            points = [line.split()[1] for line in handle]
+        for target in sorted((p for p in points if p == str(point) or
+                              p.startswith(str(point) + "/")), key=len, reverse=True):
+            if _run(["umount", target]).returncode != 0:
+                _run(["umount", "-l", target])
+        if not os.path.ismount(point):
+            with contextlib.suppress(OSError):
+                point.rmdir()
+                record.unlink(missing_ok=True)
+                reaped.append(point)
+    return reaped
+
+
 class AArch64Box:
     """A running box: a fresh overlay on the cached ``root`` (writes land in ``folder``), its
     /proc, /sys (read-only) and a minimal /dev mounted, and the tests' sshd on a loopback port
@@ -252,6 +308,7 @@ class AArch64Box:
         return self
 
     def _start(self) -> None:
+        reap_stale_boxes()
         MOUNTS.mkdir(mode=0o755, parents=True, exist_ok=True)
         MOUNTS.chmod(0o755)
         self.mountpoint.mkdir(mode=0o755)
@@ -291,6 +348,9 @@ class AArch64Box:
         server.config.write_text(server.config.read_text() + f"ChrootDirectory {self.mountpoint}\n"
                                  f"SetEnv {' '.join(env)}\n")
         self.server = server.start()
+        assert server.process is not None
+        self._record.write_text(json.dumps({"pid": server.process.pid,
+                                            "config": str(server.config)}))
         self.known_hosts.write_text(server.known_hosts_line())
 
     def cpuinfo(self) -> str:
@@ -345,32 +405,14 @@ measurement: {measurement}
     def pids(self) -> list[int]:
         """Processes whose root is this box (started through its sshd: the agent, its
         supervisor, its workers)."""
-        found = []
-        target = str(self.mountpoint)
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if os.readlink(entry / "root") == target:
-                        found.append(int(entry.name))
-        return found
-
-    def _end_processes(self, timeout_s: float = 10.0) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + timeout_s
-            while self.pids() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if not self.pids():
-                return
+        return pids_in(self.mountpoint)
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
             self.server = None
         if self.mounts:
-            self._end_processes()
+            end_processes(self.mountpoint)
         for target in reversed(self.mounts):
             done = _run(["umount", str(target)])
             if done.returncode != 0:  # busy: detach it now, the kernel frees it when idle
@@ -379,6 +421,12 @@ measurement: {measurement}
         if self.mountpoint.is_dir() and not os.path.ismount(self.mountpoint):
             with contextlib.suppress(OSError):
                 self.mountpoint.rmdir()
+        self._record.unlink(missing_ok=True)
+
+    @property
+    def _record(self) -> Path:
+        """Beside the mount point: its sshd, for reap_stale_boxes after a killed run."""
+        return self.mountpoint.with_name(self.mountpoint.name + ".json")
 
 
 def main(argv: list[str] | None = None) -> int:

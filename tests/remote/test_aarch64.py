@@ -10,8 +10,10 @@ isolated one) and reused; each run starts a fresh overlay on it."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,57 @@ def test_a_model_profiled_in_the_box_is_emulated_and_never_a_latency(box, instal
         refuse_emulated_latency(space, budgets, measured)
     assert "emulated" in str(refused.value) and "qemu-user" in str(refused.value)
     assert "latency_p90_ms" in str(refused.value)
+
+
+LEFT_BEHIND = """
+import sys, time
+from pathlib import Path
+from hwnas.config import load_device_profile
+from hwnas.remote.ssh import SSHSession
+from hwnas.testing import aarch64
+from hwnas.testing.sshd import free_port, keygen
+folder = Path(sys.argv[2])
+box = aarch64.AArch64Box(Path(sys.argv[1]), folder, keygen(folder / "k")).start()
+profile = load_device_profile(box.profile("left", free_port()))
+session = SSHSession(profile.name, profile.connection)
+session.run("setsid nohup sleep 600 >/dev/null 2>&1 </dev/null &", 60)
+print(box.mountpoint, flush=True)
+time.sleep(600)
+"""
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan ended is reaped by init, in its own time)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_box_left_by_a_killed_run_is_reaped(box, tmp_path):
+    """A test run killed (SIGKILL) with a box up leaves its mounts, the processes inside and
+    its sshd: the next box's start ends them, undoes the mounts and removes the mount point."""
+    child = subprocess.Popen([sys.executable, "-c", LEFT_BEHIND, str(box.root), str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        mountpoint = Path(child.stdout.readline().strip())
+        assert mountpoint.parent == aarch64.MOUNTS, mountpoint
+        deadline = time.monotonic() + 60
+        while not aarch64.pids_in(mountpoint) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        inside = aarch64.pids_in(mountpoint)
+        assert inside  # the sleep, run as aarch64 code in the box
+        sshd_pid = json.loads(mountpoint.with_name(mountpoint.name + ".json").read_text())["pid"]
+    finally:
+        child.kill()
+        child.wait()
+    assert os.path.ismount(mountpoint) and Path(f"/proc/{sshd_pid}").exists()
+
+    assert aarch64.reap_stale_boxes() == [mountpoint]
+    assert not mountpoint.exists() and str(mountpoint) not in Path("/proc/self/mounts").read_text()
+    assert aarch64.pids_in(mountpoint) == [] and not any(map(running, inside))
+    deadline = time.monotonic() + 10  # its orphaned sshd ends on TERM
+    while running(sshd_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(sshd_pid)
+    assert os.path.ismount(box.mountpoint)  # the running box is untouched
