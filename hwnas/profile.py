@@ -284,8 +284,11 @@ def profile_table(result: ProfileResult, device: str) -> str:
     first = result.rows[0].measurement
     text = []
     if any(r.measurement.emulated for r in result.rows):
-        text.append(f"SIMULATED accelerator on {device}: these latencies are not a device latency "
-                    f"({first.agent_report.get('runtime', {}).get('emulation')})")
+        from hwnas.remote.check import emulated_what
+
+        emulated = next(r.measurement for r in result.rows if r.measurement.emulated)
+        text.append(f"{emulated_what(emulated).upper()} on {device}: these latencies are not a "
+                    f"device latency ({emulated.agent_report.get('runtime', {}).get('emulation')})")
     text += [f"on {device} ({', '.join(first.execution_providers)}):"]
     text += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
              for r in [header, ["-" * w for w in widths], *lines]]

@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist openssh-server openssh-client postgresql)
+# qemu-user-static, binfmt-support, debootstrap: the aarch64 board in a box of the tests
+# (hwnas/testing/aarch64.py), a Debian arm64 root run under qemu-user through binfmt_misc
+APT_PACKAGES=(dataset-fashion-mnist openssh-server openssh-client postgresql
+              qemu-user-static binfmt-support debootstrap)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from hwnas.disk import cache_folder
+
 REPO = Path(__file__).resolve().parent.parent
+# the user's own cache, read before the session's isolated one replaces it: what is slow to
+# build and that no test changes (the aarch64 box's root file system) is kept there
+USER_CACHE = cache_folder()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,6 +16,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from hwnas_agent import __version__
+from hwnas_agent.emulation import user_mode_emulation
 from hwnas_agent.protocol import GENAI, ONNXRUNTIME, TENSORRT
 
 
@@ -171,6 +172,8 @@ def device_facts(proc_root: str = "/proc", sysfs_root: str = "/sys") -> Dict[str
     return {
         "hostname": socket.gethostname(),
         "machine": platform.machine(),
+        # None natively; under qemu-user what emulates it (its timings are not this machine's)
+        "emulation": user_mode_emulation(proc_root),
         "system": platform.system(),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -26,7 +26,7 @@ import time
 import traceback
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from hwnas_agent import facts, lifeline, onnx_refs, power, runtimes, thermal
+from hwnas_agent import emulation, facts, lifeline, onnx_refs, power, runtimes, thermal
 from hwnas_agent.config import PowerSourceConfig
 from hwnas_agent.power.sampler import PowerSampler, decode_power, summarize
 from hwnas_agent.protocol import MeasureRequest
@@ -73,7 +73,8 @@ def measure_file(model_path: str, request: MeasureRequest,
         "model_sha256": request.model_sha256,
         "batch_size": request.batch_size,
         "inputs": model.inputs,
-        "runtime": model.describe(),
+        # an agent under qemu-user: every runtime's figures are the emulator's
+        "runtime": emulation.mark(model.describe()),
         "session_load_seconds": load_seconds,
         # ru_maxrss is in KiB on Linux
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,

@@ -96,11 +96,13 @@ def print_language_outcome(study, run) -> int:  # type: ignore[no-untyped-def]
 
 def print_best_and_report(report, study, run) -> int:  # type: ignore[no-untyped-def]
     """The best feasible trial, how to export it, and the report written for the study."""
+    from hwnas.remote.check import emulated_what
     from hwnas.report import write_report
 
     best = report.best
     if best is not None and best.measurement is not None:
-        latency = ("latency not measured (simulated accelerator)" if best.measurement.emulated
+        latency = (f"latency not measured ({emulated_what(best.measurement)})"
+                   if best.measurement.emulated
                    else f"latency p90 {best.measurement.latency_ms_p90:.3f} ms")
         print(f"\nbest feasible: trial {best.number}: validation accuracy {best.accuracy_val:.4f}, "
               f"test accuracy {best.accuracy_test:.4f}, {latency}")

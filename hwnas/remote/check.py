@@ -61,6 +61,13 @@ def precision_probe_model() -> onnx.ModelProto:
     return model
 
 
+def emulated_what(measured: Any) -> str:
+    """What was emulated: the whole machine (an agent under qemu-user) or an accelerator
+    (Qualcomm's HTP simulated on x86)."""
+    runtime = measured.agent_report.get("runtime") or {}
+    return "emulated machine" if runtime.get("user_mode_emulation") else "simulated accelerator"
+
+
 def precision_support(client: Any, profile: DeviceProfile, folder: Path) -> dict[str, str]:
     """Precision -> what the device's runtime made of a small model written in it, loaded
     with the profile's providers and fallback setting: 'ok', or its refusal."""
@@ -86,7 +93,7 @@ def precision_support(client: Any, profile: DeviceProfile, folder: Path) -> dict
                 warmup_seconds=0.0, warmup_iterations=1, rounds=1, power_source=NO_POWER,
                 cooldown_below_c=None)
             measured = client.measure(request)
-            found[precision] = "ok" + (" (simulated accelerator)" if measured.emulated else "")
+            found[precision] = "ok" + (f" ({emulated_what(measured)})" if measured.emulated else "")
         except HwnasError as exc:
             found[precision] = f"refused: {exc}"
     return found
@@ -116,6 +123,8 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
                     [str(info.get("version"))] + info.get("execution_providers", []))
                 for name, info in (facts.get("runtimes") or {}).items()}
             result["power_sources"] = [s.get("kind") for s in facts.get("power_sources", [])]
+            if facts.get("emulation"):  # the agent runs under qemu-user: no figure is a latency
+                result["emulated"] = facts["emulation"]["reason"]
             result["uses"], missing = runtime_use(profile, facts)
             if missing:
                 raise DeviceError(missing)

@@ -181,7 +181,7 @@ def refuse_emulated_latency(space: SearchSpace, budgets: Budgets, measurement: M
     if uses:
         why = (measurement.agent_report.get("runtime") or {}).get("emulation")
         raise MeasurementError(
-            f"{measurement.device} simulates its accelerator ({why}); its latency cannot be used "
+            f"{measurement.device}'s figures are emulated ({why}); its latency cannot be used "
             f"for {', '.join(uses)}: search it with objectives [accuracy, model_size_mb] and "
             f"size/fidelity budgets")
 def seed_everything(seed: int) -> None:
