@@ -117,6 +117,16 @@ class LlmEvaluator(RecordingEvaluator):
     def budgets_for(self, pool: str | None) -> tuple[Budget, ...]:
         return self.budgets
 
+    def static_figures(self, candidate: Hashable) -> Mapping[str, float]:
+        """A lower bound on the exported folder's size, from the plan alone
+        (LlmDraft.weight_bytes): the engine never ships a candidate that cannot fit (a
+        uniform int8 rung over the budget cost a trial each before), and measures the rest,
+        whose exact size the folder gives."""
+        assert isinstance(candidate, Candidate)
+        draft = draft_of(dict(candidate.values), self.space.knobs, self.prepared.base.config,
+                         self.prepared.drop_order)
+        return {"model_size_mb": draft.weight_bytes() / 1e6}
+
     def measure(self, candidate: Hashable, rounds: int | None = None) -> HardwareReport:
         now = self._current(candidate)
         if now.artifact is not None:  # the deployed folder

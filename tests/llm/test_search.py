@@ -81,10 +81,27 @@ def test_the_engine_searches_a_language_model_on_its_exported_bytes(tiny_hf, tmp
     assert all(t.user_attrs.get("proposed_by") for t in study.trials)  # the engine's policy
     rejected = [o for o in found if o.stage == TrialStage.REJECTED]
     evaluated = [o for o in found if o.stage == TrialStage.EVALUATED]
-    assert rejected and evaluated  # the fp32 ladder start is over 0.4 MB, int8/int4 fit
+    assert evaluated
     for o in rejected:
         assert "model_size_mb over budget" in o.rejection and o.artifact.size_mb > 0.4
         assert o.accuracy_val is None
+    # the size the engine rules candidates out with is a lower bound of every folder's bytes;
+    # the fp32 rungs (0.74-0.94 MB) are ruled out without being exported or measured
+    from hwnas.knobs import Candidate
+    from hwnas.knobs.llm import draft_of
+    from hwnas.config import load_search_space
+    from hwnas.llm.source import load_causal_lm
+
+    knobs, config = load_search_space(space).knobs, load_causal_lm(tiny_hf).config
+    for o in found:
+        dropped = study.trials[o.number].user_attrs["llm"]["slice_plan"]["drop_layers"]
+        bound = draft_of(dict(o.candidate.values), knobs, config, dropped).weight_bytes()
+        assert 0 < bound / 1e6 <= o.artifact.size_mb
+    fp32 = Candidate.of({"llm_mlp": {"layers_0_1": 1.0, "layers_2_3": 1.0}, "llm_layers": 0,
+                         "llm_bits": {"layers_0_1": "fp32", "layers_2_3": "fp32",
+                                      "embedding": "fp32", "lm_head": "fp32"}})
+    assert draft_of(dict(fp32.values), knobs, config, ()).weight_bytes() / 1e6 > 0.4
+    assert fp32 not in [o.candidate for o in found]
     data = RunFolder.load(tmp_path / "run").open_study()
     assert data.user_attrs["model_family"] == "causal_lm"
     for o in evaluated:
