@@ -9,8 +9,6 @@ paid for.
 
 from __future__ import annotations
 
-import json
-
 import threading
 from typing import Any, Callable, Hashable
 
@@ -79,9 +77,9 @@ class Books:
         found = set()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,
                                                               TrialState.WAITING)):
-            # its parameters; a proposal not yet written into them: the engine's claim
-            params = trial.params or trial.system_attrs.get("fixed_params") or \
-                json.loads(trial.system_attrs.get("engine_claim") or "{}")
+            # (a proposal not yet written into its parameters is held by the engine's claim:
+            # proposer.py)
+            params = trial.params or trial.system_attrs.get("fixed_params") or {}
             if not params or (self.pool is not None and trial_pool(trial) not in (self.pool, None)):
                 continue
             try:

@@ -13,7 +13,8 @@ thread per device of a pool, several ``hwnas worker`` processes on one storage (
 what the others finished from the study), and retries of trials a dead controller left.
 A candidate another trial holds (this controller's, or another's running or waiting trial:
 books.py ``claimed``) is never proposed again. A proposal is claimed in the study before the
-trial runs (the trial's ``engine_claim`` system attribute, written, then read back against
+trial runs (the trial's ``engine_claim`` system attribute: the candidate's record, written,
+then read back against
 every other running trial): two controllers that propose one candidate at the same instant
 (they finish together and propose together, as two workers do after a twin) find each
 other's claim, and one steps aside and proposes again; only if that fails (CLAIM_TRIES) do
@@ -201,7 +202,9 @@ class EngineSampler(BaseSampler):
     def _claim(self, study: optuna.Study, trial: FrozenTrial, params: dict[str, Any]) -> bool:
         """Claim the proposal in the study; False: another running trial of this pool holds
         the same claim and keeps it (this trial proposes again; the candidate is held)."""
-        key = claim_key(params)
+        # the candidate, not the parameters: equivalent encodings (a criterion at a global
+        # ratio of 0) are one model, and two of them clashed on CI
+        key = claim_key(self.evaluator.describe(self._held[trial.number][1]))
         study._storage.set_trial_system_attr(trial._trial_id, CLAIM, key)
         pool = trial_pool(trial)
         others = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,
