@@ -85,6 +85,15 @@ measurement: {warmup_iterations: 5, warmup_seconds: 0.05, min_iterations: 50,
               min_seconds: 0.2, rounds: 2}
 """
 
+# the agent's generation runtime on this machine, a short measurement (language models)
+GENAI_DEVICE = """\
+name: test-genai
+connection: {kind: local}
+runtime: {name: genai, intra_op_threads: 1}
+measurement: {warmup_iterations: 1, warmup_seconds: 0, min_iterations: 3, min_seconds: 0,
+              rounds: 1, prompt_tokens: 16, generate_tokens: 8}
+"""
+
 DIGITS_SPACE = """\
 name: digits-test
 base_model:

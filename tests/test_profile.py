@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import FAST_DEVICE
+from tests.conftest import FAST_DEVICE, GENAI_DEVICE
 
 HWNAS = str(Path(sys.executable).parent / "hwnas")
 
@@ -160,13 +160,6 @@ def test_int8_calibration_of_a_batch_1_model_uses_every_sample(tmp_path):
     assert input_scale(loud) > 10 * input_scale(quiet)
 
 
-GENAI_DEVICE = """\
-name: test-genai
-connection: {kind: local}
-runtime: {name: genai, intra_op_threads: 1}
-measurement: {warmup_iterations: 1, warmup_seconds: 0, min_iterations: 3, min_seconds: 0,
-              rounds: 1, prompt_tokens: 16, generate_tokens: 8}
-"""
 
 
 def test_genai_folders_measured_generating_side_by_side(genai_folder, tmp_path):

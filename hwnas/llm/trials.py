@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Hashable, Mapping
 
 import optuna
 
-from hwnas import metrics
 from hwnas.knobs import Candidate
 from hwnas.knobs.llm import LlmDraft, draft_of
 from hwnas.records import Artifact, Measurement, TrialStage
@@ -87,9 +86,7 @@ class LlmEvaluator(RecordingEvaluator):
 
     def __init__(self, prepared: LlmPrepared, pool: "DevicePool", run: "RunFolder",
                  config_version: str | None) -> None:
-        self.prepared, self.pool, self.run = prepared, pool, run
-        self.config_version = config_version
-        self.space = prepared.space
+        self.prepared, self.space = prepared, prepared.space
         self.budgets = _budgets(prepared.budgets)
         self.wanted = tuple(dict.fromkeys([b.figure for b in self.budgets] +
                                           list(self.space.objectives[1:])))
@@ -126,18 +123,6 @@ class LlmEvaluator(RecordingEvaluator):
         draft = draft_of(dict(candidate.values), self.space.knobs, self.prepared.base.config,
                          self.prepared.drop_order)
         return {"model_size_mb": draft.weight_bytes() / 1e6}
-
-    def measure(self, candidate: Hashable, rounds: int | None = None) -> HardwareReport:
-        now = self._current(candidate)
-        if now.artifact is not None:  # the deployed folder
-            now.measurement = now.measurer.measure(now.artifact, rounds)
-            now.progress.update(measurement=now.measurement)
-            return self._report(now, now.measurement, now.artifact)
-        self._screen_copy(now)
-        assert now.screen is not None
-        now.screen_measurement = now.measurer.measure(now.screen, rounds)
-        now.progress.update(screen_measurement=now.screen_measurement)
-        return self._report(now, now.screen_measurement, now.screen)
 
     def evaluate(self, candidate: Hashable, fidelity: float) -> float:
         from hwnas.llm.evaluate import evaluate_folder
@@ -188,12 +173,12 @@ class LlmEvaluator(RecordingEvaluator):
         if stage == TrialStage.EVALUATED.value and now.artifact is not None:
             if now.measurement is None:  # not healed: the screened folder is the deployed one
                 changes["measurement"] = now.screen_measurement
-            kept = self.run.path / "models" / f"trial-{trial.number}"
+            kept = self._run.path / "models" / f"trial-{trial.number}"
             if kept.exists():
                 shutil.rmtree(kept)
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(now.artifact.path, kept)  # the folder to deploy: `hwnas export`
-            now.llm["folder"] = str(kept.relative_to(self.run.path))
+            now.llm["folder"] = str(kept.relative_to(self._run.path))
         now.progress.update(**changes)
         trial.set_user_attr("llm", dict(now.llm))
 
@@ -227,36 +212,12 @@ class LlmEvaluator(RecordingEvaluator):
         now.llm["exporter"] = exported.as_dict().get("versions")
         return folder_artifact(exported, sum(p.numel() for p in model.parameters()))
 
-    def _report(self, now: _Trial, measurement: Measurement, artifact: Artifact) -> HardwareReport:
-        report = compression_figures(measurement, artifact, self.prepared.budgets.basis,
-                                     self.wanted)
-        report = _with_decode_interval(report, measurement)
-        return now.report(report, measurement)
-
-
-def _with_decode_interval(report: HardwareReport, measurement: Measurement) -> HardwareReport:
-    """Decode tokens/s with the interval the agent gives for it (screening re-measures a
-    figure whose interval holds its budget)."""
-    from hwnas.search.evaluator import HardwareFigure
-
-    interval = getattr(measurement, "decode_tokens_per_s_ci95", None)
-    figures = []
-    for figure in report.figures:
-        if figure.name == "decode_tokens_per_s" and interval and interval[0] < interval[1]:
-            rounds = measurement.generation_rounds or 1
-            figure = HardwareFigure(figure.name, figure.value, (float(interval[0]),
-                                  float(interval[1])), rounds, measurement.decode_cv)
-        figures.append(figure)
-    return HardwareReport(tuple(figures), report.detail)
+    def _figures(self, measurement: Measurement, artifact: Artifact) -> HardwareReport:
+        return compression_figures(measurement, artifact, self.prepared.budgets.basis,
+                                   self.wanted)
 
 
 def _tensor(blocks: Any) -> Any:
     import torch
 
     return torch.from_numpy(blocks)
-
-
-def figures_of(values: Mapping[str, float]) -> str:
-    """``name value unit`` for a table line."""
-    return ", ".join(f"{name} {value:{metrics.get(name).spec}} {metrics.get(name).unit}".strip()
-                     for name, value in values.items())

@@ -144,20 +144,8 @@ class CompressionEvaluator(RecordingEvaluator):
         return AcceleratorVerdict(False, compatibility.reason(),
                                   {"model_size_mb": now.screen.size_mb})
 
-    def measure(self, candidate: Hashable, rounds: int | None = None) -> HardwareReport:
-        now = self._current(candidate)
-        if now.artifact is not None:  # the deployed bytes
-            now.measurement = now.measurer.measure(now.artifact, rounds)
-            now.progress.update(measurement=now.measurement)
-            return now.report(self._figures(now.measurement, now.artifact), now.measurement)
-        self._screen_copy(now)
-        assert now.screen is not None
-        now.screen_measurement = now.measurer.measure(now.screen, rounds)
-        refuse_emulated_latency(self.ctx.space, self.ctx.budgets_for(now.screen_measurement),
-                                now.screen_measurement)
-        now.progress.update(screen_measurement=now.screen_measurement)
-        return now.report(self._figures(now.screen_measurement, now.screen),
-                          now.screen_measurement)
+    def _screened(self, measurement: Measurement) -> None:
+        refuse_emulated_latency(self.ctx.space, self.ctx.budgets_for(measurement), measurement)
 
     def evaluate(self, candidate: Hashable, fidelity: float) -> float:
         now = self._current(candidate)

@@ -228,4 +228,11 @@ def figures_from_measurement(measurement: "Measurement", size_mb: float | None =
         # no interval from the agent yet: treated as exact, so never re-measured for noise
         figures.append(HardwareFigure.exact("energy_mj_per_inference",
                                             measurement.energy_mj_per_inference))
+    decode, interval = measurement.decode_tokens_per_s, measurement.decode_tokens_per_s_ci95
+    if decode is not None and interval and interval[0] < interval[1]:
+        # generation (the genai runtime): the median decode speed of its rounds, with the
+        # interval the agent gives for it
+        figures.append(HardwareFigure("decode_tokens_per_s", decode,
+                                      (float(interval[0]), float(interval[1])),
+                                      measurement.generation_rounds or 1, measurement.decode_cv))
     return HardwareReport(tuple(figures), measurement.to_dict())

@@ -98,6 +98,32 @@ class RecordingEvaluator(Evaluator):
             {d.pool for d in self._pool.alive}
         return finished_twin(trial, pools, now.progress)
 
+    def measure(self, candidate: Hashable, rounds: int | None = None) -> HardwareReport:
+        """The deployed bytes once evaluated; before that, the screened copy (built once)."""
+        now = self._current(candidate)
+        if now.artifact is not None:  # the deployed bytes
+            now.measurement = now.measurer.measure(now.artifact, rounds)
+            now.progress.update(measurement=now.measurement)
+            return now.report(self._figures(now.measurement, now.artifact), now.measurement)
+        self._screen_copy(now)
+        assert now.screen is not None
+        now.screen_measurement = now.measurer.measure(now.screen, rounds)
+        self._screened(now.screen_measurement)
+        now.progress.update(screen_measurement=now.screen_measurement)
+        return now.report(self._figures(now.screen_measurement, now.screen),
+                          now.screen_measurement)
+
+    def _screen_copy(self, now: Any) -> None:
+        """Build the candidate's screened bytes into ``now.screen`` (once per trial)."""
+        raise NotImplementedError
+
+    def _figures(self, measurement: Measurement, artifact: Artifact) -> HardwareReport:
+        """The figures budgets and objectives name, from one measurement of ``artifact``."""
+        raise NotImplementedError
+
+    def _screened(self, measurement: Measurement) -> None:
+        """What the screened measurement refuses before anything else (nothing by default)."""
+
     def decided(self, candidate: Hashable, report: HardwareReport) -> None:
         now = self._current(candidate)
         chosen = next(m for r, m in now.behind if r is report)

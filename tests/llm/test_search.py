@@ -14,16 +14,10 @@ import pytest
 from hwnas.errors import ConfigError
 from hwnas.records import TrialStage
 from hwnas.run import RunFolder, outcomes
+from tests.conftest import GENAI_DEVICE
 
 pytest.importorskip("onnxruntime_genai")
 
-DEVICE = """\
-name: test-genai
-connection: {kind: local}
-runtime: {name: genai, intra_op_threads: 1}
-measurement: {warmup_iterations: 1, warmup_seconds: 0, min_iterations: 3, min_seconds: 0,
-              rounds: 1, prompt_tokens: 16, generate_tokens: 8}
-"""
 
 SPACE = """\
 name: tiny-llm
@@ -52,7 +46,7 @@ def _write(folder: Path, hf: Path, extra: str, space: str = SPACE) -> tuple[Path
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "space.yaml").write_text(space.replace("causal_lm: hf", f"causal_lm: {hf}")
                                        + extra)
-    (folder / "device.yaml").write_text(DEVICE)
+    (folder / "device.yaml").write_text(GENAI_DEVICE)
     return folder / "space.yaml", folder / "device.yaml"
 
 
@@ -206,7 +200,7 @@ def test_a_wrong_language_space_is_one_clear_error(tiny_hf, tmp_path, change, me
 def test_an_image_profile_is_refused_for_a_language_model(tiny_hf, tmp_path):
     space, _ = _write(tmp_path, tiny_hf, "search: {n_trials: 1}\n")
     device = tmp_path / "onnx.yaml"
-    device.write_text(DEVICE.replace("runtime: {name: genai, intra_op_threads: 1}",
+    device.write_text(GENAI_DEVICE.replace("runtime: {name: genai, intra_op_threads: 1}",
                                      "runtime: {intra_op_threads: 1}"))
     with pytest.raises(ConfigError, match="measured generating by the agent's genai runtime"):
         _search(space, device, tmp_path / "run")
