@@ -6,7 +6,6 @@ folder as it is."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ import optuna
 from hwnas import __version__
 from hwnas.errors import ConfigError, ExportError
 from hwnas.records import TrialOutcome
+from hwnas.report.placing import put_in_place, staging_folder
 from hwnas.run import RunFolder
 
 
@@ -38,24 +38,12 @@ def export_language_trial(run: RunFolder, study: optuna.Study, outcome: TrialOut
         raise ExportError(f"{folder} changed since the search measured it (manifest "
                           f"{manifest.sha256[:12]}, recorded {outcome.artifact.sha256[:12]})")
     stem = f"{run.study_name}-trial{outcome.number}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = out_dir / f".{stem}.export-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staging_folder(out_dir, stem) as staging:
         shutil.copytree(folder, staging / stem)
         card_path = staging / f"{stem}.card.json"
         card_path.write_text(json.dumps(language_card(study, trial, outcome, manifest.sha256),
                                         indent=1, sort_keys=True, default=str))
-        for name in (stem, card_path.name):  # the card last: its presence means whole
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(staging / name, target)
-        if whole is not None:
-            whole.set()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {"model": out_dir / stem, "card": out_dir / f"{stem}.card.json"}
+        return put_in_place({"model": staging / stem, "card": card_path}, out_dir, whole)
 
 
 def language_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, outcome: TrialOutcome,

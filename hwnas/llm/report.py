@@ -13,7 +13,8 @@ from typing import Any
 import optuna
 
 from hwnas import metrics
-from hwnas.records import TrialOutcome, TrialStage
+from hwnas.pareto import pareto_front, study_directions
+from hwnas.records import TrialStage
 from hwnas.run import outcomes
 
 COLUMNS = ("trial", "stage", "budgets", "val next-token acc", "val ppl", "test ppl", "MB",
@@ -32,9 +33,10 @@ def _figure(value: float | None, spec: str) -> str:
 def rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One JSON-ready row per finished trial, in trial order."""
     tested = study.user_attrs.get("llm_test") or {}
-    front = {t.number for t in front_trials(study)}
+    records = outcomes(study)
+    front = {o.number for o in pareto_front(records, study_directions(study))}
     found = []
-    for trial, outcome in zip(study.get_trials(deepcopy=False), outcomes(study)):
+    for trial, outcome in zip(study.get_trials(deepcopy=False), records):
         if outcome.stage in (TrialStage.RUNNING, TrialStage.WAITING):
             continue
         llm = trial.user_attrs.get("llm") or {}
@@ -58,22 +60,6 @@ def rows(study: optuna.Study) -> list[dict[str, Any]]:
             "heal": llm.get("heal"), "folder": llm.get("folder"),
             "device": outcome.device})
     return found
-
-
-def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Evaluated trials that meet every budget and no other such trial beats on every
-    objective."""
-    feasible = [t for t in study.get_trials(deepcopy=False, states=(
-        optuna.trial.TrialState.COMPLETE,)) if t.user_attrs.get("stage") ==
-        TrialStage.EVALUATED.value and all(v <= 0 for v in (t.constraints or {}).values())]
-    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0
-             for d in study.directions]
-
-    def beats(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
-        pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values)]
-        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
-
-    return [t for t in feasible if not any(beats(o, t) for o in feasible if o is not t)]
 
 
 def text_table(found: list[dict[str, Any]]) -> str:
@@ -215,11 +201,3 @@ def write_llm_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     if picture is not None:
         paths["layers"] = picture
     return paths
-
-
-def best_feasible(study: optuna.Study) -> TrialOutcome | None:
-    front = front_trials(study)
-    if not front:
-        return None
-    best = max(front, key=lambda t: t.values[0])
-    return TrialOutcome.from_trial(best)

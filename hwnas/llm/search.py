@@ -170,15 +170,16 @@ def evaluate_front(prepared: LlmPrepared, run: "RunFolder", study: optuna.Study,
     """The front's models on the held-out test text, once each: trial number -> figures,
     kept in the study's ``llm_test`` attribute (the search selected on val)."""
     from hwnas.llm.evaluate import evaluate_folder
-    from hwnas.records import TrialStage
+    from hwnas.pareto import pareto_front, study_directions
     from hwnas.run import outcomes
 
-    found = {o.number: o for o in outcomes(study)}
     tested = dict(study.user_attrs.get("llm_test") or {})
-    for trial in study.best_trials:
+    # the front the report shows (hwnas/pareto.py): feasible, evaluated, one per folder
+    for outcome in pareto_front(outcomes(study), study_directions(study)):
+        trial = study.trials[outcome.number]
         llm = trial.user_attrs.get("llm") or {}
-        if found[trial.number].stage != TrialStage.EVALUATED or str(trial.number) in tested \
-                or not llm.get("folder") or not (run.path / llm["folder"]).is_dir():
+        if str(trial.number) in tested or not llm.get("folder") or \
+                not (run.path / llm["folder"]).is_dir():
             continue
         folder = run.path / llm["folder"]
         result = evaluate_folder(folder, prepared.data.evaluation).perplexity

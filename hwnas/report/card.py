@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 
@@ -17,6 +13,7 @@ from hwnas import __version__, metrics
 from hwnas.errors import ConfigError
 from hwnas.records import StudyRecord, TrialOutcome
 from hwnas.redaction import redact
+from hwnas.report.placing import put_in_place, staging_folder
 from hwnas.run import RunFolder, outcomes
 
 
@@ -41,13 +38,8 @@ def export_trial(run: RunFolder, trial_number: int, out_dir: Path,
 
         return export_language_trial(run, study, outcome, out_dir, whole)
     artifact = run.kept_artifact(outcome, study)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{run.study_name}-trial{trial_number}"
-    _remove_abandoned(out_dir, stem)
-    staging = out_dir / f".{stem}.export-{os.getpid()}"  # same filesystem: renames are atomic
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staging_folder(out_dir, stem) as staging:
         model_path = staging / f"{stem}.onnx"
         model_path.write_bytes(artifact.read_bytes())
         paths = {"model": model_path}
@@ -65,46 +57,7 @@ def export_trial(run: RunFolder, trial_number: int, out_dir: Path,
         card_path = model_path.with_suffix(".card.json")
         card_path.write_text(json.dumps(card, indent=1, sort_keys=True))
         paths["card"] = card_path
-        with _signals_deferred():
-            for path in paths.values():  # the card last: its presence means the set is whole
-                os.replace(path, out_dir / path.name)
-            if whole is not None:
-                whole.set()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {kind: out_dir / path.name for kind, path in paths.items()}
-
-
-def _remove_abandoned(out_dir: Path, stem: str) -> None:
-    """Temporary folders of exports of this trial whose process is gone (killed outright)."""
-    for folder in out_dir.glob(f".{stem}.export-*"):
-        pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """The few renames that put an export in place run whole: Ctrl-C or SIGTERM meanwhile is
-    acted on after them (and finds the export complete)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
+        return put_in_place(paths, out_dir, whole)
 
 
 def _export_pytorch(run: RunFolder, study: optuna.Study, outcome: TrialOutcome,
