@@ -15,6 +15,7 @@ import optuna
 from hwnas import metrics
 from hwnas.pareto import pareto_front, study_directions
 from hwnas.records import TrialStage
+from hwnas.report.tables import aligned, fmt
 from hwnas.run import outcomes
 
 COLUMNS = ("trial", "stage", "budgets", "val next-token acc", "val ppl", "test ppl", "MB",
@@ -26,8 +27,7 @@ def is_language_study(study: optuna.Study) -> bool:
 
 
 def _figure(value: float | None, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else format(value, spec)
+    return fmt(None if isinstance(value, float) and math.isnan(value) else value, spec)
 
 
 def rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -68,12 +68,7 @@ def text_table(found: list[dict[str, Any]]) -> str:
               _figure(r["perplexity_test"], ".2f"), _figure(r["model_size_mb"], ".2f"),
               _figure(r["decode_tokens_per_s"], ".1f"), _figure(r["ttft_ms_p90"], ".1f"),
               _figure(r["peak_memory_mb"], ".0f"), r["candidate"]] for r in found]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
-              for i, h in enumerate(COLUMNS)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
-    return "\n".join(lines)
+    return aligned([list(COLUMNS), *cells])
 
 
 def summary(study: optuna.Study) -> str:

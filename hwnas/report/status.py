@@ -11,6 +11,7 @@ import optuna
 from hwnas.errors import ConfigError
 from hwnas.records import StudyRecord, TrialStage
 from hwnas.redaction import redact
+from hwnas.report.tables import fmt
 from hwnas.run import RunFolder, outcomes
 from hwnas.pareto import best_feasible
 from hwnas.storage import make_storage
@@ -84,12 +85,12 @@ def status_text(status: dict[str, Any]) -> str:
              + ", ".join(f"{k} {v}" for k, v in sorted(stages.items()))]
     best = status["best_feasible"]
     if best is not None:
-        speed = (f"decode {_number(best.get('decode_tokens_per_s'), '.1f')} tokens/s"
+        speed = (f"decode {fmt(best.get('decode_tokens_per_s'), '.1f')} tokens/s"
                  if best.get("decode_tokens_per_s") is not None
-                 else f"p90 {_number(best['latency_p90_ms'], '.3f')} ms")
+                 else f"p90 {fmt(best['latency_p90_ms'], '.3f')} ms")
         lines.append(f"  best feasible so far: trial {best['trial']}, validation accuracy "
-                     f"{_number(best['accuracy_val'], '.4f')}, test accuracy "
-                     f"{_number(best['accuracy_test'], '.4f')}, {speed} on {best['device']}")
+                     f"{fmt(best['accuracy_val'], '.4f')}, test accuracy "
+                     f"{fmt(best['accuracy_test'], '.4f')}, {speed} on {best['device']}")
     else:
         lines.append("  best feasible so far: none")
     lines.append("  workers (host:pid):")
@@ -98,9 +99,3 @@ def status_text(status: dict[str, Any]) -> str:
         stale = "  STALE: running trials but the worker is gone or silent" if worker["stale"] else ""
         lines.append(f"    {who}: {counts}; devices {', '.join(worker['devices']) or '-'}{stale}")
     return "\n".join(lines)
-
-
-def _number(value: float | None, spec: str) -> str:
-    """A figure, or '-' where the trial has none (a language model's test accuracy is the
-    front's only)."""
-    return "-" if value is None else format(value, spec)

@@ -80,7 +80,8 @@ class Report:
         return list(seen.values())
 
 
-def _fmt(value: float | None, spec: str) -> str:
+def fmt(value: float | None, spec: str) -> str:
+    """A table cell: the figure, or '-' where the trial has none."""
     return "-" if value is None else format(value, spec)
 
 
@@ -108,7 +109,7 @@ def _figure(outcome: TrialOutcome, metric: Metric, report: "Report | None") -> s
     if measurement is None or outcome.artifact is None:
         return "-"
     basis = report.study.energy_basis if report is not None else "total"
-    return _fmt(metric.value(measurement, outcome.artifact, basis), metric.spec)
+    return fmt(metric.value(measurement, outcome.artifact, basis), metric.spec)
 
 
 def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
@@ -122,17 +123,20 @@ def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
         stage = f"finalized ({outcome.finetune.steps if outcome.finetune else '?'} steps)"
         note = f"finalized from trial {outcome.finalized_from}" + (f"; {note}" if note else "")
     cells = [str(outcome.number), stage, budget,
-             _fmt(outcome.accuracy_val, ".4f"), _fmt(outcome.accuracy_test, ".4f"),
-             _fmt(outcome.output_fidelity.cosine_mean if outcome.output_fidelity else None, ".5f")]
+             fmt(outcome.accuracy_val, ".4f"), fmt(outcome.accuracy_test, ".4f"),
+             fmt(outcome.output_fidelity.cosine_mean if outcome.output_fidelity else None, ".5f")]
     cells += [_figure(outcome, metric, report) for metric in columns(report)]
     return cells + [outcome.summary(), note[:120]]
 
 
 def text_table(rows: list[TrialOutcome] | tuple[TrialOutcome, ...],
                report: "Report | None" = None) -> str:
-    names = headers(report)
-    table = [names] + [_cells(r, report) for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(names))]
+    return aligned([headers(report)] + [_cells(r, report) for r in rows])
+
+
+def aligned(table: list[list[str]]) -> str:
+    """A header row and its cells as aligned text columns, a rule under the header."""
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
