@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import optuna
 
@@ -22,10 +22,9 @@ from hwnas import metrics
 from hwnas.budgets import effective_budgets
 from hwnas.config.models import DeviceProfile, SearchSpace
 from hwnas.errors import ConfigError
-from hwnas.llm.trials import LlmPrepared
+from hwnas.llm.trials import LlmEvaluator, LlmPrepared
 
 if TYPE_CHECKING:
-    from hwnas.remote.pool import DevicePool
     from hwnas.run import RunFolder
     from hwnas.search.prepared import SearchOutcome
 
@@ -116,13 +115,11 @@ def run_llm_search(space_path: Path, paths: list[Path], space: SearchSpace, spac
     from hwnas.run_lock import writer_lock
     from hwnas.search.optimize import optimize
     from hwnas.search.resume import refuse_changed
-    from hwnas.search.opening import SEARCH_ADVICE, open_study
+    from hwnas.search.opening import SEARCH_ADVICE, open_study, with_trials
 
     devices = tuple(load_device_profile(p) for p in paths)
     check_generation_devices(space, space_path, devices, paths)
-    if n_trials is not None:
-        space = space.model_copy(update={"search": space.search.model_copy(
-            update={"n_trials": n_trials})})
+    space = with_trials(space, n_trials)
     run = RunFolder.locate(space, devices[0], run_dir)
     with writer_lock(run.path, "hwnas search", SEARCH_ADVICE), run_log(run.log_path):
         if not fork:
@@ -130,21 +127,12 @@ def run_llm_search(space_path: Path, paths: list[Path], space: SearchSpace, spac
         prepared = prepare(space, space_path, devices, log)
         config_version = run.record_configs(space_path, paths)
         study = open_study(run, space, log, worker=False)
+        _write_study_record(prepared, study, space_text, config_version)
         outcome = optimize(prepared, run, study, config_version, progress, log,  # type: ignore[arg-type]
-                           evaluator_of=lambda pool: _evaluator(prepared, pool, run, study,
-                                                                config_version, space_text, log))
+                           evaluator_of=lambda pool: LlmEvaluator(prepared, pool, run,
+                                                                  config_version))
         evaluate_front(prepared, run, study, log)
         return outcome
-
-
-def _evaluator(prepared: LlmPrepared, pool: "DevicePool", run: "RunFolder",
-               study: optuna.Study, config_version: str, space_text: str,
-               log: Callable[[str], None]) -> Any:
-    from hwnas.llm.trials import LlmEvaluator
-
-    evaluator = LlmEvaluator(prepared, pool, run, config_version)
-    _write_study_record(prepared, study, space_text, config_version)
-    return evaluator
 
 
 def _write_study_record(prepared: LlmPrepared, study: optuna.Study, space_text: str,

@@ -11,6 +11,7 @@ import optuna
 
 from hwnas import metrics
 from hwnas.config.models import SearchSpace
+from hwnas.errors import ConfigError
 from hwnas.run import RunFolder
 from hwnas.search.controllers import fail_abandoned_trials
 from hwnas.storage import make_storage
@@ -58,3 +59,13 @@ def open_study(run: RunFolder, space: SearchSpace, log: Callable[[str], None],
         for params in space.search.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+def with_trials(space: SearchSpace, n_trials: int | None) -> SearchSpace:
+    """The space with ``--trials`` in place of ``search.n_trials`` (None: its own)."""
+    if n_trials is None:
+        return space
+    if n_trials < 1:
+        raise ConfigError(f"--trials {n_trials}: give the total number of trials wanted (>= 1)")
+    return space.model_copy(update={"search": space.search.model_copy(
+        update={"n_trials": n_trials})})

@@ -19,7 +19,7 @@ from hwnas.records import StudyRecord
 from hwnas.redaction import has_hidden_credentials, redact
 from hwnas.run import RunFolder
 from hwnas.run_lock import RunFolderBusy, writer_lock
-from hwnas.search.opening import SEARCH_ADVICE, WORKER_ADVICE, open_study
+from hwnas.search.opening import SEARCH_ADVICE, WORKER_ADVICE, open_study, with_trials
 from hwnas.search.optimize import optimize
 from hwnas.search.prepared import Prepared, SearchOutcome
 from hwnas.space import check_enqueued, space_shape
@@ -48,11 +48,7 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
     paths = device_paths(device_path)
     devices = cross_check(space, space_path, paths)
     device = devices[0]
-    if n_trials is not None:
-        if n_trials < 1:
-            raise ConfigError(f"--trials {n_trials}: give the total number of trials wanted (>= 1)")
-        space = space.model_copy(update={"search": space.search.model_copy(
-            update={"n_trials": n_trials})})
+    space = with_trials(space, n_trials)
     with naming_the_file(space_path):
         task = load_task(space.dataset)
         if parent is not None:

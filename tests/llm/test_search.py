@@ -204,3 +204,9 @@ def test_an_image_profile_is_refused_for_a_language_model(tiny_hf, tmp_path):
                                      "runtime: {intra_op_threads: 1}"))
     with pytest.raises(ConfigError, match="measured generating by the agent's genai runtime"):
         _search(space, device, tmp_path / "run")
+
+
+def test_trials_below_one_are_refused_for_a_language_model_too(tiny_hf, tmp_path):
+    space, device = _write(tmp_path, tiny_hf, "search: {n_trials: 2}\n")
+    with pytest.raises(ConfigError, match=r"--trials 0: give the total number of trials"):
+        _search(space, device, tmp_path / "run", n_trials=0)
