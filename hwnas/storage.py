@@ -83,6 +83,34 @@ def _retrying(method: Any, name: str) -> Any:
     return call
 
 
+def _set_trial_state_values(self: Any, trial_id: int, state: optuna.trial.TrialState,
+                            values: Any = None) -> bool:
+    """Optuna's state change, but taking a waiting trial is one conditional UPDATE: Optuna
+    reads the row and then writes it, which SQLite does not lock (its FOR UPDATE is a no-op),
+    so two threads of a pool popping one enqueued trial both got it and both ran it (the
+    second's tell then failed: "Cannot tell a COMPLETE trial"; CI, 2026-12-07)."""
+    from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
+
+    if state != TrialState.RUNNING or values is not None:
+        return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+    import datetime
+
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialModel.__table__
+    with self.engine.begin() as connection:
+        claimed = connection.execute(
+            sqlalchemy.update(table)
+            .where(table.c.trial_id == trial_id, table.c.state == TrialState.WAITING)
+            .values(state=TrialState.RUNNING, datetime_start=datetime.datetime.now())).rowcount
+    if claimed == 1:
+        return True
+    self.check_trial_is_updatable(trial_id, self.get_trial(trial_id).state)
+    return False  # another controller took it first
+
+
 @functools.cache
 def _retrying_storage_class() -> type:
     from optuna.storages import RDBStorage
@@ -99,6 +127,8 @@ def _retrying_storage_class() -> type:
         "outage_s": OUTAGE_S}
     for name in methods:
         namespace[name] = _retrying(getattr(RDBStorage, name), name)
+    namespace["set_trial_state_values"] = _retrying(_set_trial_state_values,
+                                                    "set_trial_state_values")
     return type("RetryingRDBStorage", (RDBStorage,), namespace)
 
 

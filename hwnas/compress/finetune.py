@@ -11,6 +11,7 @@ from torch import nn
 
 from hwnas.config.models import FineTuneSettings
 from hwnas.data import TaskData
+from hwnas.interrupts import check as check_interrupt
 
 
 def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: FineTuneSettings,
@@ -29,6 +30,7 @@ def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: F
     steps = 0
     loss_value = float("nan")
     while steps < settings.max_steps and time.perf_counter() - started < settings.max_seconds:
+        check_interrupt()
         images, labels = task.train.batch(rng.integers(0, len(task.train), settings.batch_size))
         x, y = torch.from_numpy(images), torch.from_numpy(labels)
         with torch.no_grad():

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from hwnas.interrupts import check as check_interrupt
+
 
 @dataclasses.dataclass(frozen=True)
 class HealSettings:
@@ -81,6 +83,7 @@ def heal(student: Any, teacher: Any, blocks: torch.Tensor, settings: HealSetting
     steps = tokens = 0
     try:
         while steps < settings.steps and time.monotonic() - start < settings.max_seconds:
+            check_interrupt()
             pick = torch.randint(0, len(blocks), (settings.batch_size,), generator=generator)
             ids = blocks[pick].to(target)
             with torch.no_grad():

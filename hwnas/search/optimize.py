@@ -15,6 +15,8 @@ from optuna.trial import TrialState
 
 from hwnas.config.models import DeviceProfile
 from hwnas.errors import DeviceError, HwnasError
+from hwnas.interrupts import check as check_interrupt
+from hwnas.interrupts import held as interrupts_held
 from hwnas.records import StudyRecord, TrialStage
 from hwnas.redaction import redact
 from hwnas.run import RunFolder, completed_search_trials, outcomes
@@ -99,20 +101,25 @@ def optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ver
                                  tuple(space.objectives[1:]), log)
         bar = ProgressCallback(remaining, enabled=progress, study=study)
         # several controllers on one study: stop when the study has its trials
-        callbacks = [bar, MaxSearchTrials(space.search.n_trials)]
+        callbacks = [bar, MaxSearchTrials(space.search.n_trials),
+                     lambda _study, _trial: check_interrupt()]
         if engine is not None:
             callbacks += [stop_when_exhausted(engine),
                           lambda study, _trial: write_summary(study, engine)]
         try:
-            study.optimize(pipeline, n_trials=remaining, n_jobs=len(pool), callbacks=callbacks,
-                           catch=(Exception,), gc_after_trial=True)
-            if not pool.alive:
-                done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-                raise DeviceError(f"every device was lost; the study keeps its {done} completed "
-                                  f"trials: run the same command again to continue")
-            if pipeline.fatal is not None:
-                raise pipeline.fatal  # e.g. a full disk: the CLI names it
-            retried = _run_retries(study, pipeline, len(pool), log)
+            with interrupts_held():
+                study.optimize(pipeline, n_trials=remaining, n_jobs=len(pool),
+                               callbacks=callbacks, catch=(Exception,), gc_after_trial=True)
+                check_interrupt()
+                if not pool.alive:
+                    done = sum(t.state == TrialState.COMPLETE
+                               for t in study.get_trials(deepcopy=False))
+                    raise DeviceError(f"every device was lost; the study keeps its {done} "
+                                      f"completed trials: run the same command again to continue")
+                if pipeline.fatal is not None:
+                    raise pipeline.fatal  # e.g. a full disk: the CLI names it
+                retried = _run_retries(study, pipeline, len(pool), log)
+                check_interrupt()
         except KeyboardInterrupt:
             # what it measured stays; the next run retries the candidate first
             fail_own_trials(study)

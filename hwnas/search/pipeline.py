@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hwnas import metrics
+from hwnas.interrupts import check as check_interrupt
 from hwnas.policy_record import PolicyProgress
 from hwnas.search.books import Books, PoolBooks
 from hwnas.search.evaluator import Budget, Evaluator, HardwareReport
@@ -54,6 +55,7 @@ class TrialPipeline:
     def __call__(self, trial: optuna.Trial) -> list[float]:
         candidate: Hashable | None = None
         try:
+            check_interrupt()  # a Ctrl-C Python dropped in a garbage-collector callback
             pool = self.evaluator.open_trial(trial)
             candidate = self.evaluator.suggest(trial)
             return self._run(trial, candidate, pool, PolicyProgress(trial))
