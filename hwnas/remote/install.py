@@ -36,10 +36,11 @@ from hwnas.config.models import DeviceProfile, SSHConnection
 from hwnas.errors import ConfigError, DeviceError
 from hwnas.remote.client import AgentClient
 from hwnas.remote.device import CONFIG_NAME, TOKEN_NAME, agent_config, remote_folder
-from hwnas.remote.runtime_needs import runtime_use
+from hwnas.remote.runtime_needs import runtime_source, runtime_use
 from hwnas.remote.ship import Shipped, sync_folder
 from hwnas.remote.ssh import AgentNotAnswering, AgentNotRunning, SSHSession, SSHTransport
-from hwnas.remote.wheels import PROBE, DevicePlatform, WheelSet, unfit_extra, wheel_set
+from hwnas.remote.wheels import (PROBE, DevicePlatform, WheelSet, dependencies, unfit_extra,
+                                 wheel_set)
 
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agents"
 PYTHONS = ("python3", "python3.13", "python3.12", "python3.11", "python3.10", "python3.9",
@@ -105,13 +106,17 @@ class InstallPlan:
     extras: list[str]
     wheels: WheelSet | None  # None: the device's own index
     system_site: bool
+    # None: the agent wheel with its dependencies; else exactly these, and the agent without
+    # its own (the device's onnxruntime stands in for PyPI's)
+    only: list[str] | None = None
 
     @property
     def stamp(self) -> str:
         """What is installed, as one hash: equal stamps mean nothing to do."""
         return hashlib.sha256(json.dumps([
             hashlib.sha256(self.agent_wheel.read_bytes()).hexdigest(), self.python,
-            self.extras, self.wheels.sha256 if self.wheels else "index", self.system_site],
+            self.extras, self.wheels.sha256 if self.wheels else "index", self.system_site]
+            + ([] if self.only is None else [self.only]),
             sort_keys=True).encode()).hexdigest()
 
 
@@ -216,20 +221,19 @@ class RemoteAgent:
             raise DeviceError(f"{self.profile.name}: {python} is Python {platform.python[0]}."
                               f"{platform.python[1]}; the agent needs >= 3.8: name another in "
                               f"agent_install.python or install python3.8+ on the device")
-        chosen = set(options.extras)
-        for extra in runtime_extras(self.profile):  # wanted, not required: a board may have
-            unfit = unfit_extra(platform, wheel, extra)  # its own build (QNN in onnxruntime)
-            if unfit:
-                log(f"{self.profile.name}: not installing the agent's '{extra}' extra ({unfit}) "
-                    f"on {platform.describe()}; the runtime must come from the device itself")
-            else:
-                chosen.add(extra)
-        extras = sorted(chosen)
-        wheels = (wheel_set(self.profile.name, platform, wheel, extras, cache, log)
-                  if options.index == "controller" else None)
         system_site = (platform.jetson if options.system_site_packages is None
                        else options.system_site_packages)
-        return InstallPlan(wheel, python, platform, extras, wheels, system_site)
+        source = runtime_source(self.profile, platform, system_site, {
+            extra for extra in runtime_extras(self.profile)
+            if unfit_extra(platform, wheel, extra) is None})
+        if source.note:
+            log(f"{self.profile.name}: {source.note}")
+        extras = sorted(set(options.extras) | set(source.extras))
+        only = None if source.own_onnxruntime else \
+            dependencies(wheel, platform, extras, {"onnxruntime"}, source.constraints)
+        wheels = (wheel_set(self.profile.name, platform, wheel, extras, cache, log, only)
+                  if options.index == "controller" else None)
+        return InstallPlan(wheel, python, platform, extras, wheels, system_site, only)
 
     def install(self, cache: Path, log=print) -> AgentStatus:
         plan = self.plan(cache, log)
@@ -301,11 +305,13 @@ class RemoteAgent:
             pip = (f"cd -- {self.q}/dist && PIP_CONFIG_FILE=/dev/null ../venv/bin/python -m pip "
                    f"--isolated install -q --disable-pip-version-check --cache-dir ../pip-cache "
                    f"--log ../pip-install.log")
-            offline = f"{pip} --no-index --find-links ../wheels"
-            self._run(f"{offline} --upgrade pip", 600)  # an old venv pip cannot read PEP 600 tags
-            self._run(f"{offline} --upgrade{own} {agent}", 1800)
-        else:
+            pip = f"{pip} --no-index --find-links ../wheels"
+            self._run(f"{pip} --upgrade pip", 600)  # an old venv pip cannot read PEP 600 tags
+        if plan.only is None:
             self._run(f"{pip} --upgrade{own} {agent}", 1800)
+        else:
+            self._run(f"{pip} --upgrade{own} {' '.join(map(shlex.quote, plan.only))}", 1800)
+            self._run(f"{pip} --upgrade --no-deps{own} {agent}", 600)
 
     def start(self) -> None:
         if self._has_systemd():

@@ -27,11 +27,34 @@ from packaging.requirements import Requirement
 
 from hwnas.errors import DeviceError
 
-# run by the device's interpreter (Python >= 3.8, stdlib only); one JSON line back
-PROBE = ("import json, os, platform, sys; print(json.dumps({'machine': platform.machine(), "
-         "'python': list(sys.version_info[:2]), 'implementation': sys.implementation.name, "
-         "'libc': list(platform.libc_ver()), "
-         "'jetson': os.path.exists('/etc/nv_tegra_release')}))")
+# run by the device's interpreter (Python >= 3.8, stdlib only); one JSON line back: what it
+# is, and the runtimes its own site packages hold (JetPack's tensorrt, NVIDIA's onnxruntime-gpu,
+# a Qualcomm board's onnxruntime built with QNN), which a venv that sees them may use
+PROBE = """
+import json, os, platform, sys
+def imported(name):
+    try:
+        module = __import__(name)
+    except ImportError:
+        return None
+    except Exception as exc:
+        return {"error": "%s: %s" % (type(exc).__name__, exc)}
+    return {"version": getattr(module, "__version__", None),
+            "location": os.path.dirname(getattr(module, "__file__", "") or "")}
+ort = imported("onnxruntime")
+if ort and "error" not in ort:
+    import onnxruntime
+    ort["providers"] = list(onnxruntime.get_available_providers())
+    if imported("onnxruntime_qnn") and "QNNExecutionProvider" not in ort["providers"] \
+            and hasattr(onnxruntime, "register_execution_provider_library"):
+        ort["providers"].append("QNNExecutionProvider")
+print(json.dumps({"machine": platform.machine(), "python": list(sys.version_info[:2]),
+                  "implementation": sys.implementation.name, "libc": list(platform.libc_ver()),
+                  "jetson": os.path.exists("/etc/nv_tegra_release"),
+                  "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix),
+                  "site": {"onnxruntime": ort, "tensorrt": imported("tensorrt"),
+                           "numpy": imported("numpy")}}))
+"""
 OLDEST_GLIBC = 17  # manylinux2014: the oldest tag today's wheels use
 # PEP 600 names and their legacy aliases (wheels carry either, often both)
 LEGACY = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
@@ -54,6 +77,9 @@ class DevicePlatform:
     implementation: str  # cpython
     glibc: tuple[int, int] | None  # None: another libc (musl) or none found
     jetson: bool
+    # module -> {version, location[, providers] | error} that the interpreter imports outside
+    # any venv of ours (empty where it runs inside one: a new venv would not see those)
+    site: dict = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
     def parse(cls, device: str, text: str) -> "DevicePlatform":
@@ -61,10 +87,12 @@ class DevicePlatform:
             found = json.loads(text.strip().splitlines()[-1])
             libc, version = found["libc"]
             numbers = re.match(r"^(\d+)\.(\d+)", version or "")
+            site = {} if found.get("venv") else \
+                {k: v for k, v in (found.get("site") or {}).items() if v is not None}
             return cls(str(found["machine"]), (int(found["python"][0]), int(found["python"][1])),
                        str(found["implementation"]),
                        (int(numbers.group(1)), int(numbers.group(2)))
-                       if libc == "glibc" and numbers else None, bool(found["jetson"]))
+                       if libc == "glibc" and numbers else None, bool(found["jetson"]), site)
         except (ValueError, KeyError, IndexError, TypeError):
             raise DeviceError(f"{device}: the platform probe answered {text.strip()[-300:]!r}; "
                               f"run `python3 -c \"import platform; print(platform.libc_ver())\"` "
@@ -114,6 +142,24 @@ def requirements(agent_wheel: Path) -> list[Requirement]:
             if line.startswith("Requires-Dist:")]
 
 
+def dependencies(agent_wheel: Path, platform: DevicePlatform, extras: list[str],
+                 without: set[str], constraints: tuple[str, ...] = ()) -> list[str]:
+    """The agent's requirements (and its extras') for the device's Python, less the packages
+    ``without`` (the device's own onnxruntime stands in for ours), plus ``constraints`` (e.g.
+    numpy<2 where the device's own onnxruntime was built against NumPy 1)."""
+    version = f"{platform.python[0]}.{platform.python[1]}"
+    wanted = []
+    for requirement in requirements(agent_wheel):
+        marker = requirement.marker
+        if marker is not None and not any(
+                marker.evaluate({"extra": extra, "python_version": version})
+                for extra in ["", *extras]):
+            continue
+        if requirement.name.lower().replace("_", "-") not in without:
+            wanted.append(f"{requirement.name}{requirement.specifier}")
+    return wanted + list(constraints)
+
+
 def unfit_extra(platform: DevicePlatform, agent_wheel: Path, extra: str) -> str | None:
     """The requirement of the agent's ``extra`` that the device's Python cannot have (its
     python_version marker excludes it), or None where the extra fits."""
@@ -145,8 +191,9 @@ def check_extras(device: str, platform: DevicePlatform, agent_wheel: Path,
 
 
 def wheel_set(device: str, platform: DevicePlatform, agent_wheel: Path, extras: list[str],
-              cache: Path, log=print) -> WheelSet:
-    """The dependency wheels (and pip) for ``platform``, from the cache or downloaded now."""
+              cache: Path, log=print, only: list[str] | None = None) -> WheelSet:
+    """The dependency wheels (and pip) for ``platform``, from the cache or downloaded now:
+    the agent wheel's with its extras, or exactly the requirements ``only`` (dependencies())."""
     tags = platform.pip_platforms()
     if platform.implementation != "cpython" or not tags:
         raise WheelMissing(
@@ -155,9 +202,12 @@ def wheel_set(device: str, platform: DevicePlatform, agent_wheel: Path, extras: 
             f"the device install from its own index with `agent_install: {{index: device}}` "
             f"in its profile")
     check_extras(device, platform, agent_wheel, extras)
-    wanted = [f"{agent_wheel}[{','.join(sorted(extras))}]" if extras else str(agent_wheel), "pip"]
+    wanted = [f"{agent_wheel}[{','.join(sorted(extras))}]" if extras else str(agent_wheel)] \
+        if only is None else list(only)
+    wanted.append("pip")
     spec = hashlib.sha256(json.dumps([[str(r) for r in requirements(agent_wheel)],
-                                      sorted(extras)]).encode()).hexdigest()[:16]
+                                      sorted(extras)] + ([] if only is None else [only])
+                                     ).encode()).hexdigest()[:16]
     folder = cache / "device-wheels" / platform.key / spec
     index = folder / "wheelset.json"
     if index.exists():
