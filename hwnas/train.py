@@ -67,7 +67,11 @@ def torch_accuracy(model: nn.Module, x: np.ndarray | Split, y: np.ndarray | None
     return correct / max(1, len(split))
 
 
-def train_classifier(model: nn.Module, task: TaskData, settings: TrainSettings) -> None:
+def train_classifier(model: nn.Module, task: TaskData, settings: TrainSettings,
+                     progress: bool = False) -> None:
+    """Train in place; ``progress``: a bar of the steps, with the epoch and its mean loss."""
+    from hwnas.progress import progress_bar
+
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
@@ -75,15 +79,24 @@ def train_classifier(model: nn.Module, task: TaskData, settings: TrainSettings) 
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
-    for _ in range(settings.epochs):
-        model.train()
-        for images, labels in task.train.batches(settings.batch_size,
-                                                 rng.permutation(len(task.train))):
-            optimizer.zero_grad()
-            loss = loss_fn(model(torch.from_numpy(images)), torch.from_numpy(labels))
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    bar = progress_bar(settings.epochs * steps_per_epoch, "step", "base model", progress)
+    try:
+        for epoch in range(settings.epochs):
+            model.train()
+            total, steps = 0.0, 0
+            for images, labels in task.train.batches(settings.batch_size,
+                                                     rng.permutation(len(task.train))):
+                optimizer.zero_grad()
+                loss = loss_fn(model(torch.from_numpy(images)), torch.from_numpy(labels))
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total, steps = total + float(loss.detach()), steps + 1
+                bar.set_postfix_str(f"epoch {epoch + 1}/{settings.epochs}, loss "
+                                    f"{total / steps:.4f}", refresh=False)
+                bar.update(1)
+    finally:
+        bar.close()
     model.eval()
 
 
@@ -190,8 +203,10 @@ def resolve_stages(model: nn.Module, spec: BaseModelSpec, input_shape: tuple[int
     return {stage: tuple(prefixes) for stage, prefixes in default_stages(model, input_shape).items()}
 
 
-def load_base_model(spec: BaseModelSpec, task: TaskData,
-                    log: Callable[[str], None] = print) -> BaseModel:
+def load_base_model(spec: BaseModelSpec, task: TaskData, log: Callable[[str], None] = print,
+                    progress: bool = False) -> BaseModel:
+    """The base model of ``spec``: the user's weights, the cached model, or trained now (with
+    a progress bar where ``progress``)."""
     source = _source(spec)
     with torch.random.fork_rng():
         # the same initial weights every time: they are part of the training cache key
@@ -221,7 +236,7 @@ def load_base_model(spec: BaseModelSpec, task: TaskData,
     log(f"training the base model {label} on {task.name} "
         f"({spec.train.epochs} epochs; cached afterwards in {path.parent})")
     started = time.perf_counter()
-    train_classifier(model, task, spec.train)
+    train_classifier(model, task, spec.train, progress)
     seconds = time.perf_counter() - started
     accuracy = torch_accuracy(model, task.test)
     path.parent.mkdir(parents=True, exist_ok=True)

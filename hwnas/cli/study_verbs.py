@@ -179,6 +179,7 @@ class FinalizeCommand(Command):
         parser.add_argument("--again", action="store_true",
                             help="finalize trials that were finalized before once more (default: "
                                  "reuse the earlier finalized trial)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.report import Report, text_table
@@ -186,7 +187,7 @@ class FinalizeCommand(Command):
         from hwnas.search.finalize import finalize_run
 
         results = finalize_run(args.study, args.top, args.max_steps, args.max_seconds,
-                               args.again)
+                               args.again, progress=not args.no_progress)
         run = RunFolder.load(args.study)
         study = run.open_study()
         report = Report.of(study)

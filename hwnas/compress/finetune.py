@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,8 +16,9 @@ from hwnas.interrupts import check as check_interrupt
 
 
 def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: FineTuneSettings,
-             seed: int = 0) -> dict[str, float]:
-    """Stops at ``max_steps`` or ``max_seconds``, whichever comes first."""
+             seed: int = 0, on_step: Callable[[float], None] | None = None) -> dict[str, float]:
+    """Stops at ``max_steps`` or ``max_seconds``, whichever comes first. ``on_step(loss)``
+    after each step (finalize's progress bar; a search trial has none)."""
     if settings.max_steps == 0 or settings.max_seconds == 0:
         return {"steps": 0, "seconds": 0.0, "planned_steps": settings.max_steps}
     torch.manual_seed(seed)
@@ -46,6 +48,8 @@ def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: F
         schedule.step()
         steps += 1
         loss_value = float(loss.detach())
+        if on_step is not None:
+            on_step(loss_value)
     student.eval()
     return {"steps": steps, "seconds": time.perf_counter() - started, "final_loss": loss_value,
             "planned_steps": settings.max_steps}

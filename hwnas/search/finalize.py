@@ -79,9 +79,10 @@ def _config_paths(run: RunFolder, version: str | None) -> tuple[Path, list[Path]
 
 def finalize_run(run_dir: Path, top: int, max_steps: int | None = None,
                  max_seconds: float | None = None, again: bool = False,
-                 log: Callable[[str], None] = print) -> list[Finalized]:
+                 log: Callable[[str], None] = print, progress: bool = False) -> list[Finalized]:
     """Finalize the ``top`` best feasible trials of a run (see the module's docstring).
-    ``max_steps``/``max_seconds`` default to ten times the search's fine-tuning."""
+    ``max_steps``/``max_seconds`` default to ten times the search's fine-tuning; ``progress``:
+    a bar of each long fine-tune (and of training the base model, where it is not cached)."""
     from hwnas.logs import run_log
     from hwnas.run_lock import writer_lock
 
@@ -113,14 +114,14 @@ def finalize_run(run_dir: Path, top: int, max_steps: int | None = None,
         for version in dict.fromkeys(o.config_version for o in chosen):
             group = [o for o in chosen if o.config_version == version]
             results += _finalize_group(run, study, found, group, version, max_steps,
-                                       max_seconds, again, log)
+                                       max_seconds, again, log, progress)
         return results
 
 
 def _finalize_group(run: RunFolder, study: optuna.Study, found: list[TrialOutcome],
                     group: list[TrialOutcome], version: str | None, max_steps: int | None,
                     max_seconds: float | None, again: bool,
-                    log: Callable[[str], None]) -> list[Finalized]:
+                    log: Callable[[str], None], progress: bool) -> list[Finalized]:
     """Finalize the chosen trials that ran under one configuration version."""
     from hwnas.search.candidates import CandidateBuilder, seed_everything
     from hwnas.search.shared import PARENT_SECTIONS, fetch_parent, same_sections
@@ -133,7 +134,7 @@ def _finalize_group(run: RunFolder, study: optuna.Study, found: list[TrialOutcom
     parent = (fetch_parent(run, study, record), record) \
         if record.parent_weights_sha256 and same_sections(record, space_path.read_text(),
                                                           PARENT_SECTIONS) else None
-    prepared = prepare(space_path, device_paths, log=log, parent=parent)
+    prepared = prepare(space_path, device_paths, log=log, parent=parent, progress=progress)
     searched = prepared.space.finetune
     settings = searched.model_copy(update={
         "max_steps": max_steps if max_steps is not None
@@ -157,7 +158,7 @@ def _finalize_group(run: RunFolder, study: optuna.Study, found: list[TrialOutcom
             log(f"trial {source.number}: fine-tuning {source.summary()} for up to "
                 f"{settings.max_steps} steps / {settings.max_seconds:g} s "
                 f"(the search: {searched.max_steps} steps / {searched.max_seconds:g} s)")
-            outcome = _finalize_one(ctx, builder, study, source, settings, version)
+            outcome = _finalize_one(ctx, builder, study, source, settings, version, progress)
             results.append(Finalized(source, outcome))
             log(f"trial {source.number} -> finalized trial {outcome.number}: validation accuracy "
                 f"{source.accuracy_val:.4f} -> {outcome.accuracy_val:.4f}, test "
@@ -168,11 +169,12 @@ def _finalize_group(run: RunFolder, study: optuna.Study, found: list[TrialOutcom
 
 def _finalize_one(ctx: "TrialContext", builder: "CandidateBuilder", study: optuna.Study,
                   source: TrialOutcome, settings: "FineTuneSettings",
-                  version: str | None) -> TrialOutcome:
+                  version: str | None, progress: bool = False) -> TrialOutcome:
     """One candidate: pruned again, distilled longer, exported, evaluated, measured; recorded
     as a new trial only once all of that is done."""
     from hwnas.compress.finetune import finetune
     from hwnas.evaluate import FIDELITY_SAMPLES, onnx_split_accuracy, output_fidelity
+    from hwnas.progress import progress_bar
     from hwnas.search.controllers import controller_id
     from hwnas.search.candidates import Timings, refuse_emulated_latency
     from hwnas.search.measuring import DeviceLease, TrialMeasurer
@@ -185,9 +187,16 @@ def _finalize_one(ctx: "TrialContext", builder: "CandidateBuilder", study: optun
         with timings.phase("prune"):
             pruned = builder.prune_with_plan(source.candidate)
         origin = source.origin if source.origin is not None else source.number
-        with timings.phase("finetune"):
+        with timings.phase("finetune"), progress_bar(settings.max_steps, "step",
+                                                     f"finalize trial {source.number}",
+                                                     progress) as bar:
+            def step(loss: float) -> None:
+                bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+                bar.update(1)
+
             tune = finetune(pruned.module, ctx.base_model, ctx.task, settings,
-                            seed=source.candidate.finetune_seed(ctx.space.search.seed))
+                            seed=source.candidate.finetune_seed(ctx.space.search.seed),
+                            on_step=step)
         with timings.phase("quantize_export"):
             artifact = builder.export(pruned.module, source.candidate, work / "model.onnx")
             parent = builder.export_parent(pruned.module, work / "parent.onnx")

@@ -71,6 +71,7 @@ def optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ver
     reason and fails alone, not the study. ``evaluator_of``: what the trials search, given
     the pool (default: an image model's compression, hwnas/search/compression.py; a language
     model's is hwnas/llm/trials.py)."""
+    from hwnas.search.budget_reach import check_budgets
     from hwnas.search.candidates import seed_everything
     from hwnas.search.compression import CompressionEvaluator
     from hwnas.search.engine import write_summary
@@ -93,6 +94,7 @@ def optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ver
         else:
             evaluator = CompressionEvaluator(trial_context(prepared, pool, run, config_version))
             _measure_base_model(study, evaluator.ctx, evaluator.builder, log)
+            check_budgets(study, evaluator.ctx, evaluator.builder, log)  # before any fine-tune
         engine = None
         if space.search.sampler == "engine":
             engine = EngineSampler(evaluator, COMPRESSION, space.search.seed, base=study.sampler)

@@ -1,18 +1,18 @@
-"""Progress bar for a search: trials done, best feasible accuracy so far, rejections, failures."""
+"""Progress bar for a search: trials done, best feasible accuracy so far, rejections, failures
+(drawn by hwnas/progress.py, as every long piece of work is)."""
 
 from __future__ import annotations
 
 import optuna
 from optuna.trial import FrozenTrial
-from tqdm import tqdm
 
+from hwnas.progress import progress_bar
 from hwnas.records import TrialOutcome, TrialStage
 
 
 class ProgressCallback:
     def __init__(self, total: int, enabled: bool = True, study: optuna.Study | None = None) -> None:
-        self.bar = tqdm(total=total, unit="trial", desc="search", disable=not enabled,
-                        dynamic_ncols=True)
+        self.bar = progress_bar(total, "trial", "search", enabled)
         self.best: float | None = None  # the study's, a resumed one's earlier trials included
         for trial in study.get_trials(deepcopy=False) if study is not None else ():
             self._consider(TrialOutcome.from_trial(trial))

@@ -35,10 +35,10 @@ def device_paths(device_path: str | Path | list[str | Path] | tuple) -> list[Pat
 def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: int | None = None,
             log: Callable[[str], None] = print,
             parent: tuple[Path, StudyRecord] | None = None,
-            space: SearchSpace | None = None) -> Prepared:
+            space: SearchSpace | None = None, progress: bool = False) -> Prepared:
     """Load and cross-check the configs, the data and the base model: the study's own parent
     where it has one (``parent``: its fetched weights and the study record), else trained
-    once and cached, or the user's weights."""
+    once and cached (``progress``: a bar while it trains), or the user's weights."""
     from hwnas.compress.preflight import preflight
     from hwnas.compress.prune import pruning_setup
     from hwnas.data import load_task
@@ -56,7 +56,7 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
             base = load_parent(space.base_model, task, weights, record.base_model_test_accuracy,
                                record.base_model_key)
         else:
-            base = load_base_model(space.base_model, task, log=log)
+            base = load_base_model(space.base_model, task, log=log, progress=progress)
     # the stage map as resolved (the space's, the model's stages(), or found from its structure)
     space = space.model_copy(update={"base_model": space.base_model.model_copy(
         update={"stages": {name: list(prefixes) for name, prefixes in base.stages.items()}})})
@@ -157,7 +157,8 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
             if record.parent_weights_sha256 and same_sections(record, space_text, PARENT_SECTIONS):
                 parent = (fetch_parent(run, study, record), record)
         prepared = prepare(space_path, paths, n_trials or (joined[1].n_trials if worker and joined
-                                                           else None), log, parent, space)
+                                                           else None), log, parent, space,
+                           progress)
         run = guard_resume(run, prepared.space, prepared.shape, prepared.budgets, Path(space_path),
                            paths, fork, log)
         config_version = run.record_configs(Path(space_path), paths)

@@ -153,3 +153,17 @@ def test_a_run_with_no_feasible_trial_has_nothing_to_finalize(tmp_path, capsys):
     assert "no search trial meets every budget yet: nothing to finalize" in error
     assert "\n" not in error
     assert len(RunFolder.load(run_dir).open_study().get_trials()) == 1  # nothing added
+
+
+def test_finalize_shows_the_long_fine_tune_as_a_progress_bar(finalized, capsys):
+    """Last in this file: it adds a finalized trial the tests above do not expect."""
+    _, _, run_dir, _, results = finalized
+    source = results[0].source.number
+    assert main(["finalize", str(run_dir), "--again", "--max-steps", "40"]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    bar = [line for line in lines if line.startswith(f"finalize trial {source}:")]
+    assert "\r" not in "".join(lines) and len(bar) >= 2, lines
+    assert "40/40" in bar[-1] and "loss " in bar[-1]
+    assert main(["finalize", str(run_dir), "--again", "--max-steps", "10",
+                 "--no-progress"]) == 0
+    assert "finalize trial" not in capsys.readouterr().err
