@@ -9,9 +9,16 @@ import torch
 
 from hwnas.records import TrialStage
 from hwnas.run import outcomes
-from tests.llm.test_search import _search, _write, tiny_hf  # noqa: F401 (the fixture)
+from tests.llm.test_search import _search, _write
 
 pytest.importorskip("onnxruntime_genai")
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from hwnas.testing.llm import tiny_causal_lm
+
+    return tiny_causal_lm(tmp_path_factory.mktemp("llm") / "hf", "llama")
 
 HEALING = (
     "finetune: {max_steps: 3, max_seconds: 60, batch_size: 2, learning_rate: 0.001}\n"
@@ -23,7 +30,7 @@ HEALING = (
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="auto is the CPU only without a GPU")
-def test_cpu_and_auto_heal_alike_and_the_device_is_recorded(tiny_hf, tmp_path):  # noqa: F811
+def test_cpu_and_auto_heal_alike_and_the_device_is_recorded(tiny_hf, tmp_path):
     from hwnas.llm.card import language_card
 
     found = {}
