@@ -17,6 +17,7 @@ rewritten after each (a killed run keeps what it found):
                  side: medians of --repeats runs, the speed-up, both final losses
   search         the default search, a few trials, with --torch-device on the accelerator:
                  the device recorded in the study and in each trial's fine-tune report
+                 (budgets relaxed so that no trial is rejected before its fine-tune)
   nvml_power     one NVML read (nvidia-ml-py), then a search whose device profile reads its
                  power from NVML (`power: {source: nvml}`)
   agent_gpu      tests/agent/test_gpu.py (CUDA / TensorRT EPs, NVML during a GPU job)
@@ -215,11 +216,12 @@ def search_space_copy(folder: Path, trials: int, steps: int) -> tuple[Path, str]
     document = yaml.safe_load(DEFAULT_SPACE.read_text())
     document["search"].update(n_trials=trials)
     document["finetune"].update(max_steps=steps)
+    # budgets every candidate meets: no trial is rejected before its fine-tune on the GPU
+    document["budgets"] = {"model_size_mb": 1.0}
     data = "fashion-mnist"
     if not fashion_task()[1] == "fashion-mnist":
         document["dataset"] = {"builtin": "digits", "validation_fraction": 0.15,
                                "calibration_samples": 64}
-        document["budgets"] = {"model_size_mb": 0.1}
         data = "digits (Fashion-MNIST absent)"
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -247,10 +249,16 @@ def search(folder: Path, device_yaml: str, accelerator: str, trials: int, steps:
         raise RuntimeError(f"hwnas search exit {done.returncode}: {(done.stdout + done.stderr)[-1500:]}")
     study = RunFolder.load(run_dir).open_study()
     found = outcomes(study)
-    tuned = [o for o in found if o.finetune is not None]
+    tuned = [o for o in found if o.finetune is not None and o.finetune.steps > 0]
+    elsewhere = [o.finetune.device for o in tuned
+                 if not str(o.finetune.device).startswith(accelerator)]
+    if not tuned or elsewhere:
+        raise RuntimeError(f"{len(tuned)} trials fine-tuned, on {elsewhere or 'nothing'} "
+                           f"where {accelerator} was asked for")
     power = [o.measurement.power.to_dict() for o in found
              if o.measurement is not None and o.measurement.power is not None]
-    return {"data": data, "trials": len(found), "study_torch_device":
+    return {"data": data, "budgets": "model_size_mb 1.0 only (every trial fine-tunes)",
+            "trials": len(found), "study_torch_device":
             study.user_attrs.get("torch_device"),
             "finetune": [o.finetune.to_dict() for o in tuned],
             "finetune_devices": sorted({str(o.finetune.device) for o in tuned}),
