@@ -54,6 +54,9 @@ MODULES = {"torch": "torch", "numpy": "numpy", "onnxruntime": "onnxruntime", "on
            "yaml": "pyyaml", "sklearn": "scikit-learn", "paramiko": "paramiko",
            "pynvml": "nvidia-ml-py", "pytest": "pytest", "onnxscript": "onnxscript"}
 
+# what importing hwnas's search and fine-tune needs (the rest: only some sections)
+NEEDED = ("torch", "numpy", "onnxruntime", "onnx", "optuna", "torch_pruning", "pydantic", "yaml")
+
 
 class Check:
     """The JSON being built: sections in order, written after each one."""
@@ -116,8 +119,11 @@ def imports(wheels: Path | None) -> dict[str, Any]:
                 except Exception:
                     pass
     still = [m for m, v in found.items() if str(v).startswith("MISSING")]
+    blocking = [MODULES[m] for m in still if m in NEEDED]
+    advice = (f"; hwnas cannot run without {', '.join(blocking)}: give a folder of their "
+              f"wheels with --wheels DIR" if blocking else "")
     return {"modules": found, "wheels_installed": installed, "missing": still,
-            "summary": f"missing: {', '.join(still) or 'none'}"}
+            "hwnas_blocked_by": blocking, "summary": f"missing: {', '.join(still) or 'none'}{advice}"}
 
 
 def torch_device(dry_run: bool) -> dict[str, Any]:
