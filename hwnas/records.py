@@ -273,8 +273,8 @@ class StudyRecord:
     # budgets that are floors (on a higher-is-better metric), as the registry said when the
     # study was written: a report reads them right where a plug-in metric is not installed
     floors: tuple[str, ...] = ()
-    # where the first controller's PyTorch work ran (torch_device.describe); each trial's
-    # fine-tune report names its own
+    # where the PyTorch work of the last `hwnas search` on the study ran (torch_device.describe;
+    # workers do not write it); each trial's fine-tune report names its own
     torch_device: str | None = None
 
     def budget(self, name: str) -> float | None:
