@@ -91,6 +91,7 @@ class FineTuneReport:
     seconds: float
     final_loss: float | None = None
     planned_steps: int | None = None  # max_steps; fewer steps: max_seconds stopped it
+    device: str | None = None  # the torch device it ran on (torch_device.py); None: before
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,7 +100,7 @@ class FineTuneReport:
     def from_dict(cls, data: Mapping[str, Any]) -> "FineTuneReport":
         planned = data.get("planned_steps")
         return cls(int(data["steps"]), float(data["seconds"]), data.get("final_loss"),
-                   None if planned is None else int(planned))
+                   None if planned is None else int(planned), data.get("device"))
 
     def cut_short(self) -> str:
         """'' or what a reader must know: the wall-clock bound stopped it before its steps, so
@@ -272,6 +273,9 @@ class StudyRecord:
     # budgets that are floors (on a higher-is-better metric), as the registry said when the
     # study was written: a report reads them right where a plug-in metric is not installed
     floors: tuple[str, ...] = ()
+    # where the PyTorch work of the last `hwnas search` on the study ran (torch_device.describe;
+    # workers do not write it); each trial's fine-tune report names its own
+    torch_device: str | None = None
 
     def budget(self, name: str) -> float | None:
         return dict(self.budgets).get(name)
@@ -297,6 +301,8 @@ class StudyRecord:
                                              "n_trials": self.n_trials,
                                              "artifact_store": self.artifact_store})
         study.set_metric_names(list(self.objectives))
+        if self.torch_device is not None:
+            study.set_user_attr("torch_device", self.torch_device)
         if self.base_model_measurement is not None:  # written once; never erased by a re-run
             study.set_user_attr("base_model_measurement", {
                 "key": self.base_model_key, "size_bytes": self.base_model_size_bytes,
@@ -321,4 +327,5 @@ class StudyRecord:
                    base_model_measurement=Measurement.from_dict(measured["measurement"])
                    if same_base and measured else None,
                    base_model_size_bytes=measured.get("size_bytes") if same_base else None,
-                   floors=tuple(attrs.get("budget_floors") or ()))
+                   floors=tuple(attrs.get("budget_floors") or ()),
+                   torch_device=attrs.get("torch_device"))

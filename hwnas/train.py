@@ -32,6 +32,7 @@ from hwnas.errors import ConfigError
 from hwnas.models.build import build_model
 from hwnas.models.stages import default_stages
 from hwnas.models.transformers import split_attention
+from hwnas.torch_device import batch_on, is_cpu
 
 RECIPE_VERSION = 2
 # keys under which training scripts commonly nest the state_dict in a checkpoint
@@ -54,22 +55,42 @@ def cache_dir() -> Path:
 
 
 def torch_accuracy(model: nn.Module, x: np.ndarray | Split, y: np.ndarray | None = None,
-                   batch_size: int = 512) -> float:
-    """Accuracy on a split (or on arrays x, y)."""
+                   batch_size: int = 512, device: torch.device | str = "cpu") -> float:
+    """Accuracy on a split (or on arrays x, y); on ``device``, the model back on the CPU after."""
     from hwnas.data import ArraySplit
 
     split = x if isinstance(x, Split) else ArraySplit(x, y)
     model.eval()
     correct = 0
-    with torch.no_grad():
-        for images, labels in split.batches(batch_size):
-            correct += int((model(torch.from_numpy(images)).argmax(1).numpy() == labels).sum())
+    if not is_cpu(device):
+        model.to(device)
+    try:
+        with torch.no_grad():
+            for images, labels in split.batches(batch_size):
+                predicted = model(batch_on(images, device)).argmax(1).cpu().numpy()
+                correct += int((predicted == labels).sum())
+    finally:
+        if not is_cpu(device):
+            model.to("cpu")
     return correct / max(1, len(split))
 
 
 def train_classifier(model: nn.Module, task: TaskData, settings: TrainSettings,
-                     progress: bool = False) -> None:
-    """Train in place; ``progress``: a bar of the steps, with the epoch and its mean loss."""
+                     progress: bool = False, device: torch.device | str = "cpu") -> None:
+    """Train in place on ``device`` (the model is back on the CPU when this returns);
+    ``progress``: a bar of the steps, with the epoch and its mean loss."""
+    if is_cpu(device):
+        _train(model, task, settings, device, progress)
+        return
+    model.to(device)
+    try:
+        _train(model, task, settings, device, progress)
+    finally:
+        model.to("cpu")
+
+
+def _train(model: nn.Module, task: TaskData, settings: TrainSettings,
+           device: torch.device | str, progress: bool) -> None:
     from hwnas.progress import progress_bar
 
     torch.manual_seed(settings.seed)
@@ -87,7 +108,7 @@ def train_classifier(model: nn.Module, task: TaskData, settings: TrainSettings,
             for images, labels in task.train.batches(settings.batch_size,
                                                      rng.permutation(len(task.train))):
                 optimizer.zero_grad()
-                loss = loss_fn(model(torch.from_numpy(images)), torch.from_numpy(labels))
+                loss = loss_fn(model(batch_on(images, device)), batch_on(labels, device))
                 loss.backward()
                 optimizer.step()
                 schedule.step()
@@ -108,12 +129,15 @@ def _state_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _cache_key(spec: BaseModelSpec, model: nn.Module, task: TaskData) -> str:
+def _cache_key(spec: BaseModelSpec, model: nn.Module, task: TaskData,
+               device: torch.device | str = "cpu") -> str:
     recipe = {"source": spec.builtin or spec.torchvision or spec.factory,
               "kwargs": spec.kwargs, "architecture": repr(model),
               "initial_weights": _state_digest(model), "train": spec.train.model_dump(),
               "task": task.name, "data": task.fingerprint, "recipe": RECIPE_VERSION,
               "torch": torch.__version__.split("+")[0]}
+    if not is_cpu(device):  # an accelerator's weights are close to the CPU's, not the same
+        recipe["trained_on"] = torch.device(device).type
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -204,9 +228,9 @@ def resolve_stages(model: nn.Module, spec: BaseModelSpec, input_shape: tuple[int
 
 
 def load_base_model(spec: BaseModelSpec, task: TaskData, log: Callable[[str], None] = print,
-                    progress: bool = False) -> BaseModel:
-    """The base model of ``spec``: the user's weights, the cached model, or trained now (with
-    a progress bar where ``progress``)."""
+                    progress: bool = False, device: torch.device | str = "cpu") -> BaseModel:
+    """The base model of ``spec``, on the CPU: the user's weights, the cached model, or
+    trained now on ``device`` (with a progress bar where ``progress``)."""
     source = _source(spec)
     with torch.random.fork_rng():
         # the same initial weights every time: they are part of the training cache key
@@ -216,7 +240,7 @@ def load_base_model(spec: BaseModelSpec, task: TaskData, log: Callable[[str], No
         key = load_weights(model, spec.weights, source)
         split_attention(model)  # after loading: the user's weights fit the model as built
         model.eval()
-        return BaseModel(model, key, torch_accuracy(model, task.test), 0.0, True,
+        return BaseModel(model, key, torch_accuracy(model, task.test, device=device), 0.0, True,
                          resolve_stages(model, spec, task.input_shape))
     if not spec.trains:
         raise ConfigError(f"{source}: no weights and no training: the search would compress "
@@ -224,7 +248,7 @@ def load_base_model(spec: BaseModelSpec, task: TaskData, log: Callable[[str], No
                           f"base_model.train (e.g. train: {{epochs: 5}}) to train it here first")
     split_attention(model)
     stages = resolve_stages(model, spec, task.input_shape)
-    key = _cache_key(spec, model, task)
+    key = _cache_key(spec, model, task, device)
     label = spec.builtin or spec.torchvision or (spec.factory or "").replace(":", ".")
     path = cache_dir() / "base_models" / f"{label}-{task.name}-{key[:16]}.pt"
     meta_path = path.with_suffix(".json")
@@ -234,11 +258,11 @@ def load_base_model(spec: BaseModelSpec, task: TaskData, log: Callable[[str], No
         meta = json.loads(meta_path.read_text())
         return BaseModel(model, key, meta["test_accuracy"], meta["train_seconds"], True, stages)
     log(f"training the base model {label} on {task.name} "
-        f"({spec.train.epochs} epochs; cached afterwards in {path.parent})")
+        f"({spec.train.epochs} epochs on {device}; cached afterwards in {path.parent})")
     started = time.perf_counter()
-    train_classifier(model, task, spec.train, progress)
+    train_classifier(model, task, spec.train, progress, device)
     seconds = time.perf_counter() - started
-    accuracy = torch_accuracy(model, task.test)
+    accuracy = torch_accuracy(model, task.test, device=device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)

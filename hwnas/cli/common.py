@@ -59,6 +59,14 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def add_torch_device(parser: argparse.ArgumentParser) -> None:
+    """--torch-device: where this machine's PyTorch work runs (hwnas/torch_device.py)."""
+    parser.add_argument("--torch-device", default="auto", metavar="auto|cpu|cuda:N|mps",
+                        help="where training, fine-tuning, saliency and evaluation in PyTorch "
+                             "run on this machine (default: auto: the first CUDA GPU, else "
+                             "Apple MPS, else the CPU); recorded in the study and model cards")
+
+
 class Command:
     """One verb: its name, its help line, its arguments, and what it runs (an exit code)."""
 

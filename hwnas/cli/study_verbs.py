@@ -11,6 +11,7 @@ from hwnas.cli.common import (
     DEFAULT_SPACE,
     FOUND_FROM,
     Command,
+    add_torch_device,
     positive_int,
     positive_seconds,
     project_file,
@@ -50,6 +51,7 @@ class SearchCommand(Command):
                                  "new study of the same run folder that keeps the old trials as "
                                  "history where they fit")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_torch_device(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.search import run_search
@@ -61,7 +63,8 @@ class SearchCommand(Command):
         outcome = run_search(space, devices, args.run_dir, args.trials,
                              progress=not args.no_progress, fork=args.fork,
                              storage=args.storage, study_name=args.study,
-                             artifact_store=args.artifact_store)
+                             artifact_store=args.artifact_store,
+                             torch_device=args.torch_device)
         return print_outcome(outcome)
 
 
@@ -131,6 +134,7 @@ class WorkerCommand(Command):
         parser.add_argument("--artifact-store", default=None,
                             help="override the study's artifact store location on this machine")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_torch_device(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.search import run_worker
@@ -138,7 +142,8 @@ class WorkerCommand(Command):
         outcome = run_worker(args.storage, args.study,
                              args.device or [project_file(DEFAULT_DEVICE, "--device")],
                              args.run_dir, progress=not args.no_progress,
-                             artifact_store=args.artifact_store)
+                             artifact_store=args.artifact_store,
+                             torch_device=args.torch_device)
         print(f"worker done: {outcome.trials_run} trials run here; the study "
               f"{outcome.run.study_name} has its trials (see `hwnas status {outcome.run.path}`)")
         return 0
@@ -180,6 +185,7 @@ class FinalizeCommand(Command):
                             help="finalize trials that were finalized before once more (default: "
                                  "reuse the earlier finalized trial)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_torch_device(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.report import Report, text_table
@@ -187,7 +193,8 @@ class FinalizeCommand(Command):
         from hwnas.search.finalize import finalize_run
 
         results = finalize_run(args.study, args.top, args.max_steps, args.max_seconds,
-                               args.again, progress=not args.no_progress)
+                               args.again, progress=not args.no_progress,
+                               torch_device=args.torch_device)
         run = RunFolder.load(args.study)
         study = run.open_study()
         report = Report.of(study)

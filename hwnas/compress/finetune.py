@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -13,17 +13,40 @@ from torch import nn
 from hwnas.config.models import FineTuneSettings
 from hwnas.data import TaskData
 from hwnas.interrupts import check as check_interrupt
+from hwnas.torch_device import batch_on, describe, frozen_copy, is_cpu
 
 
 def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: FineTuneSettings,
-             seed: int = 0, on_step: Callable[[float], None] | None = None) -> dict[str, float]:
+             seed: int = 0, on_step: Callable[[float], None] | None = None,
+             device: torch.device | str = "cpu") -> dict[str, Any]:
     """Stops at ``max_steps`` or ``max_seconds``, whichever comes first. ``on_step(loss)``
-    after each step (finalize's progress bar; a search trial has none)."""
+    after each step (finalize's progress bar; a search trial has none). On an accelerator
+    (``device``) the student moves there for the steps and is back on the CPU, in eval mode,
+    when this returns; the teacher is read from its own frozen copy there."""
+    where = describe(device)
     if settings.max_steps == 0 or settings.max_seconds == 0:
-        return {"steps": 0, "seconds": 0.0, "planned_steps": settings.max_steps}
+        return {"steps": 0, "seconds": 0.0, "planned_steps": settings.max_steps, "device": where}
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    teacher.eval()
+    if is_cpu(device):
+        teacher.eval()
+    else:
+        teacher = frozen_copy(teacher, device)
+        student.to(device)
+    try:
+        steps, seconds, loss_value = _steps(student, teacher, task, settings, rng, device,
+                                            on_step)
+    finally:
+        if not is_cpu(device):
+            student.to("cpu")
+        student.eval()
+    return {"steps": steps, "seconds": seconds, "final_loss": loss_value,
+            "planned_steps": settings.max_steps, "device": where}
+
+
+def _steps(student: nn.Module, teacher: nn.Module, task: TaskData, settings: FineTuneSettings,
+           rng: np.random.Generator, device: torch.device | str,
+           on_step: Callable[[float], None] | None) -> tuple[int, float, float]:
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.max_steps)
@@ -34,7 +57,7 @@ def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: F
     while steps < settings.max_steps and time.perf_counter() - started < settings.max_seconds:
         check_interrupt()
         images, labels = task.train.batch(rng.integers(0, len(task.train), settings.batch_size))
-        x, y = torch.from_numpy(images), torch.from_numpy(labels)
+        x, y = batch_on(images, device), batch_on(labels, device)
         with torch.no_grad():
             teacher_logits = teacher(x)
         logits = student(x)
@@ -50,6 +73,4 @@ def finetune(student: nn.Module, teacher: nn.Module, task: TaskData, settings: F
         loss_value = float(loss.detach())
         if on_step is not None:
             on_step(loss_value)
-    student.eval()
-    return {"steps": steps, "seconds": time.perf_counter() - started, "final_loss": loss_value,
-            "planned_steps": settings.max_steps}
+    return steps, time.perf_counter() - started, loss_value

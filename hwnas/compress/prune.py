@@ -34,6 +34,7 @@ from hwnas.knobs.base import ModelParts, registered
 from hwnas.knobs.candidate import Candidate
 from hwnas.models import output_layers, unwrapped_parameters
 from hwnas.models.transformers import attention_layers, sync_dimensions
+from hwnas.torch_device import batch_on, is_cpu
 
 MAX_LAYER_PRUNING = 0.9  # never delete a layer outright
 
@@ -122,13 +123,21 @@ def _importance(criterion: str) -> tp.importance.Importance:
     raise ValueError(f"unknown pruning criterion {criterion!r}; allowed: l1, saliency")
 
 
-def _accumulate_saliency(model: nn.Module, batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    """Gradients of the task loss on real data, read by TaylorImportance."""
+def _accumulate_saliency(model: nn.Module, batches: list[tuple[np.ndarray, np.ndarray]],
+                         device: torch.device | str = "cpu") -> None:
+    """Gradients of the task loss on real data, read by TaylorImportance; taken on ``device``,
+    the model and its gradients back on the CPU (where torch-pruning prunes) after."""
     model.eval()  # frozen BN statistics: saliency of the trained network, not of a batch
     model.zero_grad()
     loss_fn = nn.CrossEntropyLoss()
-    for x, y in batches:
-        loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+    if not is_cpu(device):
+        model.to(device)
+    try:
+        for x, y in batches:
+            loss_fn(model(batch_on(x, device)), batch_on(y, device)).backward()
+    finally:
+        if not is_cpu(device):
+            model.to("cpu")
 
 
 def _graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
@@ -146,8 +155,10 @@ class PruneWork:
     """One candidate being applied to a copy of the base model: what the knobs share."""
 
     def __init__(self, setup: PruningSetup, criterion: str,
-                 saliency_batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
+                 saliency_batches: list[tuple[np.ndarray, np.ndarray]],
+                 device: torch.device | str = "cpu") -> None:
         self.setup, self.criterion, self.saliency_batches = setup, criterion, saliency_batches
+        self.device = device  # where saliency's gradients are taken
         self.importance = _importance(criterion)
         self._memo: dict[int, object] = {}
         self.model: nn.Module = copy.deepcopy(setup.base, self._memo)
@@ -164,7 +175,7 @@ class PruneWork:
         (whole heads, MLP units); what they prune on it is one step of the plan."""
         if self._open is None:
             if self.criterion == "saliency":
-                _accumulate_saliency(self.model, self.saliency_batches)
+                _accumulate_saliency(self.model, self.saliency_batches, self.device)
             self._open = _graph(self.model, self.setup.example_input)
         return self._open
 
@@ -186,7 +197,7 @@ class PruneWork:
         """One torch-pruning MetaPruner step (``options``: its ratios) as one plan step."""
         ignored = self.ignored(excluded)
         if self.criterion == "saliency":
-            _accumulate_saliency(self.model, self.saliency_batches)
+            _accumulate_saliency(self.model, self.saliency_batches, self.device)
         pruner = tp.pruner.MetaPruner(
             self.model, self.setup.example_input, importance=self.importance,
             ignored_layers=ignored, unwrapped_parameters=unwrapped_parameters(self.model),
@@ -204,9 +215,10 @@ class PruneWork:
 
 
 def prune(setup: PruningSetup, candidate: Candidate,
-          saliency_batches: list[tuple[np.ndarray, np.ndarray]]) -> PrunedModel:
+          saliency_batches: list[tuple[np.ndarray, np.ndarray]],
+          device: torch.device | str = "cpu") -> PrunedModel:
     """A pruned copy of the base model, with the channel plan that rebuilds it."""
-    work = PruneWork(setup, candidate.pruning_criterion, saliency_batches)
+    work = PruneWork(setup, candidate.pruning_criterion, saliency_batches, device)
     values = dict(candidate.values)
     for knob in sorted(registered("vision"), key=lambda k: k.apply_order):
         if knob.name in values:

@@ -59,6 +59,8 @@ def language_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, outcome:
         "candidate": outcome.candidate.to_dict() if outcome.candidate else None,
         "slice_plan": llm.get("slice_plan"), "precision_plan": llm.get("precision_plan"),
         "parameters": llm.get("parameters"), "healing": llm.get("heal"),
+        # where saliency and healing ran in PyTorch (--torch-device); healing names its own
+        "torch_device": study.user_attrs.get("torch_device"),
         "quality": {"next_token_accuracy_val": outcome.accuracy_val,
                     "perplexity_val": llm.get("perplexity_val"),
                     "tokens_val": llm.get("tokens_val"),

@@ -6,7 +6,9 @@ a share of the plain next-token loss on the text itself. Distillation needs no l
 recovers more per step than the plain loss on small budgets (Minitron, Sheared-LLaMA); the
 steps are the search's fidelity. The embedding and the LM head stay frozen: they are the
 largest matrices, pruning does not touch them, and freezing them halves the optimiser's
-memory. It runs on the controller's accelerator where one exists (CUDA), else the CPU.
+memory. It runs on the controller's accelerator (--torch-device, hwnas/torch_device.py): the
+student moves there and back, the teacher is read from a frozen copy there (never moved: other
+trials' threads read it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.interrupts import check as check_interrupt
+from hwnas.torch_device import describe, frozen_copy, resolve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +48,6 @@ class HealReport:
         return dataclasses.asdict(self)
 
 
-def pick_device(requested: str | None = None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                  ids: torch.Tensor, settings: HealSettings) -> torch.Tensor:
     t = settings.temperature
@@ -66,12 +63,13 @@ def heal(student: Any, teacher: Any, blocks: torch.Tensor, settings: HealSetting
          device: str | None = None) -> HealReport:
     """Fine-tune ``student`` in place on ``blocks`` ([n, sequence length] token ids) for at
     most ``settings.steps`` steps; it is back on the CPU, in eval mode, when this returns."""
-    target = pick_device(device)
+    target = resolve(device)  # None: auto
     if settings.steps <= 0 or len(blocks) == 0:
-        return HealReport(0, 0.0, str(target), None, None, 0)
+        return HealReport(0, 0.0, describe(target), None, None, 0)
     generator = torch.Generator().manual_seed(settings.seed)
     student.to(target).train()
-    teacher.to(target).eval()
+    teacher = frozen_copy(teacher, target)
+    teacher.eval()
     frozen = {id(p) for p in student.get_input_embeddings().parameters()}
     frozen |= {id(p) for p in student.get_output_embeddings().parameters()}
     trainable = [p for p in student.parameters() if id(p) not in frozen]
@@ -101,7 +99,6 @@ def heal(student: Any, teacher: Any, blocks: torch.Tensor, settings: HealSetting
             tokens += ids.numel()
     finally:
         student.to("cpu").eval()
-        teacher.to("cpu")
         for parameter in student.parameters():
             parameter.requires_grad_(False)
-    return HealReport(steps, time.monotonic() - start, str(target), first, last, tokens)
+    return HealReport(steps, time.monotonic() - start, describe(target), first, last, tokens)

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from hwnas.torch_device import is_cpu
+
 
 @dataclasses.dataclass
 class Saliency:
@@ -49,21 +51,39 @@ def decoder_layers(model: Any) -> Any:
 
 
 @torch.no_grad()
-def measure_saliency(model: Any, blocks: torch.Tensor, batch_size: int = 4) -> Saliency:
-    """Scores of ``model`` on ``blocks`` (token ids, [n, sequence length])."""
+def measure_saliency(model: Any, blocks: torch.Tensor, batch_size: int = 4,
+                     device: torch.device | str = "cpu") -> Saliency:
+    """Scores of ``model`` on ``blocks`` (token ids, [n, sequence length]), measured on
+    ``device`` (the model back on the CPU after; the scores are CPU tensors)."""
+    if is_cpu(device):
+        return _measure(model, blocks, batch_size)
+    model.to(device)
+    try:
+        found = _measure(model, blocks.to(device), batch_size)
+    finally:
+        model.to("cpu")
+    return Saliency([s.cpu() for s in found.mlp], [s.cpu() for s in found.heads],
+                    [s.cpu() for s in found.kv_groups], found.block_influence, found.tokens)
+
+
+def _measure(model: Any, blocks: torch.Tensor, batch_size: int) -> Saliency:
+    where = blocks.device
+    wide = torch.float32 if where.type == "mps" else torch.float64  # MPS has no float64
     layers = decoder_layers(model)
     config = model.config
     heads = config.num_attention_heads
     groups = config.num_key_value_heads
-    down_sq = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
-    o_sq = [torch.zeros(layer.self_attn.o_proj.in_features, dtype=torch.float64) for layer in layers]
+    down_sq = [torch.zeros(layer.mlp.down_proj.in_features, dtype=wide, device=where)
+               for layer in layers]
+    o_sq = [torch.zeros(layer.self_attn.o_proj.in_features, dtype=wide, device=where)
+            for layer in layers]
     cosine_sum = [0.0] * len(layers)
     token_count = [0]
     handles = []
 
     def square_sum(store: torch.Tensor) -> Any:
         def hook(_module: Any, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().to(torch.float64)
+            x = args[0].detach().to(wide)
             store.add_(x.pow(2).reshape(-1, x.shape[-1]).sum(dim=0))
         return hook
 
@@ -72,7 +92,7 @@ def measure_saliency(model: Any, blocks: torch.Tensor, batch_size: int = 4) -> S
             entering = args[0] if args else kwargs["hidden_states"]
             leaving = output[0] if isinstance(output, (tuple, list)) else output
             cosine = torch.nn.functional.cosine_similarity(
-                entering.to(torch.float64), leaving.to(torch.float64), dim=-1)
+                entering.to(wide), leaving.to(wide), dim=-1)
             cosine_sum[index] += float(cosine.sum())
         return hook
 
@@ -92,9 +112,9 @@ def measure_saliency(model: Any, blocks: torch.Tensor, batch_size: int = 4) -> S
 
     mlp_scores, head_scores, group_scores = [], [], []
     for index, layer in enumerate(layers):
-        down = layer.mlp.down_proj.weight.detach().to(torch.float64).abs().sum(dim=0)
+        down = layer.mlp.down_proj.weight.detach().to(wide).abs().sum(dim=0)
         mlp_scores.append((down_sq[index].sqrt() * down).float())
-        o_weight = layer.self_attn.o_proj.weight.detach().to(torch.float64).abs().sum(dim=0)
+        o_weight = layer.self_attn.o_proj.weight.detach().to(wide).abs().sum(dim=0)
         per_column = o_sq[index].sqrt() * o_weight
         per_head = per_column.reshape(heads, -1).sum(dim=1)
         head_scores.append(per_head.float())

@@ -72,7 +72,7 @@ def check_generation_devices(space: SearchSpace, space_path: Path,
 
 
 def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, ...],
-            log: Callable[[str], None]) -> LlmPrepared:
+            log: Callable[[str], None], torch_device: str | None = None) -> LlmPrepared:
     import torch
 
     from hwnas.config.text import LanguageDataSpec
@@ -82,7 +82,9 @@ def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, 
     from hwnas.llm.text import language_data
     from hwnas.llm.text_config import with_base
     from hwnas.space import check_enqueued, space_shape
+    from hwnas.torch_device import resolve
 
+    accelerator = resolve(torch_device)
     folder = model_folder(space, space_path)
     started = time.perf_counter()
     base = load_causal_lm(folder)
@@ -92,8 +94,8 @@ def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, 
     log(f"base model: {base.family} from {folder} ({parameters:.1f} M parameters, "
         f"{base.config.num_hidden_layers} layers)")
     log("text: " + "; ".join(u for u in data.report.lines()[1:] if "sha256" not in u))
-    saliency = measure_saliency(base.model, torch.from_numpy(data.saliency))
-    log(f"saliency and block influence measured on {saliency.tokens} tokens "
+    saliency = measure_saliency(base.model, torch.from_numpy(data.saliency), device=accelerator)
+    log(f"saliency and block influence measured on {saliency.tokens} tokens on {accelerator} "
         f"({time.perf_counter() - started:.0f} s with loading)")
     parts = ModelParts(base.model, {}, 0, 1)
     units = {knob.name: list(knob.units(knob.settings(space.knobs), parts))
@@ -102,12 +104,13 @@ def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, 
     check_enqueued(space, shape)  # an off-grid or unknown parameter, named
     drop_order = tuple(saliency.layer_drop_order())
     return LlmPrepared(space, devices[0], devices, effective_budgets(space, devices[0]), base,
-                       data, saliency, drop_order, shape)
+                       data, saliency, drop_order, shape, str(accelerator))
 
 
 def run_llm_search(space_path: Path, paths: list[Path], space: SearchSpace, space_text: str,
                    run_dir: Path | None, n_trials: int | None, progress: bool,
-                   log: Callable[[str], None], fork: bool) -> "SearchOutcome":
+                   log: Callable[[str], None], fork: bool,
+                   torch_device: str | None = None) -> "SearchOutcome":
     """Called by hwnas.search.study.run_search for a causal_lm space (its checks done)."""
     from hwnas.config.load import load_device_profile
     from hwnas.logs import run_log
@@ -124,7 +127,7 @@ def run_llm_search(space_path: Path, paths: list[Path], space: SearchSpace, spac
     with writer_lock(run.path, "hwnas search", SEARCH_ADVICE), run_log(run.log_path):
         if not fork:
             refuse_changed(run, space_path, paths)
-        prepared = prepare(space, space_path, devices, log)
+        prepared = prepare(space, space_path, devices, log, torch_device)
         config_version = run.record_configs(space_path, paths)
         study = open_study(run, space, log, worker=False)
         _write_study_record(prepared, study, space_text, config_version)
@@ -138,6 +141,7 @@ def run_llm_search(space_path: Path, paths: list[Path], space: SearchSpace, spac
 def _write_study_record(prepared: LlmPrepared, study: optuna.Study, space_text: str,
                         config_version: str) -> None:
     from hwnas.records import StudyRecord
+    from hwnas.torch_device import describe
 
     record = StudyRecord(
         tuple(sorted(prepared.budgets.limits().items())), prepared.base.weights_sha256,
@@ -145,7 +149,7 @@ def _write_study_record(prepared: LlmPrepared, study: optuna.Study, space_text: 
         {"tokenizer": "the model folder's tokenizer.json", "family": "causal_lm"},
         tuple(prepared.space.objectives), prepared.budgets.basis,
         search_space_yaml=space_text, config_version=config_version,
-        n_trials=prepared.space.search.n_trials,
+        n_trials=prepared.space.search.n_trials, torch_device=describe(prepared.torch_device),
         floors=tuple(name for name in prepared.budgets.limits()
                      if metrics.find(name) is not None and metrics.get(name).higher_is_better))
     record.write(study)

@@ -70,6 +70,7 @@ class LlmPrepared:
     saliency: "Saliency"
     drop_order: tuple[int, ...]
     shape: "SpaceShape"
+    torch_device: str = "cpu"  # where saliency and healing run (hwnas/torch_device.py)
 
 
 @dataclasses.dataclass
@@ -147,7 +148,8 @@ class LlmEvaluator(RecordingEvaluator):
                                            temperature=settings.temperature,
                                            distill_weight=settings.distill_weight,
                                            seed=now.candidate.finetune_seed(
-                                               self.space.search.seed)))
+                                               self.space.search.seed)),
+                              device=self.prepared.torch_device)
             now.llm["heal"] = report.to_dict()
             now.artifact = self._export(now, student, now.work / f"healed-{steps}")
         else:

@@ -113,6 +113,10 @@ def model_card(run: RunFolder, study: optuna.Study, outcome: TrialOutcome) -> di
         "device": outcome.device,
         "timings_s": dict(outcome.timings_s),
         "finetune": outcome.finetune.to_dict() if outcome.finetune else None,
+        # where PyTorch fine-tuned this model (--torch-device): the trial's own record, else
+        # the study's (trials from before it was recorded: None)
+        "torch_device": (outcome.finetune.device if outcome.finetune and outcome.finetune.device
+                         else record.torch_device),
         # `hwnas finalize`: fine-tuned again to full fidelity from this search trial's candidate
         "finalized_from": outcome.finalized_from,
     }

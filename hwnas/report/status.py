@@ -47,13 +47,16 @@ def study_status(target: str, study_name: str | None = None) -> dict[str, Any]:
     stale_ids = set(getattr(study._storage, "_get_stale_trial_ids", lambda _: [])(study._study_id))
     trials = study.get_trials(deepcopy=False)
     workers: dict[str, dict[str, Any]] = collections.defaultdict(
-        lambda: {"stages": collections.Counter(), "devices": set(), "stale": False})
+        lambda: {"stages": collections.Counter(), "devices": set(), "torch_devices": set(),
+                 "stale": False})
     for trial, outcome in zip(trials, found):
         who = outcome.controller.rsplit(":", 1)[0] if outcome.controller else "unknown"
         entry = workers[who]
         entry["stages"][outcome.stage.value] += 1
         if outcome.device:
             entry["devices"].add(outcome.device)
+        if outcome.finetune and outcome.finetune.device:
+            entry["torch_devices"].add(outcome.finetune.device)
         if outcome.stage == TrialStage.RUNNING and (trial._trial_id in stale_ids
                                                     or is_gone(outcome.controller)):
             entry["stale"] = True
@@ -63,7 +66,7 @@ def study_status(target: str, study_name: str | None = None) -> dict[str, Any]:
                                  for o in found)
     return {
         "study": name, "storage": redact(storage_url), "trials_wanted": record.n_trials,
-        "trials": len(found), "stages": dict(stages),
+        "trials": len(found), "stages": dict(stages), "torch_device": record.torch_device,
         "best_feasible": None if best is None else {
             "trial": best.number, "accuracy_val": best.accuracy_val,
             "accuracy_test": best.accuracy_test, "device": best.device,
@@ -72,7 +75,8 @@ def study_status(target: str, study_name: str | None = None) -> dict[str, Any]:
             "decode_tokens_per_s": best.measurement.decode_tokens_per_s
             if best.measurement else None},
         "workers": {who: {"stages": dict(w["stages"]), "devices": sorted(w["devices"]),
-                          "stale": w["stale"]} for who, w in sorted(workers.items())},
+                          "torch_devices": sorted(w["torch_devices"]), "stale": w["stale"]}
+                    for who, w in sorted(workers.items())},
     }
 
 
@@ -97,5 +101,7 @@ def status_text(status: dict[str, Any]) -> str:
     for who, worker in status["workers"].items():
         counts = ", ".join(f"{k} {v}" for k, v in sorted(worker["stages"].items()))
         stale = "  STALE: running trials but the worker is gone or silent" if worker["stale"] else ""
-        lines.append(f"    {who}: {counts}; devices {', '.join(worker['devices']) or '-'}{stale}")
+        torch_devices = ", ".join(worker.get("torch_devices") or []) or "-"
+        lines.append(f"    {who}: {counts}; devices {', '.join(worker['devices']) or '-'}; "
+                     f"PyTorch on {torch_devices}{stale}")
     return "\n".join(lines)

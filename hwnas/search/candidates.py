@@ -63,6 +63,7 @@ class TrialContext:
     run: RunFolder
     config_version: str | None = None
     device_budgets: dict[str, Budgets] | None = None  # device name -> its budgets
+    torch_device: str = "cpu"  # where PyTorch fine-tunes and ranks saliency (torch_device.py)
 
     def budgets_for(self, measurement: Measurement) -> Budgets:
         """A figure is judged by the budgets of the device that measured it."""
@@ -88,7 +89,7 @@ class CandidateBuilder:
 
     def prune_with_plan(self, candidate: Candidate) -> PrunedModel:
         """The pruned model and the channel plan that rebuilds it from the base model."""
-        return prune(self.pruning, candidate, self.saliency_batches)
+        return prune(self.pruning, candidate, self.saliency_batches, self.ctx.torch_device)
 
     def screen_copy(self, candidate: Candidate, work: Path, timings: Timings
                     ) -> tuple[PrunedModel, ExportedModel, Artifact]:
@@ -156,7 +157,8 @@ def train_and_evaluate(ctx: TrialContext, builder: CandidateBuilder, trial: optu
             "max_seconds": settings.max_seconds * fidelity})
     with timings.phase("finetune"):
         tune = finetune(model, ctx.base_model, ctx.task, settings,
-                        seed=candidate.finetune_seed(ctx.space.search.seed))
+                        seed=candidate.finetune_seed(ctx.space.search.seed),
+                        device=ctx.torch_device)
     progress.update(finetune=FineTuneReport.from_dict(tune))
     with timings.phase("quantize_export"):
         artifact = builder.export(model, candidate, work / "model.onnx")

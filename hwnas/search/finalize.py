@@ -79,12 +79,17 @@ def _config_paths(run: RunFolder, version: str | None) -> tuple[Path, list[Path]
 
 def finalize_run(run_dir: Path, top: int, max_steps: int | None = None,
                  max_seconds: float | None = None, again: bool = False,
-                 log: Callable[[str], None] = print, progress: bool = False) -> list[Finalized]:
+                 log: Callable[[str], None] = print, progress: bool = False,
+                 torch_device: str | None = None) -> list[Finalized]:
     """Finalize the ``top`` best feasible trials of a run (see the module's docstring).
     ``max_steps``/``max_seconds`` default to ten times the search's fine-tuning; ``progress``:
-    a bar of each long fine-tune (and of training the base model, where it is not cached)."""
+    a bar of each long fine-tune (and of training the base model, where it is not cached);
+    ``torch_device``: where it runs (--torch-device, auto by default)."""
     from hwnas.logs import run_log
     from hwnas.run_lock import writer_lock
+    from hwnas.torch_device import resolve
+
+    resolve(torch_device)  # refused before the run folder is locked
 
     if top < 1:
         raise ConfigError(f"--top {top}: give how many of the best feasible trials to finalize "
@@ -114,14 +119,15 @@ def finalize_run(run_dir: Path, top: int, max_steps: int | None = None,
         for version in dict.fromkeys(o.config_version for o in chosen):
             group = [o for o in chosen if o.config_version == version]
             results += _finalize_group(run, study, found, group, version, max_steps,
-                                       max_seconds, again, log, progress)
+                                       max_seconds, again, log, progress, torch_device)
         return results
 
 
 def _finalize_group(run: RunFolder, study: optuna.Study, found: list[TrialOutcome],
                     group: list[TrialOutcome], version: str | None, max_steps: int | None,
                     max_seconds: float | None, again: bool,
-                    log: Callable[[str], None], progress: bool) -> list[Finalized]:
+                    log: Callable[[str], None], progress: bool,
+                    torch_device: str | None) -> list[Finalized]:
     """Finalize the chosen trials that ran under one configuration version."""
     from hwnas.search.candidates import CandidateBuilder, seed_everything
     from hwnas.search.shared import PARENT_SECTIONS, fetch_parent, same_sections
@@ -134,7 +140,8 @@ def _finalize_group(run: RunFolder, study: optuna.Study, found: list[TrialOutcom
     parent = (fetch_parent(run, study, record), record) \
         if record.parent_weights_sha256 and same_sections(record, space_path.read_text(),
                                                           PARENT_SECTIONS) else None
-    prepared = prepare(space_path, device_paths, log=log, parent=parent, progress=progress)
+    prepared = prepare(space_path, device_paths, log=log, parent=parent, progress=progress,
+                       torch_device=torch_device)
     searched = prepared.space.finetune
     settings = searched.model_copy(update={
         "max_steps": max_steps if max_steps is not None
@@ -196,7 +203,7 @@ def _finalize_one(ctx: "TrialContext", builder: "CandidateBuilder", study: optun
 
             tune = finetune(pruned.module, ctx.base_model, ctx.task, settings,
                             seed=source.candidate.finetune_seed(ctx.space.search.seed),
-                            on_step=step)
+                            on_step=step, device=ctx.torch_device)
         with timings.phase("quantize_export"):
             artifact = builder.export(pruned.module, source.candidate, work / "model.onnx")
             parent = builder.export_parent(pruned.module, work / "parent.onnx")

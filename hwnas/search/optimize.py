@@ -35,7 +35,7 @@ def trial_context(prepared: Prepared, pool: "DevicePool", run: RunFolder,
 
     return TrialContext(prepared.space, prepared.device, prepared.budgets, prepared.task,
                         prepared.base.module, prepared.shape, pool, run, config_version,
-                        prepared.device_budgets())
+                        prepared.device_budgets(), prepared.torch_device)
 
 
 @contextlib.contextmanager

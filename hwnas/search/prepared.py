@@ -36,6 +36,7 @@ class Prepared:
     base: "BaseModel"
     shape: "SpaceShape"
     devices: tuple[DeviceProfile, ...] = ()
+    torch_device: str = "cpu"  # where PyTorch fine-tunes and ranks saliency (torch_device.py)
 
     def device_budgets(self) -> dict[str, "Budgets"]:
         """A figure is judged by the budgets of the device that measured it."""

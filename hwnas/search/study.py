@@ -35,16 +35,20 @@ def device_paths(device_path: str | Path | list[str | Path] | tuple) -> list[Pat
 def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: int | None = None,
             log: Callable[[str], None] = print,
             parent: tuple[Path, StudyRecord] | None = None,
-            space: SearchSpace | None = None, progress: bool = False) -> Prepared:
+            space: SearchSpace | None = None, progress: bool = False,
+            torch_device: str | None = None) -> Prepared:
     """Load and cross-check the configs, the data and the base model: the study's own parent
     where it has one (``parent``: its fetched weights and the study record), else trained
-    once and cached (``progress``: a bar while it trains), or the user's weights."""
+    once and cached (``progress``: a bar while it trains), or the user's weights.
+    ``torch_device``: --torch-device (auto, default)."""
+    from hwnas.torch_device import resolve
     from hwnas.compress.preflight import preflight
     from hwnas.compress.prune import pruning_setup
     from hwnas.data import load_task
     from hwnas.train import load_base_model, load_parent
 
     space = space or load_search_space(space_path)
+    accelerator = resolve(torch_device)  # refused before the data and the model are loaded
     paths = device_paths(device_path)
     devices = cross_check(space, space_path, paths)
     device = devices[0]
@@ -56,7 +60,8 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
             base = load_parent(space.base_model, task, weights, record.base_model_test_accuracy,
                                record.base_model_key)
         else:
-            base = load_base_model(space.base_model, task, log=log, progress=progress)
+            base = load_base_model(space.base_model, task, log=log, progress=progress,
+                                   device=accelerator)
     # the stage map as resolved (the space's, the model's stages(), or found from its structure)
     space = space.model_copy(update={"base_model": space.base_model.model_copy(
         update={"stages": {name: list(prefixes) for name, prefixes in base.stages.items()}})})
@@ -68,7 +73,8 @@ def prepare(space_path: str | Path, device_path: str | Path | list, n_trials: in
         space_shape(space, other, knob_units)
     shape = space_shape(space, device, knob_units)
     check_enqueued(space, shape)
-    return Prepared(space, device, effective_budgets(space, device), task, base, shape, devices)
+    return Prepared(space, device, effective_budgets(space, device), task, base, shape, devices,
+                    str(accelerator))
 
 
 def cross_check(space: SearchSpace, space_path: str | Path,
@@ -99,17 +105,20 @@ def refuse_emulated_latency(space: SearchSpace, profile: DeviceProfile, path: Pa
 
 
 def study_record(prepared: Prepared) -> StudyRecord:
+    from hwnas.torch_device import describe
+
     return StudyRecord(tuple(sorted(prepared.budgets.limits().items())), prepared.base.key,
                        prepared.base.test_accuracy, tuple(prepared.task.input_shape),
                        prepared.task.preprocessing, tuple(prepared.space.objectives),
-                       prepared.budgets.basis)
+                       prepared.budgets.basis, torch_device=describe(prepared.torch_device))
 
 
 def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: Path | None = None,
                n_trials: int | None = None, progress: bool = True,
                log: Callable[[str], None] = print, fork: bool = False,
                storage: str | None = None, study_name: str | None = None,
-               artifact_store: str | None = None, worker: bool = False) -> SearchOutcome:
+               artifact_store: str | None = None, worker: bool = False,
+               torch_device: str | None = None) -> SearchOutcome:
     """Run (or continue, or join) a search. A study continues only under the configuration it
     ran under (with ``fork``, a changed one gets a new study that keeps the old trials as
     history where they fit: resume.py). Every controller of a study fine-tunes the study's
@@ -122,7 +131,9 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
         refuse_other_space,
         same_sections,
     )
+    from hwnas.torch_device import resolve
 
+    resolve(torch_device)  # a device this machine lacks: refused before a run folder exists
     paths = device_paths(device_path)
     space = with_locations(load_search_space(space_path), storage, study_name, artifact_store)
     # after the loader (it names a file that is not text); what the study records and
@@ -137,7 +148,7 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
                               f"controller on its run folder's SQLite study for now (no "
                               f"--storage, artifact store or `hwnas worker`)")
         return run_llm_search(Path(space_path), paths, space, space_text, run_dir, n_trials,
-                              progress, log, fork)
+                              progress, log, fork, torch_device)
     devices = cross_check(space, space_path, paths)  # refused before a run folder exists
     run = RunFolder.locate(space, devices[0], run_dir)
     # one writer per run folder: a second search here would run trials beyond n_trials
@@ -158,7 +169,7 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
                 parent = (fetch_parent(run, study, record), record)
         prepared = prepare(space_path, paths, n_trials or (joined[1].n_trials if worker and joined
                                                            else None), log, parent, space,
-                           progress)
+                           progress, torch_device)
         run = guard_resume(run, prepared.space, prepared.shape, prepared.budgets, Path(space_path),
                            paths, fork, log)
         config_version = run.record_configs(Path(space_path), paths)
@@ -169,7 +180,8 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
 
 def run_worker(storage: str, study_name: str, device_path: str | Path | list,
                run_dir: Path | None = None, progress: bool = True,
-               log: Callable[[str], None] = print, artifact_store: str | None = None) -> SearchOutcome:
+               log: Callable[[str], None] = print, artifact_store: str | None = None,
+               torch_device: str | None = None) -> SearchOutcome:
     """Join a study on a shared storage: run its recorded search space with this machine's
     devices until the study has the trials it asked for."""
     from hwnas.search.shared import existing_study
@@ -200,7 +212,7 @@ def run_worker(storage: str, study_name: str, device_path: str | Path | list,
         # the study's store unless this machine reaches it elsewhere (another mount point)
         return run_search(space_path, device_path, run_dir, None, progress, log,
                           storage=storage, study_name=study_name, worker=True,
-                          artifact_store=store)
+                          artifact_store=store, torch_device=torch_device)
 
 
 
