@@ -96,6 +96,8 @@ class LlmEvaluator(RecordingEvaluator):
             "finetune" in self.space.model_fields_set
         self._recording(pool, run, config_version)
         self._lock = threading.Lock()  # one export at a time (the builder is not re-entrant)
+        self._proxies: Any = None
+        self._tokenizer_size: int | None = None
 
     # --- the engine's contract -------------------------------------------------------------
 
@@ -115,6 +117,17 @@ class LlmEvaluator(RecordingEvaluator):
     def budgets_for(self, pool: str | None) -> tuple[Budget, ...]:
         return self.budgets
 
+    def proxies(self, candidate: Hashable) -> Mapping[str, float]:
+        """Zero-cost accuracy hints (hwnas/llm/proxies.py): quantisation noise, structure
+        kept, weight bytes."""
+        assert isinstance(candidate, Candidate)
+        if self._proxies is None:
+            from hwnas.llm.proxies import LlmProxies
+
+            self._proxies = LlmProxies(self.prepared.base.model, self.prepared.saliency)
+        return self._proxies.of(draft_of(dict(candidate.values), self.space.knobs,
+                                         self.prepared.base.config, self.prepared.drop_order))
+
     def static_figures(self, candidate: Hashable) -> Mapping[str, float]:
         """A lower bound on the exported folder's size, from the plan alone
         (LlmDraft.weight_bytes): the engine never ships a candidate that cannot fit (a
@@ -123,7 +136,19 @@ class LlmEvaluator(RecordingEvaluator):
         assert isinstance(candidate, Candidate)
         draft = draft_of(dict(candidate.values), self.space.knobs, self.prepared.base.config,
                          self.prepared.drop_order)
-        return {"model_size_mb": draft.weight_bytes() / 1e6}
+        return {"model_size_mb": (draft.weight_bytes() + self._tokenizer_bytes()) / 1e6}
+
+    def _tokenizer_bytes(self) -> int:
+        """The tokenizer.json every folder carries as the tokenizer writes it (3.5 MB for
+        SmolLM2: without it, candidates 1% over a size budget passed as fitting)."""
+        if self._tokenizer_size is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as scratch:
+                self.prepared.base.tokenizer.save_pretrained(scratch)
+                found = Path(scratch) / "tokenizer.json"
+                self._tokenizer_size = found.stat().st_size if found.exists() else 0
+        return self._tokenizer_size
 
     def evaluate(self, candidate: Hashable, fidelity: float) -> float:
         from hwnas.llm.evaluate import evaluate_folder
