@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import onnx
@@ -42,6 +43,24 @@ class UnitTime:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "UnitTime":
+        return cls(str(data["unit"]), float(data["median_us"]), float(data["share"]),
+                   int(data["nodes"]), tuple(data["op_types"]))
+
+
+UNIT_TIMES_ATTR = "unit_times"  # a study's user attribute: role (base | best) -> its profile
+
+
+def kept_unit_times(user_attrs: Mapping[str, Any]
+                    ) -> list[tuple[str, Mapping[str, Any], tuple[UnitTime, ...]]]:
+    """(label, layer profile summary, units) of a search's base and best model, as the search
+    kept them (hwnas/search/unit_profile.py): what layers_table shows."""
+    kept = user_attrs.get(UNIT_TIMES_ATTR) or {}
+    return [(kept[role]["label"], kept[role]["layers"],
+             tuple(UnitTime.from_dict(u) for u in kept[role]["units"]))
+            for role in ("base", "best") if role in kept]
 
 
 def module_path(node_name: str) -> str | None:
@@ -131,6 +150,14 @@ def unit_times(layers: Mapping[str, Any], units: Mapping[str, str | None],
             unit = module_path(_ORT_SUFFIX.sub("", node["name"])) if found is None else None
         grouped.setdefault(unit or f"({node['op_type']})", []).append(node)
     return _ranked(grouped)
+
+
+def file_unit_times(layers: Mapping[str, Any] | None, file: str | Path) -> tuple[UnitTime, ...]:
+    """A layer profile's nodes per module of the ONNX file measured (none without a profile)."""
+    if not layers or layers.get("error"):
+        return ()
+    graph = onnx.load(str(file), load_external_data=False).graph
+    return tuple(unit_times(layers, module_units(graph), graph))
 
 
 def op_type_times(layers: Mapping[str, Any]) -> list[UnitTime]:

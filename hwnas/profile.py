@@ -20,6 +20,7 @@ import onnx
 
 from hwnas.errors import ConfigError, ExportError, HwnasError
 from hwnas.export.graph import graph_inputs
+from hwnas.layers import file_unit_times
 
 if TYPE_CHECKING:
     from hwnas.config.models import DeviceProfile
@@ -242,18 +243,8 @@ def profile_models(paths: Sequence[Path], profile: "DeviceProfile", precisions: 
                     request = dataclasses.replace(request, layer_profile=True)
                 measurement = client.measure(request)
                 rows.append(ProfileRow(name, precision, dataclasses.replace(artifact, path=""),
-                                       measurement, note, _units(measurement, file)))
+                                       measurement, note, file_unit_times(measurement.layers, file)))
     return ProfileResult(tuple(rows), statement)
-
-
-def _units(measurement: "Measurement", file: Path) -> tuple["UnitTime", ...]:
-    """The layer profile's nodes per module of the file measured (hwnas.layers)."""
-    if not measurement.layers or measurement.layers.get("error"):
-        return ()
-    from hwnas.layers import module_units, unit_times
-
-    graph = onnx.load(str(file), load_external_data=False).graph
-    return tuple(unit_times(measurement.layers, module_units(graph), graph))
 
 
 def layers_text(result: ProfileResult, top: int) -> str:

@@ -8,8 +8,15 @@ import html
 def html_report(markdown: str, title: str) -> str:
     """A dependency-free HTML rendering of the Markdown report (tables, headings, image)."""
     body = []
-    in_table = False
+    in_table = in_code = False
     for line in markdown.splitlines():
+        if line.startswith("```"):  # a fixed-width table (the time per module)
+            body.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            body.append(html.escape(line))
+            continue
         if line.startswith("|"):
             cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
             if set("".join(cells)) <= {"-"}:

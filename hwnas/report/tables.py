@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import optuna
 
 from hwnas import metrics
 from hwnas.budgets import budget_text, measured
+from hwnas.layers import UnitTime, kept_unit_times, layers_table
 from hwnas.metrics import Metric
 from hwnas.records import StudyRecord, TrialOutcome, TrialStage
 from hwnas.run import outcomes
@@ -27,12 +29,15 @@ class Report:
     study: StudyRecord
     outcomes: tuple[TrialOutcome, ...]
     front: tuple[TrialOutcome, ...]  # feasible and not dominated
+    # the base and the best model's time per module on the device (hwnas.layers)
+    unit_times: tuple[tuple[str, Any, tuple[UnitTime, ...]], ...] = ()
 
     @classmethod
     def of(cls, study: optuna.Study) -> "Report":
         found = outcomes(study)
         return cls(study.study_name, StudyRecord.from_study(study), tuple(found),
-                   tuple(pareto_front(found, study_directions(study))))
+                   tuple(pareto_front(found, study_directions(study))),
+                   tuple(kept_unit_times(study.user_attrs)))
 
     @property
     def best(self) -> TrialOutcome | None:
@@ -149,6 +154,9 @@ def _markdown_table(rows: tuple[TrialOutcome, ...] | list[TrialOutcome], report:
     return out
 
 
+TOP_UNITS = 8  # modules per model in the report's time table
+
+
 def markdown_report(report: Report, plots: list[Path]) -> str:
     record, best = report.study, report.best
     budgets = ", ".join(budget_text(name, limit, record.is_floor(name))
@@ -181,6 +189,11 @@ def markdown_report(report: Report, plots: list[Path]) -> str:
     lines += ["", "## Pareto front (meets every budget)", ""]
     lines += _markdown_table(report.front, report) + ["", "## All trials", ""]
     lines += _markdown_table(report.outcomes, report)
+    if report.unit_times:
+        lines += ["", "## Where the time goes (per module, on the device)", "",
+                  "Per-node times of profiled runs after the timed ones, summed per module "
+                  "(`hwnas profile MODEL --layers` does this for any ONNX file).", "", "```",
+                  layers_table(report.unit_times, TOP_UNITS), "```"]
     lines += ["", "Accuracy is measured on the exported ONNX bytes with onnxruntime; latency, "
               "peak memory and power by hwnas-agent on the device. Fidelity is the mean cosine similarity of a "
               "trial's outputs to its fp32 parent's (the same model without a precision plan) on "

@@ -17,6 +17,7 @@ from hwnas.remote.screen import CompatibilityScreen, screen_compatibility
 from hwnas.search.candidates import Timings
 
 if TYPE_CHECKING:
+    from hwnas.layers import UnitTime
     from hwnas.remote.client import AgentClient
     from hwnas.search.candidates import CandidateBuilder, TrialContext
     from hwnas.search.twins import Progress
@@ -77,13 +78,15 @@ class TrialMeasurer:
         self.known_pool = inherited.device_pool if inherited else None
         self.pending = inherited.pending_job if inherited else None
 
-    def measure(self, artifact: Artifact, rounds: int | None = None) -> Measurement:
+    def measure(self, artifact: Artifact, rounds: int | None = None,
+                layers: bool = False) -> Measurement:
         """``rounds``: more measurement rounds than the profile's (a figure whose interval
-        holds its budget is measured again with more; search/screening.py)."""
+        holds its budget is measured again with more; search/screening.py); ``layers``: a
+        per-node profile as well (profiled runs after the timed ones: the figures stay)."""
         interrupted = 0
         while True:
             device = self.lease.device
-            known = self.known.get(artifact.sha256) if rounds is None else None
+            known = self.known.get(artifact.sha256) if rounds is None and not layers else None
             # measured on a device of this one's pool (interchangeable ones): not again
             if known is not None and device.pool in (self.known_pool, known.device):
                 self.reused.append(artifact.sha256)
@@ -95,6 +98,8 @@ class TrialMeasurer:
                     request = device.profile.measure_request(artifact.sha256)
                     if rounds is not None:
                         request = dataclasses.replace(request, rounds=rounds)
+                    if layers:
+                        request = dataclasses.replace(request, layer_profile=True)
                     measurement = self._collect_pending(device, artifact) or device.client.measure(
                         request,
                         on_submitted=lambda job: self._note(device.name, job, artifact.sha256))
@@ -140,13 +145,18 @@ class TrialMeasurer:
             self.progress.update(pending_job=(device, job, sha256) if device else None)
 
 
-def measure_base_model(ctx: "TrialContext", builder: "CandidateBuilder") -> tuple[Artifact, Measurement]:
-    """The unpruned fp32 base model's bytes and their measurement on a device of the pool."""
+def measure_base_model(ctx: "TrialContext", builder: "CandidateBuilder"
+                       ) -> tuple[Artifact, Measurement, tuple["UnitTime", ...]]:
+    """The unpruned fp32 base model's bytes and their measurement on a device of the pool,
+    with its time per module (a layer profile after the timed runs)."""
+    from hwnas.layers import file_unit_times
+
     lease = DeviceLease(ctx.devices)
     try:
         work = ctx.run.path / "work" / "base-model"
         artifact = builder.export(ctx.base_model, builder.base_candidate(), work / "base.onnx")
-        return artifact, TrialMeasurer(lease, Timings()).measure(artifact)
+        measurement = TrialMeasurer(lease, Timings()).measure(artifact, layers=True)
+        return artifact, measurement, file_unit_times(measurement.layers, artifact.path)
     finally:
         lease.release()
         shutil.rmtree(work, ignore_errors=True)

@@ -21,6 +21,7 @@ from hwnas.records import StudyRecord, TrialStage
 from hwnas.redaction import redact
 from hwnas.run import RunFolder, completed_search_trials, outcomes
 from hwnas.search.controllers import fail_abandoned_trials, fail_own_trials
+from hwnas.search import unit_profile
 from hwnas.search.prepared import Prepared, SearchOutcome
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ def optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ver
                     raise pipeline.fatal  # e.g. a full disk: the CLI names it
                 retried = _run_retries(study, pipeline, len(pool), log)
                 check_interrupt()
+                if evaluator_of is None:  # an image model: the best one's time per module
+                    unit_profile.profile_best(study, evaluator.ctx, log)
         except KeyboardInterrupt:
             # what it measured stays; the next run retries the candidate first
             fail_own_trials(study)
@@ -167,11 +170,13 @@ def _measure_base_model(study: optuna.Study, ctx: "TrialContext", builder: "Cand
     record = StudyRecord.from_study(study)
     if record.base_model_measurement is not None:
         return
-    artifact, measurement = measure_base_model(ctx, builder)
+    artifact, measurement, units = measure_base_model(ctx, builder)
     dataclasses.replace(record, base_model_measurement=measurement,
                         base_model_size_bytes=artifact.size_bytes).write(study)
+    unit_profile.record(study, "base", unit_profile.entry("base model (fp32)", measurement, units))
+    most = f"; most time in {units[0].unit} ({units[0].share:.0%})" if units else ""
     log(f"base model (unpruned, fp32): latency p90 {measurement.latency_ms_p90:.3f} ms on "
-        f"{measurement.device}, {artifact.size_mb:.2f} MB")
+        f"{measurement.device}, {artifact.size_mb:.2f} MB{most}")
 
 
 class AllTrialsFailed(HwnasError):

@@ -225,3 +225,30 @@ def test_an_export_stopped_by_a_signal_leaves_the_whole_export_or_nothing(search
     done = subprocess.run([HWNAS, "export", str(run_dir), "--trial", str(best.number), "--out",
                            str(tmp_path / "clean")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and {p.name for p in (tmp_path / "clean").iterdir()} == whole
+
+
+def test_the_base_and_best_models_time_per_module_is_kept_and_reported(searched):
+    """Where the time goes (issue 24.1): the base model's layer profile is taken with its one
+    measurement, the best feasible model's once at the end of the run; each node's time is
+    summed per module of the model, and the report shows both side by side."""
+    from hwnas.layers import kept_unit_times
+
+    _, _, run_dir, output = searched
+    study = RunFolder.load(run_dir).open_study()
+    best = best_feasible(outcomes(study))
+    kept = kept_unit_times(study.user_attrs)
+    assert [label for label, _, _ in kept] == ["base model (fp32)",
+                                               f"best feasible (trial {best.number})"]
+    assert study.user_attrs["unit_times"]["best"]["model_sha256"] == best.artifact.sha256
+    for _, layers, units in kept:
+        assert layers["runs"] > 0 and layers["headline_ms_p50"] > 0
+        assert abs(sum(u.share for u in units) - 1.0) < 1e-6
+        assert [u.median_us for u in units] == sorted((u.median_us for u in units), reverse=True)
+        modules = {u.unit.split(".")[0] for u in units if not u.unit.startswith("(")}
+        assert {"stage1", "stage2"} <= modules, units  # the model's own modules, not op types
+    assert "base model (unpruned, fp32)" in output and "most time in stage" in output
+    hwnas("report", run_dir)
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "## Where the time goes (per module, on the device)" in report
+    assert f"best feasible (trial {best.number}) us / share" in report
+    assert "<pre>" in (run_dir / "report" / "report.html").read_text()
