@@ -11,12 +11,14 @@ blocks of 128 as readily as on int8 for a layer group.
 - ``structure_kept`` (higher is better): the share of the base model's block influence that
   the kept layers hold, each weighted by the share of its MLP saliency its kept units hold
   (hwnas/llm/saliency.py: the units kept are the most salient).
-- ``log_weight_bytes``: the plan's weight bytes (LlmDraft.weight_bytes): capacity.
+
+Not the plan's bytes: an lm_head quantised apart from its tied embedding is a second copy
+(more bytes, no more accuracy), and a coarser block for every layer then ranked above int4/32
+everywhere, which is both smaller in what matters and more accurate.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from typing import Any, Mapping
 
@@ -82,5 +84,4 @@ class LlmProxies:
         noise += self._error("model.embed_tokens.weight", draft.embedding)
         noise += self._error("lm_head.weight", draft.lm_head)
         structure = sum(self._influence[i] * self._mlp_kept(i, draft.mlp_units[i]) for i in kept)
-        return {"quantisation_noise": -noise, "structure_kept": structure,
-                "log_weight_bytes": math.log(draft.weight_bytes())}
+        return {"quantisation_noise": -noise, "structure_kept": structure}

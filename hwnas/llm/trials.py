@@ -119,7 +119,7 @@ class LlmEvaluator(RecordingEvaluator):
 
     def proxies(self, candidate: Hashable) -> Mapping[str, float]:
         """Zero-cost accuracy hints (hwnas/llm/proxies.py): quantisation noise, structure
-        kept, weight bytes."""
+        kept."""
         assert isinstance(candidate, Candidate)
         if self._proxies is None:
             from hwnas.llm.proxies import LlmProxies
