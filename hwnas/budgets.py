@@ -147,5 +147,6 @@ def _percent(excess: float) -> str:
 def objective_values(space: "SearchSpace", accuracy: float, measurement: Measurement,
                      artifact: Artifact, basis: str = "total") -> tuple[float, ...]:
     """The study's objectives, in the order the search space names them."""
-    figures = measured(measurement, artifact, basis, tuple(space.objectives[1:]))
-    return (accuracy, *(figures[name] for name in space.objectives[1:]))
+    wanted = tuple(n for n in space.objectives[1:] if metrics.get(n).source != "evaluation")
+    figures = measured(measurement, artifact, basis, wanted)
+    return (accuracy, *(figures.get(name, metrics.worst(name)) for name in space.objectives[1:]))

@@ -21,6 +21,7 @@ attribute a metric reads (``latency_p90_ms`` reads ``Measurement.latency_ms_p90`
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -59,6 +60,9 @@ class Metric:
     needs_generation: bool = False
     # a simulator's figure of it is not the device's (Qualcomm's HTP simulated on x86)
     device_only: bool = False
+    # only that family's searches have it (an evaluation figure its evaluator gives:
+    # SearchSpace.family, "causal_lm" for perplexity); None: every family
+    family: str | None = None
     # always a report column where trials have it (others: where the study names them)
     shown: bool = False
     spec: str = ".3f"  # how a table cell formats it
@@ -164,6 +168,12 @@ BUILT_IN = (
     Metric("energy_mj_per_token", "mJ", False, "measurement",
            "measured energy per generated token (mJ)", "mJ/token", field="energy_mj_per_token",
            needs_power=True, needs_generation=True, spec=".2f"),
+    # a language model's evaluation of its exported folder on the val text (hwnas/llm)
+    Metric("perplexity", "", False, "evaluation", "validation perplexity (exported folder)",
+           "val ppl", budgetable=False, family="causal_lm", spec=".2f"),
+    Metric("mcq_accuracy", "", True, "evaluation",
+           "multiple-choice accuracy (exported folder, log-likelihood)", "MCQ acc",
+           budgetable=False, family="causal_lm", spec=".4f"),
 )
 
 _registry: dict[str, Metric] = {metric.name: metric for metric in BUILT_IN}
@@ -174,8 +184,8 @@ _plugins_loaded = False
 def register(metric: Metric) -> Metric:
     """Add a metric (the same one again is a no-op; another under a taken name is refused)."""
     if metric.source == "evaluation":
-        # the trial computes accuracy alone from evaluating the bytes; another evaluated
-        # figure (perplexity) needs its model family's evaluation first
+        # an evaluated figure comes from its family's evaluator (Evaluator.evaluation_figures:
+        # the built-in perplexity and mcq_accuracy from a language model's); a plug-in has none
         raise ValueError(f"metric {metric.name}: a metric of your own comes from the "
                          f"measurement or the bytes (source 'measurement' or 'artifact')")
     with _lock:
@@ -248,6 +258,17 @@ def find(name: str) -> Metric | None:
 def directions(objectives: Sequence[str]) -> list[str]:
     """Optuna's study directions for objectives, in their order."""
     return [get(name).direction for name in objectives]
+
+
+def measured_names(names: Iterable[str]) -> tuple[str, ...]:
+    """Of these (budgets, then objectives), once each, the figures a measurement or the bytes
+    give: an evaluation's (accuracy, perplexity) come from the evaluator."""
+    return tuple(dict.fromkeys(n for n in names if get(n).source != "evaluation"))
+
+
+def worst(name: str) -> float:
+    """The value a sampler reads as the worst for an objective never measured or evaluated."""
+    return -math.inf if get(name).higher_is_better else math.inf
 
 
 def values(measurement: "Measurement", artifact: Any, basis: str = "total",

@@ -94,9 +94,9 @@ def test_registering_is_checked():
     with pytest.raises(ValueError, match="lower-case letters"):
         Metric("Latency", "ms", False, "measurement", "x", "x", field="x")
     with pytest.raises(ValueError, match="budgets on one are not supported"):
-        Metric("perplexity", "", False, "evaluation", "x", "x")
+        Metric("bleu", "", True, "evaluation", "x", "x")
     with pytest.raises(ValueError, match="comes from the measurement or the bytes"):
-        metrics.register(Metric("perplexity", "", False, "evaluation", "x", "x", budgetable=False))
+        metrics.register(Metric("bleu", "", True, "evaluation", "x", "x", budgetable=False))
     assert metrics.get("latency_p90_ms").screenable and not metrics.get("accuracy").screenable
     with pytest.raises(ValueError, match="built-in"):
         metrics.unregister("latency_p90_ms")

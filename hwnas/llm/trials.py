@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Mapping
 
 import optuna
 
+from hwnas import metrics
 from hwnas.knobs import Candidate
 from hwnas.knobs.llm import LlmDraft, draft_of
 from hwnas.records import Artifact, Measurement, TrialStage
@@ -89,8 +90,8 @@ class LlmEvaluator(RecordingEvaluator):
                  config_version: str | None) -> None:
         self.prepared, self.space = prepared, prepared.space
         self.budgets = _budgets(prepared.budgets)
-        self.wanted = tuple(dict.fromkeys([b.figure for b in self.budgets] +
-                                          list(self.space.objectives[1:])))
+        self.wanted = metrics.measured_names([*(b.figure for b in self.budgets),
+                                              *self.space.objectives[1:]])
         # healing makes new weights: the healed folder is measured again and decides
         self.measure_after_evaluation = self.space.finetune.max_steps > 0 and \
             "finetune" in self.space.model_fields_set
@@ -190,6 +191,14 @@ class LlmEvaluator(RecordingEvaluator):
         accuracy = evaluation.perplexity.top1_accuracy
         now.progress.update(accuracy_val=accuracy, artifact=now.artifact)
         return accuracy
+
+    def evaluation_figures(self, candidate: Hashable) -> Mapping[str, float]:
+        """Perplexity on the selection (val) text and, with questions, MCQ accuracy: of the
+        folder evaluate() just evaluated."""
+        found = self._current(candidate).llm
+        return {name: float(found[key]) for name, key in
+                (("perplexity", "perplexity_val"), ("mcq_accuracy", "mcq_accuracy_val"))
+                if found.get(key) is not None}
 
     def end_trial(self, trial: optuna.Trial, candidate: Hashable, stage: str,
                   earlier: optuna.trial.FrozenTrial | None = None) -> None:

@@ -79,8 +79,8 @@ class CompressionEvaluator(RecordingEvaluator):
         self.builder = builder or CandidateBuilder(ctx)
         # the output-fidelity floor is known only after fine-tuning: set by end_trial
         self.budgets = _budgets(ctx.budgets)
-        self.wanted = tuple(dict.fromkeys([b.figure for b in self.budgets] +
-                                          list(ctx.space.objectives[1:])))
+        self.wanted = metrics.measured_names([*(b.figure for b in self.budgets),
+                                              *ctx.space.objectives[1:]])
         self._recording(ctx.devices, ctx.run, ctx.config_version)
         self._built: dict[Candidate, tuple[float, int]] = {}  # size MB, multiply-accumulates
 

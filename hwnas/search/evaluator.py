@@ -116,6 +116,11 @@ class Evaluator(abc.ABC):
     def evaluate(self, candidate: Hashable, fidelity: float) -> float:
         """Expensive: accuracy after training/fine-tuning at ``fidelity`` (1.0 = full)."""
 
+    def evaluation_figures(self, candidate: Hashable) -> Mapping[str, float]:
+        """Figures of the evaluation besides accuracy (a language model's perplexity), for
+        the objectives that name them; none by default."""
+        return {}
+
     def proxies(self, candidate: Hashable) -> Mapping[str, float]:
         """Cheap accuracy hints from the real architecture (no training); none by default."""
         return {}

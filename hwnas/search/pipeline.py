@@ -21,12 +21,13 @@ is an `Evaluator` (the compression search, or a replay of benchmark tables).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hwnas import metrics
+from hwnas.metrics import worst
 from hwnas.interrupts import check as check_interrupt
 from hwnas.policy_record import PolicyProgress
 from hwnas.search.books import Books, PoolBooks
@@ -111,7 +112,7 @@ class TrialPipeline:
             report, decisions = self._measure(progress, candidate, books, screened=True)
             if not all(d.feasible for d in decisions):
                 self._finish(progress, candidate, STAGE_REJECTED, books.budgets, report)
-                return self._values(NOT_EVALUATED, report)
+                return self._values(NOT_EVALUATED, report, {})
         accuracy = self._evaluate(progress, candidate)
         if accuracy is None:
             self._finish(progress, candidate, STAGE_STOPPED, books.budgets, report)
@@ -125,10 +126,15 @@ class TrialPipeline:
                 progress.update(hardware_screened=report.to_dict())
             report, decisions = self._measure(progress, candidate, books, screened=False)
         self._finish(progress, candidate, STAGE_EVALUATED, books.budgets, report)
-        return self._values(accuracy, report)
+        return self._values(accuracy, report, evaluator.evaluation_figures(candidate))
 
-    def _values(self, accuracy: float, report: HardwareReport | None) -> list[float]:
-        figures = [report.figure(n).value if report else math.nan for n in self.objectives]
+    def _values(self, accuracy: float, report: HardwareReport | None,
+                evaluated: Mapping[str, float]) -> list[float]:
+        """The objectives: accuracy, then each figure from the measurement or, for one of
+        the evaluation (a language model's perplexity), the evaluator's (worst if none)."""
+        figures = [evaluated.get(n, worst(n)) if metrics.get(n).source == "evaluation"
+                   else report.figure(n).value if report else math.nan
+                   for n in self.objectives]
         return [accuracy, *figures]
 
     def _measure(self, progress: PolicyProgress, candidate: Hashable, books: Books,
@@ -209,11 +215,6 @@ class TrialPipeline:
                 trial.set_constraint(budget.figure,
                                      budget.constraint(report.figure(budget.figure).value))
         self.evaluator.end_trial(trial, candidate, stage)
-
-
-def worst(metric: str) -> float:
-    """The value a sampler reads as the worst for an objective never measured."""
-    return -math.inf if metrics.get(metric).higher_is_better else math.inf
 
 
 def stop_when_exhausted(engine: "EngineSampler") -> Callable[[optuna.Study, Any], None]:

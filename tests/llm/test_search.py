@@ -210,3 +210,48 @@ def test_trials_below_one_are_refused_for_a_language_model_too(tiny_hf, tmp_path
     space, device = _write(tmp_path, tiny_hf, "search: {n_trials: 2}\n")
     with pytest.raises(ConfigError, match=r"--trials 0: give the total number of trials"):
         _search(space, device, tmp_path / "run", n_trials=0)
+
+
+def test_perplexity_is_an_objective_of_a_language_search(tiny_hf, tmp_path):
+    """objectives: [accuracy, perplexity] (issue 22.7): each evaluated trial's second value is
+    its exported folder's val perplexity, minimised; a rejected one's is the worst there is."""
+    import math
+
+    from hwnas.llm.report import rows
+
+    space, device = _write(tmp_path, tiny_hf, "objectives: [accuracy, perplexity]\n"
+                           "search: {n_trials: 3, seed: 1}\n")
+    outcome = _search(space, device, tmp_path / "run")
+    study = outcome.study
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    by_number = {t.number: t for t in study.get_trials()}
+    found = rows(study)
+    evaluated = [r for r in found if r["stage"] == "evaluated"]
+    assert evaluated, found
+    for row in found:
+        values = by_number[row["trial"]].values
+        if row["stage"] == "evaluated":
+            assert values[1] == pytest.approx(row["perplexity_val"]) and 1 < values[1] < 1e4
+        elif values is not None:
+            assert math.isinf(values[1]) and values[1] > 0
+
+
+@pytest.mark.parametrize("objectives, message", [
+    ("[accuracy, mcq_accuracy]", "mcq_accuracy needs multiple-choice questions"),
+    ("[accuracy, perplexity, perplexity]", "name each metric once"),
+])
+def test_a_language_objective_it_cannot_have_is_refused(tiny_hf, tmp_path, objectives, message):
+    space, device = _write(tmp_path, tiny_hf, f"objectives: {objectives}\n"
+                           "search: {n_trials: 1}\n")
+    with pytest.raises(ConfigError, match=message):
+        _search(space, device, tmp_path / "run")
+
+
+def test_perplexity_is_refused_for_an_image_model(tmp_path):
+    from hwnas.config import load_search_space
+    from tests.conftest import DIGITS_SPACE
+
+    path = tmp_path / "space.yaml"
+    path.write_text(DIGITS_SPACE + "objectives: [accuracy, perplexity]\n")
+    with pytest.raises(ConfigError, match="perplexity is a figure of a language model"):
+        load_search_space(path)
