@@ -128,6 +128,7 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
             result["uses"], missing = runtime_use(profile, facts)
             if missing:
                 raise DeviceError(missing)
+            _check_power_source(profile, facts)
             with tempfile.TemporaryDirectory() as folder:
                 artifact = Artifact.from_file(calibration_model(Path(folder) / "cal.onnx"), {}, 0)
                 client.ensure_model(artifact)
@@ -147,6 +148,23 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
         result["error"] = str(exc)
     result["check_seconds"] = time.perf_counter() - started
     return result
+
+
+def _check_power_source(profile: DeviceProfile, facts: dict[str, Any]) -> None:
+    """The profile's power source among the sensors the agent finds there (a configured meter
+    program is never detected): a measurement with it would fail at the first search trial."""
+    wanted = profile.power.source
+    if wanted in (NO_POWER, "command"):
+        return
+    found = {s.get("kind"): s for s in facts.get("power_sources", [])}
+    if wanted in found and not found[wanted].get("error"):
+        return
+    why = f"it fails: {found[wanted]['error']}" if wanted in found else \
+        f"the agent finds {', '.join(k for k in found if k) or 'no sensor'} there"
+    raise DeviceError(f"{profile.name}: the profile's power.source {wanted} is not available on "
+                      f"the device ({why}); fix the sensor (docs/targets/ says what each needs), "
+                      f"name one the device has, or set power: {{source: none}} to measure "
+                      f"without watts")
 
 
 def check_table(results: list[dict[str, Any]]) -> str:

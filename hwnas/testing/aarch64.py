@@ -4,8 +4,8 @@ through binfmt_misc. The tests' real OpenSSH server reaches it with ``ChrootDire
 server is this machine's sshd, every command and the agent run inside the root as aarch64
 code, and the agent's loopback port is this machine's loopback (one network).
 
-The root file system is built once (~6 min, ~380 MB: the download and debootstrap's second
-stage under emulation) and cached under ``<cache>/aarch64-box/``; each box is a fresh overlay
+The root file system is built once (3-6 min on 2 cores, ~250 MB: the download and
+debootstrap's second stage under emulation) and cached under ``<cache>/aarch64-box/``; each box is a fresh overlay
 on it (its writes go to a folder of the caller's), so every box starts as a board fresh out
 of the box and the cached root is never changed. Everything it times is qemu's speed: the
 agent says so in each measurement (hwnas_agent.emulation), and no such figure is a latency.

@@ -4,7 +4,7 @@ with the real CLI: `hwnas agent install` ships the aarch64 cp311 wheels from the
 `hwnas devices check` and `hwnas profile` measure with the aarch64 onnxruntime wheel, and
 every figure says it is emulated and is refused as a latency.
 
-The root file system is built once (~6 min) into the user's cache (not the session's
+The root file system is built once (3-6 min) into the user's cache (not the session's
 isolated one) and reused; each run starts a fresh overlay on it."""
 
 from __future__ import annotations

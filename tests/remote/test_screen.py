@@ -84,3 +84,20 @@ def test_devices_check_lists_the_precisions_the_runtime_really_accepts(tmp_path)
     assert "precision a16w8" in check_table([result])
     cpu = check_device(load_device_profile(REPO / "device_profiles" / "local.yaml"))
     assert cpu["precisions"] == {"fp32": "ok", "fp16": "ok", "int8": "ok"}
+
+
+def test_a_power_source_the_device_lacks_fails_the_check(tmp_path):
+    """A Raspberry Pi 5's PMIC asked of a machine without vcgencmd (a new user's aarch64 box
+    passed `devices check` and failed at the first measurement): refused by name."""
+    from hwnas.remote.check import check_device
+
+    path = tmp_path / "pmic.yaml"
+    local = (REPO / "device_profiles" / "local.yaml").read_text()
+    assert local.count("  source: none ") == 1
+    path.write_text(local.replace("  source: none ", "  source: pi5_pmic "))
+    result = check_device(load_device_profile(path))
+    assert not result["ok"], result
+    assert "power.source pi5_pmic is not available" in result["error"]
+    assert "power: {source: none}" in result["error"]
+    path.write_text(local)
+    assert check_device(load_device_profile(path))["ok"]
