@@ -165,12 +165,14 @@ def main() -> int:
         best = pick(outcome)
         if best is not None:
             test_figures(best, test_blocks)
-        picks = {name: p for name, p in (("engine", best), ("uniform", best_uniform)) if p}
+        # a copy per seed: the side-by-side figures are this seed's (one shared dict gave every
+        # seed the last seed's uniform decode speed in the JSON)
+        picks = {name: dict(p) for name, p in (("engine", best), ("uniform", best_uniform)) if p}
         side_by_side(picks)
         wins = best is not None and (best_uniform is None or best["next_token_accuracy_test"] >
                                      best_uniform["next_token_accuracy_test"])
-        seeds.append({"seed": seed, "search_seconds": seconds, "engine": best,
-                      "uniform": best_uniform, "engine_better_on_test": wins})
+        seeds.append({"seed": seed, "search_seconds": seconds, "engine": picks.get("engine"),
+                      "uniform": picks.get("uniform"), "engine_better_on_test": wins})
         for name, p in picks.items():
             rows.append([str(seed), name, str(p["trial"]), f"{p['next_token_accuracy_val']:.4f}",
                          f"{p['next_token_accuracy_test']:.4f}", f"{p['perplexity_test']:.2f}",
