@@ -77,7 +77,9 @@ class Metric:
         if self.source != "evaluation" and self.read is None and self.field is None:
             raise ValueError(f"metric {self.name}: give 'read' or 'field' (where its value comes "
                              f"from)")
-        if self.source == "evaluation" and self.budgetable:
+        if self.source == "evaluation" and self.budgetable and self.family is None:
+            # a family's evaluator gives its own (a language model's perplexity): decided
+            # after evaluation, as the output-fidelity floor is
             raise ValueError(f"metric {self.name}: a figure from evaluation is known only after "
                              f"fine-tuning; budgets on one are not supported")
 
@@ -170,10 +172,10 @@ BUILT_IN = (
            needs_power=True, needs_generation=True, spec=".2f"),
     # a language model's evaluation of its exported folder on the val text (hwnas/llm)
     Metric("perplexity", "", False, "evaluation", "validation perplexity (exported folder)",
-           "val ppl", budgetable=False, family="causal_lm", spec=".2f"),
+           "val ppl", family="causal_lm", spec=".2f"),
     Metric("mcq_accuracy", "", True, "evaluation",
            "multiple-choice accuracy (exported folder, log-likelihood)", "MCQ acc",
-           budgetable=False, family="causal_lm", spec=".4f"),
+           family="causal_lm", spec=".4f"),
 )
 
 _registry: dict[str, Metric] = {metric.name: metric for metric in BUILT_IN}

@@ -102,6 +102,10 @@ class AgentCommand(Command):
             elif args.action == "stop":
                 remote.stop()
                 status = remote.status()
+                if not status.running:  # asked for: not an error to explain
+                    print(f"{remote.profile.name}: hwnas-agent stopped; `hwnas agent install "
+                          f"PROFILE` starts it again")
+                    return 0
             elif args.action == "uninstall":
                 remote.uninstall()
                 print(f"{remote.profile.name}: hwnas-agent removed")

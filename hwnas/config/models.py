@@ -216,17 +216,19 @@ class SearchSpace(Frozen):
                              f"{', '.join(mine)}")
         if mine and all(getattr(self.knobs, name, None) is None for name in mine):
             raise ValueError(f"knobs: enable at least one knob: {', '.join(mine)}")
-        for name in self.objectives:
-            metric = metrics.get(name)
-            if metric.family is not None and metric.family != family:
-                kind = "a language model (base_model.causal_lm)" \
-                    if metric.family == "causal_lm" else f"a {metric.family} model"
-                raise ValueError(f"objectives: {name} is a figure of {kind}'s evaluation, not "
-                                 f"of this model's")
-        if "mcq_accuracy" in self.objectives and (
-                self.dataset.text is None or self.dataset.text.mcq is None):
-            raise ValueError("objectives: mcq_accuracy needs multiple-choice questions: "
-                             "dataset.text.mcq (a JSONL file: question, options, answer)")
+        budgeted = [n for n in self.budgets.limits() if n != "fidelity_cosine_min"]
+        for where, names in (("objectives", self.objectives), ("budgets", budgeted)):
+            for name in names:
+                metric = metrics.get(name)
+                if metric.family is not None and metric.family != family:
+                    kind = "a language model (base_model.causal_lm)" \
+                        if metric.family == "causal_lm" else f"a {metric.family} model"
+                    raise ValueError(f"{where}: {name} is a figure of {kind}'s evaluation, "
+                                     f"not of this model's")
+            if "mcq_accuracy" in names and (
+                    self.dataset.text is None or self.dataset.text.mcq is None):
+                raise ValueError(f"{where}: mcq_accuracy needs multiple-choice questions: "
+                                 f"dataset.text.mcq (a JSONL file: question, options, answer)")
         if (family == "causal_lm") != (self.dataset.text is not None):
             raise ValueError("a causal_lm searches with dataset.text (and an image model with "
                              "image data): base_model and dataset disagree")

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 
 from hwnas import metrics
+from hwnas.budgets import describe_excess
 from hwnas.pareto import pareto_front, study_directions
 from hwnas.records import TrialStage
 from hwnas.report.tables import aligned, fmt
@@ -44,7 +45,8 @@ def rows(study: optuna.Study) -> list[dict[str, Any]]:
         found.append({
             "trial": trial.number, "stage": outcome.stage.value, "front": trial.number in front,
             "budgets": outcome.rejection or outcome.failure or
-            ("meets" if all(v <= 0 for v in (trial.constraints or {}).values()) else "breaks"),
+            ("meets" if all(v <= 0 for v in (trial.constraints or {}).values())
+             else describe_excess(dict(trial.constraints))),
             "next_token_accuracy_val": outcome.accuracy_val,
             "perplexity_val": llm.get("perplexity_val"),
             "perplexity_test": (tested.get(str(trial.number)) or {}).get("perplexity"),

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 GENERATION_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50",
                       "ttft_ms_p90", "peak_memory_mb", "model_size_mb", "energy_mj_per_token",
                       "power_mean_w", "power_peak_w")
-# of the exported folder's evaluation on the val text (objectives only: hwnas/metrics.py)
+# of the exported folder's evaluation on the val text (accuracy: an objective only)
 EVALUATION_METRICS = ("accuracy", "perplexity", "mcq_accuracy")
 
 
@@ -69,8 +69,8 @@ def check_generation_devices(space: SearchSpace, space_path: Path,
             if name not in GENERATION_METRICS and name not in EVALUATION_METRICS:
                 raise ConfigError(f"{'objectives' if name in space.objectives else 'budgets'}:"
                                   f" {name} is not measured when a language model generates; "
-                                  f"allowed: {', '.join(GENERATION_METRICS)} (objectives "
-                                  f"also: {', '.join(EVALUATION_METRICS[1:])})")
+                                  f"allowed: {', '.join(GENERATION_METRICS)}, and of the "
+                                  f"evaluation: {', '.join(EVALUATION_METRICS[1:])}")
         check_power_is_measured(space, space_path, profile, path)
 
 

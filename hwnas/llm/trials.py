@@ -195,10 +195,7 @@ class LlmEvaluator(RecordingEvaluator):
     def evaluation_figures(self, candidate: Hashable) -> Mapping[str, float]:
         """Perplexity on the selection (val) text and, with questions, MCQ accuracy: of the
         folder evaluate() just evaluated."""
-        found = self._current(candidate).llm
-        return {name: float(found[key]) for name, key in
-                (("perplexity", "perplexity_val"), ("mcq_accuracy", "mcq_accuracy_val"))
-                if found.get(key) is not None}
+        return _evaluated(self._current(candidate).llm)
 
     def end_trial(self, trial: optuna.Trial, candidate: Hashable, stage: str,
                   earlier: optuna.trial.FrozenTrial | None = None) -> None:
@@ -215,6 +212,13 @@ class LlmEvaluator(RecordingEvaluator):
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(now.artifact.path, kept)  # the folder to deploy: `hwnas export`
             now.llm["folder"] = str(kept.relative_to(self._run.path))
+            # a budget on the evaluation (a perplexity ceiling) is decided now, as the
+            # measured ones were before evaluation
+            evaluated = _evaluated(now.llm)
+            for name, limit in self.prepared.budgets.limits().items():
+                metric = metrics.find(name)
+                if metric is not None and metric.source == "evaluation" and name in evaluated:
+                    trial.set_constraint(name, metric.constraint(evaluated[name], limit))
         now.progress.update(**changes)
         trial.set_user_attr("llm", dict(now.llm))
 
@@ -251,6 +255,13 @@ class LlmEvaluator(RecordingEvaluator):
     def _figures(self, measurement: Measurement, artifact: Artifact) -> HardwareReport:
         return compression_figures(measurement, artifact, self.prepared.budgets.basis,
                                    self.wanted)
+
+
+def _evaluated(found: Mapping[str, Any]) -> dict[str, float]:
+    """The evaluation's figures besides accuracy, by metric name, from a trial's record."""
+    return {name: float(found[key]) for name, key in
+            (("perplexity", "perplexity_val"), ("mcq_accuracy", "mcq_accuracy_val"))
+            if found.get(key) is not None}
 
 
 def _tensor(blocks: Any) -> Any:

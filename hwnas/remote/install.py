@@ -254,7 +254,8 @@ class RemoteAgent:
             self._write("installed.sha256", plan.stamp + "\n")
             restart = True
         else:
-            log(f"{self.profile.name}: hwnas-agent {AGENT_VERSION} already installed")
+            changed = "; its configuration (agent.json) changed: restarting it" if restart else ""
+            log(f"{self.profile.name}: hwnas-agent {AGENT_VERSION} already installed{changed}")
         if restart:
             self.stop()
         status = self.status()

@@ -56,9 +56,12 @@ def compression_figures(measurement: Measurement, artifact: Artifact, basis: str
 
 
 def _budgets(budgets: Budgets) -> tuple[Budget, ...]:
-    # the output-fidelity floor is known only after fine-tuning: set by end_trial
+    """The budgets a measurement or the bytes decide (screened, measured again where noise
+    holds them). The output-fidelity floor and an evaluation's budget (a language model's
+    perplexity) are known only after evaluation: set by the evaluator's end_trial."""
     return tuple(Budget(name, limit, metrics.get(name).higher_is_better)
-                 for name, limit in budgets.limits().items() if name != "fidelity_cosine_min")
+                 for name, limit in budgets.limits().items()
+                 if name != "fidelity_cosine_min" and metrics.get(name).screenable)
 
 
 @dataclasses.dataclass

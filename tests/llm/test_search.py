@@ -255,3 +255,29 @@ def test_perplexity_is_refused_for_an_image_model(tmp_path):
     path.write_text(DIGITS_SPACE + "objectives: [accuracy, perplexity]\n")
     with pytest.raises(ConfigError, match="perplexity is a figure of a language model"):
         load_search_space(path)
+
+
+def test_a_perplexity_ceiling_is_decided_after_evaluation(tiny_hf, tmp_path):
+    """budgets: {perplexity: X} (issue 22.7): not screened (nothing measured gives it), set on
+    each evaluated trial from its folder's val perplexity; a ceiling no folder meets leaves the
+    study with evaluated trials and no feasible one, each saying by how much it missed."""
+    from hwnas.llm.report import rows
+
+    generous, tight = "budgets: {model_size_mb: 0.4, perplexity: 1000000}", \
+        "budgets: {model_size_mb: 0.4, perplexity: 1.0}"
+    for budgets, meets in ((generous, True), (tight, False)):
+        folder = tmp_path / ("generous" if meets else "tight")
+        space, device = _write(folder, tiny_hf, "search: {n_trials: 2, seed: 1}\n",
+                               SPACE.replace("budgets: {model_size_mb: 0.4}", budgets))
+        study = _search(space, device, folder / "run").study
+        by_number = {t.number: t for t in study.get_trials()}
+        evaluated = [r for r in rows(study) if r["stage"] == "evaluated"]
+        assert evaluated
+        limit = 1e6 if meets else 1.0
+        for row in evaluated:
+            constraint = by_number[row["trial"]].constraints["perplexity"]
+            assert constraint == pytest.approx(row["perplexity_val"] / limit - 1.0)
+            assert (constraint <= 0) == meets
+            assert (row["budgets"] == "meets") == meets
+            if not meets:
+                assert row["budgets"].startswith("perplexity over budget by")

@@ -73,6 +73,7 @@ def test_install_then_search_then_stop_and_uninstall(ssh_world, tmp_path):
                        "{command: 'my-meter --watts; touch PWNED4'}}\n")
     reconfigured = hwnas("agent", "install", profile)
     assert reconfigured.returncode == 0, reconfigured.stderr
+    assert "its configuration (agent.json) changed: restarting it" in reconfigured.stdout
     config = json.loads((remote_dir / "agent.json").read_text())
     assert config["power_sources"] == {"command": {"kind": "command", "options": {
         "command": "my-meter --watts; touch PWNED4"}}}
@@ -90,7 +91,7 @@ def test_install_then_search_then_stop_and_uninstall(ssh_world, tmp_path):
         assert not list(tmp_path.rglob(marker)) and not (Path.home() / marker).exists()
     assert not (Path.home() / ".config/systemd/user/hwnas-agent.service").exists()
     stopped = hwnas("agent", "stop", profile)
-    assert stopped.returncode == 0 and "not running" in stopped.stdout
+    assert stopped.returncode == 0 and "hwnas-agent stopped;" in stopped.stdout
     assert hwnas("agent", "uninstall", profile).returncode == 0
     assert not remote_dir.exists()
 
