@@ -405,7 +405,8 @@ def test_no_number_of_a_config_may_be_infinite_or_nan(tmp_path, text):
      "key 'budgets': 'latency_ms_p90' is not a metric a budget can bound; allowed: "
      "latency_p50_ms, latency_p90_ms, model_size_mb, peak_memory_mb, power_mean_w, power_peak_w, "
      "energy_mj_per_inference, decode_tokens_per_s, prefill_tokens_per_s, ttft_ms_p50, "
-     "ttft_ms_p90, energy_mj_per_token, energy_basis, fidelity_cosine_min"),
+     "ttft_ms_p90, energy_mj_per_token, perplexity, mcq_accuracy, energy_basis, "
+     "fidelity_cosine_min"),
     ("budgets: {accuracy: 0.9}\n", "'accuracy' is not a metric a budget can bound"),
     ("budgets: {peak_memory_mb: -5}\n", "key 'budgets.peak_memory_mb': Input should be greater "
                                         "than 0 (got -5)"),

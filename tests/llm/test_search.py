@@ -253,7 +253,10 @@ def test_perplexity_is_refused_for_an_image_model(tmp_path):
 
     path = tmp_path / "space.yaml"
     path.write_text(DIGITS_SPACE + "objectives: [accuracy, perplexity]\n")
-    with pytest.raises(ConfigError, match="perplexity is a figure of a language model"):
+    with pytest.raises(ConfigError, match="objectives: perplexity is a figure of a language model"):
+        load_search_space(path)
+    path.write_text(DIGITS_SPACE.replace("budgets: {", "budgets: {perplexity: 30.0, ", 1))
+    with pytest.raises(ConfigError, match="budgets: perplexity is a figure of a language model"):
         load_search_space(path)
 
 
