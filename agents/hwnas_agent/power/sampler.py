@@ -181,7 +181,7 @@ def _public(integral: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 def summarize(source: PowerSource, idle: Window, timed: Window, timed_seconds: float,
               inferences: int, min_samples: int) -> Dict[str, Any]:
-    """What the agent reports for power (see the README for the schema); raises
+    """What the agent reports for power (see docs/power.md for the schema); raises
     PowerUnavailable rather than report a figure it does not have."""
     if inferences <= 0 or timed_seconds <= 0:
         raise PowerUnavailable("no timed inferences to divide the energy by")
