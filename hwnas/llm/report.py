@@ -191,7 +191,7 @@ def write_llm_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     from hwnas.report.html import html_report
 
     html_path = out_dir / "report.html"
-    html_path.write_text(html_report(md_path.read_text(), study.study_name))
+    html_path.write_text(html_report(md_path.read_text(), study.study_name, out_dir))
     paths = {"markdown": md_path, "html": html_path, "json": json_path}
     if plots:
         paths["plot"] = plots[0]
