@@ -103,9 +103,10 @@ def _plot(found: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
                       xytext=(3, 3), textcoords="offset points")
     axes.set_xlabel(metrics.get(metric).axis() if metrics.find(metric) else metric)
     axes.set_ylabel("perplexity of the exported folder (val text, lower is better)")
-    axes.legend(loc="best", framealpha=0.9)
+    # right of the axes: a legend never covers a point
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
 
