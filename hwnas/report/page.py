@@ -15,7 +15,7 @@ from hwnas.layers import layers_table
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.report.html import image, page, table
 from hwnas.report.picture import colour_key, unit_svg
-from hwnas.report.tables import TOP_UNITS, Report, fmt, headers, row_cells, why_nothing_fits
+from hwnas.report.tables import EMULATED, TOP_UNITS, Report, fmt, headers, row_cells, why_nothing_fits
 
 
 def budget_breaks(report: Report, outcome: TrialOutcome) -> str:
@@ -146,4 +146,9 @@ def html_page(report: Report, plots: list[Path], out_dir: Path, run_dir: Path) -
         "without a precision plan) on held-out data: the mean and the worst sample's cosine "
         "similarity, and the fraction of samples whose top-1 class agrees. Rejected candidates "
         "were never fine-tuned or evaluated: their accuracy is unknown, not zero.</p>")
+    if report.has_emulated:
+        parts.append(f"<p class='note'>Cells marked '{EMULATED}' come from a simulator of the "
+                     "accelerator (e.g. Qualcomm's HTP simulated on x86): it checked that the "
+                     "graph compiles for the accelerator and gave the fidelity, never a device "
+                     "latency.</p>")
     return page(f"hwnas report: {report.name}", "\n".join(parts))
