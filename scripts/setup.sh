@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # qemu-user-static, binfmt-support, debootstrap: the aarch64 board in a box of the tests
-# (hwnas/testing/aarch64.py), a Debian arm64 root run under qemu-user through binfmt_misc
+# (hwnas/testing/aarch64.py), a Debian arm64 root run under qemu-user through binfmt_misc;
+# chromium: the report check renders report.html headless (tests/report/test_html_render.py)
 APT_PACKAGES=(dataset-fashion-mnist openssh-server openssh-client postgresql
-              qemu-user-static binfmt-support debootstrap)
+              qemu-user-static binfmt-support debootstrap chromium)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

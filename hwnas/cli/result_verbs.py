@@ -26,7 +26,7 @@ class ReportCommand(Command):
         study = run.open_study()
         report = Report.of(study)
         print(text_table(report.front or report.outcomes, report))
-        paths = write_report(study, args.out or run.report_dir)
+        paths = write_report(study, args.out or run.report_dir, run.path)
         for kind, path in paths.items():
             print(f"{kind}: {path}")
         return 0

@@ -103,9 +103,10 @@ def _plot(found: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
                       xytext=(3, 3), textcoords="offset points")
     axes.set_xlabel(metrics.get(metric).axis() if metrics.find(metric) else metric)
     axes.set_ylabel("perplexity of the exported folder (val text, lower is better)")
-    axes.legend(loc="best", framealpha=0.9)
+    # right of the axes: a legend never covers a point
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
 
@@ -191,7 +192,7 @@ def write_llm_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     from hwnas.report.html import html_report
 
     html_path = out_dir / "report.html"
-    html_path.write_text(html_report(md_path.read_text(), study.study_name))
+    html_path.write_text(html_report(md_path.read_text(), study.study_name, out_dir))
     paths = {"markdown": md_path, "html": html_path, "json": json_path}
     if plots:
         paths["plot"] = plots[0]

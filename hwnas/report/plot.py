@@ -21,6 +21,18 @@ def plot_metrics(report: "Report") -> list[str]:
     return wanted
 
 
+def base_point(report: "Report", metric: str) -> tuple[float, float] | None:
+    """The base model as a point: its figure on the device against its test accuracy (the
+    only accuracy recorded of it), or None where the search did not measure it."""
+    figure = report.base_figure(metric)
+    if figure is None:
+        return None
+    return figure, report.study.base_model_test_accuracy
+
+
+BASE_LABEL = "base model (test accuracy)"
+
+
 def pareto_plots(report: "Report", out_dir: Path) -> list[Path]:
     """pareto.png for the first objective pair, pareto_<metric>.png for the others."""
     return [pareto_plot(report, metric, out_dir / ("pareto.png" if index == 0 else
@@ -34,10 +46,22 @@ def pareto_plot(report: "Report", metric: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure, _ = pareto_figure(report, metric)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, bbox_inches="tight")  # the legend outside the axes is kept whole
+    plt.close(figure)
+    return path
+
+
+def pareto_figure(report: "Report", metric: str):  # type: ignore[no-untyped-def]
+    """The figure and its axes (the caller saves and closes it): trials, front, base model
+    (a black star), budget line, and a legend right of the axes."""
+    import matplotlib.pyplot as plt
+
     def x(outcome: TrialOutcome) -> float:
         return report.figure(outcome, metric)  # type: ignore[return-value]
 
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = plt.subplots(figsize=(9, 4.5), dpi=120)
     evaluated = [o for o in report.outcomes
                  if o.stage == TrialStage.EVALUATED and report.figure(o, metric) is not None]
     front = sorted((o for o in evaluated if report.on_front(o)), key=x)
@@ -57,6 +81,10 @@ def pareto_plot(report: "Report", metric: str, path: Path) -> Path:
         low = min([o.accuracy_val for o in evaluated] or [0.0])  # type: ignore[type-var]
         axes.scatter([x(o) for o in rejected], [low] * len(rejected), c="grey", marker="|",
                      label="rejected before fine-tune (measured only)", zorder=1)
+    base = base_point(report, metric)
+    if base is not None:
+        axes.scatter([base[0]], [base[1]], c="black", marker="*", s=160, label=BASE_LABEL,
+                     zorder=4, gid="base-model")
     known = metrics.find(metric)  # a plug-in's metric not installed here: its bare name
     budget = report.study.budget(metric)
     if budget:
@@ -68,9 +96,7 @@ def pareto_plot(report: "Report", metric: str, path: Path) -> Path:
     axes.set_title(report.name, fontsize=10)
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:  # none when no trial was measured: no warning
-        axes.legend(fontsize=8, loc="lower right")
+        # outside the axes, right of them: a legend never hides a point
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return figure, axes

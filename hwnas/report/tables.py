@@ -16,7 +16,7 @@ from hwnas import metrics
 from hwnas.budgets import budget_text, measured
 from hwnas.layers import UnitTime, kept_unit_times, layers_table
 from hwnas.metrics import Metric
-from hwnas.records import StudyRecord, TrialOutcome, TrialStage
+from hwnas.records import Artifact, StudyRecord, TrialOutcome, TrialStage
 from hwnas.run import outcomes
 from hwnas.pareto import best_feasible, pareto_front, study_directions
 
@@ -59,6 +59,19 @@ class Report:
             return None
         return measured(outcome.measurement, outcome.artifact, self.study.energy_basis).get(metric)
 
+    def base_figure(self, metric: str) -> float | None:
+        """The base model's figure for a metric, where the search measured it on the device
+        (None otherwise: the plots then draw no base point for that axis)."""
+        base = self.study.base_model_measurement
+        known = metrics.find(metric)
+        if base is None or (base.emulated and (known is None or known.device_only)):
+            return None
+        if known is not None and known.source == "artifact" and \
+                self.study.base_model_size_bytes is None:
+            return None
+        artifact = Artifact("", base.model_sha256, self.study.base_model_size_bytes or 0, (), 0)
+        return metrics.values(base, artifact, self.study.energy_basis).get(metric)
+
     def columns(self) -> list[Metric]:
         """The metrics the table shows, in the registry's order."""
         named = set(self.study.objectives) | {name for name, _ in self.study.budgets}
@@ -90,7 +103,9 @@ def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-HEADERS = ["trial", "stage", "budget", "val acc", "test acc", "fidelity"]
+# output fidelity against the fp32 parent: mean and worst cosine, arg-max agreement
+HEADERS = ["trial", "stage", "budget", "val acc", "test acc", "fidelity cos", "cos min",
+           "top-1 agree"]
 EMULATED = "emulated"  # in a device-only cell: a simulator's figure is not the device's
 TAIL_HEADERS = ["candidate", "note"]
 
@@ -117,7 +132,7 @@ def _figure(outcome: TrialOutcome, metric: Metric, report: "Report | None") -> s
     return fmt(metric.value(measurement, outcome.artifact, basis), metric.spec)
 
 
-def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
+def row_cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
     budget = "meets" if outcome.feasible else (
         "-" if outcome.stage in (TrialStage.FAILED, TrialStage.RUNNING, TrialStage.WAITING)
         else "breaks")
@@ -129,14 +144,22 @@ def _cells(outcome: TrialOutcome, report: "Report | None") -> list[str]:
         note = f"finalized from trial {outcome.finalized_from}" + (f"; {note}" if note else "")
     cells = [str(outcome.number), stage, budget,
              fmt(outcome.accuracy_val, ".4f"), fmt(outcome.accuracy_test, ".4f"),
-             fmt(outcome.output_fidelity.cosine_mean if outcome.output_fidelity else None, ".5f")]
+             *fidelity_cells(outcome)]
     cells += [_figure(outcome, metric, report) for metric in columns(report)]
     return cells + [outcome.summary(), note[:120]]
 
 
+def fidelity_cells(outcome: TrialOutcome) -> list[str]:
+    fidelity = outcome.output_fidelity
+    if fidelity is None:
+        return ["-", "-", "-"]
+    return [fmt(fidelity.cosine_mean, ".5f"), fmt(fidelity.cosine_min, ".4f"),
+            fmt(fidelity.top1_agreement, ".1%")]
+
+
 def text_table(rows: list[TrialOutcome] | tuple[TrialOutcome, ...],
                report: "Report | None" = None) -> str:
-    return aligned([headers(report)] + [_cells(r, report) for r in rows])
+    return aligned([headers(report)] + [row_cells(r, report) for r in rows])
 
 
 def aligned(table: list[list[str]]) -> str:
@@ -150,7 +173,7 @@ def aligned(table: list[list[str]]) -> str:
 def _markdown_table(rows: tuple[TrialOutcome, ...] | list[TrialOutcome], report: "Report") -> list[str]:
     names = headers(report)
     out = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    out += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r, report)) + " |" for r in rows]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in row_cells(r, report)) + " |" for r in rows]
     return out
 
 
@@ -195,8 +218,8 @@ def markdown_report(report: Report, plots: list[Path]) -> str:
                   "(`hwnas profile MODEL --layers` does this for any ONNX file).", "", "```",
                   layers_table(report.unit_times, TOP_UNITS), "```"]
     lines += ["", "Accuracy is measured on the exported ONNX bytes with onnxruntime; latency, "
-              "peak memory and power by hwnas-agent on the device. Fidelity is the mean cosine similarity of a "
-              "trial's outputs to its fp32 parent's (the same model without a precision plan) on "
+              "peak memory and power by hwnas-agent on the device. Fidelity is the cosine similarity (mean and "
+              "worst sample) and the top-1 (arg-max) agreement of a trial's outputs with its fp32 parent's (the same model without a precision plan) on "
               "held-out data, computed where the device's execution providers run. Rejected "
               "candidates were never fine-tuned or evaluated: their accuracy is unknown, not zero."]
     if report.has_emulated:

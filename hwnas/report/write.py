@@ -1,4 +1,5 @@
-"""The report folder of a study: Pareto plots, Markdown and HTML (tables.py, plot.py, html.py)."""
+"""The report folder of a study: Pareto plots, Markdown and one self-contained HTML page
+(tables.py, plot.py, page.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ from pathlib import Path
 
 import optuna
 
-from hwnas.report.html import html_report
+from hwnas.report.page import html_page
 from hwnas.report.plot import pareto_plots
 from hwnas.report.tables import Report, markdown_report
 
 
-def write_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
+def write_report(study: optuna.Study, out_dir: Path, run_dir: Path | None = None) -> dict[str, Path]:
+    """``run_dir``: the run folder (its exported/ is what the page links to); by default the
+    folder above ``out_dir``, where `hwnas report` writes."""
     from hwnas.llm.report import is_language_study, write_llm_report
 
     if is_language_study(study):  # its own figures: tokens/s, perplexity (hwnas/llm)
@@ -23,6 +26,6 @@ def write_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     md_path = out_dir / "report.md"
     md_path.write_text(markdown)
     html_path = out_dir / "report.html"
-    html_path.write_text(html_report(markdown, report.name))
+    html_path.write_text(html_page(report, plots, out_dir, run_dir or out_dir.parent))
     return {"plot": plots[0], "markdown": md_path, "html": html_path,
             **{f"plot_{p.stem}": p for p in plots[1:]}}

@@ -117,7 +117,7 @@ def test_report_writes_table_plot_markdown_and_html(searched):
     assert (report / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (report / "report.md").read_text()
     assert "## Pareto front" in markdown and "rejected before fine-tune: " in markdown
-    assert "<table>" in (report / "report.html").read_text()
+    assert "<table class='sortable'>" in (report / "report.html").read_text()
 
 
 def test_export_refuses_a_rejected_trial(searched, tmp_path):
