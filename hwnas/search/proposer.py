@@ -201,19 +201,22 @@ class EngineSampler(BaseSampler):
 
     def _claim(self, study: optuna.Study, trial: FrozenTrial, params: dict[str, Any]) -> bool:
         """Claim the proposal in the study; False: another running trial of this pool holds
-        the same claim and keeps it (this trial proposes again; the candidate is held)."""
+        the same claim and keeps it, or one finished with it since this controller's books
+        last read the study (this trial proposes again; the candidate is held)."""
         # the candidate, not the parameters: equivalent encodings (a criterion at a global
         # ratio of 0) are one model, and two of them clashed on CI
         key = claim_key(self.evaluator.describe(self._held[trial.number][1]))
         study._storage.set_trial_system_attr(trial._trial_id, CLAIM, key)
         pool = trial_pool(trial)
-        others = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,
-                                                                      TrialState.WAITING))
+        others = [t for t in study.get_trials(deepcopy=False, states=(
+                      TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE))
                   if t.number != trial.number and trial_pool(t) in (pool, None)
                   and t.system_attrs.get(CLAIM) == key]
         if not others:
             return True
-        if not any(t.number < trial.number for t in others):
+        # a trial that finished with it (another worker's, between this one's reading of the
+        # study and its claim) measured it: this one would only copy it (CI, under load)
+        if not any(t.number < trial.number or t.state == TrialState.COMPLETE for t in others):
             # only later trials hold it: each of them steps aside once it reads this claim
             time.sleep(CLAIM_WAIT_S)
             if not any(study._storage.get_trial_system_attrs(t._trial_id).get(CLAIM) == key
