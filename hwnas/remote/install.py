@@ -36,7 +36,7 @@ from hwnas.config.models import DeviceProfile, SSHConnection
 from hwnas.errors import ConfigError, DeviceError
 from hwnas.remote.client import AgentClient
 from hwnas.remote.device import CONFIG_NAME, TOKEN_NAME, agent_config, remote_folder
-from hwnas.remote.runtime_needs import runtime_source, runtime_use
+from hwnas.remote.runtime_needs import PROVIDER_EXTRAS, runtime_source, runtime_use
 from hwnas.remote.ship import Shipped, sync_folder
 from hwnas.remote.ssh import AgentNotAnswering, AgentNotRunning, SSHSession, SSHTransport
 from hwnas.remote.wheels import (PROBE, DevicePlatform, WheelSet, dependencies, unfit_extra,
@@ -94,8 +94,10 @@ def agent_wheel(cache: Path) -> Path:
 
 
 def runtime_extras(profile: DeviceProfile) -> list[str]:
-    """The hwnas-agent extras the profile's runtime needs (QNN: the onnxruntime-qnn plugin)."""
-    return ["qnn"] if "QNNExecutionProvider" in profile.runtime.execution_providers else []
+    """The hwnas-agent extras the profile's runtime needs (QNN: the onnxruntime-qnn plugin),
+    by runtime_needs.PROVIDER_EXTRAS: one table of which extra provides which provider."""
+    return sorted({PROVIDER_EXTRAS[p] for p in profile.runtime.execution_providers
+                   if p in PROVIDER_EXTRAS})
 
 
 @dataclasses.dataclass(frozen=True)
