@@ -107,6 +107,10 @@ def constraint_values(budgets: "Budgets", measurement: Measurement, artifact: Ar
     return values
 
 
+# the default search with no latency in it, for a device whose latency is a simulator's
+NPU_SPACE = "search_spaces/fashion_mnist_npu.yaml"
+
+
 def latency_uses(objectives: "list[str] | tuple[str, ...]", budgets: "Budgets") -> list[str]:
     """Where a search would use a figure only the device gives (latency, peak memory; the
     registry's ``device_only``): what a simulator's figure must never feed."""

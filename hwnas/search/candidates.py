@@ -18,7 +18,7 @@ import optuna
 import torch
 from torch import nn
 
-from hwnas.budgets import latency_uses
+from hwnas.budgets import NPU_SPACE, latency_uses
 from hwnas.compress.finetune import finetune
 from hwnas.compress.prune import PrunedModel, prune, pruning_setup
 from hwnas.config.models import Budgets, DeviceProfile, SearchSpace
@@ -185,7 +185,7 @@ def refuse_emulated_latency(space: SearchSpace, budgets: Budgets, measurement: M
         raise MeasurementError(
             f"{measurement.device}'s figures are emulated ({why}); its latency cannot be used "
             f"for {', '.join(uses)}: search it with objectives [accuracy, model_size_mb] and "
-            f"size/fidelity budgets")
+            f"size/fidelity budgets, as {NPU_SPACE} does")
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)

@@ -9,7 +9,7 @@ from typing import Callable
 
 import optuna
 
-from hwnas.budgets import check_power_is_measured, effective_budgets, latency_uses
+from hwnas.budgets import NPU_SPACE, check_power_is_measured, effective_budgets, latency_uses
 from hwnas.config import load_device_profile, load_search_space
 from hwnas.config.load import naming_the_file
 from hwnas.config.models import DeviceProfile, SearchSpace
@@ -101,7 +101,8 @@ def refuse_emulated_latency(space: SearchSpace, profile: DeviceProfile, path: Pa
     if why and uses:
         raise ConfigError(f"device {profile.name} ({path}): {why}. Its latency cannot be used for "
                           f"{', '.join(uses)}: search it with objectives [accuracy, model_size_mb] "
-                          f"and model_size_mb / fidelity_cosine_min budgets")
+                          f"and model_size_mb / fidelity_cosine_min budgets, as "
+                          f"{NPU_SPACE} does")
 
 
 def study_record(prepared: Prepared) -> StudyRecord:

@@ -43,6 +43,30 @@ def test_the_fleet_space_is_the_default_search_under_its_own_name():
     assert differs == {"name"}
 
 
+def test_the_npu_space_is_the_default_search_with_no_latency_in_it():
+    # what a device whose latency is a simulator's (local-qnn-htp.yaml) runs: the refusal of
+    # the default space names it, and it passes that check
+    from hwnas.budgets import NPU_SPACE, latency_uses
+    from hwnas.search.study import refuse_emulated_latency
+
+    default = load_search_space(REPO / "search_spaces" / "fashion_mnist.yaml")
+    npu = load_search_space(REPO / NPU_SPACE)
+    differs = {key for key in type(default).model_fields
+               if getattr(default, key) != getattr(npu, key)}
+    assert differs == {"name", "objectives", "budgets"}
+    assert npu.objectives == ["accuracy", "model_size_mb"]
+    assert npu.budgets.limits() == {"model_size_mb": default.budgets.limits()["model_size_mb"],
+                                    "fidelity_cosine_min": 0.98}
+    htp_path = REPO / "device_profiles" / "local-qnn-htp.yaml"
+    htp = load_device_profile(htp_path)
+    assert latency_uses(npu.objectives, effective_budgets(npu, htp)) == []
+    pytest.importorskip("onnxruntime_qnn", reason="the QNN simulator needs pip install onnxruntime-qnn")
+    refuse_emulated_latency(npu, htp, htp_path)  # accepted
+    with pytest.raises(ConfigError, match="fashion_mnist_npu.yaml") as refused:
+        refuse_emulated_latency(default, htp, htp_path)
+    assert "latency_p90_ms" in str(refused.value)
+
+
 def test_records_are_frozen(tmp_path):
     space = load_search_space(write(tmp_path, GOOD_SPACE))
     from pydantic import ValidationError
