@@ -86,7 +86,7 @@ class RunFolder:
         path = Path(run_dir) / RUN_FILE
         try:
             data = json.loads(path.read_text())
-            storage = with_credentials(data["storage"], str(path))
+            storage = _own_database(Path(run_dir), with_credentials(data["storage"], str(path)))
             return cls(Path(run_dir), storage, data["study_name"], data.get("artifact_store", ""))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}: not a search run folder ({exc}); pass the folder that "
@@ -260,6 +260,18 @@ class RunFolder:
         artifact = dataclasses.replace(outcome.artifact, path=str(target))
         artifact.read_bytes()  # verified again: the cache is a plain folder
         return artifact
+
+
+def _own_database(run_dir: Path, storage: str) -> str:
+    """A copied run folder (to another path or machine) reads and writes its own study.db, not
+    the one its run.json names by absolute path (the original's, or a path that is not there);
+    a study on any other database (a shared SQLite file, PostgreSQL) stays where it is."""
+    prefix = "sqlite:///"
+    own = run_dir / "study.db"
+    if storage.startswith(prefix) and Path(storage[len(prefix):]).name == own.name \
+            and own.is_file() and Path(storage[len(prefix):]).resolve() != own.resolve():
+        return f"{prefix}{own.resolve()}"
+    return storage
 
 
 def _kept_text(source: Path) -> bytes:

@@ -105,3 +105,24 @@ def test_a_study_db_that_cannot_be_opened_is_one_line_not_a_wait(run_folder, tmp
         assert done.returncode == 2 and len(lines) == 1, f"{verb}: {done.stderr[-3000:]}"
         assert "cannot be opened as a file" in lines[0] and "study.db" in lines[0], lines[0]
         assert time.monotonic() - started < 120  # never the 600 s outage wait
+
+
+def test_a_copied_run_folder_reads_and_writes_its_own_study(run_folder, tmp_path):
+    """run.json names study.db by absolute path; a copy of the folder (to another path, or
+    machine) must not go on writing the original's database."""
+    import shutil
+
+    _, _, run_dir = run_folder
+    original = hashlib.sha256((run_dir / "study.db").read_bytes()).hexdigest()
+    copy = tmp_path / "copied"
+    shutil.copytree(run_dir, copy)
+    loaded = RunFolder.load(copy)
+    assert loaded.storage_url == f"sqlite:///{(copy / 'study.db').resolve()}"
+    study = loaded.open_study()
+    study.set_user_attr("written_in_the_copy", True)
+    assert hashlib.sha256((run_dir / "study.db").read_bytes()).hexdigest() == original
+    assert RunFolder.load(copy).open_study().user_attrs["written_in_the_copy"] is True
+    assert "written_in_the_copy" not in RunFolder.load(run_dir).open_study().user_attrs
+    # moved away: the original's path is gone, the copy still opens its own
+    shutil.rmtree(run_dir)
+    assert len(RunFolder.load(copy).open_study().trials) == 40
