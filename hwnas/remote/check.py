@@ -139,6 +139,7 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
                 measured = client.measure(request)
             result["calibration_p50_ms"] = measured.latency_ms_p50
             result["calibration_cv"] = measured.latency_cv
+            result["warnings"] = _warnings(profile, facts, measured.latency_cv)
             if measured.emulated:
                 result["emulated"] = measured.agent_report["runtime"].get("emulation")
             with tempfile.TemporaryDirectory() as folder:
@@ -148,6 +149,27 @@ def check_device(profile: DeviceProfile) -> dict[str, Any]:
         result["error"] = str(exc)
     result["check_seconds"] = time.perf_counter() - started
     return result
+
+
+# a calibration CV above this: the device's timings vary more than budgets near a model's
+# latency can be decided on
+NOISY_CV = 0.2
+
+
+def _warnings(profile: DeviceProfile, facts: dict[str, Any], cv: float) -> list[str]:
+    """What passes the check but will cost the search: more threads than cores, a noisy
+    device."""
+    found = []
+    cores, threads = facts.get("cpu_count"), profile.runtime.intra_op_threads
+    if isinstance(cores, int) and threads and threads > cores:
+        found.append(f"runtime.intra_op_threads {threads} is more than the device's {cores} "
+                     f"cores: threads wait for each other and timings vary; use at most {cores}")
+    if cv > NOISY_CV:
+        found.append(f"calibration CV {cv:.2f}: the same model's latency varies by more than "
+                     f"{NOISY_CV:.0%} (other load, frequency scaling or heat); candidates near a "
+                     f"latency budget will be measured again and may still be misjudged: quiet "
+                     f"the device, pin its clocks, or raise measurement.rounds")
+    return found
 
 
 def _check_power_source(profile: DeviceProfile, facts: dict[str, Any]) -> None:
@@ -180,4 +202,5 @@ def check_table(results: list[dict[str, Any]]) -> str:
                 lines.append(f"  {key:<20} {value}")
         for precision, verdict in (r.get("precisions") or {}).items():
             lines.append(f"  {'precision ' + precision:<20} {verdict}")
+        lines += [f"  {'warning':<20} {w}" for w in r.get("warnings") or ()]
     return "\n".join(lines)

@@ -101,3 +101,27 @@ def test_a_power_source_the_device_lacks_fails_the_check(tmp_path):
     assert "power: {source: none}" in result["error"]
     path.write_text(local)
     assert check_device(load_device_profile(path))["ok"]
+
+
+def test_devices_check_warns_of_more_threads_than_cores_and_a_noisy_device(tmp_path):
+    """Both pass the check (the device works) but cost the search: said in the table."""
+    import os
+
+    from hwnas.remote.check import NOISY_CV, _warnings, check_device, check_table
+
+    local = (REPO / "device_profiles" / "local.yaml").read_text()
+    assert local.count("intra_op_threads: 1") == 1
+    path = tmp_path / "threads.yaml"
+    too_many = os.cpu_count() + 2
+    path.write_text(local.replace("intra_op_threads: 1", f"intra_op_threads: {too_many}"))
+    result = check_device(load_device_profile(path))
+    assert result["ok"], result
+    threads = [w for w in result["warnings"] if "intra_op_threads" in w]
+    assert threads and f"use at most {os.cpu_count()}" in threads[0]
+    assert f"warning              runtime.intra_op_threads {too_many}" in check_table([result])
+    # the CV rule on the figures a device gave (a quiet calibration here cannot be made noisy)
+    profile = load_device_profile(REPO / "device_profiles" / "local.yaml")
+    facts = {"cpu_count": 4}
+    assert _warnings(profile, facts, NOISY_CV / 2) == []
+    noisy = _warnings(profile, facts, 1.38)
+    assert len(noisy) == 1 and "calibration CV 1.38" in noisy[0]
