@@ -96,6 +96,10 @@ def optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ver
             evaluator = CompressionEvaluator(trial_context(prepared, pool, run, config_version))
             _measure_base_model(study, evaluator.ctx, evaluator.builder, log)
             check_budgets(study, evaluator.ctx, evaluator.builder, log)  # before any fine-tune
+            if space.search.sensitivity is not None:  # once per base model: kept in the study
+                from hwnas.search.sensitivity import ensure
+
+                ensure(study, evaluator.builder, space.search.sensitivity, log, progress)
         engine = None
         if space.search.sampler == "engine":
             engine = EngineSampler(evaluator, COMPRESSION, space.search.seed, base=study.sampler)
