@@ -6,8 +6,8 @@ the unchanged base model's bytes: output fidelity (cosine mean and min, top-1 ag
 accuracy drop. No fine-tuning: it measures raw sensitivity.
 
 Kept in the study (hwnas/sensitivity.py ATTR), keyed by the sha256 of the base model's weights
-and every setting that shapes the figures: a resumed search, `hwnas sensitivity` or the report
-reuse it and nothing is measured twice.
+and every setting that shapes the figures: a resumed search, `hwnas sensitivity` (sensitivity_run.py) or the
+report reuse it and nothing is measured twice.
 """
 
 from __future__ import annotations
@@ -178,3 +178,4 @@ def ensure(study: optuna.Study, builder: "CandidateBuilder", settings: "Sensitiv
             f"samples; most sensitive: {worst.unit} at {worst.setting} (accuracy drop "
             f"{worst.accuracy_drop:.4f}, cosine {worst.cosine_mean:.4f})")
     return found, True
+
