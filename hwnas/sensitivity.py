@@ -2,12 +2,12 @@
 device runs, a keep ratio of a width stage) with only that unit changed, the output fidelity
 and the accuracy drop of the exported bytes against the unchanged base model's, on held-out
 data. Measured by hwnas/search/sensitivity.py; read here by the report (which never imports
-the search) and by the engine's optional ordering."""
+the search) and by the engine's optional ordering (robust_first_ladder)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 ATTR = "unit_sensitivity"  # a study's user attribute: cache key -> UnitSensitivity.to_dict()
 PRECISION, KEEP = "precision", "keep_ratio"
@@ -63,20 +63,6 @@ class UnitSensitivity:
 
     def cell(self, unit: str, setting: str) -> SensitivityCell | None:
         return next((c for c in self.cells if c.unit == unit and c.setting == setting), None)
-
-    def robust_first(self, kind: str, units: Iterable[str]) -> list[str]:
-        """``units`` ordered from the least to the most harmed by their ``kind`` of change
-        (the mean accuracy drop over its settings, then 1 - cosine); a unit never measured
-        or that failed goes last, in the order given."""
-        def harm(unit: str) -> tuple[float, float]:
-            found = [c for c in self.cells if c.unit == unit and c.kind == kind and c.error is None
-                     and c.accuracy_drop is not None and c.cosine_mean is not None]
-            if not found:
-                return (float("inf"), float("inf"))
-            return (sum(c.accuracy_drop for c in found) / len(found),  # type: ignore[misc]
-                    sum(1.0 - c.cosine_mean for c in found) / len(found))  # type: ignore[operator]
-        given = list(units)
-        return sorted(given, key=lambda u: (*harm(u), given.index(u)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "base_weights_sha256": self.base_weights_sha256,

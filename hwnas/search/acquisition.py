@@ -207,7 +207,7 @@ class LadderStart:
             return None
         # an evaluator whose first ladder is ordered by its own knowledge (per-unit
         # sensitivity: the most robust units compressed first) walks it before any vote
-        if first_start and getattr(ranker.evaluator, "first_ladder_first", False):
+        if first_start and ranker.evaluator.first_ladder_first:
             return starts[0][0], None
         vote = ranker.proxy_order([c for _p, c in starts])
         return starts[int(np.argmax(vote))][0], None

@@ -119,7 +119,7 @@ class CompressionEvaluator(RecordingEvaluator):
         high-resolution early layers wider) tends to be the more accurate."""
         return {"log_macs": float(torch.log(torch.tensor(float(self._build(candidate)[1]))))}
 
-    @property
+    @property  # type: ignore[override]
     def first_ladder_first(self) -> bool:
         """The ladder start takes the first ladder's start while it has one (not the proxies'
         vote between ladders): the robust-first ladder, where the search asked for it."""
