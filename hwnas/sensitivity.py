@@ -99,7 +99,7 @@ def sensitivity_table(found: UnitSensitivity) -> str:
             elif cell.error is not None:
                 row.append("failed")
             else:
-                row.append(f"{_figure(cell.accuracy_drop, 4)} / {_figure(cell.cosine_mean, 4)}")
+                row.append(f"{_figure(cell.accuracy_drop, 4)} / {_figure(cell.cosine_mean, 5)}")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in rows]

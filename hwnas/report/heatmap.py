@@ -67,8 +67,10 @@ def _cell(cell: SensitivityCell | None, x: float, y: float, unit: str, setting: 
           drop_full: float, cosine_full: float) -> str:
     where = f'x="{x + 1}" y="{y + 1}" width="{CELL_W - 2}" height="{CELL_H - 2}"'
     data = f'data-unit="{html.escape(unit)}" data-setting="{html.escape(setting)}"'
-    if cell is None:
-        return f'<rect class="cell" {where} fill="{EMPTY_FILL}" stroke="#ddd" {data}/>'
+    if cell is None:  # a setting this unit does not take (the head has no keep ratio)
+        return (f'<rect class="cell" {where} fill="{EMPTY_FILL}" stroke="#ddd" {data}/>'
+                f'<text x="{x + CELL_W / 2}" y="{y + CELL_H / 2 + 4}" font-size="10" '
+                f'text-anchor="middle" fill="#999">n/a</text>')
     if cell.error is not None:
         tip = html.escape(f"{unit} at {setting} failed: {cell.error}")
         return (f'<rect class="cell" {where} fill="{FAILED_FILL}" {data} data-failed="1">'
@@ -78,13 +80,14 @@ def _cell(cell: SensitivityCell | None, x: float, y: float, unit: str, setting: 
     tip = html.escape(f"{unit} at {setting}: accuracy drop {drop:+.4f}, cosine mean {cosine:.5f} "
                       f"(min {cell.cosine_min or 0.0:.4f}), top-1 agreement "
                       f"{cell.top1_agreement or 0.0:.1%}")
-    fill = colour(_harm(cell, drop_full, cosine_full))
-    return (f'<rect class="cell" {where} fill="{fill}" {data} data-drop="{drop:.6f}" '
+    harm = _harm(cell, drop_full, cosine_full)
+    ink, faint = ("#ffffff", "#ffffff") if harm > 0.6 else ("#222222", "#444444")  # legible
+    return (f'<rect class="cell" {where} fill="{colour(harm)}" {data} data-drop="{drop:.6f}" '
             f'data-cosine="{cosine:.6f}"><title>{tip}</title></rect>'
-            f'<text x="{x + CELL_W / 2}" y="{y + 14}" font-size="10.5" text-anchor="middle">'
-            f'{drop * 100:+.1f} pt</text>'
+            f'<text x="{x + CELL_W / 2}" y="{y + 14}" font-size="10.5" text-anchor="middle" '
+            f'fill="{ink}">{drop * 100:+.1f} pt</text>'
             f'<text x="{x + CELL_W / 2}" y="{y + 27}" font-size="9" text-anchor="middle" '
-            f'fill="#444">cos {cosine:.4f}</text>')
+            f'fill="{faint}">cos {cosine:.5f}</text>')
 
 
 def _scale(x: float, y: float, drop_full: float) -> str:

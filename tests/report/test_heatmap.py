@@ -34,7 +34,7 @@ def test_each_cell_carries_its_figures_and_worse_is_redder():
     assert _red(fills["stage1", "keep 0.5"])[1] < _red(fills["head", "int8"])[1] \
         < _red(fills["stage1", "int8"])[1]
     assert 'data-failed="1"' in svg and "cannot prune the classifier" in svg
-    assert "+10.0 pt" in svg and "cos 0.9000" in svg
+    assert "+10.0 pt" in svg and "cos 0.90000" in svg
     right = max(float(x) + float(w) for x, w, *_ in cells)
     scale = float(re.search(r'<g class="scale"><text x="([\d.]+)"', svg).group(1))
     assert scale > right  # the legend never sits over a cell
@@ -49,5 +49,5 @@ def test_a_study_that_keeps_one_shows_it_on_the_page_and_in_markdown(tmp_path):
     page = html_page(report, [], tmp_path, tmp_path)
     assert "Per-unit sensitivity" in page and '<svg class="sensitivity"' in page
     markdown = markdown_report(report, [])
-    assert "keep 0.5: drop / cos" in markdown and "0.1000 / 0.9000" in markdown
+    assert "keep 0.5: drop / cos" in markdown and "0.1000 / 0.90000" in markdown
     assert "head keep 0.5 failed: cannot prune the classifier" in markdown
