@@ -12,12 +12,13 @@ from typing import NoReturn
 from hwnas import __version__
 from hwnas.cli.device_verbs import AgentCommand, DevicesCommand, ProfileCommand
 from hwnas.cli.result_verbs import DashboardCommand, ExportCommand, RebuildCommand, ReportCommand
-from hwnas.cli.study_verbs import FinalizeCommand, SearchCommand, StatusCommand, WorkerCommand
+from hwnas.cli.study_verbs import (FinalizeCommand, SearchCommand, SensitivityCommand,
+                                    StatusCommand, WorkerCommand)
 from hwnas.disk import no_space_left
 from hwnas.errors import HwnasError
 
 COMMANDS = [SearchCommand(), WorkerCommand(), StatusCommand(), ProfileCommand(), ReportCommand(),
-            FinalizeCommand(), DashboardCommand(), ExportCommand(), RebuildCommand(), DevicesCommand(), AgentCommand()]
+            FinalizeCommand(), SensitivityCommand(), DashboardCommand(), ExportCommand(), RebuildCommand(), DevicesCommand(), AgentCommand()]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -20,12 +20,16 @@ class ReportCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from hwnas.report import Report, text_table, write_report
+        from hwnas.sensitivity import sensitivity_table
         from hwnas.run import RunFolder
 
         run = RunFolder.load(args.study)
         study = run.open_study()
         report = Report.of(study)
         print(text_table(report.front or report.outcomes, report))
+        for found in report.sensitivity:  # each unit changed alone (search.sensitivity)
+            print(f"\nper-unit sensitivity (accuracy drop / mean cosine):\n"
+                  f"{sensitivity_table(found)}")
         paths = write_report(study, args.out or run.report_dir, run.path)
         for kind, path in paths.items():
             print(f"{kind}: {path}")

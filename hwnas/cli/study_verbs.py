@@ -1,4 +1,4 @@
-"""The verbs that run or read a study: search, worker, status, finalize."""
+"""The verbs that run or read a study: search, worker, status, finalize, sensitivity."""
 
 from __future__ import annotations
 
@@ -202,3 +202,51 @@ class FinalizeCommand(Command):
         rows = [row for done in results for row in (done.source, done.outcome)]
         print(text_table(rows, report))
         return print_best_and_report(report, study, run)
+
+
+class SensitivityCommand(Command):
+    name = "sensitivity"
+    help = ("per-unit sensitivity of a search's base model: each unit alone at each device "
+            "precision and a few keep ratios, exported and read on held-out data (kept in the "
+            "study; the report draws it as a heatmap)")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("study", type=Path, help="the run folder of a search (holds run.json)")
+        parser.add_argument("--samples", type=positive_int, default=None,
+                            help="held-out samples each variant is read on (default: "
+                                 "search.sensitivity.samples, else 256)")
+        parser.add_argument("--keep-ratios", type=float, nargs="+", default=None,
+                            metavar="RATIO", help="keep ratios tried on each width stage, each "
+                            "below 1 (default: search.sensitivity.keep_ratios, else 0.75 0.5 0.25)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_torch_device(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from hwnas.search.sensitivity_run import sensitivity_of_run
+        from hwnas.sensitivity import sensitivity_table
+
+        settings = _sensitivity_settings(args)
+        found, measured = sensitivity_of_run(args.study, settings, progress=not args.no_progress,
+                                             torch_device=args.torch_device)
+        print(sensitivity_table(found))
+        print("measured now and kept in the study" if measured else
+              "kept in the study already: nothing measured")
+        return 0
+
+
+def _sensitivity_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The flags as SensitivitySettings (None: the space's own, or the defaults)."""
+    if args.samples is None and args.keep_ratios is None:
+        return None
+    from pydantic import ValidationError
+
+    from hwnas.config.search import SensitivitySettings
+    from hwnas.errors import ConfigError
+
+    given = {k: v for k, v in (("samples", args.samples), ("keep_ratios", args.keep_ratios))
+             if v is not None}
+    try:
+        return SensitivitySettings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None

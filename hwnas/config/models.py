@@ -22,6 +22,7 @@ from hwnas.config.agent_install import AgentInstallSpec
 from hwnas.config.connection import LocalConnection, SSHConnection  # noqa: F401
 from hwnas.config.dataset import DatasetSpec
 from hwnas.config.fields import EntryPoint, Frozen, Name, Positive, Precision, Seed
+from hwnas.config.search import SearchSettings
 from hwnas.errors import excerpt
 
 # --- search spaces --------------------------------------------------------------------------
@@ -145,24 +146,6 @@ class Budgets(Frozen):
     @property
     def basis(self) -> str:
         return self.energy_basis or "total"
-
-
-class SearchSettings(Frozen):
-    n_trials: Annotated[int, Field(ge=1, le=100000)] = 20
-    # engine: hwnas's own policy (hwnas/search/proposer.py, an Optuna sampler): one device, a
-    # device pool, `hwnas worker`s and accelerator screening alike; tpe / nsga2 / random: an
-    # Optuna sampler with the budgets as constraints; every one through the same pipeline
-    sampler: Literal["engine", "tpe", "nsga2", "random"] = "tpe"
-    seed: Seed = 0
-    storage: str | None = None  # any Optuna storage URL; default: SQLite in the run folder
-    study_name: str | None = None
-    run_dir: Path | None = None  # default: runs/<space>--<device>
-    # where kept ONNX bytes, model cards and the parent's weights go: file:///shared/path or
-    # s3://bucket/prefix; default: the run folder's artifacts/ (one machine)
-    artifact_store: str | None = None
-    # candidates to try first in a new study (e.g. a known-good configuration), as Optuna
-    # parameters: keep_<stage>, pruning_criterion, global_pruning_ratio, precision_<unit>
-    enqueue: list[dict[str, float | str]] = []
 
 
 class SearchSpace(Frozen):

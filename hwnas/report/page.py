@@ -13,6 +13,7 @@ from pathlib import Path
 from hwnas.budgets import budget_text
 from hwnas.layers import layers_table
 from hwnas.records import TrialOutcome, TrialStage
+from hwnas.report.heatmap import sensitivity_section
 from hwnas.report.html import image, page, table
 from hwnas.report.picture import colour_key, unit_svg
 from hwnas.report.tables import EMULATED, TOP_UNITS, Report, fmt, headers, row_cells, why_nothing_fits
@@ -139,6 +140,7 @@ def html_page(report: Report, plots: list[Path], out_dir: Path, run_dir: Path) -
                   "per module (<code>hwnas profile MODEL --layers</code> does this for any ONNX "
                   "file).</p>",
                   f"<pre>{html.escape(layers_table(report.unit_times, TOP_UNITS))}</pre>"]
+    parts += sensitivity_section(report.sensitivity)
     parts.append(
         "<h2>How to read this</h2><p class='note'>Accuracy is measured on the exported ONNX "
         "bytes with onnxruntime; latency, peak memory and power by hwnas-agent on the device. "

@@ -15,6 +15,8 @@ import optuna
 from hwnas import metrics
 from hwnas.budgets import budget_text, measured
 from hwnas.layers import UnitTime, kept_unit_times, layers_table
+from hwnas.sensitivity import UnitSensitivity, sensitivity_table
+from hwnas.sensitivity import kept as kept_sensitivity
 from hwnas.metrics import Metric
 from hwnas.records import Artifact, StudyRecord, TrialOutcome, TrialStage
 from hwnas.run import outcomes
@@ -31,13 +33,16 @@ class Report:
     front: tuple[TrialOutcome, ...]  # feasible and not dominated
     # the base and the best model's time per module on the device (hwnas.layers)
     unit_times: tuple[tuple[str, Any, tuple[UnitTime, ...]], ...] = ()
+    # each unit changed alone: fidelity and accuracy drop (hwnas.sensitivity)
+    sensitivity: tuple[UnitSensitivity, ...] = ()
 
     @classmethod
     def of(cls, study: optuna.Study) -> "Report":
         found = outcomes(study)
         return cls(study.study_name, StudyRecord.from_study(study), tuple(found),
                    tuple(pareto_front(found, study_directions(study))),
-                   tuple(kept_unit_times(study.user_attrs)))
+                   tuple(kept_unit_times(study.user_attrs)),
+                   tuple(kept_sensitivity(study.user_attrs)))
 
     @property
     def best(self) -> TrialOutcome | None:
@@ -217,6 +222,9 @@ def markdown_report(report: Report, plots: list[Path]) -> str:
                   "Per-node times of profiled runs after the timed ones, summed per module "
                   "(`hwnas profile MODEL --layers` does this for any ONNX file).", "", "```",
                   layers_table(report.unit_times, TOP_UNITS), "```"]
+    for found in report.sensitivity:
+        lines += ["", "## Per-unit sensitivity (each unit changed alone, no fine-tune)", "",
+                  "```", sensitivity_table(found), "```"]
     lines += ["", "Accuracy is measured on the exported ONNX bytes with onnxruntime; latency, "
               "peak memory and power by hwnas-agent on the device. Fidelity is the cosine similarity (mean and "
               "worst sample) and the top-1 (arg-max) agreement of a trial's outputs with its fp32 parent's (the same model without a precision plan) on "

@@ -86,6 +86,9 @@ class CompressionEvaluator(RecordingEvaluator):
                                               *ctx.space.objectives[1:]])
         self._recording(ctx.devices, ctx.run, ctx.config_version)
         self._built: dict[Candidate, tuple[float, int]] = {}  # size MB, multiply-accumulates
+        # search.engine_order: sensitivity: a ladder compressing the most robust units first,
+        # tried before the uniform ones (hwnas/search/sensitivity.py robust_first_ladder)
+        self.robust_first: list[dict[str, Any]] = []
 
     # --- the engine's contract -------------------------------------------------------
 
@@ -116,9 +119,17 @@ class CompressionEvaluator(RecordingEvaluator):
         high-resolution early layers wider) tends to be the more accurate."""
         return {"log_macs": float(torch.log(torch.tensor(float(self._build(candidate)[1]))))}
 
+    @property  # type: ignore[override]
+    def first_ladder_first(self) -> bool:
+        """The ladder start takes the first ladder's start while it has one (not the proxies'
+        vote between ladders): the robust-first ladder, where the search asked for it."""
+        return bool(self.robust_first)
+
     def ladders(self) -> list[list[dict[str, Any]]]:
-        """Uniform models: each knob says what "cheaper" means for it (hwnas/space.py)."""
-        return uniform_ladders(self.ctx.space, self.ctx.shape)
+        """Uniform models: each knob says what "cheaper" means for it (hwnas/space.py); with
+        search.engine_order: sensitivity, the robust-first ladder before them."""
+        uniform = uniform_ladders(self.ctx.space, self.ctx.shape)
+        return [self.robust_first, *uniform] if self.robust_first else uniform
 
     def _build(self, candidate: Hashable) -> tuple[float, int]:
         assert isinstance(candidate, Candidate)

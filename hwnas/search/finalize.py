@@ -61,7 +61,7 @@ def pick(found: list[TrialOutcome], top: int) -> list[TrialOutcome]:
     return chosen
 
 
-def _config_paths(run: RunFolder, version: str | None) -> tuple[Path, list[Path]]:
+def config_paths(run: RunFolder, version: str | None) -> tuple[Path, list[Path]]:
     """The search space and device profiles a trial ran under, as the run folder kept them."""
     folder = run.path / "configs" / str(version)
     if version is None or not (folder / SPACE_FILE).is_file():
@@ -134,7 +134,7 @@ def _finalize_group(run: RunFolder, study: optuna.Study, found: list[TrialOutcom
     from hwnas.search.optimize import open_pool, trial_context
     from hwnas.search.study import prepare
 
-    space_path, device_paths = _config_paths(run, version)
+    space_path, device_paths = config_paths(run, version)
     record = StudyRecord.from_study(study)
     # the study's own parent, exactly as the search fine-tuned from it
     parent = (fetch_parent(run, study, record), record) \

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from hwnas.report import Report
+from hwnas.run import RunFolder
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,7 +40,9 @@ def reported(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("report")
     space, device = folder / "digits.yaml", folder / "device.yaml"
-    space.write_text(DIGITS_SPACE + ENQUEUED)
+    # with the per-unit sensitivity (int8 per stage, keep 0.5 per width stage): its heatmap
+    space.write_text(DIGITS_SPACE + ENQUEUED.replace(
+        "search:\n", "search:\n  sensitivity: {keep_ratios: [0.5], samples: 128}\n"))
     device.write_text(FAST_DEVICE)
     run_dir = folder / "run"
     hwnas("search", space, "--device", device, "--run-dir", run_dir, "--no-progress")
@@ -127,6 +132,33 @@ def test_reasons_power_and_model_card_links(reported):
     assert f'href="{card}"' in page and (run_dir / "report" / card).is_file()
     for outcome in report.front[1:]:
         assert f"--trial {outcome.number}</code>" in page
+
+
+def test_the_sensitivity_heatmap_shows_every_kept_cell_beside_its_scale(reported):
+    run_dir, report = reported
+    (found,) = report.sensitivity
+    assert {c.setting for c in found.cells} == {"int8", "keep 0.5"}
+    assert {"stage1", "stage2", "stage3", "head"} <= set(found.units())
+    page = (run_dir / "report" / "report.html").read_text()
+    svg = re.search(r'<svg class="sensitivity".*?</svg>', page, re.S)
+    assert svg, "no sensitivity heatmap on the page"
+    cells = re.findall(r'<rect class="cell" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"[^>]*'
+                       r'data-unit="([^"]+)" data-setting="([^"]+)" data-drop="([^"]+)"', svg.group(0))
+    assert len(cells) == len(found.cells)
+    for _x, _w, unit, setting, drop in cells:
+        assert float(drop) == pytest.approx(found.cell(unit, setting).accuracy_drop, abs=1e-6)
+    right = max(float(x) + float(w) for x, w, *_ in cells)
+    scale = re.search(r'<g class="scale"><text x="([\d.]+)"', svg.group(0))
+    assert float(scale.group(1)) > right  # the colour scale sits right of the grid
+    markdown = (run_dir / "report" / "report.md").read_text()
+    assert "## Per-unit sensitivity" in markdown and "keep 0.5: drop / cos" in markdown
+
+
+def test_hwnas_sensitivity_reads_the_search_s_table_back_without_measuring(reported):
+    run_dir, report = reported
+    out = hwnas("sensitivity", run_dir, "--samples", 128, "--keep-ratios", 0.5, "--no-progress")
+    assert "kept in the study already: nothing measured" in out and "keep 0.5: drop / cos" in out
+    assert Report.of(RunFolder.load(run_dir).open_study()).sensitivity == report.sensitivity
 
 
 CHROMIUM = shutil.which("chromium")
