@@ -79,6 +79,10 @@ def test_a_worker_joins_a_language_study_and_no_candidate_runs_twice(tiny_hf, tm
     assert not [o for o in found if o.stage in (TrialStage.RUNNING, TrialStage.WAITING)]
     distributed.never_measured_twice(found)  # no candidate sliced, measured, evaluated twice
     assert not [o.copied_from for o in found if o.copied_from is not None]
+    # each of the engine's proposals was claimed in the study before its trial ran
+    assert all(t.system_attrs.get("engine_claim") for t in study.trials
+               if t.user_attrs.get("proposed_by") not in ("enqueued", None))
+    assert {t.user_attrs.get("proposed_by") for t in study.trials} - {"enqueued", None}
     sources = study.user_attrs["llm_sources"]
     assert sources["root"] == str(tmp_path.resolve())
     assert {"config.json", "tokenizer.json", "model.safetensors"} <= set(sources["model_files"])
