@@ -216,8 +216,20 @@ def guard_resume(run: RunFolder, space: Any, shape: Any, budgets: Any, space_pat
     trials yet), a fork if asked for; otherwise a refusal that shows the changes."""
     changed = _changed(run, space_path, device_paths)
     if changed is None:
-        return run
+        return _fork_in_use(run)
     change, significant, previous, new_version = changed
     if not fork:
         raise refusal(run, previous, significant)
     return fork_study(run, change, new_version, space, shape, budgets, log, family)
+
+
+def _fork_in_use(run: RunFolder) -> RunFolder:
+    """The fork this run folder's last search made under its current configuration, where
+    there is one: the same command again goes on in the fork, not in the study it forked."""
+    try:
+        recorded = RunFolder.load(run.path).study_name
+    except ConfigError:
+        return run
+    if recorded == f"{run.study_name.split('@', 1)[0]}@{run.current_config()}":
+        return dataclasses.replace(run, study_name=recorded)
+    return run

@@ -55,3 +55,8 @@ def test_a_fork_keeps_the_perplexity_of_its_copies(tiny_hf, tmp_path):
             assert from_folder(str(folder), "model.onnx").sha256 == o.artifact.sha256
             if o.copied_from is None:
                 assert llm["folder"].startswith(f"models/{study.study_name.split('@')[1]}/")
+    # the same command again goes on in the fork, not in the study it forked
+    had, old_had = len(study.trials), len(old.trials)
+    again = _search(space, device, tmp_path / "run", n_trials=had + 1).study
+    assert again.study_name == study.study_name and len(again.trials) == had + 1
+    assert len(old.trials) == old_had
