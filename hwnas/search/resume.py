@@ -9,6 +9,7 @@ same run folder that keeps the old trials as history where they still fit.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -21,7 +22,7 @@ from hwnas.config.safe_yaml import read_yaml
 from hwnas.errors import ConfigError, excerpt
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.redaction import redact
-from hwnas.run import SPACE_FILE, RunFolder, device_file, outcomes
+from hwnas.run import RUN_FILE, SPACE_FILE, RunFolder, device_file, outcomes
 from hwnas.storage import make_storage
 from hwnas.space import distributions, fits
 
@@ -226,9 +227,9 @@ def guard_resume(run: RunFolder, space: Any, shape: Any, budgets: Any, space_pat
 def _fork_in_use(run: RunFolder) -> RunFolder:
     """The fork this run folder's last search made under its current configuration, where
     there is one: the same command again goes on in the fork, not in the study it forked."""
-    try:
-        recorded = RunFolder.load(run.path).study_name
-    except ConfigError:
+    try:  # the study name alone: a storage password kept out of run.json is not needed
+        recorded = json.loads((run.path / RUN_FILE).read_text()).get("study_name")
+    except (OSError, ValueError, AttributeError):
         return run
     if recorded == f"{run.study_name.split('@', 1)[0]}@{run.current_config()}":
         return dataclasses.replace(run, study_name=recorded)
