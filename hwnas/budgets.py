@@ -95,9 +95,11 @@ def measured(measurement: Measurement, artifact: Artifact, basis: str = "total",
 def constraint_values(budgets: "Budgets", measurement: Measurement, artifact: Artifact,
                       fidelity: OutputFidelity | None = None) -> dict[str, float]:
     """Budget name -> relative excess (ceiling) or shortfall (floor), for the budgets that
-    are set (the fidelity budget once ``fidelity`` is known)."""
+    are set (the fidelity budget once ``fidelity`` is known). A budget on an evaluation's
+    figure (a language model's perplexity) is not among them: no measurement gives it, and
+    its evaluator decides it after evaluation (hwnas/llm/trials.py)."""
     limits = {name: limit for name, limit in budgets.limits().items()
-              if name != "fidelity_cosine_min"}
+              if name != "fidelity_cosine_min" and metrics.get(name).screenable}
     figures = measured(measurement, artifact, budgets.basis, tuple(limits))
     values = {name: metrics.get(name).constraint(figures[name], limit)
               for name, limit in limits.items()}

@@ -93,7 +93,11 @@ def print_language_outcome(study, run) -> int:  # type: ignore[no-untyped-def]
         print(f"\nbest feasible: trial {best.number}: next-token accuracy (val) "
               f"{best.accuracy_val:.4f}, decode {best.measurement.decode_tokens_per_s:.1f} "
               f"tokens/s, {best.artifact.size_mb:.1f} MB" if best.artifact else "")
-        print(f"its onnxruntime-genai folder: {run.path / 'models' / f'trial-{best.number}'}")
+        folder = (study.trials[best.number].user_attrs.get("llm") or {}).get("folder")
+        if folder and (run.path / folder).is_dir():
+            print(f"its onnxruntime-genai folder: {run.path / folder}")
+        else:  # a worker's: in the study's artifact store
+            print(f"export it: hwnas export {run.path} --trial {best.number}")
     paths = write_report(study, run.report_dir)
     print(f"report: {paths['html']}")
     return 0
@@ -133,6 +137,11 @@ class WorkerCommand(Command):
                                  "(default: runs/<study>--worker)")
         parser.add_argument("--artifact-store", default=None,
                             help="override the study's artifact store location on this machine")
+        parser.add_argument("--files-root", type=Path, default=None,
+                            help="a language model's study: where the study's relative paths "
+                                 "(base_model.causal_lm, dataset.text files) resolve on this "
+                                 "machine (default: the folder they resolved against for the "
+                                 "study's creator); the files must be the study's, by sha256")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_torch_device(parser)
 
@@ -143,7 +152,7 @@ class WorkerCommand(Command):
                              args.device or [project_file(DEFAULT_DEVICE, "--device")],
                              args.run_dir, progress=not args.no_progress,
                              artifact_store=args.artifact_store,
-                             torch_device=args.torch_device)
+                             torch_device=args.torch_device, files_root=args.files_root)
         print(f"worker done: {outcome.trials_run} trials run here; the study "
               f"{outcome.run.study_name} has its trials (see `hwnas status {outcome.run.path}`)")
         return 0

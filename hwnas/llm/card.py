@@ -24,14 +24,18 @@ def export_language_trial(run: RunFolder, study: optuna.Study, outcome: TrialOut
                           out_dir: Path, whole: threading.Event | None = None) -> dict[str, Path]:
     from hwnas_agent.manifest import from_folder
 
+    from hwnas.llm.shared import kept_folder
     from hwnas.profile_generation import decoder_file
 
     trial = study.trials[outcome.number]
     llm = trial.user_attrs.get("llm") or {}
-    folder = run.path / llm.get("folder", "")
-    if not llm.get("folder") or not folder.is_dir():
-        raise ConfigError(f"--trial {outcome.number}: its folder {folder} is gone from the run "
-                          f"folder; run the search again to rebuild it")
+    if not llm.get("folder"):
+        raise ConfigError(f"--trial {outcome.number}: it kept no folder (not evaluated)")
+    try:  # this run folder's, or (a worker's) fetched from the study's artifact store
+        folder = kept_folder(run, study, outcome.number)
+    except ExportError as error:
+        raise ConfigError(f"--trial {outcome.number}: {error}; run the search again to "
+                          f"rebuild it") from None
     assert outcome.artifact is not None
     manifest = from_folder(str(folder), decoder_file(folder))
     if manifest.sha256 != outcome.artifact.sha256:

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import optuna
 
 from hwnas import metrics
 from hwnas.budgets import effective_budgets
 from hwnas.config.models import DeviceProfile, SearchSpace
-from hwnas.errors import ConfigError
+from hwnas.errors import ConfigError, ExportError
 from hwnas.llm.trials import LlmEvaluator, LlmPrepared
+from hwnas.redaction import redact
+from hwnas.search.resume import FamilyRecord
 
 if TYPE_CHECKING:
     from hwnas.run import RunFolder
@@ -36,9 +38,9 @@ GENERATION_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p5
 EVALUATION_METRICS = ("accuracy", "perplexity", "mcq_accuracy")
 
 
-def model_folder(space: SearchSpace, space_path: Path) -> Path:
-    """The Hugging Face folder of ``base_model.causal_lm`` (relative to the space file), or
-    the demo model's, converted once into the cache."""
+def model_folder(space: SearchSpace, space_path: Path, root: Path | None = None) -> Path:
+    """The Hugging Face folder of ``base_model.causal_lm`` (relative to ``root``: the space
+    file's folder unless given), or the demo model's, converted once into the cache."""
     from hwnas.disk import cache_folder
     from hwnas.llm.source import demo_model_folder
 
@@ -47,7 +49,7 @@ def model_folder(space: SearchSpace, space_path: Path) -> Path:
     if source == "demo":
         return demo_model_folder(cache_folder() / "models")
     folder = Path(source).expanduser()
-    return folder if folder.is_absolute() else Path(space_path).parent / folder
+    return folder if folder.is_absolute() else (root or Path(space_path).parent) / folder
 
 
 def check_generation_devices(space: SearchSpace, space_path: Path,
@@ -75,7 +77,10 @@ def check_generation_devices(space: SearchSpace, space_path: Path,
 
 
 def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, ...],
-            log: Callable[[str], None], torch_device: str | None = None) -> LlmPrepared:
+            log: Callable[[str], None], torch_device: str | None = None,
+            root: Path | None = None) -> LlmPrepared:
+    """The model loaded, the text tokenised, saliency measured; relative paths of the space
+    resolve against ``root`` (the space file's folder unless given)."""
     import torch
 
     from hwnas.config.text import LanguageDataSpec
@@ -88,10 +93,11 @@ def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, 
     from hwnas.torch_device import resolve
 
     accelerator = resolve(torch_device)
-    folder = model_folder(space, space_path)
+    root = root or Path(space_path).parent
+    folder = model_folder(space, space_path, root)
     started = time.perf_counter()
     base = load_causal_lm(folder)
-    spec: LanguageDataSpec = with_base(space.dataset.language(), Path(space_path).parent)
+    spec: LanguageDataSpec = with_base(space.dataset.language(), root)
     data = language_data(spec, base.tokenizer)
     parameters = sum(p.numel() for p in base.model.parameters()) / 1e6
     log(f"base model: {base.family} from {folder} ({parameters:.1f} M parameters, "
@@ -113,36 +119,101 @@ def prepare(space: SearchSpace, space_path: Path, devices: tuple[DeviceProfile, 
 def run_llm_search(space_path: Path, paths: list[Path], space: SearchSpace, space_text: str,
                    run_dir: Path | None, n_trials: int | None, progress: bool,
                    log: Callable[[str], None], fork: bool,
-                   torch_device: str | None = None) -> "SearchOutcome":
-    """Called by hwnas.search.study.run_search for a causal_lm space (its checks done)."""
+                   torch_device: str | None = None, worker: bool = False,
+                   files_root: Path | None = None) -> "SearchOutcome":
+    """Called by hwnas.search.study.run_search for a causal_lm space (its checks done; the
+    storage, study name and artifact store of the command line in ``space.search``). A
+    ``worker`` joins a study another `hwnas search` made, on its model and text (shared.py:
+    relative paths resolve against the folder the study recorded, or ``files_root``)."""
     from hwnas.config.load import load_device_profile
+    from hwnas.llm.shared import LanguageSources, check_model_folder, check_text
     from hwnas.logs import run_log
     from hwnas.run import RunFolder
     from hwnas.run_lock import writer_lock
     from hwnas.search.optimize import optimize
-    from hwnas.search.resume import refuse_changed
-    from hwnas.search.opening import SEARCH_ADVICE, open_study, with_trials
+    from hwnas.search.resume import guard_resume, refuse_changed
+    from hwnas.search.opening import SEARCH_ADVICE, WORKER_ADVICE, open_study, with_trials
+    from hwnas.search.shared import existing_study, refuse_other_space
 
     devices = tuple(load_device_profile(p) for p in paths)
     check_generation_devices(space, space_path, devices, paths)
-    space = with_trials(space, n_trials)
+    with_trials(space, n_trials)  # --trials 0: refused before a run folder exists
     run = RunFolder.locate(space, devices[0], run_dir)
-    with writer_lock(run.path, "hwnas search", SEARCH_ADVICE), run_log(run.log_path):
+    with writer_lock(run.path, f"hwnas {'worker' if worker else 'search'}",
+                     WORKER_ADVICE if worker else SEARCH_ADVICE), run_log(run.log_path):
         if not fork:
             refuse_changed(run, space_path, paths)
-        prepared = prepare(space, space_path, devices, log, torch_device)
+        joined = existing_study(run)
+        if worker and (joined is None or joined[1].search_space_yaml is None):
+            raise ConfigError(f"no hwnas study {run.study_name!r} in {redact(run.storage_url)}:"
+                              f" start it with `hwnas search SPACE.yaml --storage URL` first")
+        recorded = None
+        if joined is not None:
+            if run.current_config() is None:  # joining from another run folder or machine
+                refuse_other_space(joined[0], joined[1], space_text)
+            # a fork of a changed space records its files afresh
+            recorded = None if fork and run.current_config() is not None else \
+                LanguageSources.of_study(joined[0])
+            if worker:
+                n_trials = n_trials or joined[1].n_trials
+        space = with_trials(space, n_trials)
+        root = (files_root or (Path(recorded.root) if worker and recorded else
+                               Path(space_path).parent)).resolve()
+        if recorded is not None:  # before the model loads: a wrong folder costs nothing
+            check_model_folder(run.study_name, recorded, model_folder(space, space_path, root))
+        prepared = prepare(space, space_path, devices, log, torch_device, root)
+        if recorded is not None:
+            check_text(run.study_name, recorded, prepared.data.report.files)
+        run = guard_resume(run, prepared.space, prepared.shape, prepared.budgets, space_path,
+                           paths, fork, log, LLM_RECORD)
         config_version = run.record_configs(space_path, paths)
-        study = open_study(run, space, log, worker=False)
-        _write_study_record(prepared, study, space_text, config_version)
+        study = open_study(run, space, log, worker)
+        if not worker:
+            _write_study_record(prepared, study, space_text, config_version, run, root)
         outcome = optimize(prepared, run, study, config_version, progress, log,  # type: ignore[arg-type]
                            evaluator_of=lambda pool: LlmEvaluator(prepared, pool, run,
                                                                   config_version))
-        evaluate_front(prepared, run, study, log)
+        if worker:
+            log("the front is evaluated on the test text by the study's `hwnas search` (its "
+                "primary), once every trial has ended")
+        else:
+            wait_for_other_controllers(study, log)
+            evaluate_front(prepared, run, study, log)
         return outcome
 
 
+def wait_for_other_controllers(study: optuna.Study, log: Callable[[str], None],
+                               poll_s: float = 2.0) -> None:
+    """Until no trial of the study is RUNNING (the workers' last trials may end on the front;
+    a worker that died is failed by its heartbeat or its host: controllers.py)."""
+    from hwnas.search.controllers import fail_abandoned_trials
+
+    said = False
+    while True:
+        fail_abandoned_trials(study)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not running:
+            return
+        if not said:
+            log(f"waiting for trials {[t.number for t in running]} of other controllers to end "
+                f"before the front is evaluated on the test text")
+            said = True
+        time.sleep(poll_s)
+
+
+def _llm_figures(attributes: Mapping[str, Any]) -> Mapping[str, float]:
+    from hwnas.llm.trials import evaluated_figures
+
+    return evaluated_figures(attributes.get("llm") or {})
+
+
+# what a fork carries into its copies of language trials (hwnas/search/resume.py)
+LLM_RECORD = FamilyRecord(("llm",), _llm_figures)
+
+
 def _write_study_record(prepared: LlmPrepared, study: optuna.Study, space_text: str,
-                        config_version: str) -> None:
+                        config_version: str, run: "RunFolder", root: Path) -> None:
+    from hwnas.llm.shared import LanguageSources, model_files
     from hwnas.records import StudyRecord
     from hwnas.torch_device import describe
 
@@ -154,10 +225,14 @@ def _write_study_record(prepared: LlmPrepared, study: optuna.Study, space_text: 
         search_space_yaml=space_text, config_version=config_version,
         n_trials=prepared.space.search.n_trials, torch_device=describe(prepared.torch_device),
         floors=tuple(name for name in prepared.budgets.limits()
-                     if metrics.find(name) is not None and metrics.get(name).higher_is_better))
+                     if metrics.find(name) is not None and metrics.get(name).higher_is_better),
+        artifact_store=redact(run.store_url))
     record.write(study)
     study.set_user_attr("model_family", "causal_lm")
     study.set_user_attr("llm_data", prepared.data.report.as_dict())
+    folder = Path(prepared.base.folder).resolve()
+    LanguageSources(str(root), str(folder), model_files(folder),
+                    prepared.data.report.files).write(study)
 
 
 def evaluate_front(prepared: LlmPrepared, run: "RunFolder", study: optuna.Study,
@@ -165,6 +240,7 @@ def evaluate_front(prepared: LlmPrepared, run: "RunFolder", study: optuna.Study,
     """The front's models on the held-out test text, once each: trial number -> figures,
     kept in the study's ``llm_test`` attribute (the search selected on val)."""
     from hwnas.llm.evaluate import evaluate_folder
+    from hwnas.llm.shared import kept_folder
     from hwnas.pareto import pareto_front, study_directions
     from hwnas.run import outcomes
 
@@ -173,10 +249,14 @@ def evaluate_front(prepared: LlmPrepared, run: "RunFolder", study: optuna.Study,
     for outcome in pareto_front(outcomes(study), study_directions(study)):
         trial = study.trials[outcome.number]
         llm = trial.user_attrs.get("llm") or {}
-        if str(trial.number) in tested or not llm.get("folder") or \
-                not (run.path / llm["folder"]).is_dir():
+        if str(trial.number) in tested or not llm.get("folder"):
             continue
-        folder = run.path / llm["folder"]
+        try:  # a worker's folder comes from the study's artifact store
+            folder = kept_folder(run, study, trial.number)
+        except ExportError as error:
+            log(f"trial {trial.number} is on the front, but not evaluated on the test text: "
+                f"{error}")
+            continue
         result = evaluate_folder(folder, prepared.data.evaluation).perplexity
         tested[str(trial.number)] = {"perplexity": result.perplexity,
                                      "next_token_accuracy": result.top1_accuracy,

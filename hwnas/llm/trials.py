@@ -195,7 +195,7 @@ class LlmEvaluator(RecordingEvaluator):
     def evaluation_figures(self, candidate: Hashable) -> Mapping[str, float]:
         """Perplexity on the selection (val) text and, with questions, MCQ accuracy: of the
         folder evaluate() just evaluated."""
-        return _evaluated(self._current(candidate).llm)
+        return evaluated_figures(self._current(candidate).llm)
 
     def end_trial(self, trial: optuna.Trial, candidate: Hashable, stage: str,
                   earlier: optuna.trial.FrozenTrial | None = None) -> None:
@@ -204,17 +204,23 @@ class LlmEvaluator(RecordingEvaluator):
         if changes is None:
             return
         if stage == TrialStage.EVALUATED.value and now.artifact is not None:
+            from hwnas.llm.shared import keep_folder, shares_folders
+
             if now.measurement is None:  # not healed: the screened folder is the deployed one
                 changes["measurement"] = now.screen_measurement
-            kept = self._run.path / "models" / f"trial-{trial.number}"
+            # a fork's trials (study name@version) beside, not over, the copies' folders
+            fork = self._run.study_name.partition("@")[2]
+            kept = self._run.path / "models" / fork / f"trial-{trial.number}"
             if kept.exists():
                 shutil.rmtree(kept)
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(now.artifact.path, kept)  # the folder to deploy: `hwnas export`
-            now.llm["folder"] = str(kept.relative_to(self._run.path))
+            now.llm["folder"] = kept.relative_to(self._run.path).as_posix()
+            if shares_folders(self._run):  # the primary and `hwnas export` anywhere read it
+                keep_folder(self._run, trial, kept, now.artifact.sha256)
             # a budget on the evaluation (a perplexity ceiling) is decided now, as the
             # measured ones were before evaluation
-            evaluated = _evaluated(now.llm)
+            evaluated = evaluated_figures(now.llm)
             for name, limit in self.prepared.budgets.limits().items():
                 metric = metrics.find(name)
                 if metric is not None and metric.source == "evaluation" and name in evaluated:
@@ -257,7 +263,7 @@ class LlmEvaluator(RecordingEvaluator):
                                    self.wanted)
 
 
-def _evaluated(found: Mapping[str, Any]) -> dict[str, float]:
+def evaluated_figures(found: Mapping[str, Any]) -> dict[str, float]:
     """The evaluation's figures besides accuracy, by metric name, from a trial's record."""
     return {name: float(found[key]) for name, key in
             (("perplexity", "perplexity_val"), ("mcq_accuracy", "mcq_accuracy_val"))

@@ -9,8 +9,9 @@ same run folder that keeps the old trials as history where they still fit.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -21,7 +22,7 @@ from hwnas.config.safe_yaml import read_yaml
 from hwnas.errors import ConfigError, excerpt
 from hwnas.records import TrialOutcome, TrialStage
 from hwnas.redaction import redact
-from hwnas.run import SPACE_FILE, RunFolder, device_file, outcomes
+from hwnas.run import RUN_FILE, SPACE_FILE, RunFolder, device_file, outcomes
 from hwnas.storage import make_storage
 from hwnas.space import distributions, fits
 
@@ -99,8 +100,20 @@ def refusal(run: RunFolder, previous: str, changes: list[tuple[str, Any, Any]]) 
         f"keeps the old trials as history where they fit the new configuration)")
 
 
+@dataclasses.dataclass(frozen=True)
+class FamilyRecord:
+    """What a model family keeps in a trial besides its TrialOutcome (a language model's
+    ``llm`` attribute: perplexity, MCQ accuracy, the kept folder) and the evaluation figures
+    read from it: carried into a fork's copies, whose objectives and budgets on those figures
+    keep their values (the worst value otherwise)."""
+
+    attributes: tuple[str, ...] = ()
+    figures: Callable[[Mapping[str, Any]], Mapping[str, float]] = lambda _attrs: {}
+
+
 def fork_study(run: RunFolder, change: ConfigDiff, new_version: str, space: Any,
-               shape: Any, budgets: Any, log: Callable[[str], None]) -> RunFolder:
+               shape: Any, budgets: Any, log: Callable[[str], None],
+               family: FamilyRecord = FamilyRecord()) -> RunFolder:
     """A new study beside the old one, seeded with the old trials that still mean the same."""
     base_name = run.study_name.split("@", 1)[0]
     forked = dataclasses.replace(run, study_name=f"{base_name}@{new_version}")
@@ -118,7 +131,7 @@ def fork_study(run: RunFolder, change: ConfigDiff, new_version: str, space: Any,
     if comparable:
         wanted = distributions(space, shape)
         for trial, outcome in zip(old.get_trials(deepcopy=False), outcomes(old)):
-            copy = _as_history(trial, outcome, wanted, space, budgets, old.study_name)
+            copy = _as_history(trial, outcome, wanted, space, budgets, old.study_name, family)
             if copy is not None:
                 study.add_trial(copy)
                 kept += 1
@@ -130,7 +143,8 @@ def fork_study(run: RunFolder, change: ConfigDiff, new_version: str, space: Any,
 
 
 def _as_history(trial: optuna.trial.FrozenTrial, outcome: TrialOutcome, wanted: dict[str, Any],
-                space: Any, budgets: Any, source: str) -> optuna.trial.FrozenTrial | None:
+                space: Any, budgets: Any, source: str,
+                family: FamilyRecord = FamilyRecord()) -> optuna.trial.FrozenTrial | None:
     if trial.state != TrialState.COMPLETE or set(trial.params) != set(wanted):
         return None
     if not all(fits(wanted[name], value) for name, value in trial.params.items()):
@@ -140,21 +154,31 @@ def _as_history(trial: optuna.trial.FrozenTrial, outcome: TrialOutcome, wanted: 
     if outcome.finalized_from is not None:  # a longer fine-tune: not a search trial's figures
         return None
     constraints = constraint_values(budgets, outcome.measurement, outcome.artifact)
+    evaluated: Mapping[str, float] = {}
     if outcome.stage == TrialStage.REJECTED:
         if not breaks_a_budget(constraints):
             return None  # within the new budgets, but never fine-tuned: it needs a real trial
         accuracy = 0.0
     elif outcome.stage == TrialStage.EVALUATED and outcome.accuracy_val is not None:
         accuracy = outcome.accuracy_val
+        # the evaluation's figures (perplexity) against the new budgets, as the evaluator
+        # decides them for a trial it evaluated
+        evaluated = family.figures(trial.user_attrs)
+        constraints.update({name: metrics.get(name).constraint(evaluated[name], limit)
+                            for name, limit in budgets.limits().items()
+                            if not metrics.get(name).screenable and name in evaluated})
     else:
         return None
     copied = dataclasses.replace(outcome, copied_from=f"{source}#{trial.number}")
+    values = objective_values(space, accuracy, outcome.measurement, outcome.artifact,
+                              budgets.basis)
+    values = (values[0], *(evaluated.get(name, value) for name, value
+                           in zip(space.objectives[1:], values[1:])))
+    carried = {key: trial.user_attrs[key] for key in family.attributes if key in trial.user_attrs}
     return optuna.trial.create_trial(
         state=TrialState.COMPLETE, params=trial.params,
         distributions={name: wanted[name] for name in trial.params},
-        values=objective_values(space, accuracy, outcome.measurement, outcome.artifact,
-                                budgets.basis),
-        user_attrs=copied.attributes(), constraints=constraints,
+        values=values, user_attrs={**carried, **copied.attributes()}, constraints=constraints,
         # the kept bytes stay where they are: the copy points at the same artifacts
         system_attrs={k: v for k, v in trial.system_attrs.items() if k.startswith("artifacts:")})
 
@@ -187,13 +211,26 @@ def refuse_changed(run: RunFolder, space_path: Path, device_paths: Sequence[Path
 
 
 def guard_resume(run: RunFolder, space: Any, shape: Any, budgets: Any, space_path: Path,
-                 device_paths: Sequence[Path], fork: bool, log: Callable[[str], None]) -> RunFolder:
+                 device_paths: Sequence[Path], fork: bool, log: Callable[[str], None],
+                 family: FamilyRecord = FamilyRecord()) -> RunFolder:
     """The run folder to continue in: this one if its configuration is unchanged (or it has no
     trials yet), a fork if asked for; otherwise a refusal that shows the changes."""
     changed = _changed(run, space_path, device_paths)
     if changed is None:
-        return run
+        return _fork_in_use(run)
     change, significant, previous, new_version = changed
     if not fork:
         raise refusal(run, previous, significant)
-    return fork_study(run, change, new_version, space, shape, budgets, log)
+    return fork_study(run, change, new_version, space, shape, budgets, log, family)
+
+
+def _fork_in_use(run: RunFolder) -> RunFolder:
+    """The fork this run folder's last search made under its current configuration, where
+    there is one: the same command again goes on in the fork, not in the study it forked."""
+    try:  # the study name alone: a storage password kept out of run.json is not needed
+        recorded = json.loads((run.path / RUN_FILE).read_text()).get("study_name")
+    except (OSError, ValueError, AttributeError):
+        return run
+    if recorded == f"{run.study_name.split('@', 1)[0]}@{run.current_config()}":
+        return dataclasses.replace(run, study_name=recorded)
+    return run

@@ -119,11 +119,13 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
                log: Callable[[str], None] = print, fork: bool = False,
                storage: str | None = None, study_name: str | None = None,
                artifact_store: str | None = None, worker: bool = False,
-               torch_device: str | None = None) -> SearchOutcome:
+               torch_device: str | None = None, files_root: Path | None = None) -> SearchOutcome:
     """Run (or continue, or join) a search. A study continues only under the configuration it
     ran under (with ``fork``, a changed one gets a new study that keeps the old trials as
     history where they fit: resume.py). Every controller of a study fine-tunes the study's
-    one parent on its one split (shared.py); a ``worker`` only joins, it never creates."""
+    one parent on its one split (shared.py); a ``worker`` only joins, it never creates. A
+    language model's study shares its model folder and text instead (hwnas/llm/shared.py;
+    ``files_root``: where a worker finds them)."""
     from hwnas.search.resume import guard_resume, refuse_changed
     from hwnas.search.shared import (
         PARENT_SECTIONS,
@@ -143,13 +145,8 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
     if space.family == "causal_lm":
         from hwnas.llm.search import run_llm_search
 
-        if worker or storage or artifact_store or space.search.storage or \
-                space.search.artifact_store:
-            raise ConfigError(f"{space_path}: a language model's search runs from one "
-                              f"controller on its run folder's SQLite study for now (no "
-                              f"--storage, artifact store or `hwnas worker`)")
         return run_llm_search(Path(space_path), paths, space, space_text, run_dir, n_trials,
-                              progress, log, fork, torch_device)
+                              progress, log, fork, torch_device, worker, files_root)
     devices = cross_check(space, space_path, paths)  # refused before a run folder exists
     run = RunFolder.locate(space, devices[0], run_dir)
     # one writer per run folder: a second search here would run trials beyond n_trials
@@ -182,9 +179,11 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
 def run_worker(storage: str, study_name: str, device_path: str | Path | list,
                run_dir: Path | None = None, progress: bool = True,
                log: Callable[[str], None] = print, artifact_store: str | None = None,
-               torch_device: str | None = None) -> SearchOutcome:
+               torch_device: str | None = None, files_root: Path | None = None) -> SearchOutcome:
     """Join a study on a shared storage: run its recorded search space with this machine's
-    devices until the study has the trials it asked for."""
+    devices until the study has the trials it asked for. ``files_root``: where a language
+    study's relative paths (model folder, text files) resolve here (default: where they
+    resolved for the study's creator)."""
     from hwnas.search.shared import existing_study
 
     probe = RunFolder(Path("."), storage, study_name)
@@ -213,7 +212,8 @@ def run_worker(storage: str, study_name: str, device_path: str | Path | list,
         # the study's store unless this machine reaches it elsewhere (another mount point)
         return run_search(space_path, device_path, run_dir, None, progress, log,
                           storage=storage, study_name=study_name, worker=True,
-                          artifact_store=store, torch_device=torch_device)
+                          artifact_store=store, torch_device=torch_device,
+                          files_root=files_root)
 
 
 
