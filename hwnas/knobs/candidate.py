@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any, Hashable, Mapping
 
-from hwnas.knobs.base import knob, pairs, registered
+from hwnas.knobs.base import Knob, knob, pairs, registered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +41,13 @@ class Candidate:
     def replace(self, **values: Any) -> "Candidate":
         """The same candidate with some knobs' values replaced (None: removed)."""
         return Candidate.of({**dict(self.values), **values})
+
+    def structure(self) -> tuple[tuple[str, Hashable], ...]:
+        """The values of the knobs that prune (a knob that overrides Knob.prune): what the
+        pruned network is. Candidates that differ only in how they are exported (precision,
+        calibration) share it, and so share their pruned model's shape and compute."""
+        return tuple((name, value) for name, value in self.values
+                     if type(knob(name)).prune is not Knob.prune)
 
     # the built-in knobs' values, read by name where the pipeline needs them
     @property

@@ -85,7 +85,10 @@ class CompressionEvaluator(RecordingEvaluator):
         self.wanted = metrics.measured_names([*(b.figure for b in self.budgets),
                                               *ctx.space.objectives[1:]])
         self._recording(ctx.devices, ctx.run, ctx.config_version)
-        self._built: dict[Candidate, tuple[float, int]] = {}  # size MB, multiply-accumulates
+        self._built: dict[Candidate, float] = {}  # the exported bytes' size, MB
+        # multiply-accumulates by the pruned structure (Candidate.structure): the proxy of the
+        # hundreds of pool candidates the engine ranks, pruned only, never exported
+        self._macs: dict[tuple, int] = {}
         # search.engine_order: sensitivity: a ladder compressing the most robust units first,
         # tried before the uniform ones (hwnas/search/sensitivity.py robust_first_ladder)
         self.robust_first: list[dict[str, Any]] = []
@@ -110,14 +113,22 @@ class CompressionEvaluator(RecordingEvaluator):
 
     def static_figures(self, candidate: Hashable) -> Mapping[str, float]:
         """The exported bytes' size: pruned, quantized and exported here, never measured."""
-        size_mb, _macs = self._build(candidate)
+        size_mb = self._build(candidate)
         return {name: size_mb for name in _STATIC}
 
     def proxies(self, candidate: Hashable) -> Mapping[str, float]:
         """Multiply-accumulates of the pruned network: where the budgets leave the size fixed
         (the frontier), the candidate that computes more on the same bytes (keeps the
         high-resolution early layers wider) tends to be the more accurate."""
-        return {"log_macs": float(torch.log(torch.tensor(float(self._build(candidate)[1]))))}
+        assert isinstance(candidate, Candidate)
+        structure = candidate.structure()
+        if structure not in self._macs:
+            self._macs[structure] = self._multiply_accumulates(
+                self.builder.prune_with_plan(candidate).module)
+        return {"log_macs": float(torch.log(torch.tensor(float(self._macs[structure]))))}
+
+    def _multiply_accumulates(self, pruned: torch.nn.Module) -> int:
+        return multiply_accumulates(pruned.eval(), torch.as_tensor(self.builder.calibration[:1]))
 
     @property  # type: ignore[override]
     def first_ladder_first(self) -> bool:
@@ -131,15 +142,15 @@ class CompressionEvaluator(RecordingEvaluator):
         uniform = uniform_ladders(self.ctx.space, self.ctx.shape)
         return [self.robust_first, *uniform] if self.robust_first else uniform
 
-    def _build(self, candidate: Hashable) -> tuple[float, int]:
+    def _build(self, candidate: Hashable) -> float:
         assert isinstance(candidate, Candidate)
         if candidate not in self._built:
             with tempfile.TemporaryDirectory(prefix="hwnas-static-") as work:
                 pruned, _exported, artifact = self.builder.screen_copy(
                     candidate, Path(work), Timings())
-            image = torch.as_tensor(self.builder.calibration[:1])
-            self._built[candidate] = (artifact.size_mb,
-                                      multiply_accumulates(pruned.module.eval(), image))
+            self._built[candidate] = artifact.size_mb
+            if candidate.structure() not in self._macs:
+                self._macs[candidate.structure()] = self._multiply_accumulates(pruned.module)
         return self._built[candidate]
 
     def accelerator_screen(self, candidate: Hashable) -> AcceleratorVerdict | None:
