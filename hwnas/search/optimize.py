@@ -183,9 +183,12 @@ def _measure_base_model(study: optuna.Study, ctx: "TrialContext", builder: "Cand
     dataclasses.replace(record, base_model_measurement=measurement,
                         base_model_size_bytes=artifact.size_bytes).write(study)
     unit_profile.record(study, "base", unit_profile.entry("base model (fp32)", measurement, units))
-    most = f"; most time in {units[0].unit} ({units[0].share:.0%})" if units else ""
-    log(f"base model (unpruned, fp32): latency p90 {measurement.latency_ms_p90:.3f} ms on "
-        f"{measurement.device}, {artifact.size_mb:.2f} MB{most}")
+    emulated = " of the simulator" if measurement.emulated else ""
+    most = f"; most time{emulated} in {units[0].unit} ({units[0].share:.0%})" if units else ""
+    latency = "latency not measured (emulated: a simulator's timing is not the device's)" \
+        if measurement.emulated else f"latency p90 {measurement.latency_ms_p90:.3f} ms"
+    log(f"base model (unpruned, fp32): {latency} on {measurement.device}, "
+        f"{artifact.size_mb:.2f} MB{most}")
 
 
 class AllTrialsFailed(HwnasError):

@@ -64,4 +64,6 @@ def profile_best(study: optuna.Study, ctx: "TrialContext", log: Callable[[str], 
     record(study, "best", entry(f"best feasible (trial {best.number})", measurement, units))
     if units:
         top = units[0]
-        log(f"best feasible trial {best.number}: most time in {top.unit} ({top.share:.0%})")
+        emulated = " of the simulator" if measurement.emulated else ""
+        log(f"best feasible trial {best.number}: most time{emulated} in {top.unit} "
+            f"({top.share:.0%})")

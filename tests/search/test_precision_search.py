@@ -73,8 +73,11 @@ def htp_search(tmp_path_factory):
     device = folder / "htp.yaml"
     device.write_text((REPO / "device_profiles" / "local-qnn-htp.yaml").read_text().replace(
         "precisions: [fp32, fp16, int8, a16w8]", "precisions: [fp32, fp16, int8, a16w8, int8_weight_only]"))
-    outcome = run_search(space, device, folder / "run", progress=False, log=lambda _: None)
+    outcome = run_search(space, device, folder / "run", progress=False, log=HTP_LOG.append)
     return space, device, outcome
+
+
+HTP_LOG: list[str] = []  # what the HTP search printed
 
 
 def test_htp_candidates_the_npu_refuses_are_rejected_naming_the_op(htp_search):
@@ -117,6 +120,11 @@ def test_nothing_in_the_report_calls_a_simulated_figure_a_latency(htp_search, tm
             assert "emulated" in line
     measurement = evaluated[0].measurement
     assert f"{measurement.latency_ms_p90:.3f}" not in table
+    # nor what the search printed: the base model's line, the best model's time per module
+    base = [line for line in HTP_LOG if line.startswith("base model (unpruned")]
+    assert len(base) == 1 and "latency not measured (emulated" in base[0], HTP_LOG
+    assert not [line for line in HTP_LOG if "latency p90" in line or " ms" in line], HTP_LOG
+    assert all("of the simulator" in line for line in HTP_LOG if "most time" in line)
     paths = export_trial(RunFolder.load(outcome.run.path), evaluated[0].number, tmp_path)
     card = json.loads(paths["card"].read_text())
     assert card["latency_is_device_latency"] is False and card["output_fidelity"]["emulated"] is True
