@@ -104,6 +104,8 @@ def front_folders(run_dir: Path) -> list[tuple[str, Path, tuple[int | None, floa
     """The Pareto front of a finished language search (the report's: feasible, evaluated, one
     per folder): (label, kept genai folder, (decoder layers, its size in MB as the search
     recorded it))."""
+    from hwnas.errors import ExportError
+    from hwnas.llm.shared import kept_folder
     from hwnas.pareto import pareto_front, study_directions
     from hwnas.run import RunFolder, outcomes
 
@@ -112,10 +114,10 @@ def front_folders(run_dir: Path) -> list[tuple[str, Path, tuple[int | None, floa
     found = []
     for outcome in pareto_front(outcomes(study), study_directions(study)):
         llm = study.trials[outcome.number].user_attrs.get("llm") or {}
-        folder = run.path / str(llm.get("folder"))
-        if not llm.get("folder") or not folder.is_dir():
-            raise SystemExit(f"{run_dir}: trial {outcome.number} is on the front but its folder "
-                             f"{folder} is not kept")
+        try:  # this run folder's own, or a worker's from the study's artifact store
+            folder = kept_folder(run, study, outcome.number)
+        except ExportError as exc:
+            raise SystemExit(f"{run_dir}: trial {outcome.number} is on the front: {exc}")
         drop = (llm.get("slice_plan") or {}).get("drop_layers") or ()
         layers = len((llm.get("slice_plan") or {}).get("mlp_units") or ()) - len(drop) or None
         found.append((f"search front: trial {outcome.number} ({outcome.candidate.summary()})",

@@ -131,7 +131,7 @@ def run_llm_search(space_path: Path, paths: list[Path], space: SearchSpace, spac
     from hwnas.run import RunFolder
     from hwnas.run_lock import writer_lock
     from hwnas.search.optimize import optimize
-    from hwnas.search.resume import guard_resume, refuse_changed
+    from hwnas.search.resume import fork_in_use, guard_resume, refuse_changed
     from hwnas.search.opening import SEARCH_ADVICE, WORKER_ADVICE, open_study, with_trials
     from hwnas.search.shared import existing_study, refuse_other_space
 
@@ -143,7 +143,8 @@ def run_llm_search(space_path: Path, paths: list[Path], space: SearchSpace, spac
                      WORKER_ADVICE if worker else SEARCH_ADVICE), run_log(run.log_path):
         if not fork:
             refuse_changed(run, space_path, paths)
-        joined = existing_study(run)
+        # the study this folder goes on in (after a --fork, the fork: its files were recorded)
+        joined = existing_study(fork_in_use(run))
         if worker and (joined is None or joined[1].search_space_yaml is None):
             raise ConfigError(f"no hwnas study {run.study_name!r} in {redact(run.storage_url)}:"
                               f" start it with `hwnas search SPACE.yaml --storage URL` first")
@@ -183,21 +184,31 @@ def run_llm_search(space_path: Path, paths: list[Path], space: SearchSpace, spac
 
 
 def wait_for_other_controllers(study: optuna.Study, log: Callable[[str], None],
-                               poll_s: float = 2.0) -> None:
+                               poll_s: float = 2.0, patience_s: float = 1800.0,
+                               every_s: float = 60.0) -> None:
     """Until no trial of the study is RUNNING (the workers' last trials may end on the front;
-    a worker that died is failed by its heartbeat or its host: controllers.py)."""
+    a worker that died is failed by its heartbeat or its host: controllers.py), said every
+    minute; after ``patience_s`` the front is evaluated as it stands, and saying so."""
     from hwnas.search.controllers import fail_abandoned_trials
 
-    said = False
+    started = said = time.monotonic()
+    first = True
     while True:
         fail_abandoned_trials(study)
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not running:
             return
-        if not said:
-            log(f"waiting for trials {[t.number for t in running]} of other controllers to end "
-                f"before the front is evaluated on the test text")
-            said = True
+        now = time.monotonic()
+        numbers = [t.number for t in running]
+        if now - started > patience_s:
+            log(f"trials {numbers} of other controllers still run after {patience_s / 60:.0f} "
+                f"min: the front is evaluated on the test text as it stands; run this command "
+                f"again once they end to evaluate what they add")
+            return
+        if first or now - said >= every_s:
+            log(f"waiting for trials {numbers} of other controllers to end before the front is "
+                f"evaluated on the test text ({now - started:.0f} s so far)")
+            first, said = False, now
         time.sleep(poll_s)
 
 

@@ -160,7 +160,7 @@ def kept_folder(run: RunFolder, study: optuna.Study, number: int) -> Path:
     sha256 = outcome.artifact.sha256
     local = run.path / llm["folder"]
     for folder in (local, run.cached_path(sha256, ".genai")):
-        if folder.is_dir() and _manifest_sha256(folder) == sha256:
+        if folder.is_dir() and _holds(folder, sha256):
             return folder
     artifact_id = find(trial, _tar_name(sha256), storage=study._storage)
     if artifact_id is None and local.is_dir():
@@ -175,9 +175,14 @@ def kept_folder(run: RunFolder, study: optuna.Study, number: int) -> Path:
     with tempfile.TemporaryDirectory(prefix="hwnas-genai-", dir=run.path) as scratch:
         archive = fetch(run.store(), artifact_id, Path(scratch) / _tar_name(sha256))
         unpacked = Path(scratch) / "folder"
-        with tarfile.open(archive) as tar:
-            tar.extractall(unpacked, filter="data")  # no links, nothing outside the folder
-        if _manifest_sha256(unpacked) != sha256:
+        try:
+            with tarfile.open(archive) as tar:
+                _check_members(tar.getmembers(), outcome.artifact.size_bytes)
+                tar.extractall(unpacked, filter="data")  # nothing outside the folder
+        except (tarfile.TarError, OSError, ValueError) as exc:
+            raise ExportError(f"trial {number}: its folder in the artifact store cannot be "
+                              f"unpacked ({exc}): the store was altered or damaged") from None
+        if not _holds(unpacked, sha256):
             raise ExportError(f"trial {number}: the folder in the artifact store is not the "
                               f"one the trial measured (manifest sha256 {sha256[:12]}): the "
                               f"store was altered")
@@ -185,6 +190,26 @@ def kept_folder(run: RunFolder, study: optuna.Study, number: int) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         unpacked.replace(target)
     return target
+
+
+def _check_members(members: list[tarfile.TarInfo], size_bytes: int) -> None:
+    """Regular files and folders only, no more bytes than the folder the trial measured:
+    checked before anything is written (a link, a device or a huge member is refused)."""
+    odd = [m.name for m in members if not (m.isfile() or m.isdir())]
+    if odd:
+        raise ValueError(f"not a file or folder: {', '.join(odd[:3])}")
+    total = sum(m.size for m in members if m.isfile())
+    if total > size_bytes:
+        raise ValueError(f"{total} bytes where the trial's folder held {size_bytes}")
+
+
+def _holds(folder: Path, sha256: str) -> bool:
+    """Whether the folder is the one whose manifest the trial recorded (a folder that cannot
+    be read as a model folder is not)."""
+    try:
+        return _manifest_sha256(folder) == sha256
+    except Exception:  # noqa: BLE001 - a manifest or genai_config error: not that folder
+        return False
 
 
 def _manifest_sha256(folder: Path) -> str:

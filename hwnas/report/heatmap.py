@@ -1,5 +1,5 @@
 """Per-unit sensitivity as a heatmap: units as rows, settings (precisions, keep ratios) as
-columns, each cell coloured by its accuracy drop (where no sample changed class: by 1 - cosine)
+columns, each cell coloured by its accuracy drop (where accuracy did not fall: by 1 - cosine)
 and labelled with both figures; a small inline SVG (no network, no library), its colour scale
 drawn beside the grid, never over it."""
 
@@ -100,8 +100,8 @@ def _scale(x: float, y: float, drop_full: float) -> str:
     parts.append(f'<text x="{x}" y="{y + 24}" font-size="9">0</text>')
     parts.append(f'<text x="{x + steps * 12}" y="{y + 24}" font-size="9" text-anchor="end">'
                  f'{drop_full * 100:.1f} pt</text>')
-    parts.append(f'<text x="{x}" y="{y + 40}" font-size="9" fill="#555">pale amber: no class '
-                 f'changed,</text><text x="{x}" y="{y + 51}" font-size="9" fill="#555">'
+    parts.append(f'<text x="{x}" y="{y + 40}" font-size="9" fill="#555">pale amber: accuracy '
+                 f'did not fall,</text><text x="{x}" y="{y + 51}" font-size="9" fill="#555">'
                  f'outputs moved (1 - cos)</text></g>')
     return "".join(parts)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import warnings
 from typing import Callable
 
 import optuna
@@ -60,7 +61,9 @@ def abandoned(trial: optuna.trial.FrozenTrial) -> bool:
 def fail_abandoned_trials(study: optuna.Study) -> list[int]:
     """Fail the RUNNING trials no live controller runs, and retry their candidates: stale
     heartbeats (any host), controllers of this host that are gone (at once), orphans."""
-    fail_stale_trials(study)
+    with warnings.catch_warnings():  # heartbeats are documented but marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
     return _fail_and_retry(study, abandoned)
 
 

@@ -217,14 +217,14 @@ def guard_resume(run: RunFolder, space: Any, shape: Any, budgets: Any, space_pat
     trials yet), a fork if asked for; otherwise a refusal that shows the changes."""
     changed = _changed(run, space_path, device_paths)
     if changed is None:
-        return _fork_in_use(run)
+        return fork_in_use(run)
     change, significant, previous, new_version = changed
     if not fork:
         raise refusal(run, previous, significant)
     return fork_study(run, change, new_version, space, shape, budgets, log, family)
 
 
-def _fork_in_use(run: RunFolder) -> RunFolder:
+def fork_in_use(run: RunFolder) -> RunFolder:
     """The fork this run folder's last search made under its current configuration, where
     there is one: the same command again goes on in the fork, not in the study it forked."""
     try:  # the study name alone: a storage password kept out of run.json is not needed

@@ -1,25 +1,23 @@
-"""`hwnas sensitivity RUN_DIR`: the per-unit sensitivity (sensitivity.py) of a finished or
-running search's base model, under the configuration the run last used, kept in its study."""
+"""`hwnas sensitivity RUN_DIR`: the per-unit sensitivity (sensitivity.py) of a search's base
+model (not while a search writes the folder), under the configuration the run last used, kept
+in its study."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Mapping
 
 from hwnas.search.sensitivity import ensure
 from hwnas.sensitivity import UnitSensitivity
 
-if TYPE_CHECKING:
-    from hwnas.config.search import SensitivitySettings
 
-
-def sensitivity_of_run(run_dir: Path, settings: "SensitivitySettings | None" = None,
+def sensitivity_of_run(run_dir: Path, overrides: Mapping[str, Any] | None = None,
                        log: Callable[[str], None] = print, progress: bool = False,
                        torch_device: str | None = None) -> tuple[UnitSensitivity, bool]:
     """`hwnas sensitivity RUN_DIR`: the table of a run's base model under the configuration it
-    last ran with (``settings``: the space's ``search.sensitivity``, else the defaults), kept in
-    its study; nothing is measured where the study has it already. Runs on this machine only:
-    no device is reached."""
+    last ran with (its ``search.sensitivity``, else the defaults, each setting ``overrides``
+    gives replaced), kept in its study; nothing is measured where the study has it already.
+    Runs on this machine only: no device is reached."""
     from hwnas.config.search import SensitivitySettings
     from hwnas.logs import run_log
     from hwnas.records import StudyRecord
@@ -49,7 +47,22 @@ def sensitivity_of_run(run_dir: Path, settings: "SensitivitySettings | None" = N
                                                               PARENT_SECTIONS) else None
         prepared = prepare(space_path, device_paths, log=log, parent=parent,
                            progress=progress, torch_device=torch_device)
-        settings = settings or prepared.space.search.sensitivity or SensitivitySettings()
+        settings = with_overrides(prepared.space.search.sensitivity or SensitivitySettings(),
+                                  overrides or {})
         seed_everything(prepared.space.search.seed)
         builder = CandidateBuilder(trial_context(prepared, None, run, version))  # type: ignore[arg-type]
         return ensure(study, builder, settings, log, progress)
+
+
+def with_overrides(settings: Any, overrides: Mapping[str, Any]) -> Any:
+    """The space's settings with the command line's given ones replaced, checked again (a
+    wrong flag names itself)."""
+    from pydantic import ValidationError
+
+    from hwnas.errors import ConfigError
+
+    try:
+        return type(settings)(**{**settings.model_dump(), **overrides})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None

@@ -145,8 +145,15 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
     if space.family == "causal_lm":
         from hwnas.llm.search import run_llm_search
 
+        if space.search.sensitivity or space.search.engine_order != "uniform":
+            raise ConfigError(f"{space_path}: search.sensitivity and search.engine_order are "
+                              f"for image models (a language model's units are sliced, not "
+                              f"exported alone): leave them out")
         return run_llm_search(Path(space_path), paths, space, space_text, run_dir, n_trials,
                               progress, log, fork, torch_device, worker, files_root)
+    if files_root is not None:
+        raise ConfigError("--files-root: a language model study's files (model folder, text); "
+                          "this study searches an image model, whose parent comes from the study")
     devices = cross_check(space, space_path, paths)  # refused before a run folder exists
     run = RunFolder.locate(space, devices[0], run_dir)
     # one writer per run folder: a second search here would run trials beyond n_trials

@@ -206,6 +206,14 @@ def test_an_image_profile_is_refused_for_a_language_model(tiny_hf, tmp_path):
         _search(space, device, tmp_path / "run")
 
 
+def test_image_only_search_settings_are_refused_for_a_language_model(tiny_hf, tmp_path):
+    space, device = _write(tmp_path, tiny_hf, "search: {n_trials: 1, sensitivity: true}\n")
+    with pytest.raises(ConfigError, match="search.sensitivity and search.engine_order are for "
+                                          "image models"):
+        _search(space, device, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_trials_below_one_are_refused_for_a_language_model_too(tiny_hf, tmp_path):
     space, device = _write(tmp_path, tiny_hf, "search: {n_trials: 2}\n")
     with pytest.raises(ConfigError, match=r"--trials 0: give the total number of trials"):

@@ -126,3 +126,26 @@ def test_text_that_differs_from_the_study_is_refused_by_split():
     with pytest.raises(ConfigError, match=r"the val text x/v.txt \(sha256 dddddddddddd here, "
                                           r"cccccccccccc in the study"):
         check_text("s", recorded, (("train", "x/t.txt", "b" * 64), ("val", "x/v.txt", "d" * 64)))
+
+
+def test_the_primary_waits_for_a_running_trial_says_so_and_gives_up_in_time():
+    """A trial another live controller still runs: the primary says which, every so often, and
+    evaluates the front as it stands after its patience (it never waits forever)."""
+    import optuna
+
+    from hwnas.llm.search import wait_for_other_controllers
+    from hwnas.records import TrialOutcome, TrialStage
+    from hwnas.search.controllers import controller_id
+
+    study = optuna.create_study()
+    trial = study.ask()
+    for key, value in TrialOutcome(TrialStage.RUNNING, controller=controller_id()).attributes().items():
+        trial.set_user_attr(key, value)  # a live controller's (this process's) running trial
+    said: list[str] = []
+    wait_for_other_controllers(study, said.append, poll_s=0.05, patience_s=0.5, every_s=0.2)
+    assert said[0].startswith(f"waiting for trials [{trial.number}]")
+    assert 2 <= len(said) <= 6 and "as it stands" in said[-1] and "run this command again" in said[-1]
+    study.tell(trial, 0.5)
+    said.clear()
+    wait_for_other_controllers(study, said.append, poll_s=0.05, patience_s=0.5)
+    assert said == []  # nothing running: no wait, no word

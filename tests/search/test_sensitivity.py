@@ -133,3 +133,19 @@ def test_a_search_ordered_by_sensitivity_proposes_the_most_robust_change_first(t
     assert (plan[best.unit] == best.value) if best.kind == PRECISION else \
         (keep[best.unit] == float(best.value))
     assert any(line.startswith("engine order: ") for line in lines)
+
+
+def test_a_flag_replaces_its_own_setting_only_and_a_wrong_one_names_itself():
+    """`hwnas sensitivity --samples N` keeps the space's keep ratios (and the other way round)."""
+    from hwnas.errors import ConfigError
+    from hwnas.search.sensitivity_run import with_overrides
+
+    space = SensitivitySettings(keep_ratios=[0.25], samples=128)
+    assert with_overrides(space, {"samples": 64}) == SensitivitySettings(keep_ratios=[0.25], samples=64)
+    assert with_overrides(space, {"keep_ratios": [0.5]}) == \
+        SensitivitySettings(keep_ratios=[0.5], samples=128)
+    assert with_overrides(space, {}) == space
+    with pytest.raises(ConfigError, match="--samples"):
+        with_overrides(space, {"samples": 2})
+    with pytest.raises(ConfigError, match="--keep-ratios"):
+        with_overrides(space, {"keep_ratios": [1.0]})
