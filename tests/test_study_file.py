@@ -82,21 +82,34 @@ def test_the_same_folder_undamaged_reads(run_folder):
     assert done.returncode == 0 and "40" in done.stdout, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("how", ["moved", "directory", "dev-null"])
-def test_a_study_db_that_cannot_be_opened_is_one_line_not_a_wait(run_folder, tmp_path, how):
-    """A trial attack: a moved run folder (run.json names study.db by its path) and a study.db
-    that is a folder or a link to /dev/null were waited out as a lost database for 600 s."""
-    import os
+def test_a_moved_run_folder_reads_its_own_study_at_once(run_folder, tmp_path):
+    """run.json names study.db by its old path: a moved folder was waited out as a lost
+    database for 600 s (a trial attack), then refused in one line; it now reads its own."""
     import shutil
     import time
 
     _, _, run_dir = run_folder
+    moved = Path(shutil.move(str(run_dir), str(tmp_path / "elsewhere")))
+    for verb in ("report", "status"):
+        started = time.monotonic()
+        done = subprocess.run([HWNAS, verb, str(moved)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, f"{verb}: {done.stderr[-3000:]}"
+        assert str(run_dir) not in done.stdout and time.monotonic() - started < 120
+    assert (moved / "report" / "report.html").is_file() and not run_dir.exists()
+
+
+@pytest.mark.parametrize("how", ["directory", "dev-null"])
+def test_a_study_db_that_cannot_be_opened_is_one_line_not_a_wait(run_folder, tmp_path, how):
+    """A trial attack: a study.db that is a folder or a link to /dev/null was waited out as a
+    lost database for 600 s."""
+    import os
+    import time
+
+    _, _, run_dir = run_folder
     database = run_dir / "study.db"
-    if how == "moved":
-        run_dir = Path(shutil.move(str(run_dir), str(tmp_path / "elsewhere")))
-    else:
-        database.unlink()
-        database.mkdir() if how == "directory" else os.symlink("/dev/null", database)
+    database.unlink()
+    database.mkdir() if how == "directory" else os.symlink("/dev/null", database)
     for verb in ("report", "status"):
         started = time.monotonic()
         done = subprocess.run([HWNAS, verb, str(run_dir)], capture_output=True, text=True,
