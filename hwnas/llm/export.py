@@ -236,7 +236,8 @@ def _set_threads(out_dir: Path, threads: int | None) -> None:
     path.write_text(json.dumps(config, indent=4))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in 1 MB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -273,7 +274,7 @@ def export_genai(model: Any, tokenizer: Any, out_dir: Path | str, plan: Precisio
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
     _set_threads(out_dir, threads)
-    files = {p.name: _sha256(p) for p in sorted(out_dir.iterdir()) if p.is_file()}
+    files = {p.name: file_sha256(p) for p in sorted(out_dir.iterdir()) if p.is_file()}
     total = sum((out_dir / name).stat().st_size for name in files)
     return ExportedFolder(out_dir, files, total, applied, plan.as_dict(), versions(),
                           time.perf_counter() - started)

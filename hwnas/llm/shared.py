@@ -20,7 +20,6 @@ machine read every trial's folder, verified file by file against that sha256.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import tarfile
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any, Mapping
 import optuna
 
 from hwnas.errors import ConfigError, ExportError
+from hwnas.llm.export import file_sha256
 from hwnas.redaction import redact
 from hwnas.run import RunFolder
 
@@ -47,15 +47,7 @@ def model_files(folder: Path) -> dict[str, str]:
     """File name -> sha256 of the model folder's files that decide the model."""
     found = [folder / name for name in MODEL_FILES if (folder / name).is_file()]
     found += sorted(folder.glob("*.safetensors"))
-    return {path.name: _sha256(path) for path in found}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return {path.name: file_sha256(path) for path in found}
 
 
 @dataclasses.dataclass(frozen=True)
