@@ -191,8 +191,7 @@ def wait_for_other_controllers(study: optuna.Study, log: Callable[[str], None],
     minute; after ``patience_s`` the front is evaluated as it stands, and saying so."""
     from hwnas.search.controllers import fail_abandoned_trials
 
-    started = said = time.monotonic()
-    first = True
+    started, said = time.monotonic(), float("-inf")
     while True:
         fail_abandoned_trials(study)
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -205,10 +204,10 @@ def wait_for_other_controllers(study: optuna.Study, log: Callable[[str], None],
                 f"min: the front is evaluated on the test text as it stands; run this command "
                 f"again once they end to evaluate what they add")
             return
-        if first or now - said >= every_s:
+        if now - said >= every_s:
             log(f"waiting for trials {numbers} of other controllers to end before the front is "
                 f"evaluated on the test text ({now - started:.0f} s so far)")
-            first, said = False, now
+            said = now
         time.sleep(poll_s)
 
 

@@ -3,26 +3,17 @@ from the pruned structure alone: candidates that differ only in precision or cal
 pruned once, and none is exported or quantized for it (the model pool ranks hundreds; on the
 QNN HTP test search that export took 52 of its 72 s)."""
 
-import textwrap
-
 import pytest
 
 from hwnas.knobs import Candidate
 from hwnas.search.candidates import CandidateBuilder
 from hwnas.search.compression import CompressionEvaluator
-from hwnas.search.optimize import trial_context
-from hwnas.search.study import prepare
-from tests.conftest import DIGITS_SPACE, FAST_DEVICE
+from tests.search.test_sensitivity import builder  # noqa: F401 - the prepared digits search
 
 
 @pytest.fixture(scope="module")
-def evaluator(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("proxies")
-    space, device = folder / "space.yaml", folder / "device.yaml"
-    space.write_text(textwrap.dedent(DIGITS_SPACE))
-    device.write_text(FAST_DEVICE)
-    prepared = prepare(space, device, log=lambda _: None)
-    return CompressionEvaluator(trial_context(prepared, None, None))
+def evaluator(builder):  # noqa: F811
+    return CompressionEvaluator(builder.ctx, builder)
 
 
 def candidate(keep: float, precision: str, calibration: str = "minmax") -> Candidate:
