@@ -134,3 +134,50 @@ def test_the_replay_benchmark_without_the_images_is_one_line(tmp_path):
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
     assert "dataset-fashion-mnist" in lines[0] and str(tmp_path) in lines[0]
     assert not (tmp_path / "r.json").exists()
+
+
+def test_robust_first_opening_is_walked_before_the_model(tmp_path, space, table):
+    """Issue 24's ordering on cells: the opening makes the edges the table says lose least
+    cheaper first, an edge only ever getting cheaper; the engine (model policy) measures its
+    rungs in order, skipping encodings of one cell, and evaluates the first that fits before
+    any proposal of its own. Without the opening the first trials are the model's."""
+    from hwnas.bench.nb201 import OPERATIONS
+    from hwnas.bench.replay import COST_ORDER, edge_sensitivity, robust_first_opening
+    from hwnas.search.engine import STAGE_EVALUATED, Policy, SearchEngine
+    from tests.search.test_engine import sqlite_study
+
+    base, changes = edge_sensitivity(table)
+    assert base == (2,) * 6 and len(changes) == 24
+    ladder, lookups = robust_first_opening(space, table)
+    assert lookups == 25
+    edges = [space.parameter(tuple(edge)) for edge in space.edges]
+    drop = {(c.edge, c.operation): c.accuracy_drop for c in changes}
+    steps = []
+    for before, after in zip([dict.fromkeys(edges, "nor_conv_3x3")] + ladder, ladder):
+        (edge, op), = [(e, after[e]) for e in edges if after[e] != before[e]]
+        assert COST_ORDER.index(op) > COST_ORDER.index(before[edge])  # only ever cheaper
+        steps.append(drop[(edges.index(edge), op)])
+    assert steps == sorted(steps) and steps[0] < 0  # skip on edge 0->3 beats the 3x3 conv
+    assert list(ladder[-1].values()) == ["none"] * 6
+
+    def cell(params):
+        return canonical_cell([OPERATIONS.index(params[e]) for e in edges])
+
+    budget = table.budget("raspi4_latency", 0.1)
+    policy = Policy(use_proxies=False, max_evaluations=2, pool_size=200)
+    replay = ReplayEvaluator(space, table, [budget], opening=ladder)
+    SearchEngine(replay, sqlite_study(tmp_path), policy, seed=0).run()
+    trials = sorted(sqlite_study(tmp_path).trials, key=lambda t: t.number)
+    rungs = list(dict.fromkeys(cell(p) for p in ladder))  # one cell, many encodings
+    first_fit = next(i for i, c in enumerate(rungs)
+                     if table.hardware["raspi4_latency"][c] <= budget.limit)
+    walked = [tuple(int(x) for x in t.user_attrs["candidate"]["net"].strip("()").split(","))
+              for t in trials[:first_fit + 1]]
+    assert walked == rungs[:first_fit + 1]
+    assert [t.user_attrs["stage"] for t in trials[:first_fit + 1]].count(STAGE_EVALUATED) == 1
+
+    plain = ReplayEvaluator(space, table, [budget])
+    (tmp_path / "plain").mkdir()
+    SearchEngine(plain, sqlite_study(tmp_path / "plain"), policy, seed=0).run()
+    first = sqlite_study(tmp_path / "plain").trials[0].user_attrs["candidate"]["net"]
+    assert first != str(rungs[0])
