@@ -106,6 +106,9 @@ def naming_the_file(path: str | Path) -> Iterator[None]:
 
 
 def load_search_space(path: str | Path) -> SearchSpace:
+    from hwnas.knobs import load_plugins  # a plug-in knob's section must be known first
+
+    load_plugins()
     return load_record(path, SearchSpace, "search space")
 
 

@@ -4,8 +4,10 @@ Candidate record; one module per knob); importing the package registers the buil
 # imported in this order, the knobs' sections are listed in it (width first)
 from hwnas.knobs import width, pruning, precision, heads, mlp, calibration
 from hwnas.knobs import llm  # the language-model family
-from hwnas.knobs.base import Knob, ModelParts, knob, register, registered, unregister
+from hwnas.knobs.base import (Knob, ModelParts, knob, load_plugins, register, registered,
+                              unregister)
 from hwnas.knobs.candidate import Candidate
 
-__all__ = ["Candidate", "Knob", "ModelParts", "calibration", "heads", "knob", "llm", "mlp",
-           "precision", "pruning", "register", "registered", "unregister", "width"]
+__all__ = ["Candidate", "Knob", "ModelParts", "calibration", "heads", "knob", "llm",
+           "load_plugins", "mlp", "precision", "pruning", "register", "registered", "unregister",
+           "width"]

@@ -5,7 +5,9 @@ lower the precision...). One module per knob holds everything about it: its ``kn
 YAML section, the Optuna parameters it suggests, what "cheaper" means for the engine's uniform
 ladders, how it changes the model, what the pre-flight check tries, and its part of the
 Candidate record. Subclassing ``Knob`` with a ``name`` registers it (as Olive's passes do):
-the search space, the record, pruning and pre-flight all walk ``registered()``.
+the search space, the record, pruning and pre-flight all walk ``registered()``. An installed
+package adds its knobs through the entry point group ``hwnas.knobs`` (loaded once, the first
+time the registry or a search space is read).
 """
 
 from __future__ import annotations
@@ -149,6 +151,39 @@ class Knob(abc.ABC):
 
 
 _REGISTRY: dict[str, Knob] = {}
+ENTRY_POINT_GROUP = "hwnas.knobs"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """The knobs installed packages declare (entry point group ``hwnas.knobs``, naming a Knob
+    subclass, a Knob, or a module that defines them), once: importing a subclass with a
+    ``name`` registers it. A plug-in that cannot be loaded is one ConfigError naming it."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import types
+    from importlib.metadata import entry_points
+
+    from hwnas.errors import ConfigError
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found = entry.load()
+        except Exception as exc:  # noqa: BLE001 - the plug-in's own import, any failure
+            raise ConfigError(f"knob plug-in {entry.name} ({entry.value}) cannot be loaded: "
+                              f"{type(exc).__name__}: {exc}") from None
+        if isinstance(found, type) and issubclass(found, Knob) and found.name:
+            found = _REGISTRY.get(found.name) or found()  # subclassing registered it
+        if isinstance(found, Knob):
+            try:
+                register(found)
+            except ValueError as exc:  # a name taken, or not an identifier
+                raise ConfigError(f"knob plug-in {entry.name} ({entry.value}): {exc}") from None
+        elif not isinstance(found, types.ModuleType):
+            raise ConfigError(f"knob plug-in {entry.name} ({entry.value}) is not an "
+                              f"hwnas.knobs.Knob subclass, a Knob or a module of them")
 
 
 def register(knob: Knob) -> Knob:
@@ -174,11 +209,13 @@ def unregister(name: str) -> None:
 
 def registered(family: str | None = None) -> list[Knob]:
     """Every knob (of ``family``, where given), in suggestion order."""
+    load_plugins()
     return sorted((k for k in _REGISTRY.values() if family in (None, k.family)),
                   key=lambda k: (k.order, k.name))
 
 
 def knob(name: str) -> Knob:
+    load_plugins()
     return _REGISTRY[name]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
 import pytest
@@ -199,3 +200,80 @@ def _write(folder, text):
     path = folder / "plain.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def _plugin_package(folder, entry: str, module_text: str) -> None:
+    """An installed package as pip leaves one: a module and its dist-info, whose
+    entry_points.txt names ``entry`` in the group hwnas.knobs."""
+    (folder / "myknobs.py").write_text(textwrap.dedent(module_text))
+    info = folder / "myknobs-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myknobs\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[hwnas.knobs]\n{entry}\n")
+
+
+PLUGIN = """\
+    from tests.knobs.test_new_knob import define_layer_width
+
+    LayerWidth = define_layer_width()
+    """
+
+
+def test_an_installed_package_adds_a_knob_that_the_command_line_searches(tmp_path):
+    """The entry point group hwnas.knobs: `hwnas search` (a fresh process, which imports
+    nothing of the user's) sees the package's knob, reads its section, suggests and applies
+    it; without the package the same space is refused by the knob's key."""
+    import json
+    import os
+    import sqlite3
+    import subprocess
+
+    from tests.conftest import REPO
+
+    packages = tmp_path / "site"
+    packages.mkdir()
+    _plugin_package(packages, "layer_width = myknobs:LayerWidth", PLUGIN)
+    space, device = tmp_path / "space.yaml", tmp_path / "device.yaml"
+    space.write_text(SPACE + "search: {n_trials: 1, seed: 2, sampler: tpe}\n")
+    device.write_text(FAST_DEVICE)
+    hwnas = REPO / ".venv" / "bin" / "hwnas"
+
+    def search(*path: Path) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [*path, REPO]))}
+        return subprocess.run([str(hwnas), "search", str(space), "--device", str(device),
+                               "--run-dir", str(tmp_path / "run"), "--no-progress"],
+                              capture_output=True, text=True, env=env, timeout=600)
+
+    refused = search()
+    assert refused.returncode == 2, refused.stderr
+    assert "knobs.layer_width" in refused.stderr and "unknown key" in refused.stderr
+    done = search(packages)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with sqlite3.connect(tmp_path / "run" / "study.db") as db:
+        names = {row[0] for row in db.execute("SELECT param_name FROM trial_params")}
+        records = [json.loads(row[0]) for row in db.execute(
+            "SELECT value_json FROM trial_user_attributes WHERE key = 'candidate'")]
+    assert f"layer_keep_{LAYER}" in names and not any(n.startswith("keep_stage") for n in names)
+    assert records and all(LAYER in r["layer_keep_ratios"] for r in records)
+
+
+@pytest.mark.parametrize("module_text, entry, error", [
+    ("raise RuntimeError('no licence')\n", "broken = myknobs:Knob",
+     r"knob plug-in broken \(myknobs:Knob\) cannot be loaded: RuntimeError: no licence"),
+    ("VALUE = 3\n", "three = myknobs:VALUE",
+     r"knob plug-in three \(myknobs:VALUE\) is not an hwnas.knobs.Knob subclass"),
+])
+def test_a_knob_plug_in_that_fails_is_one_error_naming_it(tmp_path, monkeypatch, module_text,
+                                                          entry, error):
+    import sys
+
+    from hwnas.knobs import base
+
+    _plugin_package(tmp_path, entry, module_text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(base, "_plugins_loaded", False)
+    try:
+        with pytest.raises(ConfigError, match=error):
+            registered()
+    finally:
+        sys.modules.pop("myknobs", None)
