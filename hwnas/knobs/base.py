@@ -152,38 +152,60 @@ class Knob(abc.ABC):
 
 _REGISTRY: dict[str, Knob] = {}
 ENTRY_POINT_GROUP = "hwnas.knobs"
-_plugins_loaded = False
+_plugins_loaded = False  # every plug-in registered (a failed load is tried, and said, again)
+_plugins_loading = False  # a plug-in's own import reads the registry: no second pass
+
 
 
 def load_plugins() -> None:
     """The knobs installed packages declare (entry point group ``hwnas.knobs``, naming a Knob
     subclass, a Knob, or a module that defines them), once: importing a subclass with a
-    ``name`` registers it. A plug-in that cannot be loaded is one ConfigError naming it."""
-    global _plugins_loaded
-    if _plugins_loaded:
+    ``name`` registers it. A plug-in that cannot be loaded is one ConfigError naming it, raised
+    again at every later call until it is mended. (Nothing in hwnas.knobs may read the
+    registry while the package imports: a plug-in's ``from hwnas.knobs import Knob`` would
+    meet a half-imported package.)"""
+    global _plugins_loaded, _plugins_loading
+    if _plugins_loaded or _plugins_loading:
         return
-    _plugins_loaded = True
-    import types
+    _plugins_loading = True
+    try:
+        for entry in _entry_points():
+            _load_plugin(entry)
+        _plugins_loaded = True
+    finally:
+        _plugins_loading = False
+
+
+def _entry_points() -> Any:
     from importlib.metadata import entry_points
+
+    return entry_points(group=ENTRY_POINT_GROUP)
+
+
+def _load_plugin(entry: Any) -> None:
+    import types
 
     from hwnas.errors import ConfigError
 
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
+    where = f"knob plug-in {entry.name} ({entry.value})"
+    try:
+        found = entry.load()
+    except Exception as exc:  # noqa: BLE001 - the plug-in's own import, any failure
+        raise ConfigError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from None
+    if isinstance(found, type) and issubclass(found, Knob):
+        name = getattr(found, "name", None)
+        if not name:
+            raise ConfigError(f"{where}: the class {found.__qualname__} has no name (a knob "
+                              f"is a Knob subclass with a name, its YAML key)")
+        found = _REGISTRY.get(name) or found()  # subclassing registered it
+    if isinstance(found, Knob):
         try:
-            found = entry.load()
-        except Exception as exc:  # noqa: BLE001 - the plug-in's own import, any failure
-            raise ConfigError(f"knob plug-in {entry.name} ({entry.value}) cannot be loaded: "
-                              f"{type(exc).__name__}: {exc}") from None
-        if isinstance(found, type) and issubclass(found, Knob) and found.name:
-            found = _REGISTRY.get(found.name) or found()  # subclassing registered it
-        if isinstance(found, Knob):
-            try:
-                register(found)
-            except ValueError as exc:  # a name taken, or not an identifier
-                raise ConfigError(f"knob plug-in {entry.name} ({entry.value}): {exc}") from None
-        elif not isinstance(found, types.ModuleType):
-            raise ConfigError(f"knob plug-in {entry.name} ({entry.value}) is not an "
-                              f"hwnas.knobs.Knob subclass, a Knob or a module of them")
+            register(found)
+        except ValueError as exc:  # a name taken, or not an identifier
+            raise ConfigError(f"{where}: {exc}") from None
+    elif not isinstance(found, types.ModuleType):
+        raise ConfigError(f"{where} is not an hwnas.knobs.Knob subclass, a Knob or a module "
+                          f"of them")
 
 
 def register(knob: Knob) -> Knob:
@@ -191,7 +213,8 @@ def register(knob: Knob) -> Knob:
     if not knob.name.isidentifier():
         raise ValueError(f"knob name {knob.name!r}: use a Python identifier (it is a YAML key)")
     old = _REGISTRY.get(knob.name)
-    if old is not None and type(old).__qualname__ != type(knob).__qualname__:
+    if old is not None and (type(old).__module__, type(old).__qualname__) != \
+            (type(knob).__module__, type(knob).__qualname__):
         raise ValueError(f"knob {knob.name!r} is already registered by {type(old).__module__}."
                          f"{type(old).__qualname__}")
     _REGISTRY[knob.name] = knob

@@ -238,11 +238,14 @@ def test_an_installed_package_adds_a_knob_that_the_command_line_searches(tmp_pat
     device.write_text(FAST_DEVICE)
     hwnas = REPO / ".venv" / "bin" / "hwnas"
 
-    def search(*path: Path) -> subprocess.CompletedProcess:
+    def run(*argv: str, path: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [*path, REPO]))}
-        return subprocess.run([str(hwnas), "search", str(space), "--device", str(device),
-                               "--run-dir", str(tmp_path / "run"), "--no-progress"],
-                              capture_output=True, text=True, env=env, timeout=600)
+        return subprocess.run([str(hwnas), *argv], capture_output=True, text=True, env=env,
+                              timeout=600)
+
+    def search(*path: Path) -> subprocess.CompletedProcess:
+        return run("search", str(space), "--device", str(device), "--run-dir",
+                   str(tmp_path / "run"), "--no-progress", path=path)
 
     refused = search()
     assert refused.returncode == 2, refused.stderr
@@ -255,6 +258,10 @@ def test_an_installed_package_adds_a_knob_that_the_command_line_searches(tmp_pat
             "SELECT value_json FROM trial_user_attributes WHERE key = 'candidate'")]
     assert f"layer_keep_{LAYER}" in names and not any(n.startswith("keep_stage") for n in names)
     assert records and all(LAYER in r["layer_keep_ratios"] for r in records)
+    # a command that only reads the study sees the knob in the records too
+    report = run("report", str(tmp_path / "run"), path=(packages,))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert f"layers[{LAYER}=" in report.stdout
 
 
 @pytest.mark.parametrize("module_text, entry, error", [
@@ -262,6 +269,8 @@ def test_an_installed_package_adds_a_knob_that_the_command_line_searches(tmp_pat
      r"knob plug-in broken \(myknobs:Knob\) cannot be loaded: RuntimeError: no licence"),
     ("VALUE = 3\n", "three = myknobs:VALUE",
      r"knob plug-in three \(myknobs:VALUE\) is not an hwnas.knobs.Knob subclass"),
+    ("from hwnas.knobs import Knob\n\nclass Base(Knob):\n    pass\n", "base = myknobs:Base",
+     r"knob plug-in base \(myknobs:Base\): the class Base has no name"),
 ])
 def test_a_knob_plug_in_that_fails_is_one_error_naming_it(tmp_path, monkeypatch, module_text,
                                                           entry, error):
@@ -273,7 +282,8 @@ def test_a_knob_plug_in_that_fails_is_one_error_naming_it(tmp_path, monkeypatch,
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(base, "_plugins_loaded", False)
     try:
-        with pytest.raises(ConfigError, match=error):
-            registered()
+        for _again in range(2):  # said again until mended, not skipped after the first time
+            with pytest.raises(ConfigError, match=error):
+                registered()
     finally:
         sys.modules.pop("myknobs", None)
