@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from hwnas.config.fields import Fraction, Frozen, Seed
 from hwnas.errors import excerpt
@@ -47,22 +47,6 @@ class SearchSettings(Frozen):
     # per-unit sensitivity of the exported bytes, measured once before the trials (true, or
     # {keep_ratios, samples}); off by default: it exports two or three models per unit
     sensitivity: SensitivitySettings | None = None
-    # the engine's first proposals: uniform ladders (the default), or sensitivity: a ladder
-    # compressing the most robust units first, walked before them (needs sensitivity; kept
-    # off by default until it pays on benchmarks/uniform_baseline.py)
-    engine_order: Literal["uniform", "sensitivity"] = "uniform"
-
-    @model_validator(mode="after")
-    def _order_needs_its_table(self) -> "SearchSettings":
-        if self.engine_order == "sensitivity":
-            if self.sampler != "engine":
-                raise ValueError("engine_order: sensitivity orders the engine's first "
-                                 "proposals; set sampler: engine (or leave engine_order out)")
-            if self.sensitivity is None:
-                raise ValueError("engine_order: sensitivity needs the per-unit sensitivity: "
-                                 "set sensitivity: true")
-        return self
-
     @field_validator("sensitivity", mode="before")
     @classmethod
     def _switch(cls, value: Any) -> Any:
