@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from hwnas.config.fields import Fraction, Frozen, Seed
 from hwnas.errors import excerpt
@@ -47,6 +47,19 @@ class SearchSettings(Frozen):
     # per-unit sensitivity of the exported bytes, measured once before the trials (true, or
     # {keep_ratios, samples}); off by default: it exports two or three models per unit
     sensitivity: SensitivitySettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _taken_out(cls, data: Any) -> Any:
+        """engine_order (an ordering by sensitivity, opt-in for a day in Dec. 2026) was taken
+        out for not paying: `uniform`, what the engine does, is read as absent."""
+        if isinstance(data, dict) and "engine_order" in data:
+            if data["engine_order"] != "uniform":
+                raise ValueError("engine_order was taken out: ordering the engine by per-unit "
+                                 "sensitivity did not pay (benchmarks/README.md); leave it out")
+            data = {k: v for k, v in data.items() if k != "engine_order"}
+        return data
+
     @field_validator("sensitivity", mode="before")
     @classmethod
     def _switch(cls, value: Any) -> Any:

@@ -477,6 +477,15 @@ def test_sensitivity_settings_are_checked(tmp_path, section, error):
         load_search_space(write(tmp_path, GOOD_SPACE + f"search: {section}\n"))
 
 
+def test_the_engine_order_that_was_taken_out_is_read_or_refused_with_why(tmp_path):
+    old = load_search_space(write(tmp_path, GOOD_SPACE + "search: {engine_order: uniform}\n"))
+    assert "engine_order" not in old.search.model_dump()
+    with pytest.raises(ConfigError, match=r"search.*engine_order was taken out: ordering the "
+                                          r"engine by per-unit sensitivity did not pay"):
+        load_search_space(write(tmp_path, GOOD_SPACE + "search: {sampler: engine, engine_order: "
+                                                       "sensitivity}\n"))
+
+
 def test_sensitivity_is_off_unless_asked_for(tmp_path):
     assert load_search_space(write(tmp_path, GOOD_SPACE)).search.sensitivity is None
     on = load_search_space(write(tmp_path, GOOD_SPACE + "search: {sensitivity: true}\n"))
