@@ -36,7 +36,7 @@ from _common import machine, table  # noqa: E402
 from hwnas.bench.cells import load_cell_space  # noqa: E402
 from hwnas.bench.nb201 import PROXY_IMAGES_HOW  # noqa: E402
 from hwnas.bench.replay import (ReplayEvaluator, ReplayTable, common_features,  # noqa: E402
-                                load_proxies, robust_first_opening)
+                                load_proxies)
 from hwnas.data.fashion_mnist import DEBIAN_DIR, idx_files  # noqa: E402
 from hwnas.errors import HwnasError  # noqa: E402
 from hwnas.search.engine import Evaluation, Policy, SearchEngine  # noqa: E402
@@ -54,7 +54,6 @@ class Strategy:
     policy: Policy
     sampler: Callable[[int], optuna.samplers.BaseSampler]
     what: str
-    opening: bool = False  # walk robust_first_opening's ladder before the engine's proposals
 
 
 def _tpe(seed: int) -> optuna.samplers.BaseSampler:
@@ -86,11 +85,6 @@ def strategies(cap: int) -> dict[str, Strategy]:
                                        "(today's compression search)"),
         "hardware_first_gp": Strategy(sampler, _gp, "Optuna GPSampler with constraints, "
                                       "screened first"),
-        # issue 24: search.engine_order: sensitivity on cells. Its 25 look-ups are trained
-        # accuracies that a real search would pay for: evaluations_charged adds them
-        "hwnas_sensitivity": Strategy(model, _random, "hwnas walking a robust-first opening "
-                                      "first: from the all-3x3 cell, the edges the table says "
-                                      "lose least made cheaper first", opening=True),
         "hwnas_no_proxies": Strategy(dataclasses.replace(model, use_proxies=False), _random,
                                      "hwnas without zero-cost proxies"),
         "hwnas_no_predictor": Strategy(dataclasses.replace(model, predictor=False,
@@ -104,9 +98,7 @@ CACHE: dict = {}  # params -> (candidate, encoding): the same for every run of o
 
 
 def run_one(strategy: Strategy, evaluator: ReplayEvaluator, seed: int, optimum: float,
-            feasible: dict[tuple[int, ...], float], lookups: int = 0) -> dict[str, Any]:
-    """``lookups``: accuracies read before the search (the opening's sensitivity), reported
-    apart and as ``evaluations_to_target_charged``."""
+            feasible: dict[tuple[int, ...], float]) -> dict[str, Any]:
     study = optuna.create_study(direction="maximize", sampler=strategy.sampler(seed))
     engine = SearchEngine(evaluator, study, strategy.policy, seed=seed, candidate_cache=CACHE)
 
@@ -129,9 +121,7 @@ def run_one(strategy: Strategy, evaluator: ReplayEvaluator, seed: int, optimum: 
         value = curve[min(n, len(curve)) - 1] if curve else -np.inf
         return float(optimum - value) if np.isfinite(value) else float(optimum)
 
-    return {"evaluations_to_target": reached, "sensitivity_lookups": lookups,
-            "evaluations_to_target_charged": None if reached is None else reached + lookups,
-            "evaluations": len(result.evaluations),
+    return {"evaluations_to_target": reached, "evaluations": len(result.evaluations),
             "infeasible_evaluations": sum(e.candidate.ops not in feasible
                                           for e in result.evaluations),
             "measurements": result.measurements, "skipped_by_prediction":
@@ -146,12 +136,9 @@ _SHARED: dict[str, Any] = {}
 def _run_seed(job: tuple[str, int]) -> dict[str, Any]:
     name, seed = job
     s = _SHARED
-    strategy = s["strategies"][name]
-    opening, lookups = robust_first_opening(s["space"], s["data"]) if strategy.opening \
-        else ([], 0)
     evaluator = ReplayEvaluator(s["space"], s["data"], s["budgets"], s["proxies"], seed=seed,
-                                proxy_images=s["proxy_images"], opening=opening)
-    return run_one(strategy, evaluator, seed, s["optimum"], s["feasible"], lookups)
+                                proxy_images=s["proxy_images"])
+    return run_one(s["strategies"][name], evaluator, seed, s["optimum"], s["feasible"])
 
 
 def proxy_rank_correlation(proxies: dict, feasible: dict[tuple[int, ...], float]
@@ -175,12 +162,8 @@ def proxy_rank_correlation(proxies: dict, feasible: dict[tuple[int, ...], float]
 def summarise(runs: list[dict[str, Any]], cap: int) -> dict[str, Any]:
     counts = [r["evaluations_to_target"] or cap for r in runs]
     q1, median, q3 = np.percentile(counts, [25, 50, 75])
-    charged = [r["evaluations_to_target_charged"] or cap + r["sensitivity_lookups"]
-               for r in runs]
     return {
         "median_evaluations": float(median), "iqr": [float(q1), float(q3)], "cap": cap,
-        "median_evaluations_charged": float(np.median(charged)),
-        "sensitivity_lookups": max(r["sensitivity_lookups"] for r in runs),
         "capped_runs": sum(r["evaluations_to_target"] is None for r in runs),
         "regret": {str(n): float(np.median([r["regret"][str(n)] for r in runs]))
                    for n in REGRET_AT},
@@ -268,15 +251,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         results[name] = summarise(runs, args.cap) | {"what": chosen[name].what}
         s = results[name]
-        rows.append([name, f"{s['median_evaluations']:g}", f"{s['median_evaluations_charged']:g}",
-                     f"{s['iqr'][0]:g}-{s['iqr'][1]:g}",
+        rows.append([name, f"{s['median_evaluations']:g}", f"{s['iqr'][0]:g}-{s['iqr'][1]:g}",
                      f"{s['capped_runs']}/{args.seeds}",
                      *[f"{s['regret'][str(n)]:.2f}" for n in REGRET_AT],
                      f"{s['median_hardware_measurements']:g}",
                      f"{s['median_seconds']:.1f}"])
         print(f"  {name}: median {s['median_evaluations']:g} evaluations", flush=True)
     print()
-    print(table(["strategy", "median evals", "+ look-ups", "IQR", f"capped ({args.cap})", "regret@25",
+    print(table(["strategy", "median evals", "IQR", f"capped ({args.cap})", "regret@25",
                  "regret@50", "regret@100", "hw look-ups", "s/run"], rows))
     payload = {"strategies": results, "machine": machine(),
                "setting": {"accuracy": str(args.accuracy), "hardware": str(args.hardware),

@@ -10,9 +10,6 @@ For each seed, side by side in one run on the same device (the local agent) and 
 - the default search with the search engine's policy (`search.sampler: engine`: the same
   engine the NAS-Bench-201 replay measures, with the frontier acquisition for compression:
   uniform ladders first, then budget moved between stages and precisions);
-- with `--samplers engine,engine-sensitivity`: the engine again with `search.engine_order:
-  sensitivity` (the per-unit sensitivity measured before its trials, inside its wall time,
-  and a ladder compressing the most robust units first walked before the uniform ones);
 - the best feasible uniform model: the same keep ratio in every stage on the fine grid of the
   space's width knob (every 1/16 from 0.125 to 1), L1 magnitude, no global pruning, one
   precision for the whole model, for every precision of the device. Each goes through what a
@@ -151,11 +148,6 @@ def write_variant(space_path: Path, path: Path, section: str, values: dict[str, 
     return path
 
 
-# the engine with search.engine_order: sensitivity (its first proposals compress the most
-# robust units first, from the per-unit sensitivity measured before the trials)
-ENGINE_BY_SENSITIVITY = "engine-sensitivity"
-
-
 def budget(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     try:
@@ -168,10 +160,8 @@ def budget(text: str) -> tuple[str, float]:
 
 def search(space_path: Path, device_path: Path, sampler: str, seed: int, trials: int,
            work: Path) -> dict[str, Any]:
-    settings: dict[str, Any] = dict(sampler=sampler, seed=seed, n_trials=trials)
-    if sampler == ENGINE_BY_SENSITIVITY:  # its wall time includes measuring the table
-        settings.update(sampler="engine", sensitivity=True, engine_order="sensitivity")
-    variant = write_variant(space_path, work / f"space-{sampler}-{seed}.yaml", "search", settings)
+    variant = write_variant(space_path, work / f"space-{sampler}-{seed}.yaml", "search",
+                            dict(sampler=sampler, seed=seed, n_trials=trials))
     started = time.time()
     outcome = run_search(variant, device_path, work / f"run-{sampler}-{seed}", progress=False,
                          log=lambda _line: None)
@@ -244,9 +234,7 @@ def main() -> int:
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces/fashion_mnist.yaml")
     parser.add_argument("--device", type=Path, default=ROOT / "device_profiles/local.yaml")
     parser.add_argument("--samplers", default="tpe,engine",
-                        help="the search policies run beside the uniform sweep: tpe, nsga2, "
-                             f"random, engine, {ENGINE_BY_SENSITIVITY} (the engine ordered by "
-                             "per-unit sensitivity)")
+                        help="the search policies run beside the uniform sweep")
     parser.add_argument("--budget", type=budget, action="append", default=[],
                         help="NAME=VALUE: the space's budget NAME set to VALUE (repeatable), "
                              "e.g. model_size_mb=0.05")

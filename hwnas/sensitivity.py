@@ -2,7 +2,7 @@
 device runs, a keep ratio of a width stage) with only that unit changed, the output fidelity
 and the accuracy drop of the exported bytes against the unchanged base model's, on held-out
 data. Measured by hwnas/search/sensitivity.py; read here by the report (which never imports
-the search) and by the engine's optional ordering (robust_first_ladder)."""
+the search)."""
 
 from __future__ import annotations
 

@@ -8,11 +8,6 @@ edges set to 'none', which is in the table (NAS-Bench-201 keeps one cell per suc
 So `suggest` maps every encoding to that canonical cell, and both its accuracy and its
 hardware figures are the canonical cell's: a deployment would not run dead operations.
 
-The replay's per-unit sensitivity (``robust_first_opening``, issue 24): the base cell (every
-edge a 3x3 convolution, the most capable) and each edge alone made cheaper, read from the
-accuracy table; the engine can walk the ladder it orders (most robust edges made cheaper
-first) before its own proposals, as ``search.engine_order: sensitivity`` does for compression.
-
 Hardware figures are exact table values unless ``noise_cv`` is set: then each measurement
 round draws the figure with that coefficient of variation, as a real device would. With
 ``drift_cv`` as well, each measurement is scaled by one log-normal factor of that sd too,
@@ -32,7 +27,7 @@ import numpy as np
 import optuna
 
 from hwnas.bench.cells import CellSpace
-from hwnas.bench.nb201 import EDGES, OPERATIONS, canonical_cell, parse_net
+from hwnas.bench.nb201 import OPERATIONS, canonical_cell, parse_net
 from hwnas.errors import ConfigError
 from hwnas.search.evaluator import Budget, Evaluator, HardwareFigure, HardwareReport
 
@@ -118,58 +113,6 @@ class ReplayTable:
                 if all(b.met(self.hardware[b.figure][net]) for b in budgets)}
 
 
-#: NAS-Bench-201's operations from the most to the least costly on an edge (multiply-
-#: accumulates: a 3x3 convolution, a 1x1 one, then those with none): an opening only ever
-#: makes an edge cheaper
-COST_ORDER = ("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "skip_connect", "none")
-
-
-@dataclasses.dataclass(frozen=True)
-class EdgeChange:
-    """One edge of the base cell made cheaper, alone: what the table says it costs."""
-
-    edge: int  # index into the space's edges
-    operation: str
-    accuracy_drop: float  # points: the base cell's accuracy minus this cell's
-
-
-def edge_sensitivity(table: ReplayTable) -> tuple[tuple[int, ...], list[EdgeChange]]:
-    """The replay's per-unit sensitivity: the base cell (every edge a 3x3 convolution) and
-    every edge alone changed to each cheaper operation, with the accuracy it loses. Each is a
-    look-up of a fully trained cell's accuracy: a real search would pay every one (24 and the
-    base) as an evaluation, where hwnas's own sensitivity reads exported bytes without
-    training."""
-    base = canonical_cell([OPERATIONS.index(COST_ORDER[0])] * len(EDGES))
-    changes = []
-    for edge in range(len(base)):
-        for operation in COST_ORDER[1:]:
-            ops = list(base)
-            ops[edge] = OPERATIONS.index(operation)
-            drop = table.accuracy[base] - table.accuracy[canonical_cell(ops)]
-            changes.append(EdgeChange(edge, operation, round(drop, 6)))
-    return base, changes
-
-
-def robust_first_opening(space: CellSpace, table: ReplayTable
-                         ) -> tuple[list[dict[str, Any]], int]:
-    """The ladder ``search.engine_order: sensitivity`` walks, on cells: from the base cell,
-    each rung makes one more edge cheaper by the least harmful single-edge change the table
-    gives (an edge only ever gets cheaper), so the most robust edges are made cheaper first.
-    Returns the ladder (trial parameters) and the accuracy look-ups its sensitivity took."""
-    base, changes = edge_sensitivity(table)
-    edges = [space.parameter(tuple(edge)) for edge in space.edges]
-    rung = {name: OPERATIONS[op] for name, op in zip(edges, base)}
-    ladder = []
-    for change in sorted(changes, key=lambda c: (c.accuracy_drop, c.edge,
-                                                 COST_ORDER.index(c.operation))):
-        name = edges[change.edge]
-        if COST_ORDER.index(change.operation) <= COST_ORDER.index(rung[name]):
-            continue  # made as cheap or cheaper already by a less harmful change
-        rung = {**rung, name: change.operation}
-        ladder.append(rung)
-    return ladder, 1 + len(changes)
-
-
 def load_proxies(path: str | Path) -> dict[tuple[int, ...], dict[str, float]]:
     """The cache written by benchmarks/nb201_proxies.py: cell -> proxy features."""
     from hwnas.bench.nb201 import CellProxies
@@ -196,11 +139,9 @@ class ReplayEvaluator(Evaluator):
     def __init__(self, space: CellSpace, table: ReplayTable, budgets: Sequence[Budget],
                  proxies: Mapping[tuple[int, ...], Mapping[str, float]] | None = None,
                  noise_cv: float = 0.0, default_rounds: int = 1, seed: int = 0,
-                 drift_cv: float = 0.0, proxy_images: Path | None = None,
-                 opening: Sequence[dict[str, Any]] = ()) -> None:
+                 drift_cv: float = 0.0, proxy_images: Path | None = None) -> None:
         """``proxy_images``: the Fashion-MNIST folder that scores cells missing from
-        ``proxies`` (default: the Debian package's). ``opening``: a ladder of trial parameters
-        the engine walks before its own proposals (``robust_first_opening``)."""
+        ``proxies`` (default: the Debian package's)."""
         if tuple(space.operations) != OPERATIONS or len(space.edges) != 6:
             raise ConfigError(f"search space {space.name}: the NAS-Bench-201 tables encode six "
                               f"edges and the operations {list(OPERATIONS)} in this order")
@@ -213,8 +154,6 @@ class ReplayEvaluator(Evaluator):
         if drift_cv and not noise_cv:
             raise ValueError("drift_cv needs noise_cv: a measurement without an interval is exact")
         self.drift_cv = drift_cv
-        self.opening = [dict(params) for params in opening]
-        self.first_ladder_first = bool(self.opening)
         self._rng = np.random.default_rng(seed)
         self.accuracy_evaluations = 0
         self.measurements = 0
@@ -229,9 +168,6 @@ class ReplayEvaluator(Evaluator):
     def parameters(self, candidate: Cell) -> dict[str, Any]:
         return {self.space.parameter(tuple(edge)): OPERATIONS[op]
                 for edge, op in zip(self.space.edges, candidate.ops)}
-
-    def ladders(self) -> list[list[dict[str, Any]]]:
-        return [list(self.opening)] if self.opening else []
 
     def measure(self, candidate: Cell, rounds: int | None = None) -> HardwareReport:
         rounds = rounds or self.default_rounds

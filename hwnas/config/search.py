@@ -47,21 +47,18 @@ class SearchSettings(Frozen):
     # per-unit sensitivity of the exported bytes, measured once before the trials (true, or
     # {keep_ratios, samples}); off by default: it exports two or three models per unit
     sensitivity: SensitivitySettings | None = None
-    # the engine's first proposals: uniform ladders (the default), or sensitivity: a ladder
-    # compressing the most robust units first, walked before them (needs sensitivity; kept
-    # off by default until it pays on benchmarks/uniform_baseline.py)
-    engine_order: Literal["uniform", "sensitivity"] = "uniform"
 
-    @model_validator(mode="after")
-    def _order_needs_its_table(self) -> "SearchSettings":
-        if self.engine_order == "sensitivity":
-            if self.sampler != "engine":
-                raise ValueError("engine_order: sensitivity orders the engine's first "
-                                 "proposals; set sampler: engine (or leave engine_order out)")
-            if self.sensitivity is None:
-                raise ValueError("engine_order: sensitivity needs the per-unit sensitivity: "
-                                 "set sensitivity: true")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _taken_out(cls, data: Any) -> Any:
+        """engine_order (an ordering by sensitivity, opt-in for a day in Dec. 2026) was taken
+        out for not paying: `uniform`, what the engine does, is read as absent."""
+        if isinstance(data, dict) and "engine_order" in data:
+            if data["engine_order"] != "uniform":
+                raise ValueError("engine_order was taken out: ordering the engine by per-unit "
+                                 "sensitivity did not pay (benchmarks/README.md); leave it out")
+            data = {k: v for k, v in data.items() if k != "engine_order"}
+        return data
 
     @field_validator("sensitivity", mode="before")
     @classmethod

@@ -191,8 +191,7 @@ class LadderStart:
             self._ladders = ranker.evaluator.ladders()
         starts: list[tuple[dict[str, Any], Hashable]] = []
         feasible = {candidate for candidate, _params, _accuracy in ranker.books.feasible}
-        first_start = False
-        for index, ladder in enumerate(self._ladders):
+        for ladder in self._ladders:
             for params in ladder:
                 candidate = ranker.plain_candidate(params)
                 if candidate in feasible:
@@ -201,14 +200,9 @@ class LadderStart:
                     continue
                 if ranker.fits_statically(candidate):
                     starts.append((params, candidate))
-                    first_start = first_start or index == 0
                     break
         if not starts:
             return None
-        # an evaluator whose first ladder is ordered by its own knowledge (per-unit
-        # sensitivity: the most robust units compressed first) walks it before any vote
-        if first_start and ranker.evaluator.first_ladder_first:
-            return starts[0][0], None
         vote = ranker.proxy_order([c for _p, c in starts])
         return starts[int(np.argmax(vote))][0], None
 

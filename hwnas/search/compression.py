@@ -89,9 +89,6 @@ class CompressionEvaluator(RecordingEvaluator):
         # multiply-accumulates by the pruned structure (Candidate.structure): the proxy of the
         # hundreds of pool candidates the engine ranks, pruned only, never exported
         self._macs: dict[tuple, int] = {}
-        # search.engine_order: sensitivity: a ladder compressing the most robust units first,
-        # tried before the uniform ones (hwnas/search/sensitivity.py robust_first_ladder)
-        self.robust_first: list[dict[str, Any]] = []
 
     # --- the engine's contract -------------------------------------------------------
 
@@ -130,17 +127,9 @@ class CompressionEvaluator(RecordingEvaluator):
     def _multiply_accumulates(self, pruned: torch.nn.Module) -> int:
         return multiply_accumulates(pruned.eval(), torch.as_tensor(self.builder.calibration[:1]))
 
-    @property  # type: ignore[override]
-    def first_ladder_first(self) -> bool:
-        """The ladder start takes the first ladder's start while it has one (not the proxies'
-        vote between ladders): the robust-first ladder, where the search asked for it."""
-        return bool(self.robust_first)
-
     def ladders(self) -> list[list[dict[str, Any]]]:
-        """Uniform models: each knob says what "cheaper" means for it (hwnas/space.py); with
-        search.engine_order: sensitivity, the robust-first ladder before them."""
-        uniform = uniform_ladders(self.ctx.space, self.ctx.shape)
-        return [self.robust_first, *uniform] if self.robust_first else uniform
+        """Uniform models: each knob says what "cheaper" means for it (hwnas/space.py)."""
+        return uniform_ladders(self.ctx.space, self.ctx.shape)
 
     def _build(self, candidate: Hashable) -> float:
         assert isinstance(candidate, Candidate)

@@ -163,9 +163,6 @@ class Evaluator(abc.ABC):
     #: the bytes that are deployed change with evaluation (fine-tuned weights, calibration
     #: on them): after evaluating, the engine measures again, and those figures decide
     measure_after_evaluation: bool = False
-    #: the first of ``ladders`` is ordered by the evaluator's own knowledge (per-unit
-    #: sensitivity): the ladder start proposes its start before any vote between ladders
-    first_ladder_first: bool = False
 
     def decided(self, candidate: Hashable, report: HardwareReport) -> None:
         """Of the reports ``measure`` returned for ``candidate`` since the last decision,

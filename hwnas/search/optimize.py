@@ -97,14 +97,9 @@ def optimize(prepared: Prepared, run: RunFolder, study: optuna.Study, config_ver
             _measure_base_model(study, evaluator.ctx, evaluator.builder, log)
             check_budgets(study, evaluator.ctx, evaluator.builder, log)  # before any fine-tune
             if space.search.sensitivity is not None:  # once per base model: kept in the study
-                from hwnas.search.sensitivity import ensure, robust_first_ladder
+                from hwnas.search.sensitivity import ensure
 
-                found, _ = ensure(study, evaluator.builder, space.search.sensitivity, log,
-                                  progress)
-                if space.search.engine_order == "sensitivity":
-                    evaluator.robust_first = robust_first_ladder(space, prepared.shape, found)
-                    log(f"engine order: {len(evaluator.robust_first)} rung(s) compressing the "
-                        f"most robust units first, before the uniform ladders")
+                ensure(study, evaluator.builder, space.search.sensitivity, log, progress)
         engine = None
         if space.search.sampler == "engine":
             engine = EngineSampler(evaluator, COMPRESSION, space.search.seed, base=study.sampler)

@@ -180,10 +180,6 @@ class EngineSampler(BaseSampler):
             strategies: list[Any] = [ModelPool()]
             if self.policy.acquisition == "frontier":
                 strategies = [LadderStart(), BudgetExchange(), *strategies]
-            elif self.evaluator.first_ladder_first and self.policy.acquisition == "model":
-                # an opening the evaluator ordered by its own knowledge (per-unit
-                # sensitivity) is walked before the model's proposals too
-                strategies = [LadderStart(), *strategies]
             self._rankers[pool] = (Ranker(self.evaluator, books, self._rng, self._cache),
                                    strategies)
         return self._rankers[pool]

@@ -27,7 +27,8 @@ from hwnas.storage import make_storage
 from hwnas.space import distributions, fits
 
 # changes that leave every finished trial's figures valid
-SPACE_HARMLESS = ("search.n_trials", "search.enqueue", "search.sensitivity")
+SPACE_HARMLESS = ("search.n_trials", "search.enqueue", "search.sensitivity",
+                  "search.engine_order")  # taken out: a study that had it goes on without
 # how the device is reached (a restarted agent on a new port, a new key) leaves its figures valid
 DEVICE_HARMLESS = ("description", "connection")
 # what must be unchanged for an old trial's accuracy and measurements to mean the same

@@ -17,7 +17,7 @@ import hashlib
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import optuna
@@ -29,9 +29,7 @@ from hwnas.sensitivity import (ATTR, KEEP, PRECISION, SensitivityCell, UnitSensi
                                setting_label)
 
 if TYPE_CHECKING:
-    from hwnas.config.models import SearchSpace
     from hwnas.config.search import SensitivitySettings
-    from hwnas.space import SpaceShape
     from hwnas.export.onnx import ExportedModel
     from hwnas.records import Artifact, Candidate
     from hwnas.search.candidates import CandidateBuilder
@@ -190,38 +188,3 @@ def ensure(study: optuna.Study, builder: "CandidateBuilder", settings: "Sensitiv
             f"samples; most sensitive: {worst.unit} at {worst.setting} (accuracy drop "
             f"{worst.accuracy_drop:.4f}, cosine {worst.cosine_mean:.4f})")
     return found, True
-
-
-
-def robust_first_ladder(space: "SearchSpace", shape: "SpaceShape", found: UnitSensitivity
-                        ) -> list[dict[str, Any]]:
-    """The engine's ladder for search.engine_order: sensitivity, as trial parameters: from
-    the base model (every unit whole, fp32; the other knobs at their least destructive), each
-    rung adds the next least harmful single-unit change the table measured (accuracy drop,
-    then 1 - cosine), so the most robust units are compressed first. A unit keeps the first
-    precision it is given and the smallest keep ratio; a change the space cannot express (a
-    keep ratio not on the width knob's grid) is left out. Empty where nothing applies."""
-    from hwnas.space import distributions, fits, uniform_ladders
-
-    params = distributions(space, shape)
-    base = next((ladder[0] for ladder in uniform_ladders(space, shape)
-                 if ladder and all(v == "fp32" for k, v in ladder[0].items()
-                                   if k.startswith("precision_"))), None)
-    if base is None:
-        return []
-    usable = [c for c in found.cells if c.error is None and c.accuracy_drop is not None
-              and c.cosine_mean is not None]
-    usable.sort(key=lambda c: (c.accuracy_drop, 1.0 - c.cosine_mean))  # type: ignore[operator]
-    ladder, rung = [], dict(base)
-    for cell in usable:
-        name = f"precision_{cell.unit}" if cell.kind == PRECISION else f"keep_{cell.unit}"
-        value: Any = cell.value if cell.kind == PRECISION else float(cell.value)
-        if name not in params or not fits(params[name], value):
-            continue
-        if cell.kind == PRECISION and rung.get(name, "fp32") != "fp32":
-            continue  # compressed already by a less harmful precision
-        if cell.kind == KEEP and float(rung.get(name, 1.0)) <= value:
-            continue
-        rung = {**rung, name: value}
-        ladder.append(rung)
-    return ladder

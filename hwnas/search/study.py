@@ -145,10 +145,10 @@ def run_search(space_path: str | Path, device_path: str | Path | list, run_dir: 
     if space.family == "causal_lm":
         from hwnas.llm.search import run_llm_search
 
-        if space.search.sensitivity or space.search.engine_order != "uniform":
-            raise ConfigError(f"{space_path}: search.sensitivity and search.engine_order are "
-                              f"for image models (a language model's units are sliced, not "
-                              f"exported alone): leave them out")
+        if space.search.sensitivity:
+            raise ConfigError(f"{space_path}: search.sensitivity is for image models (a "
+                              f"language model's units are sliced, not exported alone): leave "
+                              f"it out")
         return run_llm_search(Path(space_path), paths, space, space_text, run_dir, n_trials,
                               progress, log, fork, torch_device, worker, files_root)
     if files_root is not None:

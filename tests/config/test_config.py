@@ -471,18 +471,24 @@ def test_a_metric_registered_at_run_time_is_an_objective_and_a_floor(tmp_path):
     ("{sensitivity: {keep_ratios: [0.5, 1.0]}}", r"search.sensitivity.keep_ratios.*below 1.0 only"),
     ("{sensitivity: {samples: 2}}", r"search.sensitivity.samples.*greater than or equal to 8"),
     ("{sensitivity: {sample: 64}}", r"'search.sensitivity.sample': unknown key; allowed keys here: keep_ratios, samples"),
-    ("{engine_order: sensitivity, sensitivity: true}", r"set sampler: engine"),
-    ("{sampler: engine, engine_order: sensitivity}", r"needs the per-unit sensitivity"),
-    ("{sampler: engine, engine_order: robust}", r"search.engine_order.*'uniform' or 'sensitivity'"),
 ])
 def test_sensitivity_settings_are_checked(tmp_path, section, error):
     with pytest.raises(ConfigError, match=error):
         load_search_space(write(tmp_path, GOOD_SPACE + f"search: {section}\n"))
 
 
+def test_the_engine_order_that_was_taken_out_is_read_or_refused_with_why(tmp_path):
+    old = load_search_space(write(tmp_path, GOOD_SPACE + "search: {engine_order: uniform}\n"))
+    assert "engine_order" not in old.search.model_dump()
+    with pytest.raises(ConfigError, match=r"search.*engine_order was taken out: ordering the "
+                                          r"engine by per-unit sensitivity did not pay"):
+        load_search_space(write(tmp_path, GOOD_SPACE + "search: {sampler: engine, engine_order: "
+                                                       "sensitivity}\n"))
+
+
 def test_sensitivity_is_off_unless_asked_for(tmp_path):
     assert load_search_space(write(tmp_path, GOOD_SPACE)).search.sensitivity is None
     on = load_search_space(write(tmp_path, GOOD_SPACE + "search: {sensitivity: true}\n"))
-    assert on.search.sensitivity.keep_ratios == [0.75, 0.5, 0.25] and on.search.engine_order == "uniform"
+    assert on.search.sensitivity.keep_ratios == [0.75, 0.5, 0.25]
     off = load_search_space(write(tmp_path, GOOD_SPACE + "search: {sensitivity: false}\n"))
     assert off.search.sensitivity is None

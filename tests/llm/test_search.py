@@ -208,8 +208,7 @@ def test_an_image_profile_is_refused_for_a_language_model(tiny_hf, tmp_path):
 
 def test_image_only_search_settings_are_refused_for_a_language_model(tiny_hf, tmp_path):
     space, device = _write(tmp_path, tiny_hf, "search: {n_trials: 1, sensitivity: true}\n")
-    with pytest.raises(ConfigError, match="search.sensitivity and search.engine_order are for "
-                                          "image models"):
+    with pytest.raises(ConfigError, match="search.sensitivity is for image models"):
         _search(space, device, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

@@ -236,26 +236,3 @@ def test_the_deployed_measurement_decides_the_constraints_not_the_screened_one()
         assert trial.user_attrs["budget_decisions"][0]["feasible"] == (deployed <= 0.7)
     feasible = {e.candidate for e in result.evaluations if e.feasible}
     assert feasible == {t.params["keep"] for t in evaluated if t.params["keep"] + 0.2 <= 0.7}
-
-
-class RobustFirst(Frontier):
-    """A ladder of its own before the uniform one, which the proxies' vote would not pick
-    (it spends the bytes on b): with ``first_ladder_first`` it is walked first."""
-
-    def __init__(self, first: bool):
-        super().__init__()
-        self.first_ladder_first = first
-
-    def ladders(self):
-        return [[{"a": 0.25, "b": 1.0}, {"a": 0.25, "b": 0.9375}], *super().ladders()]
-
-
-@pytest.mark.parametrize("first", [False, True])
-def test_an_evaluator_s_ordered_first_ladder_is_walked_before_the_vote(first):
-    study = optuna.create_study(directions=["maximize"])
-    engine = SearchEngine(RobustFirst(first), study, Policy(
-        acquisition="frontier", max_evaluations=1, pool_size=50, predictor_min_measurements=4))
-    engine.run()
-    # its first rung that fits the static size budget (1.2), or the uniform ladder's
-    assert study.trials[0].params == ({"a": 0.25, "b": 0.9375} if first else
-                                      {"a": 0.5625, "b": 0.5625})

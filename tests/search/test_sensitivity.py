@@ -83,58 +83,6 @@ def test_only_the_named_unit_changes_in_the_exported_graph(builder, tmp_path):
     assert all(after[n] == before[n] for n in before if n not in in_stage2)
 
 
-def test_the_robust_first_ladder_compresses_the_least_harmed_unit_first(builder):
-    from hwnas.search.sensitivity import robust_first_ladder
-    from hwnas.sensitivity import SensitivityCell, UnitSensitivity
-
-    ctx = builder.ctx
-    cells = (SensitivityCell("stage3", PRECISION, "int8", 0.9999, 0.99, 1.0, 0.9, 0.0),
-             SensitivityCell("stage1", PRECISION, "int8", 0.95, 0.8, 0.9, 0.8, 0.10),
-             SensitivityCell("stage2", KEEP, "0.5", 0.999, 0.99, 1.0, 0.9, 0.0),
-             SensitivityCell("stage2", KEEP, "0.75", 0.9999, 0.999, 1.0, 0.9, 0.0),  # off grid
-             SensitivityCell("head", PRECISION, "int8", error="refused"),
-             SensitivityCell("stage2", PRECISION, "int8", 0.99, 0.95, 0.99, 0.88, 0.02))
-    table = UnitSensitivity("k", "w", 0.9, 128, "cpu", cells)
-    ladder = robust_first_ladder(ctx.space, ctx.shape, table)
-    whole = {k: (1.0 if k.startswith("keep_") else "fp32") for k in ladder[0]
-             if k.startswith(("keep_", "precision_"))}
-    changed = [sorted(k for k in rung if rung[k] != before.get(k, rung[k]))
-               for before, rung in zip([whole] + ladder[:-1], ladder)]
-    # one change a rung, least harm first (drop 0, cosine 0.9999 before 0.999); the failed
-    # variant and a keep ratio off the width grid (0.25, 0.5, 1.0) left out
-    assert changed == [["precision_stage3"], ["keep_stage2"], ["precision_stage2"],
-                       ["precision_stage1"]]
-    assert ladder[1]["keep_stage2"] == 0.5 and ladder[-1]["precision_stage1"] == "int8"
-    assert ladder[-1]["precision_head"] == "fp32" and ladder[-1]["keep_stage1"] == 1.0
-
-
-def test_a_search_ordered_by_sensitivity_proposes_the_most_robust_change_first(tmp_path):
-    from hwnas.run import outcomes
-    from hwnas.search import run_search
-
-    space, device = tmp_path / "space.yaml", tmp_path / "device.yaml"
-    space.write_text(textwrap.dedent(DIGITS_SPACE).replace(
-        "budgets: {latency_p90_ms: 2.0, model_size_mb: 0.1}", "budgets: {model_size_mb: 1.0}")
-        .replace("max_steps: 60", "max_steps: 5")  # the proposal is the point, not the tune
-        + "search:\n  n_trials: 1\n  sampler: engine\n  engine_order: sensitivity\n"
-          "  sensitivity: {keep_ratios: [0.5], samples: 64}\n")
-    device.write_text(FAST_DEVICE)
-    lines = []
-    outcome = run_search(space, device, tmp_path / "run", progress=False, log=lines.append)
-    (found,) = kept(outcome.study.user_attrs)
-    (trial,) = outcomes(outcome.study)
-    assert outcome.study.trials[0].user_attrs["proposed_by"] == "ladder_start"
-    # the base model with only the least harmed change of the table applied
-    best = min((c for c in found.cells if c.error is None),
-               key=lambda c: (c.accuracy_drop, 1.0 - c.cosine_mean))
-    keep, plan = dict(trial.candidate.keep_ratios), dict(trial.candidate.precision_plan)
-    changed = [u for u, k in keep.items() if k != 1.0] + [u for u, p in plan.items() if p != "fp32"]
-    assert changed == [best.unit]
-    assert (plan[best.unit] == best.value) if best.kind == PRECISION else \
-        (keep[best.unit] == float(best.value))
-    assert any(line.startswith("engine order: ") for line in lines)
-
-
 def test_a_flag_replaces_its_own_setting_only_and_a_wrong_one_names_itself():
     """`hwnas sensitivity --samples N` keeps the space's keep ratios (and the other way round)."""
     from hwnas.errors import ConfigError
