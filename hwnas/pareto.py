@@ -43,7 +43,13 @@ def study_directions(study: optuna.Study) -> list[str]:
     return [d.name.lower() for d in study.directions]
 
 
-def best_feasible(found: Iterable[TrialOutcome]) -> TrialOutcome | None:
-    """The most accurate trial meeting every budget (accuracy is the first objective)."""
-    return max((o for o in found if o.feasible), key=lambda o: o.values[0],  # type: ignore[index]
+def best_feasible(found: Iterable[TrialOutcome], directions: Sequence[str] | None = None
+                  ) -> TrialOutcome | None:
+    """The most accurate trial meeting every budget (accuracy is the first objective). With
+    the study's ``directions``, of equally accurate trials the one on the Pareto front (a tie
+    is broken by the other objectives, so the best is always a front model); without them,
+    the first."""
+    candidates = pareto_front(found, directions) if directions is not None else \
+        [o for o in found if o.feasible]
+    return max(candidates, key=lambda o: o.values[0],  # type: ignore[index]
                default=None)

@@ -294,7 +294,34 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
 # -- reading a study's trials -----------------------------------------------------------------
 
 def outcomes(study: optuna.Study) -> list[TrialOutcome]:
+    """Every trial's record; refused where the study searched a knob this process does not
+    have (a plug-in package not installed here), whose part of every record would otherwise
+    be left out unread: a report or a model card would then describe another model."""
+    check_knobs_installed(study)
     return [TrialOutcome.from_trial(t) for t in study.get_trials(deepcopy=False)]
+
+
+def check_knobs_installed(study: optuna.Study) -> None:
+    """The knobs the study's search space turned on (its recorded YAML) are all registered."""
+    import yaml
+
+    from hwnas.knobs import registered
+
+    text = (study.user_attrs.get("search_space") or {}).get("yaml")
+    try:
+        knobs = (yaml.safe_load(text) or {}).get("knobs") if text else None
+    except yaml.YAMLError:
+        return  # the loader says what is wrong with it where it is read as a space
+    if not isinstance(knobs, dict):
+        return
+    missing = sorted(set(name for name, value in knobs.items() if value is not None)
+                     - {k.name for k in registered()})
+    if missing:
+        raise ConfigError(f"study {study.study_name}: its search space uses the knob(s) "
+                          f"{', '.join(missing)}, which no installed package provides here "
+                          f"(entry point group hwnas.knobs): install the package that does, "
+                          f"then run again (without it every trial's record would be read "
+                          f"without that knob's part)")
 
 
 def is_search_trial(trial: optuna.trial.FrozenTrial) -> bool:

@@ -68,6 +68,24 @@ def test_the_front_has_one_row_per_model_and_drops_dominated_and_infeasible_tria
     assert [o.number for o in pareto_front(found, ["maximize", "minimize"])] == [2, 7]
 
 
+def test_the_best_feasible_trial_of_equally_accurate_ones_is_the_front_model():
+    """Two trials tie on accuracy; the second is faster: it is the front's, and the best (the
+    first of the tie, dominated, used to be named best while the front showed the other)."""
+    from hwnas.pareto import best_feasible, pareto_front
+    from hwnas.records import Artifact, TrialOutcome, TrialStage
+
+    def trial(number, sha, values):
+        return TrialOutcome(TrialStage.EVALUATED, artifact=Artifact("m.onnx", sha * 64, 10, (), 1),
+                            number=number, values=values, constraints=(("latency_p90_ms", -0.1),))
+
+    found = [trial(0, "a", (0.9861, 0.042)), trial(1, "b", (0.9861, 0.041)),
+             trial(2, "c", (0.95, 0.01))]
+    directions = ["maximize", "minimize"]
+    assert [o.number for o in pareto_front(found, directions)] == [1, 2]
+    assert best_feasible(found, directions).number == 1
+    assert best_feasible(pareto_front(found, directions)).number == 1
+
+
 def test_a_small_excess_never_reads_as_zero_percent():
     from hwnas.budgets import describe_excess
 

@@ -83,12 +83,12 @@ def print_outcome(outcome) -> int:  # type: ignore[no-untyped-def]
 
 def print_language_outcome(study, run) -> int:  # type: ignore[no-untyped-def]
     from hwnas.llm.report import summary
-    from hwnas.pareto import best_feasible
+    from hwnas.pareto import best_feasible, study_directions
     from hwnas.report import write_report
     from hwnas.run import outcomes
 
     print("\n" + summary(study))
-    best = best_feasible(outcomes(study))
+    best = best_feasible(outcomes(study), study_directions(study))
     if best is not None and best.measurement is not None:
         print(f"\nbest feasible: trial {best.number}: next-token accuracy (val) "
               f"{best.accuracy_val:.4f}, decode {best.measurement.decode_tokens_per_s:.1f} "

@@ -58,7 +58,10 @@ def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
     loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
     key, allowed = _walk(root, loc)
     if error["type"] == "extra_forbidden":
-        return f"key '{key}': unknown key; allowed keys here: {', '.join(allowed)}"
+        # a knob's section of a package that is not installed here reads as an unknown key
+        plug_in = " (a knob from a package needs that package installed: entry point group " \
+            "hwnas.knobs)" if key.startswith("knobs.") and key.count(".") == 1 else ""
+        return f"key '{key}': unknown key; allowed keys here: {', '.join(allowed)}{plug_in}"
     if error["type"] == "missing":
         return f"key '{key}': required but missing"
     if error["type"] == "union_tag_invalid":

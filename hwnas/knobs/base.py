@@ -206,6 +206,9 @@ def _load_plugin(entry: Any) -> None:
     elif not isinstance(found, types.ModuleType):
         raise ConfigError(f"{where} is not an hwnas.knobs.Knob subclass, a Knob or a module "
                           f"of them")
+    elif not any(type(k).__module__ == found.__name__ for k in _REGISTRY.values()):
+        raise ConfigError(f"{where}: the module {found.__name__} defines no knob (a Knob "
+                          f"subclass with a name)")
 
 
 def register(knob: Knob) -> Knob:

@@ -13,7 +13,7 @@ from hwnas.records import StudyRecord, TrialStage
 from hwnas.redaction import redact
 from hwnas.report.tables import fmt
 from hwnas.run import RunFolder, outcomes
-from hwnas.pareto import best_feasible
+from hwnas.pareto import best_feasible, study_directions
 from hwnas.storage import make_storage
 
 FINALIZED = "finalized"  # a stage count of its own in the status: not a search trial
@@ -60,7 +60,7 @@ def study_status(target: str, study_name: str | None = None) -> dict[str, Any]:
         if outcome.stage == TrialStage.RUNNING and (trial._trial_id in stale_ids
                                                     or is_gone(outcome.controller)):
             entry["stale"] = True
-    best = best_feasible(found)
+    best = best_feasible(found, study_directions(study))
     # finalized trials (`hwnas finalize`) are not search trials: not among the trials wanted
     stages = collections.Counter(FINALIZED if o.finalized_from is not None else o.stage.value
                                  for o in found)

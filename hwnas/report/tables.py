@@ -46,7 +46,7 @@ class Report:
 
     @property
     def best(self) -> TrialOutcome | None:
-        return best_feasible(self.outcomes)
+        return best_feasible(self.front)  # a tie in accuracy goes to the front model
 
     def on_front(self, outcome: TrialOutcome) -> bool:
         return any(o.number == outcome.number for o in self.front)

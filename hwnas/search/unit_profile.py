@@ -39,12 +39,12 @@ def record(study: optuna.Study, role: str, found: Mapping[str, Any]) -> None:
 def profile_best(study: optuna.Study, ctx: "TrialContext", log: Callable[[str], None]) -> None:
     """The best feasible trial's bytes profiled per module (where it changed since the last
     run); a failure says so in one line and leaves the search's results as they are."""
-    from hwnas.pareto import best_feasible
+    from hwnas.pareto import best_feasible, study_directions
     from hwnas.run import outcomes
     from hwnas.search.candidates import Timings
     from hwnas.search.measuring import DeviceLease, TrialMeasurer
 
-    best = best_feasible(outcomes(study))
+    best = best_feasible(outcomes(study), study_directions(study))
     if best is None or best.artifact is None:
         return
     kept = (study.user_attrs.get(ATTR) or {}).get("best") or {}

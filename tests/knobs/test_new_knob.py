@@ -250,6 +250,7 @@ def test_an_installed_package_adds_a_knob_that_the_command_line_searches(tmp_pat
     refused = search()
     assert refused.returncode == 2, refused.stderr
     assert "knobs.layer_width" in refused.stderr and "unknown key" in refused.stderr
+    assert "needs that package installed: entry point group hwnas.knobs" in refused.stderr
     done = search(packages)
     assert done.returncode == 0, done.stderr[-3000:]
     with sqlite3.connect(tmp_path / "run" / "study.db") as db:
@@ -262,6 +263,15 @@ def test_an_installed_package_adds_a_knob_that_the_command_line_searches(tmp_pat
     report = run("report", str(tmp_path / "run"), path=(packages,))
     assert report.returncode == 0, report.stderr[-3000:]
     assert f"layers[{LAYER}=" in report.stdout
+    # without the package, a command that reads the records is refused: read without the
+    # knob's part, they would describe another model (a card, a report)
+    for verb in (["report", str(tmp_path / "run")],
+                 ["export", str(tmp_path / "run"), "--trial", "0", "--out", str(tmp_path / "x")]):
+        unread = run(*verb)
+        assert unread.returncode == 2, (verb, unread.stdout[-2000:], unread.stderr[-2000:])
+        assert "uses the knob(s) layer_width, which no installed package provides" \
+            in unread.stderr
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("module_text, entry, error", [
@@ -271,6 +281,8 @@ def test_an_installed_package_adds_a_knob_that_the_command_line_searches(tmp_pat
      r"knob plug-in three \(myknobs:VALUE\) is not an hwnas.knobs.Knob subclass"),
     ("from hwnas.knobs import Knob\n\nclass Base(Knob):\n    pass\n", "base = myknobs:Base",
      r"knob plug-in base \(myknobs:Base\): the class Base has no name"),
+    ("VALUE = 3\n", "module = myknobs",
+     r"knob plug-in module \(myknobs\): the module myknobs defines no knob"),
 ])
 def test_a_knob_plug_in_that_fails_is_one_error_naming_it(tmp_path, monkeypatch, module_text,
                                                           entry, error):
