@@ -27,6 +27,10 @@ import onnx
 
 _ORT_SUFFIX = re.compile(r"(?:_token_\d+|/duplicated)+$")
 _FUSED_SUFFIX = "_nchwc"
+# onnxruntime runs an fp16 node its EP has no fp16 kernel for in fp32, behind Casts its
+# InsertCastTransformer adds; their tensors are named this + the original tensor's name, and a
+# node fused after them (a Conv in NCHWc layout) is named after such a tensor
+_INSERTED_CAST = "InsertedPrecisionFreeCast_"
 # ops onnxruntime fuses into the node before them (Conv + activation)
 _ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh", "HardSwish"}
 
@@ -97,6 +101,7 @@ class GraphIndex:
             return bare
         if bare.endswith(_FUSED_SUFFIX):
             bare = bare[:-len(_FUSED_SUFFIX)]
+        bare = bare.removeprefix(_INSERTED_CAST)
         node = self.producer.get(bare)
         if node is None:
             return None

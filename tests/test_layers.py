@@ -91,8 +91,11 @@ def test_top_must_be_positive(heavy_onnx):
     assert done.returncode == 2 and "--top 0: give how many units to show" in done.stderr
 
 
-def test_an_exported_model_maps_through_its_unit_to_node_map(tmp_path):
-    """hwnas's own export: stages as units, int8 Q/DQ nodes followed into them."""
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_an_exported_model_maps_through_its_unit_to_node_map(tmp_path, precision):
+    """hwnas's own export: stages as units, int8 Q/DQ nodes followed into them; fp16 islands
+    too, which onnxruntime's CPU runs in fp32 behind casts it inserts (and a convolution it
+    then names after such a cast's tensor: InsertedPrecisionFreeCast_<tensor>_nchwc)."""
     from hwnas_agent.protocol import MeasureRequest
     from hwnas_agent.worker import measure_file
 
@@ -102,7 +105,8 @@ def test_an_exported_model_maps_through_its_unit_to_node_map(tmp_path):
     model = HeavyMiddle().eval()
     units = precision_units(model, {"early": [model.stem], "middle": [model.heavy]}, "stage")
     calibration = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
-    exported = build_onnx(model, (3, 32, 32), {"early": "int8", "middle": "int8", "head": "fp32"},
+    exported = build_onnx(model, (3, 32, 32), {"early": precision, "middle": precision,
+                                               "head": "fp32"},
                           units, calibration, tmp_path / "candidate.onnx")
     request = MeasureRequest.from_dict({
         "model_sha256": "d" * 64, "warmup_iterations": 2, "warmup_seconds": 0.0,
@@ -117,6 +121,7 @@ def test_an_exported_model_maps_through_its_unit_to_node_map(tmp_path):
     # by op type in parentheses, may not
     assert {"early", "middle"} <= mapped
     assert all(u in ("early", "middle", "head") or u.startswith("(") for u in mapped), mapped
+    assert "(Conv)" not in mapped, found  # every convolution is one of the model's
 
 
 def test_a_runtime_without_per_layer_times_is_said_so():
