@@ -1,4 +1,5 @@
-"""User code named in a config as 'package.module:function'.
+"""User code named in a config as 'package.module:function', and the plug-ins installed
+packages declare in an entry point group (installed_plugins).
 
 User code fails in user ways (a typo, a missing package, an exception in the function): each
 becomes one ConfigError naming the key, the entry point and the user's own failing line, never
@@ -12,7 +13,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from hwnas.errors import ConfigError, HwnasError
 
@@ -75,3 +76,18 @@ def call_entry_point(spec: str, key: str, *args: Any, **kwargs: Any) -> Any:
     except Exception as exc:  # noqa: BLE001 - the user's code, any failure
         raise ConfigError(f"{key}: {spec} raised {type(exc).__name__}: {exc} "
                           f"({_where(exc)}); fix it, then run again") from None
+
+
+def installed_plugins(group: str, what: str) -> Iterator[tuple[str, Any]]:
+    """Each entry point installed packages declare in ``group``, loaded: (how to name it in
+    an error, e.g. "knob plug-in x (pkg.mod:X)", the object). One that cannot be imported is
+    one ConfigError naming it (``what``: "knob", "metric")."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=group):
+        where = f"{what} plug-in {entry.name} ({entry.value})"
+        try:
+            found = entry.load()
+        except Exception as exc:  # noqa: BLE001 - the plug-in's own import, any failure
+            raise ConfigError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from None
+        yield where, found

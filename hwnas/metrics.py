@@ -212,18 +212,13 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from importlib.metadata import entry_points
+    from hwnas.entry_points import installed_plugins
 
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            found = entry.load()
-        except Exception as exc:
-            raise ConfigError(f"metric plug-in {entry.name} ({entry.value}) cannot be "
-                              f"loaded: {type(exc).__name__}: {exc}") from None
+    for where, found in installed_plugins(ENTRY_POINT_GROUP, "metric"):
         for metric in (found if isinstance(found, (list, tuple)) else [found]):
             if not isinstance(metric, Metric):
-                raise ConfigError(f"metric plug-in {entry.name} ({entry.value}) is not an "
-                                  f"hwnas.metrics.Metric (or a list of them)")
+                raise ConfigError(f"{where} is not an hwnas.metrics.Metric (or a list of "
+                                  f"them)")
             register(metric)
 
 

@@ -156,7 +156,6 @@ _plugins_loaded = False  # every plug-in registered (a failed load is tried, and
 _plugins_loading = False  # a plug-in's own import reads the registry: no second pass
 
 
-
 def load_plugins() -> None:
     """The knobs installed packages declare (entry point group ``hwnas.knobs``, naming a Knob
     subclass, a Knob, or a module that defines them), once: importing a subclass with a
@@ -167,31 +166,22 @@ def load_plugins() -> None:
     global _plugins_loaded, _plugins_loading
     if _plugins_loaded or _plugins_loading:
         return
+    from hwnas.entry_points import installed_plugins
+
     _plugins_loading = True
     try:
-        for entry in _entry_points():
-            _load_plugin(entry)
+        for where, found in installed_plugins(ENTRY_POINT_GROUP, "knob"):
+            _register_plugin(where, found)
         _plugins_loaded = True
     finally:
         _plugins_loading = False
 
 
-def _entry_points() -> Any:
-    from importlib.metadata import entry_points
-
-    return entry_points(group=ENTRY_POINT_GROUP)
-
-
-def _load_plugin(entry: Any) -> None:
+def _register_plugin(where: str, found: Any) -> None:
     import types
 
     from hwnas.errors import ConfigError
 
-    where = f"knob plug-in {entry.name} ({entry.value})"
-    try:
-        found = entry.load()
-    except Exception as exc:  # noqa: BLE001 - the plug-in's own import, any failure
-        raise ConfigError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from None
     if isinstance(found, type) and issubclass(found, Knob):
         name = getattr(found, "name", None)
         if not name:
