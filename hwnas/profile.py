@@ -161,6 +161,31 @@ def _calibration(space_path: Path | None, shape: tuple[int, ...], samples: int,
                                        f"{space_path} ({task.name}, its preprocessing)")
 
 
+# quantized operators of onnxruntime's QOperator format and its integer / low-bit kernels: the
+# graph already computes in integers even with no DequantizeLinear before a weight
+_INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+                "DynamicQuantizeLinear", "MatMulNBits", "GatherBlockQuantized"}
+
+
+def check_float32(model: onnx.ModelProto, path: Path) -> None:
+    """Precision variants are written into a float32 model: writing int8 or fp16 into a
+    graph that already holds them stacks a second set of casts or quantizers on the first
+    (onnxruntime then refuses the model for two nodes of one name), and the figure would be
+    of neither precision."""
+    from hwnas.export.precision import realised_precisions
+
+    found = realised_precisions(model)
+    held = {p for p in found.values() if p != "fp32"}
+    integer = sorted({n.op_type for n in model.graph.node if n.op_type in _INTEGER_OPS})
+    if held or integer:
+        reduced = sum(p != "fp32" for p in found.values())
+        what = ", ".join(sorted(held)) + (f"{', ' if held else ''}integer kernels "
+                                          f"({', '.join(integer)})" if integer else "")
+        raise ConfigError(f"{path}: already holds {what} ({reduced} of its {len(found)} weighted "
+                          f"nodes below fp32); --precision makes variants from a float32 model: "
+                          f"give its fp32 export, or leave out --precision to measure it as given")
+
+
 def make_variant(model: onnx.ModelProto, precision: str, calibration: np.ndarray) -> onnx.ModelProto:
     """The whole model at ``precision``, written by the search's own precision code."""
     from hwnas.export.onnx import name_unnamed_nodes
@@ -217,6 +242,8 @@ def profile_models(paths: Sequence[Path], profile: "DeviceProfile", precisions: 
                                   f"{positions} besides the batch; the agent measures fixed "
                                   f"shapes: give --input-shape (e.g. 3x224x224)")
             entries.append((path.name, AS_GIVEN, given, ""))
+            if any(p != "fp32" for p in precisions):
+                check_float32(model, path)
             for precision in dict.fromkeys(p for p in precisions if p != "fp32"):
                 calibration = np.zeros((1, *sample_shape(model)), np.float32)
                 if precision in ("int8", "a16w8"):

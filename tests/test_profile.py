@@ -134,6 +134,21 @@ def test_int8_variant_of_a_plain_export_any_input_name_and_a_fixed_batch(tmp_pat
 
     onnx.save(variant, str(tmp_path / "int8.onnx"))
     assert onnx_reduced_precisions(path) == [] and onnx_reduced_precisions(tmp_path / "int8.onnx") == ["int8"]
+    # a variant of a variant is refused, saying what the model holds (before, fp16 written into
+    # an fp16 model gave two nodes of one name, refused by onnxruntime on the device)
+    from hwnas.errors import ConfigError
+    from hwnas.profile import check_float32
+
+    check_float32(plain, path)
+    with pytest.raises(ConfigError, match=r"int8.onnx: already holds int8 \(2 of its 2 weighted "
+                                          r"nodes below fp32\); --precision makes variants from"):
+        check_float32(variant, tmp_path / "int8.onnx")
+    onnx.save(make_variant(plain, "fp16", calibration), str(tmp_path / "fp16.onnx"))
+    device = tmp_path / "device.yaml"
+    device.write_text(FAST_DEVICE)
+    done = profile(tmp_path / "fp16.onnx", "--device", device, "--precision", "int8,fp16")
+    assert done.returncode == 2 and "fp16.onnx: already holds fp16" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_int8_calibration_of_a_batch_1_model_uses_every_sample(tmp_path):

@@ -20,8 +20,8 @@ class ProfileCommand(Command):
         parser.add_argument("--device", type=Path, default=None,
                             help=f"device profile YAML (default: {DEFAULT_DEVICE}, {FOUND_FROM})")
         parser.add_argument("--precision", default=None,
-                            help="also measure variants made here, e.g. int8,fp16 (fp32: the "
-                                 "model as given); int8 is calibrated on --calibration's data, or on "
+                            help="also measure variants made here of a float32 model, e.g. "
+                                 "int8,fp16 (fp32: the model as given); int8 is calibrated on --calibration's data, or on "
                                  "random inputs without it")
         parser.add_argument("--calibration", type=Path, default=None,
                             help="search space YAML whose data set calibrates int8 (default: "
