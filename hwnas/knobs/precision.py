@@ -80,7 +80,7 @@ class PrecisionKnob(Knob):
         return self.normalize(data["precision_plan"]) if "precision_plan" in data else None
 
     def summary(self, value: Any, values: Mapping[str, Any]) -> str:
-        return f"prec[{' '.join(f'{k}:{v}' for k, v in value)}]"
+        return f"prec[{' '.join(f'{k}:{v}' for k, v in value)}]" if value else ""
 
     def most_aggressive(self, settings: Any, units: Sequence[str]) -> Hashable:
         return ()  # pre-flight checks structure on the fp32 export

@@ -12,7 +12,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from pydantic import Field
 
 from hwnas.config.fields import Frozen
-from hwnas.knobs.base import Knob, ModelParts, Pick
+from hwnas.knobs.base import Knob, ModelParts, Pick, registered
 
 if TYPE_CHECKING:
     from hwnas.compress.prune import PruneWork
@@ -74,7 +74,11 @@ class Pruning(Knob):
         return self.normalize((data["pruning_criterion"], data["global_pruning_ratio"]))
 
     def summary(self, value: Any, values: Mapping[str, Any]) -> str:
-        return f"{value[0]} global={value[1]:g}"
+        # the criterion only says something where some knob prunes
+        if not any(each.changes_structure(values[each.name]) for each in registered()
+                   if each.name in values):
+            return ""
+        return f"{value[0]} global={value[1]:g}" if value[1] > 0 else value[0]
 
     def changes_structure(self, value: Any) -> bool:
         return value[1] > 0

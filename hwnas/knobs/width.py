@@ -167,7 +167,9 @@ class Width(Knob):
         return self.normalize(data["keep_ratios"]) if "keep_ratios" in data else None
 
     def summary(self, value: Any, values: Mapping[str, Any]) -> str:
-        return f"keep[{' '.join(f'{k}={v:g}' for k, v in value)}]"
+        # every stage whole (the knob off, or all kept): nothing to say, as the heads knob
+        return f"keep[{' '.join(f'{k}={v:g}' for k, v in value)}]" \
+            if self.changes_structure(value) else ""
 
     def changes_structure(self, value: Any) -> bool:
         return any(keep < 1.0 for _, keep in value)
