@@ -181,6 +181,7 @@ BUILT_IN = (
 _registry: dict[str, Metric] = {metric.name: metric for metric in BUILT_IN}
 _lock = threading.Lock()
 _plugins_loaded = False
+_plugins_loading = False
 
 
 def register(metric: Metric) -> Metric:
@@ -207,19 +208,28 @@ def unregister(name: str) -> None:
 
 
 def _load_plugins() -> None:
-    """The metrics installed packages declare (entry point group ``hwnas.metrics``), once."""
-    global _plugins_loaded
-    if _plugins_loaded:
+    """The metrics installed packages declare (entry point group ``hwnas.metrics``), once
+    every one is registered: a plug-in that cannot be loaded is one ConfigError naming it,
+    raised again at every later call until it is mended (not said once, then skipped)."""
+    global _plugins_loaded, _plugins_loading
+    if _plugins_loaded or _plugins_loading:
         return
-    _plugins_loaded = True
     from hwnas.entry_points import installed_plugins
 
-    for where, found in installed_plugins(ENTRY_POINT_GROUP, "metric"):
-        for metric in (found if isinstance(found, (list, tuple)) else [found]):
-            if not isinstance(metric, Metric):
-                raise ConfigError(f"{where} is not an hwnas.metrics.Metric (or a list of "
-                                  f"them)")
-            register(metric)
+    _plugins_loading = True  # a plug-in's own import may read the registry: no second pass
+    try:
+        for where, found in installed_plugins(ENTRY_POINT_GROUP, "metric"):
+            for metric in (found if isinstance(found, (list, tuple)) else [found]):
+                if not isinstance(metric, Metric):
+                    raise ConfigError(f"{where} is not an hwnas.metrics.Metric (or a list of "
+                                      f"them)")
+                try:
+                    register(metric)
+                except ValueError as exc:  # a name taken, or an evaluation metric
+                    raise ConfigError(f"{where}: {exc}") from None
+        _plugins_loaded = True
+    finally:
+        _plugins_loading = False
 
 
 def all_metrics() -> tuple[Metric, ...]:

@@ -127,6 +127,36 @@ def test_an_installed_package_registers_a_metric_through_its_entry_point(tmp_pat
         sys.modules.pop("mymetrics", None)
 
 
+@pytest.mark.parametrize("module_text, error", [
+    ("raise RuntimeError('no licence')\n",
+     r"metric plug-in ttft \(mymetrics:TTFT\) cannot be loaded: RuntimeError: no licence"),
+    ("TTFT = 3\n", r"metric plug-in ttft \(mymetrics:TTFT\) is not an hwnas.metrics.Metric"),
+    ("from hwnas.metrics import Metric\nTTFT = Metric('accuracy', '', True, 'measurement', "
+     "'a', 'a', field='x')\n",
+     r"metric plug-in ttft \(mymetrics:TTFT\): a metric named 'accuracy' is registered"),
+])
+def test_a_metric_plug_in_that_fails_is_one_error_said_every_time(tmp_path, monkeypatch,
+                                                                   module_text, error):
+    (tmp_path / "mymetrics.py").write_text(module_text)
+    info = tmp_path / "mymetrics-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mymetrics\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[hwnas.metrics]\nttft = mymetrics:TTFT\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(metrics, "_plugins_loaded", False)
+    try:
+        for _again in range(2):  # said again until mended, not skipped after the first time
+            with pytest.raises(ConfigError, match=error):
+                metrics.names()
+    finally:
+        sys.modules.pop("mymetrics", None)
+    monkeypatch.syspath_prepend(str(tmp_path / "gone"))  # mended: the package removed
+    (info / "entry_points.txt").unlink()
+    (info / "METADATA").unlink()
+    info.rmdir()
+    assert "accuracy" in metrics.names()
+
+
 def test_a_plug_in_metric_is_read_from_the_measurement_field_it_names(throughput):
     measurement = Measurement.from_agent("dev", REPORT)
     artifact = Artifact("", "b" * 64, 1_000_000, (), 1)
