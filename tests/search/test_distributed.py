@@ -113,38 +113,15 @@ def never_measured_twice(found: list[TrialOutcome]) -> None:
     assert len(candidates) == len(set(candidates)), "a candidate was measured twice"
 
 
-def test_two_workers_join_a_study_with_one_parent_and_a_shared_store(tmp_path, study_url):
-    processes, folders = primary_and_workers(tmp_path, study_url, n_workers=2, n_trials=7)
-    logs = finish(processes, folders)
-    assert [p.returncode for p in processes] == [0, 0, 0], "\n".join(logs)[-4000:]
-    study = optuna.load_study(study_name=STUDY, storage=make_storage(study_url))
-    found = outcomes(study)
-    assert sum(o.stage in (TrialStage.EVALUATED, TrialStage.REJECTED) for o in found) >= 7
-    assert not [o for o in found if o.stage in (TrialStage.RUNNING, TrialStage.WAITING)]
-    never_measured_twice(found)
-    controllers = {o.controller.rsplit(":", 1)[0] for o in found if o.controller}
-    assert len(controllers) >= 2, "the workers ran no trial"
-    assert {o.device for o in found} >= {"dev0"} and len({o.device for o in found}) >= 2
-    # one parent: fetched by the workers, never trained by them
-    record = StudyRecord.from_study(study)
-    for folder, log in zip(folders[1:], logs[1:]):
-        assert (folder / "cache" / f"{record.parent_weights_sha256}.pt").exists()
-        assert "training the base model" not in log
-    # artifacts in the shared store: any machine exports any trial
-    best = max((o for o in found if o.feasible), key=lambda o: o.values[0])
-    worker_run = folders[2]
-    hwnas("export", worker_run, "--trial", best.number, "--out", tmp_path / "exported")
-    assert list((tmp_path / "exported").glob("*.onnx"))
-    status = hwnas("status", study_url, "--study", STUDY)
-    assert "best feasible so far: trial" in status and status.count("devices dev") >= 2
-
-
-def test_the_engine_runs_with_two_workers_and_no_candidate_is_fine_tuned_twice(tmp_path,
-                                                                              study_url):
+def test_two_engine_workers_join_with_one_parent_and_a_shared_store_and_never_tune_twice(
+        tmp_path, study_url):
     """sampler: engine (the default policy) on one PostgreSQL study with two `hwnas worker`s:
-    each proposal is the engine's, each worker reads what the others finished from the study,
-    and no two controllers fine-tune the same candidate."""
+    one parent for all (fetched by the workers, never trained by them), artifacts in a shared
+    store, each proposal the engine's, each worker reading what the others finished from the
+    study, and no two controllers fine-tune the same candidate. (The Optuna samplers with
+    workers: the killed-worker and lost-database tests below, tpe.)"""
     processes, folders = primary_and_workers(tmp_path, study_url, n_workers=2, n_trials=8,
+                                             finetune="max_steps: 30, max_seconds: 30",
                                              sampler="engine")
     logs = finish(processes, folders)
     assert [p.returncode for p in processes] == [0, 0, 0], "\n".join(logs)[-4000:]
@@ -169,12 +146,24 @@ def test_the_engine_runs_with_two_workers_and_no_candidate_is_fine_tuned_twice(t
     assert proposed.count("enqueued") >= 2 and "base_sampler" not in proposed, proposed
     assert {"ladder_start", "budget_exchange", "model_pool"} & set(proposed), proposed
     assert study.user_attrs["engine"]["policy"]["acquisition"] == "frontier"
+    assert {o.device for o in found} >= {"dev0"} and len({o.device for o in found}) >= 2
+    # one parent: fetched by the workers, never trained by them
+    record = StudyRecord.from_study(study)
+    for folder, log in zip(folders[1:], logs[1:]):
+        assert (folder / "cache" / f"{record.parent_weights_sha256}.pt").exists()
+        assert "training the base model" not in log
+    # artifacts in the shared store: any machine exports any trial
+    best = max((o for o in found if o.feasible), key=lambda o: o.values[0])
+    hwnas("export", folders[2], "--trial", best.number, "--out", tmp_path / "exported")
+    assert list((tmp_path / "exported").glob("*.onnx"))
+    status = hwnas("status", study_url, "--study", STUDY)
+    assert "best feasible so far: trial" in status and status.count("devices dev") >= 2
 
 
 def test_a_worker_killed_mid_trial_is_retried_by_another_and_nothing_is_lost(tmp_path, study_url):
     processes, folders = primary_and_workers(
-        tmp_path, study_url, n_workers=2, n_trials=8,
-        finetune="max_steps: 100000, max_seconds: 10")
+        tmp_path, study_url, n_workers=2, n_trials=7,
+        finetune="max_steps: 100000, max_seconds: 6")
     study = optuna.load_study(study_name=STUDY, storage=make_storage(study_url))
     workers = {str(p.pid): p for p in processes[1:]}
 
@@ -206,21 +195,21 @@ def test_a_worker_killed_mid_trial_is_retried_by_another_and_nothing_is_lost(tmp
     retry = next(o for o in found if o.origin == victim.number and o.number != victim.number)
     assert retry.stage in (TrialStage.EVALUATED, TrialStage.REJECTED)
     assert retry.screen_measurement == victim.screen_measurement  # reused, not measured again
-    assert sum(o.stage in (TrialStage.EVALUATED, TrialStage.REJECTED) for o in found) >= 8
+    assert sum(o.stage in (TrialStage.EVALUATED, TrialStage.REJECTED) for o in found) >= 6
     assert not [o for o in found if o.stage in (TrialStage.RUNNING, TrialStage.WAITING)]
     never_measured_twice(found)
 
 
 def test_a_lost_database_is_waited_out_and_no_trial_is_recorded_twice(tmp_path, postgres,
                                                                        study_url):
-    processes, folders = primary_and_workers(tmp_path, study_url, n_workers=1, n_trials=6)
+    processes, folders = primary_and_workers(tmp_path, study_url, n_workers=1, n_trials=5)
     study = optuna.load_study(study_name=STUDY, storage=make_storage(study_url))
     wait_for(lambda: len(study.get_trials(deepcopy=False)) >= 2, what="two trials to start")
     postgres.restart_after(6)  # the database crashes and comes back
     logs = finish(processes, folders)
     assert [p.returncode for p in processes] == [0, 0], "\n".join(logs)[-4000:]
     found = outcomes(optuna.load_study(study_name=STUDY, storage=make_storage(study_url)))
-    assert sum(o.stage in (TrialStage.EVALUATED, TrialStage.REJECTED) for o in found) >= 6
+    assert sum(o.stage in (TrialStage.EVALUATED, TrialStage.REJECTED) for o in found) >= 5
     assert not [o for o in found if o.stage in (TrialStage.RUNNING, TrialStage.WAITING)]
     never_measured_twice(found)
     assert "database unreachable" in (folders[0] / "run.log").read_text() + \
