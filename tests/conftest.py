@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -14,6 +16,34 @@ REPO = Path(__file__).resolve().parent.parent
 # the user's own cache, read before the session's isolated one replaces it: what is slow to
 # build and that no test changes (the aarch64 box's root file system) is kept there
 USER_CACHE = cache_folder()
+
+
+_BOX_BUILD: subprocess.Popen | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The aarch64 box's root file system (tests/remote/test_aarch64.py) is built once per
+    machine, ~2.5 min on a bare one (CI's): where its tests are to run and it is not cached,
+    the build starts now, in the background at the lowest priority, and is ready when they
+    come (their fixture waits on the build's lock). Its output: <cache>/aarch64-box-build.log."""
+    global _BOX_BUILD
+    if not any(item.nodeid.startswith("tests/remote/test_aarch64.py") for item in session.items):
+        return
+    from hwnas.testing import arm64_root
+
+    if arm64_root.is_built(USER_CACHE) or arm64_root.missing_tools():
+        return  # nothing to build, or the tests say what is missing themselves
+    USER_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(USER_CACHE / "aarch64-box-build.log", "w") as log:
+        _BOX_BUILD = subprocess.Popen(
+            ["nice", "-n", "19", sys.executable, "-u", "-m", "hwnas.testing.aarch64", "build"],
+            env=dict(os.environ, HWNAS_CACHE_DIR=str(USER_CACHE)), stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _BOX_BUILD is not None and _BOX_BUILD.poll() is None:
+        _BOX_BUILD.wait()  # never cut short: debootstrap's second stage holds mounts
 
 
 @pytest.fixture(scope="session", autouse=True)

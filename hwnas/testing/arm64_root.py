@@ -136,11 +136,20 @@ def _folder_bytes(path: Path) -> int:
     return total
 
 
+def _root_folder(cache: Path) -> Path:
+    return cache / "aarch64-box" / f"{SUITE}-{ARCH}-{VARIANT}-{_root_key()}"
+
+
+def is_built(cache: Path) -> bool:
+    """Whether ``cache`` holds the whole root (cached_root would return at once)."""
+    return (_root_folder(cache) / "box.json").exists()
+
+
 def cached_root(cache: Path, log: Callable[[str], None] = print) -> Path:
     """The Debian bookworm arm64 root, built with debootstrap the first time (under a lock,
     into a folder renamed when whole) and found in ``cache`` after."""
-    boxes = cache / "aarch64-box"
-    folder = boxes / f"{SUITE}-{ARCH}-{VARIANT}-{_root_key()}"
+    folder = _root_folder(cache)
+    boxes = folder.parent
     if (folder / "box.json").exists():
         return folder / "root"
     why = enable_binfmt()
