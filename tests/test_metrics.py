@@ -2,6 +2,7 @@
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -105,20 +106,27 @@ def test_registering_is_checked():
         metrics.get("tokens_per_s")
 
 
-def test_an_installed_package_registers_a_metric_through_its_entry_point(tmp_path, monkeypatch):
-    """The plug-in way for a real run: an entry point of the group hwnas.metrics."""
-    (tmp_path / "mymetrics.py").write_text(textwrap.dedent("""\
-        from hwnas.metrics import Metric
-
-        TTFT = Metric("ttft_ms", "ms", False, "measurement", "time to first token (ms)",
-                      "TTFT ms", read=lambda m, a, basis: m.latency_ms_p50 * 2)
-        """))
+def installed_package(tmp_path, monkeypatch, module_text: str) -> Path:
+    """A package 'mymetrics' on the path whose entry point ttft = mymetrics:TTFT is in the
+    group hwnas.metrics (its dist-info folder, as pip writes it), the registry to load anew."""
+    (tmp_path / "mymetrics.py").write_text(module_text)
     info = tmp_path / "mymetrics-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mymetrics\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[hwnas.metrics]\nttft = mymetrics:TTFT\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(metrics, "_plugins_loaded", False)
+    return info
+
+
+def test_an_installed_package_registers_a_metric_through_its_entry_point(tmp_path, monkeypatch):
+    """The plug-in way for a real run: an entry point of the group hwnas.metrics."""
+    installed_package(tmp_path, monkeypatch, textwrap.dedent("""\
+        from hwnas.metrics import Metric
+
+        TTFT = Metric("ttft_ms", "ms", False, "measurement", "time to first token (ms)",
+                      "TTFT ms", read=lambda m, a, basis: m.latency_ms_p50 * 2)
+        """))
     try:
         assert metrics.get("ttft_ms").label == "time to first token (ms)"
         assert "ttft_ms" in Budgets(ttft_ms=5.0).limits()
@@ -137,13 +145,7 @@ def test_an_installed_package_registers_a_metric_through_its_entry_point(tmp_pat
 ])
 def test_a_metric_plug_in_that_fails_is_one_error_said_every_time(tmp_path, monkeypatch,
                                                                    module_text, error):
-    (tmp_path / "mymetrics.py").write_text(module_text)
-    info = tmp_path / "mymetrics-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mymetrics\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[hwnas.metrics]\nttft = mymetrics:TTFT\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(metrics, "_plugins_loaded", False)
+    info = installed_package(tmp_path, monkeypatch, module_text)
     try:
         for _again in range(2):  # said again until mended, not skipped after the first time
             with pytest.raises(ConfigError, match=error):
