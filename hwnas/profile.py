@@ -161,10 +161,16 @@ def _calibration(space_path: Path | None, shape: tuple[int, ...], samples: int,
                                        f"{space_path} ({task.name}, its preprocessing)")
 
 
-# quantized operators of onnxruntime's QOperator format and its integer / low-bit kernels: the
-# graph already computes in integers even with no DequantizeLinear before a weight
-_INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-                "DynamicQuantizeLinear", "MatMulNBits", "GatherBlockQuantized"}
+# quantized operators of onnxruntime's QOperator format (QLinear*, com.microsoft's QGemm,
+# QAttention ...) and its integer / low-bit kernels: the graph already computes in integers
+# even with no DequantizeLinear before a weight
+_INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+                "MatMulIntegerToFloat", "MatMulNBits", "GatherBlockQuantized", "QGemm",
+                "QAttention", "QuantizeLinear", "DequantizeLinear"}
+# weights stored below float32 (an fp32 model keeps shapes and indices as int64)
+_REDUCED_TYPES = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16",
+                  onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
+                  onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4"}
 
 
 def check_float32(model: onnx.ModelProto, path: Path) -> None:
@@ -175,15 +181,20 @@ def check_float32(model: onnx.ModelProto, path: Path) -> None:
     from hwnas.export.precision import realised_precisions
 
     found = realised_precisions(model)
-    held = {p for p in found.values() if p != "fp32"}
-    integer = sorted({n.op_type for n in model.graph.node if n.op_type in _INTEGER_OPS})
-    if held or integer:
-        reduced = sum(p != "fp32" for p in found.values())
-        what = ", ".join(sorted(held)) + (f"{', ' if held else ''}integer kernels "
-                                          f"({', '.join(integer)})" if integer else "")
-        raise ConfigError(f"{path}: already holds {what} ({reduced} of its {len(found)} weighted "
-                          f"nodes below fp32); --precision makes variants from a float32 model: "
-                          f"give its fp32 export, or leave out --precision to measure it as given")
+    held = sorted({p for p in found.values() if p != "fp32"})
+    reduced = sum(p != "fp32" for p in found.values())
+    if not held:  # what the plan reader does not know (int4, bf16, QOperator graphs)
+        held = sorted({f"{_REDUCED_TYPES[t.data_type]} weights" for t in model.graph.initializer
+                       if t.data_type in _REDUCED_TYPES})
+        integer = sorted({n.op_type for n in model.graph.node
+                          if n.op_type in _INTEGER_OPS or n.op_type.startswith("QLinear")})
+        held += [f"quantized operators ({', '.join(integer)})"] if integer else []
+    if held:
+        what = ", ".join(held)
+        counted = f" ({reduced} of its {len(found)} weighted nodes below fp32)" if reduced else ""
+        raise ConfigError(f"{path}: already holds {what}{counted}; --precision makes variants "
+                          f"from a float32 model: give its fp32 export, or leave out "
+                          f"--precision to measure it as given")
 
 
 def make_variant(model: onnx.ModelProto, precision: str, calibration: np.ndarray) -> onnx.ModelProto:

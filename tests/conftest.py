@@ -43,9 +43,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    if _BOX_BUILD is not None and _BOX_BUILD.poll() is None:
-        _BOX_BUILD.wait()  # never cut short: debootstrap's second stage holds mounts
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A build still running is never cut short (debootstrap's second stage holds mounts):
+    the run waits for it, saying so, or on Ctrl-C leaves it to finish on its own."""
+    if _BOX_BUILD is None or _BOX_BUILD.poll() is not None:
+        return
+    log = USER_CACHE / "aarch64-box-build.log"
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        print(f"\nthe aarch64 box's root is still building (pid {_BOX_BUILD.pid}, {log}); it "
+              f"finishes on its own")
+        return
+    print(f"\nwaiting for the aarch64 box's root to finish building (pid {_BOX_BUILD.pid}, "
+          f"{log})", flush=True)
+    _BOX_BUILD.wait()
 
 
 @pytest.fixture(scope="session", autouse=True)

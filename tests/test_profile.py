@@ -2,6 +2,7 @@
 dimensions fixed by an override, the device profile found from the project."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,43 @@ def test_a_folder_with_a_per_inference_profile_or_beside_a_file_is_refused(genai
     genai.write_text(GENAI_DEVICE)
     done = profile(empty, "--device", genai)
     assert done.returncode == 2 and "without genai_config.json" in done.stderr
+
+
+def _graph(nodes, initializers):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_reduced_precisions_the_plan_reader_does_not_know_are_refused_too():
+    """int4 QDQ weights, bf16 weights and QOperator graphs (QLinear*): no weighted node reads
+    as int8 or fp16 there, and a variant written into them is of no precision either."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hwnas.errors import ConfigError
+    from hwnas.profile import check_float32
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    check_float32(_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [weight]),
+                  Path("fp32.onnx"))
+    refused = {
+        "int4 weights, quantized operators (DequantizeLinear)": _graph(
+            [helper.make_node("DequantizeLinear", ["wq", "s"], ["wd"], name="dq"),
+             helper.make_node("MatMul", ["x", "wd"], ["y"], name="mm")],
+            [helper.make_tensor("wq", TensorProto.INT4, [4, 4], [1] * 16), scale]),
+        "bf16 weights": _graph(
+            [helper.make_node("Cast", ["wb"], ["wf"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "wf"], ["y"], name="mm")],
+            [helper.make_tensor("wb", TensorProto.BFLOAT16, [4, 4], [16256] * 16)]),
+        "quantized operators (QLinearMatMul)": _graph(
+            [helper.make_node("QLinearMatMul", ["x", "s", "z", "w", "s", "z", "s", "z"], ["y"],
+                              name="q")], [weight]),
+    }
+    for what, model in refused.items():
+        with pytest.raises(ConfigError, match=rf"^m.onnx: already holds {re.escape(what)}; "):
+            check_float32(model, Path("m.onnx"))

@@ -109,4 +109,4 @@ class Candidate:
         values = dict(self.values)
         parts = (each.summary(values[each.name], values) for each in registered()
                  if each.name in values)
-        return " ".join(part for part in parts if part) or "unchanged (the base model)"
+        return " ".join(part for part in parts if part) or "base model (unchanged)"

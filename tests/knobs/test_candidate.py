@@ -62,7 +62,7 @@ def test_the_built_in_constructor_and_the_record_agree():
     # nothing pruned (the width knob off, no global ratio): no keep ratios, no criterion
     assert Candidate.build({"s": 1.0}, "saliency", 0.0, {"s": "fp16"}).summary() == "prec[s:fp16]"
     assert Candidate.build({"s": 0.5}, "saliency", 0.0, {}).summary() == "keep[s=0.5] saliency"
-    assert Candidate.build({"s": 1.0}, "l1", 0.0, {}).summary() == "unchanged (the base model)"
+    assert Candidate.build({"s": 1.0}, "l1", 0.0, {}).summary() == "base model (unchanged)"
     assert built.replace(pruning=("l1", 0.0)).global_pruning_ratio == 0.0
 
 
