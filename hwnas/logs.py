@@ -27,6 +27,28 @@ def quiet_terminal() -> None:
     # heartbeats, stale-trial recovery and metric names are "experimental" in Optuna 5 but
     # are exactly the documented mechanisms hwnas relies on
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    pool = logging.getLogger("sqlalchemy.pool")
+    if not any(isinstance(h, _PoolLines) for h in pool.handlers):
+        pool.addHandler(_PoolLines(sys.stderr))
+        pool.propagate = False  # its lines reach the terminal through _PoolLines alone
+
+
+class _PoolLines(logging.StreamHandler):
+    """SQLAlchemy's pool lines, on stderr as logging's last resort writes them, less one kind:
+    where a signal's exception (Ctrl-C's KeyboardInterrupt, SIGTERM's in `hwnas export`) lands
+    while the pool returns a connection, SQLAlchemy logs its traceback ("Exception during
+    reset or similar") and raises it on, and the command then says in one line that it was
+    interrupted (CI, 2026-12-07: a traceback above an export's one line)."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self.setLevel(logging.WARNING)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else None
+        if kind is not None and not issubclass(kind, Exception):
+            return False  # a BaseException: raised on, and said by the command
+        return super().filter(record)
 
 
 class _RunLogFile(logging.FileHandler):

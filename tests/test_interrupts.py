@@ -54,3 +54,28 @@ def test_an_ignored_sigint_stays_ignored():
             check()
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_raised_in_sqlalchemys_pool_leaves_no_traceback_on_the_terminal():
+    """Where SIGTERM's exception (`hwnas export`) or Ctrl-C's lands while SQLAlchemy's pool
+    returns a connection, the pool logs its traceback and raises it on; the command's own one
+    line says it was interrupted (CI, 2026-12-07: the traceback stood above that line). The
+    pool's other lines still reach the terminal."""
+    import subprocess
+
+    code = ("import logging\n"
+            "from hwnas.logs import quiet_terminal\n"
+            "from hwnas.cli.result_verbs import Interrupted\n"
+            "quiet_terminal()\n"
+            "pool = logging.getLogger('sqlalchemy.pool.impl.QueuePool')\n"
+            "for error in (Interrupted(15), KeyboardInterrupt(), OSError('disk gone')):\n"
+            "    try:\n"
+            "        raise error\n"
+            "    except BaseException:\n"
+            "        pool.error('Exception during reset or similar', exc_info=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Interrupted" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+    assert done.stderr.count("Exception during reset or similar") == 1
+    assert "OSError: disk gone" in done.stderr
