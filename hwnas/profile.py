@@ -235,6 +235,7 @@ def profile_models(paths: Sequence[Path], profile: "DeviceProfile", precisions: 
     if unknown:
         raise ConfigError(f"--precision {','.join(precisions)}: unknown {unknown}; allowed: "
                           f"{', '.join(PRECISIONS)}")
+    variants = list(dict.fromkeys(p for p in precisions if p != "fp32"))  # fp32: as given
     entries: list[tuple[str, str, Path, str]] = []
     statement = None
     with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as folder:
@@ -253,9 +254,9 @@ def profile_models(paths: Sequence[Path], profile: "DeviceProfile", precisions: 
                                   f"{positions} besides the batch; the agent measures fixed "
                                   f"shapes: give --input-shape (e.g. 3x224x224)")
             entries.append((path.name, AS_GIVEN, given, ""))
-            if any(p != "fp32" for p in precisions):
+            if variants:
                 check_float32(model, path)
-            for precision in dict.fromkeys(p for p in precisions if p != "fp32"):
+            for precision in variants:
                 calibration = np.zeros((1, *sample_shape(model)), np.float32)
                 if precision in ("int8", "a16w8"):
                     calibration, statement = _calibration(calibration_space, sample_shape(model),
